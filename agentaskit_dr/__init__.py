@@ -1,0 +1,3 @@
+"""agentaskit-dr: cross-region disaster-recovery watchdog."""
+
+__version__ = "0.1.0"

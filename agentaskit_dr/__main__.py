@@ -1,0 +1,5 @@
+import sys
+
+from agentaskit_dr.cli import main
+
+sys.exit(main())

@@ -1,0 +1,235 @@
+"""The failover decision: ``transition(state, event, now) -> (state, commands)``.
+
+Debounce rule (DESIGN.md invariant 2): a condition fails over only when failing
+observations span more than its threshold with no healthy observation in between.
+The span is measured from the first to the latest failing *observation*, so the
+decision always rests on evidence, never on the mere absence of news.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agentaskit_dr.core.model import (
+    Acknowledged,
+    Alert,
+    Clock,
+    Command,
+    Condition,
+    Event,
+    FailoverRecord,
+    FailoverRefused,
+    FailoverSucceeded,
+    FenceOldPrimary,
+    LeadershipChanged,
+    Observed,
+    Phase,
+    Severity,
+    StandbyObserved,
+    StartFailover,
+    ThresholdsChanged,
+    Tick,
+    WatchState,
+    fresh_clocks,
+)
+
+Step = tuple[WatchState, list[Command]]
+
+
+def transition(state: WatchState, event: Event, now: float) -> Step:
+    """Apply one event at time ``now`` and decide; pure and total."""
+    commands: list[Command] = []
+    match event:
+        case Observed():
+            state = replace(state, clocks=_observe(state, event, now))
+        case LeadershipChanged(epoch=epoch, holder=holder):
+            state = replace(state, epoch=epoch, lock_holder=holder)
+        case ThresholdsChanged(thresholds=thresholds):
+            state = replace(state, thresholds=thresholds)
+        case FailoverSucceeded():
+            return _failover_succeeded(state, event, now)
+        case FailoverRefused():
+            return _failover_refused(state, event, now)
+        case StandbyObserved():
+            state, commands = _standby_observed(state, event, now)
+            if state.phase is Phase.FAILED_OVER:
+                return state, commands
+        case Acknowledged():
+            return _acknowledged(state)
+        case Tick():
+            pass
+    state, decided = _decide(state, now)
+    return state, commands + decided
+
+
+def _observe(state: WatchState, event: Observed, now: float) -> dict[Condition, Clock]:
+    clocks = dict(state.clocks)
+    clock = clocks[event.condition]
+    if event.failing:
+        if clock.failing_since is None:
+            clock = Clock(failing_since=now, last_failing=now, detail=event.detail)
+        else:
+            clock = replace(clock, last_failing=now, detail=event.detail)
+    elif clock.failing:
+        # One healthy observation restarts the debounce clock.
+        clock = Clock(healthy_since=now, detail=event.detail)
+    elif clock.healthy_since is not None and (
+        now - clock.healthy_since >= state.thresholds.recovery
+    ):
+        clock = Clock(detail=event.detail)
+    else:
+        clock = replace(clock, detail=event.detail)
+    clocks[event.condition] = clock
+    return clocks
+
+
+def _ripe(state: WatchState) -> Condition | None:
+    """The first condition whose evidence spans more than its threshold."""
+    for condition in Condition:
+        clock = state.clocks[condition]
+        if clock.failing and clock.held_for() > state.thresholds.for_condition(condition):
+            return condition
+    return None
+
+
+def _describe(state: WatchState, condition: Condition) -> str:
+    clock = state.clocks[condition]
+    threshold = state.thresholds.for_condition(condition)
+    text = f"{condition.value} for {clock.held_for():.1f}s of {threshold:g}s"
+    return f"{text} ({clock.detail})" if clock.detail else text
+
+
+def _decide(state: WatchState, now: float) -> Step:
+    if state.phase is Phase.FAILING_OVER:
+        return _with_verdict(state, f"no action: failover in progress under epoch {state.epoch}")
+    if state.phase is Phase.FAILED_OVER:
+        record = state.failover
+        epoch = record.epoch if record else None
+        return _with_verdict(
+            state, f"no action: failed over (epoch {epoch}); waiting for acknowledgement"
+        )
+    condition = _ripe(state)
+    if condition is None:
+        failing = [c for c in Condition if state.clocks[c].failing]
+        if failing:
+            parts = "; ".join(_describe(state, c) for c in failing)
+            return _with_verdict(state, f"no action: waiting, {parts}")
+        recovering = [c.value for c in Condition if state.clocks[c].healthy_since is not None]
+        if recovering:
+            return _with_verdict(
+                state, f"no action: primary healthy, recovering ({', '.join(recovering)})"
+            )
+        return _with_verdict(state, "no action: primary healthy")
+    reason = _describe(state, condition)
+    if state.standby_ready is False:
+        return _with_verdict(state, f"no action: {reason}, but there is no standby to promote")
+    if state.epoch is None:
+        holder = state.lock_holder or "nobody reachable"
+        return _with_verdict(state, f"no action: {reason}, but the lock is held by {holder}")
+    if state.retry_not_before is not None and now < state.retry_not_before:
+        return _with_verdict(
+            state,
+            f"no action: {reason}; retrying the refused failover at {state.retry_not_before:.1f}",
+        )
+    clock = state.clocks[condition]
+    assert clock.failing_since is not None  # guaranteed by _ripe
+    command = StartFailover(
+        condition=condition,
+        epoch=state.epoch,
+        reason=reason,
+        failing_since=clock.failing_since,
+        decided_at=now,
+    )
+    state = replace(
+        state,
+        phase=Phase.FAILING_OVER,
+        failover=FailoverRecord(
+            condition=condition, epoch=state.epoch, decided_at=now, reason=reason
+        ),
+        retry_not_before=None,
+        verdict=f"failover: {reason}; promoting the standby under epoch {state.epoch}",
+    )
+    return state, [command, Alert(Severity.CRITICAL, f"failing over: {reason}")]
+
+
+def _failover_succeeded(state: WatchState, event: FailoverSucceeded, now: float) -> Step:
+    base = state.failover or FailoverRecord(
+        condition=None, epoch=event.epoch, decided_at=now, reason=event.detail
+    )
+    record = replace(base, epoch=event.epoch, completed_at=now)
+    state = replace(
+        state,
+        phase=Phase.FAILED_OVER,
+        failover=record,
+        clocks=fresh_clocks(),
+        standby_ready=None,
+        verdict=f"failed over under epoch {event.epoch}: {event.detail}".rstrip(": "),
+    )
+    return state, [Alert(Severity.CRITICAL, f"failover done under epoch {event.epoch}")]
+
+
+def _failover_refused(state: WatchState, event: FailoverRefused, now: float) -> Step:
+    if state.phase is not Phase.FAILING_OVER:
+        return _with_verdict(state, f"ignored a late refusal: {event.reason}")
+    retry_at = now + state.thresholds.retry_backoff if event.retry else None
+    state = replace(
+        state,
+        phase=Phase.WATCHING,
+        failover=None,
+        retry_not_before=retry_at,
+        verdict=f"failover refused: {event.reason}",
+    )
+    return state, [Alert(Severity.CRITICAL, f"failover refused: {event.reason}")]
+
+
+def _standby_observed(state: WatchState, event: StandbyObserved, now: float) -> Step:
+    if event.in_recovery:
+        return replace(state, standby_ready=True), []
+    known = state.failover.epoch if state.failover else None
+    newer = event.marker_epoch is not None and (known is None or event.marker_epoch > known)
+    if state.phase is Phase.WATCHING and (newer or state.failover is None):
+        # Promoted by a peer (newer epoch marker) or by hand (no marker, no failover yet).
+        who = f"epoch {event.marker_epoch}" if event.marker_epoch else "outside agentaskit-dr"
+        record = FailoverRecord(
+            condition=None,
+            epoch=event.marker_epoch,
+            decided_at=now,
+            reason=f"standby already promoted ({who})",
+            completed_at=now,
+        )
+        state = replace(
+            state,
+            phase=Phase.FAILED_OVER,
+            failover=record,
+            clocks=fresh_clocks(),
+            standby_ready=None,
+            verdict=f"no action: the standby was already promoted ({who})",
+        )
+        return state, [Alert(Severity.CRITICAL, f"standby found promoted ({who})")]
+    if event.marker_epoch is not None and known is not None and event.marker_epoch >= known:
+        # The server we promoted, seen through a probe that still aims at the old slot.
+        return state, []
+    state = replace(state, standby_ready=False)
+    if event.writable and state.epoch is not None and state.phase is not Phase.FAILING_OVER:
+        reason = "old primary in the standby slot accepts writes"
+        return state, [
+            FenceOldPrimary(epoch=state.epoch, reason=reason),
+            Alert(Severity.CRITICAL, f"fencing: {reason}"),
+        ]
+    return state, []
+
+
+def _acknowledged(state: WatchState) -> Step:
+    if state.phase is not Phase.FAILED_OVER:
+        return _with_verdict(state, f"acknowledged; nothing to clear in phase {state.phase}")
+    state = replace(
+        state,
+        phase=Phase.WATCHING,
+        clocks=fresh_clocks(),
+        verdict="acknowledged: watching again",
+    )
+    return state, [Alert(Severity.INFO, "failover acknowledged; automatic failover re-armed")]
+
+
+def _with_verdict(state: WatchState, verdict: str) -> Step:
+    return replace(state, verdict=verdict), []

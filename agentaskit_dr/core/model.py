@@ -1,0 +1,225 @@
+"""Data the decision core works on: conditions, events, commands and state.
+
+Everything here is an immutable value. Time is a float of seconds on one monotonic
+clock, passed in by the runtime; nothing in ``core`` reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Condition(enum.StrEnum):
+    """A failover trigger of the plan, each with its own threshold."""
+
+    REGION_UNHEALTHY = "region_unhealthy"
+    DB_UNREACHABLE = "db_unreachable"
+
+
+class Phase(enum.StrEnum):
+    """Where the watchdog is in the failover lifecycle."""
+
+    WATCHING = "watching"
+    FAILING_OVER = "failing_over"
+    # Anti-flap: after a failover nothing fails over again until an operator acknowledges.
+    FAILED_OVER = "failed_over"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """How long each condition must hold before it fails over (seconds).
+
+    ``recovery`` is the hysteresis on the way back: a condition that was failing is
+    reported as recovering until it has been healthy this long. It never delays the
+    debounce restart: one healthy observation restarts the failure clock.
+    ``retry_backoff`` spaces out retries of a failover the executor refused.
+    """
+
+    region_unhealthy: float = 300.0
+    db_unreachable: float = 120.0
+    recovery: float = 30.0
+    retry_backoff: float = 10.0
+
+    def for_condition(self, condition: Condition) -> float:
+        if condition is Condition.REGION_UNHEALTHY:
+            return self.region_unhealthy
+        return self.db_unreachable
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One probe outcome for a condition: ``failing`` is the probe's view at ``now``."""
+
+    condition: Condition
+    failing: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipChanged:
+    """The leader lock was acquired (``epoch`` set) or lost/unknown (``epoch`` None)."""
+
+    epoch: int | None
+    holder: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverSucceeded:
+    """The executor promoted the replica under ``epoch``."""
+
+    epoch: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverRefused:
+    """The executor did not fail over; ``retry`` says whether to try again later."""
+
+    reason: str
+    retry: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyObserved:
+    """What a probe of the standby slot found.
+
+    ``in_recovery`` False means the server there accepts the primary role: either a
+    promotion happened (``marker_epoch`` newer than any failover we know of) or it is a
+    fenced old primary left in the standby slot. ``writable`` is False when it is fenced.
+    """
+
+    in_recovery: bool
+    marker_epoch: int | None = None
+    writable: bool = False
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """An operator cleared the anti-flap block after a failover."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdsChanged:
+    """A reload brought new thresholds; running clocks keep their start times."""
+
+    thresholds: Thresholds
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; re-evaluate the clocks."""
+
+
+Event = (
+    Observed
+    | LeadershipChanged
+    | FailoverSucceeded
+    | FailoverRefused
+    | StandbyObserved
+    | Acknowledged
+    | ThresholdsChanged
+    | Tick
+)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailover:
+    """Promote the replica, fenced by ``epoch``. Issued once per failover."""
+
+    condition: Condition
+    epoch: int
+    reason: str
+    failing_since: float
+    decided_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FenceOldPrimary:
+    """Make the server in the standby slot read-only and end its sessions."""
+
+    epoch: int
+    reason: str
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Something an operator must hear about."""
+
+    severity: Severity
+    message: str
+
+
+Command = StartFailover | FenceOldPrimary | Alert
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The debounce clock of one condition.
+
+    ``failing_since``: first failing observation of the current unbroken streak.
+    ``last_failing``: latest failing observation of that streak (the evidence).
+    ``healthy_since``: first healthy observation after a streak (for hysteresis).
+    """
+
+    failing_since: float | None = None
+    last_failing: float | None = None
+    healthy_since: float | None = None
+    detail: str = ""
+
+    @property
+    def failing(self) -> bool:
+        return self.failing_since is not None
+
+    def held_for(self) -> float:
+        """How long the failure has been observed without a healthy observation."""
+        if self.failing_since is None or self.last_failing is None:
+            return 0.0
+        return self.last_failing - self.failing_since
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverRecord:
+    """What the core remembers of the failover in progress or done."""
+
+    condition: Condition | None
+    epoch: int | None
+    decided_at: float
+    reason: str
+    completed_at: float | None = None
+
+
+def fresh_clocks() -> dict[Condition, Clock]:
+    return {condition: Clock() for condition in Condition}
+
+
+@dataclass(frozen=True, slots=True)
+class WatchState:
+    """A frozen snapshot of what the watchdog believes; ``verdict`` explains the last step."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    phase: Phase = Phase.WATCHING
+    clocks: dict[Condition, Clock] = field(default_factory=fresh_clocks)
+    epoch: int | None = None
+    lock_holder: str | None = None
+    failover: FailoverRecord | None = None
+    # None: not seen yet; False: the standby slot holds no standby (nothing to promote).
+    standby_ready: bool | None = None
+    retry_not_before: float | None = None
+    verdict: str = "starting"

@@ -1,0 +1,163 @@
+"""The seams between the runtime and its plug-ins, as Protocols, plus the values they exchange.
+
+Plug-ins (``probes/``, ``actuators/``, ``leadership/``) import this module and nothing of
+each other. The runtime composes them. Unit tests of the runtime may put fakes behind
+these Protocols; every real plug-in also has an integration test against the real part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar, runtime_checkable
+
+# ---------------------------------------------------------------- observations
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresObservation:
+    """One look at a PostgreSQL server; failures are data, never exceptions.
+
+    LSNs are integers (bytes since the start of WAL), as ``pg_lsn - '0/0'`` gives them.
+    ``current_lsn`` is ``pg_current_wal_lsn()`` on a primary and None on a standby.
+    ``replay_lag_seconds`` is now minus ``pg_last_xact_replay_timestamp()`` on a standby.
+    ``receiver_status`` is ``pg_stat_wal_receiver.status`` ('streaming', ...) or None.
+    ``marker_epoch`` is the fencing epoch recorded by the last promotion, if any.
+    """
+
+    target: str
+    reachable: bool
+    latency: float
+    error: str | None = None
+    in_recovery: bool | None = None
+    read_only: bool | None = None
+    current_lsn: int | None = None
+    receive_lsn: int | None = None
+    replay_lsn: int | None = None
+    replay_lag_seconds: float | None = None
+    receiver_status: str | None = None
+    marker_epoch: int | None = None
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.reachable and self.in_recovery is False and self.read_only is False)
+
+
+@dataclass(frozen=True, slots=True)
+class UrlCheck:
+    url: str
+    ok: bool
+    status: int | None
+    latency: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegionHealthObservation:
+    """Health of one region's HTTP endpoints; ``healthy`` applies the quorum fraction."""
+
+    region: str
+    healthy: bool
+    checks: tuple[UrlCheck, ...] = field(default_factory=tuple)
+
+    @property
+    def detail(self) -> str:
+        good = sum(1 for c in self.checks if c.ok)
+        return f"{good}/{len(self.checks)} health URLs of {self.region} answered 2xx"
+
+
+Observation = PostgresObservation | RegionHealthObservation
+ObservationT_co = TypeVar("ObservationT_co", bound=Observation, covariant=True)
+
+
+@runtime_checkable
+class Probe(Protocol[ObservationT_co]):
+    """Looks at one target. Never raises: a failure is an observation.
+
+    Must finish within its own timeout (the scheduler also bounds it, as a backstop).
+    """
+
+    name: str
+
+    async def observe(self) -> ObservationT_co: ...
+
+    def failure(self, error: str, latency: float) -> ObservationT_co:
+        """The observation that reports this probe's target as failing with ``error``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- leadership
+
+
+class LockUnavailable(Exception):
+    """The lock store cannot be reached or answered wrongly; nothing may be actuated."""
+
+
+class StaleEpoch(Exception):
+    """A newer fencing epoch has acted on the target; this holder must not act."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held leadership: the fencing epoch and until when (local monotonic time) it is safe.
+
+    ``safe_until`` is computed from the time the acquiring request was *sent*, minus a
+    safety margin, so that clock drift and latency make it shorter, never longer.
+    """
+
+    epoch: int
+    token: str
+    holder: str
+    safe_until: float
+
+
+class LeaderLock(Protocol):
+    """The leader lock with a fencing epoch.
+
+    Timing-critical: ``acquire`` and ``renew`` must finish well within the TTL; each is
+    bounded by the store's socket timeout and never retried internally past it.
+    Compare-and-set: ``renew`` and ``release`` act only while the stored token is ours;
+    the epoch is an atomic INCR issued at each successful acquisition.
+    """
+
+    holder: str
+
+    async def acquire(self) -> Lease | None:
+        """Take the lock if free; a new epoch on success, None if someone else holds it.
+
+        Raises LockUnavailable if the store cannot be reached.
+        """
+        ...
+
+    async def renew(self, lease: Lease) -> Lease | None:
+        """Extend our lease; None if it is no longer ours. Raises LockUnavailable."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lock up if it is still ours. Best effort; never raises."""
+        ...
+
+    async def current(self) -> tuple[str, int] | None:
+        """Who holds the lock now and under which epoch; None if free. Raises LockUnavailable."""
+        ...
+
+    async def verify(self, lease: Lease) -> bool:
+        """Ask the store whether ``lease`` is still ours (the check before each actuation)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Monotonic seconds; the runtime passes ``loop.time`` so tests can run on virtual time."""
+
+    def __call__(self) -> float: ...
+
+
+# ---------------------------------------------------------------- fencing marker in PostgreSQL
+
+#: Schema and table where a promotion records its fencing epoch on the new primary.
+#: One row (id = 1): epoch bigint, holder text, failover_id text, promoted_at timestamptz.
+MARKER_SCHEMA = "agentaskit_dr"
+MARKER_TABLE = "agentaskit_dr.failover_epoch"
