@@ -1,0 +1,71 @@
+"""Configuration: the watchdog's and the backup jobs' YAML files, validated.
+
+``load_config`` / ``load_backup_config`` return frozen pydantic models or raise
+:class:`ConfigError` (never anything else) with one readable line per problem.
+Secrets (``*_env`` / ``*_file``) are read at load time and never printed.
+See ``docs/configuration.md`` for every key.
+"""
+
+from agentaskit_dr.config._backup import (
+    ApplicationStateConfig,
+    BackupConfig,
+    Bucket,
+    EncryptionConfig,
+    PostgresBackupConfig,
+    RestoreTestConfig,
+    ScheduledBackup,
+    StateBackup,
+    StorageConfig,
+    VerificationConfig,
+    VerifyBackupConfig,
+    WalArchiving,
+)
+from agentaskit_dr.config._base import redact_url
+from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
+from agentaskit_dr.config._loader import (
+    ConfigError,
+    load_backup_config,
+    load_config,
+    looks_like_backup,
+)
+from agentaskit_dr.config._models import (
+    DatabaseConfig,
+    LockConfig,
+    LoggingConfig,
+    ProbeConfig,
+    PromotionConfig,
+    RegionConfig,
+    ThresholdsConfig,
+    WatchdogConfig,
+)
+
+__all__ = [
+    "ApplicationStateConfig",
+    "BackupConfig",
+    "Bucket",
+    "ConfigError",
+    "DatabaseConfig",
+    "EncryptionConfig",
+    "LockConfig",
+    "LoggingConfig",
+    "PostgresBackupConfig",
+    "ProbeConfig",
+    "PromotionConfig",
+    "RegionConfig",
+    "RestoreTestConfig",
+    "ScheduledBackup",
+    "StateBackup",
+    "StorageConfig",
+    "ThresholdsConfig",
+    "VerificationConfig",
+    "VerifyBackupConfig",
+    "WalArchiving",
+    "WatchdogConfig",
+    "format_duration",
+    "load_backup_config",
+    "load_config",
+    "looks_like_backup",
+    "parse_duration",
+    "parse_size",
+    "redact_url",
+]

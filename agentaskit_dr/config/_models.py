@@ -1,0 +1,360 @@
+"""The watchdog's configuration schema (``configs/watchdog.yaml``).
+
+Durations are stored as float seconds, sizes as int bytes. Secrets given through
+``*_env`` / ``*_file`` are read while the model is validated and kept in private
+attributes as :class:`~pydantic.SecretStr`, so ``repr``, ``str`` and ``model_dump`` never
+carry them; ``redacted()`` also masks passwords written inside URLs.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import quote
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from agentaskit_dr.config._base import (
+    Bytes,
+    ConfigModel,
+    ConfigPath,
+    Duration,
+    EnvName,
+    HttpUrl,
+    NonBlank,
+    PositiveDuration,
+    Problem,
+    problem_error,
+    problems_error,
+    redact,
+    resolve_secret,
+    secret_source_problems,
+    url_has_password,
+)
+from agentaskit_dr.config._durations import format_duration
+from agentaskit_dr.core import Thresholds
+
+_DSN_SCHEMES = ("postgresql://", "postgres://")
+_LOCK_SCHEMES = ("redis://", "rediss://")
+
+
+def _authority_end(rest: str) -> int:
+    """Index in ``rest`` (a URL after ``scheme://``) where the user/host part ends."""
+    ends = [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0]
+    return min(ends, default=len(rest))
+
+
+def _has_host(url: str) -> bool:
+    rest = url.partition("://")[2]
+    authority = rest[: _authority_end(rest)]
+    return bool(authority.rpartition("@")[2].strip())
+
+
+class DatabaseConfig(ConfigModel):
+    """How to reach one region's PostgreSQL server."""
+
+    dsn: str
+    """``postgresql://user@host:port/dbname``; an inline password is allowed, not advised."""
+    password_env: EnvName | None = None
+    """Environment variable holding the password."""
+    password_file: ConfigPath | None = None
+    """File holding the password (surrounding whitespace stripped)."""
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_dsn(cls, dsn: str) -> str:
+        if not dsn.startswith(_DSN_SCHEMES) or not _has_host(dsn):
+            raise PydanticCustomError(
+                "dsn", "must be a URL like postgresql://user@host:5432/dbname"
+            )
+        return dsn
+
+    @model_validator(mode="after")
+    def _read_password(self) -> Self:
+        problems = secret_source_problems(
+            self.password_env,
+            self.password_file,
+            env_field="password_env",
+            file_field="password_file",
+        )
+        if (self.password_env or self.password_file) and url_has_password(self.dsn):
+            # asyncpg would silently prefer one of the two; make the operator choose.
+            problems.append(
+                Problem(("dsn",), "holds a password and password_env/password_file gives another")
+            )
+        if problems:
+            raise problems_error(problems)
+        self._password = resolve_secret(
+            self.password_env,
+            self.password_file,
+            env_field="password_env",
+            file_field="password_file",
+        )
+        return self
+
+    @property
+    def password(self) -> SecretStr | None:
+        """The password read from ``password_env`` / ``password_file``, if either was given."""
+        return self._password
+
+    def connect_dsn(self) -> str:
+        """The DSN to hand to asyncpg, with the resolved password inserted (URL-quoted)."""
+        if self._password is None:
+            return self.dsn
+        scheme, _, rest = self.dsn.partition("://")
+        end = _authority_end(rest)
+        # asyncpg splits user info from hosts at the first "@", so do the same.
+        userinfo, at, hosts = rest[:end].partition("@")
+        if not at:
+            userinfo, hosts = "", rest[:end]
+        user = userinfo.partition(":")[0]
+        password = quote(self._password.get_secret_value(), safe="")
+        return f"{scheme}://{user}:{password}@{hosts}{rest[end:]}"
+
+
+class RegionConfig(ConfigModel):
+    """One region of the two: where its health endpoints and its database are."""
+
+    health_urls: tuple[HttpUrl, ...]
+    """HTTP(S) endpoints; the region is healthy when enough of them answer 2xx."""
+    database: DatabaseConfig
+
+    @field_validator("health_urls")
+    @classmethod
+    def _at_least_one(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        if not urls:
+            raise PydanticCustomError("too_short", "must list at least one URL")
+        return urls
+
+
+class ThresholdsConfig(ConfigModel):
+    """How long a failure must hold before failing over (the plan's triggers)."""
+
+    region_unhealthy: PositiveDuration = 300.0
+    """Primary region health checks failing this long fails over (plan: > 5 minutes)."""
+    db_unreachable: PositiveDuration = 120.0
+    """Primary database unreachable this long fails over (plan: > 2 minutes)."""
+    recovery: PositiveDuration = 30.0
+    """A failing condition must be healthy this long before it counts as recovered."""
+    retry_backoff: PositiveDuration = 10.0
+    """Wait between retries of a failover the executor refused."""
+
+
+class ProbeConfig(ConfigModel):
+    """How often and how patiently targets are probed."""
+
+    interval: PositiveDuration = 5.0
+    timeout: PositiveDuration = 2.0
+    """Per-probe deadline; must be shorter than ``interval``."""
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5, strict=True)
+    """Fraction of ``interval`` by which each probe start is randomly shifted."""
+    healthy_fraction: float = Field(default=0.5, gt=0.0, le=1.0, strict=True)
+    """Fraction of a region's health URLs that must answer 2xx for it to be healthy."""
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> Self:
+        if self.timeout >= self.interval:
+            raise problem_error(
+                "timeout",
+                f"must be shorter than probe.interval ({format_duration(self.interval)})",
+                got=format_duration(self.timeout),
+            )
+        return self
+
+
+class LockConfig(ConfigModel):
+    """The leader lock store (Redis) and the lease timing."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """``redis://`` or ``rediss://`` (TLS) URL of the lock store."""
+    ttl: PositiveDuration = 15.0
+    """Lease length; at least three socket timeouts so a renewal fits in it."""
+    margin: Duration | None = None
+    """Stop acting this long before the lease ends; None leaves the default to the lock."""
+    key_prefix: NonBlank = "agentaskit-dr"
+    """Prefix of every key the lock and journal write."""
+    password_env: EnvName | None = None
+    password_file: ConfigPath | None = None
+    socket_timeout: PositiveDuration = 1.0
+    """Bound on each lock store call; redis-py's own retries must fit inside it."""
+
+    _password: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if not url.startswith(_LOCK_SCHEMES) or not _has_host(url):
+            raise PydanticCustomError("url", "must be a URL like redis://host:6379/0 or rediss://")
+        return url
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_spaces(cls, prefix: str) -> str:
+        if any(character.isspace() for character in prefix):
+            raise PydanticCustomError("key_prefix", "must not contain spaces")
+        return prefix
+
+    @model_validator(mode="after")
+    def _check_timing_and_read_password(self) -> Self:
+        problems = secret_source_problems(
+            self.password_env,
+            self.password_file,
+            env_field="password_env",
+            file_field="password_file",
+        )
+        if self.ttl < 3 * self.socket_timeout:
+            problems.append(
+                Problem(
+                    ("ttl",),
+                    "must be at least 3 x lock.socket_timeout "
+                    f"({format_duration(3 * self.socket_timeout)})",
+                    got=format_duration(self.ttl),
+                )
+            )
+        if self.margin is not None and self.margin >= self.ttl:
+            problems.append(
+                Problem(
+                    ("margin",),
+                    f"must be shorter than lock.ttl ({format_duration(self.ttl)})",
+                    got=format_duration(self.margin),
+                )
+            )
+        if (self.password_env or self.password_file) and url_has_password(self.url):
+            # redis-py lets a URL password override the password argument: refuse both.
+            problems.append(
+                Problem(("url",), "holds a password and password_env/password_file gives another")
+            )
+        if problems:
+            raise problems_error(problems)
+        self._password = resolve_secret(
+            self.password_env,
+            self.password_file,
+            env_field="password_env",
+            file_field="password_file",
+        )
+        return self
+
+    def password_value(self) -> str | None:
+        """The password from ``password_env`` / ``password_file``; None if neither is set.
+
+        A password written in ``url`` itself is left to redis-py's URL parsing.
+        """
+        return None if self._password is None else self._password.get_secret_value()
+
+
+class PromotionConfig(ConfigModel):
+    """Guards on promoting the replica."""
+
+    max_lag_bytes: Bytes = 16 * 2**20
+    """Refuse to promote a replica further behind than this (bytes, or '16MiB')."""
+    force: bool = False
+    """Promote even past ``max_lag_bytes`` (data loss accepted)."""
+    timeout: PositiveDuration = 30.0
+    """How long to wait for the promotion to finish."""
+
+
+def _lowercase(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+class LoggingConfig(ConfigModel):
+    """Log output."""
+
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lowercase)] = (
+        "info"
+    )
+
+
+class WatchdogConfig(ConfigModel):
+    """Everything one watchdog needs; load it with :func:`load_config`."""
+
+    region: NonBlank
+    """The region this watchdog runs in."""
+    primary_region: NonBlank
+    """The region that holds the primary at start."""
+    node_name: NonBlank | None = None
+    """Lock holder identity; None means ``"{hostname}/{region}"``."""
+    regions: dict[NonBlank, RegionConfig]
+    """Exactly two regions, by name."""
+    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    lock: LockConfig = Field(default_factory=LockConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Self:
+        problems: list[Problem] = []
+        names = list(self.regions)
+        if len(names) != 2:
+            problems.append(
+                Problem(
+                    ("regions",),
+                    "must name exactly two regions, the primary and the secondary "
+                    f"(got {len(names)}: {', '.join(names) or 'none'})",
+                )
+            )
+        for field in ("region", "primary_region"):
+            value = getattr(self, field)
+            if value not in self.regions:
+                problems.append(
+                    Problem(
+                        (field,), f"must be one of the regions: {', '.join(names)}", got=repr(value)
+                    )
+                )
+        interval = self.probe.interval
+        for name in ThresholdsConfig.model_fields:
+            seconds = getattr(self.thresholds, name)
+            if seconds <= interval:
+                problems.append(
+                    Problem(
+                        ("thresholds", name),
+                        f"must be longer than probe.interval ({format_duration(interval)})",
+                        got=format_duration(seconds),
+                    )
+                )
+        if problems:
+            raise problems_error(problems)
+        return self
+
+    @property
+    def holder(self) -> str:
+        """Who this watchdog is to the lock: ``node_name`` or ``"{hostname}/{region}"``."""
+        return self.node_name or f"{socket.gethostname()}/{self.region}"
+
+    @property
+    def secondary_region(self) -> str:
+        """The region that is not ``primary_region``."""
+        return next(name for name in self.regions if name != self.primary_region)
+
+    def core_thresholds(self) -> Thresholds:
+        """The thresholds as the decision core takes them."""
+        return Thresholds(
+            region_unhealthy=self.thresholds.region_unhealthy,
+            db_unreachable=self.thresholds.db_unreachable,
+            recovery=self.thresholds.recovery,
+            retry_backoff=self.thresholds.retry_backoff,
+        )
+
+    def with_primary(self, region: str) -> WatchdogConfig:
+        """A copy that names ``region`` as the primary (after a failover or failback)."""
+        if region not in self.regions:
+            known = ", ".join(self.regions)
+            raise ValueError(f"unknown region {region!r}; expected one of {known}")
+        return self.model_copy(update={"primary_region": region})
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-able dict for logs and status, every password replaced by ``"***"``."""
+        data: dict[str, Any] = redact(self.model_dump(mode="json"))
+        data["holder"] = self.holder
+        return data
