@@ -1,0 +1,63 @@
+"""Shared fixtures: real servers on free loopback ports, and a guard against leaked tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from agentaskit_dr.sandbox.redis import RedisServer
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Mark the main thread's event loop as explicitly unset.
+
+    Otherwise looptime asks the policy for a loop during a sync test that runs before
+    the first async one, the policy creates a loop nobody closes, and its ResourceWarning
+    fails the whole session under ``filterwarnings = error``.
+    """
+    asyncio.set_event_loop(None)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A started redis-server with no persistence, killed after the test."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def pg_pair() -> Iterator[PostgresPair]:
+    """A PostgreSQL primary with a streaming replica, both killed and removed after the test."""
+    with PostgresPair() as pair:
+        yield pair
+
+
+@pytest.fixture
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail the test if tasks are still pending in its loop once it and its fixtures end."""
+    yield
+    current = asyncio.current_task()
+    leaked = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    if not leaked:
+        return
+    report = "\n".join(repr(task) for task in leaked)
+    # Cancel them so the loop closes cleanly and the report shows only this failure.
+    for task in leaked:
+        task.cancel()
+    await asyncio.gather(*leaked, return_exceptions=True)
+    pytest.fail(f"test leaked {len(leaked)} pending task(s):\n{report}")
+
+
+@pytest.fixture(autouse=True)
+def _async_tests_leak_no_tasks(request: pytest.FixtureRequest) -> None:
+    # Set up before the test's own fixtures, so the check is torn down after theirs and
+    # runs inside the test's event loop (pytest-asyncio gives each test function its own).
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("_no_leaked_tasks")
