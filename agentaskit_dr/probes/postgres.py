@@ -1,0 +1,204 @@
+"""Probe of one PostgreSQL server: role, WAL positions, replication and the fencing marker.
+
+Each observation opens a fresh connection, runs one status query (plus one read of the
+fencing marker when its table exists and is readable) and closes the connection, all
+under one deadline.
+A fresh connection each time is deliberate: it measures what a new client sees, and an
+asyncpg connection is often unusable after a timeout anyway (FIELD-NOTES).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncpg
+import structlog
+
+from agentaskit_dr.ports import MARKER_SCHEMA, MARKER_TABLE, PostgresObservation
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PORT = 5432
+# Errors are shown in status pages and logs; keep them to one readable line.
+MAX_ERROR_LENGTH = 200
+
+# One statement, valid on both roles: the CASE arms keep primary-only and standby-only
+# functions from running on the other role (they are volatile, so never constant-folded).
+STATUS_QUERY = """
+SELECT
+    pg_is_in_recovery() AS in_recovery,
+    current_setting('default_transaction_read_only') = 'on' AS read_only,
+    CASE WHEN NOT pg_is_in_recovery()
+         THEN pg_current_wal_lsn() - '0/0' END AS current_lsn,
+    CASE WHEN pg_is_in_recovery()
+         THEN pg_last_wal_receive_lsn() - '0/0' END AS receive_lsn,
+    CASE WHEN pg_is_in_recovery()
+         THEN pg_last_wal_replay_lsn() - '0/0' END AS replay_lsn,
+    -- After a promotion the last replay timestamp stays frozen: only meaningful on a standby.
+    CASE WHEN pg_is_in_recovery()
+         THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
+         AS replay_lag_seconds,
+    (SELECT status FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
+    -- The catalog, not to_regclass(): to_regclass raises when we lack USAGE on the schema.
+    EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = $1 AND c.relname = $2) AS marker_exists,
+    coalesce((SELECT has_schema_privilege(n.oid, 'USAGE')
+                     AND has_table_privilege(c.oid, 'SELECT')
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2), false) AS marker_readable
+"""
+
+_MARKER_RELATION = MARKER_TABLE.removeprefix(f"{MARKER_SCHEMA}.")
+MARKER_QUERY = f"SELECT epoch FROM {MARKER_TABLE} WHERE id = 1"  # noqa: S608 (constant)
+
+
+def dsn_target(dsn: str) -> str:
+    """``host:port`` of a PostgreSQL URI, without user or password."""
+    parts = urlsplit(dsn)
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
+        # ``postgresql:///db?host=...&port=...`` puts the address in the query string.
+        query = parse_qs(parts.query)
+        hosts = query.get("host", ["localhost"])[0]
+        if "port" in query:
+            hosts = f"{hosts}:{query['port'][0]}"
+    if "," in hosts:
+        return hosts
+    has_port = ":" in hosts.rpartition("]")[2]
+    return hosts if has_port else f"{hosts}:{DEFAULT_PORT}"
+
+
+def _dsn_password_forms(dsn: str) -> tuple[str, ...]:
+    """The DSN's password as written and percent-decoded, to scrub from error texts."""
+    try:
+        password = urlsplit(dsn).password
+    except ValueError:
+        return ()
+    if not password:
+        return ()
+    return tuple({password, unquote(password)})
+
+
+def _as_int(value: Decimal | int | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _as_float(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def replication_lag_bytes(primary_lsn: int | None, standby: PostgresObservation) -> int | None:
+    """WAL bytes the standby has still to replay: the primary's LSN minus the standby's
+    replay LSN, floored at 0 (the two are read at different moments). None if unknown."""
+    if primary_lsn is None or standby.replay_lsn is None:
+        return None
+    return max(0, primary_lsn - standby.replay_lsn)
+
+
+class PostgresProbe:
+    """Looks at one PostgreSQL server; a failure is ``reachable=False``, never an exception.
+
+    ``timeout`` bounds the whole observation: connect, queries and close.
+    ``clock`` gives monotonic seconds for ``latency``; it defaults to the event loop's
+    clock, the same one ``asyncio.timeout`` uses.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        *,
+        timeout: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.name = name
+        self.target = dsn_target(dsn)
+        self.timeout = timeout
+        self._dsn = dsn
+        self._secrets = _dsn_password_forms(dsn)
+        self._clock = clock
+
+    async def observe(self) -> PostgresObservation:
+        """Connect, read the server's role and positions, and close; within ``timeout``."""
+        clock = self._clock or asyncio.get_running_loop().time
+        started = clock()
+        try:
+            fields = await self._read()
+        except Exception as exc:  # noqa: BLE001 (a probe never raises; the error is the data)
+            error = self._describe(exc)
+            log.debug("postgres_unreachable", probe=self.name, target=self.target, error=error)
+            return self.failure(error, clock() - started)
+        return PostgresObservation(
+            target=self.target, reachable=True, latency=clock() - started, **fields
+        )
+
+    def failure(self, error: str, latency: float) -> PostgresObservation:
+        """This server seen as unreachable with ``error``."""
+        return PostgresObservation(
+            target=self.target, reachable=False, latency=latency, error=error
+        )
+
+    async def close(self) -> None:
+        """Nothing to release: every observation closes its own connection."""
+
+    async def _read(self) -> dict[str, Any]:
+        conn: asyncpg.Connection | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self.timeout,
+                    command_timeout=self.timeout,
+                    # A fresh connection per look: a statement cache would never be reused.
+                    statement_cache_size=0,
+                    server_settings={"application_name": f"agentaskit-dr probe {self.name}"},
+                )
+                row = await conn.fetchrow(STATUS_QUERY, MARKER_SCHEMA, _MARKER_RELATION)
+                marker = await conn.fetchval(MARKER_QUERY) if row["marker_readable"] else None
+                await conn.close()
+        finally:
+            # After a timeout or error the connection may be half-open: drop it at once.
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+        if row["marker_exists"] and not row["marker_readable"]:
+            # The server is up; a missing grant must not look like an outage.
+            log.warning("fencing_marker_unreadable", probe=self.name, target=self.target)
+        return {
+            "in_recovery": row["in_recovery"],
+            "read_only": row["read_only"],
+            "current_lsn": _as_int(row["current_lsn"]),
+            "receive_lsn": _as_int(row["receive_lsn"]),
+            "replay_lsn": _as_int(row["replay_lsn"]),
+            "replay_lag_seconds": _as_float(row["replay_lag_seconds"]),
+            "receiver_status": row["receiver_status"],
+            "marker_epoch": _as_int(marker),
+        }
+
+    def _describe(self, exc: Exception) -> str:
+        """A short, password-free line for an observation's ``error``."""
+        if isinstance(exc, TimeoutError):
+            return f"timeout after {self.timeout}s"
+        if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(exc, OSError) and exc.strerror:
+            text = exc.strerror
+        elif isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            text = f"{type(exc).__name__}: {exc}"
+        else:
+            log.warning(
+                "postgres_probe_unexpected_error",
+                probe=self.name,
+                target=self.target,
+                error_type=type(exc).__name__,
+            )
+            text = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return " ".join(text.split())[:MAX_ERROR_LENGTH]
