@@ -51,8 +51,8 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
         case FailoverRefused():
             return _failover_refused(state, event, now)
         case StandbyObserved():
-            state, commands = _standby_observed(state, event, now)
-            if state.phase is Phase.FAILED_OVER:
+            state, commands, final = _standby_observed(state, event, now)
+            if final:
                 return state, commands
         case Acknowledged():
             return _acknowledged(state)
@@ -149,7 +149,7 @@ def _decide(state: WatchState, now: float) -> Step:
         retry_not_before=None,
         verdict=f"failover: {reason}; promoting the standby under epoch {state.epoch}",
     )
-    return state, [command, Alert(Severity.CRITICAL, f"failing over: {reason}")]
+    return state, [Alert(Severity.CRITICAL, f"failing over: {reason}"), command]
 
 
 def _failover_succeeded(state: WatchState, event: FailoverSucceeded, now: float) -> Step:
@@ -182,11 +182,25 @@ def _failover_refused(state: WatchState, event: FailoverRefused, now: float) -> 
     return state, [Alert(Severity.CRITICAL, f"failover refused: {event.reason}")]
 
 
-def _standby_observed(state: WatchState, event: StandbyObserved, now: float) -> Step:
+def _standby_observed(
+    state: WatchState, event: StandbyObserved, now: float
+) -> tuple[WatchState, list[Command], bool]:
+    """Returns the new state, commands, and whether its verdict is final for this step."""
     if event.in_recovery:
-        return replace(state, standby_ready=True), []
+        return replace(state, standby_ready=True), [], False
     known = state.failover.epoch if state.failover else None
     newer = event.marker_epoch is not None and (known is None or event.marker_epoch > known)
+    if (
+        state.phase is Phase.WATCHING
+        and event.marker_epoch is None
+        and state.failover is None
+        and state.epoch is None
+        and state.lock_holder is not None
+    ):
+        # Between pg_promote and the marker write of another holder's promotion.
+        verdict = (f"no action: the standby accepts writes without an epoch marker yet "
+                   f"(promotion by {state.lock_holder} in progress?)")
+        return replace(state, standby_ready=False, verdict=verdict), [], True
     if state.phase is Phase.WATCHING and (newer or state.failover is None):
         # Promoted by a peer (newer epoch marker) or by hand (no marker, no failover yet).
         who = f"epoch {event.marker_epoch}" if event.marker_epoch else "outside agentaskit-dr"
@@ -205,18 +219,18 @@ def _standby_observed(state: WatchState, event: StandbyObserved, now: float) -> 
             standby_ready=None,
             verdict=f"no action: the standby was already promoted ({who})",
         )
-        return state, [Alert(Severity.CRITICAL, f"standby found promoted ({who})")]
+        return state, [Alert(Severity.CRITICAL, f"standby found promoted ({who})")], True
     if event.marker_epoch is not None and known is not None and event.marker_epoch >= known:
         # The server we promoted, seen through a probe that still aims at the old slot.
-        return state, []
+        return state, [], False
     state = replace(state, standby_ready=False)
     if event.writable and state.epoch is not None and state.phase is not Phase.FAILING_OVER:
         reason = "old primary in the standby slot accepts writes"
         return state, [
-            FenceOldPrimary(epoch=state.epoch, reason=reason),
             Alert(Severity.CRITICAL, f"fencing: {reason}"),
-        ]
-    return state, []
+            FenceOldPrimary(epoch=state.epoch, reason=reason),
+        ], False
+    return state, [], False
 
 
 def _acknowledged(state: WatchState) -> Step:

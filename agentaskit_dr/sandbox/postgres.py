@@ -298,28 +298,31 @@ class PostgresPair:
         self.replica = PostgresServer("replica", self.base_dir / "replica", bindir, home)
 
     def start(self) -> PostgresPair:
-        """Copy a fresh cluster into both data dirs, make one a standby, start both and
-        wait until the replica streams.
+        """Copy a fresh cluster into the primary's data dir, start it, clone the replica
+        with ``pg_basebackup -R`` and wait until the replica streams.
 
-        Both copies come from one cleanly shut-down cluster, so the replica is a valid cold
-        base backup of the primary: no pg_basebackup (0.1-1 s) per pair.
+        The replica is a real online base backup: a cold copy of the primary's template
+        leaves the standby with nothing but the copied shutdown checkpoint, and PostgreSQL
+        15 then PANICs at promotion ("invalid record length") when no WAL was written.
         """
+        if self.primary.proc is not None:
+            return self  # already started (``with PostgresPair().start()`` starts once)
         # mkdtemp gives a 0700 root-owned dir; the postgres user must traverse it.
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)
         template = _cluster_template(self.primary.bindir)
-        for server in (self.primary, self.replica):
-            # -a keeps the postgres owner and 0700 mode that the server insists on.
-            subprocess.run(["cp", "-aT", str(template), str(server.datadir)], check=True)
+        # -a keeps the postgres owner and 0700 mode that the server insists on.
+        subprocess.run(["cp", "-aT", str(template), str(self.primary.datadir)], check=True)
         self.primary.home.mkdir(mode=0o700, exist_ok=True)
         _give_to_server_user(self.primary.home)
-        conninfo = f"host=127.0.0.1 port={self.primary.port} user=postgres application_name=replica"
-        with (self.replica.datadir / "postgresql.auto.conf").open("a") as conf:
-            conf.write(f"primary_conninfo = '{conninfo}'\n")
-        standby_signal = self.replica.datadir / "standby.signal"
-        standby_signal.touch()
-        _give_to_server_user(standby_signal)
+        self.replica.datadir.mkdir(mode=0o700)
+        _give_to_server_user(self.replica.datadir)
         self.primary.start()
+        self.primary.run_server_binary(
+            "pg_basebackup", "-D", str(self.replica.datadir), "-R", "-X", "stream",
+            "-c", "fast", "--no-sync", "-h", "127.0.0.1", "-p", str(self.primary.port),
+            "-U", "postgres",
+        )
         self.replica.start()
         self._wait_streaming()
         return self

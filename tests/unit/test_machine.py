@@ -157,6 +157,25 @@ def test_standby_promoted_by_peer_is_seen_as_failed_over() -> None:
     assert not failovers(commands)
 
 
+def test_unmarked_promotion_while_another_holds_the_lock_waits_for_the_marker() -> None:
+    state = WatchState(thresholds=PRODUCTION)
+    state, _ = transition(state, LeadershipChanged(epoch=None, holder="west (epoch 1)"), 0.0)
+    state, commands = run([(5.0, StandbyObserved(in_recovery=False, marker_epoch=None))], state)
+    assert state.phase is Phase.WATCHING
+    assert "promotion by west (epoch 1) in progress" in state.verdict
+    assert commands == []
+    state, _ = run([(6.0, StandbyObserved(in_recovery=False, marker_epoch=1))], state)
+    assert state.phase is Phase.FAILED_OVER
+    assert state.failover is not None and state.failover.epoch == 1
+
+
+def test_unmarked_promotion_with_nobody_holding_the_lock_is_an_outside_promotion() -> None:
+    state = WatchState(thresholds=PRODUCTION)
+    state, _ = run([(5.0, StandbyObserved(in_recovery=False, marker_epoch=None))], state)
+    assert state.phase is Phase.FAILED_OVER
+    assert "outside agentaskit-dr" in state.verdict
+
+
 def test_writable_old_primary_in_standby_slot_is_fenced_after_failover() -> None:
     state, _ = run([*every(5, 0, 125, DB, True), (126.0, FailoverSucceeded(epoch=3))])
     state, commands = run(

@@ -1,0 +1,297 @@
+"""The engine: feeds observations to the pure core, logs one verdict per cycle, acts.
+
+A cycle starts when a probe reports (or at least every probe interval) and drains
+everything that arrived meanwhile; SIGHUP reloads happen at the top of a cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agentaskit_dr.config import ConfigError, WatchdogConfig, load_config
+from agentaskit_dr.core import (
+    Alert as AlertCommand,
+)
+from agentaskit_dr.core import (
+    Command,
+    Condition,
+    Event,
+    FenceOldPrimary,
+    LeadershipChanged,
+    Observed,
+    Phase,
+    StandbyObserved,
+    StartFailover,
+    ThresholdsChanged,
+    Tick,
+    WatchState,
+    transition,
+)
+from agentaskit_dr.ports import (
+    Lease,
+    Observation,
+    Probe,
+    RegionHealthObservation,
+)
+from agentaskit_dr.probes.postgres import replication_lag_bytes
+from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
+
+log = structlog.get_logger(__name__)
+
+PRIMARY_DB = "db:primary"
+STANDBY_DB = "db:standby"
+
+ProbeFactory = Callable[[WatchdogConfig], Sequence[Probe[Observation]]]
+PromoterFactory = Callable[[WatchdogConfig], Promoter]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Wake:
+    """Wakes the engine for a reload or a stop without an observation."""
+
+
+QueueItem = ProbeReport | LeadershipChanged | _Wake
+
+
+class Engine:
+    """Owns the watch state and the probe set; the only writer of both."""
+
+    def __init__(
+        self,
+        config: WatchdogConfig,
+        *,
+        config_path: Path | None,
+        probes: ProbeFactory,
+        promoters: PromoterFactory,
+        executor: FailoverExecutor,
+        on_config: Callable[[WatchdogConfig], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._file_primary = config.primary_region
+        self._probe_factory = probes
+        self._promoter_factory = promoters
+        self.executor = executor
+        self._on_config = on_config
+        self.state = WatchState(thresholds=config.core_thresholds())
+        self.queue: asyncio.Queue[QueueItem] = asyncio.Queue()
+        self.generation = 0
+        self.primary_last_lsn: int | None = None
+        self.lag_bytes: int | None = None
+        self.cycles = 0
+        self.latest: dict[str, ProbeReport] = {}
+        self._scheduler: ProbeScheduler | None = None
+        self._reload_requested = False
+        self._probes_stale = False
+        self._clock = asyncio.get_running_loop().time
+
+    # ------------------------------------------------------------ inputs
+
+    def report(self, report: ProbeReport) -> None:
+        self.queue.put_nowait(report)
+
+    def leadership_changed(self, lease: Lease | None, holder: str | None) -> None:
+        event = LeadershipChanged(
+            epoch=lease.epoch if lease else None, holder=lease.holder if lease else holder
+        )
+        self.queue.put_nowait(event)
+
+    def request_reload(self) -> None:
+        """Called from the SIGHUP handler: only sets a flag; the loop does the work."""
+        self._reload_requested = True
+        self.queue.put_nowait(_Wake())
+
+    # ------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        self._start_probes()
+        try:
+            while True:
+                if self._reload_requested:
+                    await self._reload()
+                items = await self._next_batch()
+                await self._cycle(items)
+        finally:
+            if self._scheduler is not None:
+                await self._scheduler.stop()
+
+    async def _next_batch(self) -> list[QueueItem]:
+        try:
+            first = await asyncio.wait_for(self.queue.get(), timeout=self.config.probe.interval)
+        except TimeoutError:
+            return []
+        items = [first]
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
+
+    async def _cycle(self, items: list[QueueItem]) -> None:
+        self.cycles += 1
+        commands: list[Command] = []
+        events: list[Event] = [Tick()]
+        for item in items:
+            events.extend(self._events_of(item))
+        for event in events:
+            commands.extend(self._apply(event))
+        self._log_verdict()
+        for command in commands:
+            await self._execute(command)
+        if self._probes_stale:
+            await self._restart_probes()
+
+    def _apply(self, event: Event) -> list[Command]:
+        before = self.state.phase
+        self.state, commands = transition(self.state, event, self._clock())
+        if before is not Phase.FAILED_OVER and self.state.phase is Phase.FAILED_OVER:
+            self._swap_topology()
+        return commands
+
+    def _events_of(self, item: QueueItem) -> list[Event]:
+        if isinstance(item, LeadershipChanged):
+            return [item]
+        if isinstance(item, _Wake) or item.generation != self.generation:
+            return []
+        self.latest[item.probe] = item
+        observation = item.observation
+        if isinstance(observation, RegionHealthObservation):
+            if observation.region != self.config.primary_region:
+                return []
+            return [Observed(Condition.REGION_UNHEALTHY, not observation.healthy,
+                             observation.detail)]
+        if item.probe == PRIMARY_DB:
+            if observation.current_lsn is not None:
+                self.primary_last_lsn = observation.current_lsn
+            detail = observation.error or f"{observation.target} reachable"
+            return [Observed(Condition.DB_UNREACHABLE, not observation.reachable, detail)]
+        if item.probe == STANDBY_DB and observation.reachable:
+            self.lag_bytes = replication_lag_bytes(self.primary_last_lsn, observation)
+            return [StandbyObserved(
+                in_recovery=bool(observation.in_recovery),
+                marker_epoch=observation.marker_epoch,
+                writable=observation.writable,
+                detail=observation.target,
+            )]
+        return []
+
+    def _log_verdict(self) -> None:
+        state = self.state
+        failover = state.failover
+        log.info(
+            "verdict",
+            cycle=self.cycles,
+            phase=state.phase.value,
+            verdict=state.verdict,
+            epoch=state.epoch,
+            lock_holder=state.lock_holder,
+            primary_region=self.config.primary_region,
+            failover_epoch=failover.epoch if failover else None,
+            lag_bytes=self.lag_bytes,
+        )
+
+    async def _execute(self, command: Command) -> None:
+        if isinstance(command, AlertCommand):
+            log.warning("alert", severity=command.severity.value, message=command.message)
+        elif isinstance(command, StartFailover):
+            self._log_decision(command)
+            promoter = self._promoter_factory(self.config)
+            outcome = await self.executor.failover(command, promoter, self.primary_last_lsn)
+            for extra in self._apply(outcome):
+                await self._execute(extra)
+            self._log_verdict()
+        elif isinstance(command, FenceOldPrimary):
+            promoter = self._promoter_factory(self.config)
+            standby = self.config.regions[self.config.secondary_region].database.connect_dsn()
+            await self.executor.fence(command, promoter, standby)
+
+    def _log_decision(self, command: StartFailover) -> None:
+        threshold = self.state.thresholds.for_condition(command.condition)
+        log.warning(
+            "failover_decided",
+            condition=command.condition.value,
+            epoch=command.epoch,
+            reason=command.reason,
+            failing_since=round(command.failing_since, 4),
+            decided_at=round(command.decided_at, 4),
+            threshold=threshold,
+            overshoot=round(command.decided_at - command.failing_since - threshold, 4),
+        )
+
+    # ------------------------------------------------------------ probes and topology
+
+    def _start_probes(self) -> None:
+        self.generation += 1
+        probe = self.config.probe
+        self._scheduler = ProbeScheduler(
+            self._probe_factory(self.config),
+            ProbeTiming(interval=probe.interval, timeout=probe.timeout, jitter=probe.jitter),
+            self.report,
+            generation=self.generation,
+        )
+        self._scheduler.start()
+
+    async def _restart_probes(self) -> None:
+        self._probes_stale = False
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        self._start_probes()
+
+    def _swap_topology(self) -> None:
+        """After a failover the standby's region serves; probes follow at the cycle's end."""
+        new_primary = self.config.secondary_region
+        log.warning("primary_region_changed", old=self.config.primary_region, new=new_primary)
+        self.config = self.config.with_primary(new_primary)
+        self.primary_last_lsn = None
+        self.lag_bytes = None
+        self._probes_stale = True
+
+    async def _reload(self) -> None:
+        self._reload_requested = False
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.exception("config_reload_failed", path=str(self.config_path), problems=exc.problems,
+                      keeping="the running config")
+            return
+        if new.lock != self.config.lock:
+            log.warning("config_reload_partial", ignored="lock", reason="lock settings apply "
+                        "on restart")
+        file_primary = new.primary_region
+        if file_primary == self._file_primary:
+            new = new.with_primary(self.config.primary_region)  # keep a failover's topology
+        self._file_primary = file_primary
+        self.config = new
+        if self._on_config is not None:
+            self._on_config(new)
+        for command in self._apply(ThresholdsChanged(new.core_thresholds())):
+            await self._execute(command)
+        await self._restart_probes()
+        log.info("config_reloaded", path=str(self.config_path), thresholds=_thresholds(new))
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot for the status command and API."""
+        state = self.state
+        failover = state.failover
+        return {
+            "region": self.config.region,
+            "primary_region": self.config.primary_region,
+            "phase": state.phase.value,
+            "verdict": state.verdict,
+            "epoch": state.epoch,
+            "lock_holder": state.lock_holder,
+            "lag_bytes": self.lag_bytes,
+            "last_failover": dataclasses.asdict(failover) if failover else None,
+        }
+
+
+def _thresholds(config: WatchdogConfig) -> dict[str, float]:
+    t = config.core_thresholds()
+    return {"region_unhealthy": t.region_unhealthy, "db_unreachable": t.db_unreachable}

@@ -1,0 +1,132 @@
+"""Root tasks of the daemon, signals and graceful stop.
+
+SIGTERM/SIGINT only resolve a future; SIGHUP only sets the engine's reload flag. When a
+root task ends on its own, that is a failure: it is logged loudly and the rest stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agentaskit_dr import logs
+from agentaskit_dr.actuators.promote import PostgresPromoter
+from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
+from agentaskit_dr.ports import Observation, Probe
+from agentaskit_dr.probes.postgres import PostgresProbe
+from agentaskit_dr.probes.region_health import RegionHealthProbe
+from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
+from agentaskit_dr.runtime.executor import FailoverExecutor
+from agentaskit_dr.runtime.leadership import LeadershipKeeper
+
+log = structlog.get_logger(__name__)
+
+GRACE_PERIOD = 5.0
+
+
+def build_probes(config: WatchdogConfig) -> Sequence[Probe[Observation]]:
+    """The probe set for the current topology: both databases and both regions' health."""
+    timeout = config.probe.timeout
+    primary = config.regions[config.primary_region]
+    standby = config.regions[config.secondary_region]
+    probes: list[Probe[Observation]] = [
+        PostgresProbe(PRIMARY_DB, primary.database.connect_dsn(), timeout=timeout),
+        PostgresProbe(STANDBY_DB, standby.database.connect_dsn(), timeout=timeout),
+    ]
+    for name, region in config.regions.items():
+        probes.append(RegionHealthProbe(
+            name, region.health_urls, timeout=timeout,
+            healthy_fraction=config.probe.healthy_fraction,
+        ))
+    return probes
+
+
+def build_promoter(config: WatchdogConfig) -> PostgresPromoter:
+    return PostgresPromoter(
+        standby_dsn=config.regions[config.secondary_region].database.connect_dsn(),
+        old_primary_dsn=config.regions[config.primary_region].database.connect_dsn(),
+        max_lag_bytes=config.promotion.max_lag_bytes,
+        connect_timeout=config.probe.timeout,
+        promote_timeout=config.promotion.timeout,
+    )
+
+
+def build_lock(config: WatchdogConfig) -> RedisLeaderLock:
+    lock = config.lock
+    return RedisLeaderLock(
+        lock.url,
+        holder=config.holder,
+        ttl=lock.ttl,
+        margin=lock.margin,
+        key_prefix=lock.key_prefix,
+        socket_timeout=lock.socket_timeout,
+        password=lock.password_value(),
+    )
+
+
+async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 if a root task died."""
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def request_stop(sig: signal.Signals) -> None:
+        if not stop.done():
+            stop.set_result(sig)
+
+    lock = build_lock(config)
+    keeper = LeadershipKeeper(lock, ttl=config.lock.ttl)
+    executor = FailoverExecutor(
+        keeper, holder=config.holder, clock=loop.time, force=config.promotion.force
+    )
+    engine = Engine(
+        config,
+        config_path=config_path,
+        probes=build_probes,
+        promoters=build_promoter,
+        executor=executor,
+        on_config=lambda new: logs.configure(new.logging.level),
+    )
+    keeper.on_change = engine.leadership_changed
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, engine.request_reload)
+    log.info("daemon_started", region=config.region, primary_region=config.primary_region,
+             holder=config.holder, config=config.redacted())
+    tasks = [
+        asyncio.create_task(keeper.run(), name="leadership"),
+        asyncio.create_task(engine.run(), name="engine"),
+    ]
+    exit_code = 0
+    try:
+        watched: list[asyncio.Future[Any]] = [stop, *tasks]
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        if stop.done():
+            log.info("daemon_stopping", signal=stop.result().name)
+        else:
+            exit_code = 1
+            for task in tasks:
+                if task.done():
+                    error = "cancelled" if task.cancelled() else repr(task.exception())
+                    log.error("root_task_ended", task=task.get_name(), error=error)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await _stop_tasks(tasks)
+        await lock.close()
+    log.info("daemon_stopped", exit_code=exit_code)
+    return exit_code
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=GRACE_PERIOD)
+    for task in pending:
+        log.error("task_did_not_stop", task=task.get_name(), grace_period=GRACE_PERIOD)

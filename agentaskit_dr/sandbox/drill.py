@@ -1,0 +1,262 @@
+"""The local sandbox drill: kill a real primary and watch two real watchdogs fail over.
+
+Starts a PostgreSQL primary with a streaming replica, a redis-server for the leader lock,
+one HTTP health endpoint per region, and two ``agentaskit-dr run`` processes (one per
+region). Kills the primary with SIGKILL and prints, as a timeline, what the watchdogs
+logged until the replica accepts writes. Writes an evidence file with the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.server
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentaskit_dr.config import parse_duration
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from agentaskit_dr.sandbox.redis import RedisServer, free_port
+
+REGIONS = ("us-west-2", "us-east-1")
+TIMELINE_EVENTS = {
+    "lock_acquired", "failover_decided", "promotion_started", "promotion_done",
+    "failover_refused", "primary_region_changed", "old_primary_fenced", "alert",
+}
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request stderr line."""
+
+
+@contextlib.contextmanager
+def health_endpoint() -> Iterator[str]:
+    """An HTTP server on loopback answering 200, standing in for a region's load balancer."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Healthy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def watchdog_config(
+    *, region: str, pair: PostgresPair, redis: RedisServer, health: dict[str, str],
+    threshold: float, interval: float,
+) -> dict[str, Any]:
+    """A watchdog config for the sandbox with thresholds scaled down to seconds."""
+    dsn = {"us-west-2": pair.primary.dsn, "us-east-1": pair.replica.dsn}
+    return {
+        "region": region,
+        "primary_region": "us-west-2",
+        "node_name": f"drill-{region}",
+        "regions": {
+            name: {"health_urls": [health[name]], "database": {"dsn": dsn[name]}}
+            for name in REGIONS
+        },
+        "thresholds": {
+            "region_unhealthy": f"{max(threshold * 4, interval * 2)}s",
+            "db_unreachable": f"{threshold}s",
+            "recovery": f"{threshold}s",
+            "retry_backoff": f"{interval * 2}s",
+        },
+        "probe": {"interval": f"{interval}s", "timeout": f"{interval * 0.8}s", "jitter": 0.1},
+        "lock": {"url": redis.url, "ttl": "3s", "socket_timeout": "0.5s"},
+        "promotion": {"max_lag_bytes": "16MiB", "timeout": "10s"},
+        "logging": {"level": "info"},
+    }
+
+
+@dataclass
+class Watchdog:
+    region: str
+    config: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self) -> None:
+        out = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentaskit_dr", "run", "--config", str(self.config)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+        out.close()
+
+    def read(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    event["watchdog"] = self.region
+                    events.append(event)
+        self.events = events
+        return events
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _stamp(event: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(str(event["timestamp"])).timestamp()
+
+
+def _wait_for(watchdogs: list[Watchdog], predicate: Any, timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for dog in watchdogs:
+            for event in dog.read():
+                if predicate(event):
+                    return event
+            if dog.proc is not None and dog.proc.poll() is not None:
+                raise RuntimeError(f"watchdog {dog.region} exited early; see {dog.log_path}")
+        time.sleep(0.05)
+    return None
+
+
+def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str, Any]:
+    """One kill-the-primary run; returns the measured figures (seconds) and the timeline."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        pair = stack.enter_context(PostgresPair(workdir / "pg"))
+        redis = stack.enter_context(RedisServer())
+        health = {name: stack.enter_context(health_endpoint()) for name in REGIONS}
+        dogs = []
+        for region in REGIONS:
+            path = workdir / f"watchdog-{region}.yaml"
+            config = watchdog_config(region=region, pair=pair, redis=redis, health=health,
+                                     threshold=threshold, interval=interval)
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            dogs.append(Watchdog(region, path, workdir / f"watchdog-{region}.log"))
+        for dog in dogs:
+            dog.start()
+            stack.callback(dog.stop)
+        ready = _wait_for(dogs, lambda e: e.get("event") == "lock_acquired", 20)
+        healthy = _wait_for(dogs, lambda e: e.get("verdict") == "no action: primary healthy", 20)
+        if ready is None or healthy is None:
+            raise RuntimeError(f"watchdogs did not become ready; see the logs in {workdir}")
+        pair.primary.kill()
+        killed_at = time.time()
+        done = _wait_for(dogs, lambda e: e.get("event") in {"promotion_done"},
+                         threshold * 3 + 20)
+        if done:
+            # Let the other watchdog see the promotion before the drill stops them all.
+            _wait_for(dogs, lambda e: e.get("watchdog") != done["watchdog"]
+                      and e.get("phase") == "failed_over", threshold + 5)
+        writable = pair.replica.sql(
+            "CREATE TABLE IF NOT EXISTS drill_probe(at timestamptz);"
+            "INSERT INTO drill_probe VALUES (now()) RETURNING 'writable'"
+        ) if done else "no"
+        for dog in dogs:
+            dog.stop()
+        events = sorted((e for dog in dogs for e in dog.read()), key=_stamp)
+    return _summary(events, killed_at, threshold, interval, writable == "writable")
+
+
+def _summary(events: list[dict[str, Any]], killed_at: float, threshold: float,
+             interval: float, writable: bool) -> dict[str, Any]:
+    def first(name: str) -> dict[str, Any] | None:
+        return next((e for e in events if e.get("event") == name and _stamp(e) >= killed_at),
+                    None)
+
+    detected = next((e for e in events if _stamp(e) >= killed_at and "db_unreachable for"
+                     in str(e.get("verdict", ""))), None)
+    decided, done = first("failover_decided"), first("promotion_done")
+    timeline = [
+        {"t": round(_stamp(e) - killed_at, 3), "watchdog": e["watchdog"], "event": e["event"],
+         **{k: e[k] for k in ("verdict", "reason", "epoch", "message", "detail") if k in e}}
+        for e in events
+        if e.get("event") in TIMELINE_EVENTS and _stamp(e) >= killed_at - 0.001
+    ]
+    figures: dict[str, Any] = {
+        "threshold": threshold,
+        "interval": interval,
+        "first_failed_probe_after_kill": _since(detected, killed_at),
+        "decision_after_kill": _since(decided, killed_at),
+        "detection_overshoot": decided.get("overshoot") if decided else None,
+        "decision_to_writable": done.get("decision_to_writable") if done else None,
+        "kill_to_writable": _since(done, killed_at),
+        "epoch": done.get("epoch") if done else None,
+        "promoted_by": done.get("watchdog") if done else None,
+        "promotions": sum(1 for e in events if e.get("event") == "promotion_done"
+                          and not e.get("already_promoted")),
+        "replica_writable": writable,
+    }
+    return {"figures": figures, "timeline": timeline}
+
+
+def _since(event: dict[str, Any] | None, start: float) -> float | None:
+    return round(_stamp(event) - start, 3) if event else None
+
+
+def print_report(result: dict[str, Any], out: Any = sys.stdout) -> None:
+    print("\nTimeline (seconds after the primary was killed):", file=out)
+    for row in result["timeline"]:
+        text = row.get("verdict") or row.get("reason") or row.get("message") or ""
+        epoch = f" epoch={row['epoch']}" if row.get("epoch") is not None else ""
+        print(f"  {row['t']:>8.3f}s  {row['watchdog']:<10} {row['event']:<22}{epoch} {text}",
+              file=out)
+    print("\nFigures:", file=out)
+    for key, value in result["figures"].items():
+        print(f"  {key:<30} {value}", file=out)
+
+
+def run_drill(*, threshold: str, interval: str, workdir: Path | None) -> int:
+    """The ``agentaskit-dr drill`` command: 0 when the replica was promoted exactly once."""
+    try:
+        threshold_s, interval_s = parse_duration(threshold), parse_duration(interval)
+    except ValueError as exc:
+        print(f"agentaskit-dr drill: {exc}", file=sys.stderr)
+        return 2
+    if threshold_s <= interval_s:
+        print(f"agentaskit-dr drill: --threshold ({threshold}) must exceed --interval "
+              f"({interval})", file=sys.stderr)
+        return 2
+    keep = workdir is not None
+    base = workdir or Path(tempfile.mkdtemp(prefix="agentaskit-drill-"))
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)  # PostgreSQL runs as an unprivileged user below this folder
+    print(f"Sandbox drill: db_unreachable threshold {threshold_s:g}s, probe interval "
+          f"{interval_s:g}s; workdir {base}")
+    try:
+        result = drill_once(threshold=threshold_s, interval=interval_s, workdir=base)
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+    print_report(result)
+    evidence_dir = (base if keep else Path.cwd()) / "evidence" / "drills"
+    evidence_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    evidence = evidence_dir / f"sandbox-drill-{stamp}.json"
+    evidence.write_text(json.dumps(result, indent=2))
+    print(f"\nEvidence: {evidence}")
+    ok = result["figures"]["promotions"] == 1 and result["figures"]["replica_writable"]
+    print("Result: PASS, promoted exactly once" if ok else "Result: FAIL", flush=True)
+    return 0 if ok else 1
