@@ -128,7 +128,10 @@ def _stamp(event: dict[str, Any]) -> float:
     return dt.datetime.fromisoformat(str(event["timestamp"])).timestamp()
 
 
-def _wait_for(watchdogs: list[Watchdog], predicate: Any, timeout: float) -> dict[str, Any] | None:
+def wait_for_event(
+    watchdogs: list[Watchdog], predicate: Any, timeout: float
+) -> dict[str, Any] | None:
+    """The first log event of any watchdog matching ``predicate``, polling until ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for dog in watchdogs:
@@ -158,17 +161,19 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
         for dog in dogs:
             dog.start()
             stack.callback(dog.stop)
-        ready = _wait_for(dogs, lambda e: e.get("event") == "lock_acquired", 20)
-        healthy = _wait_for(dogs, lambda e: e.get("verdict") == "no action: primary healthy", 20)
+        ready = wait_for_event(dogs, lambda e: e.get("event") == "lock_acquired", 20)
+        healthy = wait_for_event(
+            dogs, lambda e: e.get("verdict") == "no action: primary healthy", 20
+        )
         if ready is None or healthy is None:
             raise RuntimeError(f"watchdogs did not become ready; see the logs in {workdir}")
         pair.primary.kill()
         killed_at = time.time()
-        done = _wait_for(dogs, lambda e: e.get("event") in {"promotion_done"},
+        done = wait_for_event(dogs, lambda e: e.get("event") in {"promotion_done"},
                          threshold * 3 + 20)
         if done:
             # Let the other watchdog see the promotion before the drill stops them all.
-            _wait_for(dogs, lambda e: e.get("watchdog") != done["watchdog"]
+            wait_for_event(dogs, lambda e: e.get("watchdog") != done["watchdog"]
                       and e.get("phase") == "failed_over", threshold + 5)
         writable = pair.replica.sql(
             "CREATE TABLE IF NOT EXISTS drill_probe(at timestamptz);"
