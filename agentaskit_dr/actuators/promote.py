@@ -1,4 +1,4 @@
-"""Promote the PostgreSQL standby under a fencing epoch, then fence the old primary.
+"""Fence the old primary, then promote the PostgreSQL standby under a fencing epoch.
 
 Runbook step 2, "promote the secondary database", done over SQL with ``pg_promote()``.
 Each step is one log event carrying the failover id and epoch:
@@ -8,10 +8,11 @@ Each step is one log event carrying the failover id and epoch:
    resume after a crash (nothing is done twice), one promoted under a newer epoch means
    we are stale, any other primary is refused (it may be the old primary);
 3. the lag gate: the WAL the standby has not replayed is the data a promotion loses;
-4. ``pg_promote(wait => true)``;
-5. one read-write transaction proves the new primary takes writes and records the epoch
-   in the marker row, refusing to overwrite a newer epoch;
-6. the old primary is fenced if it can be reached.
+4. the old primary is fenced (read-only, sessions ended) if it can be reached, before
+   the standby can take writes (DESIGN invariant 1); on a resume it is fenced again;
+5. ``pg_promote(wait => true)``;
+6. one read-write transaction proves the new primary takes writes and records the epoch
+   in the marker row, refusing to overwrite a newer epoch.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class PostgresPromoter:
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
     ) -> PromotionResult:
-        """Promote the standby under ``epoch`` and fence the old primary; see the module doc.
+        """Fence the old primary and promote the standby under ``epoch``; see the module doc.
 
         ``primary_last_lsn``: the old primary's last known WAL position (bytes), for the
         lag gate; None when unknown. ``force`` passes the lag gate, with a warning.
@@ -190,6 +191,9 @@ class PostgresPromoter:
             if await conn.fetchval("SELECT pg_is_in_recovery()"):
                 await self._refuse_newer_replicated_marker(conn, epoch)
                 lag, replay_paused = await self._lag_gate(conn, plog, primary_last_lsn, force)
+                # Invariant 1: the old primary is fenced before the new one takes writes,
+                # so no moment has two writable primaries. Unreachable: nothing to fence.
+                fenced, fence_detail = await self._fence_old_primary(plog, epoch)
                 await self._require_leadership(plog, still_leader, "right before pg_promote")
                 promote_seconds = await self._pg_promote(conn, plog, replay_paused)
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
@@ -197,7 +201,7 @@ class PostgresPromoter:
             else:
                 writable_at = await self._confirm_resume(conn, plog, epoch)
                 lag, promote_seconds, already_promoted = None, 0.0, True
-        fenced, fence_detail = await self._fence_old_primary(plog, epoch)
+                fenced, fence_detail = await self._fence_old_primary(plog, epoch)
         what = "already promoted" if already_promoted else f"promoted in {promote_seconds:.3f}s"
         lag_text = "" if lag is None else f", lag {lag} bytes"
         detail = (

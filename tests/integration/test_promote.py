@@ -129,14 +129,15 @@ async def test_primary_killed_promotes_replica_under_epoch_in_under_1s(
     assert marker(replica).startswith("7|watchdog-east|fo-7|")
     # Nothing silent: every step is an event carrying the failover id and epoch.
     names = [e["event"] for e in events]
-    assert names[:4] == [
+    # The old primary is dealt with before pg_promote (DESIGN invariant 1).
+    assert names[:6] == [
         "promotion_leadership_confirmed",
         "promotion_lag_gate_passed",
+        "old_primary_not_fenced",
         "promotion_leadership_confirmed",
         "pg_promote_done",
+        "promotion_epoch_recorded",
     ]
-    assert "promotion_epoch_recorded" in names
-    assert "old_primary_not_fenced" in names
     assert all(e["failover_id"] == "fo-7" and e["epoch"] == 7 for e in events)
 
 
@@ -243,7 +244,9 @@ async def test_lock_lost_refuses_and_leaves_replica_in_recovery(
     assert in_recovery(killed_primary.replica)
 
 
-async def test_old_primary_alive_is_fenced_after_promotion(pg_pair: PostgresPair) -> None:
+async def test_old_primary_alive_is_fenced_before_the_standby_is_promoted(
+    pg_pair: PostgresPair,
+) -> None:
     primary = pg_pair.primary
     primary.sql("CREATE TABLE orders (id int PRIMARY KEY)")
     app_session = await asyncpg.connect(primary.dsn)
@@ -252,7 +255,11 @@ async def test_old_primary_alive_is_fenced_after_promotion(pg_pair: PostgresPair
         pg_pair.wait_replayed()
         target = promoter(pg_pair)
 
-        result = await promote(target, 7, primary_last_lsn=current_lsn(primary))
+        with capture_logs() as events:
+            result = await promote(target, 7, primary_last_lsn=current_lsn(primary))
+
+        names = [e["event"] for e in events]
+        assert names.index("fenced") < names.index("pg_promote_done")  # invariant 1
 
         assert result.old_primary_fenced is True
         assert not in_recovery(pg_pair.replica)

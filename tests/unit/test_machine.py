@@ -166,7 +166,8 @@ def test_unmarked_promotion_while_another_holds_the_lock_waits_for_the_marker() 
     assert commands == []
     state, _ = run([(6.0, StandbyObserved(in_recovery=False, marker_epoch=1))], state)
     assert state.phase is Phase.FAILED_OVER
-    assert state.failover is not None and state.failover.epoch == 1
+    assert state.failover is not None
+    assert state.failover.epoch == 1
 
 
 def test_unmarked_promotion_with_nobody_holding_the_lock_is_an_outside_promotion() -> None:
