@@ -124,7 +124,8 @@ class Watchdog:
                 self.proc.wait()
 
 
-def _stamp(event: dict[str, Any]) -> float:
+def event_time(event: dict[str, Any]) -> float:
+    """When a watchdog logged ``event``: its ISO timestamp as POSIX seconds (``time.time()``)."""
     return dt.datetime.fromisoformat(str(event["timestamp"])).timestamp()
 
 
@@ -181,24 +182,24 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
         ) if done else "no"
         for dog in dogs:
             dog.stop()
-        events = sorted((e for dog in dogs for e in dog.read()), key=_stamp)
+        events = sorted((e for dog in dogs for e in dog.read()), key=event_time)
     return _summary(events, killed_at, threshold, interval, writable == "writable")
 
 
 def _summary(events: list[dict[str, Any]], killed_at: float, threshold: float,
              interval: float, writable: bool) -> dict[str, Any]:
     def first(name: str) -> dict[str, Any] | None:
-        return next((e for e in events if e.get("event") == name and _stamp(e) >= killed_at),
+        return next((e for e in events if e.get("event") == name and event_time(e) >= killed_at),
                     None)
 
-    detected = next((e for e in events if _stamp(e) >= killed_at and "db_unreachable for"
+    detected = next((e for e in events if event_time(e) >= killed_at and "db_unreachable for"
                      in str(e.get("verdict", ""))), None)
     decided, done = first("failover_decided"), first("promotion_done")
     timeline = [
-        {"t": round(_stamp(e) - killed_at, 3), "watchdog": e["watchdog"], "event": e["event"],
+        {"t": round(event_time(e) - killed_at, 3), "watchdog": e["watchdog"], "event": e["event"],
          **{k: e[k] for k in ("verdict", "reason", "epoch", "message", "detail") if k in e}}
         for e in events
-        if e.get("event") in TIMELINE_EVENTS and _stamp(e) >= killed_at - 0.001
+        if e.get("event") in TIMELINE_EVENTS and event_time(e) >= killed_at - 0.001
     ]
     figures: dict[str, Any] = {
         "threshold": threshold,
@@ -218,7 +219,7 @@ def _summary(events: list[dict[str, Any]], killed_at: float, threshold: float,
 
 
 def _since(event: dict[str, Any] | None, start: float) -> float | None:
-    return round(_stamp(event) - start, 3) if event else None
+    return round(event_time(event) - start, 3) if event else None
 
 
 def print_report(result: dict[str, Any], out: Any = sys.stdout) -> None:

@@ -60,7 +60,7 @@ def test_a_bindir_override_without_the_binaries_is_named(
     monkeypatch.setenv("AGENTASKIT_DR_PG_BINDIR", str(tmp_path))
     postgres.pg_bindir.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match="AGENTASKIT_DR_PG_BINDIR=.* lacks initdb"):
+        with pytest.raises(RuntimeError, match=r"AGENTASKIT_DR_PG_BINDIR=.* lacks initdb"):
             postgres.pg_bindir()
     finally:
         postgres.pg_bindir.cache_clear()
