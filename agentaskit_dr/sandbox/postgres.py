@@ -86,17 +86,35 @@ def wheel_pg_bindir() -> Path | None:
     return None
 
 
+SANDBOX_USER = "agentaskit-pg"
+
+
+@functools.cache
 def _server_user() -> pwd.struct_passwd | None:
-    """The OS user that server binaries must run as: ``postgres`` when we are root."""
+    """The OS user that server binaries run as when we are root (PostgreSQL refuses root).
+
+    ``postgres`` where it exists; otherwise a system user ``agentaskit-pg`` is created,
+    so the sandbox works on a fresh machine that has no PostgreSQL package.
+    """
     if os.geteuid() != 0:
         return None
-    try:
-        return pwd.getpwnam("postgres")
-    except KeyError:
+    for name in ("postgres", SANDBOX_USER):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    done = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+         SANDBOX_USER],
+        capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
         raise RuntimeError(
-            "PostgreSQL refuses to run as root and there is no 'postgres' OS user; "
-            "run the sandbox as an unprivileged user or create a 'postgres' user"
-        ) from None
+            "PostgreSQL refuses to run as root, there is no 'postgres' OS user and "
+            f"'useradd {SANDBOX_USER}' failed: {done.stderr.strip()}; run the sandbox as "
+            "an unprivileged user or create a 'postgres' user"
+        )
+    return pwd.getpwnam(SANDBOX_USER)
 
 
 def _children(pid: int) -> list[int]:
