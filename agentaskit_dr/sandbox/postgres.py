@@ -357,8 +357,8 @@ class PostgresPair:
         self.primary.start()
         self.primary.run_server_binary(
             "pg_basebackup", "-D", str(self.replica.datadir), "-R", "-X", "stream",
-            "-c", "fast", "--no-sync", "-h", "127.0.0.1", "-p", str(self.primary.port),
-            "-U", "postgres",
+            "-c", "fast", "--no-sync", "-U", "postgres",
+            "-d", f"host=127.0.0.1 port={self.primary.port} application_name=replica",
         )
         self.replica.start()
         self._wait_streaming()
