@@ -123,8 +123,11 @@ class Engine:
                 await self._scheduler.stop()
 
     async def _next_batch(self) -> list[QueueItem]:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an item that
+        # arrives together with a cancellation and drops the cancellation (SIGTERM unheard).
         try:
-            first = await asyncio.wait_for(self.queue.get(), timeout=self.config.probe.interval)
+            async with asyncio.timeout(self.config.probe.interval):
+                first = await self.queue.get()
         except TimeoutError:
             return []
         items = [first]
@@ -204,7 +207,9 @@ class Engine:
             outcome = await self.executor.failover(command, promoter, self.primary_last_lsn)
             for extra in self._apply(outcome):
                 await self._execute(extra)
-            self._log_verdict()
+            # The cycle's verdict was logged before acting; the outcome is its own event.
+            log.warning("failover_outcome", phase=self.state.phase.value,
+                        verdict=self.state.verdict, epoch=command.epoch)
         elif isinstance(command, FenceOldPrimary):
             promoter = self._promoter_factory(self.config)
             standby = self.config.regions[self.config.secondary_region].database.connect_dsn()
@@ -252,29 +257,75 @@ class Engine:
         self._probes_stale = True
 
     async def _reload(self) -> None:
+        """Apply the config file again (after SIGHUP); a file that cannot be used changes nothing.
+
+        Nothing raised while reading or checking the file stops the engine: the running
+        config stays and one ``config_reload_failed`` event says why.
+        """
         self._reload_requested = False
         if self.config_path is None:
             return
+        path = str(self.config_path)
         try:
-            new = load_config(self.config_path)
+            new, file_primary, lock_ignored = await self._reloadable(self.config_path)
         except ConfigError as exc:
-            log.exception("config_reload_failed", path=str(self.config_path), problems=exc.problems,
+            # The problem lines say everything; a traceback would only bury them.
+            log.error("config_reload_failed", path=path, problems=exc.problems,  # noqa: TRY400
                       keeping="the running config")
             return
-        if new.lock != self.config.lock:
-            log.warning("config_reload_partial", ignored="lock", reason="lock settings apply "
+        except Exception as exc:  # a bad reload must never stop the engine
+            log.exception("config_reload_failed", path=path,
+                          problems=[f"cannot apply the file: {type(exc).__name__}"],
+                          keeping="the running config")
+            return
+        if lock_ignored:
+            log.warning("config_reload_partial", path=path, ignored="lock",
+                        keeping="the running lock settings", reason="lock settings apply "
                         "on restart")
-        file_primary = new.primary_region
-        if file_primary == self._file_primary:
-            new = new.with_primary(self.config.primary_region)  # keep a failover's topology
         self._file_primary = file_primary
         self.config = new
         if self._on_config is not None:
             self._on_config(new)
-        for command in self._apply(ThresholdsChanged(new.core_thresholds())):
-            await self._execute(command)
+        commands = self._apply(ThresholdsChanged(new.core_thresholds()))
         await self._restart_probes()
-        log.info("config_reloaded", path=str(self.config_path), thresholds=_thresholds(new))
+        log.info("config_reloaded", path=path, thresholds=_thresholds(new),
+                 config=new.redacted())
+        for command in commands:
+            await self._execute(command)
+
+    async def _reloadable(self, path: Path) -> tuple[WatchdogConfig, str, bool]:
+        """The file's config as it may run now, the primary the file names, and whether
+        its lock settings were set aside; ConfigError if the file cannot be used live.
+        """
+        running = self.config
+        new = load_config(path)
+        # The holder identity is in the lock and in every epoch marker: a live change
+        # would make this watchdog a stranger to its own lease.
+        changed = [
+            f"{field}: changed from {getattr(running, field)!r} to {getattr(new, field)!r}; "
+            "the lock holder identity changes only on restart"
+            for field in ("region", "node_name")
+            if getattr(new, field) != getattr(running, field)
+        ]
+        if changed:
+            raise ConfigError(path, changed)
+        # The lock was built at start and keeps running as built; config.lock must say so.
+        lock_ignored = new.lock != running.lock
+        if lock_ignored:
+            new = new.model_copy(update={"lock": running.lock})
+        file_primary = new.primary_region
+        if file_primary == self._file_primary:
+            if running.primary_region not in new.regions:
+                raise ConfigError(path, [
+                    f"regions: must still include {running.primary_region!r}, the region "
+                    "serving as primary now"
+                ])
+            new = new.with_primary(running.primary_region)  # keep a failover's topology
+        # Build the new probe set once before switching, so a config the probes refuse
+        # is turned down here instead of leaving the engine without probes.
+        for probe in self._probe_factory(new):
+            await probe.close()
+        return new, file_primary, lock_ignored
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for the status command and API."""

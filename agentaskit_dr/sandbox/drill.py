@@ -168,8 +168,8 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
         )
         if ready is None or healthy is None:
             raise RuntimeError(f"watchdogs did not become ready; see the logs in {workdir}")
+        killed_at = time.time()  # before kill(): it also reaps and cleans up after itself
         pair.primary.kill()
-        killed_at = time.time()
         done = wait_for_event(dogs, lambda e: e.get("event") in {"promotion_done"},
                          threshold * 3 + 20)
         if done:

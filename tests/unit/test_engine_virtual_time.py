@@ -1,0 +1,521 @@
+"""The engine on virtual time: real scheduler, core and executor; fake world behind the ports.
+
+Production timing throughout: db_unreachable 120 s, region_unhealthy 300 s, probe
+interval 5 s, timeout 2 s, retry backoff 10 s. Most tests set the probe jitter to 0 so
+every probe fires at a multiple of 5 s and decisions land at exact loop times; one test
+keeps the production jitter (0.1) and checks the bounds instead.
+
+The debounce rests on evidence (``core/machine.py``): a condition fails over at the first
+probe whose observation comes *more than* the threshold after the first failing one. A
+primary that dies at t=10 is first seen failing by the probe at 10, and 130 - 10 is not
+more than 120, so the replica is promoted by the probe at 135.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from agentaskit_dr.actuators.promote import FenceResult, PromotionRefused, PromotionResult
+from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.core import Phase
+from agentaskit_dr.ports import (
+    Lease,
+    Observation,
+    PostgresObservation,
+    Probe,
+    RegionHealthObservation,
+    UrlCheck,
+)
+from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
+from agentaskit_dr.runtime.executor import FailoverExecutor
+
+WEST, EAST = "us-west-2", "us-east-1"
+INTERVAL = 5.0
+TIMEOUT = 2.0
+BACKSTOP = TIMEOUT + 1.0  # the scheduler's cut-off for a probe that overruns its timeout
+DB_UNREACHABLE = 120.0
+REGION_UNHEALTHY = 300.0
+RETRY_BACKOFF = 10.0
+EPOCH = 7
+
+#: Whether a target is down (or hanging) at a loop time.
+Script = Callable[[float], bool]
+
+
+def never(_now: float) -> bool:
+    return False
+
+
+def from_(start: float, until: float = float("inf")) -> Script:
+    """Down (or hanging) from loop time ``start`` until, not including, ``until``."""
+    return lambda now: start <= now < until
+
+
+def database_dsn(region: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:9/{region}"
+
+
+def watchdog_config(*, jitter: float) -> WatchdogConfig:
+    region = {
+        name: {
+            "health_urls": [f"http://127.0.0.1:9/{name}/healthz"],
+            "database": {"dsn": database_dsn(name)},
+        }
+        for name in (WEST, EAST)
+    }
+    return WatchdogConfig.model_validate({
+        "region": EAST,
+        "primary_region": WEST,
+        "node_name": "watchdog-east",
+        "regions": region,
+        "thresholds": {
+            "region_unhealthy": REGION_UNHEALTHY,
+            "db_unreachable": DB_UNREACHABLE,
+            "recovery": 30,
+            "retry_backoff": RETRY_BACKOFF,
+        },
+        "probe": {"interval": INTERVAL, "timeout": TIMEOUT, "jitter": jitter},
+    })
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def sleep_until(moment: float) -> None:
+    await asyncio.sleep(moment - now())
+
+
+# ---------------------------------------------------------------- the fake world
+
+
+class World:
+    """Two regions as the fake probes see them, scripted by loop time.
+
+    The primary starts in ``WEST``, the streaming replica in ``EAST``. The fake promoter
+    promotes the replica in the world, so probes made after a failover see it writable,
+    and fences (makes read-only) the old primary when it answers, as the real one does.
+    """
+
+    def __init__(self) -> None:
+        self.db_down: dict[str, Script] = {WEST: never, EAST: never}
+        self.db_hangs: dict[str, Script] = {WEST: never, EAST: never}
+        self.region_down: dict[str, Script] = {WEST: never, EAST: never}
+        self.promoted: dict[str, int] = {}  # region -> epoch in its marker row
+        self.refusals = 0  # how many promotions to refuse before one succeeds
+        self.promote_calls: list[float] = []
+        self.fenced: set[str] = set()  # regions whose server is read-only
+        self.fence_calls: list[float] = []
+        self.probes_made: list[FakeDbProbe | FakeRegionProbe] = []
+
+    def probes(self, config: WatchdogConfig) -> list[Probe[Observation]]:
+        """The engine's probe factory: both databases and both regions, as the topology says."""
+        made: list[FakeDbProbe | FakeRegionProbe] = [
+            FakeDbProbe(PRIMARY_DB, config.primary_region, self),
+            FakeDbProbe(STANDBY_DB, config.secondary_region, self),
+            FakeRegionProbe(WEST, self),
+            FakeRegionProbe(EAST, self),
+        ]
+        self.probes_made.extend(made)
+        return list(made)
+
+    def promoter(self, config: WatchdogConfig) -> FakePromoter:
+        """The engine's promoter factory: promotes the config's secondary region."""
+        return FakePromoter(config.secondary_region, config.primary_region, self)
+
+
+class FakeDbProbe:
+    """Behaves like ``PostgresProbe``: failures come back as data, hangs need the backstop."""
+
+    def __init__(self, name: str, region: str, world: World) -> None:
+        self.name = name
+        self.region = region
+        self.world = world
+        self.closed = False
+
+    async def observe(self) -> PostgresObservation:
+        moment = now()
+        if self.world.db_hangs[self.region](moment):
+            await asyncio.Event().wait()  # like a SIGSTOPped server: connects, never answers
+        if self.world.db_down[self.region](moment):
+            return self.failure("connection refused", 0.001)
+        epoch = self.world.promoted.get(self.region)
+        standby = self.region == EAST and epoch is None
+        return PostgresObservation(
+            target=self.target,
+            reachable=True,
+            latency=0.002,
+            in_recovery=standby,
+            read_only=self.region in self.world.fenced,
+            current_lsn=None if standby else 50_000,
+            receive_lsn=50_000 if standby else None,
+            replay_lsn=50_000 if standby else None,
+            receiver_status="streaming" if standby else None,
+            marker_epoch=epoch,
+        )
+
+    def failure(self, error: str, latency: float) -> PostgresObservation:
+        return PostgresObservation(self.target, reachable=False, latency=latency, error=error)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    @property
+    def target(self) -> str:
+        return f"{self.region}-db:5432/app"
+
+
+class FakeRegionProbe:
+    """Behaves like ``RegionHealthProbe`` with one health URL."""
+
+    def __init__(self, region: str, world: World) -> None:
+        self.name = region
+        self.region = region
+        self.world = world
+        self.closed = False
+        self.url = f"https://{region}.example.test/healthz"
+
+    async def observe(self) -> RegionHealthObservation:
+        if self.world.region_down[self.region](now()):
+            return self.failure("503 Service Unavailable", 0.01)
+        check = UrlCheck(self.url, ok=True, status=200, latency=0.01)
+        return RegionHealthObservation(self.region, healthy=True, checks=(check,))
+
+    def failure(self, error: str, latency: float) -> RegionHealthObservation:
+        check = UrlCheck(self.url, ok=False, status=None, latency=latency, error=error)
+        return RegionHealthObservation(self.region, healthy=False, checks=(check,))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakePromoter:
+    """The ``Promoter`` the executor calls; records every attempt's loop time in the world."""
+
+    def __init__(self, region: str, old_primary: str, world: World) -> None:
+        self.region = region
+        self.old_primary = old_primary
+        self.world = world
+
+    async def promote(
+        self,
+        *,
+        epoch: int,
+        holder: str,
+        failover_id: str,
+        primary_last_lsn: int | None,
+        still_leader: Callable[[], Awaitable[bool]],
+        force: bool = False,
+    ) -> PromotionResult:
+        self.world.promote_calls.append(now())
+        if not await still_leader():
+            raise PromotionRefused("lock lost before pg_promote")
+        if self.world.refusals:
+            self.world.refusals -= 1
+            raise PromotionRefused("standby lag 20 MiB exceeds promotion.max_lag_bytes 16 MiB")
+        # Like PostgresPromoter: fence the old primary first if it answers.
+        old_primary_answers = not self.world.db_down[self.old_primary](now())
+        if old_primary_answers:
+            self.world.fenced.add(self.old_primary)
+        self.world.promoted[self.region] = epoch
+        return PromotionResult(
+            already_promoted=False,
+            lag_bytes=0,
+            promote_seconds=0.0,
+            writable_at=now(),
+            old_primary_fenced=old_primary_answers or None,
+            detail=f"{self.region}-db:5432/app promoted",
+        )
+
+    async def fence(self, dsn: str, *, epoch: int) -> FenceResult:
+        self.world.fence_calls.append(now())
+        [region] = [name for name in (WEST, EAST) if dsn == database_dsn(name)]
+        self.world.fenced.add(region)
+        return FenceResult(fenced=True, sessions_terminated=1, detail=f"{dsn} read-only")
+
+
+class FakeLeases:
+    """The executor's ``LeaseSource``: the store confirms whatever lease the test grants."""
+
+    def __init__(self) -> None:
+        self.lease: Lease | None = None
+
+    async def verified_lease(self) -> Lease | None:
+        return self.lease
+
+
+class Rig:
+    """The real Engine and FailoverExecutor wired to a fake world, run as a task.
+
+    Build it inside the test so the engine takes the test's (virtual) loop clock.
+    """
+
+    def __init__(self, world: World, *, jitter: float = 0.0, leader: bool = True) -> None:
+        self.world = world
+        self.leases = FakeLeases()
+        config = watchdog_config(jitter=jitter)
+        executor = FailoverExecutor(self.leases, holder=config.holder, clock=now)
+        self.engine = Engine(
+            config,
+            config_path=None,
+            probes=world.probes,
+            promoters=world.promoter,
+            executor=executor,
+        )
+        self._task: asyncio.Task[None] | None = None
+        if leader:
+            self.grant()
+
+    def grant(self) -> None:
+        """The keeper took the lock: the store confirms it and the engine hears of it."""
+        self.leases.lease = Lease(EPOCH, "token-7", "watchdog-east", safe_until=float("inf"))
+        self.engine.leadership_changed(self.leases.lease, None)
+
+    async def __aenter__(self) -> Rig:
+        self._task = asyncio.create_task(self.engine.run(), name="engine")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task  # re-raises anything the engine died of
+        if exc is None:
+            assert all(probe.closed for probe in self.world.probes_made)
+
+    async def run_until(self, moment: float) -> None:
+        async with self:
+            await sleep_until(moment)
+
+
+def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+# ---------------------------------------------------------------- db_unreachable
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("jitter", [0.0, 0.1])
+async def test_db_unreachable_for_119s_does_not_fail_over(jitter: float) -> None:
+    world = World()
+    world.db_down[WEST] = from_(10, 10 + 119)
+    rig = Rig(world, jitter=jitter)
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    assert world.promote_calls == []
+    assert rig.engine.state.phase is Phase.WATCHING
+    waited = [e["verdict"] for e in events(logs, "verdict") if "db_unreachable for" in e["verdict"]]
+    assert waited, "the debounce clock never ran"
+    assert all(v.startswith("no action: waiting") for v in waited)
+    assert events(logs, "failover_decided") == []
+
+
+@pytest.mark.looptime
+async def test_db_unreachable_for_121s_promotes_replica_once() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    rig = Rig(world)
+    with capture_logs() as logs:
+        async with rig:
+            await sleep_until(131)
+            assert world.promote_calls == []  # the probe at 130 makes exactly 120 s of evidence
+            await sleep_until(20 * 60)
+    assert world.promote_calls == [10 + DB_UNREACHABLE + INTERVAL]
+    [decided] = events(logs, "failover_decided")
+    assert decided["condition"] == "db_unreachable"
+    assert (decided["failing_since"], decided["decided_at"]) == (10, 135)
+    assert decided["overshoot"] == INTERVAL
+    assert rig.engine.state.phase is Phase.FAILED_OVER
+    assert rig.engine.config.primary_region == EAST
+    assert world.promoted == {EAST: EPOCH}
+
+
+@pytest.mark.looptime
+async def test_decision_with_production_jitter_comes_within_one_jittered_interval() -> None:
+    """DESIGN invariant 3: decided no later than threshold + one (jittered) probe interval."""
+    world = World()
+    world.db_down[WEST] = from_(10)
+    rig = Rig(world, jitter=0.1)
+    longest_gap = INTERVAL * 1.1
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    [decided] = events(logs, "failover_decided")
+    [called] = world.promote_calls
+    assert called == pytest.approx(decided["decided_at"], abs=1e-4)
+    assert 10 <= decided["failing_since"] < 10 + longest_gap
+    assert DB_UNREACHABLE < called - decided["failing_since"] <= DB_UNREACHABLE + longest_gap
+    assert 10 + DB_UNREACHABLE < called <= 10 + DB_UNREACHABLE + 2 * longest_gap
+
+
+@pytest.mark.looptime
+async def test_db_probe_that_hangs_is_cut_off_by_the_backstop_and_counts_as_unreachable() -> None:
+    world = World()
+    world.db_hangs[WEST] = from_(10)
+    rig = Rig(world)
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    # Probes start at 10, 15, ...; each is cut off 3 s later, so the evidence starts at 13.
+    overran = events(logs, "probe_overran_timeout")
+    assert overran[0]["probe"] == PRIMARY_DB
+    assert overran[0]["backstop"] == BACKSTOP
+    assert world.promote_calls == [13 + DB_UNREACHABLE + INTERVAL]
+    [decided] = events(logs, "failover_decided")
+    assert decided["failing_since"] == 13
+    assert "probe did not finish within 3s" in decided["reason"]
+
+
+@pytest.mark.looptime
+async def test_old_primary_returning_writable_after_failover_is_fenced_at_once() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10, 200)  # dead at promotion, so not fenced then
+    rig = Rig(world)
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    assert world.promote_calls == [135]
+    # After the failover WEST sits in the standby slot; its first probe back is at 200.
+    assert world.fence_calls == [200]
+    [fenced] = events(logs, "old_primary_fenced")
+    assert fenced["reason"] == "old primary in the standby slot accepts writes"
+
+
+# ---------------------------------------------------------------- region_unhealthy
+
+
+@pytest.mark.looptime
+async def test_primary_region_unhealthy_for_5m_promotes_replica_once() -> None:
+    world = World()
+    world.region_down[WEST] = from_(10)
+    rig = Rig(world)
+    with capture_logs() as logs:
+        async with rig:
+            await sleep_until(10 + REGION_UNHEALTHY + 1)
+            assert world.promote_calls == []  # exactly 300 s of evidence at 310
+            await sleep_until(30 * 60)
+    assert world.promote_calls == [10 + REGION_UNHEALTHY + INTERVAL]
+    [decided] = events(logs, "failover_decided")
+    assert decided["condition"] == "region_unhealthy"
+    assert "0/1 health URLs of us-west-2 answered 2xx" in decided["reason"]
+    assert world.fenced == {WEST}  # its database still answered: fenced before promotion
+    assert world.fence_calls == []
+
+
+@pytest.mark.looptime
+async def test_secondary_region_unhealthy_never_fails_over() -> None:
+    world = World()
+    world.region_down[EAST] = from_(10)
+    await Rig(world).run_until(20 * 60)
+    assert world.promote_calls == []
+
+
+# ---------------------------------------------------------------- flapping
+
+
+@pytest.mark.looptime
+async def test_flapping_primary_never_fails_over_in_20_minutes() -> None:
+    """Down 100 s, up for exactly one probe, down 100 s, ... (a 105 s cycle)."""
+    world = World()
+    world.db_down[WEST] = lambda moment: moment % 105 < 100
+    rig = Rig(world)
+    with capture_logs() as logs:
+        await rig.run_until(20 * 60)
+    assert world.promote_calls == []
+    healthy_blips = [
+        e for e in events(logs, "verdict") if "recovering (db_unreachable)" in e["verdict"]
+    ]
+    assert len(healthy_blips) >= 11  # one restart of the debounce clock per 105 s cycle
+    assert rig.engine.state.phase is Phase.WATCHING
+
+
+# ---------------------------------------------------------------- leadership
+
+
+@pytest.mark.looptime
+async def test_lock_held_elsewhere_never_promotes() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    rig = Rig(world, leader=False)
+    rig.engine.leadership_changed(None, "watchdog-west (epoch 3)")
+    await rig.run_until(20 * 60)
+    assert world.promote_calls == []
+    assert rig.engine.state.verdict.endswith("but the lock is held by watchdog-west (epoch 3)")
+
+
+@pytest.mark.looptime
+async def test_lock_arriving_after_the_threshold_promotes_at_once() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    rig = Rig(world, leader=False)
+    async with rig:
+        await sleep_until(202.5)  # the condition has been ripe since 135
+        assert world.promote_calls == []
+        rig.grant()
+        await sleep_until(10 * 60)
+    assert world.promote_calls == [202.5]  # not at the next probe, at 205
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.looptime
+async def test_refused_promotion_is_retried_after_the_backoff_until_it_succeeds() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    world.refusals = 2
+    rig = Rig(world)
+    with capture_logs() as logs:
+        await rig.run_until(20 * 60)
+    first = 10 + DB_UNREACHABLE + INTERVAL
+    assert world.promote_calls == [first, first + RETRY_BACKOFF, first + 2 * RETRY_BACKOFF]
+    refused = events(logs, "failover_refused")
+    assert [e["reason"] for e in refused] == [
+        "standby lag 20 MiB exceeds promotion.max_lag_bytes 16 MiB"
+    ] * 2
+    assert rig.engine.state.phase is Phase.FAILED_OVER
+
+
+# ---------------------------------------------------------------- verdict log
+
+
+def assert_one_verdict_per_cycle(logs: Sequence[Mapping[str, Any]], cycles: int) -> None:
+    verdicts = events(logs, "verdict")
+    for entry in verdicts:
+        assert {"cycle", "phase", "verdict", "epoch"} <= entry.keys()
+    per_cycle = Counter(entry["cycle"] for entry in verdicts)
+    assert cycles > 100
+    assert per_cycle == Counter(range(1, cycles + 1))
+
+
+@pytest.mark.looptime
+async def test_every_watching_cycle_logs_exactly_one_verdict() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10, 100)
+    rig = Rig(world, jitter=0.1)
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    assert_one_verdict_per_cycle(logs, rig.engine.cycles)
+    assert {e["epoch"] for e in events(logs, "verdict")} == {EPOCH}
+
+
+@pytest.mark.looptime
+async def test_the_failover_cycle_logs_exactly_one_verdict() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    rig = Rig(world)
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    assert world.promote_calls == [135]
+    assert_one_verdict_per_cycle(logs, rig.engine.cycles)
