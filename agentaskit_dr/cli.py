@@ -9,14 +9,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from agentaskit_dr import __version__, logs
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _duration(text: str) -> str:
+    """argparse type: a duration longer than zero ('3s', '500ms'), kept as written."""
+    from agentaskit_dr.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (got {text!r})") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than zero (got {text!r})")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,24 +59,48 @@ def _parser() -> argparse.ArgumentParser:
         help="sandbox drill: real PostgreSQL primary + replica, Redis and two watchdogs; "
         "kill the primary and show the failover timeline",
     )
-    drill.add_argument("--threshold", default="3s", help="db_unreachable threshold (default 3s)")
-    drill.add_argument("--interval", default="0.5s", help="probe interval (default 0.5s)")
+    drill.add_argument("--threshold", default="3s", type=_duration,
+                       help="db_unreachable threshold (default 3s)")
+    drill.add_argument("--interval", default="0.5s", type=_duration,
+                       help="probe interval (default 0.5s)")
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args.config)
-    if args.command == "check-config":
-        return _check_config(args.config, args.kind)
-    if args.command == "drill":
-        from agentaskit_dr.sandbox.drill import run_drill
-
-        return run_drill(threshold=args.threshold, interval=args.interval, workdir=args.workdir)
+    """The console script; returns the exit status (argparse exits 2 on bad arguments)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args.config)
+        if args.command == "check-config":
+            return _check_config(args.config, args.kind)
+        if args.command == "drill":
+            return _drill(parser, args.threshold, args.interval, args.workdir)
+    except KeyboardInterrupt:
+        # Ctrl-C before the daemon's own handler is installed (while loading, say).
+        print("agentaskit-dr: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     raise AssertionError(args.command)  # argparse rejects unknown commands first
+
+
+def _drill(
+    parser: argparse.ArgumentParser, threshold: str, interval: str, workdir: Path | None
+) -> int:
+    from agentaskit_dr.config import parse_duration
+    from agentaskit_dr.sandbox.drill import run_drill
+
+    if parse_duration(threshold) <= parse_duration(interval):
+        # A single probe round would decide: refuse before starting any server.
+        parser.error(f"--threshold ({threshold}) must exceed --interval ({interval})")
+    if workdir is not None:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--workdir ({workdir}): {exc.strerror or type(exc).__name__}")
+    return run_drill(threshold=threshold, interval=interval, workdir=workdir)
 
 
 def _print_problems(path: Path, problems: Sequence[str]) -> None:
@@ -68,31 +109,49 @@ def _print_problems(path: Path, problems: Sequence[str]) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
-def _check_config(path: Path, kind: str) -> int:
-    from agentaskit_dr.config import ConfigError, load_backup_config, load_config, looks_like_backup
+def _load(path: Path, loader: Callable[[Path], T]) -> T | None:
+    """The validated file, or None after printing why it cannot be used."""
+    from agentaskit_dr.config import ConfigError
 
-    if kind == "auto":
-        kind = "backup" if looks_like_backup(path) else "watchdog"
     try:
-        if kind == "backup":
+        return loader(path)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+    except Exception as exc:  # noqa: BLE001 - the loader's own bug must not print a traceback
+        # The loader promises ConfigError only; anything else is its bug, but the operator
+        # still gets a one-line answer. The message is left out: it may echo a value.
+        _print_problems(path, [f"cannot be validated ({type(exc).__name__}); please report "
+                               "this file's shape as a bug"])
+    return None
+
+
+def _check_config(path: Path, kind: str) -> int:
+    from agentaskit_dr.config import load_backup_config, load_config, looks_like_backup
+
+    def validate(path: Path) -> str:
+        """The kind of config ``path`` holds, once it validated as that kind."""
+        chosen = kind
+        if chosen == "auto":
+            chosen = "backup" if looks_like_backup(path) else "watchdog"
+        if chosen == "backup":
             load_backup_config(path)
         else:
             load_config(path)
-    except ConfigError as exc:
-        _print_problems(path, exc.problems)
+        return chosen
+
+    valid_kind = _load(path, validate)
+    if valid_kind is None:
         return EXIT_USAGE
-    print(f"{path}: valid {kind} configuration")
+    print(f"{path}: valid {valid_kind} configuration")
     return EXIT_OK
 
 
 def _run(path: Path) -> int:
-    from agentaskit_dr.config import ConfigError, load_config
+    from agentaskit_dr.config import load_config
     from agentaskit_dr.runtime.supervisor import run_daemon
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_problems(path, exc.problems)
+    config = _load(path, load_config)
+    if config is None:
         return EXIT_USAGE
     logs.configure(config.logging.level)
     return asyncio.run(run_daemon(config, path))

@@ -116,10 +116,12 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
                     error = "cancelled" if task.cancelled() else repr(task.exception())
                     log.error("root_task_ended", task=task.get_name(), error=error)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        # Handlers stay until the tasks are down: a second SIGINT during the grace period
+        # would otherwise raise KeyboardInterrupt mid-release and skip the clean stop.
         await _stop_tasks(tasks)
         await lock.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
     log.info("daemon_stopped", exit_code=exit_code)
     return exit_code
 
