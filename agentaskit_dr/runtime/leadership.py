@@ -134,7 +134,13 @@ class LeadershipKeeper:
             log.warning("lock_regained", epoch=renewed.epoch, holder=renewed.holder)
 
     async def _campaign(self) -> None:
-        lease = await self._bounded(self._lock.acquire())
+        try:
+            lease = await self._bounded(self._lock.acquire())
+        except LockUnavailable:
+            # Whoever held the lock when we last asked may be long gone: say "unknown"
+            # rather than keep naming them in every verdict while the store is down.
+            self._publish(None, None)
+            raise
         if lease is None:
             self._publish(None, await self._who_holds())
             return

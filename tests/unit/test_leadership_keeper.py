@@ -201,7 +201,19 @@ async def test_keeper_campaigns_through_an_unreachable_store_and_then_acquires(
     async with running(keeper):
         await asyncio.sleep(2)
     assert lock.acquires == [0, 0.375, 1.125]
-    assert changes.calls == [(1.125, 1, None), (2, None, None)]
+    assert changes.calls == [(0, None, None), (1.125, 1, None), (2, None, None)]
+
+
+@pytest.mark.looptime
+async def test_unreachable_store_stops_naming_the_last_known_holder(
+    keeper: LeadershipKeeper, lock: FakeLock, changes: Changes
+) -> None:
+    lock.other = ("watchdog-b", 2)
+    async with running(keeper):
+        await asyncio.sleep(1)
+        lock.unreachable_acquires = 100  # the store goes down; watchdog-b's lease with it
+        await asyncio.sleep(3)
+    assert changes.calls == [(0, None, "watchdog-b (epoch 2)"), (3, None, None)]
 
 
 @pytest.mark.looptime
