@@ -195,11 +195,25 @@ def _summary(events: list[dict[str, Any]], killed_at: float, threshold: float,
     detected = next((e for e in events if event_time(e) >= killed_at and "db_unreachable for"
                      in str(e.get("verdict", ""))), None)
     decided, done = first("failover_decided"), first("promotion_done")
-    timeline = [
+    first_doubt: set[str] = set()  # each watchdog's first verdict that saw the failure
+
+    def shown(e: dict[str, Any]) -> bool:
+        if event_time(e) < killed_at:
+            return False
+        if e.get("event") == "verdict" and "db_unreachable for" in str(e.get("verdict")):
+            if e["watchdog"] in first_doubt:
+                return False
+            first_doubt.add(e["watchdog"])
+            return True
+        return e.get("event") in TIMELINE_EVENTS
+
+    timeline = [{"t": 0.0, "watchdog": "drill", "event": "primary_killed",
+                 "detail": "SIGKILL to the PostgreSQL primary"}]
+    timeline += [
         {"t": round(event_time(e) - killed_at, 3), "watchdog": e["watchdog"], "event": e["event"],
          **{k: e[k] for k in ("verdict", "reason", "epoch", "message", "detail") if k in e}}
         for e in events
-        if e.get("event") in TIMELINE_EVENTS and event_time(e) >= killed_at - 0.001
+        if shown(e)
     ]
     figures: dict[str, Any] = {
         "threshold": threshold,
@@ -225,7 +239,8 @@ def _since(event: dict[str, Any] | None, start: float) -> float | None:
 def print_report(result: dict[str, Any], out: Any = sys.stdout) -> None:
     print("\nTimeline (seconds after the primary was killed):", file=out)
     for row in result["timeline"]:
-        text = row.get("verdict") or row.get("reason") or row.get("message") or ""
+        text = (row.get("verdict") or row.get("reason") or row.get("message")
+                or row.get("detail") or "")
         epoch = f" epoch={row['epoch']}" if row.get("epoch") is not None else ""
         print(f"  {row['t']:>8.3f}s  {row['watchdog']:<10} {row['event']:<22}{epoch} {text}",
               file=out)
