@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -147,6 +148,9 @@ def _check_config(path: Path, kind: str) -> int:
 
 
 def _run(path: Path) -> int:
+    # Until run_daemon installs its handler, SIGHUP's default action would kill the
+    # daemon during start-up (a `systemctl reload` right after start); ignore it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from agentaskit_dr.config import load_config
     from agentaskit_dr.runtime.supervisor import run_daemon
 
