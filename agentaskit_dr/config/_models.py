@@ -58,17 +58,44 @@ def _has_host(url: str) -> bool:
     return bool(authority.rpartition("@")[2].strip())
 
 
-class DatabaseConfig(ConfigModel):
-    """How to reach one region's PostgreSQL server."""
+class _PasswordSource(ConfigModel):
+    """A section whose password comes from ``password_env`` or ``password_file``."""
 
-    dsn: str
-    """``postgresql://user@host:port/dbname``; an inline password is allowed, not advised."""
     password_env: EnvName | None = None
     """Environment variable holding the password."""
     password_file: ConfigPath | None = None
     """File holding the password (surrounding whitespace stripped)."""
 
     _password: SecretStr | None = PrivateAttr(default=None)
+
+    def _password_problems(self, url_field: str, url: str) -> list[Problem]:
+        problems = secret_source_problems(
+            self.password_env,
+            self.password_file,
+            env_field="password_env",
+            file_field="password_file",
+        )
+        if (self.password_env or self.password_file) and url_has_password(url):
+            # Clients silently prefer one of the two (redis-py the URL's): make the
+            # operator choose.
+            text = "holds a password and password_env/password_file gives another"
+            problems.append(Problem((url_field,), text))
+        return problems
+
+    def _read_password(self) -> None:
+        self._password = resolve_secret(
+            self.password_env,
+            self.password_file,
+            env_field="password_env",
+            file_field="password_file",
+        )
+
+
+class DatabaseConfig(_PasswordSource):
+    """How to reach one region's PostgreSQL server."""
+
+    dsn: str
+    """``postgresql://user@host:port/dbname``; an inline password is allowed, not advised."""
 
     @field_validator("dsn")
     @classmethod
@@ -80,26 +107,11 @@ class DatabaseConfig(ConfigModel):
         return dsn
 
     @model_validator(mode="after")
-    def _read_password(self) -> Self:
-        problems = secret_source_problems(
-            self.password_env,
-            self.password_file,
-            env_field="password_env",
-            file_field="password_file",
-        )
-        if (self.password_env or self.password_file) and url_has_password(self.dsn):
-            # asyncpg would silently prefer one of the two; make the operator choose.
-            problems.append(
-                Problem(("dsn",), "holds a password and password_env/password_file gives another")
-            )
+    def _check_password(self) -> Self:
+        problems = self._password_problems("dsn", self.dsn)
         if problems:
             raise problems_error(problems)
-        self._password = resolve_secret(
-            self.password_env,
-            self.password_file,
-            env_field="password_env",
-            file_field="password_file",
-        )
+        self._read_password()
         return self
 
     @property
@@ -172,7 +184,7 @@ class ProbeConfig(ConfigModel):
         return self
 
 
-class LockConfig(ConfigModel):
+class LockConfig(_PasswordSource):
     """The leader lock store (Redis) and the lease timing."""
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -183,12 +195,8 @@ class LockConfig(ConfigModel):
     """Stop acting this long before the lease ends; None leaves the default to the lock."""
     key_prefix: NonBlank = "agentaskit-dr"
     """Prefix of every key the lock and journal write."""
-    password_env: EnvName | None = None
-    password_file: ConfigPath | None = None
     socket_timeout: PositiveDuration = 1.0
     """Bound on each lock store call; redis-py's own retries must fit inside it."""
-
-    _password: SecretStr | None = PrivateAttr(default=None)
 
     @field_validator("url")
     @classmethod
@@ -206,12 +214,7 @@ class LockConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check_timing_and_read_password(self) -> Self:
-        problems = secret_source_problems(
-            self.password_env,
-            self.password_file,
-            env_field="password_env",
-            file_field="password_file",
-        )
+        problems = self._password_problems("url", self.url)
         if self.ttl < 3 * self.socket_timeout:
             problems.append(
                 Problem(
@@ -229,19 +232,9 @@ class LockConfig(ConfigModel):
                     got=format_duration(self.margin),
                 )
             )
-        if (self.password_env or self.password_file) and url_has_password(self.url):
-            # redis-py lets a URL password override the password argument: refuse both.
-            problems.append(
-                Problem(("url",), "holds a password and password_env/password_file gives another")
-            )
         if problems:
             raise problems_error(problems)
-        self._password = resolve_secret(
-            self.password_env,
-            self.password_file,
-            env_field="password_env",
-            file_field="password_file",
-        )
+        self._read_password()
         return self
 
     def password_value(self) -> str | None:
