@@ -9,6 +9,7 @@ carry them; ``redacted()`` also masks passwords written inside URLs.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote
 
@@ -40,6 +41,13 @@ from agentaskit_dr.config._base import (
     url_has_password,
 )
 from agentaskit_dr.config._durations import format_duration
+from agentaskit_dr.config._sections import (
+    ApiConfig,
+    DnsConfig,
+    KubernetesConfig,
+    NotificationsConfig,
+    RunbookConfig,
+)
 from agentaskit_dr.core import Thresholds
 
 _DSN_SCHEMES = ("postgresql://", "postgres://")
@@ -140,6 +148,12 @@ class RegionConfig(ConfigModel):
     health_urls: tuple[HttpUrl, ...]
     """HTTP(S) endpoints; the region is healthy when enough of them answer 2xx."""
     database: DatabaseConfig
+    dns_target: NonBlank | None = None
+    """What the service record points at while this region serves (failover runbook)."""
+    kubernetes: KubernetesConfig | None = None
+    """This region's cluster, scaled up when the region takes over."""
+    verify_urls: tuple[HttpUrl, ...] = ()
+    """Endpoints that must answer 2xx after a failover to this region (default: health_urls)."""
 
     @field_validator("health_urls")
     @classmethod
@@ -284,6 +298,21 @@ class WatchdogConfig(ConfigModel):
     lock: LockConfig = Field(default_factory=LockConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    role: Literal["watchdog", "witness"] = "watchdog"
+    """A witness probes and publishes its observations; it never takes the lock or acts."""
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    peers: tuple[HttpUrl, ...] = ()
+    """Base URLs of the other watchdogs' APIs (their /v1/observations are polled)."""
+    witness: HttpUrl | None = None
+    """Base URL of the witness's API."""
+    fence_after: PositiveDuration | None = None
+    """A primary-side watchdog hearing neither peers nor witness this long fences its own
+    primary. Default: three quarters of the shortest threshold (when peers are set)."""
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    runbook: RunbookConfig = Field(default_factory=RunbookConfig)
+    evidence_dir: ConfigPath = Path("/var/lib/agentaskit-dr/evidence")
+    """Where failover evidence files and incident review drafts are written."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Self:
@@ -298,6 +327,8 @@ class WatchdogConfig(ConfigModel):
                 )
             )
         for field in ("region", "primary_region"):
+            if field == "region" and self.role == "witness":
+                continue  # a witness runs in a third place
             value = getattr(self, field)
             if value not in self.regions:
                 problems.append(
@@ -316,9 +347,39 @@ class WatchdogConfig(ConfigModel):
                         got=format_duration(seconds),
                     )
                 )
+        shortest = min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
+        if self.fence_after is not None and self.fence_after >= shortest - interval:
+            problems.append(Problem(
+                ("fence_after",),
+                "must be shorter than the other side's shortest threshold minus one probe "
+                f"interval ({format_duration(shortest - interval)}), so the primary is fenced "
+                "before the secondary may promote",
+                got=format_duration(self.fence_after),
+            ))
+        if self.role == "watchdog" and self.fence_after is not None and not (
+            self.peers or self.witness
+        ):
+            problems.append(Problem(("fence_after",), "needs peers or a witness to listen to"))
         if problems:
             raise problems_error(problems)
         return self
+
+    @property
+    def vantage_urls(self) -> dict[str, str]:
+        """Who this daemon listens to: {label: base URL} for peers and the witness."""
+        urls = {f"peer{index}": url.rstrip("/") for index, url in enumerate(self.peers, 1)}
+        if self.witness:
+            urls["witness"] = self.witness.rstrip("/")
+        return urls
+
+    @property
+    def effective_fence_after(self) -> float | None:
+        """``fence_after``, or its default when peers or a witness are configured."""
+        if self.fence_after is not None:
+            return self.fence_after
+        if self.role != "watchdog" or not (self.peers or self.witness):
+            return None
+        return 0.75 * min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
 
     @property
     def holder(self) -> str:
@@ -337,6 +398,7 @@ class WatchdogConfig(ConfigModel):
             db_unreachable=self.thresholds.db_unreachable,
             recovery=self.thresholds.recovery,
             retry_backoff=self.thresholds.retry_backoff,
+            fence_after=self.effective_fence_after,
         )
 
     def with_primary(self, region: str) -> WatchdogConfig:

@@ -10,20 +10,26 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from agentaskit_dr.core.assess import Verdict
 from agentaskit_dr.core.model import (
     Acknowledged,
     Alert,
+    Assessed,
     Clock,
     Command,
     Condition,
     Event,
     FailoverRecord,
     FailoverRefused,
+    FailoverRequested,
     FailoverSucceeded,
     FenceOldPrimary,
+    FenceOwnPrimary,
     LeadershipChanged,
     Observed,
+    Paused,
     Phase,
+    Resumed,
     Severity,
     StandbyObserved,
     StartFailover,
@@ -42,6 +48,17 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
     match event:
         case Observed():
             state = replace(state, clocks=_observe(state, event, now))
+        case Assessed():
+            state, commands = _assessed(state, event, now)
+        case Paused(reason=reason):
+            state = replace(state, paused=True, pause_reason=reason)
+            commands = [Alert(Severity.WARNING, f"paused: {reason or 'maintenance'}; "
+                                                "nothing will be actuated")]
+        case Resumed():
+            state = replace(state, paused=False, pause_reason="")
+            commands = [Alert(Severity.INFO, "resumed: automatic actions armed again")]
+        case FailoverRequested():
+            return _failover_requested(state, event, now)
         case LeadershipChanged(epoch=epoch, holder=holder):
             state = replace(state, epoch=epoch, lock_holder=holder)
         case ThresholdsChanged(thresholds=thresholds):
@@ -60,6 +77,51 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
             pass
     state, decided = _decide(state, now)
     return state, commands + decided
+
+
+def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
+    """Move the clocks the assessment has news for, and the self-fencing clock."""
+    assessment = event.assessment
+    commands: list[Command] = []
+    if assessment.verdict is not state.assessed:
+        if assessment.verdict in _ALERTING and not (
+            assessment.verdict is Verdict.DEGRADED and state.assessed in _ALERTING
+        ):
+            commands.append(Alert(_ALERTING[assessment.verdict], assessment.detail))
+        state = replace(state, assessed=assessment.verdict, assessed_since=now)
+    state = replace(state, assessment_detail=assessment.detail)
+    clocks = state.clocks
+    if event.db_evidence:
+        observed = Observed(Condition.DB_UNREACHABLE, assessment.db_failing, assessment.detail)
+        clocks = _observe(replace(state, clocks=clocks), observed, now)
+    if event.region_evidence:
+        observed = Observed(Condition.REGION_UNHEALTHY, assessment.region_failing,
+                            assessment.detail)
+        clocks = _observe(replace(state, clocks=clocks), observed, now)
+    state = replace(state, clocks=clocks)
+    if not (assessment.self_isolated and event.primary_side):
+        return replace(state, isolated_since=None), commands
+    since = state.isolated_since if state.isolated_since is not None else now
+    state = replace(state, isolated_since=since)
+    fence_after = state.thresholds.fence_after
+    if fence_after is None or state.self_fenced or now - since <= fence_after:
+        return state, commands
+    reason = f"isolated from peer and witness for {now - since:.1f}s (> {fence_after:g}s)"
+    if state.paused:
+        return state, [*commands, Alert(Severity.CRITICAL, f"paused: would self-fence, {reason}")]
+    state = replace(state, self_fenced=True)
+    return state, [*commands, Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}"),
+                   FenceOwnPrimary(reason=reason)]
+
+
+_ALERTING = {
+    Verdict.SELF_ISOLATED: Severity.CRITICAL,
+    Verdict.PRIMARY_ISOLATED: Severity.CRITICAL,
+    Verdict.PRIMARY_DOWN: Severity.CRITICAL,
+    Verdict.PARTIAL_PARTITION: Severity.CRITICAL,
+    Verdict.REGION_UNHEALTHY: Severity.WARNING,
+    Verdict.DEGRADED: Severity.WARNING,
+}
 
 
 def _observe(state: WatchState, event: Observed, now: float) -> dict[Condition, Clock]:
@@ -121,6 +183,8 @@ def _decide(state: WatchState, now: float) -> Step:
             )
         return _with_verdict(state, "no action: primary healthy")
     reason = _describe(state, condition)
+    if state.paused:
+        return _with_verdict(state, f"paused: {reason}; would fail over (nothing is actuated)")
     if state.standby_ready is False:
         return _with_verdict(state, f"no action: {reason}, but there is no standby to promote")
     if state.epoch is None:
@@ -146,6 +210,35 @@ def _decide(state: WatchState, now: float) -> Step:
         failover=FailoverRecord(
             condition=condition, epoch=state.epoch, decided_at=now, reason=reason
         ),
+        retry_not_before=None,
+        verdict=f"failover: {reason}; promoting the standby under epoch {state.epoch}",
+    )
+    return state, [Alert(Severity.CRITICAL, f"failing over: {reason}"), command]
+
+
+def _failover_requested(state: WatchState, event: FailoverRequested, now: float) -> Step:
+    """A manual failover: the same gates as an automatic one, minus the debounce."""
+    reason = f"requested by an operator: {event.reason}" if event.reason else (
+        "requested by an operator")
+    refusal = None
+    if state.phase is not Phase.WATCHING:
+        refusal = f"phase is {state.phase.value}"
+    elif state.paused:
+        refusal = "paused; resume first"
+    elif state.standby_ready is False:
+        refusal = "there is no standby to promote"
+    elif state.epoch is None:
+        refusal = f"the lock is held by {state.lock_holder or 'nobody reachable'}"
+    if refusal is not None:
+        return _with_verdict(state, f"manual failover refused: {refusal}")
+    assert state.epoch is not None
+    command = StartFailover(condition=None, epoch=state.epoch, reason=reason,
+                            failing_since=now, decided_at=now)
+    state = replace(
+        state,
+        phase=Phase.FAILING_OVER,
+        failover=FailoverRecord(condition=None, epoch=state.epoch, decided_at=now,
+                                reason=reason),
         retry_not_before=None,
         verdict=f"failover: {reason}; promoting the standby under epoch {state.epoch}",
     )
@@ -224,7 +317,8 @@ def _standby_observed(
         # The server we promoted, seen through a probe that still aims at the old slot.
         return state, [], False
     state = replace(state, standby_ready=False)
-    if event.writable and state.epoch is not None and state.phase is not Phase.FAILING_OVER:
+    if (event.writable and state.epoch is not None and state.phase is not Phase.FAILING_OVER
+            and not state.paused):
         reason = "old primary in the standby slot accepts writes"
         return state, [
             Alert(Severity.CRITICAL, f"fencing: {reason}"),
@@ -235,11 +329,16 @@ def _standby_observed(
 
 def _acknowledged(state: WatchState) -> Step:
     if state.phase is not Phase.FAILED_OVER:
+        if state.self_fenced:
+            state = replace(state, self_fenced=False, isolated_since=None)
+            return _with_verdict(state, "acknowledged: self-fence cleared; the primary stays "
+                                        "read-only until an operator lifts the fence")
         return _with_verdict(state, f"acknowledged; nothing to clear in phase {state.phase}")
     state = replace(
         state,
         phase=Phase.WATCHING,
         clocks=fresh_clocks(),
+        self_fenced=False,
         verdict="acknowledged: watching again",
     )
     return state, [Alert(Severity.INFO, "failover acknowledged; automatic failover re-armed")]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from agentaskit_dr.core.assess import Assessment, Verdict
+
 
 class Condition(enum.StrEnum):
     """A failover trigger of the plan, each with its own threshold."""
@@ -40,6 +42,9 @@ class Thresholds:
     db_unreachable: float = 120.0
     recovery: float = 30.0
     retry_backoff: float = 10.0
+    # A primary-side watchdog that hears neither peer nor witness this long fences its own
+    # primary; None never self-fences. Must be shorter than the other side's thresholds.
+    fence_after: float | None = None
 
     def for_condition(self, condition: Condition) -> float:
         if condition is Condition.REGION_UNHEALTHY:
@@ -111,6 +116,40 @@ class ThresholdsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class Assessed:
+    """The vantage points' verdict, made when this watchdog's own probe brought news.
+
+    ``db_evidence`` / ``region_evidence`` say which condition the news was about: only that
+    condition's clock moves, so a clock advances on evidence, never on mere time.
+    ``primary_side``: this watchdog runs in the primary region (it may have to self-fence).
+    """
+
+    assessment: Assessment
+    primary_side: bool
+    db_evidence: bool = False
+    region_evidence: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Maintenance: probes and verdicts go on, nothing is actuated."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Maintenance is over; automatic actions are armed again."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverRequested:
+    """An operator asked for a failover now (the debounce does not apply)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; re-evaluate the clocks."""
 
@@ -123,6 +162,10 @@ Event = (
     | StandbyObserved
     | Acknowledged
     | ThresholdsChanged
+    | Assessed
+    | Paused
+    | Resumed
+    | FailoverRequested
     | Tick
 )
 
@@ -132,9 +175,12 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class StartFailover:
-    """Promote the replica, fenced by ``epoch``. Issued once per failover."""
+    """Promote the replica, fenced by ``epoch``. Issued once per failover.
 
-    condition: Condition
+    ``condition`` is None for a failover an operator requested.
+    """
+
+    condition: Condition | None
     epoch: int
     reason: str
     failing_since: float
@@ -146,6 +192,17 @@ class FenceOldPrimary:
     """Make the server in the standby slot read-only and end its sessions."""
 
     epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FenceOwnPrimary:
+    """A primary-side watchdog cut off from peer and witness fences its own primary.
+
+    Needs no lock: the lock store may be on the other side of the partition, and making the
+    primary read-only is always the safe direction. Nothing lifts it automatically.
+    """
+
     reason: str
 
 
@@ -163,7 +220,7 @@ class Alert:
     message: str
 
 
-Command = StartFailover | FenceOldPrimary | Alert
+Command = StartFailover | FenceOldPrimary | FenceOwnPrimary | Alert
 
 
 # ---------------------------------------------------------------- state
@@ -223,3 +280,13 @@ class WatchState:
     standby_ready: bool | None = None
     retry_not_before: float | None = None
     verdict: str = "starting"
+    paused: bool = False
+    pause_reason: str = ""
+    # The latest assessment of the vantage points and since when its verdict holds.
+    assessed: Verdict | None = None
+    assessed_since: float | None = None
+    assessment_detail: str = ""
+    # Self-fencing: when this primary-side watchdog last started hearing nobody, and
+    # whether it fenced its primary (stays True until an operator acknowledges).
+    isolated_since: float | None = None
+    self_fenced: bool = False

@@ -19,18 +19,21 @@ from agentaskit_dr.core import (
     Alert as AlertCommand,
 )
 from agentaskit_dr.core import (
+    Assessed,
+    Assessment,
     Command,
-    Condition,
     Event,
     FenceOldPrimary,
+    FenceOwnPrimary,
     LeadershipChanged,
-    Observed,
     Phase,
     StandbyObserved,
     StartFailover,
     ThresholdsChanged,
     Tick,
+    Vantage,
     WatchState,
+    assess,
     transition,
 )
 from agentaskit_dr.ports import (
@@ -41,12 +44,15 @@ from agentaskit_dr.ports import (
 )
 from agentaskit_dr.probes.postgres import replication_lag_bytes
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.outlook import PRIMARY_DB, STANDBY_DB, own_vantage, wire_report
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
 
 log = structlog.get_logger(__name__)
 
-PRIMARY_DB = "db:primary"
-STANDBY_DB = "db:standby"
+__all__ = ["PRIMARY_DB", "STANDBY_DB", "Engine"]
+
+#: Self-fencing fences this daemon's own primary whatever epoch marker it carries.
+SELF_FENCE_EPOCH = 2**62
 
 ProbeFactory = Callable[[WatchdogConfig], Sequence[Probe[Observation]]]
 PromoterFactory = Callable[[WatchdogConfig], Promoter]
@@ -57,7 +63,16 @@ class _Wake:
     """Wakes the engine for a reload or a stop without an observation."""
 
 
-QueueItem = ProbeReport | LeadershipChanged | _Wake
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Control:
+    """An operator's request from the API; answered once the cycle applied it."""
+
+    event: Event
+    answer: asyncio.Future[str]
+
+
+QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control
+VantageSource = Callable[[], list[Vantage]]
 
 
 class Engine:
@@ -91,6 +106,11 @@ class Engine:
         self._reload_requested = False
         self._probes_stale = False
         self._clock = asyncio.get_running_loop().time
+        self.vantages: VantageSource = list
+        self.links: Callable[[], dict[str, bool]] = dict
+        self.assessment: Assessment | None = None
+        self.last_cycle_at = self._clock()
+        self.started = False
 
     # ------------------------------------------------------------ inputs
 
@@ -110,8 +130,16 @@ class Engine:
 
     # ------------------------------------------------------------ loop
 
+    async def control(self, event: Event) -> str:
+        """Apply an operator's event (pause, resume, ack, failover) at the next cycle;
+        returns the verdict after it."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(_Control(event, answer))
+        return await answer
+
     async def run(self) -> None:
         self._start_probes()
+        self.started = True
         try:
             while True:
                 if self._reload_requested:
@@ -137,12 +165,19 @@ class Engine:
 
     async def _cycle(self, items: list[QueueItem]) -> None:
         self.cycles += 1
+        self.last_cycle_at = self._clock()
         commands: list[Command] = []
         events: list[Event] = [Tick()]
+        answers: list[asyncio.Future[str]] = []
         for item in items:
             events.extend(self._events_of(item))
+            if isinstance(item, _Control):
+                answers.append(item.answer)
         for event in events:
             commands.extend(self._apply(event))
+        for answer in answers:
+            if not answer.done():
+                answer.set_result(self.state.verdict)
         self._log_verdict()
         for command in commands:
             await self._execute(command)
@@ -159,6 +194,8 @@ class Engine:
     def _events_of(self, item: QueueItem) -> list[Event]:
         if isinstance(item, LeadershipChanged):
             return [item]
+        if isinstance(item, _Control):
+            return [item.event]
         if isinstance(item, _Wake) or item.generation != self.generation:
             return []
         self.latest[item.probe] = item
@@ -166,13 +203,11 @@ class Engine:
         if isinstance(observation, RegionHealthObservation):
             if observation.region != self.config.primary_region:
                 return []
-            return [Observed(Condition.REGION_UNHEALTHY, not observation.healthy,
-                             observation.detail)]
+            return [self._assessed(region_evidence=True)]
         if item.probe == PRIMARY_DB:
             if observation.current_lsn is not None:
                 self.primary_last_lsn = observation.current_lsn
-            detail = observation.error or f"{observation.target} reachable"
-            return [Observed(Condition.DB_UNREACHABLE, not observation.reachable, detail)]
+            return [self._assessed(db_evidence=True)]
         if item.probe == STANDBY_DB and observation.reachable:
             self.lag_bytes = replication_lag_bytes(self.primary_last_lsn, observation)
             return [StandbyObserved(
@@ -182,6 +217,39 @@ class Engine:
                 detail=observation.target,
             )]
         return []
+
+    def _assessed(self, *, db_evidence: bool = False, region_evidence: bool = False) -> Assessed:
+        """Assess own + peer + witness views now that an own probe brought news."""
+        others = self.vantages()
+        own = own_vantage(self.config, self.latest, others, self._clock())
+        assessment = assess(own, others, self.config.primary_region)
+        # The own probe's words (the error, the URLs' tally) end the detail.
+        own_detail = None
+        if db_evidence and assessment.db_failing:
+            report = self.latest.get(PRIMARY_DB)
+            own_detail = getattr(report.observation, "error", None) if report else None
+        elif region_evidence and assessment.region_failing:
+            health = [r.observation for r in self.latest.values()
+                      if isinstance(r.observation, RegionHealthObservation)
+                      and r.observation.region == self.config.primary_region]
+            own_detail = health[0].detail if health else None
+        if own_detail:
+            assessment = dataclasses.replace(assessment,
+                                             detail=f"{assessment.detail}: {own_detail}")
+        self.assessment = assessment
+        return Assessed(
+            assessment,
+            primary_side=self.config.region == self.config.primary_region,
+            db_evidence=db_evidence,
+            region_evidence=region_evidence,
+        )
+
+    def observations(self) -> dict[str, Any]:
+        """The ``GET /v1/observations`` body: this daemon's latest view, for its peers."""
+        now = self._clock()
+        others = self.vantages()
+        own = own_vantage(self.config, self.latest, others, now)
+        return wire_report(self.config, own, self.latest, self.links(), now)
 
     def _log_verdict(self) -> None:
         state = self.state
@@ -196,6 +264,8 @@ class Engine:
             primary_region=self.config.primary_region,
             failover_epoch=failover.epoch if failover else None,
             lag_bytes=self.lag_bytes,
+            assessment=state.assessed.value if state.assessed else None,
+            paused=state.paused or None,
         )
 
     async def _execute(self, command: Command) -> None:
@@ -210,12 +280,31 @@ class Engine:
             # The cycle's verdict was logged before acting; the outcome is its own event.
             log.warning("failover_outcome", phase=self.state.phase.value,
                         verdict=self.state.verdict, epoch=command.epoch)
+        elif isinstance(command, FenceOwnPrimary):
+            await self._fence_own_primary(command)
         elif isinstance(command, FenceOldPrimary):
             promoter = self._promoter_factory(self.config)
             standby = self.config.regions[self.config.secondary_region].database.connect_dsn()
             await self.executor.fence(command, promoter, standby)
 
+    async def _fence_own_primary(self, command: FenceOwnPrimary) -> None:
+        """Self-fencing needs no lock: read-only is the safe direction, and the lock store
+        may well be on the other side of the partition."""
+        promoter = self._promoter_factory(self.config)
+        dsn = self.config.regions[self.config.primary_region].database.connect_dsn()
+        try:
+            result = await promoter.fence(dsn, epoch=SELF_FENCE_EPOCH)
+        except Exception as exc:  # logged; the alert already went out
+            log.exception("self_fence_failed", reason=command.reason, error=str(exc))
+            return
+        log.critical("self_fenced", reason=command.reason, fenced=result.fenced,
+                     sessions_terminated=result.sessions_terminated, detail=result.detail)
+
     def _log_decision(self, command: StartFailover) -> None:
+        if command.condition is None:
+            log.warning("failover_decided", condition="manual", epoch=command.epoch,
+                        reason=command.reason, decided_at=round(command.decided_at, 4))
+            return
         threshold = self.state.thresholds.for_condition(command.condition)
         log.warning(
             "failover_decided",
@@ -252,6 +341,7 @@ class Engine:
         new_primary = self.config.secondary_region
         log.warning("primary_region_changed", old=self.config.primary_region, new=new_primary)
         self.config = self.config.with_primary(new_primary)
+        self.latest.clear()
         self.primary_last_lsn = None
         self.lag_bytes = None
         self._probes_stale = True
@@ -328,18 +418,50 @@ class Engine:
         return new, file_primary, lock_ignored
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot for the status command and API."""
+        """A JSON-able snapshot for the status command and API (times are seconds ago)."""
         state = self.state
         failover = state.failover
+        now = self._clock()
+
+        def ago(at: float | None) -> float | None:
+            return None if at is None else round(now - at, 3)
+
+        clocks = {
+            condition.value: {
+                "failing": clock.failing,
+                "failing_for": round(clock.held_for(), 3) if clock.failing else None,
+                "failing_since_ago": ago(clock.failing_since),
+                "threshold": state.thresholds.for_condition(condition),
+                "detail": clock.detail,
+            }
+            for condition, clock in state.clocks.items()
+        }
+        last = None
+        if failover is not None:
+            last = dataclasses.asdict(failover)
+            last["decided_ago"] = ago(failover.decided_at)
+            last["completed_ago"] = ago(failover.completed_at)
         return {
+            "node": self.config.holder,
+            "role": self.config.role,
             "region": self.config.region,
             "primary_region": self.config.primary_region,
             "phase": state.phase.value,
             "verdict": state.verdict,
+            "assessment": {
+                "verdict": state.assessed.value if state.assessed else None,
+                "since_ago": ago(state.assessed_since),
+                "detail": state.assessment_detail,
+            },
+            "conditions": clocks,
+            "paused": state.paused,
+            "pause_reason": state.pause_reason or None,
+            "self_fenced": state.self_fenced,
             "epoch": state.epoch,
             "lock_holder": state.lock_holder,
             "lag_bytes": self.lag_bytes,
-            "last_failover": dataclasses.asdict(failover) if failover else None,
+            "peers": self.links(),
+            "last_failover": last,
         }
 
 

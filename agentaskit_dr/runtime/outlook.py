@@ -1,0 +1,104 @@
+"""This daemon's own vantage point, built from its latest probe reports.
+
+The same view is assessed locally (with the peers' views) and published to the peers at
+``GET /v1/observations``, so every vantage point speaks one format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.core import RegionView, Role, Vantage
+from agentaskit_dr.ports import PostgresObservation, RegionHealthObservation
+from agentaskit_dr.runtime.scheduler import ProbeReport
+
+PRIMARY_DB = "db:primary"
+STANDBY_DB = "db:standby"
+
+
+def stale_after(config: WatchdogConfig) -> float:
+    """How old a report may be and still count as fresh: two rounds plus a timeout."""
+    return 2 * config.probe.interval + config.probe.timeout
+
+
+def _fresh(report: ProbeReport | None, now: float, limit: float) -> ProbeReport | None:
+    return report if report is not None and now - report.at <= limit else None
+
+
+def _health_report(latest: Mapping[str, ProbeReport], region: str) -> ProbeReport | None:
+    for report in latest.values():
+        observation = report.observation
+        if isinstance(observation, RegionHealthObservation) and observation.region == region:
+            return report
+    return None
+
+
+def own_vantage(
+    config: WatchdogConfig,
+    latest: Mapping[str, ProbeReport],
+    others: Sequence[Vantage],
+    now: float,
+) -> Vantage:
+    """This daemon's view of both regions from its own fresh probe reports."""
+    limit = stale_after(config)
+    db_probe = {config.primary_region: PRIMARY_DB, config.secondary_region: STANDBY_DB}
+    regions: dict[str, RegionView] = {}
+    wal_streaming: bool | None = None
+    for name in config.regions:
+        db = _fresh(latest.get(db_probe[name]), now, limit)
+        health = _fresh(_health_report(latest, name), now, limit)
+        db_reachable = None
+        if db is not None and isinstance(db.observation, PostgresObservation):
+            db_reachable = db.observation.reachable
+            if name == config.secondary_region and db.observation.reachable and (
+                db.observation.in_recovery
+            ):
+                wal_streaming = db.observation.receiver_status == "streaming"
+        health_ok = None
+        if health is not None and isinstance(health.observation, RegionHealthObservation):
+            health_ok = health.observation.healthy
+        heard = any(o.fresh and o.role is Role.WATCHDOG and o.region == name for o in others)
+        regions[name] = RegionView(db_reachable=db_reachable, health_ok=health_ok,
+                                   watchdog_reached=heard or None)
+    return Vantage(name=f"{config.holder} (self)", role=Role(config.role), region=config.region,
+                   fresh=True, regions=regions, wal_streaming=wal_streaming)
+
+
+def wire_report(
+    config: WatchdogConfig,
+    own: Vantage,
+    latest: Mapping[str, ProbeReport],
+    links: Mapping[str, bool],
+    now: float,
+) -> dict[str, Any]:
+    """The ``GET /v1/observations`` body (``peers.WireReport`` parses it back)."""
+    ages = [now - report.at for report in latest.values()]
+    return {
+        "node": config.holder,
+        "role": config.role,
+        "region": config.region,
+        "primary_region": config.primary_region,
+        "age": round(max(0.0, min(ages, default=0.0)), 3),
+        "regions": {
+            name: {"db_reachable": view.db_reachable, "health_ok": view.health_ok,
+                   "watchdog_reached": view.watchdog_reached}
+            for name, view in own.regions.items()
+        },
+        "wal_streaming": own.wal_streaming,
+        "peers": dict(links),
+        "probes": {
+            name: _probe_summary(report, now) for name, report in sorted(latest.items())
+        },
+    }
+
+
+def _probe_summary(report: ProbeReport, now: float) -> dict[str, Any]:
+    observation = report.observation
+    if isinstance(observation, PostgresObservation):
+        return {"target": observation.target, "ok": observation.reachable,
+                "latency": round(observation.latency, 4), "error": observation.error,
+                "in_recovery": observation.in_recovery, "age": round(now - report.at, 3)}
+    return {"target": observation.region, "ok": observation.healthy,
+            "detail": observation.detail, "age": round(now - report.at, 3)}

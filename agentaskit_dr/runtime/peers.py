@@ -1,0 +1,194 @@
+"""Vantage points: what this daemon publishes for its peers, and polling theirs.
+
+A peer's report is data from another machine: it is size-capped, schema-checked and
+aged. A peer that answers late, with garbage or with a huge body counts as unreachable,
+is logged, and is never trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentaskit_dr.core import RegionView, Role, Vantage
+
+log = structlog.get_logger(__name__)
+
+#: The largest report accepted from a peer; real ones are well under 2 KiB.
+MAX_REPORT_BYTES = 64 * 1024
+#: Reports claiming more regions than this are refused (two plus slack for renames).
+MAX_REGIONS = 8
+
+
+class _WireRegion(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    db_reachable: bool | None = None
+    health_ok: bool | None = None
+    watchdog_reached: bool | None = None
+
+
+class WireReport(BaseModel):
+    """``GET /v1/observations``: one daemon's latest view, for its peers."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    node: str = Field(min_length=1, max_length=200)
+    role: Literal["watchdog", "witness"]
+    region: str = Field(min_length=1, max_length=100)
+    primary_region: str = Field(min_length=1, max_length=100)
+    age: float = Field(ge=0, le=86400)
+    """Seconds between the newest observation in the report and the response."""
+    regions: dict[str, _WireRegion] = Field(max_length=MAX_REGIONS)
+    wal_streaming: bool | None = None
+    peers: dict[str, bool] = Field(default_factory=dict, max_length=16)
+
+    def vantage(self, label: str) -> Vantage:
+        regions = {name: RegionView(r.db_reachable, r.health_ok, r.watchdog_reached)
+                   for name, r in self.regions.items()}
+        return Vantage(name=f"{self.node} ({label})", role=Role(self.role), region=self.region,
+                       fresh=True, regions=regions, wal_streaming=self.wal_streaming)
+
+
+def parse_report(body: bytes) -> WireReport:
+    """The report in ``body``; ValueError naming what is wrong (never a traceback)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ValueError("not JSON") from None
+    try:
+        return WireReport.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "report"
+        raise ValueError(f"{where}: {first['msg']}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Heard:
+    at: float
+    report: WireReport
+
+
+class PeerPoller:
+    """Polls each peer's and the witness's ``/v1/observations`` every interval.
+
+    ``vantages()`` returns one Vantage per configured URL: fresh if a valid report arrived
+    within ``stale_after`` seconds, else ``fresh=False``.
+    """
+
+    def __init__(
+        self,
+        urls: Mapping[str, str],
+        *,
+        interval: float,
+        timeout: float,
+        stale_after: float,
+        clock: Callable[[], float],
+        on_report: Callable[[], None] | None = None,
+    ) -> None:
+        self.urls = dict(urls)
+        self.interval = interval
+        self.timeout = timeout
+        self.stale_after = stale_after
+        self.clock = clock
+        self.on_report = on_report
+        self._heard: dict[str, _Heard] = {}
+        self._failing: dict[str, str] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self) -> None:
+        if not self.urls:
+            await asyncio.Event().wait()  # nothing to poll; stay alive as a root task
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for label, url in self.urls.items():
+                    group.create_task(self._poll_forever(label, url), name=f"peer:{label}")
+        finally:
+            await self._session.close()
+
+    async def _poll_forever(self, label: str, url: str) -> None:
+        while True:
+            started = self.clock()
+            await self.poll_once(label, url)
+            await asyncio.sleep(max(0.0, self.interval - (self.clock() - started)))
+
+    async def poll_once(self, label: str, url: str) -> None:
+        """One poll; outcome stored and logged on change. Never raises (but cancellation)."""
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(self.timeout):
+                report = await self._fetch(url)
+        except TimeoutError:
+            self._failed(label, url, f"no answer within {self.timeout:g}s")
+        except aiohttp.ClientError as exc:
+            self._failed(label, url, f"{type(exc).__name__}: {exc}"[:200])
+        except ValueError as exc:
+            self._failed(label, url, f"report rejected: {exc}"[:200], rejected=True)
+        else:
+            self._heard[label] = _Heard(self.clock(), report)
+            if self._failing.pop(label, None) is not None:
+                log.info("peer_reachable", peer=label, url=url, node=report.node)
+            if self.on_report is not None:
+                self.on_report()
+
+    async def _fetch(self, url: str) -> WireReport:
+        assert self._session is not None
+        async with self._session.get(f"{url}/v1/observations") as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            declared = response.content_length
+            if declared is not None and declared > MAX_REPORT_BYTES:
+                raise ValueError(f"body of {declared} bytes exceeds {MAX_REPORT_BYTES}")
+            body = await response.content.read(MAX_REPORT_BYTES + 1)
+            if len(body) > MAX_REPORT_BYTES:
+                raise ValueError(f"body exceeds {MAX_REPORT_BYTES} bytes")
+        return parse_report(body)
+
+    def _failed(self, label: str, url: str, reason: str, *, rejected: bool = False) -> None:
+        if self._failing.get(label) != reason:
+            event = "peer_report_rejected" if rejected else "peer_unreachable"
+            log.warning(event, peer=label, url=url, reason=reason)
+        self._failing[label] = reason
+
+    def vantages(self) -> list[Vantage]:
+        now = self.clock()
+        found = []
+        for label in self.urls:
+            heard = self._heard.get(label)
+            if heard is None or now - heard.at > self.stale_after:
+                role = Role.WITNESS if label == "witness" else Role.WATCHDOG
+                found.append(Vantage(name=label, role=role, region="?", fresh=False))
+            else:
+                found.append(heard.report.vantage(label))
+        return found
+
+    def links(self) -> dict[str, bool]:
+        """{label: heard from within ``stale_after``?}"""
+        now = self.clock()
+        return {label: (heard := self._heard.get(label)) is not None
+                and now - heard.at <= self.stale_after for label in self.urls}
+
+    def reports(self) -> dict[str, Any]:
+        """The latest raw reports by label, with their age, for the status page."""
+        now = self.clock()
+        out: dict[str, Any] = {}
+        for label in self.urls:
+            heard = self._heard.get(label)
+            out[label] = {
+                "url": self.urls[label],
+                "age": round(now - heard.at, 3) if heard else None,
+                "node": heard.report.node if heard else None,
+                "region": heard.report.region if heard else None,
+                "error": self._failing.get(label),
+            }
+        return out
+
