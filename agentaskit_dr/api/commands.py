@@ -1,0 +1,193 @@
+"""The on-call commands that talk to a running watchdog: ``status``, ``pause``, ``resume``, ``ack``.
+
+Where the watchdog is: ``--url``, else ``$AGENTASKIT_DR_API_URL``, else ``api.listen`` of
+``--config``, else http://127.0.0.1:8787. The control token: ``--token-file``, else
+``$AGENTASKIT_DR_API_TOKEN_FILE``, else ``api.token_file`` of ``--config``. Only the
+control commands send the token; ``status`` is open.
+
+Exit codes: 0 done, 1 the watchdog could not be reached or refused (one line on stderr),
+2 bad input (unreadable config or token file, malformed URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+URL_ENV = "AGENTASKIT_DR_API_URL"
+TOKEN_FILE_ENV = "AGENTASKIT_DR_API_TOKEN_FILE"  # noqa: S105 (a variable name, not a secret)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# action -> (HTTP path, whether it changes state and so needs the token)
+_ACTIONS: dict[str, tuple[str, bool]] = {
+    "status": ("/v1/status", False),
+    "pause": ("/v1/pause", True),
+    "resume": ("/v1/resume", True),
+    "ack": ("/v1/ack", True),
+}
+
+
+class _UsageError(Exception):
+    """Bad input from the operator: exit 2 with this message."""
+
+
+def _timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be longer than zero, got {text!r}")
+    return seconds
+
+
+def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``status``, ``pause``, ``resume`` and ``ack``; ``run_api_command`` runs them."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help=f"watchdog API base URL (default: ${URL_ENV}, else "
+                        f"api.listen of --config, else {DEFAULT_URL})")
+    common.add_argument("--token-file", type=Path, help=f"file holding the control token "
+                        f"(default: ${TOKEN_FILE_ENV}, else api.token_file of --config)")
+    common.add_argument("--config", type=Path, help="watchdog YAML to take api.listen and "
+                        "api.token_file from")
+    common.add_argument("--timeout", type=_timeout, default=5.0,
+                        help="seconds to wait for the answer (default 5)")
+
+    helps = {
+        "status": "show a watchdog's status",
+        "pause": "pause automatic failover",
+        "resume": "resume automatic failover",
+        "ack": "acknowledge a failover, so the watchdog may fail over again",
+    }
+    parsers = {
+        action: sub.add_parser(action, parents=[common], help=helps[action])
+        for action in _ACTIONS
+    }
+    parsers["status"].add_argument("--json", action="store_true", help="print the raw JSON")
+    parsers["pause"].add_argument("--reason", help="why, for the watchdog's log")
+    for action, parser in parsers.items():
+        parser.set_defaults(api_action=action)
+
+
+def run_api_command(args: argparse.Namespace) -> int:
+    """Run the command ``add_api_commands`` parsed into ``args``; the exit status."""
+    from agentaskit_dr.api.client import ApiClient, ApiError, render_status
+
+    action: str = args.api_action
+    path, needs_token = _ACTIONS[action]
+    try:
+        target = _target(args, needs_token=needs_token)
+        client = ApiClient(target.url, token=target.token, timeout=args.timeout)
+    except (_UsageError, ValueError) as exc:
+        print(f"agentaskit-dr {action}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if needs_token:
+            result = asyncio.run(client.post(path, _body(action, args)))
+        else:
+            result = asyncio.run(client.get(path))
+    except ApiError as exc:
+        print(f"agentaskit-dr {action}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if action == "status" and args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(render_status(result))
+    return EXIT_OK
+
+
+def _body(action: str, args: argparse.Namespace) -> dict[str, Any]:
+    if action == "pause" and args.reason is not None:
+        return {"reason": args.reason}
+    return {}
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    token: str | None
+
+
+def _target(args: argparse.Namespace, *, needs_token: bool) -> _Target:
+    """Where to send the request, and the token when the command needs one."""
+    api = _api_section(args.config) if args.config is not None else {}
+    url = args.url or os.environ.get(URL_ENV) or _listen_url(api) or DEFAULT_URL
+    if not url.startswith(("http://", "https://")):
+        raise _UsageError(f"--url: expected http://host:port, got {url!r}")
+    if not needs_token:
+        return _Target(url, None)
+    if args.token_file is not None:
+        source, token_file = "--token-file", args.token_file
+    elif os.environ.get(TOKEN_FILE_ENV):
+        source, token_file = TOKEN_FILE_ENV, Path(os.environ[TOKEN_FILE_ENV])
+    elif api.get("token_file") is not None:
+        source, token_file = f"api.token_file in {args.config}", Path(api["token_file"])
+    else:
+        raise _UsageError(f"needs the control token: pass --token-file, set {TOKEN_FILE_ENV}, "
+                          "or pass --config with api.token_file")
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"token file {token_file} (from {source}): cannot read: {exc}") from None
+    if not token:
+        raise _UsageError(f"token file {token_file} (from {source}) is empty")
+    return _Target(url, token)
+
+
+def _api_section(config: Path) -> dict[str, Any]:
+    """The ``api`` mapping of a watchdog YAML, checked only as far as this command needs."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"--config {config}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise _UsageError(f"--config {config}: not valid YAML{_yaml_where(exc)}") from None
+    api = data.get("api") if isinstance(data, dict) else None
+    if api is None:
+        return {}
+    if not isinstance(api, dict):
+        raise _UsageError(f"--config {config}: api: expected a mapping")
+    for key in ("listen", "token_file"):
+        if api.get(key) is not None and not isinstance(api[key], str):
+            raise _UsageError(f"--config {config}: api.{key}: expected a string")
+    return api
+
+
+def _yaml_where(exc: Exception) -> str:
+    """Where and what the YAML error is, on one line (PyYAML's own text spans several)."""
+    import yaml
+
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return ""
+    mark = exc.problem_mark
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+
+
+def _listen_url(api: dict[str, Any]) -> str | None:
+    """The URL to reach a watchdog listening on ``api.listen``, None when not set."""
+    listen = api.get("listen")
+    if listen is None:
+        return None
+    from agentaskit_dr.api.server import parse_listen
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    # A wildcard bind is reachable on loopback from the same machine.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

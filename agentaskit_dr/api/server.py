@@ -1,0 +1,382 @@
+"""The daemon's HTTP API: health, status, peer observations, metrics and authenticated control.
+
+Reads are open: peers and the witness poll ``GET /v1/observations`` and operators read
+``GET /v1/status`` without a secret. Every state-changing call (pause, resume, ack,
+failover) needs ``Authorization: Bearer <token>``, where the token is the stripped
+content of ``api.token_file``, read at each control request so a rotated file takes
+effect at once. Without a token file the control API is off (403); with an unreadable or
+empty one it refuses everything (503), never falling back to "no token".
+
+Every answer is JSON except ``/metrics``. Bad requests get a 400 naming the field; the
+controller's refusals a 409; its unexpected failures a 503 (logged as ``api_error``),
+so no request ever gets a bare 500 or a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from agentaskit_dr.api.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+# A reason is for the operator's log line, not a document.
+MAX_REASON_CHARS = 1000
+
+
+class ControlRefused(Exception):
+    """The controller refuses an action; the message is for the operator (HTTP 409)."""
+
+
+class Controller(Protocol):
+    """What the API needs from the running watchdog (implemented by the runtime)."""
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able: region, role, phase, verdicts, lock holder/epoch, last failover, paused."""
+        ...
+
+    def observations(self) -> dict[str, Any]:
+        """JSON-able: this watchdog's latest probe results, for its peers."""
+        ...
+
+    def ready(self) -> tuple[bool, str]:
+        """(ready?, reason): the config is loaded and the probes are running."""
+        ...
+
+    def alive(self) -> bool:
+        """The engine loop is making progress."""
+        ...
+
+    async def pause(self, reason: str | None) -> dict[str, Any]:
+        """Stop deciding failovers until resumed."""
+        ...
+
+    async def resume(self) -> dict[str, Any]:
+        """Undo ``pause``."""
+        ...
+
+    async def acknowledge(self) -> dict[str, Any]:
+        """Clear the anti-flap block after a failover."""
+        ...
+
+    async def failover(self, *, dry_run: bool, reason: str | None) -> dict[str, Any]:
+        """Start a manual failover (or only report what it would do); may raise ControlRefused."""
+        ...
+
+
+class _BadRequest(Exception):
+    """A request body the API cannot accept; the message names the field."""
+
+
+Body = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Wiring:
+    controller: Controller
+    metrics: Metrics
+    token_file: Path | None
+
+
+_WIRING = web.AppKey("wiring", _Wiring)
+
+
+def build_app(
+    controller: Controller, *, metrics: Metrics, token_file: Path | None
+) -> web.Application:
+    """The aiohttp application; ``token_file`` None disables the control endpoints."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    app[_WIRING] = _Wiring(controller, metrics, token_file)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/observations", _observations)
+    app.router.add_get("/metrics", _metrics)
+    for path, action in _ACTIONS.items():
+        app.router.add_post(path, _control(action))
+    return app
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:8787"`` for IPv6) as (host, port); port 0 picks a free one."""
+    host, sep, port_text = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    valid_port = port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535
+    if not sep or not host or not valid_port:
+        raise ValueError(f"api.listen: expected 'host:port' with a port 0-65535, got {listen!r}")
+    return host, int(port_text)
+
+
+class ApiServer:
+    """The API served on one TCP address; ``port`` is the bound port once started."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        metrics: Metrics,
+        token_file: Path | None,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self._app = build_app(controller, metrics=metrics, token_file=token_file)
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the real one when started with port 0)."""
+        if self._port is None:
+            raise RuntimeError("the API server is not started")
+        return self._port
+
+    async def start(self, listen: str) -> None:
+        """Bind ``listen`` ("host:port") and serve; raises OSError if the address is taken."""
+        if self._runner is not None:
+            raise RuntimeError("the API server is already started")
+        host, port = parse_listen(listen)
+        runner = web.AppRunner(
+            self._app, access_log=None, shutdown_timeout=self._shutdown_timeout
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        log.info("api_started", host=host, port=self._port)
+
+    async def stop(self) -> None:
+        """Stop serving and close open connections; harmless when not started."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        await runner.cleanup()
+        log.info("api_stopped", port=self._port)
+        self._port = None
+
+
+# ---------------------------------------------------------------- read endpoints
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    alive = request.app[_WIRING].controller.alive()
+    return _json({"ok": alive}, status=200 if alive else 503)
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready, reason = request.app[_WIRING].controller.ready()
+    return _json({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(request.app[_WIRING].controller.status())
+
+
+async def _observations(request: web.Request) -> web.Response:
+    return _json(request.app[_WIRING].controller.observations())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[_WIRING].metrics.render()
+    # The exposition content type carries parameters (version, charset), so set it whole.
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+# ---------------------------------------------------------------- control endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class _Action:
+    """One control endpoint: the body fields it takes, how to read them, the call to make."""
+
+    name: str
+    fields: frozenset[str]
+    read: Callable[[Body], dict[str, Any]]
+    call: Callable[[Controller, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+_ACTIONS = {
+    "/v1/pause": _Action(
+        "pause", frozenset({"reason"}),
+        lambda body: {"reason": _reason(body)},
+        lambda controller, params: controller.pause(**params),
+    ),
+    "/v1/resume": _Action(
+        "resume", frozenset(), lambda _body: {}, lambda controller, _: controller.resume()
+    ),
+    "/v1/ack": _Action(
+        "ack", frozenset(), lambda _body: {}, lambda controller, _: controller.acknowledge()
+    ),
+    "/v1/failover": _Action(
+        "failover", frozenset({"dry_run", "reason"}),
+        lambda body: {"dry_run": _dry_run(body), "reason": _reason(body)},
+        lambda controller, params: controller.failover(**params),
+    ),
+}
+
+
+def _control(action: _Action) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler that authenticates, validates the body, calls the controller and logs."""
+
+    async def handler(request: web.Request) -> web.Response:
+        refusal = _authenticate(request)
+        if refusal is not None:
+            return refusal
+        try:
+            params = action.read(_body_object(await _read_body(request), action.fields))
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        logged = {"action": action.name, "remote": request.remote, **params}
+        try:
+            result = await action.call(request.app[_WIRING].controller, params)
+        except ControlRefused as exc:
+            log.warning("api_control", result="refused", refusal=str(exc), **logged)
+            return _error(409, str(exc))
+        except Exception:
+            log.warning("api_control", result="error", **logged)
+            raise
+        log.info("api_control", result="ok", **logged)
+        return _json(result)
+
+    return handler
+
+
+def _authenticate(request: web.Request) -> web.Response | None:
+    """None when the request carries the current token, else the refusal to send."""
+    token_file = request.app[_WIRING].token_file
+    if token_file is None:
+        return _error(403, "control API disabled: set api.token_file")
+    try:
+        token = token_file.read_bytes().strip()
+        problem = "" if token else "the file is empty"
+    except OSError as exc:
+        token, problem = b"", str(exc)
+    if problem:
+        log.error("api_token_unreadable", file=str(token_file), error=problem)
+        return _error(503, "control API unavailable: the token file is unreadable or empty, "
+                      "see logs")
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    bearer = presented.strip() if scheme.lower() == "bearer" else ""
+    # Compare bytes: compare_digest rejects non-ASCII str, and headers may carry any byte.
+    if bearer and hmac.compare_digest(bearer.encode("utf-8", "surrogateescape"), token):
+        return None
+    log.warning("api_unauthorized", path=request.path, remote=request.remote,
+                why="wrong bearer token" if bearer else "no bearer token")
+    return _error(401, "unauthorized: send 'Authorization: Bearer <token>'",
+                  headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _read_body(request: web.Request) -> bytes:
+    too_large = f"request body too large: the limit is {MAX_BODY_BYTES} bytes"
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise _BadRequest(too_large)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _BadRequest(too_large) from None
+
+
+def _body_object(raw: bytes, fields: frozenset[str]) -> Body:
+    """The body as a JSON object holding only ``fields``; an empty body is ``{}``."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _BadRequest("body: expected a JSON object (UTF-8)") from None
+    if not isinstance(body, dict):
+        raise _BadRequest(f"body: expected a JSON object, got {_kind(body)}")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        allowed = ", ".join(sorted(fields)) or "none"
+        raise _BadRequest(f"{unknown[0]}: unknown field (allowed: {allowed})")
+    return body
+
+
+def _dry_run(body: Body) -> bool:
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise _BadRequest(f"dry_run: expected true or false, got {_kind(dry_run)}")
+    return dry_run
+
+
+def _reason(body: Body) -> str | None:
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise _BadRequest(f"reason: expected a string or null, got {_kind(reason)}")
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        raise _BadRequest(f"reason: longer than {MAX_REASON_CHARS} characters")
+    return reason
+
+
+def _kind(value: object) -> str:
+    """The JSON type name of a decoded value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# ---------------------------------------------------------------- JSON answers
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Router errors as JSON; anything unexpected logged and answered 503, never 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = f"{exc.reason.lower()}: {request.method} {request.path}"
+        return _error(exc.status, message, headers=headers)
+    except Exception:
+        log.exception("api_error", method=request.method, path=request.path)
+        return _error(503, "internal error, see logs")
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
+    text = json.dumps(_finite(payload), allow_nan=False, sort_keys=True)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = _json({"error": message}, status=status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
