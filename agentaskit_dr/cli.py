@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="probe interval (default 0.5s)")
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
+    from agentaskit_dr.api.commands import add_api_commands
+
+    add_api_commands(sub)
     return parser
 
 
@@ -74,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "api_action", None):
+            from agentaskit_dr.api.commands import run_api_command
+
+            return run_api_command(args)
         if args.command == "run":
             return _run(args.config)
         if args.command == "check-config":

@@ -42,7 +42,7 @@ class RegionView:
     watchdog_reached: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Vantage:
     """A vantage point as the assessing watchdog knows it.
 
@@ -175,6 +175,7 @@ def assess(own: Vantage, others: Sequence[Vantage], primary_region: str) -> Asse
     if unreachable or failing_elsewhere:
         extra = ""
         if failing_elsewhere:
-            extra = f"; {_names(list(dict.fromkeys(failing_elsewhere)))} sees a failure alone"
+            names = ", ".join(dict.fromkeys(v.name for v in failing_elsewhere))
+            extra = f"; {names} sees a failure alone"
         return verdict(Verdict.DEGRADED, f"degraded: primary healthy{extra}")
     return verdict(Verdict.HEALTHY, "primary healthy from " + _names(views))

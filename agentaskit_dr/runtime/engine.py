@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.config import ConfigError, WatchdogConfig, load_config
 from agentaskit_dr.core import (
     Alert as AlertCommand,
@@ -111,10 +112,24 @@ class Engine:
         self.assessment: Assessment | None = None
         self.last_cycle_at = self._clock()
         self.started = False
+        self.metrics: Metrics | None = None
+        self._phase_since = self._clock()
 
     # ------------------------------------------------------------ inputs
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
     def report(self, report: ProbeReport) -> None:
+        if self.metrics is not None:
+            observation = report.observation
+            if isinstance(observation, RegionHealthObservation):
+                self.metrics.probe(report.probe, observation.region, observation.healthy,
+                                   max((c.latency for c in observation.checks), default=0.0))
+            else:
+                self.metrics.probe(report.probe, observation.target, observation.reachable,
+                                   observation.latency)
         self.queue.put_nowait(report)
 
     def leadership_changed(self, lease: Lease | None, holder: str | None) -> None:
@@ -179,14 +194,31 @@ class Engine:
             if not answer.done():
                 answer.set_result(self.state.verdict)
         self._log_verdict()
+        self._update_metrics()
         for command in commands:
             await self._execute(command)
         if self._probes_stale:
             await self._restart_probes()
 
+    def _update_metrics(self) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        state = self.state
+        metrics.phase(state.phase.value, self._phase_since)
+        metrics.lock(state.epoch is not None, state.epoch)
+        standby = self.latest.get(STANDBY_DB)
+        lag_seconds = getattr(standby.observation, "replay_lag_seconds", None) if standby else None
+        metrics.replication_lag(self.lag_bytes, lag_seconds)
+        if state.assessed is not None:
+            metrics.verdict(state.assessed.value)
+        metrics.paused(state.paused)
+
     def _apply(self, event: Event) -> list[Command]:
         before = self.state.phase
         self.state, commands = transition(self.state, event, self._clock())
+        if self.state.phase is not before:
+            self._phase_since = self._clock()
         if before is not Phase.FAILED_OVER and self.state.phase is Phase.FAILED_OVER:
             self._swap_topology()
         return commands
@@ -280,6 +312,9 @@ class Engine:
             # The cycle's verdict was logged before acting; the outcome is its own event.
             log.warning("failover_outcome", phase=self.state.phase.value,
                         verdict=self.state.verdict, epoch=command.epoch)
+            if self.metrics is not None:
+                done = self.state.phase is Phase.FAILED_OVER
+                self.metrics.failover("succeeded" if done else "refused")
         elif isinstance(command, FenceOwnPrimary):
             await self._fence_own_primary(command)
         elif isinstance(command, FenceOldPrimary):
@@ -306,6 +341,8 @@ class Engine:
                         reason=command.reason, decided_at=round(command.decided_at, 4))
             return
         threshold = self.state.thresholds.for_condition(command.condition)
+        if self.metrics is not None:
+            self.metrics.overshoot(command.decided_at - command.failing_since - threshold)
         log.warning(
             "failover_decided",
             condition=command.condition.value,

@@ -16,14 +16,19 @@ import structlog
 
 from agentaskit_dr import logs
 from agentaskit_dr.actuators.promote import PostgresPromoter
+from agentaskit_dr.api.metrics import Metrics
+from agentaskit_dr.api.server import ApiServer
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.ports import Observation, Probe
 from agentaskit_dr.probes.postgres import PostgresProbe
 from agentaskit_dr.probes.region_health import RegionHealthProbe
+from agentaskit_dr.runtime.control import EngineController
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
+from agentaskit_dr.runtime.outlook import stale_after
+from agentaskit_dr.runtime.peers import PeerPoller
 
 log = structlog.get_logger(__name__)
 
@@ -93,16 +98,39 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
         on_config=lambda new: logs.configure(new.logging.level),
     )
     keeper.on_change = engine.leadership_changed
+    peers = PeerPoller(
+        config.vantage_urls,
+        interval=config.probe.interval,
+        timeout=config.probe.timeout,
+        stale_after=stale_after(config),
+        clock=loop.time,
+    )
+    engine.vantages = peers.vantages
+    engine.links = peers.links
+    engine.metrics = Metrics(clock=loop.time)
+    api = ApiServer(EngineController(engine), metrics=engine.metrics,
+                    token_file=config.api.token_file)
+    if config.api.listen is not None:
+        try:
+            await api.start(config.api.listen)
+        except OSError as exc:
+            log.error("api_listen_failed", listen=config.api.listen,  # noqa: TRY400
+                      reason=exc.strerror or str(exc))
+            await lock.close()
+            return 1
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig)
     loop.add_signal_handler(signal.SIGHUP, engine.request_reload)
     log.info("daemon_started", region=config.region, primary_region=config.primary_region,
-             holder=config.holder, config=config.redacted())
+             holder=config.holder, role=config.role, config=config.redacted())
     tasks = [
-        asyncio.create_task(keeper.run(), name="leadership"),
         asyncio.create_task(engine.run(), name="engine"),
+        asyncio.create_task(peers.run(), name="peers"),
     ]
+    if config.role == "watchdog":
+        # A witness never takes the lock: it observes and reports, nothing more.
+        tasks.append(asyncio.create_task(keeper.run(), name="leadership"))
     exit_code = 0
     try:
         watched: list[asyncio.Future[Any]] = [stop, *tasks]
@@ -119,6 +147,7 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
         # Handlers stay until the tasks are down: a second SIGINT during the grace period
         # would otherwise raise KeyboardInterrupt mid-release and skip the clean stop.
         await _stop_tasks(tasks)
+        await api.stop()
         await lock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

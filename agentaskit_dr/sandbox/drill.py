@@ -84,6 +84,7 @@ def watchdog_config(
         "lock": {"url": redis.url, "ttl": "3s", "socket_timeout": "0.5s"},
         "promotion": {"max_lag_bytes": "16MiB", "timeout": "10s"},
         "logging": {"level": "info"},
+        "api": {"listen": f"127.0.0.1:{free_port()}"},
     }
 
 
