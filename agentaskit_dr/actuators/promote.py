@@ -131,8 +131,14 @@ class PostgresPromoter:
         primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
+        resuming: bool = False,
     ) -> PromotionResult:
         """Fence the old primary and promote the standby under ``epoch``; see the module doc.
+
+        ``resuming``: the run's journal says this run already sent pg_promote (under an
+        older epoch, before a crash). A target that is no longer a standby and carries no
+        marker, or the marker of this same ``failover_id``, is then this run's own
+        promotion: it is adopted under ``epoch`` instead of refused.
 
         ``primary_last_lsn``: the old primary's last known WAL position (bytes), for the
         lag gate; None when unknown. ``force`` passes the lag gate, with a warning.
@@ -151,6 +157,7 @@ class PostgresPromoter:
                 primary_last_lsn=primary_last_lsn,
                 still_leader=still_leader,
                 force=force,
+                resuming=resuming,
             )
         except PromotionRefused as exc:
             plog.error("promotion_refused", reason=exc.reason)
@@ -183,6 +190,7 @@ class PostgresPromoter:
         primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]],
         force: bool,
+        resuming: bool,
     ) -> PromotionResult:
         await self._require_leadership(plog, still_leader, "before any change")
         async with session(
@@ -198,6 +206,12 @@ class PostgresPromoter:
                 promote_seconds = await self._pg_promote(conn, plog, replay_paused)
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
                 already_promoted = False
+            elif resuming and await self._own_unfinished_promotion(conn, failover_id, epoch):
+                plog.warning("promotion_adopted", detail="this run's pg_promote landed before "
+                             "a crash; recording the marker under the resuming epoch")
+                writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
+                lag, promote_seconds, already_promoted = None, 0.0, True
+                fenced, fence_detail = await self._fence_old_primary(plog, epoch)
             else:
                 writable_at = await self._confirm_resume(conn, plog, epoch)
                 lag, promote_seconds, already_promoted = None, 0.0, True
@@ -351,6 +365,19 @@ class PostgresPromoter:
                 "until it is reset (ALTER SYSTEM RESET default_transaction_read_only)",
             )
         return writable_at
+
+    async def _own_unfinished_promotion(
+        self, conn: asyncpg.Connection, failover_id: str, epoch: int
+    ) -> bool:
+        """A promoted target with no marker yet, or an older marker of this same run."""
+        if await conn.fetchval("SELECT to_regclass($1::text) IS NULL", MARKER_TABLE):
+            return True
+        row = await conn.fetchrow(
+            f"SELECT epoch, failover_id FROM {MARKER_TABLE} WHERE id = 1"  # noqa: S608
+        )
+        if row is None:
+            return True
+        return bool(row["failover_id"] == failover_id and row["epoch"] < epoch)
 
     async def _confirm_resume(
         self, conn: asyncpg.Connection, plog: FilteringBoundLogger, epoch: int

@@ -1,0 +1,548 @@
+"""Point a Route 53 record at the serving region, fenced by an epoch kept in a TXT record.
+
+Runbook step 3 (``update-dns --target=secondary``) and failback step 4 (``shift-traffic
+--percent=10|50|100``). One ChangeBatch carries the record change and the fencing marker,
+``_agentaskit-dr.<record>`` TXT ``"epoch=N run=ID serving=REGION weight=W at=TIME"``, so
+they land together or not at all. The marker is replaced with DELETE (its exact current
+value) + CREATE, not UPSERT: Route 53 rejects a DELETE whose value no longer matches, which
+makes the write a compare-and-set. A leader that read epoch 3, stalled, and wakes after
+epoch 5 wrote cannot overwrite epoch 5's records (DESIGN invariant 4). ``at`` makes every
+marker value new, which also keeps emulators that refuse to re-CREATE a value happy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from aiobotocore.config import AioConfig  # type: ignore[import-untyped,unused-ignore]
+from aiobotocore.session import get_session  # type: ignore[import-untyped,unused-ignore]
+from botocore.exceptions import (  # type: ignore[import-untyped,unused-ignore]
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from structlog.typing import FilteringBoundLogger
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+
+__all__ = ["FencingMarker", "Route53Switch"]
+
+log = structlog.get_logger(__name__)
+
+Style = Literal["simple", "weighted", "failover"]
+#: Set identifier ("" for a simple record) -> {"value", "ttl", and "weight" or "failover"}.
+Records = dict[str, dict[str, Any]]
+
+_MARKER_PREFIX = "_agentaskit-dr."
+_MARKER_TTL = 60
+# Failover ids and region names go into the marker's TXT string (255 characters at most).
+_NAME = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+# Route 53 answers these with 400, yet they pass: a prior change still being processed,
+# or the per-account rate limit of five requests a second.
+_TRANSIENT_CODES = frozenset(
+    {"Throttling", "ThrottlingException", "PriorRequestNotComplete", "RequestLimitExceeded",
+     "ServiceUnavailable", "InternalError", "InternalFailure"}
+)
+# The marker may move under us a few times (a lost answer to our own change, a rival);
+# beyond that something is writing it in a loop and a human must look.
+_CAS_ROUNDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FencingMarker:
+    """The TXT record that says which epoch last switched the record, and to what."""
+
+    epoch: int
+    run: str
+    serving: str
+    weight: int
+    values: tuple[str, ...]  # as stored, quoted: the DELETE of a compare-and-set needs them
+    ttl: int
+
+
+class _BatchRejected(ActuationFailed):
+    """Route 53 answered InvalidChangeBatch: bad records, or the marker moved since we read."""
+
+
+class Route53Switch:
+    """The ``update_dns`` actuator: ``record_name`` serves ``serving_region`` after ``apply``.
+
+    ``targets`` maps each region to the value the record takes when that region serves.
+    ``style`` "simple" is one record; "weighted" two with SetIdentifier = region and
+    ``weight`` percent to ``serving_region`` (the rest to the other region); "failover" a
+    PRIMARY at the serving region and a SECONDARY at the other. ``timeout`` bounds each
+    API call, ``attempts`` and ``backoff`` its retries on transient errors, and
+    ``insync_timeout`` the wait for Route 53 to report the change INSYNC. Credentials come
+    from the normal AWS chain (environment, shared files, instance role).
+    """
+
+    name = "update_dns"
+
+    def __init__(
+        self,
+        *,
+        hosted_zone_id: str,
+        record_name: str,
+        record_type: Literal["CNAME", "A", "AAAA"],
+        ttl: int,
+        style: Style,
+        targets: Mapping[str, str],
+        serving_region: str,
+        weight: int = 100,
+        endpoint_url: str | None = None,
+        aws_region: str = "us-east-1",
+        timeout: float = 5.0,
+        attempts: int = 4,
+        backoff: float = 0.2,
+        insync_timeout: float = 120.0,
+        insync_poll: float = 2.0,
+    ) -> None:
+        _validate(zone=hosted_zone_id, record_type=record_type, ttl=ttl, style=style,
+                  targets=targets, serving=serving_region, weight=weight)
+        self._zone = hosted_zone_id.removeprefix("/hostedzone/")
+        self._record = record_name.rstrip(".").lower()
+        self._marker_name = _MARKER_PREFIX + self._record
+        self._type = record_type
+        self._ttl = ttl
+        self._style = style
+        self._targets = {region: _normalize(record_type, v) for region, v in targets.items()}
+        self._serving = serving_region
+        others = [region for region in targets if region != serving_region]
+        self._other = others[0] if others else None
+        self._weight = weight
+        self._endpoint_url = endpoint_url
+        self._aws_region = aws_region
+        self._timeout = timeout
+        self._attempts = max(1, attempts)
+        self._backoff = backoff
+        self._insync_timeout = insync_timeout
+        self._insync_poll = insync_poll
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
+        self._exit_stack = contextlib.AsyncExitStack()
+
+    async def describe(self) -> str:
+        """``api.example.com CNAME: west-lb -> east-lb (marker epoch 3 -> this run's epoch)``."""
+        records, marker = await self._read_state()
+        desired = self._desired()
+        epoch = "none" if marker is None else marker.epoch
+        head = f"{self._record} {self._type}"
+        if self._style != "simple":
+            head += f" {self._style}"
+        if _matches(records, desired):
+            return f"{head}: already {_summary(desired)} (marker epoch {epoch})"
+        return (
+            f"{head}: {_summary(records)} -> {_summary(desired)} "
+            f"(marker epoch {epoch} -> this run's epoch)"
+        )
+
+    async def current(self) -> dict[str, Any]:
+        """The record sets as Route 53 serves them and the fencing marker, for status."""
+        records, marker = await self._read_state()
+        return {
+            "zone": self._zone,
+            "record": self._record,
+            "type": self._type,
+            "style": self._style,
+            "records": records,
+            "epoch": None if marker is None else marker.epoch,
+            "run": None if marker is None else marker.run,
+            "serving": None if marker is None else marker.serving,
+            "weight": None if marker is None else marker.weight,
+        }
+
+    async def apply(self, *, epoch: int, failover_id: str) -> StepOutcome:
+        """Switch the record under ``epoch``; StaleEpoch if the marker carries a newer one."""
+        if not _NAME.fullmatch(failover_id):
+            raise ActuationFailed(
+                f"failover_id {failover_id!r} cannot be recorded in the DNS marker: use up to "
+                "100 letters, digits, '.', '_', ':' or '-'"
+            )
+        flog = log.bind(
+            failover_id=failover_id, epoch=epoch, zone=self._zone, record=self._record,
+            serving=self._serving, weight=self._weight,
+        )
+        desired = self._desired()
+        old: Records | None = None
+        sent = False
+        for _ in range(_CAS_ROUNDS):
+            records, marker = await self._read_state()
+            old = records if old is None else old
+            _refuse_stale(marker, epoch, self._record, flog)
+            if self._done(records, marker, epoch, failover_id):
+                if sent:  # our earlier batch landed though its answer was lost
+                    return self._applied(old, desired, epoch, None, flog)
+                flog.info("dns_switch_already_done", records=records)
+                return StepOutcome(
+                    changed=False,
+                    detail=f"{self._record} {self._type} already {_summary(desired)} "
+                    f"under epoch {epoch}",
+                    data={"old": records, "new": desired, "epoch": epoch, "change_id": None},
+                )
+            sent = True
+            try:
+                change_id = await self._change(desired, marker, epoch, failover_id)
+            except _BatchRejected:
+                if await self._read_marker() == marker:
+                    raise
+                flog.warning("dns_marker_moved", reason="the marker changed since it was read")
+                continue
+            insync = await self._wait_insync(change_id, flog)
+            await self._verify(desired, epoch, flog)
+            return self._applied(old, desired, epoch, change_id, flog, insync=insync)
+        raise ActuationFailed(
+            f"fencing marker {self._marker_name} in zone {self._zone} kept changing during "
+            f"{_CAS_ROUNDS} attempts to switch {self._record}; another writer is active"
+        )
+
+    async def close(self) -> None:
+        """Close the Route 53 client (and its connections); the switch can be used again."""
+        async with self._client_lock:
+            stack, self._exit_stack = self._exit_stack, contextlib.AsyncExitStack()
+            self._client = None
+            await stack.aclose()
+
+    # ---------------------------------------------------------------- decisions
+
+    def _desired(self) -> Records:
+        serving = {"value": self._targets[self._serving], "ttl": self._ttl}
+        if self._style == "simple":
+            return {"": serving}
+        assert self._other is not None  # _validate demands two regions for these styles
+        other = {"value": self._targets[self._other], "ttl": self._ttl}
+        if self._style == "weighted":
+            return {
+                self._serving: serving | {"weight": self._weight},
+                self._other: other | {"weight": 100 - self._weight},
+            }
+        return {
+            "primary": serving | {"failover": "PRIMARY"},
+            "secondary": other | {"failover": "SECONDARY"},
+        }
+
+    def _done(
+        self, records: Records, marker: FencingMarker | None, epoch: int, failover_id: str
+    ) -> bool:
+        # The same run resumed under a newer epoch (after a crash) finds its own switch
+        # done: it is not applied a second time.
+        return (
+            marker is not None
+            and (marker.epoch == epoch or (marker.run == failover_id and marker.epoch < epoch))
+            and (marker.serving, marker.weight) == (self._serving, self._weight)
+            and _matches(records, self._desired())
+        )
+
+    def _applied(
+        self, old: Records, desired: Records, epoch: int, change_id: str | None,
+        flog: FilteringBoundLogger, *, insync: bool | None = None,
+    ) -> StepOutcome:
+        flog.info("dns_switch_applied", old=old, new=desired, change_id=change_id,
+                  insync=insync)
+        return StepOutcome(
+            changed=True,
+            detail=f"{self._record} {self._type}: {_summary(old)} -> {_summary(desired)}",
+            data={"old": old, "new": desired, "epoch": epoch, "change_id": change_id,
+                  "insync": insync},
+        )
+
+    # ---------------------------------------------------------------- Route 53 calls
+
+    async def _read_state(self) -> tuple[Records, FencingMarker | None]:
+        records: Records = {}
+        for rrset in await self._list(self._record, self._type):
+            fields: dict[str, Any] = {"value": _rrset_value(self._type, rrset),
+                                      "ttl": rrset.get("TTL")}
+            if "Weight" in rrset:
+                fields["weight"] = int(rrset["Weight"])
+            if "Failover" in rrset:
+                fields["failover"] = rrset["Failover"]
+            records[rrset.get("SetIdentifier", "")] = fields
+        return records, await self._read_marker()
+
+    async def _read_marker(self) -> FencingMarker | None:
+        rrsets = await self._list(self._marker_name, "TXT")
+        if not rrsets:
+            return None
+        values = tuple(r["Value"] for r in rrsets[0].get("ResourceRecords", []))
+        try:
+            return _parse_marker(values, int(rrsets[0]["TTL"]))
+        except (ValueError, KeyError) as exc:
+            raise ActuationFailed(
+                f"fencing marker {self._marker_name} in zone {self._zone} is unreadable "
+                f"({values!r}: {exc}); fix or delete it by hand"
+            ) from exc
+
+    async def _list(self, name: str, record_type: str) -> list[dict[str, Any]]:
+        # Route 53 lists in (reversed name, type) order from the start point, so the few
+        # sets of this name and type come first; 100 leaves room for any set identifiers.
+        answer = await self._call(
+            "list_resource_record_sets", HostedZoneId=self._zone,
+            StartRecordName=name, StartRecordType=record_type, MaxItems="100",
+        )
+        return [
+            rrset for rrset in answer.get("ResourceRecordSets", [])
+            if rrset["Name"].rstrip(".").lower() == name and rrset["Type"] == record_type
+        ]
+
+    async def _change(
+        self, desired: Records, marker: FencingMarker | None, epoch: int, failover_id: str
+    ) -> str:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        text = (f'"epoch={epoch} run={failover_id} serving={self._serving} '
+                f'weight={self._weight} at={stamp}"')
+        changes: list[dict[str, Any]] = [
+            {"Action": "UPSERT", "ResourceRecordSet": self._rrset(set_id, fields)}
+            for set_id, fields in desired.items()
+        ]
+        if marker is not None:
+            changes.append({"Action": "DELETE", "ResourceRecordSet": _txt(
+                self._marker_name, marker.values, marker.ttl)})
+        changes.append({"Action": "CREATE", "ResourceRecordSet": _txt(
+            self._marker_name, (text,), _MARKER_TTL)})
+        answer = await self._call(
+            "change_resource_record_sets", HostedZoneId=self._zone,
+            ChangeBatch={"Comment": f"agentaskit-dr epoch {epoch} run {failover_id}",
+                         "Changes": changes},
+        )
+        return str(answer["ChangeInfo"]["Id"])
+
+    def _rrset(self, set_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        rrset: dict[str, Any] = {
+            "Name": self._record, "Type": self._type, "TTL": fields["ttl"],
+            "ResourceRecords": [{"Value": fields["value"]}],
+        }
+        if set_id:
+            rrset["SetIdentifier"] = set_id
+        if "weight" in fields:
+            rrset["Weight"] = fields["weight"]
+        if "failover" in fields:
+            rrset["Failover"] = fields["failover"]
+        return rrset
+
+    async def _wait_insync(self, change_id: str, flog: FilteringBoundLogger) -> bool:
+        """Poll GetChange until INSYNC; False (logged) when ``insync_timeout`` passes first.
+
+        Not INSYNC in time does not undo the change: it will still propagate. Failing the
+        step would only hold back the rest of the failover, so it is a warning.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._insync_timeout
+        while True:
+            answer = await self._call("get_change", Id=change_id)
+            if answer["ChangeInfo"]["Status"] == "INSYNC":
+                return True
+            if loop.time() + self._insync_poll > deadline:
+                flog.warning("dns_change_not_insync", change_id=change_id,
+                             waited=self._insync_timeout)
+                return False
+            await asyncio.sleep(self._insync_poll)
+
+    async def _verify(self, desired: Records, epoch: int, flog: FilteringBoundLogger) -> None:
+        records, marker = await self._read_state()
+        _refuse_stale(marker, epoch, self._record, flog)
+        if not _matches(records, desired) or marker is None or marker.epoch != epoch:
+            found = "none" if marker is None else marker.epoch
+            raise ActuationFailed(
+                f"{self._record} {self._type} in zone {self._zone} reads back "
+                f"{_summary(records)} with marker epoch {found} after the change, "
+                f"expected {_summary(desired)} with epoch {epoch}"
+            )
+
+    async def _route53(self) -> Any:
+        async with self._client_lock:
+            if self._client is None:
+                # Retries are ours (tenacity, bounded): botocore's own would multiply them.
+                config = AioConfig(
+                    connect_timeout=self._timeout, read_timeout=self._timeout,
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                )
+                try:
+                    self._client = await self._exit_stack.enter_async_context(
+                        get_session().create_client(
+                            "route53", region_name=self._aws_region,
+                            endpoint_url=self._endpoint_url, config=config,
+                        )
+                    )
+                except (BotoCoreError, ValueError) as exc:
+                    raise ActuationFailed(
+                        f"cannot create a Route 53 client (endpoint_url={self._endpoint_url}, "
+                        f"aws_region={self._aws_region}): {exc}"
+                    ) from exc
+            return self._client
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """One Route 53 call, retried on transient errors; ActuationFailed when it fails."""
+        method: Callable[..., Awaitable[dict[str, Any]]] = getattr(
+            await self._route53(), operation)
+
+        async def attempt() -> dict[str, Any]:
+            async with asyncio.timeout(self._timeout):
+                return await method(**params)
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("route53_call_retry", operation=operation, zone=self._zone,
+                        attempt=state.attempt_number, error=_describe_error(error))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=self._backoff, max=self._backoff * 8),
+            retry=retry_if_exception(_is_transient), before_sleep=log_retry, reraise=True,
+        )
+        try:
+            return await retrying(attempt)
+        except (ClientError, BotoCoreError, TimeoutError) as exc:
+            code = _error_code(exc)
+            where = f"zone {self._zone} record {self._record}"
+            tries = f" after {self._attempts} attempts" if _is_transient(exc) else ""
+            message = f"Route 53 {operation} failed for {where}{tries}: {_describe_error(exc)}"
+            if code == "NoSuchHostedZone":
+                message += f" (hosted zone {self._zone} does not exist: check hosted_zone_id)"
+            elif code in {"AccessDenied", "AccessDeniedException"}:
+                message += (" (the credentials need route53:ListResourceRecordSets, "
+                            "ChangeResourceRecordSets and GetChange on this zone)")
+            if code == "InvalidChangeBatch":
+                raise _BatchRejected(message) from exc
+            raise ActuationFailed(message) from exc
+
+
+def _validate(
+    *, zone: str, record_type: str, ttl: int, style: str, targets: Mapping[str, str],
+    serving: str, weight: int,
+) -> None:
+    """Raise ValueError naming the bad setting; config validation should catch these first."""
+    problems = []
+    if not zone.strip():
+        problems.append("hosted_zone_id is empty")
+    if record_type not in {"CNAME", "A", "AAAA"}:
+        problems.append(f"record_type {record_type!r} is not CNAME, A or AAAA")
+    if not 0 <= ttl <= 2_147_483_647:
+        problems.append(f"ttl {ttl} is out of range")
+    if style not in {"simple", "weighted", "failover"}:
+        problems.append(f"style {style!r} is not simple, weighted or failover")
+    if serving not in targets:
+        problems.append(f"serving_region {serving!r} has no entry in targets {sorted(targets)}")
+    if style in {"weighted", "failover"} and len(targets) != 2:
+        problems.append(f"style {style!r} needs exactly two regions in targets, got {len(targets)}")
+    if not 0 <= weight <= 100:
+        problems.append(f"weight {weight} is not a percentage (0-100)")
+    elif weight != 100 and style != "weighted":
+        problems.append(f"weight {weight} needs style 'weighted', not {style!r}")
+    for region, value in targets.items():
+        if not _NAME.fullmatch(region):
+            problems.append(f"targets region {region!r} is not a name like 'us-east-1'")
+        if record_type in {"A", "AAAA"}:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                problems.append(f"targets[{region!r}] {value!r} is not an IP address")
+        elif not value.strip():
+            problems.append(f"targets[{region!r}] is empty")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _normalize(record_type: str, value: str) -> str:
+    """Compare values as Route 53 means them: case and final dot of names do not matter."""
+    if record_type == "CNAME":
+        return value.rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
+
+
+def _rrset_value(record_type: str, rrset: dict[str, Any]) -> str:
+    if "AliasTarget" in rrset:
+        return "alias:" + _normalize("CNAME", rrset["AliasTarget"]["DNSName"])
+    values = sorted(_normalize(record_type, r["Value"]) for r in rrset.get("ResourceRecords", []))
+    return ",".join(values)
+
+
+def _matches(records: Records, desired: Records) -> bool:
+    return all(records.get(set_id) == fields for set_id, fields in desired.items())
+
+
+def _summary(records: Records) -> str:
+    if not records:
+        return "(no record)"
+    parts = []
+    for set_id, fields in sorted(records.items()):
+        text = fields["value"] or "(empty)"
+        if "weight" in fields:
+            text = f"{set_id}={text}@{fields['weight']}"
+        elif "failover" in fields:
+            text = f"{fields['failover']}={text}"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _txt(name: str, values: tuple[str, ...], ttl: int) -> dict[str, Any]:
+    return {"Name": name, "Type": "TXT", "TTL": ttl,
+            "ResourceRecords": [{"Value": value} for value in values]}
+
+
+def _parse_marker(values: tuple[str, ...], ttl: int) -> FencingMarker:
+    """The marker of the highest epoch among the TXT strings; ValueError if none parses."""
+    best: FencingMarker | None = None
+    for value in values:
+        fields = dict(token.split("=", 1) for token in value.strip('"').split() if "=" in token)
+        marker = FencingMarker(
+            epoch=int(fields["epoch"]), run=fields.get("run", ""),
+            serving=fields.get("serving", ""), weight=int(fields.get("weight", "100")),
+            values=values, ttl=ttl,
+        )
+        if best is None or marker.epoch > best.epoch:
+            best = marker
+    if best is None:
+        raise ValueError("no TXT string")
+    return best
+
+
+def _refuse_stale(
+    marker: FencingMarker | None, epoch: int, record: str, flog: FilteringBoundLogger
+) -> None:
+    if marker is not None and marker.epoch > epoch:
+        reason = (f"DNS record {record} was switched under epoch {marker.epoch} "
+                  f"(run {marker.run}), newer than our epoch {epoch}")
+        flog.error("dns_switch_refused", reason=reason, marker_epoch=marker.epoch)
+        raise StaleEpoch(reason)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return _error_code(exc) in _TRANSIENT_CODES or status == 429 or status >= 500
+    return isinstance(exc, BotoConnectionError | HTTPClientError | TimeoutError)
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return type(exc).__name__
+
+
+def _describe_error(exc: BaseException | None) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{error.get('Code', '?')} (HTTP {status}): {error.get('Message', '')}".strip()
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return f"{type(exc).__name__}: {exc}"
