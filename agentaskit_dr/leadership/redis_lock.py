@@ -214,6 +214,11 @@ class RedisLeaderLock:
         stored = await self._call("verify", lambda: self._redis.get(self._leader_key))
         return bool(stored == lease.token)
 
+    @property
+    def client(self) -> Redis:
+        """The fail-fast client, for the journal kept next to the lock (same store)."""
+        return self._redis
+
     async def close(self) -> None:
         """Close the connection pool."""
         await self._redis.aclose()

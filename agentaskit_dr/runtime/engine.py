@@ -46,6 +46,7 @@ from agentaskit_dr.ports import (
 from agentaskit_dr.probes.postgres import replication_lag_bytes
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
 from agentaskit_dr.runtime.outlook import PRIMARY_DB, STANDBY_DB, own_vantage, wire_report
+from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
 
 log = structlog.get_logger(__name__)
@@ -113,6 +114,8 @@ class Engine:
         self.last_cycle_at = self._clock()
         self.started = False
         self.metrics: Metrics | None = None
+        self.runbook: Runbook | None = None
+        self._resume_due: float | None = None
         self._phase_since = self._clock()
 
     # ------------------------------------------------------------ inputs
@@ -190,6 +193,8 @@ class Engine:
                 answers.append(item.answer)
         for event in events:
             commands.extend(self._apply(event))
+            if isinstance(event, LeadershipChanged) and event.epoch is not None:
+                self._resume_due = self._clock()  # a run a predecessor left open?
         for answer in answers:
             if not answer.done():
                 answer.set_result(self.state.verdict)
@@ -197,8 +202,27 @@ class Engine:
         self._update_metrics()
         for command in commands:
             await self._execute(command)
+        await self._resume_if_due()
         if self._probes_stale:
             await self._restart_probes()
+
+    async def _resume_if_due(self) -> None:
+        """Resume the active run (after taking the lock, or to retry a failed step)."""
+        runbook = self.runbook
+        if runbook is None or self._resume_due is None or self._clock() < self._resume_due:
+            return
+        self._resume_due = None
+        if self.state.epoch is None or self.state.phase is Phase.FAILING_OVER:
+            return
+        outcome = await runbook.resume()
+        if runbook.incomplete:
+            self._resume_due = self._clock() + self.state.thresholds.retry_backoff
+        if outcome is None:
+            return
+        for extra in self._apply(outcome):
+            await self._execute(extra)
+        log.warning("run_resume_outcome", phase=self.state.phase.value,
+                    verdict=self.state.verdict)
 
     def _update_metrics(self) -> None:
         metrics = self.metrics
@@ -306,7 +330,12 @@ class Engine:
         elif isinstance(command, StartFailover):
             self._log_decision(command)
             promoter = self._promoter_factory(self.config)
-            outcome = await self.executor.failover(command, promoter, self.primary_last_lsn)
+            if self.runbook is not None:
+                outcome = await self.runbook.failover(command, promoter, self.primary_last_lsn)
+                if self.runbook.incomplete:
+                    self._resume_due = self._clock() + self.state.thresholds.retry_backoff
+            else:
+                outcome = await self.executor.failover(command, promoter, self.primary_last_lsn)
             for extra in self._apply(outcome):
                 await self._execute(extra)
             # The cycle's verdict was logged before acting; the outcome is its own event.

@@ -33,6 +33,7 @@ class Promoter(Protocol):
         primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
+        resuming: bool = False,
     ) -> PromotionResult: ...
 
     async def fence(self, dsn: str, *, epoch: int) -> FenceResult: ...
@@ -107,6 +108,21 @@ class FailoverExecutor:
             detail=result.detail,
         )
         return FailoverSucceeded(epoch=command.epoch, detail=result.detail)
+
+    async def promote_for_run(
+        self, promoter: Promoter, *, epoch: int, run_id: str, primary_last_lsn: int | None,
+        resuming: bool,
+    ) -> PromotionResult:
+        """The runbook's promote step; raises PromotionRefused or StaleEpoch."""
+
+        async def still_leader() -> bool:
+            return await self._leader_under(epoch)
+
+        return await promoter.promote(
+            epoch=epoch, holder=self.holder, failover_id=run_id,
+            primary_last_lsn=primary_last_lsn, still_leader=still_leader, force=self.force,
+            resuming=resuming,
+        )
 
     async def fence(self, command: FenceOldPrimary, promoter: Promoter, dsn: str) -> None:
         if not await self._leader_under(command.epoch):

@@ -19,6 +19,7 @@ from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.server import ApiServer
 from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.ports import Observation, Probe
 from agentaskit_dr.probes.postgres import PostgresProbe
@@ -29,6 +30,8 @@ from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
+from agentaskit_dr.runtime.runbook import Runbook
+from agentaskit_dr.runtime.runbook_hooks import build_hooks
 
 log = structlog.get_logger(__name__)
 
@@ -105,10 +108,17 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
         stale_after=stale_after(config),
         clock=loop.time,
     )
+    journal = RedisJournal(config.lock.url, key_prefix=config.lock.key_prefix,
+                           socket_timeout=config.lock.socket_timeout, client=lock.client)
+    runbook = Runbook(journal, executor, build_hooks(), config=lambda: engine.config,
+                      clock=loop.time)
+    runbook.lag_bytes = lambda: engine.lag_bytes
+    engine.runbook = runbook
     engine.vantages = peers.vantages
     engine.links = peers.links
     engine.metrics = Metrics(clock=loop.time)
-    api = ApiServer(EngineController(engine), metrics=engine.metrics,
+    api = ApiServer(EngineController(engine, describe_plan=runbook.describe),
+                    metrics=engine.metrics,
                     token_file=config.api.token_file)
     if config.api.listen is not None:
         try:

@@ -62,7 +62,7 @@ def health_endpoint() -> Iterator[str]:
 
 def watchdog_config(
     *, region: str, pair: PostgresPair, redis: RedisServer, health: dict[str, str],
-    threshold: float, interval: float,
+    threshold: float, interval: float, evidence_dir: Path | None = None,
 ) -> dict[str, Any]:
     """A watchdog config for the sandbox with thresholds scaled down to seconds."""
     dsn = {"us-west-2": pair.primary.dsn, "us-east-1": pair.replica.dsn}
@@ -85,6 +85,7 @@ def watchdog_config(
         "promotion": {"max_lag_bytes": "16MiB", "timeout": "10s"},
         "logging": {"level": "info"},
         "api": {"listen": f"127.0.0.1:{free_port()}"},
+        "evidence_dir": str(evidence_dir or Path(tempfile.gettempdir()) / "agentaskit-evidence"),
     }
 
 
@@ -157,7 +158,8 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
         for region in REGIONS:
             path = workdir / f"watchdog-{region}.yaml"
             config = watchdog_config(region=region, pair=pair, redis=redis, health=health,
-                                     threshold=threshold, interval=interval)
+                                     threshold=threshold, interval=interval,
+                                     evidence_dir=workdir / "evidence")
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             dogs.append(Watchdog(region, path, workdir / f"watchdog-{region}.log"))
         for dog in dogs:

@@ -150,6 +150,7 @@ class WatchdogFleet:
         config = watchdog_config(
             region=region, pair=self.pair, redis=self.redis, health=self.health,
             threshold=self.threshold, interval=self.interval,
+            evidence_dir=self.workdir / "evidence",
         )
         if name is not None:
             config["node_name"] = name

@@ -1,0 +1,453 @@
+"""The failover runbook as one crash-safe run: journaled, idempotent steps under the epoch.
+
+The plan's manual failover (verify the primary is down, promote, repoint DNS, scale up
+50%, verify) plus its checklists (notify, incident ticket, status page, evidence,
+incident review, failback planned). Each step is recorded ``started`` then ``done`` /
+``skipped`` / ``failed`` in the journal next to the lock, written only under the current
+epoch. A watchdog that restarts, or its successor, resumes the active run from the first
+step not done; steps that reach the world are idempotent, so one that ran before the
+crash but was not yet journaled changes nothing the second time.
+
+Failures before the promotion refuse the failover (the core retries later); after it,
+a failed step leaves the run active and is retried on the next resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agentaskit_dr.actuators.fence import PromotionRefused
+from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.core import Event, FailoverRefused, FailoverSucceeded, StartFailover
+from agentaskit_dr.ports import (
+    ActuationFailed,
+    Actuator,
+    Journal,
+    JournalEntry,
+    Lease,
+    LockUnavailable,
+    Notification,
+    RunJournal,
+    StaleEpoch,
+    StepOutcome,
+    StepStatus,
+)
+from agentaskit_dr.runtime.evidence import (
+    failover_evidence,
+    write_evidence,
+    write_incident_review,
+)
+from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter, new_failover_id
+
+log = structlog.get_logger(__name__)
+
+#: Fault injection for the resume tests: the daemon SIGKILLs itself right after
+#: journaling this step as done (never set in production).
+CRASH_AFTER_STEP_ENV = "AGENTASKIT_DR_CRASH_AFTER_STEP"
+
+FAILOVER_KIND = "failover"
+CHECK_PRIMARY = "check_primary"
+NOTIFY_STARTED = "notify_stakeholders"
+OPEN_INCIDENT = "open_incident"
+VERIFY_STANDBY = "verify_standby"
+PROMOTE = "promote"
+UPDATE_DNS = "update_dns"
+SCALE_UP = "scale_up"
+VERIFY_SERVICES = "verify_services"
+STATUS_PAGE = "update_status_page"
+NOTIFY_DONE = "notify_done"
+
+FAILOVER_PLAN = (
+    CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY, PROMOTE, UPDATE_DNS,
+    SCALE_UP, VERIFY_SERVICES, STATUS_PAGE, NOTIFY_DONE,
+)
+# Up to and including these, a failure refuses the failover: nothing irreversible yet.
+_BEFORE_PROMOTION = frozenset({CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY,
+                               PROMOTE})
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What every step of one run knows; ``meta`` is the run's journal header."""
+
+    run_id: str
+    epoch: int
+    lease: Lease
+    meta: dict[str, Any]
+    journal: RunJournal
+
+    @property
+    def from_region(self) -> str:
+        return str(self.meta["from_region"])
+
+    @property
+    def to_region(self) -> str:
+        return str(self.meta["to_region"])
+
+
+StepFn = Callable[[RunContext], Awaitable[StepOutcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    """One step as planned: ``run`` None means skipped, for ``skip_reason``."""
+
+    name: str
+    target: str
+    run: StepFn | None
+    skip_reason: str = ""
+
+
+@dataclass
+class Hooks:
+    """The effects a run needs, built from the config by the supervisor (tests pass fakes).
+
+    Each factory takes (config, from_region, to_region) and returns an Actuator or None
+    when that part is not configured.
+    """
+
+    promoter: Callable[[WatchdogConfig, str, str], Promoter]
+    check_primary: Callable[[WatchdogConfig, str, str], Awaitable[StepOutcome]]
+    verify_standby: Callable[[WatchdogConfig, str, str, RunJournal], Awaitable[StepOutcome]]
+    dns: Callable[[WatchdogConfig, str, str], Actuator | None] = lambda *_: None
+    scaler: Callable[[WatchdogConfig, str, str], Actuator | None] = lambda *_: None
+    verifier: Callable[[WatchdogConfig, str, str], Actuator | None] = lambda *_: None
+    notify: Callable[[WatchdogConfig, Notification, Sequence[str]], Awaitable[dict[str, bool]]] = (
+        field(default=lambda *_: _nothing_sent())
+    )
+
+
+async def _nothing_sent() -> dict[str, bool]:
+    return {}
+
+
+class Runbook:
+    """Runs and resumes failovers; the only writer of their journals."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        executor: FailoverExecutor,
+        hooks: Hooks,
+        *,
+        config: Callable[[], WatchdogConfig],
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.journal = journal
+        self.executor = executor
+        self.hooks = hooks
+        self.config = config
+        self.clock = clock
+        self.wall_clock = wall_clock
+        # Set from the engine: the lag measured at decision time (RPO estimate).
+        self.lag_bytes: Callable[[], int | None] = lambda: None
+        self.lag_seconds: Callable[[], float | None] = lambda: None
+        # True while a run promoted but has steps left to retry (the engine resumes it).
+        self.incomplete = False
+
+    # ------------------------------------------------------------ the plan
+
+    def plan(self, config: WatchdogConfig, from_region: str, to_region: str) -> list[PlannedStep]:
+        """Every step with its target; the ones not configured are skipped with a reason."""
+        hooks = self.hooks
+        to_cfg = config.regions[to_region]
+        dns = config.dns.route53
+        kube = to_cfg.kubernetes
+        notifiers = ", ".join(w.kind for w in config.notifications.webhooks) or "none"
+        generic = [w for w in config.notifications.webhooks if w.kind == "generic"]
+
+        def actuator_step(name: str, target: str,
+                          make: Callable[[WatchdogConfig, str, str], Actuator | None],
+                          missing: str) -> PlannedStep:
+            if make(config, from_region, to_region) is None:
+                return PlannedStep(name, target, None, missing)
+            return PlannedStep(name, target, self._actuate(make))
+
+        return [
+            PlannedStep(CHECK_PRIMARY, f"primary database in {from_region}",
+                        lambda ctx: hooks.check_primary(self.config(), ctx.from_region,
+                                                        ctx.to_region)),
+            self._notify_step(NOTIFY_STARTED, f"webhooks: {notifiers}", "failover_started",
+                              ("slack", "pagerduty", "generic")),
+            self._notify_step(OPEN_INCIDENT, f"{len(generic)} generic webhook(s)",
+                              "incident_opened", ("generic",)) if generic else PlannedStep(
+                OPEN_INCIDENT, "incident ticket", None, "no generic webhook configured"),
+            PlannedStep(VERIFY_STANDBY, f"standby database in {to_region}",
+                        lambda ctx: hooks.verify_standby(self.config(), ctx.from_region,
+                                                         ctx.to_region, ctx.journal)),
+            PlannedStep(PROMOTE, f"pg_promote the standby in {to_region}, fence {from_region}",
+                        self._promote),
+            actuator_step(UPDATE_DNS, f"Route 53 {dns.record_name} -> {to_cfg.dns_target}"
+                          if dns else "DNS", hooks.dns, "dns.route53 or dns_target not set"),
+            actuator_step(SCALE_UP, f"deployments in {kube.namespace} of {to_region} "
+                          f"+{config.runbook.scale_percent}%" if kube else "Kubernetes",
+                          hooks.scaler, f"regions.{to_region}.kubernetes not set"),
+            actuator_step(VERIFY_SERVICES, f"endpoints of {to_region} and a write on the new "
+                          "primary", hooks.verifier, "nothing to verify"),
+            self._notify_step(STATUS_PAGE, f"{len(generic)} generic webhook(s)", "status_page",
+                              ("generic",)) if generic else PlannedStep(
+                STATUS_PAGE, "status page", None, "no generic webhook configured"),
+            self._notify_step(NOTIFY_DONE, f"webhooks: {notifiers}", "failover_done",
+                              ("slack", "pagerduty", "generic"), resolve=True),
+        ]
+
+    def describe(self, config: WatchdogConfig | None = None) -> list[str]:
+        """The plan as text lines, for ``--dry-run`` and the API's dry run."""
+        config = config or self.config()
+        lines = []
+        for step in self.plan(config, config.primary_region, config.secondary_region):
+            note = f" (skipped: {step.skip_reason})" if step.run is None else ""
+            lines.append(f"{step.name}: {step.target}{note}")
+        lines.append(f"then: evidence and incident review draft in {config.evidence_dir}/"
+                     "failover/; failback marked as planned")
+        return lines
+
+    # ------------------------------------------------------------ running
+
+    async def failover(
+        self, command: StartFailover, promoter_unused: Promoter | None = None,
+        primary_last_lsn: int | None = None,
+    ) -> Event:
+        """Run a decided failover, or resume the active one; the outcome for the core."""
+        del promoter_unused  # the hooks build the promoter for the run's own regions
+        lease = await self.executor.leases.verified_lease()
+        if lease is None or lease.epoch != command.epoch:
+            log.error("failover_refused", reason="lock lost before the run started",
+                      epoch=command.epoch)
+            return FailoverRefused("lock lost before the run started")
+        try:
+            active = await self.journal.active()
+            if active is not None:
+                log.warning("run_resumed_instead", run_id=active.run_id,
+                            reason="a run is already active; finishing it first")
+                return await self._drive(active, lease)
+            config = self.config()
+            now, wall = self.clock(), self.wall_clock()
+            run_id = new_failover_id(command.epoch)
+            meta = {
+                "from_region": config.primary_region,
+                "to_region": config.secondary_region,
+                "condition": command.condition.value if command.condition else "manual",
+                "detected_at": wall - (now - command.failing_since),
+                "decided_at": wall - (now - command.decided_at),
+                "primary_last_lsn": primary_last_lsn,
+                "lag_bytes": self.lag_bytes(),
+                "lag_seconds": self.lag_seconds(),
+                "holder": lease.holder,
+            }
+            run = await self.journal.open(run_id, lease=lease, kind=FAILOVER_KIND,
+                                          plan=FAILOVER_PLAN, reason=command.reason, meta=meta)
+            log.warning("run_opened", run_id=run_id, epoch=lease.epoch, plan=list(FAILOVER_PLAN))
+            return await self._drive(run, lease)
+        except (LockUnavailable, StaleEpoch) as exc:
+            log.error("failover_refused", reason=f"journal: {exc}",  # noqa: TRY400
+                      epoch=command.epoch)
+            return FailoverRefused(f"journal: {exc}", retry=not isinstance(exc, StaleEpoch))
+
+    async def resume(self) -> Event | None:
+        """Resume the active run if there is one and we hold the lock; None otherwise."""
+        lease = await self.executor.leases.verified_lease()
+        if lease is None:
+            return None
+        try:
+            active = await self.journal.active()
+            if active is None:
+                return None
+            log.warning("run_resuming", run_id=active.run_id, epoch=lease.epoch,
+                        opened_under=active.created_epoch)
+            return await self._drive(active, lease)
+        except (LockUnavailable, StaleEpoch) as exc:
+            log.error("run_resume_failed", reason=str(exc))  # noqa: TRY400
+            return None
+
+    async def _drive(self, run: RunJournal, lease: Lease) -> Event:
+        config = self.config()
+        meta = dict(run.meta)
+        steps = self.plan(config, str(meta["from_region"]), str(meta["to_region"]))
+        rlog = log.bind(run_id=run.run_id, epoch=lease.epoch)
+        for step in steps:
+            run = await self.journal.get(run.run_id) or run
+            status = run.last_status(step.name)
+            if status in (StepStatus.DONE, StepStatus.SKIPPED):
+                continue
+            ctx = RunContext(run.run_id, lease.epoch, lease, meta, run)
+            outcome = await self._step(step, ctx, resumed=status is not None, rlog=rlog)
+            if outcome is not None:
+                return outcome
+        # Evidence last, from the complete journal; rewriting it on a resume is harmless.
+        run = await self.journal.get(run.run_id) or run
+        evidence = self._write_evidence(run, meta, "done")
+        await self.journal.finish(run.run_id, "done", lease=lease)
+        self.incomplete = False
+        rlog.warning("run_done", from_region=meta["from_region"], to_region=meta["to_region"],
+                     evidence=evidence)
+        return FailoverSucceeded(epoch=lease.epoch, detail=f"run {run.run_id} done")
+
+    async def _step(
+        self, step: PlannedStep, ctx: RunContext, *, resumed: bool,
+        rlog: structlog.typing.FilteringBoundLogger,
+    ) -> Event | None:
+        """Run one step; an Event ends the run here (refused, or promoted but incomplete)."""
+        journal, lease = self.journal, ctx.lease
+        if step.run is None:
+            await journal.record(ctx.run_id, self._entry(step.name, StepStatus.SKIPPED, ctx,
+                                                         step.skip_reason), lease=lease)
+            rlog.info("step_skipped", step=step.name, reason=step.skip_reason)
+            return None
+        await journal.record(ctx.run_id, self._entry(step.name, StepStatus.STARTED, ctx,
+                                                     step.target), lease=lease)
+        rlog.info("step_started", step=step.name, target=step.target, resumed=resumed)
+        started = self.clock()
+        try:
+            outcome = await step.run(ctx)
+        except (ActuationFailed, PromotionRefused, StaleEpoch, LockUnavailable) as exc:
+            reason = str(exc)
+            with contextlib.suppress(LockUnavailable, StaleEpoch):
+                await journal.record(ctx.run_id, self._entry(step.name, StepStatus.FAILED, ctx,
+                                                             reason), lease=lease)
+            rlog.error("step_failed", step=step.name, reason=reason)
+            if step.name in _BEFORE_PROMOTION:
+                with contextlib.suppress(LockUnavailable, StaleEpoch):
+                    run = await journal.get(ctx.run_id) or ctx.journal
+                    self._write_evidence(run, ctx.meta, f"refused at {step.name}")
+                    await journal.finish(ctx.run_id, "failed", lease=lease)
+                rlog.error("failover_refused", step=step.name, reason=reason)
+                return FailoverRefused(f"{step.name}: {reason}",
+                                       retry=not isinstance(exc, StaleEpoch))
+            self.incomplete = True
+            return FailoverSucceeded(epoch=lease.epoch, detail=(
+                f"promoted; step {step.name} failed ({reason}); the run stays open and is "
+                "retried"))
+        seconds = round(self.clock() - started, 4)
+        data = {**outcome.data, "seconds": seconds, "changed": outcome.changed}
+        await journal.record(ctx.run_id, self._entry(step.name, StepStatus.DONE, ctx,
+                                                     outcome.detail, data), lease=lease)
+        rlog.info("step_done", step=step.name, changed=outcome.changed, seconds=seconds,
+                  detail=outcome.detail)
+        if os.environ.get(CRASH_AFTER_STEP_ENV) == step.name:
+            rlog.critical("crash_injected", step=step.name)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return None
+
+    def _entry(self, step: str, status: StepStatus, ctx: RunContext, detail: str,
+               data: dict[str, Any] | None = None) -> JournalEntry:
+        return JournalEntry(step=step, status=status, epoch=ctx.epoch, at=self.wall_clock(),
+                            detail=detail[:2000], data=_jsonable(data or {}))
+
+    # ------------------------------------------------------------ steps
+
+    def _actuate(self, make: Callable[[WatchdogConfig, str, str], Actuator | None]) -> StepFn:
+        async def run(ctx: RunContext) -> StepOutcome:
+            actuator = make(self.config(), ctx.from_region, ctx.to_region)
+            if actuator is None:  # the config changed under a resumed run
+                return StepOutcome(False, "no longer configured")
+            try:
+                return await actuator.apply(epoch=ctx.epoch, failover_id=ctx.run_id)
+            finally:
+                await actuator.close()
+        return run
+
+    def _notify_step(self, name: str, target: str, event: str, kinds: Sequence[str], *,
+                     resolve: bool = False) -> PlannedStep:
+        async def run(ctx: RunContext) -> StepOutcome:
+            summary = (f"agentaskit-dr failover {ctx.run_id}: {ctx.from_region} -> "
+                       f"{ctx.to_region} ({event.replace('_', ' ')})")
+            notification = Notification(
+                event=event, run_id=ctx.run_id, epoch=ctx.epoch, summary=summary,
+                severity="info" if resolve else "critical", resolve=resolve,
+                details={"from_region": ctx.from_region, "to_region": ctx.to_region,
+                         "reason": ctx.journal.reason,
+                         "failback": "planned" if event == "failover_done" else None},
+            )
+            sent = await self.hooks.notify(self.config(), notification, kinds)
+            failed = sorted(name for name, ok in sent.items() if not ok)
+            detail = f"{len(sent) - len(failed)}/{len(sent)} delivered"
+            if failed:
+                detail += f"; not delivered: {', '.join(failed)} (logged; never blocks)"
+            return StepOutcome(bool(sent), detail, {"delivered": sent})
+        return PlannedStep(name, target, run)
+
+    async def _promote(self, ctx: RunContext) -> StepOutcome:
+        promoter = self.hooks.promoter(self.config(), ctx.from_region, ctx.to_region)
+        lsn = ctx.meta.get("primary_last_lsn")
+        # The journal saying the step started before means pg_promote may have landed.
+        resuming = ctx.journal.last_status(PROMOTE) is not None
+        result = await self.executor.promote_for_run(
+            promoter, epoch=ctx.epoch, run_id=ctx.run_id,
+            primary_last_lsn=lsn if isinstance(lsn, int) else None, resuming=resuming)
+        # writable_at is on the promoter's monotonic clock; the decision is in wall time.
+        writable_wall = self.wall_clock() - (time.monotonic() - result.writable_at)
+        decided = _float(ctx.meta.get("decided_at"))
+        to_writable = None if decided is None else round(writable_wall - decided, 4)
+        log.info("promotion_done", failover_id=ctx.run_id, epoch=ctx.epoch,
+                 already_promoted=result.already_promoted, lag_bytes=result.lag_bytes,
+                 promote_seconds=round(result.promote_seconds, 4),
+                 decision_to_writable=to_writable, old_primary_fenced=result.old_primary_fenced,
+                 detail=result.detail)
+        return StepOutcome(not result.already_promoted, result.detail, {
+            "lag_bytes": result.lag_bytes, "promote_seconds": round(result.promote_seconds, 4),
+            "old_primary_fenced": result.old_primary_fenced,
+            "decision_to_writable": to_writable,
+        })
+
+    def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:
+        """Write the evidence file and the incident review draft; their paths, or why not."""
+        config = self.config()
+        promote = next((e for e in reversed(run.entries)
+                        if e.step == PROMOTE and e.status is StepStatus.DONE), None)
+        lag = promote.data.get("lag_bytes") if promote else None
+        document = failover_evidence(
+            run,
+            detected_at=_float(meta.get("detected_at")),
+            decided_at=_float(meta.get("decided_at")),
+            lag_bytes=lag if isinstance(lag, int) else _int(meta.get("lag_bytes")),
+            lag_seconds=_float(meta.get("lag_seconds")),
+            outcome=outcome,
+            extra={"failback": "planned" if outcome == "done" else "not needed",
+                   "from_region": meta.get("from_region"), "to_region": meta.get("to_region"),
+                   "condition": meta.get("condition")},
+        )
+        try:
+            path = write_evidence(config.evidence_dir, FAILOVER_KIND, run.run_id, document)
+            review = write_incident_review(config.evidence_dir, FAILOVER_KIND, run.run_id,
+                                           document)
+        except OSError as exc:
+            # Never lose the failover over a full disk: the journal keeps the timeline.
+            log.error("evidence_not_written", run_id=run.run_id, directory=str(  # noqa: TRY400
+                config.evidence_dir), reason=exc.strerror or str(exc))
+            return f"not written: {exc.strerror or exc}"
+        log.info("evidence_written", run_id=run.run_id, path=str(path), review=str(review),
+                 rto_seconds=document.get("rto_seconds"), outcome=outcome)
+        return str(path)
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """Only JSON-able values reach the journal; anything else becomes its text."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if value is None or isinstance(value, bool | int | float | str):
+            out[str(key)] = value
+        elif isinstance(value, dict):
+            out[str(key)] = _jsonable(value)
+        elif isinstance(value, list | tuple):
+            out[str(key)] = [v if isinstance(v, bool | int | float | str) or v is None
+                             else str(v) for v in value]
+        else:
+            out[str(key)] = str(value)
+    return out
