@@ -67,8 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
+    from agentaskit_dr.oncall import add_oncall_commands
 
     add_api_commands(sub)
+    add_oncall_commands(sub)
     return parser
 
 
@@ -81,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.api.commands import run_api_command
 
             return run_api_command(args)
+        if getattr(args, "oncall", None):
+            from agentaskit_dr.oncall import run_oncall_command
+
+            return run_oncall_command(args)
         if args.command == "run":
             return _run(args.config)
         if args.command == "check-config":
