@@ -307,7 +307,8 @@ class WatchdogConfig(ConfigModel):
     """Base URL of the witness's API."""
     fence_after: PositiveDuration | None = None
     """A primary-side watchdog hearing neither peers nor witness this long fences its own
-    primary. Default: three quarters of the shortest threshold (when peers are set)."""
+    primary. Default (when peers are set): three quarters of the other side's promotion
+    deadline, the shortest threshold minus one probe interval (86s with the defaults)."""
     dns: DnsConfig = Field(default_factory=DnsConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     runbook: RunbookConfig = Field(default_factory=RunbookConfig)
@@ -379,7 +380,8 @@ class WatchdogConfig(ConfigModel):
             return self.fence_after
         if self.role != "watchdog" or not (self.peers or self.witness):
             return None
-        return 0.75 * min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
+        shortest = min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
+        return 0.75 * (shortest - self.probe.interval)
 
     @property
     def holder(self) -> str:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from agentaskit_dr.api.metrics import Metrics
-from agentaskit_dr.config import ConfigError, WatchdogConfig, load_config
+from agentaskit_dr.config import ConfigError, WatchdogConfig
 from agentaskit_dr.core import (
     Alert as AlertCommand,
 )
@@ -39,15 +39,15 @@ from agentaskit_dr.core import (
 )
 from agentaskit_dr.ports import (
     Lease,
-    Observation,
-    Probe,
     RegionHealthObservation,
 )
 from agentaskit_dr.probes.postgres import replication_lag_bytes
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
 from agentaskit_dr.runtime.outlook import PRIMARY_DB, STANDBY_DB, own_vantage, wire_report
+from agentaskit_dr.runtime.reload import ProbeFactory, reloadable
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
+from agentaskit_dr.runtime.status import engine_status
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +56,6 @@ __all__ = ["PRIMARY_DB", "STANDBY_DB", "Engine"]
 #: Self-fencing fences this daemon's own primary whatever epoch marker it carries.
 SELF_FENCE_EPOCH = 2**62
 
-ProbeFactory = Callable[[WatchdogConfig], Sequence[Probe[Observation]]]
 PromoterFactory = Callable[[WatchdogConfig], Promoter]
 
 
@@ -423,7 +422,8 @@ class Engine:
             return
         path = str(self.config_path)
         try:
-            new, file_primary, lock_ignored = await self._reloadable(self.config_path)
+            new, file_primary, lock_ignored = await reloadable(
+                self.config, self.config_path, self._file_primary, self._probe_factory)
         except ConfigError as exc:
             # The problem lines say everything; a traceback would only bury them.
             log.error("config_reload_failed", path=path, problems=exc.problems,  # noqa: TRY400
@@ -449,87 +449,10 @@ class Engine:
         for command in commands:
             await self._execute(command)
 
-    async def _reloadable(self, path: Path) -> tuple[WatchdogConfig, str, bool]:
-        """The file's config as it may run now, the primary the file names, and whether
-        its lock settings were set aside; ConfigError if the file cannot be used live.
-        """
-        running = self.config
-        new = load_config(path)
-        # The holder identity is in the lock and in every epoch marker: a live change
-        # would make this watchdog a stranger to its own lease.
-        changed = [
-            f"{field}: changed from {getattr(running, field)!r} to {getattr(new, field)!r}; "
-            "the lock holder identity changes only on restart"
-            for field in ("region", "node_name")
-            if getattr(new, field) != getattr(running, field)
-        ]
-        if changed:
-            raise ConfigError(path, changed)
-        # The lock was built at start and keeps running as built; config.lock must say so.
-        lock_ignored = new.lock != running.lock
-        if lock_ignored:
-            new = new.model_copy(update={"lock": running.lock})
-        file_primary = new.primary_region
-        if file_primary == self._file_primary:
-            if running.primary_region not in new.regions:
-                raise ConfigError(path, [
-                    f"regions: must still include {running.primary_region!r}, the region "
-                    "serving as primary now"
-                ])
-            new = new.with_primary(running.primary_region)  # keep a failover's topology
-        # Build the new probe set once before switching, so a config the probes refuse
-        # is turned down here instead of leaving the engine without probes.
-        for probe in self._probe_factory(new):
-            await probe.close()
-        return new, file_primary, lock_ignored
-
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for the status command and API (times are seconds ago)."""
-        state = self.state
-        failover = state.failover
-        now = self._clock()
-
-        def ago(at: float | None) -> float | None:
-            return None if at is None else round(now - at, 3)
-
-        clocks = {
-            condition.value: {
-                "failing": clock.failing,
-                "failing_for": round(clock.held_for(), 3) if clock.failing else None,
-                "failing_since_ago": ago(clock.failing_since),
-                "threshold": state.thresholds.for_condition(condition),
-                "detail": clock.detail,
-            }
-            for condition, clock in state.clocks.items()
-        }
-        last = None
-        if failover is not None:
-            last = dataclasses.asdict(failover)
-            last["decided_ago"] = ago(failover.decided_at)
-            last["completed_ago"] = ago(failover.completed_at)
-        return {
-            "node": self.config.holder,
-            "role": self.config.role,
-            "region": self.config.region,
-            "primary_region": self.config.primary_region,
-            "phase": state.phase.value,
-            "verdict": state.verdict,
-            "assessment": {
-                "verdict": state.assessed.value if state.assessed else None,
-                "since_ago": ago(state.assessed_since),
-                "detail": state.assessment_detail,
-            },
-            "conditions": clocks,
-            "paused": state.paused,
-            "pause_reason": state.pause_reason or None,
-            "self_fenced": state.self_fenced,
-            "epoch": state.epoch,
-            "lock_holder": state.lock_holder,
-            "lag_bytes": self.lag_bytes,
-            "peers": self.links(),
-            "last_failover": last,
-        }
-
+        return engine_status(self.state, self.config, now=self._clock(), lag_bytes=self.lag_bytes,
+                             peers=self.links())
 
 def _thresholds(config: WatchdogConfig) -> dict[str, float]:
     t = config.core_thresholds()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -46,8 +47,9 @@ class LeaseSource(Protocol):
 
 
 def new_failover_id(epoch: int) -> str:
+    """``fo-<UTC time>-e<epoch>-<random>``: unique even for two runs in one second."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"fo-{stamp}-e{epoch}"
+    return f"fo-{stamp}-e{epoch}-{secrets.token_hex(2)}"
 
 
 class FailoverExecutor:

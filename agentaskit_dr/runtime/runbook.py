@@ -15,7 +15,9 @@ a failed step leaves the run active and is retried on the next resume.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -153,6 +155,8 @@ class Runbook:
         self.lag_seconds: Callable[[], float | None] = lambda: None
         # True while a run promoted but has steps left to retry (the engine resumes it).
         self.incomplete = False
+        self._promoted = False  # the run being driven has its promote step done
+        self._promoted_epoch: int | None = None
 
     # ------------------------------------------------------------ the plan
 
@@ -219,6 +223,7 @@ class Runbook:
     ) -> Event:
         """Run a decided failover, or resume the active one; the outcome for the core."""
         del promoter_unused  # the hooks build the promoter for the run's own regions
+        self._promoted = False
         lease = await self.executor.leases.verified_lease()
         if lease is None or lease.epoch != command.epoch:
             log.error("failover_refused", reason="lock lost before the run started",
@@ -246,15 +251,24 @@ class Runbook:
             }
             run = await self.journal.open(run_id, lease=lease, kind=FAILOVER_KIND,
                                           plan=FAILOVER_PLAN, reason=command.reason, meta=meta)
+            if run.finished is not None:
+                # An id already used by a finished run (clock or id collision): a new one.
+                run_id = f"{run_id}-{secrets.token_hex(3)}"
+                run = await self.journal.open(run_id, lease=lease, kind=FAILOVER_KIND,
+                                              plan=FAILOVER_PLAN, reason=command.reason,
+                                              meta=meta)
             log.warning("run_opened", run_id=run_id, epoch=lease.epoch, plan=list(FAILOVER_PLAN))
             return await self._drive(run, lease)
         except (LockUnavailable, StaleEpoch) as exc:
+            if self._promoted:
+                return self._promoted_but_interrupted(exc)
             log.error("failover_refused", reason=f"journal: {exc}",  # noqa: TRY400
                       epoch=command.epoch)
             return FailoverRefused(f"journal: {exc}", retry=not isinstance(exc, StaleEpoch))
 
     async def resume(self) -> Event | None:
         """Resume the active run if there is one and we hold the lock; None otherwise."""
+        self._promoted = False
         lease = await self.executor.leases.verified_lease()
         if lease is None:
             return None
@@ -266,18 +280,31 @@ class Runbook:
                         opened_under=active.created_epoch)
             return await self._drive(active, lease)
         except (LockUnavailable, StaleEpoch) as exc:
+            if self._promoted:
+                return self._promoted_but_interrupted(exc)
             log.error("run_resume_failed", reason=str(exc))  # noqa: TRY400
             return None
+
+    def _promoted_but_interrupted(self, exc: Exception) -> Event:
+        """The journal failed after the promotion: the database serves from the new region
+        (the core must know), and the rest of the run is left for a resume."""
+        self.incomplete = True
+        log.error("run_interrupted", reason=f"journal: {exc}",
+                  detail="promoted; the remaining steps are resumed later")
+        return FailoverSucceeded(epoch=self._promoted_epoch or 0, detail=(
+            f"promoted; journal unavailable ({exc}); the run stays open and is retried"))
 
     async def _drive(self, run: RunJournal, lease: Lease) -> Event:
         config = self.config()
         meta = dict(run.meta)
         steps = self.plan(config, str(meta["from_region"]), str(meta["to_region"]))
         rlog = log.bind(run_id=run.run_id, epoch=lease.epoch)
+        self._promoted, self._promoted_epoch = False, lease.epoch
         for step in steps:
             run = await self.journal.get(run.run_id) or run
             status = run.last_status(step.name)
             if status in (StepStatus.DONE, StepStatus.SKIPPED):
+                self._promoted = self._promoted or step.name == PROMOTE
                 continue
             ctx = RunContext(run.run_id, lease.epoch, lease, meta, run)
             outcome = await self._step(step, ctx, resumed=status is not None, rlog=rlog)
@@ -331,6 +358,7 @@ class Runbook:
         data = {**outcome.data, "seconds": seconds, "changed": outcome.changed}
         await journal.record(ctx.run_id, self._entry(step.name, StepStatus.DONE, ctx,
                                                      outcome.detail, data), lease=lease)
+        self._promoted = self._promoted or step.name == PROMOTE
         rlog.info("step_done", step=step.name, changed=outcome.changed, seconds=seconds,
                   detail=outcome.detail)
         if os.environ.get(CRASH_AFTER_STEP_ENV) == step.name:
@@ -441,13 +469,15 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     """Only JSON-able values reach the journal; anything else becomes its text."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if value is None or isinstance(value, bool | int | float | str):
+        if isinstance(value, float) and not math.isfinite(value):
+            out[str(key)] = str(value)
+        elif value is None or isinstance(value, bool | int | float | str):
             out[str(key)] = value
         elif isinstance(value, dict):
             out[str(key)] = _jsonable(value)
         elif isinstance(value, list | tuple):
-            out[str(key)] = [v if isinstance(v, bool | int | float | str) or v is None
-                             else str(v) for v in value]
+            out[str(key)] = [v if (isinstance(v, bool | int | str) or v is None or (
+                isinstance(v, float) and math.isfinite(v))) else str(v) for v in value]
         else:
             out[str(key)] = str(value)
     return out
