@@ -100,7 +100,7 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
         clocks = _observe(replace(state, clocks=clocks), observed, now)
     state = replace(state, clocks=clocks)
     if not (assessment.self_isolated and event.primary_side):
-        return replace(state, isolated_since=None), commands
+        return replace(state, isolated_since=None, self_fence_deferred=False), commands
     since = state.isolated_since if state.isolated_since is not None else now
     state = replace(state, isolated_since=since)
     fence_after = state.thresholds.fence_after
@@ -108,6 +108,9 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
         return state, commands
     reason = f"isolated from peer and witness for {now - since:.1f}s (> {fence_after:g}s)"
     if state.paused:
+        if state.self_fence_deferred:  # said once per isolation; resuming fences at once
+            return state, commands
+        state = replace(state, self_fence_deferred=True)
         return state, [*commands, Alert(Severity.CRITICAL, f"paused: would self-fence, {reason}")]
     state = replace(state, self_fenced=True)
     return state, [*commands, Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}"),

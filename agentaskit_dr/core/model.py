@@ -290,3 +290,4 @@ class WatchState:
     # whether it fenced its primary (stays True until an operator acknowledges).
     isolated_since: float | None = None
     self_fenced: bool = False
+    self_fence_deferred: bool = False  # paused when it was due; the alert went out once

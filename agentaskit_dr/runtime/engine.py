@@ -183,20 +183,15 @@ class Engine:
     async def _cycle(self, items: list[QueueItem]) -> None:
         self.cycles += 1
         self.last_cycle_at = self._clock()
-        commands: list[Command] = []
-        events: list[Event] = [Tick()]
-        answers: list[asyncio.Future[str]] = []
+        commands: list[Command] = self._apply(Tick())
         for item in items:
-            events.extend(self._events_of(item))
-            if isinstance(item, _Control):
-                answers.append(item.answer)
-        for event in events:
-            commands.extend(self._apply(event))
-            if isinstance(event, LeadershipChanged) and event.epoch is not None:
-                self._resume_due = self._clock()  # a run a predecessor left open?
-        for answer in answers:
-            if not answer.done():
-                answer.set_result(self.state.verdict)
+            for event in self._events_of(item):
+                commands.extend(self._apply(event))
+                if isinstance(event, LeadershipChanged) and event.epoch is not None:
+                    self._resume_due = self._clock()  # a run a predecessor left open?
+            # Answered with the verdict of its own event, before later items change it.
+            if isinstance(item, _Control) and not item.answer.done():
+                item.answer.set_result(self.state.verdict)
         self._log_verdict()
         self._update_metrics()
         for command in commands:

@@ -148,10 +148,13 @@ class PeerPoller:
             declared = response.content_length
             if declared is not None and declared > MAX_REPORT_BYTES:
                 raise ValueError(f"body of {declared} bytes exceeds {MAX_REPORT_BYTES}")
-            body = await response.content.read(MAX_REPORT_BYTES + 1)
-            if len(body) > MAX_REPORT_BYTES:
-                raise ValueError(f"body exceeds {MAX_REPORT_BYTES} bytes")
-        return parse_report(body)
+            # read(n) returns what has arrived so far: collect chunks up to the cap.
+            body = bytearray()
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > MAX_REPORT_BYTES:
+                    raise ValueError(f"body exceeds {MAX_REPORT_BYTES} bytes")
+        return parse_report(bytes(body))
 
     def _failed(self, label: str, url: str, reason: str, *, rejected: bool = False) -> None:
         if self._failing.get(label) != reason:
