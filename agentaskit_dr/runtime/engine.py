@@ -120,6 +120,14 @@ class Engine:
     # ------------------------------------------------------------ inputs
 
     @property
+    def lag_seconds(self) -> float | None:
+        """Seconds since the standby replayed its last transaction (idle primaries inflate
+        it; ``lag_bytes`` is the sharper RPO estimate)."""
+        standby = self.latest.get(STANDBY_DB)
+        value = getattr(standby.observation, "replay_lag_seconds", None) if standby else None
+        return value if isinstance(value, float) else None
+
+    @property
     def clock(self) -> Callable[[], float]:
         return self._clock
 
@@ -225,9 +233,7 @@ class Engine:
         state = self.state
         metrics.phase(state.phase.value, self._phase_since)
         metrics.lock(state.epoch is not None, state.epoch)
-        standby = self.latest.get(STANDBY_DB)
-        lag_seconds = getattr(standby.observation, "replay_lag_seconds", None) if standby else None
-        metrics.replication_lag(self.lag_bytes, lag_seconds)
+        metrics.replication_lag(self.lag_bytes, self.lag_seconds)
         if state.assessed is not None:
             metrics.verdict(state.assessed.value)
         metrics.paused(state.paused)

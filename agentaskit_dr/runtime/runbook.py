@@ -15,6 +15,7 @@ a failed step leaves the run active and is retried on the next resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import secrets
@@ -312,7 +313,7 @@ class Runbook:
                 return outcome
         # Evidence last, from the complete journal; rewriting it on a resume is harmless.
         run = await self.journal.get(run.run_id) or run
-        evidence = self._write_evidence(run, meta, "done")
+        evidence = self._write_evidence(dataclasses.replace(run, finished="done"), meta, "done")
         await self.journal.finish(run.run_id, "done", lease=lease)
         self.incomplete = False
         rlog.warning("run_done", from_region=meta["from_region"], to_region=meta["to_region"],
@@ -345,7 +346,8 @@ class Runbook:
             if step.name in _BEFORE_PROMOTION:
                 with contextlib.suppress(LockUnavailable, StaleEpoch):
                     run = await journal.get(ctx.run_id) or ctx.journal
-                    self._write_evidence(run, ctx.meta, f"refused at {step.name}")
+                    self._write_evidence(dataclasses.replace(run, finished="failed"), ctx.meta,
+                                         f"refused at {step.name}")
                     await journal.finish(ctx.run_id, "failed", lease=lease)
                 rlog.error("failover_refused", step=step.name, reason=reason)
                 return FailoverRefused(f"{step.name}: {reason}",

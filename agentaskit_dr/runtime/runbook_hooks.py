@@ -96,7 +96,8 @@ def scaler(config: WatchdogConfig, _from: str, to_region: str) -> DeploymentScal
 
     return DeploymentScaler(client, namespace=kube.namespace,
                             percent=config.runbook.scale_percent,
-                            ready_timeout=kube.ready_timeout)
+                            ready_timeout=kube.ready_timeout,
+                            poll_interval=min(2.0, config.probe.interval))
 
 
 def verifier(config: WatchdogConfig, _from: str, to_region: str) -> ServiceVerifier | None:
@@ -123,9 +124,15 @@ def notifiers(config: WatchdogConfig, kinds: Sequence[str]) -> list[WebhookNotif
                 log.error("notifier_unavailable", notifier=f"{hook.kind}{index}",  # noqa: TRY400
                           reason=f"routing_key_file {hook.routing_key_file}: {exc.strerror}")
                 continue
-        found.append(build_notifier(hook.kind, hook.url, routing_key=key,
-                                    name=f"{hook.kind}{index}",
-                                    timeout=config.runbook.notify_timeout))
+        # The config says "generic"; the notifier module calls that kind "webhook".
+        kind = "webhook" if hook.kind == "generic" else hook.kind
+        try:
+            found.append(build_notifier(kind, hook.url, routing_key=key,
+                                        name=f"{hook.kind}{index}",
+                                        timeout=config.runbook.notify_timeout))
+        except ValueError as exc:
+            log.error("notifier_unavailable", notifier=f"{hook.kind}{index}",  # noqa: TRY400
+                      reason=str(exc))
     return found
 
 

@@ -7,6 +7,7 @@ root task ends on its own, that is a failure: it is logged loudly and the rest s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,39 +88,8 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
         if not stop.done():
             stop.set_result(sig)
 
-    lock = build_lock(config)
-    keeper = LeadershipKeeper(lock, ttl=config.lock.ttl)
-    executor = FailoverExecutor(
-        keeper, holder=config.holder, clock=loop.time, force=config.promotion.force
-    )
-    engine = Engine(
-        config,
-        config_path=config_path,
-        probes=build_probes,
-        promoters=build_promoter,
-        executor=executor,
-        on_config=lambda new: logs.configure(new.logging.level),
-    )
-    keeper.on_change = engine.leadership_changed
-    peers = PeerPoller(
-        config.vantage_urls,
-        interval=config.probe.interval,
-        timeout=config.probe.timeout,
-        stale_after=stale_after(config),
-        clock=loop.time,
-    )
-    journal = RedisJournal(config.lock.url, key_prefix=config.lock.key_prefix,
-                           socket_timeout=config.lock.socket_timeout, client=lock.client)
-    runbook = Runbook(journal, executor, build_hooks(), config=lambda: engine.config,
-                      clock=loop.time)
-    runbook.lag_bytes = lambda: engine.lag_bytes
-    engine.runbook = runbook
-    engine.vantages = peers.vantages
-    engine.links = peers.links
-    engine.metrics = Metrics(clock=loop.time)
-    api = ApiServer(EngineController(engine, describe_plan=runbook.describe),
-                    metrics=engine.metrics,
-                    token_file=config.api.token_file)
+    parts = _assemble(config, config_path, loop)
+    lock, keeper, engine, api = parts.lock, parts.keeper, parts.engine, parts.api
     if config.api.listen is not None:
         try:
             await api.start(config.api.listen)
@@ -136,7 +106,7 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
              holder=config.holder, role=config.role, config=config.redacted())
     tasks = [
         asyncio.create_task(engine.run(), name="engine"),
-        asyncio.create_task(peers.run(), name="peers"),
+        asyncio.create_task(parts.peers.run(), name="peers"),
     ]
     if config.role == "watchdog":
         # A witness never takes the lock: it observes and reports, nothing more.
@@ -163,6 +133,56 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
             loop.remove_signal_handler(sig)
     log.info("daemon_stopped", exit_code=exit_code)
     return exit_code
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parts:
+    lock: RedisLeaderLock
+    keeper: LeadershipKeeper
+    engine: Engine
+    peers: PeerPoller
+    api: ApiServer
+
+
+def _assemble(
+    config: WatchdogConfig, config_path: Path | None, loop: asyncio.AbstractEventLoop
+) -> _Parts:
+    """The daemon's parts, wired together; nothing started yet."""
+    lock = build_lock(config)
+    keeper = LeadershipKeeper(lock, ttl=config.lock.ttl)
+    executor = FailoverExecutor(
+        keeper, holder=config.holder, clock=loop.time, force=config.promotion.force
+    )
+    engine = Engine(
+        config,
+        config_path=config_path,
+        probes=build_probes,
+        promoters=build_promoter,
+        executor=executor,
+        on_config=lambda new: logs.configure(new.logging.level),
+    )
+    keeper.on_change = engine.leadership_changed
+    peers = PeerPoller(
+        config.vantage_urls,
+        interval=config.probe.interval,
+        timeout=config.probe.timeout,
+        stale_after=stale_after(config),
+        clock=loop.time,
+    )
+    journal = RedisJournal(config.lock.url, key_prefix=config.lock.key_prefix,
+                           socket_timeout=config.lock.socket_timeout, client=lock.client)
+    runbook = Runbook(journal, executor, build_hooks(), config=lambda: engine.config,
+                      clock=loop.time)
+    runbook.lag_bytes = lambda: engine.lag_bytes
+    runbook.lag_seconds = lambda: engine.lag_seconds
+    engine.runbook = runbook
+    engine.vantages = peers.vantages
+    engine.links = peers.links
+    engine.metrics = Metrics(clock=loop.time)
+    api = ApiServer(EngineController(engine, describe_plan=runbook.describe),
+                    metrics=engine.metrics,
+                    token_file=config.api.token_file)
+    return _Parts(lock, keeper, engine, peers, api)
 
 
 async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
