@@ -142,7 +142,8 @@ class Forwarder:
                         return
                     if key.data == "accept":
                         self._accept()
-                    elif isinstance(key.data, _Splice):
+                    elif isinstance(key.data, _Splice) and key.data in self._splices:
+                        # A splice closed earlier in this round can still have a ready key.
                         self._relay(key.data, key.fileobj, events)  # type: ignore[arg-type]
         except Exception as exc:
             # Handed to stop(), which raises it in the test's thread.
