@@ -1,0 +1,129 @@
+"""A watchdog killed in the middle of the failover runbook resumes it after a restart.
+
+For each step of the plan, the acting watchdog (the only one: east, so it is always the
+actor) SIGKILLs itself right after journaling that step done (fault injection through
+``AGENTASKIT_DR_CRASH_AFTER_STEP``). Restarted without the injection, same config and
+node name, it takes the lock under a new epoch once the dead one's lease expires and
+finishes the same run. Nothing the world saw may happen twice: one DNS change, one scale
+write per deployment, each webhook event once, one promotion (DESIGN invariant 6).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentaskit_dr.actuators.kube_scale import ANNOTATION_EPOCH, ANNOTATION_RUN
+from agentaskit_dr.ports import StepStatus
+from agentaskit_dr.runtime.runbook import FAILOVER_PLAN, SCALE_UP, UPDATE_DNS
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from agentaskit_dr.sandbox.redis import RedisServer
+from tests.integration.aws import (  # the *_fixture names register the fixtures here
+    aws_credentials_fixture,  # noqa: F401
+    moto_process_fixture,  # noqa: F401
+    moto_server_fixture,  # noqa: F401
+)
+from tests.integration.daemon_harness import WatchdogFleet, is_event, merged
+from tests.integration.runbook_harness import (
+    DEPLOYMENTS,
+    DNS_TARGETS,
+    EAST,
+    EXPECTED_NOTIFICATIONS,
+    RunbookWorld,
+    done_counts,
+    restart,
+    runbook_world_fixture,  # noqa: F401
+    start_with_crash,
+    wait_exit,
+)
+
+pytestmark = pytest.mark.integration
+
+#: Scaled down further than the fleet's default, so ten cases fit in about two minutes.
+THRESHOLD, INTERVAL, LOCK_TTL = 1.5, 0.3, 2.0
+#: Bound on a run's steps on local parts (the scale step polls readiness every 2 s).
+RUN_TIMEOUT = 15.0
+#: Bound on a watchdog's start: Python imports, config, first lock round and probes.
+START_TIMEOUT = 20.0
+
+
+@pytest.fixture
+def fleet(pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path) -> Iterator[
+    WatchdogFleet
+]:
+    with WatchdogFleet(pg_pair, redis_server, tmp_path / "watchdogs", threshold=THRESHOLD,
+                       interval=INTERVAL) as started:
+        yield started
+
+
+@pytest.mark.parametrize("step", FAILOVER_PLAN)
+def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
+    step: str, fleet: WatchdogFleet, pg_pair: PostgresPair, redis_server: RedisServer,
+    runbook_world: RunbookWorld,
+) -> None:
+    overrides = merged(runbook_world.overrides(), {"lock": {"ttl": f"{LOCK_TTL}s"}})
+    first = start_with_crash(fleet, EAST, step, overrides)
+    fleet.wait_ready(START_TIMEOUT)
+
+    pg_pair.primary.kill()
+    code = wait_exit(fleet, first, START_TIMEOUT + THRESHOLD + RUN_TIMEOUT,
+                     what=f"crash of {first.region} after {step}")
+    assert code == -signal.SIGKILL, fleet.describe()
+    assert fleet.events(is_event("crash_injected"), dogs=[first])[-1]["step"] == step
+    (crashed,) = runbook_world.runs(redis_server.url)
+    assert crashed.finished is None
+    assert done_counts(crashed) == dict.fromkeys(FAILOVER_PLAN[:FAILOVER_PLAN.index(step) + 1], 1)
+    first_epoch = crashed.created_epoch
+
+    second = restart(fleet, first)
+    done = fleet.wait_for(is_event("run_done"), START_TIMEOUT + LOCK_TTL + RUN_TIMEOUT,
+                          what=f"run_done of {second.region}", dogs=[second])
+
+    # The journal: the same run, finished by the new epoch, every step started and
+    # done exactly once, the ones after the crash under the new epoch.
+    (run,) = runbook_world.runs(redis_server.url)
+    second_epoch = done["epoch"]
+    assert run.run_id == crashed.run_id == done["run_id"]
+    assert run.finished == "done"
+    assert second_epoch > first_epoch
+    started = Counter(e.step for e in run.entries if e.status is StepStatus.STARTED)
+    assert started == dict.fromkeys(FAILOVER_PLAN, 1), run.entries
+    assert done_counts(run) == dict.fromkeys(FAILOVER_PLAN, 1), run.entries
+    assert not [e for e in run.entries if e.status is StepStatus.FAILED], run.entries
+    done_epoch = {e.step: e.epoch for e in run.entries if e.status is StepStatus.DONE}
+    crashed_at = FAILOVER_PLAN.index(step)
+    assert done_epoch == {
+        name: first_epoch if index <= crashed_at else second_epoch
+        for index, name in enumerate(FAILOVER_PLAN)
+    }
+    assert fleet.events(is_event("run_resuming", run_id=run.run_id), dogs=[second]) or (
+        fleet.events(is_event("run_resumed_instead", run_id=run.run_id), dogs=[second])
+    ), fleet.describe()
+
+    # The world saw each effect once, fenced by the epoch of the step that made it.
+    value, marker = runbook_world.dns_record()
+    assert value == DNS_TARGETS[EAST]
+    assert f"epoch={done_epoch[UPDATE_DNS]} run={run.run_id} " in marker, marker
+    assert runbook_world.dns_changes == 1
+    assert runbook_world.scale_writes() == dict.fromkeys(DEPLOYMENTS, 1)
+    for name, original in DEPLOYMENTS.items():
+        deployment = runbook_world.deployment(name)
+        assert deployment.replicas == -(-original * 3 // 2), (name, deployment)
+        assert deployment.annotations[ANNOTATION_EPOCH] == str(done_epoch[SCALE_UP])
+        assert deployment.annotations[ANNOTATION_RUN] == run.run_id
+    assert runbook_world.notifications() == EXPECTED_NOTIFICATIONS
+    promotions = fleet.events(lambda e: e.get("event") == "promotion_done")
+    assert [p["already_promoted"] for p in promotions] == [False], promotions
+    assert pg_pair.replica.sql("SELECT pg_is_in_recovery()") == "f"
+
+    evidence = json.loads(
+        (fleet.workdir / "evidence" / "failover" / f"{run.run_id}.json").read_text())
+    assert evidence["outcome"] == "done"
+    # A crash after the last step leaves the new epoch nothing to journal but the finish.
+    assert evidence["epochs"] == sorted({first_epoch, *done_epoch.values()})
+    assert 0 < evidence["rto_seconds"] < 60, evidence["rto_seconds"]
