@@ -31,6 +31,7 @@ from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer, free_port
 
 REGIONS = ("us-west-2", "us-east-1")
+WITNESS_SITE = "witness-site"
 TIMELINE_EVENTS = {
     "lock_acquired", "failover_decided", "promotion_started", "promotion_done",
     "failover_refused", "primary_region_changed", "old_primary_fenced", "alert",
@@ -154,17 +155,30 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
         pair = stack.enter_context(PostgresPair(workdir / "pg"))
         redis = stack.enter_context(RedisServer())
         health = {name: stack.enter_context(health_endpoint()) for name in REGIONS}
+        # Three vantage points: a watchdog per region and a witness (DESIGN.md section 4).
+        sites = (WITNESS_SITE, *REGIONS[::-1])  # start order: witness, secondary, primary
+        api = {site: f"http://127.0.0.1:{free_port()}" for site in sites}
         dogs = []
-        for region in REGIONS:
-            path = workdir / f"watchdog-{region}.yaml"
-            config = watchdog_config(region=region, pair=pair, redis=redis, health=health,
+        for site in sites:
+            config = watchdog_config(region=REGIONS[0], pair=pair, redis=redis, health=health,
                                      threshold=threshold, interval=interval,
                                      evidence_dir=workdir / "evidence")
+            config["api"] = {"listen": api[site].removeprefix("http://")}
+            if site == WITNESS_SITE:
+                config.update(region=site, role="witness", node_name="drill-witness",
+                              peers=[api[region] for region in REGIONS])
+            else:
+                config.update(region=site, node_name=f"drill-{site}", witness=api[WITNESS_SITE],
+                              peers=[api[other] for other in REGIONS if other != site])
+            path = workdir / f"watchdog-{site}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
-            dogs.append(Watchdog(region, path, workdir / f"watchdog-{region}.log"))
+            dogs.append(Watchdog(site, path, workdir / f"watchdog-{site}.log"))
         for dog in dogs:
             dog.start()
             stack.callback(dog.stop)
+            # The primary-side watchdog must hear its peers within fence_after of starting.
+            if wait_for_event([dog], lambda e: e.get("event") == "api_started", 20) is None:
+                raise RuntimeError(f"{dog.region} did not start; see {dog.log_path}")
         ready = wait_for_event(dogs, lambda e: e.get("event") == "lock_acquired", 20)
         healthy = wait_for_event(
             dogs, lambda e: e.get("verdict") == "no action: primary healthy", 20
