@@ -17,7 +17,6 @@ they must outlive the lease of the watchdog that wrote them, for a successor to 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -32,9 +31,9 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from agentaskit_dr.leadership.redis_lock import _display_address
+from agentaskit_dr.leadership._store import StoreCalls, display_address
 from agentaskit_dr.ports import (
     JournalEntry,
     Lease,
@@ -178,10 +177,10 @@ class RedisJournal:
                 decode_responses=True,
             )
         self._redis: Redis = client
-        self._where = _display_address(url)
-        self._secrets = [s for s in (password, urlsplit(url).password) if s]
+        self._where = display_address(url)
+        self._calls = StoreCalls(self._where, socket_timeout,
+                                 [password or "", urlsplit(url).password or ""])
         self._prefix = key_prefix
-        self._timeout = socket_timeout
         self._wall_clock = wall_clock
         self._leader_key = f"{key_prefix}:leader"
         self._info_key = f"{key_prefix}:leader:info"
@@ -415,29 +414,11 @@ class RedisJournal:
 
         With ``refusals``, a ``ResponseError`` (a script's own refusal) passes through.
         """
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await request()
-        except TimeoutError as exc:
-            # Builtin and asyncio timeouts (not redis ones): the whole call ran out of time.
-            raise LockUnavailable(
-                f"lock store {self._where} did not answer journal {what} within {self._timeout}s"
-            ) from exc
-        except (RedisError, OSError) as exc:
-            if refusals and isinstance(exc, ResponseError):
-                raise
-            raise LockUnavailable(
-                self._scrub(
-                    f"lock store {self._where} failed on journal {what}: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-            ) from exc
+        return await self._calls.call(f"journal {what}", request,
+                                      (ResponseError,) if refusals else ())
 
     def _scrub(self, message: str) -> str:
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        return message
-
+        return self._calls.scrub(message)
 
 def _check_run_id(run_id: str) -> None:
     if not _RUN_ID.fullmatch(run_id):

@@ -28,8 +28,8 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
+from agentaskit_dr.leadership._store import StoreCalls, display_address
 from agentaskit_dr.ports import Lease, LockUnavailable
 
 log = structlog.get_logger(__name__)
@@ -124,10 +124,10 @@ class RedisLeaderLock:
         self.ttl = ttl
         self.margin = margin
         self._ttl_ms = max(1, round(ttl * 1000))
-        self._timeout = socket_timeout
         self._clock = clock
-        self._secrets = [s for s in (password, urlsplit(url).password) if s]
-        self._where = _display_address(url)
+        self._where = display_address(url)
+        self._calls = StoreCalls(self._where, socket_timeout, [password or "",
+                                                               urlsplit(url).password or ""])
         self._leader_key = f"{key_prefix}:leader"
         self._epoch_key = f"{key_prefix}:epoch"
         self._info_key = f"{key_prefix}:leader:info"
@@ -231,29 +231,7 @@ class RedisLeaderLock:
 
     async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
         """Run one request within the socket timeout; every store failure is LockUnavailable."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await request()
-        except TimeoutError as exc:
-            # Builtin and asyncio timeouts (not redis ones): the whole call ran out of time.
-            raise LockUnavailable(
-                f"lock store {self._where} did not answer {what} within {self._timeout}s"
-            ) from exc
-        except (RedisError, OSError) as exc:
-            raise LockUnavailable(
-                self._scrub(
-                    f"lock store {self._where} failed on {what}: {type(exc).__name__}: {exc}"
-                )
-            ) from exc
+        return await self._calls.call(what, request)
 
     def _scrub(self, message: str) -> str:
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        return message
-
-
-def _display_address(url: str) -> str:
-    """``scheme://host:port/db`` with any credentials left out."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+        return self._calls.scrub(message)

@@ -1,14 +1,3 @@
 #!/usr/bin/env bash
-# The plan's runbook command `update-dns`, as written in OPS-DR: a thin wrapper over
-# `agentaskit-dr update-dns`. Config: $AGENTASKIT_DR_CONFIG (default /etc/agentaskit-dr/watchdog.yaml).
-set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-if command -v agentaskit-dr >/dev/null 2>&1; then
-  run=(agentaskit-dr)
-elif [ -x "$here/.venv/bin/python" ]; then
-  run=("$here/.venv/bin/python" -m agentaskit_dr)
-else
-  echo "update-dns.sh: agentaskit-dr is not installed (pip install agentaskit-dr, or ./scripts/test.sh once)" >&2
-  exit 2
-fi
-exec "${run[@]}" update-dns --config "${AGENTASKIT_DR_CONFIG:-/etc/agentaskit-dr/watchdog.yaml}" "$@"
+# The plan's runbook command `update-dns`, as written in OPS-DR (see _run.sh).
+exec "$(dirname "${BASH_SOURCE[0]}")/_run.sh" update-dns "$@"
