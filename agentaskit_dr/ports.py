@@ -136,8 +136,8 @@ class LeaderLock(Protocol):
         """Extend our lease; None if it is no longer ours. Raises LockUnavailable."""
         ...
 
-    async def release(self, lease: Lease) -> None:
-        """Give the lock up if it is still ours. Best effort; never raises."""
+    async def release(self, lease: Lease) -> bool:
+        """Give the lock up if it is still ours; True when it was. Best effort; never raises."""
         ...
 
     async def current(self) -> tuple[str, int] | None:

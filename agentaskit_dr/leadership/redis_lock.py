@@ -176,8 +176,8 @@ class RedisLeaderLock:
             return None
         return replace(lease, safe_until=self._safe(sent))
 
-    async def release(self, lease: Lease) -> None:
-        """Delete the lock if it still holds our token. Never raises."""
+    async def release(self, lease: Lease) -> bool:
+        """Delete the lock if it still holds our token; True when it did. Never raises."""
         try:
             released = await self._call(
                 "release",
@@ -187,9 +187,11 @@ class RedisLeaderLock:
             log.warning(
                 "lock_release_failed", epoch=lease.epoch, holder=lease.holder, error=str(exc)
             )
-            return
+            return False
         if released != 1:
             log.info("lock_release_not_ours", epoch=lease.epoch, holder=lease.holder)
+            return False
+        return True
 
     async def current(self) -> tuple[str, int] | None:
         """``(holder, epoch)`` of whoever holds the lock now; None if it is free."""

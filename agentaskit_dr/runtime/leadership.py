@@ -204,11 +204,13 @@ class LeadershipKeeper:
             return
         try:
             async with asyncio.timeout(min(RELEASE_TIMEOUT, self._interval)):
-                await self._lock.release(lease)
+                released = await self._lock.release(lease)
         except TimeoutError:
             log.warning("lock_release_timed_out", epoch=lease.epoch, holder=lease.holder)
         else:
-            log.info("lock_released", epoch=lease.epoch, holder=lease.holder)
+            # Otherwise the lock already said why (lock_release_failed / _not_ours).
+            if released:
+                log.info("lock_released", epoch=lease.epoch, holder=lease.holder)
         self._publish(None, None)
 
     def _holds(self, token: str) -> bool:

@@ -97,7 +97,7 @@ async def test_first_acquire_gets_epoch_1_and_others_wait_for_release(
         assert await b.acquire() is None
         assert await b.current() == ("watchdog-a", 1)
 
-        await a.release(first)
+        assert await a.release(first) is True
         assert await a.current() is None
         second = await b.acquire()
         assert second is not None
@@ -131,7 +131,7 @@ async def test_renew_verify_and_release_with_a_wrong_token_change_nothing(
         forged = Lease(epoch=lease.epoch, token="not-the-token", holder="watchdog-a", safe_until=0)
         assert await lock.renew(forged) is None
         assert not await lock.verify(forged)
-        await lock.release(forged)
+        assert await lock.release(forged) is False
         assert await lock.verify(lease)
         assert await lock.current() == ("watchdog-a", 1)
 
@@ -151,7 +151,7 @@ async def test_expired_lock_goes_to_the_next_holder_with_a_higher_epoch(
         assert new.epoch > old.epoch
         assert await a.renew(old) is None
         assert not await a.verify(old)
-        await a.release(old)  # compare-and-delete: must not free b's lock
+        assert await a.release(old) is False  # compare-and-delete: must not free b's lock
         assert await b.verify(new)
         assert await a.current() == ("watchdog-b", new.epoch)
 
@@ -185,7 +185,7 @@ async def test_redis_killed_acquire_raises_lock_unavailable_at_once(
         with pytest.raises(LockUnavailable):
             await lock.renew(lease)
         assert time.monotonic() - started < FAIL_FAST_BOUND
-        await lock.release(lease)  # best effort: must not raise
+        assert await lock.release(lease) is False  # best effort: must not raise
 
 
 async def test_redis_paused_calls_fail_within_the_socket_timeout(redis_srv: RedisServer) -> None:

@@ -60,11 +60,13 @@ class FakeLock:
             return None
         return replace(lease, safe_until=now + TTL - MARGIN)
 
-    async def release(self, lease: Lease) -> None:
+    async def release(self, lease: Lease) -> bool:
         if self.release_hangs:
             await asyncio.Event().wait()
         self.released.append(lease)
+        ours = lease.token == self.token
         self.token = None
+        return ours
 
     async def current(self) -> tuple[str, int] | None:
         return self.other
