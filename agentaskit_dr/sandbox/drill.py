@@ -285,18 +285,29 @@ def run_drill(*, threshold: str, interval: str, workdir: Path | None) -> int:
     base.chmod(0o755)  # PostgreSQL runs as an unprivileged user below this folder
     print(f"Sandbox drill: db_unreachable threshold {threshold_s:g}s, probe interval "
           f"{interval_s:g}s; workdir {base}")
+    root = (base if keep else Path.cwd()) / "evidence"
+    runbook_files: list[Path] = []
     try:
         result = drill_once(threshold=threshold_s, interval=interval_s, workdir=base)
+        # The acting watchdog's runbook evidence (timeline, RTO, RPO) and review draft.
+        for path in sorted((base / "evidence" / "failover").glob("*")):
+            target = root / "failover" / path.name
+            if path != target:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            runbook_files.append(target)
     finally:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
     print_report(result)
-    evidence_dir = (base if keep else Path.cwd()) / "evidence" / "drills"
+    evidence_dir = root / "drills"
     evidence_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     evidence = evidence_dir / f"sandbox-drill-{stamp}.json"
     evidence.write_text(json.dumps(result, indent=2))
     print(f"\nEvidence: {evidence}")
+    for path in runbook_files:
+        print(f"Runbook evidence: {path}")
     ok = result["figures"]["promotions"] == 1 and result["figures"]["replica_writable"]
     print("Result: PASS, promoted exactly once" if ok else "Result: FAIL", flush=True)
     return 0 if ok else 1
