@@ -154,7 +154,9 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
     """One kill-the-primary run; returns the measured figures (seconds) and the timeline."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        pair = stack.enter_context(PostgresPair(workdir / "pg"))
+        # Data directories in the pair's own scratch space: the unprivileged PostgreSQL
+        # user may not be able to traverse the caller's workdir (a 0700 parent).
+        pair = stack.enter_context(PostgresPair())
         redis = stack.enter_context(RedisServer())
         health = {name: stack.enter_context(health_endpoint()) for name in REGIONS}
         # Three vantage points: a watchdog per region and a witness (DESIGN.md section 4).
@@ -282,13 +284,17 @@ def run_drill(*, threshold: str, interval: str, workdir: Path | None) -> int:
     keep = workdir is not None
     base = workdir or Path(tempfile.mkdtemp(prefix="agentaskit-drill-"))
     base.mkdir(parents=True, exist_ok=True)
-    base.chmod(0o755)  # PostgreSQL runs as an unprivileged user below this folder
     print(f"Sandbox drill: db_unreachable threshold {threshold_s:g}s, probe interval "
           f"{interval_s:g}s; workdir {base}")
     root = (base if keep else Path.cwd()) / "evidence"
     runbook_files: list[Path] = []
     try:
-        result = drill_once(threshold=threshold_s, interval=interval_s, workdir=base)
+        try:
+            result = drill_once(threshold=threshold_s, interval=interval_s, workdir=base)
+        except (RuntimeError, OSError) as exc:
+            # A part that would not start: one readable paragraph, not a traceback.
+            print(f"agentaskit-dr drill: {exc}", file=sys.stderr)
+            return 1
         # The acting watchdog's runbook evidence (timeline, RTO, RPO) and review draft.
         for path in sorted((base / "evidence" / "failover").glob("*")):
             target = root / "failover" / path.name
