@@ -40,6 +40,8 @@ class RegionView:
     health_ok: bool | None = None
     # It heard recently from a watchdog running in this region.
     watchdog_reached: bool | None = None
+    # When it looked at the database, on the assessing watchdog's clock (None: unknown).
+    db_observed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -77,6 +79,9 @@ class Assessment:
     self_isolated: bool
     detail: str
     unreachable: tuple[str, ...] = ()
+    # Some vantage's view predates this watchdog's failure and was set aside: the verdict
+    # may still change when their next reports arrive (no alert yet).
+    provisional: bool = False
 
 
 def _opinions(views: Sequence[Vantage], primary_region: str, attribute: str) -> list[
@@ -104,7 +109,31 @@ def _names(views: Sequence[Vantage]) -> str:
     return ", ".join(v.name for v in views)
 
 
-def assess(own: Vantage, others: Sequence[Vantage], primary_region: str) -> Assessment:
+def _newer_than(views: Sequence[Vantage], own: Vantage, primary_region: str,
+                since: float | None) -> tuple[list[Vantage], bool]:
+    """The views, with a peer's "database reachable" dropped when it was observed before
+    ``since`` (this watchdog's first failing look): old news cannot dissent from a newer
+    failure. Returns the views and whether any was set aside."""
+    if since is None:
+        return list(views), False
+    kept: list[Vantage] = []
+    set_aside = False
+    for vantage in views:
+        view = vantage.view_of(primary_region)
+        if (vantage is not own and view.db_reachable and view.db_observed_at is not None
+                and view.db_observed_at < since):
+            regions = dict(vantage.regions)
+            regions[primary_region] = RegionView(None, view.health_ok, view.watchdog_reached)
+            kept.append(Vantage(vantage.name, vantage.role, vantage.region, vantage.fresh,
+                                regions, vantage.wal_streaming))
+            set_aside = True
+        else:
+            kept.append(vantage)
+    return kept, set_aside
+
+
+def assess(own: Vantage, others: Sequence[Vantage], primary_region: str, *,
+           failing_since: float | None = None) -> Assessment:
     """Turn own + peer + witness observations into one verdict about the primary.
 
     - primary down: every fresh vantage with an opinion sees the primary database
@@ -117,6 +146,10 @@ def assess(own: Vantage, others: Sequence[Vantage], primary_region: str) -> Asse
 
     With no peers or witness configured, this watchdog's own view decides (the
     single-vantage mode of a plain two-watchdog setup).
+
+    ``failing_since``: when this watchdog's own probes started to find the primary database
+    unreachable (None while they reach it). A peer's "reachable" observed before then is
+    old news and does not dissent; such a verdict is ``provisional``.
     """
     reachable = [o for o in others if o.fresh]
     unreachable = tuple(o.name for o in others if not o.fresh)
@@ -125,7 +158,8 @@ def assess(own: Vantage, others: Sequence[Vantage], primary_region: str) -> Asse
             Verdict.SELF_ISOLATED, db_failing=False, region_failing=False, self_isolated=True,
             detail=f"self isolated: no answer from {_names(others)}", unreachable=unreachable,
         )
-    views = [own, *reachable]
+    views, provisional = _newer_than([own, *reachable], own, primary_region, failing_since)
+    reachable = views[1:]
     need_outside = bool(others)
     db = _opinions(views, primary_region, "db_reachable")
     health = _opinions(views, primary_region, "health_ok")
@@ -137,7 +171,8 @@ def assess(own: Vantage, others: Sequence[Vantage], primary_region: str) -> Asse
         Assessment
     ):
         return Assessment(kind, db_failing=db, region_failing=region, self_isolated=False,
-                          detail=detail + suffix, unreachable=unreachable)
+                          detail=detail + suffix, unreachable=unreachable,
+                          provisional=provisional)
 
     if db_failing:
         seen_by = _names([v for v, _ in db])

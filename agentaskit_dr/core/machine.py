@@ -83,7 +83,8 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
     """Move the clocks the assessment has news for, and the self-fencing clock."""
     assessment = event.assessment
     commands: list[Command] = []
-    if assessment.verdict is not state.assessed:
+    # A provisional verdict moves the clocks but is not announced until peers confirm it.
+    if assessment.verdict is not state.assessed and not assessment.provisional:
         if assessment.verdict in _ALERTING and not (
             assessment.verdict is Verdict.DEGRADED and state.assessed in _ALERTING
         ):

@@ -114,6 +114,8 @@ class Engine:
         self.started = False
         self.metrics: Metrics | None = None
         self.runbook: Runbook | None = None
+        # This watchdog's own unbroken streak of failed primary probes (raw, no quorum).
+        self._own_db_failing_since: float | None = None
         self._resume_due: float | None = None
         self._phase_since = self._clock()
 
@@ -263,6 +265,10 @@ class Engine:
         if item.probe == PRIMARY_DB:
             if observation.current_lsn is not None:
                 self.primary_last_lsn = observation.current_lsn
+            if not observation.reachable and self._own_db_failing_since is None:
+                self._own_db_failing_since = item.at
+            elif observation.reachable:
+                self._own_db_failing_since = None
             return [self._assessed(db_evidence=True)]
         if item.probe == STANDBY_DB and observation.reachable:
             self.lag_bytes = replication_lag_bytes(self.primary_last_lsn, observation)
@@ -278,7 +284,8 @@ class Engine:
         """Assess own + peer + witness views now that an own probe brought news."""
         others = self.vantages()
         own = own_vantage(self.config, self.latest, others, self._clock())
-        assessment = assess(own, others, self.config.primary_region)
+        assessment = assess(own, others, self.config.primary_region,
+                            failing_since=self._own_db_failing_since)
         # The own probe's words (the error, the URLs' tally) end the detail.
         own_detail = None
         if db_evidence and assessment.db_failing:
@@ -408,6 +415,7 @@ class Engine:
         log.warning("primary_region_changed", old=self.config.primary_region, new=new_primary)
         self.config = self.config.with_primary(new_primary)
         self.latest.clear()
+        self._own_db_failing_since = None
         self.primary_last_lsn = None
         self.lag_bytes = None
         self._probes_stale = True

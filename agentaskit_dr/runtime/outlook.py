@@ -61,7 +61,8 @@ def own_vantage(
             health_ok = health.observation.healthy
         heard = any(o.fresh and o.role is Role.WATCHDOG and o.region == name for o in others)
         regions[name] = RegionView(db_reachable=db_reachable, health_ok=health_ok,
-                                   watchdog_reached=heard or None)
+                                   watchdog_reached=heard or None,
+                                   db_observed_at=db.at if db is not None else None)
     return Vantage(name=f"{config.holder} (self)", role=Role(config.role), region=config.region,
                    fresh=True, regions=regions, wal_streaming=wal_streaming)
 
@@ -83,7 +84,9 @@ def wire_report(
         "age": round(max(0.0, min(ages, default=0.0)), 3),
         "regions": {
             name: {"db_reachable": view.db_reachable, "health_ok": view.health_ok,
-                   "watchdog_reached": view.watchdog_reached}
+                   "watchdog_reached": view.watchdog_reached,
+                   "db_age": None if view.db_observed_at is None
+                   else round(max(0.0, now - view.db_observed_at), 3)}
             for name, view in own.regions.items()
         },
         "wal_streaming": own.wal_streaming,

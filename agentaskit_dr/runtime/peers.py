@@ -33,6 +33,8 @@ class _WireRegion(BaseModel):
     db_reachable: bool | None = None
     health_ok: bool | None = None
     watchdog_reached: bool | None = None
+    db_age: float | None = Field(default=None, ge=0, le=86400)
+    """Seconds between the database probe and the response."""
 
 
 class WireReport(BaseModel):
@@ -50,9 +52,15 @@ class WireReport(BaseModel):
     wal_streaming: bool | None = None
     peers: dict[str, bool] = Field(default_factory=dict, max_length=16)
 
-    def vantage(self, label: str) -> Vantage:
-        regions = {name: RegionView(r.db_reachable, r.health_ok, r.watchdog_reached)
-                   for name, r in self.regions.items()}
+    def vantage(self, label: str, received_at: float | None = None) -> Vantage:
+        """The report as a vantage; ``received_at`` (local clock) dates its observations."""
+        regions = {
+            name: RegionView(
+                r.db_reachable, r.health_ok, r.watchdog_reached,
+                None if received_at is None or r.db_age is None else received_at - r.db_age,
+            )
+            for name, r in self.regions.items()
+        }
         return Vantage(name=f"{self.node} ({label})", role=Role(self.role), region=self.region,
                        fresh=True, regions=regions, wal_streaming=self.wal_streaming)
 
@@ -171,7 +179,7 @@ class PeerPoller:
                 role = Role.WITNESS if label == "witness" else Role.WATCHDOG
                 found.append(Vantage(name=label, role=role, region="?", fresh=False))
             else:
-                found.append(heard.report.vantage(label))
+                found.append(heard.report.vantage(label, heard.at))
         return found
 
     def links(self) -> dict[str, bool]:

@@ -184,10 +184,14 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
             if wait_for_event([dog], lambda e: e.get("event") == "api_started", 20) is None:
                 raise RuntimeError(f"{dog.region} did not start; see {dog.log_path}")
         ready = wait_for_event(dogs, lambda e: e.get("event") == "lock_acquired", 20)
-        healthy = wait_for_event(
-            dogs, lambda e: e.get("verdict") == "no action: primary healthy", 20
+        # Every vantage must hear the others and see the primary healthy before the kill.
+        started = time.time()
+        healthy = all(
+            wait_for_event([dog], lambda e: e.get("assessment") == "healthy"
+                           and event_time(e) >= started, 20) is not None
+            for dog in dogs
         )
-        if ready is None or healthy is None:
+        if ready is None or not healthy:
             raise RuntimeError(f"watchdogs did not become ready; see the logs in {workdir}")
         killed_at = time.time()  # before kill(): it also reaps and cleans up after itself
         pair.primary.kill()

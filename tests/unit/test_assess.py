@@ -149,3 +149,38 @@ def test_unreachable_vantages_are_named() -> None:
     result = assess(own, [peer, witness], PRIMARY)
     assert result.unreachable == ("witness",)
     assert "witness" in result.detail
+
+
+# ---------------------------------------------------------------- old news does not dissent
+
+
+def _observed(name: str, role: Role, region: str, *, db: bool, at: float) -> Vantage:
+    return Vantage(name=name, role=role, region=region,
+                   regions={PRIMARY: RegionView(db, True, True, db_observed_at=at)})
+
+
+def test_a_peer_view_older_than_our_failure_is_set_aside_provisionally() -> None:
+    # East's probes fail from t=100; the witness last looked at t=99.7 and saw it up.
+    own = _vantage("east", Role.WATCHDOG, EAST, db=False)
+    witness = _observed("witness", Role.WITNESS, SITE, db=True, at=99.7)
+    result = assess(own, [witness], PRIMARY, failing_since=100.0)
+    assert result.db_failing
+    assert result.provisional
+    assert result.verdict is Verdict.PRIMARY_DOWN
+
+
+def test_a_peer_view_newer_than_our_failure_still_dissents() -> None:
+    own = _vantage("east", Role.WATCHDOG, EAST, db=False)
+    witness = _observed("witness", Role.WITNESS, SITE, db=True, at=100.2)
+    result = assess(own, [witness], PRIMARY, failing_since=100.0)
+    assert not result.db_failing
+    assert result.verdict is Verdict.PARTIAL_PARTITION
+    assert not result.provisional
+
+
+def test_an_old_failing_view_still_agrees() -> None:
+    own = _vantage("east", Role.WATCHDOG, EAST, db=False)
+    witness = _observed("witness", Role.WITNESS, SITE, db=False, at=99.0)
+    result = assess(own, [witness], PRIMARY, failing_since=100.0)
+    assert result.db_failing
+    assert not result.provisional

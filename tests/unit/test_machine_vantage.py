@@ -436,3 +436,19 @@ def test_primary_seen_reachable_within_every_window_never_fails_over(
     _, commands = run(reachable_within_every_window(steps))
 
     assert of_type(commands, StartFailover) == []
+
+
+def test_a_provisional_verdict_moves_the_clock_without_an_alert() -> None:
+    provisional = Assessment(Verdict.PRIMARY_DOWN, db_failing=True, region_failing=False,
+                             self_isolated=False, detail="primary down", provisional=True)
+    state, commands = transition(WatchState(), Assessed(provisional, primary_side=False,
+                                                        db_evidence=True), 10.0)
+    assert state.clocks[Condition.DB_UNREACHABLE].failing_since == 10.0
+    assert commands == []
+    assert state.assessed is None
+    confirmed = Assessment(Verdict.PRIMARY_DOWN, db_failing=True, region_failing=False,
+                           self_isolated=False, detail="primary down")
+    state, commands = transition(state, Assessed(confirmed, primary_side=False,
+                                                 db_evidence=True), 10.5)
+    assert state.clocks[Condition.DB_UNREACHABLE].failing_since == 10.0
+    assert [c.message for c in commands if isinstance(c, Alert)] == ["primary down"]
