@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -39,6 +36,18 @@ from tenacity import (
     wait_exponential,
 )
 
+from agentaskit_dr.actuators._route53_records import (
+    NAME,
+    FencingMarker,
+    Records,
+    matches,
+    normalize,
+    parse_marker,
+    rrset_value,
+    summary,
+    txt_rrset,
+    validate_settings,
+)
 from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
 
 __all__ = ["FencingMarker", "Route53Switch"]
@@ -46,13 +55,9 @@ __all__ = ["FencingMarker", "Route53Switch"]
 log = structlog.get_logger(__name__)
 
 Style = Literal["simple", "weighted", "failover"]
-#: Set identifier ("" for a simple record) -> {"value", "ttl", and "weight" or "failover"}.
-Records = dict[str, dict[str, Any]]
 
 _MARKER_PREFIX = "_agentaskit-dr."
 _MARKER_TTL = 60
-# Failover ids and region names go into the marker's TXT string (255 characters at most).
-_NAME = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 # Route 53 answers these with 400, yet they pass: a prior change still being processed,
 # or the per-account rate limit of five requests a second.
 _TRANSIENT_CODES = frozenset(
@@ -62,18 +67,6 @@ _TRANSIENT_CODES = frozenset(
 # The marker may move under us a few times (a lost answer to our own change, a rival);
 # beyond that something is writing it in a loop and a human must look.
 _CAS_ROUNDS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class FencingMarker:
-    """The TXT record that says which epoch last switched the record, and to what."""
-
-    epoch: int
-    run: str
-    serving: str
-    weight: int
-    values: tuple[str, ...]  # as stored, quoted: the DELETE of a compare-and-set needs them
-    ttl: int
 
 
 class _BatchRejected(ActuationFailed):
@@ -113,7 +106,7 @@ class Route53Switch:
         insync_timeout: float = 120.0,
         insync_poll: float = 2.0,
     ) -> None:
-        _validate(zone=hosted_zone_id, record_type=record_type, ttl=ttl, style=style,
+        validate_settings(zone=hosted_zone_id, record_type=record_type, ttl=ttl, style=style,
                   targets=targets, serving=serving_region, weight=weight)
         self._zone = hosted_zone_id.removeprefix("/hostedzone/")
         self._record = record_name.rstrip(".").lower()
@@ -121,7 +114,7 @@ class Route53Switch:
         self._type = record_type
         self._ttl = ttl
         self._style = style
-        self._targets = {region: _normalize(record_type, v) for region, v in targets.items()}
+        self._targets = {region: normalize(record_type, v) for region, v in targets.items()}
         self._serving = serving_region
         others = [region for region in targets if region != serving_region]
         self._other = others[0] if others else None
@@ -145,10 +138,10 @@ class Route53Switch:
         head = f"{self._record} {self._type}"
         if self._style != "simple":
             head += f" {self._style}"
-        if _matches(records, desired):
-            return f"{head}: already {_summary(desired)} (marker epoch {epoch})"
+        if matches(records, desired):
+            return f"{head}: already {summary(desired)} (marker epoch {epoch})"
         return (
-            f"{head}: {_summary(records)} -> {_summary(desired)} "
+            f"{head}: {summary(records)} -> {summary(desired)} "
             f"(marker epoch {epoch} -> this run's epoch)"
         )
 
@@ -169,7 +162,7 @@ class Route53Switch:
 
     async def apply(self, *, epoch: int, failover_id: str) -> StepOutcome:
         """Switch the record under ``epoch``; StaleEpoch if the marker carries a newer one."""
-        if not _NAME.fullmatch(failover_id):
+        if not NAME.fullmatch(failover_id):
             raise ActuationFailed(
                 f"failover_id {failover_id!r} cannot be recorded in the DNS marker: use up to "
                 "100 letters, digits, '.', '_', ':' or '-'"
@@ -191,7 +184,7 @@ class Route53Switch:
                 flog.info("dns_switch_already_done", records=records)
                 return StepOutcome(
                     changed=False,
-                    detail=f"{self._record} {self._type} already {_summary(desired)} "
+                    detail=f"{self._record} {self._type} already {summary(desired)} "
                     f"under epoch {epoch}",
                     data={"old": records, "new": desired, "epoch": epoch, "change_id": None},
                 )
@@ -224,7 +217,7 @@ class Route53Switch:
         serving = {"value": self._targets[self._serving], "ttl": self._ttl}
         if self._style == "simple":
             return {"": serving}
-        assert self._other is not None  # _validate demands two regions for these styles
+        assert self._other is not None  # validate_settings demands two regions for these styles
         other = {"value": self._targets[self._other], "ttl": self._ttl}
         if self._style == "weighted":
             return {
@@ -245,7 +238,7 @@ class Route53Switch:
             marker is not None
             and (marker.epoch == epoch or (marker.run == failover_id and marker.epoch < epoch))
             and (marker.serving, marker.weight) == (self._serving, self._weight)
-            and _matches(records, self._desired())
+            and matches(records, self._desired())
         )
 
     def _applied(
@@ -256,7 +249,7 @@ class Route53Switch:
                   insync=insync)
         return StepOutcome(
             changed=True,
-            detail=f"{self._record} {self._type}: {_summary(old)} -> {_summary(desired)}",
+            detail=f"{self._record} {self._type}: {summary(old)} -> {summary(desired)}",
             data={"old": old, "new": desired, "epoch": epoch, "change_id": change_id,
                   "insync": insync},
         )
@@ -266,7 +259,7 @@ class Route53Switch:
     async def _read_state(self) -> tuple[Records, FencingMarker | None]:
         records: Records = {}
         for rrset in await self._list(self._record, self._type):
-            fields: dict[str, Any] = {"value": _rrset_value(self._type, rrset),
+            fields: dict[str, Any] = {"value": rrset_value(self._type, rrset),
                                       "ttl": rrset.get("TTL")}
             if "Weight" in rrset:
                 fields["weight"] = int(rrset["Weight"])
@@ -281,7 +274,7 @@ class Route53Switch:
             return None
         values = tuple(r["Value"] for r in rrsets[0].get("ResourceRecords", []))
         try:
-            return _parse_marker(values, int(rrsets[0]["TTL"]))
+            return parse_marker(values, int(rrsets[0]["TTL"]))
         except (ValueError, KeyError) as exc:
             raise ActuationFailed(
                 f"fencing marker {self._marker_name} in zone {self._zone} is unreadable "
@@ -311,9 +304,9 @@ class Route53Switch:
             for set_id, fields in desired.items()
         ]
         if marker is not None:
-            changes.append({"Action": "DELETE", "ResourceRecordSet": _txt(
+            changes.append({"Action": "DELETE", "ResourceRecordSet": txt_rrset(
                 self._marker_name, marker.values, marker.ttl)})
-        changes.append({"Action": "CREATE", "ResourceRecordSet": _txt(
+        changes.append({"Action": "CREATE", "ResourceRecordSet": txt_rrset(
             self._marker_name, (text,), _MARKER_TTL)})
         answer = await self._call(
             "change_resource_record_sets", HostedZoneId=self._zone,
@@ -356,12 +349,12 @@ class Route53Switch:
     async def _verify(self, desired: Records, epoch: int, flog: FilteringBoundLogger) -> None:
         records, marker = await self._read_state()
         _refuse_stale(marker, epoch, self._record, flog)
-        if not _matches(records, desired) or marker is None or marker.epoch != epoch:
+        if not matches(records, desired) or marker is None or marker.epoch != epoch:
             found = "none" if marker is None else marker.epoch
             raise ActuationFailed(
                 f"{self._record} {self._type} in zone {self._zone} reads back "
-                f"{_summary(records)} with marker epoch {found} after the change, "
-                f"expected {_summary(desired)} with epoch {epoch}"
+                f"{summary(records)} with marker epoch {found} after the change, "
+                f"expected {summary(desired)} with epoch {epoch}"
             )
 
     async def _route53(self) -> Any:
@@ -420,99 +413,6 @@ class Route53Switch:
             if code == "InvalidChangeBatch":
                 raise _BatchRejected(message) from exc
             raise ActuationFailed(message) from exc
-
-
-def _validate(
-    *, zone: str, record_type: str, ttl: int, style: str, targets: Mapping[str, str],
-    serving: str, weight: int,
-) -> None:
-    """Raise ValueError naming the bad setting; config validation should catch these first."""
-    problems = []
-    if not zone.strip():
-        problems.append("hosted_zone_id is empty")
-    if record_type not in {"CNAME", "A", "AAAA"}:
-        problems.append(f"record_type {record_type!r} is not CNAME, A or AAAA")
-    if not 0 <= ttl <= 2_147_483_647:
-        problems.append(f"ttl {ttl} is out of range")
-    if style not in {"simple", "weighted", "failover"}:
-        problems.append(f"style {style!r} is not simple, weighted or failover")
-    if serving not in targets:
-        problems.append(f"serving_region {serving!r} has no entry in targets {sorted(targets)}")
-    if style in {"weighted", "failover"} and len(targets) != 2:
-        problems.append(f"style {style!r} needs exactly two regions in targets, got {len(targets)}")
-    if not 0 <= weight <= 100:
-        problems.append(f"weight {weight} is not a percentage (0-100)")
-    elif weight != 100 and style != "weighted":
-        problems.append(f"weight {weight} needs style 'weighted', not {style!r}")
-    for region, value in targets.items():
-        if not _NAME.fullmatch(region):
-            problems.append(f"targets region {region!r} is not a name like 'us-east-1'")
-        if record_type in {"A", "AAAA"}:
-            try:
-                ipaddress.ip_address(value)
-            except ValueError:
-                problems.append(f"targets[{region!r}] {value!r} is not an IP address")
-        elif not value.strip():
-            problems.append(f"targets[{region!r}] is empty")
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def _normalize(record_type: str, value: str) -> str:
-    """Compare values as Route 53 means them: case and final dot of names do not matter."""
-    if record_type == "CNAME":
-        return value.rstrip(".").lower()
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return value
-
-
-def _rrset_value(record_type: str, rrset: dict[str, Any]) -> str:
-    if "AliasTarget" in rrset:
-        return "alias:" + _normalize("CNAME", rrset["AliasTarget"]["DNSName"])
-    values = sorted(_normalize(record_type, r["Value"]) for r in rrset.get("ResourceRecords", []))
-    return ",".join(values)
-
-
-def _matches(records: Records, desired: Records) -> bool:
-    return all(records.get(set_id) == fields for set_id, fields in desired.items())
-
-
-def _summary(records: Records) -> str:
-    if not records:
-        return "(no record)"
-    parts = []
-    for set_id, fields in sorted(records.items()):
-        text = fields["value"] or "(empty)"
-        if "weight" in fields:
-            text = f"{set_id}={text}@{fields['weight']}"
-        elif "failover" in fields:
-            text = f"{fields['failover']}={text}"
-        parts.append(text)
-    return ", ".join(parts)
-
-
-def _txt(name: str, values: tuple[str, ...], ttl: int) -> dict[str, Any]:
-    return {"Name": name, "Type": "TXT", "TTL": ttl,
-            "ResourceRecords": [{"Value": value} for value in values]}
-
-
-def _parse_marker(values: tuple[str, ...], ttl: int) -> FencingMarker:
-    """The marker of the highest epoch among the TXT strings; ValueError if none parses."""
-    best: FencingMarker | None = None
-    for value in values:
-        fields = dict(token.split("=", 1) for token in value.strip('"').split() if "=" in token)
-        marker = FencingMarker(
-            epoch=int(fields["epoch"]), run=fields.get("run", ""),
-            serving=fields.get("serving", ""), weight=int(fields.get("weight", "100")),
-            values=values, ttl=ttl,
-        )
-        if best is None or marker.epoch > best.epoch:
-            best = marker
-    if best is None:
-        raise ValueError("no TXT string")
-    return best
 
 
 def _refuse_stale(
