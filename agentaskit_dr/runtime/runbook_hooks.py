@@ -9,7 +9,8 @@ from kubernetes_asyncio.client import ApiClient
 
 from agentaskit_dr.actuators.dns_route53 import Route53Switch
 from agentaskit_dr.actuators.kube_scale import DeploymentScaler, kube_api_client
-from agentaskit_dr.actuators.notify import NotificationHub, WebhookNotifier, build_notifier
+from agentaskit_dr.actuators.notify import WebhookNotifier, build_notifier
+from agentaskit_dr.actuators.notify_hub import NotificationHub
 from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.actuators.verify import ServiceVerifier
 from agentaskit_dr.config import WatchdogConfig

@@ -11,11 +11,11 @@ from structlog.testing import capture_logs
 
 from agentaskit_dr.actuators.notify import (
     GenericWebhookNotifier,
-    NotificationHub,
     PagerDutyNotifier,
     SlackNotifier,
     build_notifier,
 )
+from agentaskit_dr.actuators.notify_hub import NotificationHub
 from agentaskit_dr.ports import Notification
 from agentaskit_dr.sandbox.redis import free_port
 from tests.integration.webhook_receiver import (
