@@ -159,9 +159,9 @@ async def held_lock(config: WatchdogConfig) -> AsyncIterator[_HeldLock]:
         if lease is None:
             current = await lock.current()
             who = f"{current[0]} (epoch {current[1]})" if current else "someone (just now)"
-            raise Refused(f"the leader lock is held by {who}; a running watchdog acts "
-                          "through its API (agentaskit-dr pause, POST /v1/failover), or stop "
-                          "it first")
+            raise Refused(f"the leader lock is held by {who}; ask the running watchdog "
+                          "(agentaskit-dr request-failover [--dry-run], pause), or stop it "
+                          "first")
         print(f"lock taken as {holder}, epoch {lease.epoch}", file=sys.stderr)
         held = _HeldLock(lease, lock.verify)
 

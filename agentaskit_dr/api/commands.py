@@ -34,6 +34,7 @@ _ACTIONS: dict[str, tuple[str, bool]] = {
     "pause": ("/v1/pause", True),
     "resume": ("/v1/resume", True),
     "ack": ("/v1/ack", True),
+    "request-failover": ("/v1/failover", True),
 }
 
 
@@ -68,6 +69,7 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "pause": "pause automatic failover",
         "resume": "resume automatic failover",
         "ack": "acknowledge a failover, so the watchdog may fail over again",
+        "request-failover": "ask the watchdog holding the lock to run the failover runbook now",
     }
     parsers = {
         action: sub.add_parser(action, parents=[common], help=helps[action])
@@ -75,6 +77,9 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     }
     parsers["status"].add_argument("--json", action="store_true", help="print the raw JSON")
     parsers["pause"].add_argument("--reason", help="why, for the watchdog's log")
+    parsers["request-failover"].add_argument("--reason", help="why, for the log and the run")
+    parsers["request-failover"].add_argument(
+        "--dry-run", action="store_true", help="show the plan and what blocks it; change nothing")
     for action, parser in parsers.items():
         parser.set_defaults(api_action=action)
 
@@ -107,9 +112,12 @@ def run_api_command(args: argparse.Namespace) -> int:
 
 
 def _body(action: str, args: argparse.Namespace) -> dict[str, Any]:
-    if action == "pause" and args.reason is not None:
-        return {"reason": args.reason}
-    return {}
+    body: dict[str, Any] = {}
+    if action in {"pause", "request-failover"} and args.reason is not None:
+        body["reason"] = args.reason
+    if action == "request-failover":
+        body["dry_run"] = args.dry_run
+    return body
 
 
 @dataclass(frozen=True)

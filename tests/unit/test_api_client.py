@@ -283,6 +283,17 @@ def test_pause_sends_the_reason_with_the_token(
     assert "reason  DB upgrade" in capsys.readouterr().out
 
 
+def test_request_failover_posts_dry_run_and_reason_with_the_token(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = command("request-failover", "--dry-run", "--reason", "drill", "--url", served.url,
+                   "--token-file", str(served.token_file))
+
+    assert code == 0
+    assert served.controller.calls == [("failover", {"dry_run": True, "reason": "drill"})]
+    assert "drill" in capsys.readouterr().out
+
+
 def test_resume_takes_url_and_token_file_from_the_environment(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
