@@ -147,21 +147,24 @@ async def read_marker_epoch(conn: asyncpg.Connection) -> int | None:
 
 
 async def fence_server(
-    dsn: str, *, epoch: int, io_timeout: float, flog: FilteringBoundLogger
+    dsn: str, *, epoch: int | None, io_timeout: float, flog: FilteringBoundLogger
 ) -> FenceResult:
     """Make the server at ``dsn`` read-only and end its client sessions, under ``epoch``.
 
     Refuses (PromotionRefused) a server whose marker epoch is >= ``epoch``: that is the
-    server this epoch promoted. A standby needs no fence. Idempotent. Connect, each query
-    and the confirmation are bounded by ``io_timeout``; ServerUnreachable when it does not
-    answer. Logs what it did; a refusal is left to the caller to log, with its context.
+    server this epoch promoted. ``epoch`` None is self-fencing: a watchdog fencing the
+    primary of its own region, whatever epoch promoted it. A standby needs no fence.
+    Idempotent. Connect, each query and the confirmation are bounded by ``io_timeout``;
+    ServerUnreachable when it does not answer. Logs what it did; a refusal is left to the
+    caller to log, with its context.
     """
     target = describe_dsn(dsn)
     async with session(dsn, role="fence target", io_timeout=io_timeout) as conn:
         if await conn.fetchval("SELECT pg_is_in_recovery()"):
             flog.info("fence_not_needed", target=target, fenced=True, detail="standby")
             return FenceResult(fenced=True, sessions_terminated=0, detail="standby")
-        _refuse_promoted_target(target, await read_marker_epoch(conn), epoch)
+        if epoch is not None:
+            _refuse_promoted_target(target, await read_marker_epoch(conn), epoch)
         try:
             await conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
             await conn.execute("SELECT pg_reload_conf()")

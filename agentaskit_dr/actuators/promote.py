@@ -166,11 +166,12 @@ class PostgresPromoter:
             plog.error("promotion_stale_epoch", reason=str(exc))
             raise
 
-    async def fence(self, dsn: str, *, epoch: int) -> FenceResult:
+    async def fence(self, dsn: str, *, epoch: int | None) -> FenceResult:
         """Make the server at ``dsn`` read-only and end its client sessions.
 
         Refuses (PromotionRefused) a server whose marker epoch is >= ``epoch``: that is
-        the one this epoch promoted. A standby needs no fence (fenced=True, "standby").
+        the one this epoch promoted. ``epoch`` None self-fences (no marker check). A
+        standby needs no fence (fenced=True, "standby").
         Raises ServerUnreachable when it does not answer within ``connect_timeout``.
         """
         flog = log.bind(epoch=epoch)

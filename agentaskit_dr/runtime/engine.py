@@ -53,9 +53,6 @@ log = structlog.get_logger(__name__)
 
 __all__ = ["PRIMARY_DB", "STANDBY_DB", "Engine"]
 
-#: Self-fencing fences this daemon's own primary whatever epoch marker it carries.
-SELF_FENCE_EPOCH = 2**62
-
 PromoterFactory = Callable[[WatchdogConfig], Promoter]
 
 
@@ -364,7 +361,8 @@ class Engine:
         promoter = self._promoter_factory(self.config)
         dsn = self.config.regions[self.config.primary_region].database.connect_dsn()
         try:
-            result = await promoter.fence(dsn, epoch=SELF_FENCE_EPOCH)
+            # No epoch: its own primary is fenced whatever epoch promoted it.
+            result = await promoter.fence(dsn, epoch=None)
         except Exception as exc:  # logged; the alert already went out
             log.exception("self_fence_failed", reason=command.reason, error=str(exc))
             return

@@ -297,6 +297,20 @@ async def test_fence_refuses_the_server_promoted_under_this_or_newer_epoch(
     killed_primary.replica.sql("INSERT INTO orders VALUES (1)")  # still writable
 
 
+async def test_self_fence_without_an_epoch_fences_even_a_promoted_primary(
+    killed_primary: PostgresPair,
+) -> None:
+    # Self-fencing: a watchdog cut off from its peers fences its own region's primary,
+    # whichever epoch promoted it.
+    target = promoter(killed_primary)
+    await promote(target, 7)
+
+    result = await target.fence(killed_primary.replica.dsn, epoch=None)
+
+    assert result.fenced, result.detail
+    assert killed_primary.replica.sql("SHOW default_transaction_read_only") == "on"
+
+
 async def test_fence_of_a_standby_has_nothing_to_do(pg_pair: PostgresPair) -> None:
     result = await promoter(pg_pair).fence(pg_pair.replica.dsn, epoch=7)
 

@@ -138,7 +138,7 @@ class FakePromoter:
                                writable_at=asyncio.get_running_loop().time(),
                                old_primary_fenced=True, detail="us-east-1-db promoted")
 
-    async def fence(self, dsn: str, *, epoch: int) -> FenceResult:
+    async def fence(self, dsn: str, *, epoch: int | None) -> FenceResult:
         raise AssertionError(f"nothing may be fenced here ({dsn}, epoch {epoch})")
 
 

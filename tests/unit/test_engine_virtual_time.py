@@ -235,7 +235,7 @@ class FakePromoter:
             detail=f"{self.region}-db:5432/app promoted",
         )
 
-    async def fence(self, dsn: str, *, epoch: int) -> FenceResult:
+    async def fence(self, dsn: str, *, epoch: int | None) -> FenceResult:
         self.world.fence_calls.append(now())
         [region] = [name for name in (WEST, EAST) if dsn == database_dsn(name)]
         self.world.fenced.add(region)

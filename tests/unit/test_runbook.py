@@ -145,7 +145,7 @@ class FakePromoter:
             detail=f"standby in {EAST} promoted under epoch {epoch}",
         )
 
-    async def fence(self, dsn: str, *, epoch: int) -> FenceResult:
+    async def fence(self, dsn: str, *, epoch: int | None) -> FenceResult:
         raise AssertionError("the runbook fences through promote(), never on its own")
 
 
