@@ -31,7 +31,8 @@ log = structlog.get_logger(__name__)
 
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 PAGERDUTY_SEVERITIES = frozenset({"critical", "error", "warning", "info"})
-NOTIFIER_KINDS = ("slack", "pagerduty", "webhook")
+#: The kinds ``notifications.webhooks[].kind`` takes in the config.
+NOTIFIER_KINDS = ("slack", "pagerduty", "generic")
 
 _ERROR_EXCERPT = 200
 _SLACK_TEXT_LIMIT = 2900  # Slack rejects section texts over 3000 characters
@@ -310,7 +311,7 @@ class GenericWebhookNotifier(WebhookNotifier):
     """
 
     def __init__(
-        self, url: str, headers: Mapping[str, str] | None = None, *, name: str = "webhook",
+        self, url: str, headers: Mapping[str, str] | None = None, *, name: str = "generic",
         **options: Any,
     ) -> None:
         super().__init__(url, name=name, headers=headers, **options)
@@ -329,7 +330,7 @@ def build_notifier(
     kind: str, url: str | None, routing_key: str | None = None,
     headers: Mapping[str, str] | None = None, *, name: str | None = None, **options: Any,
 ) -> WebhookNotifier:
-    """A notifier of ``kind`` ("slack", "pagerduty" or "webhook"), from configuration.
+    """A notifier of ``kind`` ("slack", "pagerduty" or "generic"), from configuration.
 
     ``url`` may be None for PagerDuty (the public Events API). Raises ValueError naming
     the kind or setting that is wrong.

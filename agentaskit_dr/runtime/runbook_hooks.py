@@ -125,10 +125,8 @@ def notifiers(config: WatchdogConfig, kinds: Sequence[str]) -> list[WebhookNotif
                 log.error("notifier_unavailable", notifier=f"{hook.kind}{index}",  # noqa: TRY400
                           reason=f"routing_key_file {hook.routing_key_file}: {exc.strerror}")
                 continue
-        # The config says "generic"; the notifier module calls that kind "webhook".
-        kind = "webhook" if hook.kind == "generic" else hook.kind
         try:
-            found.append(build_notifier(kind, hook.url, routing_key=key,
+            found.append(build_notifier(hook.kind, hook.url, routing_key=key,
                                         name=f"{hook.kind}{index}",
                                         timeout=config.runbook.notify_timeout))
         except ValueError as exc:

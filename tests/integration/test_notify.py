@@ -254,7 +254,7 @@ def test_build_notifier_makes_each_kind_and_rejects_bad_settings() -> None:
     pager = build_notifier("pagerduty", None, routing_key=ROUTING_KEY)
     assert isinstance(pager, PagerDutyNotifier)
     assert pager.target == "https://events.pagerduty.com"
-    ticket = build_notifier("webhook", "https://t.example/api", name="incident_ticket")
+    ticket = build_notifier("generic", "https://t.example/api", name="incident_ticket")
     assert isinstance(ticket, GenericWebhookNotifier)
     assert ticket.name == "incident_ticket"
 
@@ -311,7 +311,7 @@ async def test_hub_notify_gives_up_on_a_slow_notifier_at_its_deadline(
 
 
 def test_hub_rejects_two_notifiers_with_one_name() -> None:
-    with pytest.raises(ValueError, match="repeated: webhook"):
+    with pytest.raises(ValueError, match="repeated: generic"):
         NotificationHub([
             GenericWebhookNotifier("https://a.example/x"),
             GenericWebhookNotifier("https://b.example/y"),
