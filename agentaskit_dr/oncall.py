@@ -147,13 +147,11 @@ class _HeldLock:
 @contextlib.asynccontextmanager
 async def held_lock(config: WatchdogConfig) -> AsyncIterator[_HeldLock]:
     """Take the lock as ``<holder>/cli:<user>``; Refused naming the holder if it is taken."""
-    from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
+    from agentaskit_dr.runtime.supervisor import build_lock
 
     lock_cfg = config.lock
     holder = f"{config.holder}/cli:{getpass.getuser()}"
-    lock = RedisLeaderLock(lock_cfg.url, holder=holder, ttl=lock_cfg.ttl, margin=lock_cfg.margin,
-                           key_prefix=lock_cfg.key_prefix, socket_timeout=lock_cfg.socket_timeout,
-                           password=lock_cfg.password_value())
+    lock = build_lock(config, holder=holder)
     try:
         lease = await lock.acquire()
         if lease is None:
@@ -259,42 +257,28 @@ async def _promote(config: WatchdogConfig, args: argparse.Namespace) -> int:
 
 
 async def _update_dns(config: WatchdogConfig, args: argparse.Namespace) -> int:
-    from agentaskit_dr.actuators.dns_route53 import Route53Switch
+    from agentaskit_dr.runtime.runbook_hooks import dns
 
-    route53 = config.dns.route53
-    region = config.secondary_region if args.target == "secondary" else config.primary_region
-    targets = {name: r.dns_target for name, r in config.regions.items() if r.dns_target}
-    if route53 is None or region not in targets:
-        raise Refused("dns.route53 and every region's dns_target must be set in the config")
+    serving, other = config.secondary_region, config.primary_region
+    if args.target == "primary":
+        serving, other = other, serving
+    switch = dns(config, other, serving, weight=args.weight)
+    if switch is None:
+        raise Refused(f"dns.route53 and regions.{serving}.dns_target must be set in the config")
     async with held_lock(config) as held:
-        switch = Route53Switch(
-            hosted_zone_id=route53.hosted_zone_id, record_name=route53.record_name,
-            record_type=route53.record_type, ttl=route53.ttl, style=route53.style,
-            targets=targets, serving_region=region, weight=args.weight,
-            endpoint_url=route53.endpoint_url, aws_region=route53.aws_region)
         return await _apply(switch, held.lease.epoch, _run_id("dns", held.lease.epoch))
 
 
 async def _scale(config: WatchdogConfig, args: argparse.Namespace) -> int:
-    from kubernetes_asyncio.client import ApiClient
-
-    from agentaskit_dr.actuators.kube_scale import DeploymentScaler, kube_api_client
+    from agentaskit_dr.runtime.runbook_hooks import scaler
 
     if args.region not in config.regions:
         raise Refused(f"--region {args.region!r}: expected one of {', '.join(config.regions)}")
-    kube = config.regions[args.region].kubernetes
-    if kube is None:
+    scale = scaler(config, config.primary_region, args.region, percent=args.percent)
+    if scale is None:
         raise Refused(f"regions.{args.region}.kubernetes is not set in the config")
-
-    async def client() -> ApiClient:
-        return await kube_api_client(api_url=kube.api_url, token_file=kube.token_file,
-                                     ca_file=kube.ca_file, insecure=kube.insecure,
-                                     kubeconfig=kube.kubeconfig, in_cluster=kube.in_cluster)
-
     async with held_lock(config) as held:
-        scaler = DeploymentScaler(client, namespace=kube.namespace, percent=args.percent,
-                                  ready_timeout=kube.ready_timeout)
-        return await _apply(scaler, held.lease.epoch, _run_id("scale", held.lease.epoch))
+        return await _apply(scale, held.lease.epoch, _run_id("scale", held.lease.epoch))
 
 
 async def _verify_failover(config: WatchdogConfig, args: argparse.Namespace) -> int:
@@ -311,19 +295,16 @@ async def _verify_failover(config: WatchdogConfig, args: argparse.Namespace) -> 
 
 async def _failover(config: WatchdogConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.core import FailoverRefused, StartFailover
-    from agentaskit_dr.leadership.journal import RedisJournal
     from agentaskit_dr.runtime.executor import FailoverExecutor
     from agentaskit_dr.runtime.runbook import Runbook
     from agentaskit_dr.runtime.runbook_hooks import build_hooks
+    from agentaskit_dr.runtime.supervisor import build_journal
 
     hooks = build_hooks()
     if args.dry_run:
         return await _dry_run(config, hooks)
     async with held_lock(config) as held:
-        lock_cfg = config.lock
-        journal = RedisJournal(lock_cfg.url, key_prefix=lock_cfg.key_prefix,
-                               socket_timeout=lock_cfg.socket_timeout,
-                               password=lock_cfg.password_value())
+        journal = build_journal(config)
         try:
             executor = FailoverExecutor(held, holder=held.lease.holder, clock=time.monotonic,
                                         force=args.force)
@@ -348,12 +329,12 @@ class _NoLease:
 
 
 async def _dry_run(config: WatchdogConfig, hooks: Hooks) -> int:
-    from agentaskit_dr.leadership.journal import RedisJournal
     from agentaskit_dr.runtime.executor import FailoverExecutor
     from agentaskit_dr.runtime.runbook import Runbook
+    from agentaskit_dr.runtime.supervisor import build_journal
 
     # Nothing is read from or written to the journal: it only completes the runbook.
-    journal = RedisJournal(config.lock.url, key_prefix=config.lock.key_prefix)
+    journal = build_journal(config)
     try:
         runbook = Runbook(journal, FailoverExecutor(_NoLease(), holder=config.holder,
                                                     clock=time.monotonic),
@@ -379,12 +360,9 @@ async def _dry_run(config: WatchdogConfig, hooks: Hooks) -> int:
 
 
 async def _journal(config: WatchdogConfig, args: argparse.Namespace) -> int:
-    from agentaskit_dr.leadership.journal import RedisJournal
+    from agentaskit_dr.runtime.supervisor import build_journal
 
-    lock_cfg = config.lock
-    journal = RedisJournal(lock_cfg.url, key_prefix=lock_cfg.key_prefix,
-                           socket_timeout=lock_cfg.socket_timeout,
-                           password=lock_cfg.password_value())
+    journal = build_journal(config)
     try:
         if args.run_id is None:
             runs = await journal.recent()

@@ -71,7 +71,9 @@ async def verify_standby(config: WatchdogConfig, _from: str, to_region: str,
                           "nothing to promote")
 
 
-def dns(config: WatchdogConfig, _from: str, to_region: str) -> Route53Switch | None:
+def dns(config: WatchdogConfig, _from: str, to_region: str, *,
+        weight: int = 100) -> Route53Switch | None:
+    """The record pointed at ``to_region`` (``weight`` percent of it, weighted style)."""
     route53 = config.dns.route53
     targets = {name: region.dns_target for name, region in config.regions.items()}
     if route53 is None or targets[to_region] is None:
@@ -80,12 +82,14 @@ def dns(config: WatchdogConfig, _from: str, to_region: str) -> Route53Switch | N
         hosted_zone_id=route53.hosted_zone_id, record_name=route53.record_name,
         record_type=route53.record_type, ttl=route53.ttl, style=route53.style,
         targets={name: target for name, target in targets.items() if target is not None},
-        serving_region=to_region, endpoint_url=route53.endpoint_url,
+        serving_region=to_region, weight=weight, endpoint_url=route53.endpoint_url,
         aws_region=route53.aws_region,
     )
 
 
-def scaler(config: WatchdogConfig, _from: str, to_region: str) -> DeploymentScaler | None:
+def scaler(config: WatchdogConfig, _from: str, to_region: str, *,
+           percent: int | None = None) -> DeploymentScaler | None:
+    """``to_region``'s deployments up by ``percent`` (default ``runbook.scale_percent``)."""
     kube = config.regions[to_region].kubernetes
     if kube is None:
         return None
@@ -96,7 +100,8 @@ def scaler(config: WatchdogConfig, _from: str, to_region: str) -> DeploymentScal
                                      kubeconfig=kube.kubeconfig, in_cluster=kube.in_cluster)
 
     return DeploymentScaler(client, namespace=kube.namespace,
-                            percent=config.runbook.scale_percent,
+                            percent=config.runbook.scale_percent if percent is None
+                            else percent,
                             ready_timeout=kube.ready_timeout,
                             poll_interval=min(2.0, config.probe.interval))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from redis.asyncio import Redis
 
 from agentaskit_dr import logs
 from agentaskit_dr.actuators.promote import PostgresPromoter
@@ -32,7 +33,7 @@ from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
 from agentaskit_dr.runtime.runbook import Runbook
-from agentaskit_dr.runtime.runbook_hooks import build_hooks
+from agentaskit_dr.runtime.runbook_hooks import build_hooks, promoter
 
 log = structlog.get_logger(__name__)
 
@@ -57,26 +58,30 @@ def build_probes(config: WatchdogConfig) -> Sequence[Probe[Observation]]:
 
 
 def build_promoter(config: WatchdogConfig) -> PostgresPromoter:
-    return PostgresPromoter(
-        standby_dsn=config.regions[config.secondary_region].database.connect_dsn(),
-        old_primary_dsn=config.regions[config.primary_region].database.connect_dsn(),
-        max_lag_bytes=config.promotion.max_lag_bytes,
-        connect_timeout=config.probe.timeout,
-        promote_timeout=config.promotion.timeout,
-    )
+    """The promoter for the current topology: the standby region takes over."""
+    return promoter(config, config.primary_region, config.secondary_region)
 
 
-def build_lock(config: WatchdogConfig) -> RedisLeaderLock:
+def build_lock(config: WatchdogConfig, *, holder: str | None = None) -> RedisLeaderLock:
+    """The leader lock as ``holder`` (default: this watchdog's identity)."""
     lock = config.lock
     return RedisLeaderLock(
         lock.url,
-        holder=config.holder,
+        holder=holder or config.holder,
         ttl=lock.ttl,
         margin=lock.margin,
         key_prefix=lock.key_prefix,
         socket_timeout=lock.socket_timeout,
         password=lock.password_value(),
     )
+
+
+def build_journal(config: WatchdogConfig, *, client: Redis | None = None) -> RedisJournal:
+    """The run journal next to the lock; on the lock's own ``client`` when given."""
+    lock = config.lock
+    return RedisJournal(lock.url, key_prefix=lock.key_prefix,
+                        socket_timeout=lock.socket_timeout, password=lock.password_value(),
+                        client=client)
 
 
 async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
@@ -169,10 +174,8 @@ def _assemble(
         stale_after=stale_after(config),
         clock=loop.time,
     )
-    journal = RedisJournal(config.lock.url, key_prefix=config.lock.key_prefix,
-                           socket_timeout=config.lock.socket_timeout, client=lock.client)
-    runbook = Runbook(journal, executor, build_hooks(), config=lambda: engine.config,
-                      clock=loop.time)
+    runbook = Runbook(build_journal(config, client=lock.client), executor, build_hooks(),
+                      config=lambda: engine.config, clock=loop.time)
     runbook.lag_bytes = lambda: engine.lag_bytes
     runbook.lag_seconds = lambda: engine.lag_seconds
     engine.runbook = runbook
