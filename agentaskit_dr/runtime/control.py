@@ -12,7 +12,14 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.api.server import ControlRefused
-from agentaskit_dr.core import Acknowledged, FailoverRequested, Paused, Phase, Resumed
+from agentaskit_dr.core import (
+    Acknowledged,
+    FailoverRequested,
+    Paused,
+    Phase,
+    Resumed,
+    StartFailover,
+)
 from agentaskit_dr.runtime.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -51,16 +58,16 @@ class EngineController:
         return True, f"config loaded, {len(engine.latest)} probes reporting"
 
     async def pause(self, reason: str | None) -> dict[str, Any]:
-        verdict = await self.engine.control(Paused(reason or ""))
-        return {"paused": True, "verdict": verdict}
+        answer = await self.engine.control(Paused(reason or ""))
+        return {"paused": True, "verdict": answer.verdict}
 
     async def resume(self) -> dict[str, Any]:
-        verdict = await self.engine.control(Resumed())
-        return {"paused": False, "verdict": verdict}
+        answer = await self.engine.control(Resumed())
+        return {"paused": False, "verdict": answer.verdict}
 
     async def acknowledge(self) -> dict[str, Any]:
-        verdict = await self.engine.control(Acknowledged())
-        return {"phase": self.engine.state.phase.value, "verdict": verdict}
+        answer = await self.engine.control(Acknowledged())
+        return {"phase": self.engine.state.phase.value, "verdict": answer.verdict}
 
     async def failover(self, *, dry_run: bool, reason: str | None) -> dict[str, Any]:
         engine = self.engine
@@ -68,10 +75,11 @@ class EngineController:
             raise ControlRefused("a witness never fails over; ask a watchdog")
         if dry_run:
             return self._dry_run(reason)
-        verdict = await engine.control(FailoverRequested(reason or ""))
-        if verdict.startswith("manual failover refused"):
-            raise ControlRefused(verdict)
-        return {"started": True, "verdict": verdict, "epoch": engine.state.epoch}
+        answer = await engine.control(FailoverRequested(reason or ""))
+        started = [c for c in answer.commands if isinstance(c, StartFailover)]
+        if not started:
+            raise ControlRefused(answer.verdict)
+        return {"started": True, "verdict": answer.verdict, "epoch": started[0].epoch}
 
     def _dry_run(self, reason: str | None) -> dict[str, Any]:
         engine = self.engine

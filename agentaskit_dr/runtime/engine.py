@@ -51,7 +51,7 @@ from agentaskit_dr.runtime.status import engine_status
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["PRIMARY_DB", "STANDBY_DB", "Engine"]
+__all__ = ["PRIMARY_DB", "STANDBY_DB", "ControlAnswer", "Engine"]
 
 PromoterFactory = Callable[[WatchdogConfig], Promoter]
 
@@ -66,7 +66,16 @@ class _Control:
     """An operator's request from the API; answered once the cycle applied it."""
 
     event: Event
-    answer: asyncio.Future[str]
+    answer: asyncio.Future[ControlAnswer]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ControlAnswer:
+    """What an operator's event did: the verdict right after it, and the commands it
+    issued (a manual failover started iff they hold a StartFailover)."""
+
+    verdict: str
+    commands: tuple[Command, ...]
 
 
 QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control
@@ -154,10 +163,10 @@ class Engine:
 
     # ------------------------------------------------------------ loop
 
-    async def control(self, event: Event) -> str:
+    async def control(self, event: Event) -> ControlAnswer:
         """Apply an operator's event (pause, resume, ack, failover) at the next cycle;
         returns the verdict after it."""
-        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[ControlAnswer] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Control(event, answer))
         return await answer
 
@@ -192,13 +201,15 @@ class Engine:
         self.last_cycle_at = self._clock()
         commands: list[Command] = self._apply(Tick())
         for item in items:
+            issued: list[Command] = []
             for event in self._events_of(item):
-                commands.extend(self._apply(event))
+                issued.extend(self._apply(event))
                 if isinstance(event, LeadershipChanged) and event.epoch is not None:
                     self._resume_due = self._clock()  # a run a predecessor left open?
-            # Answered with the verdict of its own event, before later items change it.
+            commands.extend(issued)
+            # Answered with what its own event did, before later items change the state.
             if isinstance(item, _Control) and not item.answer.done():
-                item.answer.set_result(self.state.verdict)
+                item.answer.set_result(ControlAnswer(self.state.verdict, tuple(issued)))
         self._log_verdict()
         self._update_metrics()
         for command in commands:
