@@ -246,8 +246,7 @@ async def _promote(config: WatchdogConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.runtime.runbook_hooks import promoter
 
     async with held_lock(config) as held:
-        executor = FailoverExecutor(held, holder=held.lease.holder, clock=time.monotonic,
-                                    force=args.force)
+        executor = FailoverExecutor(held, holder=held.lease.holder, force=args.force)
         run_id = _run_id("promote", held.lease.epoch)
         result = await executor.promote_for_run(
             promoter(config, config.primary_region, config.secondary_region),
@@ -306,8 +305,7 @@ async def _failover(config: WatchdogConfig, args: argparse.Namespace) -> int:
     async with held_lock(config) as held:
         journal = build_journal(config)
         try:
-            executor = FailoverExecutor(held, holder=held.lease.holder, clock=time.monotonic,
-                                        force=args.force)
+            executor = FailoverExecutor(held, holder=held.lease.holder, force=args.force)
             runbook = Runbook(journal, executor, hooks, config=lambda: config,
                               clock=time.monotonic)
             now = time.monotonic()
@@ -336,8 +334,7 @@ async def _dry_run(config: WatchdogConfig, hooks: Hooks) -> int:
     # Nothing is read from or written to the journal: it only completes the runbook.
     journal = build_journal(config)
     try:
-        runbook = Runbook(journal, FailoverExecutor(_NoLease(), holder=config.holder,
-                                                    clock=time.monotonic),
+        runbook = Runbook(journal, FailoverExecutor(_NoLease(), holder=config.holder),
                           hooks, config=lambda: config, clock=time.monotonic)
         plan = runbook.describe(config)
     finally:

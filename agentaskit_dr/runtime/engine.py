@@ -93,6 +93,7 @@ class Engine:
         probes: ProbeFactory,
         promoters: PromoterFactory,
         executor: FailoverExecutor,
+        runbook: Runbook,
         on_config: Callable[[WatchdogConfig], None] | None = None,
     ) -> None:
         self.config = config
@@ -119,7 +120,8 @@ class Engine:
         self.last_cycle_at = self._clock()
         self.started = False
         self.metrics: Metrics | None = None
-        self.runbook: Runbook | None = None
+        # Every decided failover runs as a journaled run of the runbook.
+        self.runbook = runbook
         # This watchdog's own unbroken streak of failed primary probes (raw, no quorum).
         self._own_db_failing_since: float | None = None
         self._resume_due: float | None = None
@@ -221,7 +223,7 @@ class Engine:
     async def _resume_if_due(self) -> None:
         """Resume the active run (after taking the lock, or to retry a failed step)."""
         runbook = self.runbook
-        if runbook is None or self._resume_due is None or self._clock() < self._resume_due:
+        if self._resume_due is None or self._clock() < self._resume_due:
             return
         self._resume_due = None
         if self.state.epoch is None or self.state.phase is Phase.FAILING_OVER:
@@ -344,13 +346,9 @@ class Engine:
             log.warning("alert", severity=command.severity.value, message=command.message)
         elif isinstance(command, StartFailover):
             self._log_decision(command)
-            promoter = self._promoter_factory(self.config)
-            if self.runbook is not None:
-                outcome = await self.runbook.failover(command, promoter, self.primary_last_lsn)
-                if self.runbook.incomplete:
-                    self._resume_due = self._clock() + self.state.thresholds.retry_backoff
-            else:
-                outcome = await self.executor.failover(command, promoter, self.primary_last_lsn)
+            outcome = await self.runbook.failover(command, self.primary_last_lsn)
+            if self.runbook.incomplete:
+                self._resume_due = self._clock() + self.state.thresholds.retry_backoff
             for extra in self._apply(outcome):
                 await self._execute(extra)
             # The cycle's verdict was logged before acting; the outcome is its own event.

@@ -218,12 +218,11 @@ class Runbook:
 
     # ------------------------------------------------------------ running
 
-    async def failover(
-        self, command: StartFailover, promoter_unused: Promoter | None = None,
-        primary_last_lsn: int | None = None,
-    ) -> Event:
-        """Run a decided failover, or resume the active one; the outcome for the core."""
-        del promoter_unused  # the hooks build the promoter for the run's own regions
+    async def failover(self, command: StartFailover, primary_last_lsn: int | None = None) -> Event:
+        """Run a decided failover, or resume the active one; the outcome for the core.
+
+        ``primary_last_lsn``: the old primary's last WAL position seen, for the lag gate.
+        """
         self._promoted = False
         lease = await self.executor.leases.verified_lease()
         if lease is None or lease.epoch != command.epoch:

@@ -156,16 +156,22 @@ def _assemble(
     lock = build_lock(config)
     keeper = LeadershipKeeper(lock, ttl=config.lock.ttl)
     executor = FailoverExecutor(
-        keeper, holder=config.holder, clock=loop.time, force=config.promotion.force
+        keeper, holder=config.holder, force=config.promotion.force
     )
+    # The runbook reads the engine's config (it follows failovers and reloads) and lag.
+    runbook = Runbook(build_journal(config, client=lock.client), executor, build_hooks(),
+                      config=lambda: engine.config, clock=loop.time)
     engine = Engine(
         config,
         config_path=config_path,
         probes=build_probes,
         promoters=build_promoter,
         executor=executor,
+        runbook=runbook,
         on_config=lambda new: logs.configure(new.logging.level),
     )
+    runbook.lag_bytes = lambda: engine.lag_bytes
+    runbook.lag_seconds = lambda: engine.lag_seconds
     keeper.on_change = engine.leadership_changed
     peers = PeerPoller(
         config.vantage_urls,
@@ -174,11 +180,6 @@ def _assemble(
         stale_after=stale_after(config),
         clock=loop.time,
     )
-    runbook = Runbook(build_journal(config, client=lock.client), executor, build_hooks(),
-                      config=lambda: engine.config, clock=loop.time)
-    runbook.lag_bytes = lambda: engine.lag_bytes
-    runbook.lag_seconds = lambda: engine.lag_seconds
-    engine.runbook = runbook
     engine.vantages = peers.vantages
     engine.links = peers.links
     engine.metrics = Metrics(clock=loop.time)

@@ -16,8 +16,10 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.leadership.journal import ActiveRunExists, JournalRefused
 from agentaskit_dr.ports import (
     JournalEntry,
@@ -25,8 +27,11 @@ from agentaskit_dr.ports import (
     LockUnavailable,
     RunJournal,
     StaleEpoch,
+    StepOutcome,
     StepStatus,
 )
+from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.runbook import Hooks, Runbook
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _OUTCOMES = ("done", "failed")
@@ -221,3 +226,33 @@ def _to_json(value: object, what: str) -> str:
         return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"journal {what} is not JSON-serialisable: {exc}") from exc
+
+
+class TrustingLockStore(LockStore):
+    """A lock store that takes every lease as current: for engine tests, where the fake
+    lease source already decides who leads and the journal's fencing is not under test."""
+
+    def holds(self, lease: Lease) -> bool:
+        return True
+
+
+def engine_runbook(
+    executor: FailoverExecutor,
+    promoter: Callable[[WatchdogConfig], Promoter],
+    config: Callable[[], WatchdogConfig],
+    evidence_dir: Path,
+    clock: Callable[[], float],
+) -> Runbook:
+    """The runbook an engine test runs failovers through: an in-memory journal, the test's
+    promoter, checks that pass, nothing else configured, evidence under ``evidence_dir``."""
+
+    async def checked(*_: object) -> StepOutcome:
+        return StepOutcome(False, "checked")
+
+    hooks = Hooks(promoter=lambda cfg, _from, _to: promoter(cfg), check_primary=checked,
+                  verify_standby=checked, verifier=lambda *_: None)
+    return Runbook(
+        FakeJournal(TrustingLockStore()), executor, hooks,
+        config=lambda: config().model_copy(update={"evidence_dir": evidence_dir}),
+        clock=clock,
+    )

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ from agentaskit_dr.runtime.control import STUCK_AFTER_INTERVALS, EngineControlle
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.peers import parse_report
+from tests.unit.fake_journal import engine_runbook
 
 WEST, EAST = "us-west-2", "us-east-1"
 EPOCH = 7
@@ -153,13 +156,16 @@ class FakeLeases:
 class Rig:
     """The engine under test, its controller, and what stands behind its ports."""
 
-    def __init__(self, config: WatchdogConfig, world: World) -> None:
+    def __init__(self, config: WatchdogConfig, world: World, evidence_dir: Path) -> None:
         self.world = world
         self.leases = FakeLeases()
         loop = asyncio.get_running_loop()
+        executor = FailoverExecutor(self.leases, holder=config.holder)
+        runbook = engine_runbook(executor, world.promoter, lambda: self.engine.config,
+                                 evidence_dir, loop.time)
         self.engine = Engine(
             config, config_path=None, probes=world.probes, promoters=world.promoter,
-            executor=FailoverExecutor(self.leases, holder=config.holder, clock=loop.time),
+            executor=executor, runbook=runbook,
         )
         self.controller = EngineController(self.engine)
 
@@ -186,14 +192,15 @@ class Rig:
 async def running(config: WatchdogConfig | None = None,
                   world: World | None = None) -> AsyncIterator[Rig]:
     """The engine running as a task; cancelled and awaited on the way out."""
-    rig = Rig(config or watchdog_config(), world or World())
-    task = asyncio.create_task(rig.engine.run(), name="engine")
-    try:
-        yield rig
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task  # re-raises anything the engine died of
+    with tempfile.TemporaryDirectory(prefix="control-evidence-") as evidence:
+        rig = Rig(config or watchdog_config(), world or World(), Path(evidence))
+        task = asyncio.create_task(rig.engine.run(), name="engine")
+        try:
+            yield rig
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # re-raises anything the engine died of
 
 
 @contextlib.asynccontextmanager
@@ -338,9 +345,9 @@ async def test_a_refused_failover_is_refused_even_when_a_probe_reports_in_the_sa
     )
 
 
-async def test_a_witness_never_fails_over_not_even_as_a_dry_run() -> None:
+async def test_a_witness_never_fails_over_not_even_as_a_dry_run(tmp_path: Path) -> None:
     config = watchdog_config(role="witness", region="witness-site", node_name="witness-1")
-    rig = Rig(config, World())
+    rig = Rig(config, World(), tmp_path)
 
     for dry_run in (True, False):
         with pytest.raises(ControlRefused, match="a witness never fails over"):
@@ -351,10 +358,10 @@ async def test_a_witness_never_fails_over_not_even_as_a_dry_run() -> None:
 # ---------------------------------------------------------------- health
 
 
-async def test_ready_only_once_the_probes_have_reported() -> None:
+async def test_ready_only_once_the_probes_have_reported(tmp_path: Path) -> None:
     world = World()
     world.open.clear()
-    rig = Rig(watchdog_config(), world)
+    rig = Rig(watchdog_config(), world, tmp_path)
     assert rig.controller.ready() == (False, "probes not started yet")
 
     async with running(world=world) as rig:
@@ -414,9 +421,11 @@ async def test_observations_are_a_report_peers_accept() -> None:
     assert parsed.peers == {"peer1": True}
 
 
-async def test_a_witness_that_has_seen_nothing_yet_publishes_a_valid_report() -> None:
+async def test_a_witness_that_has_seen_nothing_yet_publishes_a_valid_report(
+    tmp_path: Path,
+) -> None:
     config = watchdog_config(role="witness", region="witness-site", node_name="witness-1")
-    controller = EngineController(Rig(config, World()).engine)
+    controller = EngineController(Rig(config, World(), tmp_path).engine)
 
     parsed = parse_report(json.dumps(controller.observations()).encode())
 

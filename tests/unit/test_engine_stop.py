@@ -9,12 +9,14 @@ and drops the cancellation.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.ports import Lease
 from agentaskit_dr.runtime.engine import Engine
 from agentaskit_dr.runtime.executor import FailoverExecutor
+from tests.unit.fake_journal import engine_runbook
 
 
 class NoLease:
@@ -41,14 +43,16 @@ def no_promoter(_config: WatchdogConfig) -> PostgresPromoter:
     raise AssertionError("nothing may be promoted here")
 
 
-async def test_engine_stops_when_cancelled_as_a_report_arrives() -> None:
+async def test_engine_stops_when_cancelled_as_a_report_arrives(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
+    executor = FailoverExecutor(NoLease(), holder="watchdog-east")
     engine = Engine(
         config(),
         config_path=None,
         probes=lambda _config: [],
         promoters=no_promoter,
-        executor=FailoverExecutor(NoLease(), holder="watchdog-east", clock=loop.time),
+        executor=executor,
+        runbook=engine_runbook(executor, no_promoter, config, tmp_path, loop.time),
     )
     running = asyncio.create_task(engine.run())
     await asyncio.sleep(0.01)  # the engine now waits on its queue

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -36,6 +38,7 @@ from agentaskit_dr.ports import (
 )
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
 from agentaskit_dr.runtime.executor import FailoverExecutor
+from tests.unit.fake_journal import engine_runbook
 
 WEST, EAST = "us-west-2", "us-east-1"
 INTERVAL = 5.0
@@ -214,6 +217,7 @@ class FakePromoter:
         primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
+        resuming: bool = False,
     ) -> PromotionResult:
         self.world.promote_calls.append(now())
         if not await still_leader():
@@ -262,13 +266,17 @@ class Rig:
         self.world = world
         self.leases = FakeLeases()
         config = watchdog_config(jitter=jitter)
-        executor = FailoverExecutor(self.leases, holder=config.holder, clock=now)
+        executor = FailoverExecutor(self.leases, holder=config.holder)
+        self._evidence = tempfile.TemporaryDirectory(prefix="engine-evidence-")
+        runbook = engine_runbook(executor, world.promoter, lambda: self.engine.config,
+                                 Path(self._evidence.name), now)
         self.engine = Engine(
             config,
             config_path=None,
             probes=world.probes,
             promoters=world.promoter,
             executor=executor,
+            runbook=runbook,
         )
         self._task: asyncio.Task[None] | None = None
         if leader:
@@ -293,6 +301,7 @@ class Rig:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task  # re-raises anything the engine died of
+        self._evidence.cleanup()
         if exc is None:
             assert all(probe.closed for probe in self.world.probes_made)
 

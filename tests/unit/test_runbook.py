@@ -201,8 +201,7 @@ class Rig:
 
     def runbook_for(self, leases: FakeLeases) -> Runbook:
         assert leases.lease is not None
-        executor = FailoverExecutor(leases, holder=leases.lease.holder,
-                                    clock=self.clocks.monotonic)
+        executor = FailoverExecutor(leases, holder=leases.lease.holder)
         return Runbook(self.journal, executor, self.hooks, config=lambda: self.config,
                        clock=self.clocks.monotonic, wall_clock=self.clocks.wall)
 
