@@ -6,7 +6,6 @@ the watch state; the call returns once a cycle has applied it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -31,12 +30,8 @@ STUCK_AFTER_INTERVALS = 5
 class EngineController:
     """Implements ``api.server.Controller`` on top of a running :class:`Engine`."""
 
-    def __init__(
-        self, engine: Engine, *, describe_plan: Callable[[], list[str]] | None = None
-    ) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # Returns the runbook's steps for a dry run (the executor's plan).
-        self.describe_plan = describe_plan
 
     def status(self) -> dict[str, Any]:
         return self.engine.status()
@@ -93,9 +88,7 @@ class EngineController:
             blockers.append("no standby to promote")
         if state.epoch is None:
             blockers.append(f"lock held by {state.lock_holder or 'nobody reachable'}")
-        plan = self.describe_plan() if self.describe_plan is not None else [
-            f"promote the standby in {engine.config.secondary_region}"
-        ]
+        plan = engine.runbook.describe(engine.config)
         return {
             "dry_run": True,
             "reason": reason,

@@ -183,7 +183,7 @@ def _assemble(
     engine.vantages = peers.vantages
     engine.links = peers.links
     engine.metrics = Metrics(clock=loop.time)
-    api = ApiServer(EngineController(engine, describe_plan=runbook.describe),
+    api = ApiServer(EngineController(engine),
                     metrics=engine.metrics,
                     token_file=config.api.token_file)
     return _Parts(lock, keeper, engine, peers, api)

@@ -258,21 +258,25 @@ async def test_failover_dry_run_shows_the_plan_and_changes_nothing() -> None:
 
     assert answer == {
         "dry_run": True, "reason": "quarterly drill", "from_region": WEST, "to_region": EAST,
-        "plan": ["promote the standby in us-east-1"], "would_run": True, "blocked_by": [],
+        "plan": rig.engine.runbook.describe(rig.engine.config), "would_run": True,
+        "blocked_by": [],
     }
+    assert "promote: pg_promote the standby in us-east-1, fence us-west-2" in answer["plan"]
     assert rig.world.promotions == []
 
 
 async def test_failover_dry_run_uses_the_runbooks_plan_and_names_every_blocker() -> None:
     async with running() as rig:
-        rig.controller.describe_plan = lambda: ["check primary", "promote", "update DNS"]
         rig.follow("watchdog-west (epoch 4)")
         await rig.reported()
         await rig.controller.pause("maintenance")
 
         answer = await rig.controller.failover(dry_run=True, reason=None)
 
-    assert answer["plan"] == ["check primary", "promote", "update DNS"]
+    steps = [line.split(":")[0] for line in answer["plan"]]
+    assert steps[:5] == ["check_primary", "notify_stakeholders", "open_incident",
+                         "verify_standby", "promote"]
+    assert "update_dns: DNS (skipped: dns.route53 or dns_target not set)" in answer["plan"]
     assert answer["would_run"] is False
     assert answer["blocked_by"] == ["paused", "lock held by watchdog-west (epoch 4)"]
     assert rig.world.promotions == []
