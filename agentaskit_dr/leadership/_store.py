@@ -7,6 +7,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from agentaskit_dr.ports import LockUnavailable
@@ -19,6 +22,19 @@ def display_address(url: str) -> str:
     parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+def fail_fast_client(url: str, *, password: str | None, socket_timeout: float) -> Redis:
+    """A client with no retries inside redis-py: its defaults (3 retries with backoff) made
+    a 2 s timeout take 21-25 s (FIELD-NOTES), longer than a lease; callers own retries."""
+    return Redis.from_url(
+        url,
+        password=password,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
 
 
 class StoreCalls:

@@ -28,12 +28,10 @@ from urllib.parse import urlsplit
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from agentaskit_dr.leadership._store import StoreCalls, display_address
+from agentaskit_dr.leadership._store import StoreCalls, display_address, fail_fast_client
 from agentaskit_dr.ports import (
     JournalEntry,
     Lease,
@@ -167,15 +165,7 @@ class RedisJournal:
             raise ValueError(f"journal socket_timeout must be positive, got {socket_timeout}")
         self._owns_client = client is None
         if client is None:
-            # Fail fast, as the lock does: redis-py's default retries outlast a lease.
-            client = Redis.from_url(
-                url,
-                password=password,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=True,
-            )
+            client = fail_fast_client(url, password=password, socket_timeout=socket_timeout)
         self._redis: Redis = client
         self._where = display_address(url)
         self._calls = StoreCalls(self._where, socket_timeout,

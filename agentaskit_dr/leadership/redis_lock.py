@@ -26,10 +26,8 @@ from urllib.parse import urlsplit
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from agentaskit_dr.leadership._store import StoreCalls, display_address
+from agentaskit_dr.leadership._store import StoreCalls, display_address, fail_fast_client
 from agentaskit_dr.ports import Lease, LockUnavailable
 
 log = structlog.get_logger(__name__)
@@ -131,16 +129,9 @@ class RedisLeaderLock:
         self._leader_key = f"{key_prefix}:leader"
         self._epoch_key = f"{key_prefix}:epoch"
         self._info_key = f"{key_prefix}:leader:info"
-        # redis-py retries 3 times with backoff by default (FIELD-NOTES: a 2 s timeout
-        # became 21-25 s); the keeper owns retries, so the client must fail fast.
-        self._redis: Redis = Redis.from_url(
-            url,
-            password=password,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-        )
+        # The keeper owns retries, so the client must fail fast.
+        self._redis: Redis = fail_fast_client(url, password=password,
+                                              socket_timeout=socket_timeout)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)

@@ -14,7 +14,13 @@ from agentaskit_dr.actuators.notify_hub import NotificationHub
 from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.actuators.verify import ServiceVerifier
 from agentaskit_dr.config import WatchdogConfig
-from agentaskit_dr.ports import ActuationFailed, Notification, RunJournal, StepOutcome
+from agentaskit_dr.ports import (
+    ActuationFailed,
+    Notification,
+    PostgresObservation,
+    RunJournal,
+    StepOutcome,
+)
 from agentaskit_dr.probes.postgres import PostgresProbe
 from agentaskit_dr.runtime.runbook import PROMOTE, Hooks
 
@@ -31,15 +37,20 @@ def promoter(config: WatchdogConfig, from_region: str, to_region: str) -> Postgr
     )
 
 
+async def _look(config: WatchdogConfig, region: str, name: str) -> PostgresObservation:
+    """One probe of ``region``'s database (never raises: failures are observations)."""
+    probe = PostgresProbe(name, config.regions[region].database.connect_dsn(),
+                          timeout=config.probe.timeout)
+    try:
+        return await probe.observe()
+    finally:
+        await probe.close()
+
+
 async def check_primary(config: WatchdogConfig, from_region: str, _to: str) -> StepOutcome:
     """Record how the old primary looks now. The debounce already confirmed the failure is
     not transient; an operator's failover may run with a healthy primary (it is fenced)."""
-    probe = PostgresProbe("db:old-primary", config.regions[from_region].database.connect_dsn(),
-                          timeout=config.probe.timeout)
-    try:
-        seen = await probe.observe()
-    finally:
-        await probe.close()
+    seen = await _look(config, from_region, "db:old-primary")
     state = "unreachable" if not seen.reachable else (
         "writable" if seen.writable else "reachable, not writable")
     detail = f"old primary {seen.target}: {state}" + (f" ({seen.error})" if seen.error else "")
@@ -50,12 +61,7 @@ async def check_primary(config: WatchdogConfig, from_region: str, _to: str) -> S
 async def verify_standby(config: WatchdogConfig, _from: str, to_region: str,
                          journal: RunJournal) -> StepOutcome:
     """The standby answers and is a standby (or, on a resume, this run promoted it)."""
-    probe = PostgresProbe("db:standby", config.regions[to_region].database.connect_dsn(),
-                          timeout=config.probe.timeout)
-    try:
-        seen = await probe.observe()
-    finally:
-        await probe.close()
+    seen = await _look(config, to_region, "db:standby")
     if not seen.reachable:
         raise ActuationFailed(f"standby {seen.target} unreachable: {seen.error}")
     if seen.in_recovery:
