@@ -7,8 +7,9 @@ everything that arrived meanwhile; SIGHUP reloads happen at the top of a cycle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from agentaskit_dr.core import (
     Assessment,
     Command,
     Event,
+    FailoverRefused,
     FenceOldPrimary,
     FenceOwnPrimary,
     LeadershipChanged,
@@ -70,6 +72,14 @@ class _Control:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _RunOutcome:
+    """A runbook task finished: what the core must hear (None: nothing to resume)."""
+
+    event: Event | None
+    command: StartFailover | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ControlAnswer:
     """What an operator's event did: the verdict right after it, and the commands it
     issued (a manual failover started iff they hold a StartFailover)."""
@@ -78,7 +88,7 @@ class ControlAnswer:
     commands: tuple[Command, ...]
 
 
-QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control
+QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control | _RunOutcome
 VantageSource = Callable[[], list[Vantage]]
 
 
@@ -126,6 +136,16 @@ class Engine:
         self._own_db_failing_since: float | None = None
         self._resume_due: float | None = None
         self._phase_since = self._clock()
+        # The runbook runs beside the loop, never inside a cycle: a 10-minute run must not
+        # stall probes, verdicts, /healthz or pause. One run (or resume) at a time.
+        self._run_task: asyncio.Task[None] | None = None
+        # A failover decided while a resume was being driven: started when it ends.
+        self._deferred_failover: StartFailover | None = None
+
+    @property
+    def run_in_progress(self) -> bool:
+        """A failover run (or a resume of one) is being driven right now."""
+        return self._run_task is not None and not self._run_task.done()
 
     # ------------------------------------------------------------ inputs
 
@@ -182,8 +202,20 @@ class Engine:
                 items = await self._next_batch()
                 await self._cycle(items)
         finally:
+            await self._stop_run()
             if self._scheduler is not None:
                 await self._scheduler.stop()
+
+    async def _stop_run(self) -> None:
+        """Cancel a run still in progress at shutdown; its journal lets a successor resume."""
+        task = self._run_task
+        if task is None or task.done():
+            return
+        log.warning("run_interrupted_by_stop", detail="the journal keeps the run; it is "
+                    "resumed by this watchdog's next start or by the next lock holder")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _next_batch(self) -> list[QueueItem]:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an item that
@@ -202,7 +234,11 @@ class Engine:
         self.cycles += 1
         self.last_cycle_at = self._clock()
         commands: list[Command] = self._apply(Tick())
+        outcomes: list[_RunOutcome] = []
         for item in items:
+            if isinstance(item, _RunOutcome):
+                outcomes.append(item)
+                continue
             issued: list[Command] = []
             for event in self._events_of(item):
                 issued.extend(self._apply(event))
@@ -216,27 +252,59 @@ class Engine:
         self._update_metrics()
         for command in commands:
             await self._execute(command)
-        await self._resume_if_due()
+        for outcome in outcomes:
+            await self._run_finished(outcome)
+        self._resume_if_due()
         if self._probes_stale:
             await self._restart_probes()
 
-    async def _resume_if_due(self) -> None:
+    def _resume_if_due(self) -> None:
         """Resume the active run (after taking the lock, or to retry a failed step)."""
-        runbook = self.runbook
         if self._resume_due is None or self._clock() < self._resume_due:
             return
+        if self.run_in_progress:
+            return  # asked again when that run's outcome arrives
         self._resume_due = None
         if self.state.epoch is None or self.state.phase is Phase.FAILING_OVER:
             return
-        outcome = await runbook.resume()
-        if runbook.incomplete:
+        self._start_run(self.runbook.resume(), None)
+
+    def _start_run(self, run: Coroutine[Any, Any, Event | None],
+                   command: StartFailover | None) -> None:
+        async def drive() -> None:
+            try:
+                event = await run
+            except Exception as exc:  # a bug in a step must not leave the core waiting
+                log.exception("run_crashed", error=f"{type(exc).__name__}: {exc}")
+                event = (FailoverRefused(f"run crashed: {type(exc).__name__}: {exc}")
+                         if command is not None else None)
+            self.queue.put_nowait(_RunOutcome(event, command))
+
+        self._run_task = asyncio.create_task(drive(), name="runbook")
+
+    async def _run_finished(self, outcome: _RunOutcome) -> None:
+        """A run's outcome reaches the core in a cycle of its own, like any other event."""
+        self._run_task = None
+        if self.runbook.incomplete:
             self._resume_due = self._clock() + self.state.thresholds.retry_backoff
-        if outcome is None:
+        if outcome.event is not None:
+            for extra in self._apply(outcome.event):
+                await self._execute(extra)
+            self._log_outcome(outcome.command)
+        deferred, self._deferred_failover = self._deferred_failover, None
+        if deferred is not None and self.state.phase is Phase.FAILING_OVER:
+            self._start_run(self.runbook.failover(deferred, self.primary_last_lsn), deferred)
+
+    def _log_outcome(self, command: StartFailover | None) -> None:
+        if command is None:
+            log.warning("run_resume_outcome", phase=self.state.phase.value,
+                        verdict=self.state.verdict)
             return
-        for extra in self._apply(outcome):
-            await self._execute(extra)
-        log.warning("run_resume_outcome", phase=self.state.phase.value,
-                    verdict=self.state.verdict)
+        log.warning("failover_outcome", phase=self.state.phase.value,
+                    verdict=self.state.verdict, epoch=command.epoch)
+        if self.metrics is not None:
+            done = self.state.phase is Phase.FAILED_OVER
+            self.metrics.failover("succeeded" if done else "refused")
 
     def _update_metrics(self) -> None:
         metrics = self.metrics
@@ -259,7 +327,7 @@ class Engine:
             self._swap_topology()
         return commands
 
-    def _events_of(self, item: QueueItem) -> list[Event]:
+    def _events_of(self, item: ProbeReport | LeadershipChanged | _Wake | _Control) -> list[Event]:
         if isinstance(item, LeadershipChanged):
             return [item]
         if isinstance(item, _Control):
@@ -346,17 +414,13 @@ class Engine:
             log.warning("alert", severity=command.severity.value, message=command.message)
         elif isinstance(command, StartFailover):
             self._log_decision(command)
-            outcome = await self.runbook.failover(command, self.primary_last_lsn)
-            if self.runbook.incomplete:
-                self._resume_due = self._clock() + self.state.thresholds.retry_backoff
-            for extra in self._apply(outcome):
-                await self._execute(extra)
-            # The cycle's verdict was logged before acting; the outcome is its own event.
-            log.warning("failover_outcome", phase=self.state.phase.value,
-                        verdict=self.state.verdict, epoch=command.epoch)
-            if self.metrics is not None:
-                done = self.state.phase is Phase.FAILED_OVER
-                self.metrics.failover("succeeded" if done else "refused")
+            if self.run_in_progress:
+                # A resume is driving the active run: this failover starts once it ends
+                # (the runbook finishes an active run before opening a new one).
+                log.warning("failover_waits_for_active_run", epoch=command.epoch)
+                self._deferred_failover = command
+                return
+            self._start_run(self.runbook.failover(command, self.primary_last_lsn), command)
         elif isinstance(command, FenceOwnPrimary):
             await self._fence_own_primary(command)
         elif isinstance(command, FenceOldPrimary):
@@ -467,8 +531,12 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for the status command and API (times are seconds ago)."""
-        return engine_status(self.state, self.config, now=self._clock(), lag_bytes=self.lag_bytes,
-                             peers=self.links())
+        status = engine_status(self.state, self.config, now=self._clock(),
+                               lag_bytes=self.lag_bytes, peers=self.links())
+        current = self.runbook.current if self.run_in_progress else None
+        status["run"] = None if current is None else {"run_id": current[0], "step": current[1]}
+        return status
+
 
 def _thresholds(config: WatchdogConfig) -> dict[str, float]:
     t = config.core_thresholds()

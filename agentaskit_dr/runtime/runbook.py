@@ -158,6 +158,8 @@ class Runbook:
         self.incomplete = False
         self._promoted = False  # the run being driven has its promote step done
         self._promoted_epoch: int | None = None
+        # (run id, step) being carried out now, for the status; None between runs.
+        self.current: tuple[str, str] | None = None
 
     # ------------------------------------------------------------ the plan
 
@@ -333,6 +335,7 @@ class Runbook:
         await journal.record(ctx.run_id, self._entry(step.name, StepStatus.STARTED, ctx,
                                                      step.target), lease=lease)
         rlog.info("step_started", step=step.name, target=step.target, resumed=resumed)
+        self.current = (ctx.run_id, step.name)
         started = self.clock()
         try:
             outcome = await step.run(ctx)

@@ -36,6 +36,7 @@ from agentaskit_dr.ports import (
     RegionHealthObservation,
     UrlCheck,
 )
+from agentaskit_dr.runtime.control import EngineController
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from tests.unit.fake_journal import engine_runbook
@@ -118,6 +119,7 @@ class World:
         self.fenced: set[str] = set()  # regions whose server is read-only
         self.fence_calls: list[float] = []
         self.probes_made: list[FakeDbProbe | FakeRegionProbe] = []
+        self.promote_takes = 0.0  # seconds each promotion spends before it is done
 
     def probes(self, config: WatchdogConfig) -> list[Probe[Observation]]:
         """The engine's probe factory: both databases and both regions, as the topology says."""
@@ -220,6 +222,7 @@ class FakePromoter:
         resuming: bool = False,
     ) -> PromotionResult:
         self.world.promote_calls.append(now())
+        await asyncio.sleep(self.world.promote_takes)
         if not await still_leader():
             raise PromotionRefused("lock lost before pg_promote")
         if self.world.refusals:
@@ -528,3 +531,33 @@ async def test_the_failover_cycle_logs_exactly_one_verdict() -> None:
         await rig.run_until(10 * 60)
     assert world.promote_calls == [135]
     assert_one_verdict_per_cycle(logs, rig.engine.cycles)
+
+
+# ---------------------------------------------------------------- the runbook beside the loop
+
+
+@pytest.mark.looptime
+async def test_a_ten_minute_promotion_leaves_the_engine_cycling_alive_and_answering_pause() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    world.promote_takes = 600.0
+    rig = Rig(world)
+    controller = EngineController(rig.engine)
+    async with rig:
+        await sleep_until(135 + 300)  # halfway through the promotion
+        assert world.promote_calls == [135]
+        assert rig.engine.state.phase is Phase.FAILING_OVER
+        assert rig.engine.run_in_progress
+        cycles = rig.engine.cycles
+        await sleep_until(135 + 300 + 10 * INTERVAL)
+        assert rig.engine.cycles >= cycles + 10  # verdicts go on every interval
+        assert controller.alive()  # a liveness probe would not kill it mid-failover
+        status = controller.status()
+        assert status["phase"] == "failing_over"
+        assert status["run"] is not None
+        assert status["run"]["step"] == "promote"
+        answer = await asyncio.wait_for(controller.pause("maintenance window"), INTERVAL * 2)
+        assert answer["paused"] is True
+        await sleep_until(135 + 600 + 2 * INTERVAL)
+    assert rig.engine.state.phase is Phase.FAILED_OVER
+    assert world.promote_calls == [135]
