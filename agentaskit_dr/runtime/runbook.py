@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import secrets
-import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,10 +49,6 @@ from agentaskit_dr.runtime.evidence import (
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter, new_failover_id
 
 log = structlog.get_logger(__name__)
-
-#: Fault injection for the resume tests: the daemon SIGKILLs itself right after
-#: journaling this step as done (never set in production).
-CRASH_AFTER_STEP_ENV = "AGENTASKIT_DR_CRASH_AFTER_STEP"
 
 FAILOVER_KIND = "failover"
 CHECK_PRIMARY = "check_primary"
@@ -160,6 +154,10 @@ class Runbook:
         self._promoted_epoch: int | None = None
         # (run id, step) being carried out now, for the status; None between runs.
         self.current: tuple[str, str] | None = None
+        # Called with a step's name right after it is journaled done. A seam for the
+        # crash-resume tests (tests/integration/crashing_watchdog.py); nothing in the
+        # package sets it.
+        self.after_step: Callable[[str], None] = lambda _step: None
 
     # ------------------------------------------------------------ the plan
 
@@ -365,9 +363,7 @@ class Runbook:
         self._promoted = self._promoted or step.name == PROMOTE
         rlog.info("step_done", step=step.name, changed=outcome.changed, seconds=seconds,
                   detail=outcome.detail)
-        if os.environ.get(CRASH_AFTER_STEP_ENV) == step.name:
-            rlog.critical("crash_injected", step=step.name)
-            os.kill(os.getpid(), signal.SIGKILL)
+        self.after_step(step.name)
         return None
 
     def _entry(self, step: str, status: StepStatus, ctx: RunContext, detail: str,

@@ -99,11 +99,13 @@ class Watchdog:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # What runs the daemon: tests swap in a wrapper module that injects faults.
+    entry: tuple[str, ...] = ("-m", "agentaskit_dr")
 
     def start(self) -> None:
         out = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentaskit_dr", "run", "--config", str(self.config)],
+            [sys.executable, *self.entry, "run", "--config", str(self.config)],
             stdout=out, stderr=subprocess.STDOUT,
         )
         out.close()

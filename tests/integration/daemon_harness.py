@@ -163,16 +163,20 @@ class WatchdogFleet:
         return path
 
     def start(
-        self, region: str, *, name: str | None = None, overrides: Mapping[str, Any] | None = None
+        self, region: str, *, name: str | None = None, overrides: Mapping[str, Any] | None = None,
+        entry: tuple[str, ...] | None = None,
     ) -> Watchdog:
         """Start a watchdog in ``region``; ``name`` (default ``drill-{region}``) labels its
-        log events (``event["watchdog"]``) and is its lock holder name."""
+        log events (``event["watchdog"]``) and is its lock holder name. ``entry`` replaces
+        ``-m agentaskit_dr`` (a test wrapper that injects a fault)."""
         label = name or f"drill-{region}"
         if label in self.dogs:
             raise ValueError(f"a watchdog named {label} was already started")
         path = self.write_config(label, self.config_for(region, name=label, overrides=overrides))
         # Watchdog labels its events with its ``region`` field: give it our name.
         dog = Watchdog(label, path, self.workdir / f"watchdog-{label}.log")
+        if entry is not None:
+            dog.entry = entry
         dog.start()
         self.dogs[label] = dog
         return dog

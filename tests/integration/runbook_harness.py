@@ -34,7 +34,6 @@ from aiohttp import web
 
 from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.ports import RunJournal, StepStatus
-from agentaskit_dr.runtime.runbook import CRASH_AFTER_STEP_ENV
 from agentaskit_dr.sandbox.redis import free_port, wait_for_port
 from tests.integration.aws import (
     DUMMY_CREDENTIALS,
@@ -285,19 +284,10 @@ def done_counts(run: RunJournal) -> Counter[str]:
 
 def start_with_crash(fleet: WatchdogFleet, region: str, step: str,
                      overrides: Mapping[str, Any]) -> Watchdog:
-    """Start a watchdog that SIGKILLs itself right after journaling ``step`` done.
-
-    The fault injection reaches only this process: the variable is set around its start.
-    """
-    before = os.environ.get(CRASH_AFTER_STEP_ENV)
-    os.environ[CRASH_AFTER_STEP_ENV] = step
-    try:
-        return fleet.start(region, overrides=overrides)
-    finally:
-        if before is None:
-            del os.environ[CRASH_AFTER_STEP_ENV]
-        else:
-            os.environ[CRASH_AFTER_STEP_ENV] = before
+    """Start a watchdog that SIGKILLs itself right after journaling ``step`` done (the
+    test-only wrapper ``tests.integration.crashing_watchdog``; nothing else is affected)."""
+    return fleet.start(region, overrides=overrides,
+                       entry=("-m", "tests.integration.crashing_watchdog", step))
 
 
 def restart(fleet: WatchdogFleet, dog: Watchdog) -> Watchdog:
@@ -305,7 +295,6 @@ def restart(fleet: WatchdogFleet, dog: Watchdog) -> Watchdog:
     ``dog`` must have exited. The new process is labelled ``<label>-restarted``."""
     assert dog.proc is not None, f"{dog.region} was never started"
     assert dog.proc.poll() is not None, f"{dog.region} still runs"
-    assert CRASH_AFTER_STEP_ENV not in os.environ, "the fault injection would reach it too"
     label = f"{dog.region}-restarted"
     again = Watchdog(label, dog.config, fleet.workdir / f"watchdog-{label}.log")
     again.start()

@@ -1,8 +1,8 @@
 """A watchdog killed in the middle of the failover runbook resumes it after a restart.
 
 For each step of the plan, the acting watchdog (the only one: east, so it is always the
-actor) SIGKILLs itself right after journaling that step done (fault injection through
-``AGENTASKIT_DR_CRASH_AFTER_STEP``). Restarted without the injection, same config and
+actor) SIGKILLs itself right after journaling that step done (fault injection by the test-only
+wrapper ``tests.integration.crashing_watchdog``). Restarted without it, same config and
 node name, it takes the lock under a new epoch once the dead one's lease expires and
 finishes the same run. Nothing the world saw may happen twice: one DNS change, one scale
 write per deployment, each webhook event once, one promotion (DESIGN invariant 6).
