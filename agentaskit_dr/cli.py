@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         help="sandbox drill: real PostgreSQL primary + replica, Redis and two watchdogs; "
         "kill the primary and show the failover timeline",
     )
-    drill.add_argument("--threshold", default="3s", type=_duration,
-                       help="db_unreachable threshold (default 3s)")
+    drill.add_argument("--threshold", default="6s", type=_duration,
+                       help="db_unreachable threshold (default 6s: long enough for the "
+                            "primary side's self-fence budget at a 0.5s interval)")
     drill.add_argument("--interval", default="0.5s", type=_duration,
                        help="probe interval (default 0.5s)")
     drill.add_argument("--workdir", type=Path, default=None,
@@ -106,9 +107,15 @@ def _drill(
     from agentaskit_dr.config import parse_duration
     from agentaskit_dr.sandbox.drill import run_drill
 
-    if parse_duration(threshold) <= parse_duration(interval):
+    seconds, every = parse_duration(threshold), parse_duration(interval)
+    if seconds <= every:
         # A single probe round would decide: refuse before starting any server.
         parser.error(f"--threshold ({threshold}) must exceed --interval ({interval})")
+    # The drill runs peers and a witness: the primary side's self-fence must fit before the
+    # other side's promotion (probe timeout 0.8 x interval, jitter 0.1: 5.8 intervals).
+    if seconds <= 6 * every:
+        parser.error(f"--threshold ({threshold}) must exceed 6 x --interval ({interval}) so "
+                     "the primary side can self-fence before the other side may promote")
     if workdir is not None:
         try:
             workdir.mkdir(parents=True, exist_ok=True)

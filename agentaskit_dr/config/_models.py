@@ -307,8 +307,9 @@ class WatchdogConfig(ConfigModel):
     """Base URL of the witness's API."""
     fence_after: PositiveDuration | None = None
     """A primary-side watchdog hearing neither peers nor witness this long fences its own
-    primary. Default (when peers are set): three quarters of the other side's promotion
-    deadline, the shortest threshold minus one probe interval (86s with the defaults)."""
+    primary. Must be shorter than ``self_fence_budget`` (the other side's earliest
+    promotion minus this side's worst detection delay); default (when peers are set):
+    three quarters of that budget (71.25s with the production defaults)."""
     dns: DnsConfig = Field(default_factory=DnsConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     runbook: RunbookConfig = Field(default_factory=RunbookConfig)
@@ -348,14 +349,28 @@ class WatchdogConfig(ConfigModel):
                         got=format_duration(seconds),
                     )
                 )
-        shortest = min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
-        if self.fence_after is not None and self.fence_after >= shortest - interval:
+        budget = self.self_fence_budget
+        listens = self.role == "watchdog" and bool(self.peers or self.witness)
+        if self.fence_after is not None and self.fence_after >= budget:
             problems.append(Problem(
                 ("fence_after",),
-                "must be shorter than the other side's shortest threshold minus one probe "
-                f"interval ({format_duration(shortest - interval)}), so the primary is fenced "
-                "before the secondary may promote",
+                "must be shorter than the self-fence budget "
+                f"({format_duration(max(budget, 0.0))}: the shortest threshold, minus how "
+                "long peer reports stay fresh, two probe intervals with jitter and one probe "
+                "timeout), so the primary is fenced before the secondary may promote",
                 got=format_duration(self.fence_after),
+            ))
+        elif self.fence_after is None and listens and budget <= 0 and not problems:
+            shortest_name = min(("db_unreachable", "region_unhealthy"),
+                                key=lambda name: float(getattr(self.thresholds, name)))
+            problems.append(Problem(
+                ("thresholds", shortest_name),
+                "too short for self-fencing with peers: the shortest threshold must exceed "
+                f"{format_duration(self.self_fence_delay)} (peer staleness "
+                f"{format_duration(self.peer_stale_after)} + two probe intervals with jitter "
+                "+ one probe timeout)",
+                got=format_duration(min(self.thresholds.db_unreachable,
+                                        self.thresholds.region_unhealthy)),
             ))
         if self.role == "watchdog" and self.fence_after is not None and not (
             self.peers or self.witness
@@ -374,14 +389,38 @@ class WatchdogConfig(ConfigModel):
         return urls
 
     @property
+    def peer_stale_after(self) -> float:
+        """How old a peer's report may be and still count: two rounds plus a timeout."""
+        return 2 * self.probe.interval + self.probe.timeout
+
+    @property
+    def self_fence_delay(self) -> float:
+        """The worst time from a partition to the isolated primary-side watchdog's fence,
+        not counting ``fence_after`` itself: its last peer report stays fresh
+        ``peer_stale_after``; the isolation is assessed at its next own probe and the fence
+        issued at the first probe past ``fence_after`` (two intervals, jitter included);
+        the fence's own round trips take up to three probe timeouts, of which the other
+        side's promotion spends at least two timing out on the cut-off primary (its
+        check_primary probe and its fence attempt), leaving one."""
+        probe = self.probe
+        return self.peer_stale_after + 2 * probe.interval * (1 + probe.jitter) + probe.timeout
+
+    @property
+    def self_fence_budget(self) -> float:
+        """``fence_after`` must stay below this: the other side's earliest promotion comes
+        the shortest threshold after the partition, the fence ``self_fence_delay`` +
+        ``fence_after`` after it."""
+        shortest = min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
+        return shortest - self.self_fence_delay
+
+    @property
     def effective_fence_after(self) -> float | None:
         """``fence_after``, or its default when peers or a witness are configured."""
         if self.fence_after is not None:
             return self.fence_after
         if self.role != "watchdog" or not (self.peers or self.witness):
             return None
-        shortest = min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
-        return 0.75 * (shortest - self.probe.interval)
+        return round(0.75 * self.self_fence_budget, 3)
 
     @property
     def holder(self) -> str:

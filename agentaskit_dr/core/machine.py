@@ -30,6 +30,7 @@ from agentaskit_dr.core.model import (
     Paused,
     Phase,
     Resumed,
+    SelfFenceFailed,
     Severity,
     StandbyObserved,
     StartFailover,
@@ -53,10 +54,11 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
         case Paused(reason=reason):
             state = replace(state, paused=True, pause_reason=reason)
             commands = [Alert(Severity.WARNING, f"paused: {reason or 'maintenance'}; "
-                                                "nothing will be actuated")]
+                                                "nothing will be actuated", key="pause")]
         case Resumed():
             state = replace(state, paused=False, pause_reason="")
-            commands = [Alert(Severity.INFO, "resumed: automatic actions armed again")]
+            commands = [Alert(Severity.INFO, "resumed: automatic actions armed again",
+                              key="pause", resolve=True)]
         case FailoverRequested():
             return _failover_requested(state, event, now)
         case LeadershipChanged(epoch=epoch, holder=holder):
@@ -73,6 +75,8 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
                 return state, commands
         case Acknowledged():
             return _acknowledged(state)
+        case SelfFenceFailed(reason=reason):
+            return _self_fence_failed(state, reason, now)
         case Tick():
             pass
     state, decided = _decide(state, now)
@@ -88,7 +92,11 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
         if assessment.verdict in _ALERTING and not (
             assessment.verdict is Verdict.DEGRADED and state.assessed in _ALERTING
         ):
-            commands.append(Alert(_ALERTING[assessment.verdict], assessment.detail))
+            commands.append(Alert(_ALERTING[assessment.verdict], assessment.detail,
+                                  key="assessment"))
+        elif assessment.verdict not in _ALERTING and state.assessed in _ALERTING:
+            commands.append(Alert(Severity.INFO, f"cleared: {assessment.detail}",
+                                  key="assessment", resolve=True))
         state = replace(state, assessed=assessment.verdict, assessed_since=now)
     state = replace(state, assessment_detail=assessment.detail)
     clocks = state.clocks
@@ -101,20 +109,25 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
         clocks = _observe(replace(state, clocks=clocks), observed, now)
     state = replace(state, clocks=clocks)
     if not (assessment.self_isolated and event.primary_side):
-        return replace(state, isolated_since=None, self_fence_deferred=False), commands
+        return replace(state, isolated_since=None, self_fence_deferred=False,
+                       self_fence_retry_at=None), commands
     since = state.isolated_since if state.isolated_since is not None else now
     state = replace(state, isolated_since=since)
     fence_after = state.thresholds.fence_after
     if fence_after is None or state.self_fenced or now - since <= fence_after:
+        return state, commands
+    if state.self_fence_retry_at is not None and now < state.self_fence_retry_at:
         return state, commands
     reason = f"isolated from peer and witness for {now - since:.1f}s (> {fence_after:g}s)"
     if state.paused:
         if state.self_fence_deferred:  # said once per isolation; resuming fences at once
             return state, commands
         state = replace(state, self_fence_deferred=True)
-        return state, [*commands, Alert(Severity.CRITICAL, f"paused: would self-fence, {reason}")]
-    state = replace(state, self_fenced=True)
-    return state, [*commands, Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}"),
+        return state, [*commands, Alert(Severity.CRITICAL, f"paused: would self-fence, {reason}",
+                                               key="self_fence")]
+    state = replace(state, self_fenced=True, self_fence_retry_at=None)
+    return state, [*commands, Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}",
+                                         key="self_fence"),
                    FenceOwnPrimary(reason=reason)]
 
 
@@ -325,10 +338,22 @@ def _standby_observed(
             and not state.paused):
         reason = "old primary in the standby slot accepts writes"
         return state, [
-            Alert(Severity.CRITICAL, f"fencing: {reason}"),
+            Alert(Severity.CRITICAL, f"fencing: {reason}", key="fence"),
             FenceOldPrimary(epoch=state.epoch, reason=reason),
         ], False
     return state, [], False
+
+
+def _self_fence_failed(state: WatchState, reason: str, now: float) -> Step:
+    """Not confirmed: the primary may still take writes. Try again while isolated."""
+    if not state.self_fenced:
+        return _with_verdict(state, f"ignored a late self-fence failure: {reason}")
+    backoff = state.thresholds.retry_backoff
+    state = replace(state, self_fenced=False, self_fence_retry_at=now + backoff,
+                    verdict=f"self-fence failed: {reason}; retrying in {backoff:g}s")
+    return state, [Alert(Severity.CRITICAL, f"self-fence failed, the primary may still take "
+                                            f"writes: {reason}; retrying in {backoff:g}s",
+                         key="self_fence")]
 
 
 def _acknowledged(state: WatchState) -> Step:

@@ -150,6 +150,17 @@ class FailoverRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfFenceFailed:
+    """A self-fence was not confirmed (the server refused, the stop did not complete...).
+
+    It is tried again after ``retry_backoff`` while the isolation lasts, with an alert
+    each time, until one is confirmed.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; re-evaluate the clocks."""
 
@@ -166,6 +177,7 @@ Event = (
     | Paused
     | Resumed
     | FailoverRequested
+    | SelfFenceFailed
     | Tick
 )
 
@@ -214,10 +226,18 @@ class Severity(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """Something an operator must hear about."""
+    """Something an operator must hear about.
+
+    ``key`` names the condition the alert is about ("assessment", "self_fence", "fence",
+    "pause"...): the runtime sends one notification per open key (deduplicated) and a
+    resolve when an alert with ``resolve`` closes it. ``key`` None is said in the log only:
+    the failover's own notifications come from the runbook's steps.
+    """
 
     severity: Severity
     message: str
+    key: str | None = None
+    resolve: bool = False
 
 
 Command = StartFailover | FenceOldPrimary | FenceOwnPrimary | Alert
@@ -291,3 +311,4 @@ class WatchState:
     isolated_since: float | None = None
     self_fenced: bool = False
     self_fence_deferred: bool = False  # paused when it was due; the alert went out once
+    self_fence_retry_at: float | None = None  # the last self-fence failed: try again then

@@ -30,6 +30,8 @@ from agentaskit_dr.core import (
     FenceOwnPrimary,
     LeadershipChanged,
     Phase,
+    SelfFenceFailed,
+    Severity,
     StandbyObserved,
     StartFailover,
     ThresholdsChanged,
@@ -44,6 +46,7 @@ from agentaskit_dr.ports import (
     RegionHealthObservation,
 )
 from agentaskit_dr.probes.postgres import replication_lag_bytes
+from agentaskit_dr.runtime.alerts import AlertRouter
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
 from agentaskit_dr.runtime.outlook import PRIMARY_DB, STANDBY_DB, own_vantage, wire_report
 from agentaskit_dr.runtime.reload import ProbeFactory, reloadable
@@ -141,6 +144,10 @@ class Engine:
         self._run_task: asyncio.Task[None] | None = None
         # A failover decided while a resume was being driven: started when it ends.
         self._deferred_failover: StartFailover | None = None
+        # Alerts go to the log and, deduplicated, to the notifiers (the supervisor wires
+        # ``alerts.send`` to its notification hub; by default they are only logged).
+        self.alerts = AlertRouter(lambda _notification: None, node=config.holder,
+                                  clock=self._clock)
 
     @property
     def run_in_progress(self) -> bool:
@@ -241,7 +248,10 @@ class Engine:
                 continue
             issued: list[Command] = []
             for event in self._events_of(item):
+                had_lock = self.state.epoch is not None
                 issued.extend(self._apply(event))
+                if isinstance(event, LeadershipChanged):
+                    issued.extend(self._lock_alerts(had_lock, event))
                 if isinstance(event, LeadershipChanged) and event.epoch is not None:
                     self._resume_due = self._clock()  # a run a predecessor left open?
             commands.extend(issued)
@@ -257,6 +267,16 @@ class Engine:
         self._resume_if_due()
         if self._probes_stale:
             await self._restart_probes()
+
+    def _lock_alerts(self, had_lock: bool, event: LeadershipChanged) -> list[Command]:
+        if had_lock and event.epoch is None and not self.state.paused:
+            holder = event.holder or "nobody reachable"
+            return [AlertCommand(Severity.CRITICAL, f"lock lost: this watchdog no longer "
+                                 f"holds the leader lock (now: {holder})", key="lock")]
+        if event.epoch is not None and "lock" in self.alerts.open_alerts:
+            return [AlertCommand(Severity.INFO, f"lock held again under epoch {event.epoch}",
+                                 key="lock", resolve=True)]
+        return []
 
     def _resume_if_due(self) -> None:
         """Resume the active run (after taking the lock, or to retry a failed step)."""
@@ -288,12 +308,24 @@ class Engine:
         if self.runbook.incomplete:
             self._resume_due = self._clock() + self.state.thresholds.retry_backoff
         if outcome.event is not None:
-            for extra in self._apply(outcome.event):
+            for extra in self._apply(outcome.event) + self._run_alerts(outcome.event):
                 await self._execute(extra)
             self._log_outcome(outcome.command)
         deferred, self._deferred_failover = self._deferred_failover, None
         if deferred is not None and self.state.phase is Phase.FAILING_OVER:
             self._start_run(self.runbook.failover(deferred, self.primary_last_lsn), deferred)
+
+    def _run_alerts(self, event: Event) -> list[Command]:
+        """A stale epoch and a run left open are alerts; a run that completes clears them."""
+        if isinstance(event, FailoverRefused) and not event.retry:
+            return [AlertCommand(Severity.CRITICAL, f"stale epoch: {event.reason}",
+                                 key="stale_epoch")]
+        if self.runbook.incomplete:
+            return [AlertCommand(Severity.CRITICAL, f"run stuck: {self.state.verdict}; retried "
+                                 f"every {self.state.thresholds.retry_backoff:g}s", key="run")]
+        if "run" in self.alerts.open_alerts:
+            return [AlertCommand(Severity.INFO, "run completed", key="run", resolve=True)]
+        return []
 
     def _log_outcome(self, command: StartFailover | None) -> None:
         if command is None:
@@ -411,7 +443,7 @@ class Engine:
 
     async def _execute(self, command: Command) -> None:
         if isinstance(command, AlertCommand):
-            log.warning("alert", severity=command.severity.value, message=command.message)
+            self.alerts.route(command, epoch=self.state.epoch)
         elif isinstance(command, StartFailover):
             self._log_decision(command)
             if self.run_in_progress:
@@ -426,21 +458,35 @@ class Engine:
         elif isinstance(command, FenceOldPrimary):
             promoter = self._promoter_factory(self.config)
             standby = self.config.regions[self.config.secondary_region].database.connect_dsn()
-            await self.executor.fence(command, promoter, standby)
+            refused = await self.executor.fence(command, promoter, standby)
+            if refused is not None:
+                await self._execute(AlertCommand(Severity.CRITICAL, f"fence refused: {refused}",
+                                                 key="fence"))
+            elif "fence" in self.alerts.open_alerts:
+                await self._execute(AlertCommand(Severity.INFO, "old primary fenced",
+                                                 key="fence", resolve=True))
 
     async def _fence_own_primary(self, command: FenceOwnPrimary) -> None:
         """Self-fencing needs no lock: read-only is the safe direction, and the lock store
-        may well be on the other side of the partition."""
+        may well be on the other side of the partition. A fence that is not confirmed goes
+        back to the core, which alerts and tries again after ``retry_backoff``."""
         promoter = self._promoter_factory(self.config)
         dsn = self.config.regions[self.config.primary_region].database.connect_dsn()
         try:
             # No epoch: its own primary is fenced whatever epoch promoted it.
             result = await promoter.fence(dsn, epoch=None)
-        except Exception as exc:  # logged; the alert already went out
-            log.exception("self_fence_failed", reason=command.reason, error=str(exc))
-            return
-        log.critical("self_fenced", reason=command.reason, fenced=result.fenced,
-                     sessions_terminated=result.sessions_terminated, detail=result.detail)
+        except Exception as exc:  # noqa: BLE001 (any failure is a fence not confirmed)
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            if result.fenced:
+                log.critical("self_fenced", reason=command.reason, fenced=True,
+                             sessions_terminated=result.sessions_terminated,
+                             detail=result.detail)
+                return
+            failure = result.detail
+        log.error("self_fence_failed", reason=command.reason, error=failure)
+        for extra in self._apply(SelfFenceFailed(failure)):
+            await self._execute(extra)
 
     def _log_decision(self, command: StartFailover) -> None:
         if command.condition is None:
@@ -535,6 +581,7 @@ class Engine:
                                lag_bytes=self.lag_bytes, peers=self.links())
         current = self.runbook.current if self.run_in_progress else None
         status["run"] = None if current is None else {"run_id": current[0], "step": current[1]}
+        status["alerts"] = self.alerts.open_alerts
         return status
 
 

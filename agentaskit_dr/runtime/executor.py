@@ -80,15 +80,16 @@ class FailoverExecutor:
             resuming=resuming,
         )
 
-    async def fence(self, command: FenceOldPrimary, promoter: Promoter, dsn: str) -> None:
+    async def fence(self, command: FenceOldPrimary, promoter: Promoter, dsn: str) -> str | None:
+        """Fence under the lease; None when fenced (or not ours to do), else why not."""
         if not await self._leader_under(command.epoch):
             log.warning("fence_skipped", reason="not the lock holder", epoch=command.epoch)
-            return
+            return None
         try:
             result = await promoter.fence(dsn, epoch=command.epoch)
         except (PromotionRefused, StaleEpoch) as exc:
-            log.exception("fence_refused", epoch=command.epoch, reason=str(exc))
-            return
+            log.error("fence_refused", epoch=command.epoch, reason=str(exc))  # noqa: TRY400
+            return str(exc)
         log.warning(
             "old_primary_fenced",
             epoch=command.epoch,
@@ -97,3 +98,4 @@ class FailoverExecutor:
             detail=result.detail,
             reason=command.reason,
         )
+        return None if result.fenced else result.detail

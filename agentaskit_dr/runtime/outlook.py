@@ -20,7 +20,7 @@ STANDBY_DB = "db:standby"
 
 def stale_after(config: WatchdogConfig) -> float:
     """How old a report may be and still count as fresh: two rounds plus a timeout."""
-    return 2 * config.probe.interval + config.probe.timeout
+    return config.peer_stale_after
 
 
 def _fresh(report: ProbeReport | None, now: float, limit: float) -> ProbeReport | None:

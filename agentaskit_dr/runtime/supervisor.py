@@ -17,6 +17,7 @@ import structlog
 from redis.asyncio import Redis
 
 from agentaskit_dr import logs
+from agentaskit_dr.actuators.notify_hub import NotificationHub
 from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.server import ApiServer
@@ -33,7 +34,7 @@ from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
 from agentaskit_dr.runtime.runbook import Runbook
-from agentaskit_dr.runtime.runbook_hooks import build_hooks, promoter
+from agentaskit_dr.runtime.runbook_hooks import build_hooks, notifiers, promoter
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +133,7 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
         # Handlers stay until the tasks are down: a second SIGINT during the grace period
         # would otherwise raise KeyboardInterrupt mid-release and skip the clean stop.
         await _stop_tasks(tasks)
+        await parts.alerts.close()
         await api.stop()
         await lock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -147,6 +149,7 @@ class _Parts:
     engine: Engine
     peers: PeerPoller
     api: ApiServer
+    alerts: AlertHubs
 
 
 def _assemble(
@@ -168,8 +171,9 @@ def _assemble(
         promoters=build_promoter,
         executor=executor,
         runbook=runbook,
-        on_config=lambda new: logs.configure(new.logging.level),
+        on_config=lambda new: _reconfigured(alerts, new),
     )
+    alerts = AlertHubs(engine)
     runbook.lag_bytes = lambda: engine.lag_bytes
     runbook.lag_seconds = lambda: engine.lag_seconds
     keeper.on_change = engine.leadership_changed
@@ -186,7 +190,45 @@ def _assemble(
     api = ApiServer(EngineController(engine),
                     metrics=engine.metrics,
                     token_file=config.api.token_file)
-    return _Parts(lock, keeper, engine, peers, api)
+    return _Parts(lock, keeper, engine, peers, api, alerts)
+
+
+def _reconfigured(alerts: AlertHubs, config: WatchdogConfig) -> None:
+    logs.configure(config.logging.level)
+    alerts.rebuild(config)
+
+
+class AlertHubs:
+    """The notification hub the engine's alerts go out through; rebuilt on reload (the
+    webhooks may have changed), the old one drained in the background."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._hub = self._build(engine.config)
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def _build(self, config: WatchdogConfig) -> NotificationHub:
+        hub = NotificationHub(notifiers(config, ("slack", "pagerduty", "generic")),
+                              deadline=config.runbook.notify_timeout + 1)
+        self._engine.alerts.send = hub.dispatch
+        return hub
+
+    def rebuild(self, config: WatchdogConfig) -> None:
+        old, self._hub = self._hub, self._build(config)
+        task = asyncio.create_task(self._retire(old), name="alerts:retire-hub")
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    @staticmethod
+    async def _retire(hub: NotificationHub) -> None:
+        await hub.drain(hub.deadline)
+        await hub.close()
+
+    async def close(self) -> None:
+        """Give alerts already dispatched a moment to go out, then close."""
+        await self._hub.drain(min(2.0, self._hub.deadline))
+        await self._hub.close()
+        await asyncio.gather(*self._retired, return_exceptions=True)
 
 
 async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:

@@ -65,15 +65,15 @@ class Timing:
 
     The probe interval is 0.5 s rather than the fleet's 0.4 s: three Python daemons and
     two PostgreSQL servers share two cores here. ``db_unreachable`` must leave room for
-    ``stale_after`` + ``fence_after`` + an interval, so the cut-off primary side fences
-    well before the other side may promote; ``fence_after`` must stay below
-    ``min(thresholds) - interval`` (the config refuses anything else). The lock TTL is
+    ``stale_after`` + ``fence_after`` + two intervals and a timeout, so the cut-off primary
+    side fences before the other side may promote; ``fence_after`` must stay below the
+    config's ``self_fence_budget`` (it refuses anything else). The lock TTL is
     three socket timeouts, the least the config allows, so a takeover is quick.
     """
 
     interval: float = 0.5
     timeout: float = 0.4
-    db_unreachable: float = 4.0
+    db_unreachable: float = 5.5
     region_unhealthy: float = 8.0
     fence_after: float = 2.0
     lock_ttl: float = 3.0

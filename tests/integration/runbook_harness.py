@@ -240,14 +240,22 @@ class RunbookWorld:
 
         found: dict[str, list[str]] = {path: [] for path in EXPECTED_NOTIFICATIONS}
         for request in self.servers.run(read()):
-            found.setdefault(request.path, []).append(notification_name(request))
+            if not is_alert(request):
+                found.setdefault(request.path, []).append(notification_name(request))
         return found
 
-    def received(self, path: str) -> list[ReceivedRequest]:
+    def alerts(self, path: str = GENERIC) -> list[dict[str, Any]]:
+        """The daemons' alerts (not the runbook's notifications) a webhook received."""
+        return [request.body for request in self.received(path)
+                if is_alert(request) and isinstance(request.body, dict)]
+
+    def received(self, path: str, *, alerts: bool = True) -> list[ReceivedRequest]:
+        """What the webhook at ``path`` received; ``alerts=False`` leaves the daemons'
+        alerts out (only the runbook's notifications)."""
         async def read() -> list[ReceivedRequest]:
             return self.receiver.received(path)
 
-        return self.servers.run(read())
+        return [r for r in self.servers.run(read()) if alerts or not is_alert(r)]
 
     def runs(self, redis_url: str, key_prefix: str = "agentaskit-dr") -> list[RunJournal]:
         """Every run in the journal next to the lock, newest first."""
@@ -259,6 +267,17 @@ class RunbookWorld:
                 await journal.close()
 
         return self.servers.run(read())
+
+
+def is_alert(request: ReceivedRequest) -> bool:
+    """An alert of a daemon (``runtime/alerts.py``), told apart from the runbook's
+    notifications by its dedup key ``agentaskit-dr/<node>/<key>``."""
+    body = request.body if isinstance(request.body, dict) else {}
+    if "event_action" in body:
+        return str(body.get("dedup_key", "")).startswith("agentaskit-dr/")
+    if "blocks" in body:
+        return "(run agentaskit-dr/" in str(body.get("text", ""))
+    return body.get("event") == "alert"
 
 
 def notification_name(request: ReceivedRequest) -> str:

@@ -236,10 +236,10 @@ def test_flapping_primary_frozen_in_bursts_shorter_than_threshold_never_fails_ov
     lab: PartitionLab, pg_pair: PostgresPair
 ) -> None:
     # The watchdogs count a burst only once all vantages agree, about a second in: a
-    # 3 s freeze shows up as 2 s or so of the 4 s threshold.
-    burst, bursts = 3.0, 3
+    # 3 s freeze shows up as 2 s or so of the 5.5 s threshold.
+    burst = 3.0
     started = time.monotonic()
-    for _ in range(bursts):
+    while time.monotonic() - started < WATCH:
         pg_pair.primary.pause()
         try:
             time.sleep(burst)  # the burst's length is this test's input
@@ -252,7 +252,6 @@ def test_flapping_primary_frozen_in_bursts_shorter_than_threshold_never_fails_ov
                          T.interval * 2 + SLACK, what=f"{node} seeing the primary back",
                          nodes=[node])
         time.sleep(max(0.0, resumed_at + 1.0 - time.time()))
-    assert time.monotonic() - started >= WATCH
 
     # Watch one more threshold for a late decision.
     lab.assert_absent(is_any(FAILOVER_EVENTS | FENCE_EVENTS),

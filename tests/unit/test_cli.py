@@ -232,6 +232,8 @@ def drill_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--threshold", "0.1s", "--interval", "1s"],
          "--threshold (0.1s) must exceed --interval (1s)"),
         (["--threshold", "500ms"], "--threshold (500ms) must exceed --interval (0.5s)"),
+        (["--threshold", "3s"], "--threshold (3s) must exceed 6 x --interval (0.5s) so the "
+                                "primary side can self-fence before the other side may promote"),
         (["--threshold", "soon"],
          "argument --threshold: must be a duration like '2m' or '120s' (got 'soon')"),
         (["--interval", "0s"], "argument --interval: must be longer than zero (got '0s')"),

@@ -85,10 +85,11 @@ def test_shipped_watchdog_config_loads_with_the_plans_production_defaults() -> N
     config = load_config(CONFIGS / "watchdog.yaml")
 
     assert (config.primary_region, config.secondary_region) == ("us-west-2", "us-east-1")
-    # With peers and a witness, self-fencing defaults to 0.75 x (120 s - 5 s).
+    # With peers and a witness, self-fencing defaults to 0.75 x the budget: 120 s minus
+    # staleness 12 s, two jittered intervals 11 s and one timeout 2 s.
     assert config.core_thresholds() == Thresholds(
         region_unhealthy=300.0, db_unreachable=120.0, recovery=30.0, retry_backoff=10.0,
-        fence_after=86.25,
+        fence_after=71.25,
     )
     assert (config.probe.interval, config.probe.timeout, config.lock.ttl) == (5.0, 2.0, 15.0)
     assert config.promotion.max_lag_bytes == 16 * 2**20

@@ -170,14 +170,15 @@ def test_the_witness_url_must_be_http_or_https(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- fence_after
 
 
-def test_fence_after_defaults_to_three_quarters_of_the_promotion_deadline_with_peers(
+def test_fence_after_defaults_to_three_quarters_of_the_self_fence_budget_with_peers(
     tmp_path: Path,
 ) -> None:
     config = load(tmp_path, lambda d: d.update(peers=["http://127.0.0.1:8788"]))
 
-    # 0.75 x (db_unreachable 120 s - probe.interval 5 s)
-    assert config.effective_fence_after == 86.25
-    assert config.core_thresholds().fence_after == 86.25
+    # budget = db_unreachable 120 s - (staleness 2 x 5 s + 2 s) - 2 x 5 s x 1.1 - 2 s = 95 s
+    assert config.self_fence_budget == 95.0
+    assert config.effective_fence_after == 71.25
+    assert config.core_thresholds().fence_after == 71.25
 
 
 def test_fence_after_default_follows_the_shorter_threshold(tmp_path: Path) -> None:
@@ -186,7 +187,36 @@ def test_fence_after_default_follows_the_shorter_threshold(tmp_path: Path) -> No
         thresholds={"db_unreachable": "10m", "region_unhealthy": "1m"},
     ))
 
-    assert config.effective_fence_after == 0.75 * (60.0 - 5.0)
+    assert config.effective_fence_after == 0.75 * (60.0 - 25.0)  # 25 s: the delay terms
+
+
+def test_the_self_fence_lands_before_the_other_sides_earliest_promotion(tmp_path: Path) -> None:
+    # The inequality, checked over the whole timeline with the worst case of every term:
+    # partition at 0; the last peer report arrived at 0; own probes every interval x 1.1.
+    config = load(tmp_path, lambda d: d.update(peers=["http://127.0.0.1:8788"]))
+    probe = config.probe
+    fence_after = config.effective_fence_after
+    assert fence_after is not None
+    slowest_probe = probe.interval * (1 + probe.jitter)
+    isolated_from = config.peer_stale_after + slowest_probe
+    fence_issued = isolated_from + fence_after + slowest_probe
+    writes_stop = fence_issued + 3 * probe.timeout  # connect, read-only, end sessions
+    # The other side: ripe at the threshold, then its check_primary probe and its fence
+    # attempt each hang for a timeout on the cut-off primary before pg_promote.
+    earliest_promotion = config.thresholds.db_unreachable + 2 * probe.timeout
+    assert writes_stop < earliest_promotion
+
+
+def test_thresholds_too_short_for_self_fencing_are_refused_when_peers_listen(
+    tmp_path: Path,
+) -> None:
+    lines = problems(tmp_path, lambda d: d.update(
+        peers=["http://127.0.0.1:8788"], probe={"interval": "10s", "timeout": "5s"},
+        thresholds={"db_unreachable": "40s", "region_unhealthy": "5m", "recovery": "30s",
+                    "retry_backoff": "30s"}))
+
+    assert fields_of(lines) == ["thresholds.db_unreachable"]
+    assert "too short for self-fencing with peers" in lines[0]
 
 
 def test_a_witness_never_self_fences(tmp_path: Path) -> None:
@@ -196,23 +226,22 @@ def test_a_witness_never_self_fences(tmp_path: Path) -> None:
     assert config.effective_fence_after is None
 
 
-def test_fence_after_just_inside_the_promotion_deadline_is_accepted(tmp_path: Path) -> None:
+def test_fence_after_just_inside_the_self_fence_budget_is_accepted(tmp_path: Path) -> None:
     config = load(tmp_path, lambda d: d.update(peers=["http://127.0.0.1:8788"],
-                                               fence_after="1m54s"))
+                                               fence_after="1m34s"))
 
-    assert config.effective_fence_after == 114.0
+    assert config.effective_fence_after == 94.0
 
 
-@pytest.mark.parametrize("fence_after", ["1m55s", "2m", "10m"])
-def test_fence_after_not_before_the_promotion_deadline_is_refused(
+@pytest.mark.parametrize("fence_after", ["1m35s", "1m50s", "2m", "10m"])
+def test_fence_after_not_inside_the_self_fence_budget_is_refused(
     tmp_path: Path, fence_after: str
 ) -> None:
     lines = problems(tmp_path, lambda d: d.update(peers=["http://127.0.0.1:8788"],
                                                   fence_after=fence_after))
 
     assert fields_of(lines) == ["fence_after"]
-    assert "must be shorter than the other side's shortest threshold minus one probe " \
-           "interval (1m55s)" in lines[0]
+    assert "must be shorter than the self-fence budget (1m35s" in lines[0]
 
 
 def test_fence_after_without_peers_or_witness_is_refused(tmp_path: Path) -> None:
@@ -241,7 +270,8 @@ def test_the_default_fence_after_also_fences_before_the_promotion_deadline(
                                 "retry_backoff": "30s"},
                     probe={"interval": interval, "timeout": timeout})
 
-    # Either fix is right: refuse the config naming fence_after, or pick a default inside.
+    # Either fix is right: refuse the config naming fence_after or the threshold too short
+    # for any self-fence, or pick a default inside the budget.
     refused: list[str] | None
     try:
         config = load(tmp_path, edit)
@@ -250,17 +280,14 @@ def test_the_default_fence_after_also_fences_before_the_promotion_deadline(
     else:
         refused = None
     if refused is not None:
-        assert fields_of(refused) == ["fence_after"]
+        assert fields_of(refused) in (["fence_after"], ["thresholds.db_unreachable"])
         return
-    shortest = min(config.thresholds.db_unreachable, config.thresholds.region_unhealthy)
-    deadline = shortest - config.probe.interval
     fence_after = config.effective_fence_after
     assert fence_after is not None
-    assert fence_after < deadline, (
-        f"default fence_after {fence_after:g}s is not before the other side's promotion "
-        f"deadline {deadline:g}s (db_unreachable {shortest:g}s - probe.interval "
-        f"{config.probe.interval:g}s): the config loads, yet the secondary may promote while "
-        "the primary still takes writes"
+    assert fence_after + config.self_fence_delay < config.thresholds.db_unreachable, (
+        f"default fence_after {fence_after:g}s plus the detection delay "
+        f"{config.self_fence_delay:g}s is not before the other side's earliest promotion: "
+        "the config loads, yet the secondary may promote while the primary still takes writes"
     )
 
 

@@ -29,6 +29,7 @@ from agentaskit_dr.core import (
     Paused,
     Phase,
     Resumed,
+    SelfFenceFailed,
     Severity,
     StandbyObserved,
     StartFailover,
@@ -164,7 +165,10 @@ def test_partial_partition_alerts_once_per_change_of_verdict() -> None:
     assert [(t, a.severity) for t, a in partial] == [
         (0.0, Severity.CRITICAL), (205.0, Severity.CRITICAL),
     ]
-    assert alerts(commands, "healthy (test)") == [], "a healthy verdict is no alert"
+    cleared = alerts(commands, "healthy (test)")
+    assert [(t, a.severity, a.key, a.resolve) for t, a in cleared] == [
+        (105.0, Severity.INFO, "assessment", True)], "a healthy verdict only resolves the alert"
+    assert {a.key for _, a in partial} == {"assessment"}
 
 
 def test_degraded_alerts_once_and_does_not_repeat_while_it_stays_degraded() -> None:
@@ -275,6 +279,37 @@ def test_acknowledging_clears_the_self_fence() -> None:
     assert not state.self_fenced
     assert state.isolated_since is None
     assert state.verdict.startswith("acknowledged: self-fence cleared")
+
+
+def test_a_self_fence_that_fails_is_retried_after_the_backoff_with_an_alert_each_time() -> None:
+    # Default retry_backoff is 10 s: fenced at 95, failed twice, the third one holds.
+    timeline: Timeline = [
+        *assessed_every(5, 0, 95, SELF_ISOLATED, primary_side=True),
+        (96.0, SelfFenceFailed("fence target refused the session: too many connections")),
+        *assessed_every(5, 100, 110, SELF_ISOLATED, primary_side=True),
+        (111.0, SelfFenceFailed("timeout after 2s")),
+        *assessed_every(5, 115, 400, SELF_ISOLATED, primary_side=True),
+    ]
+    state, commands = run(timeline)
+
+    assert [t for t, _ in of_type(commands, FenceOwnPrimary)] == [95.0, 110.0, 125.0]
+    failures = alerts(commands, "self-fence failed")
+    assert [(t, a.severity) for t, a in failures] == [(96.0, Severity.CRITICAL),
+                                                      (111.0, Severity.CRITICAL)]
+    assert "too many connections" in failures[0][1].message
+    assert state.self_fenced
+
+
+def test_a_self_fence_failure_after_the_isolation_ended_changes_nothing() -> None:
+    state, _ = run(assessed_every(5, 0, 95, SELF_ISOLATED, primary_side=True))
+    state, commands = run([
+        (96.0, Assessed(HEALTHY, primary_side=True, db_evidence=True)),
+        (97.0, Acknowledged()),
+        (98.0, SelfFenceFailed("late")),
+    ], state)
+    assert not state.self_fenced
+    assert state.self_fence_retry_at is None
+    assert alerts(commands, "self-fence failed") == []
 
 
 def test_still_isolated_after_acknowledging_fences_again_only_after_another_fence_after() -> (
