@@ -297,7 +297,7 @@ class Notification:
 
     ``event`` is one of "failover_started", "failover_done", "failover_failed",
     "incident_opened", "status_page", "failback_planned" (free text is allowed).
-    ``dedup_key`` groups trigger and resolve of one incident (the run id).
+    ``dedup_key`` groups trigger and resolve of one incident (``incident``, else the run id).
     """
 
     event: str
@@ -307,10 +307,12 @@ class Notification:
     severity: str = "critical"
     resolve: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    # The incident the run belongs to: a failover retried after a refusal is one incident.
+    incident: str | None = None
 
     @property
     def dedup_key(self) -> str:
-        return self.run_id
+        return self.incident or self.run_id
 
 
 class Notifier(Protocol):

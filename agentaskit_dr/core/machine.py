@@ -16,6 +16,7 @@ from agentaskit_dr.core.model import (
     Alert,
     Assessed,
     Clock,
+    CloseIncident,
     Command,
     Condition,
     Event,
@@ -190,6 +191,11 @@ def _decide(state: WatchState, now: float) -> Step:
     condition = _ripe(state)
     if condition is None:
         failing = [c for c in Condition if state.clocks[c].failing]
+        if not failing and state.incident_since is not None:
+            state = replace(state, incident_since=None, retry_not_before=None,
+                            verdict="no action: the failover incident closed, its condition "
+                                    "cleared")
+            return state, [CloseIncident("the condition cleared before a failover succeeded")]
         if failing:
             parts = "; ".join(_describe(state, c) for c in failing)
             return _with_verdict(state, f"no action: waiting, {parts}")
@@ -214,15 +220,18 @@ def _decide(state: WatchState, now: float) -> Step:
         )
     clock = state.clocks[condition]
     assert clock.failing_since is not None  # guaranteed by _ripe
+    incident = state.incident_since if state.incident_since is not None else now
     command = StartFailover(
         condition=condition,
         epoch=state.epoch,
         reason=reason,
         failing_since=clock.failing_since,
         decided_at=now,
+        incident_since=incident,
     )
     state = replace(
         state,
+        incident_since=incident,
         phase=Phase.FAILING_OVER,
         failover=FailoverRecord(
             condition=condition, epoch=state.epoch, decided_at=now, reason=reason
@@ -249,10 +258,12 @@ def _failover_requested(state: WatchState, event: FailoverRequested, now: float)
     if refusal is not None:
         return _with_verdict(state, f"manual failover refused: {refusal}")
     assert state.epoch is not None
+    incident = state.incident_since if state.incident_since is not None else now
     command = StartFailover(condition=None, epoch=state.epoch, reason=reason,
-                            failing_since=now, decided_at=now)
+                            failing_since=now, decided_at=now, incident_since=incident)
     state = replace(
         state,
+        incident_since=incident,
         phase=Phase.FAILING_OVER,
         failover=FailoverRecord(condition=None, epoch=state.epoch, decided_at=now,
                                 reason=reason),
@@ -273,6 +284,7 @@ def _failover_succeeded(state: WatchState, event: FailoverSucceeded, now: float)
         failover=record,
         clocks=fresh_clocks(),
         standby_ready=None,
+        incident_since=None,  # the run's last notification resolves it
         verdict=f"failed over under epoch {event.epoch}: {event.detail}".rstrip(": "),
     )
     return state, [Alert(Severity.CRITICAL, f"failover done under epoch {event.epoch}")]
@@ -289,7 +301,11 @@ def _failover_refused(state: WatchState, event: FailoverRefused, now: float) -> 
         retry_not_before=retry_at,
         verdict=f"failover refused: {event.reason}",
     )
-    return state, [Alert(Severity.CRITICAL, f"failover refused: {event.reason}")]
+    commands: list[Command] = [Alert(Severity.CRITICAL, f"failover refused: {event.reason}")]
+    if not event.retry and state.incident_since is not None:
+        state = replace(state, incident_since=None)
+        commands.append(CloseIncident(f"refused for good: {event.reason}"))
+    return state, commands
 
 
 def _standby_observed(

@@ -197,6 +197,9 @@ class StartFailover:
     reason: str
     failing_since: float
     decided_at: float
+    # When the first attempt of this incident was decided: retries after a refusal carry
+    # the same value, so they notify as one incident, not one per attempt.
+    incident_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,14 @@ class FenceOwnPrimary:
     Needs no lock: the lock store may be on the other side of the partition, and making the
     primary read-only is always the safe direction. Nothing lifts it automatically.
     """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseIncident:
+    """The failover incident ends without a failover (its condition cleared, or it can
+    never succeed): resolve what its first attempt opened with the stakeholders."""
 
     reason: str
 
@@ -240,7 +251,7 @@ class Alert:
     resolve: bool = False
 
 
-Command = StartFailover | FenceOldPrimary | FenceOwnPrimary | Alert
+Command = StartFailover | FenceOldPrimary | FenceOwnPrimary | CloseIncident | Alert
 
 
 # ---------------------------------------------------------------- state
@@ -312,3 +323,5 @@ class WatchState:
     self_fenced: bool = False
     self_fence_deferred: bool = False  # paused when it was due; the alert went out once
     self_fence_retry_at: float | None = None  # the last self-fence failed: try again then
+    # The failover incident open since this decision time (cleared by success or close).
+    incident_since: float | None = None

@@ -23,6 +23,7 @@ from agentaskit_dr.core import (
 from agentaskit_dr.core import (
     Assessed,
     Assessment,
+    CloseIncident,
     Command,
     Event,
     FailoverRefused,
@@ -453,6 +454,10 @@ class Engine:
                 self._deferred_failover = command
                 return
             self._start_run(self.runbook.failover(command, self.primary_last_lsn), command)
+        elif isinstance(command, CloseIncident):
+            notification = self.runbook.close_incident(command.reason, self.state.epoch or 0)
+            if notification is not None:
+                self.alerts.send(notification)
         elif isinstance(command, FenceOwnPrimary):
             await self._fence_own_primary(command)
         elif isinstance(command, FenceOldPrimary):

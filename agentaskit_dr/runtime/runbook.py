@@ -158,6 +158,10 @@ class Runbook:
         # crash-resume tests (tests/integration/crashing_watchdog.py); nothing in the
         # package sets it.
         self.after_step: Callable[[str], None] = lambda _step: None
+        # The incident open for stakeholders: (the core's incident_since, its key), and the
+        # opening notifications already sent for it (retries do not send them again).
+        self._incident: tuple[float, str] | None = None
+        self._announced: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------ the plan
 
@@ -239,6 +243,7 @@ class Runbook:
             now, wall = self.clock(), self.wall_clock()
             run_id = new_failover_id(command.epoch)
             meta = {
+                "incident": self._incident_for(command, run_id),
                 "from_region": config.primary_region,
                 "to_region": config.secondary_region,
                 "condition": command.condition.value if command.condition else "manual",
@@ -265,6 +270,33 @@ class Runbook:
             log.error("failover_refused", reason=f"journal: {exc}",  # noqa: TRY400
                       epoch=command.epoch)
             return FailoverRefused(f"journal: {exc}", retry=not isinstance(exc, StaleEpoch))
+
+    def _incident_for(self, command: StartFailover, run_id: str) -> str:
+        """The incident key of this attempt: the first attempt's run id for every retry of
+        one incident (kept in memory: a restarted watchdog opens a new one)."""
+        since = command.incident_since
+        if since is not None and self._incident is not None and self._incident[0] == since:
+            return self._incident[1]
+        self._incident = None if since is None else (since, run_id)
+        return run_id
+
+    def close_incident(self, reason: str, epoch: int) -> Notification | None:
+        """The resolve of the open incident, ended without a failover; None if none is open.
+
+        The caller dispatches it (every notifier kind): PagerDuty resolves the incident
+        under the same dedup key, Slack and the generic hook hear that it is over.
+        """
+        if self._incident is None:
+            return None
+        key = self._incident[1]
+        self._incident = None
+        self._announced = {entry for entry in self._announced if entry[0] != key}
+        log.warning("incident_closed", incident=key, reason=reason)
+        return Notification(
+            event="failover_abandoned", run_id=key, epoch=epoch, incident=key,
+            summary=f"agentaskit-dr failover incident {key} closed: {reason}",
+            severity="info", resolve=True, details={"reason": reason},
+        )
 
     async def resume(self) -> Event | None:
         """Resume the active run if there is one and we hold the lock; None otherwise."""
@@ -387,16 +419,26 @@ class Runbook:
     def _notify_step(self, name: str, target: str, event: str, kinds: Sequence[str], *,
                      resolve: bool = False) -> PlannedStep:
         async def run(ctx: RunContext) -> StepOutcome:
+            incident = str(ctx.meta.get("incident") or ctx.run_id)
+            if not resolve and (incident, event) in self._announced:
+                # A retry of the same incident: the stakeholders already heard it opened.
+                return StepOutcome(False, f"already sent for incident {incident}",
+                                   {"incident": incident})
             summary = (f"agentaskit-dr failover {ctx.run_id}: {ctx.from_region} -> "
                        f"{ctx.to_region} ({event.replace('_', ' ')})")
             notification = Notification(
                 event=event, run_id=ctx.run_id, epoch=ctx.epoch, summary=summary,
                 severity="info" if resolve else "critical", resolve=resolve,
                 details={"from_region": ctx.from_region, "to_region": ctx.to_region,
-                         "reason": ctx.journal.reason,
+                         "reason": ctx.journal.reason, "incident": incident,
                          "failback": "planned" if event == "failover_done" else None},
+                incident=incident,
             )
             sent = await self.hooks.notify(self.config(), notification, kinds)
+            if not resolve:
+                self._announced.add((incident, event))
+            elif self._incident is not None and self._incident[1] == incident:
+                self._incident = None  # resolved by the run's last notification
             failed = sorted(name for name, ok in sent.items() if not ok)
             detail = f"{len(sent) - len(failed)}/{len(sent)} delivered"
             if failed:

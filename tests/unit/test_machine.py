@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from agentaskit_dr.core import (
     Acknowledged,
     Alert,
+    CloseIncident,
     Command,
     Condition,
     Event,
@@ -80,7 +81,8 @@ def test_db_unreachable_for_121s_promotes_replica_once() -> None:
     [(decided_at, command)] = failovers(commands)
     assert decided_at == 121.0
     assert command == StartFailover(
-        condition=DB, epoch=3, reason=command.reason, failing_since=0.0, decided_at=121.0
+        condition=DB, epoch=3, reason=command.reason, failing_since=0.0, decided_at=121.0,
+        incident_since=121.0,
     )
     assert state.phase is Phase.FAILING_OVER
 
@@ -305,3 +307,44 @@ def test_acknowledge_outside_failed_over_changes_nothing_but_the_verdict(
     else:
         assert state.phase is before
         assert "nothing to clear" in state.verdict
+
+
+# ---------------------------------------------------------------- one incident per attempt window
+
+
+def closes(commands: list[tuple[float, Command]]) -> list[tuple[float, CloseIncident]]:
+    return [(t, c) for t, c in commands if isinstance(c, CloseIncident)]
+
+
+def test_retries_after_refusals_carry_the_first_attempts_incident() -> None:
+    state, commands = run(every(1, 0, 121, DB, failing=True))
+    state, more = run([(121.5, FailoverRefused("lag gate")),
+                       *every(1, 122, 140, DB, failing=True),
+                       (140.5, FailoverRefused("fence not confirmed")),
+                       *every(1, 141, 160, DB, failing=True),
+                       (160.5, FailoverSucceeded(epoch=3))], state)
+    attempts = failovers(commands + more)
+    assert [t for t, _ in attempts] == [121.0, 132.0, 151.0]
+    assert {c.incident_since for _, c in attempts} == {121.0}
+    assert closes(commands + more) == []  # the run's own last notification resolves it
+    assert state.incident_since is None
+
+
+def test_an_incident_whose_condition_clears_after_a_refusal_is_closed_once() -> None:
+    state, commands = run(every(1, 0, 121, DB, failing=True))
+    state, more = run([(121.5, FailoverRefused("lag gate")),
+                       *every(1, 122, 125, DB, failing=False),
+                       *every(1, 125, 400, DB, failing=True)], state)
+    [(closed_at, close)] = closes(more)
+    assert closed_at == 122.0
+    assert "cleared" in close.reason
+    # The next streak is a new incident.
+    [(decided_at, again)] = failovers(more)
+    assert again.incident_since == decided_at == 246.0
+
+
+def test_a_refusal_that_can_never_succeed_closes_the_incident() -> None:
+    state, _ = run(every(1, 0, 121, DB, failing=True))
+    state, commands = run([(121.5, FailoverRefused("stale epoch", retry=False))], state)
+    assert [c.reason for _, c in closes(commands)] == ["refused for good: stale epoch"]
+    assert state.incident_since is None

@@ -376,7 +376,8 @@ def test_requested_failover_starts_at_once_without_a_failing_condition() -> None
     assert decided_at == 21.0
     assert command == StartFailover(condition=None, epoch=3,
                                     reason="requested by an operator: quarterly drill",
-                                    failing_since=21.0, decided_at=21.0)
+                                    failing_since=21.0, decided_at=21.0,
+                                    incident_since=21.0)
     assert state.phase is Phase.FAILING_OVER
     assert state.failover is not None
     assert state.failover.condition is None

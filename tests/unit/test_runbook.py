@@ -7,6 +7,7 @@ effects (promoter, probes, actuators, notifiers) record what reached the world.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -821,3 +822,56 @@ async def test_after_step_seam_runs_right_after_each_step_is_journaled_done(
     assert [name for name, _, _ in seen] == [
         name for name, status in steps(wired.journal.peek(wired.journal.run_ids()[0]))
         if status is StepStatus.DONE]
+
+
+# ---------------------------------------------------------------- one incident per attempt window
+
+
+async def test_a_refused_attempt_and_its_retry_are_one_incident_for_the_stakeholders(
+    wired: Rig,
+) -> None:
+    first = dataclasses.replace(wired.command(), incident_since=500.0)
+    wired.world.fail[PROMOTE] = PromotionRefused("old primary answers and the fence failed")
+    refused = await wired.runbook.failover(first, primary_last_lsn=None)
+    assert isinstance(refused, FailoverRefused)
+    del wired.world.fail[PROMOTE]
+
+    retry = dataclasses.replace(wired.command(), incident_since=500.0)
+    done = await wired.runbook.failover(retry, primary_last_lsn=None)
+    assert isinstance(done, FailoverSucceeded), done
+
+    events = [n.event for n, _ in wired.notifications]
+    assert events.count("failover_started") == 1
+    assert events.count("incident_opened") == 1
+    keys = {n.dedup_key for n, _ in wired.notifications}
+    runs = await wired.journal.recent()
+    assert len(runs) == 2
+    assert keys == {runs[-1].run_id}, "every notification under the first attempt's run id"
+    resolved = [n for n, _ in wired.notifications if n.resolve]
+    assert [n.event for n in resolved] == ["failover_done"]
+    assert wired.runbook.close_incident("late", 1) is None  # resolved by the run
+
+
+async def test_an_abandoned_incident_is_resolved_under_its_key(wired: Rig) -> None:
+    attempt = dataclasses.replace(wired.command(), incident_since=700.0)
+    wired.world.fail[PROMOTE] = PromotionRefused("lag gate")
+    await wired.runbook.failover(attempt, primary_last_lsn=None)
+    (run,) = await wired.journal.recent()
+
+    resolve = wired.runbook.close_incident("the condition cleared", 1)
+    assert resolve is not None
+    assert (resolve.event, resolve.resolve, resolve.dedup_key) == (
+        "failover_abandoned", True, run.run_id)
+    assert wired.runbook.close_incident("again", 1) is None
+
+
+async def test_a_new_incident_announces_itself_again(wired: Rig) -> None:
+    wired.world.fail[PROMOTE] = PromotionRefused("lag gate")
+    await wired.runbook.failover(dataclasses.replace(wired.command(), incident_since=1.0),
+                                 primary_last_lsn=None)
+    wired.runbook.close_incident("cleared", 1)
+    await wired.runbook.failover(dataclasses.replace(wired.command(), incident_since=2.0),
+                                 primary_last_lsn=None)
+    events = [n.event for n, _ in wired.notifications]
+    assert events.count("failover_started") == 2
+    assert len({n.dedup_key for n, _ in wired.notifications}) == 2
