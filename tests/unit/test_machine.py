@@ -331,7 +331,7 @@ def test_retries_after_refusals_carry_the_first_attempts_incident() -> None:
 
 
 def test_an_incident_whose_condition_clears_after_a_refusal_is_closed_once() -> None:
-    state, commands = run(every(1, 0, 121, DB, failing=True))
+    state, _ = run(every(1, 0, 121, DB, failing=True))
     state, more = run([(121.5, FailoverRefused("lag gate")),
                        *every(1, 122, 125, DB, failing=False),
                        *every(1, 125, 400, DB, failing=True)], state)
