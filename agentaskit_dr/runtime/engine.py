@@ -49,6 +49,7 @@ from agentaskit_dr.ports import (
 from agentaskit_dr.probes.postgres import replication_lag_bytes
 from agentaskit_dr.runtime.alerts import AlertRouter
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.old_primary import OldPrimaryStopper
 from agentaskit_dr.runtime.outlook import PRIMARY_DB, STANDBY_DB, own_vantage, wire_report
 from agentaskit_dr.runtime.reload import ProbeFactory, reloadable
 from agentaskit_dr.runtime.runbook import Runbook
@@ -149,6 +150,7 @@ class Engine:
         # ``alerts.send`` to its notification hub; by default they are only logged).
         self.alerts = AlertRouter(lambda _notification: None, node=config.holder,
                                   clock=self._clock)
+        self.old_primary = OldPrimaryStopper(self._clock)
 
     @property
     def run_in_progress(self) -> bool:
@@ -265,6 +267,8 @@ class Engine:
             await self._execute(command)
         for outcome in outcomes:
             await self._run_finished(outcome)
+        for alert in await self.old_primary.step(self.config, self._promoter_factory):
+            await self._execute(alert)
         self._resume_if_due()
         if self._probes_stale:
             await self._restart_probes()
@@ -357,6 +361,10 @@ class Engine:
         if self.state.phase is not before:
             self._phase_since = self._clock()
         if before is not Phase.FAILED_OVER and self.state.phase is Phase.FAILED_OVER:
+            old_primary = self.config.primary_region
+            if self.config.role == "watchdog" and self.config.region == old_primary:
+                record = self.state.failover
+                self.old_primary.failed_over_away(old_primary, record.epoch if record else None)
             self._swap_topology()
         return commands
 

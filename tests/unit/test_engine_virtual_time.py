@@ -25,7 +25,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agentaskit_dr.actuators.promote import FenceResult, PromotionRefused, PromotionResult
+from agentaskit_dr.actuators.promote import (
+    FenceResult,
+    PromotionRefused,
+    PromotionResult,
+    ServerUnreachable,
+)
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import Phase
 from agentaskit_dr.ports import (
@@ -67,8 +72,8 @@ def database_dsn(region: str) -> str:
     return f"postgresql://postgres@127.0.0.1:9/{region}"
 
 
-def watchdog_config(*, jitter: float) -> WatchdogConfig:
-    region = {
+def watchdog_config(*, jitter: float, region: str = EAST) -> WatchdogConfig:
+    regions = {
         name: {
             "health_urls": [f"http://127.0.0.1:9/{name}/healthz"],
             "database": {"dsn": database_dsn(name)},
@@ -76,10 +81,10 @@ def watchdog_config(*, jitter: float) -> WatchdogConfig:
         for name in (WEST, EAST)
     }
     return WatchdogConfig.model_validate({
-        "region": EAST,
+        "region": region,
         "primary_region": WEST,
-        "node_name": "watchdog-east",
-        "regions": region,
+        "node_name": f"watchdog-{region}",
+        "regions": regions,
         "thresholds": {
             "region_unhealthy": REGION_UNHEALTHY,
             "db_unreachable": DB_UNREACHABLE,
@@ -245,6 +250,11 @@ class FakePromoter:
     async def fence(self, dsn: str, *, epoch: int | None) -> FenceResult:
         self.world.fence_calls.append(now())
         [region] = [name for name in (WEST, EAST) if dsn == database_dsn(name)]
+        if self.world.db_hangs[region](now()):
+            await asyncio.sleep(TIMEOUT)
+            raise ServerUnreachable(f"fence target {region} unreachable: timeout")
+        if self.world.db_down[region](now()):
+            raise ServerUnreachable(f"fence target {region} unreachable: connection refused")
         self.world.fenced.add(region)
         return FenceResult(fenced=True, sessions_terminated=1, detail=f"{dsn} read-only")
 
@@ -265,10 +275,11 @@ class Rig:
     Build it inside the test so the engine takes the test's (virtual) loop clock.
     """
 
-    def __init__(self, world: World, *, jitter: float = 0.0, leader: bool = True) -> None:
+    def __init__(self, world: World, *, jitter: float = 0.0, leader: bool = True,
+                 region: str = EAST) -> None:
         self.world = world
         self.leases = FakeLeases()
-        config = watchdog_config(jitter=jitter)
+        config = watchdog_config(jitter=jitter, region=region)
         executor = FailoverExecutor(self.leases, holder=config.holder)
         self._evidence = tempfile.TemporaryDirectory(prefix="engine-evidence-")
         runbook = engine_runbook(executor, world.promoter, lambda: self.engine.config,
@@ -561,3 +572,36 @@ async def test_a_ten_minute_promotion_leaves_the_engine_cycling_alive_and_answer
         await sleep_until(135 + 600 + 2 * INTERVAL)
     assert rig.engine.state.phase is Phase.FAILED_OVER
     assert world.promote_calls == [135]
+
+
+# ---------------------------------------------------------------- the frozen primary wakes up
+
+
+@pytest.mark.looptime
+async def test_frozen_primary_is_fenced_by_its_own_watchdog_the_moment_it_answers_again() -> (
+    None
+):
+    world = World()
+    world.db_hangs[WEST] = from_(10, 300)  # frozen through the failover, wakes at 300
+
+    async def peer_promotes() -> None:
+        await sleep_until(140)
+        world.promoted[EAST] = 9  # the east watchdog's promotion, marker epoch 9
+
+    rig = Rig(world, region=WEST, leader=False)  # the old primary's own watchdog
+    with capture_logs() as logs:
+        async with rig:
+            promotion = asyncio.create_task(peer_promotes())
+            await sleep_until(400)
+            await promotion
+    assert world.promote_calls == [], "the west watchdog never held the lock"
+    assert rig.engine.state.phase is Phase.FAILED_OVER
+    assert WEST in world.fenced
+    attempts = world.fence_calls
+    assert 140 <= attempts[0] <= 140 + INTERVAL + TIMEOUT
+    assert attempts[-1] - 300 <= RETRY_BACKOFF + INTERVAL + TIMEOUT, attempts
+    assert all(later - earlier >= RETRY_BACKOFF for earlier, later in zip(attempts, attempts[1:],
+                                                                           strict=False))
+    alerts = [e for e in events(logs, "alert") if e.get("key") == "old_primary"]
+    assert alerts[-1]["resolve"] is True
+    assert rig.engine.old_primary.pending is None
