@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -600,8 +601,7 @@ async def test_frozen_primary_is_fenced_by_its_own_watchdog_the_moment_it_answer
     attempts = world.fence_calls
     assert 140 <= attempts[0] <= 140 + INTERVAL + TIMEOUT
     assert attempts[-1] - 300 <= RETRY_BACKOFF + INTERVAL + TIMEOUT, attempts
-    assert all(later - earlier >= RETRY_BACKOFF for earlier, later in zip(attempts, attempts[1:],
-                                                                           strict=False))
+    assert all(later - earlier >= RETRY_BACKOFF for earlier, later in itertools.pairwise(attempts))
     alerts = [e for e in events(logs, "alert") if e.get("key") == "old_primary"]
     assert alerts[-1]["resolve"] is True
     assert rig.engine.old_primary.pending is None
