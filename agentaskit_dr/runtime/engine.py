@@ -151,6 +151,7 @@ class Engine:
         self.alerts = AlertRouter(lambda _notification: None, node=config.holder,
                                   clock=self._clock)
         self.old_primary = OldPrimaryStopper(self._clock)
+        runbook.on_alert = self._route_alert
 
     @property
     def run_in_progress(self) -> bool:
@@ -272,6 +273,9 @@ class Engine:
         self._resume_if_due()
         if self._probes_stale:
             await self._restart_probes()
+
+    def _route_alert(self, alert: AlertCommand) -> None:
+        self.alerts.route(alert, epoch=self.state.epoch)
 
     def _lock_alerts(self, had_lock: bool, event: LeadershipChanged) -> list[Command]:
         if had_lock and event.epoch is None and not self.state.paused:

@@ -27,7 +27,14 @@ import structlog
 
 from agentaskit_dr.actuators.fence import PromotionRefused
 from agentaskit_dr.config import WatchdogConfig
-from agentaskit_dr.core import Event, FailoverRefused, FailoverSucceeded, StartFailover
+from agentaskit_dr.core import (
+    Alert,
+    Event,
+    FailoverRefused,
+    FailoverSucceeded,
+    Severity,
+    StartFailover,
+)
 from agentaskit_dr.ports import (
     ActuationFailed,
     Actuator,
@@ -162,6 +169,10 @@ class Runbook:
         # opening notifications already sent for it (retries do not send them again).
         self._incident: tuple[float, str] | None = None
         self._announced: set[tuple[str, str]] = set()
+        # The run left open after its promotion (run id, journal header), to complete it
+        # from the targets should the journal lose it; and where alerts go (the engine's).
+        self._open_run: tuple[str, RunJournal] | None = None
+        self.on_alert: Callable[[Alert], None] = lambda _alert: None
 
     # ------------------------------------------------------------ the plan
 
@@ -305,7 +316,7 @@ class Runbook:
         if lease is None:
             return None
         try:
-            active = await self.journal.active()
+            active = await self.journal.active() or await self._lost_run(lease)
             if active is None:
                 return None
             log.warning("run_resuming", run_id=active.run_id, epoch=lease.epoch,
@@ -316,6 +327,38 @@ class Runbook:
                 return self._promoted_but_interrupted(exc)
             log.error("run_resume_failed", reason=str(exc))  # noqa: TRY400
             return None
+
+    async def _lost_run(self, lease: Lease) -> RunJournal | None:
+        """The run this watchdog left open after its promotion, when the journal no longer
+        marks it active: reopened if the store still has it, else (the lock store lost its
+        data) a new run that records the steps up to the promotion as done by the lost run
+        and carries on with DNS, scaling and verification, whose targets record their own
+        epochs. None when nothing is owed."""
+        if self._open_run is None or not self.incomplete:
+            return None
+        run_id, lost = self._open_run
+        stored = await self.journal.get(run_id)
+        if stored is not None and stored.finished is not None:
+            self._open_run, self.incomplete = None, False
+            return None
+        if stored is not None:  # only the active mark is gone: reopen the same run
+            return await self.journal.open(run_id, lease=lease, kind=lost.kind, plan=lost.plan,
+                                           reason=lost.reason, meta=lost.meta)
+        recovered_id = f"{run_id}-r{lease.epoch}"
+        message = (f"journal lost after the promotion of run {run_id}: completing it from what "
+                   f"the targets record, as run {recovered_id}")
+        log.critical("journal_lost", run_id=run_id, recovered_run_id=recovered_id)
+        self.on_alert(Alert(Severity.CRITICAL, message, key="journal"))
+        run = await self.journal.open(
+            recovered_id, lease=lease, kind=lost.kind, plan=lost.plan, reason=lost.reason,
+            meta={**lost.meta, "recovered_from": run_id})
+        done_before = FAILOVER_PLAN[:FAILOVER_PLAN.index(PROMOTE) + 1]
+        for step in done_before:
+            entry = JournalEntry(step=step, status=StepStatus.SKIPPED, epoch=lease.epoch,
+                                 at=self.wall_clock(),
+                                 detail=f"done by run {run_id} before the journal was lost")
+            await self.journal.record(recovered_id, entry, lease=lease)
+        return await self.journal.get(recovered_id) or run
 
     def _promoted_but_interrupted(self, exc: Exception) -> Event:
         """The journal failed after the promotion: the database serves from the new region
@@ -332,6 +375,7 @@ class Runbook:
         steps = self.plan(config, str(meta["from_region"]), str(meta["to_region"]))
         rlog = log.bind(run_id=run.run_id, epoch=lease.epoch)
         self._promoted, self._promoted_epoch = False, lease.epoch
+        self._open_run = (run.run_id, run)
         for step in steps:
             run = await self.journal.get(run.run_id) or run
             status = run.last_status(step.name)
@@ -347,6 +391,10 @@ class Runbook:
         evidence = self._write_evidence(dataclasses.replace(run, finished="done"), meta, "done")
         await self.journal.finish(run.run_id, "done", lease=lease)
         self.incomplete = False
+        self._open_run = None
+        if run.meta.get("recovered_from"):
+            self.on_alert(Alert(Severity.INFO, f"run {run.run_id} completed the run the "
+                                "journal lost", key="journal", resolve=True))
         rlog.warning("run_done", from_region=meta["from_region"], to_region=meta["to_region"],
                      evidence=evidence)
         return FailoverSucceeded(epoch=lease.epoch, detail=f"run {run.run_id} done")

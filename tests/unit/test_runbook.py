@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from agentaskit_dr.actuators.promote import FenceResult, PromotionRefused, PromotionResult
 from agentaskit_dr.config import WatchdogConfig, load_config
-from agentaskit_dr.core import Condition, FailoverRefused, FailoverSucceeded, StartFailover
+from agentaskit_dr.core import Alert, Condition, FailoverRefused, FailoverSucceeded, StartFailover
 from agentaskit_dr.leadership.journal import ActiveRunExists
 from agentaskit_dr.ports import (
     ActuationFailed,
@@ -875,3 +875,38 @@ async def test_a_new_incident_announces_itself_again(wired: Rig) -> None:
     events = [n.event for n, _ in wired.notifications]
     assert events.count("failover_started") == 2
     assert len({n.dedup_key for n, _ in wired.notifications}) == 2
+
+
+# ---------------------------------------------------------------- a journal lost after the promotion
+
+
+async def test_a_journal_lost_after_the_promotion_is_an_alert_and_the_run_is_completed(
+    wired: Rig,
+) -> None:
+    # Promoted; then the lock store stops answering while DNS is repointed, and comes back
+    # empty (restarted without its data): the run is gone from the journal.
+    wired.world.during["dns"] = lambda: setattr(wired.journal, "down", True)
+    outcome = await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+    assert isinstance(outcome, FailoverSucceeded)
+    assert wired.runbook.incomplete
+    wired.journal.down = False
+    (lost,) = await wired.journal.recent()
+    wired.journal = FakeJournal(wired.lock, wall_clock=wired.clocks.wall)
+    wired.runbook.journal = wired.journal
+    raised: list[Alert] = []
+    wired.runbook.on_alert = raised.append
+
+    resumed = await wired.runbook.resume()
+
+    assert isinstance(resumed, FailoverSucceeded), resumed
+    assert not wired.runbook.incomplete
+    (recovered,) = await wired.journal.recent()
+    assert recovered.run_id.startswith(lost.run_id)
+    assert recovered.meta["recovered_from"] == lost.run_id
+    assert recovered.finished == "done"
+    assert [(e.step, e.status) for e in recovered.entries[:5]] == [
+        (step, StepStatus.SKIPPED) for step in FAILOVER_PLAN[:5]]
+    # Nothing before the promotion ran again; DNS onwards did.
+    assert wired.world.effects == [*EVERY_EFFECT[:6], *EVERY_EFFECT[5:]]
+    assert [(a.key, a.resolve) for a in raised] == [("journal", False), ("journal", True)]
+    assert "journal lost after the promotion" in raised[0].message
