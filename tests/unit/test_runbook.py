@@ -877,7 +877,7 @@ async def test_a_new_incident_announces_itself_again(wired: Rig) -> None:
     assert len({n.dedup_key for n, _ in wired.notifications}) == 2
 
 
-# ---------------------------------------------------------------- a journal lost after the promotion
+# ---------------------------------------------------------------- journal lost after promotion
 
 
 async def test_a_journal_lost_after_the_promotion_is_an_alert_and_the_run_is_completed(
