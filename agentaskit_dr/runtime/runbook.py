@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.actuators.fence import PromotionRefused
+from agentaskit_dr.actuators.promote import PromotionInDoubt
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import Event, FailoverRefused, FailoverSucceeded, StartFailover
 from agentaskit_dr.ports import (
@@ -72,6 +73,13 @@ FAILOVER_PLAN = (
     CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY, PROMOTE, UPDATE_DNS,
     SCALE_UP, VERIFY_SERVICES, STATUS_PAGE, NOTIFY_DONE,
 )
+#: Journal header keys the promote step reads: some vantage saw the old primary answering
+#: (so its fence must be confirmed), and earlier runs of the same incident whose
+#: pg_promote may have landed (their promotion is adopted, not refused).
+OLD_PRIMARY_ANSWERING = "old_primary_answering"
+ADOPTS_PROMOTION_OF = "adopts_promotion_of"
+# How far back the journal is searched for earlier attempts of the same incident.
+_INCIDENT_LOOKBACK = 20
 # Up to and including these, a failure refuses the failover: nothing irreversible yet.
 _BEFORE_PROMOTION = frozenset({CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY,
                                PROMOTE})
@@ -218,10 +226,13 @@ class Runbook:
 
     # ------------------------------------------------------------ running
 
-    async def failover(self, command: StartFailover, primary_last_lsn: int | None = None) -> Event:
+    async def failover(self, command: StartFailover, primary_last_lsn: int | None = None, *,
+                       old_primary_answering: bool = False) -> Event:
         """Run a decided failover, or resume the active one; the outcome for the core.
 
         ``primary_last_lsn``: the old primary's last WAL position seen, for the lag gate.
+        ``old_primary_answering``: some vantage sees the old primary answering (even with
+        an error), so the promotion waits until its fence is confirmed.
         """
         self._promoted = False
         lease = await self.executor.leases.verified_lease()
@@ -234,7 +245,7 @@ class Runbook:
             if active is not None:
                 log.warning("run_resumed_instead", run_id=active.run_id,
                             reason="a run is already active; finishing it first")
-                return await self._drive(active, lease)
+                return await self._drive(active, lease, answering=old_primary_answering)
             config = self.config()
             now, wall = self.clock(), self.wall_clock()
             run_id = new_failover_id(command.epoch)
@@ -248,6 +259,8 @@ class Runbook:
                 "lag_bytes": self.lag_bytes(),
                 "lag_seconds": self.lag_seconds(),
                 "holder": lease.holder,
+                OLD_PRIMARY_ANSWERING: old_primary_answering,
+                ADOPTS_PROMOTION_OF: await self._promotions_in_doubt(config.secondary_region),
             }
             run = await self.journal.open(run_id, lease=lease, kind=FAILOVER_KIND,
                                           plan=FAILOVER_PLAN, reason=command.reason, meta=meta)
@@ -294,9 +307,26 @@ class Runbook:
         return FailoverSucceeded(epoch=self._promoted_epoch or 0, detail=(
             f"promoted; journal unavailable ({exc}); the run stays open and is retried"))
 
-    async def _drive(self, run: RunJournal, lease: Lease) -> Event:
+    async def _promotions_in_doubt(self, to_region: str) -> list[str]:
+        """Earlier attempts of this incident whose pg_promote may have landed: the failover
+        runs to ``to_region`` since the last completed one that closed failed with their
+        promote step started."""
+        found = []
+        for run in await self.journal.recent(_INCIDENT_LOOKBACK):
+            if run.kind != FAILOVER_KIND:
+                continue
+            if run.finished == "done":
+                break
+            if (run.finished == "failed" and run.meta.get("to_region") == to_region
+                    and run.last_status(PROMOTE) is not None):
+                found.append(run.run_id)
+        return found
+
+    async def _drive(self, run: RunJournal, lease: Lease, *, answering: bool = False) -> Event:
         config = self.config()
         meta = dict(run.meta)
+        if answering:  # seen now, by the caller resuming an older run
+            meta[OLD_PRIMARY_ANSWERING] = True
         steps = self.plan(config, str(meta["from_region"]), str(meta["to_region"]))
         rlog = log.bind(run_id=run.run_id, epoch=lease.epoch)
         self._promoted, self._promoted_epoch = False, lease.epoch
@@ -342,7 +372,10 @@ class Runbook:
                 await journal.record(ctx.run_id, self._entry(step.name, StepStatus.FAILED, ctx,
                                                              reason), lease=lease)
             rlog.error("step_failed", step=step.name, reason=reason)
+            if isinstance(exc, PromotionInDoubt):
+                return self._promotion_in_doubt(exc, ctx, rlog)
             if step.name in _BEFORE_PROMOTION:
+                self.incomplete = False
                 with contextlib.suppress(LockUnavailable, StaleEpoch):
                     run = await journal.get(ctx.run_id) or ctx.journal
                     self._write_evidence(dataclasses.replace(run, finished="failed"), ctx.meta,
@@ -366,6 +399,22 @@ class Runbook:
             rlog.critical("crash_injected", step=step.name)
             os.kill(os.getpid(), signal.SIGKILL)
         return None
+
+    def _promotion_in_doubt(self, exc: PromotionInDoubt, ctx: RunContext,
+                            rlog: structlog.typing.FilteringBoundLogger) -> Event:
+        """pg_promote was sent: the run stays open, so that its next attempt (the engine
+        resumes it every ``retry_backoff``) adopts a standby seen promoted."""
+        self.incomplete = True
+        if exc.promoted:
+            self._promoted = True
+            rlog.error("promotion_in_doubt", step=PROMOTE, reason=exc.reason, promoted=True,
+                       detail="promoted without its epoch marker; the run stays open")
+            return FailoverSucceeded(epoch=ctx.epoch, detail=(
+                f"promoted; {PROMOTE} failed ({exc.reason}); the run stays open and is retried"))
+        rlog.error("failover_refused", step=PROMOTE, reason=exc.reason, promoted=None,
+                   detail="pg_promote may still land; the run stays open and its next "
+                   "attempt adopts the promotion")
+        return FailoverRefused(f"{PROMOTE}: {exc.reason}", retry=True)
 
     def _entry(self, step: str, status: StepStatus, ctx: RunContext, detail: str,
                data: dict[str, Any] | None = None) -> JournalEntry:
@@ -410,9 +459,13 @@ class Runbook:
         lsn = ctx.meta.get("primary_last_lsn")
         # The journal saying the step started before means pg_promote may have landed.
         resuming = ctx.journal.last_status(PROMOTE) is not None
+        adopt_from = ctx.meta.get(ADOPTS_PROMOTION_OF)
         result = await self.executor.promote_for_run(
             promoter, epoch=ctx.epoch, run_id=ctx.run_id,
-            primary_last_lsn=lsn if isinstance(lsn, int) else None, resuming=resuming)
+            primary_last_lsn=lsn if isinstance(lsn, int) else None, resuming=resuming,
+            old_primary_answering=ctx.meta.get(OLD_PRIMARY_ANSWERING) is True,
+            adopt_from=[str(run_id) for run_id in adopt_from]
+            if isinstance(adopt_from, list) else ())
         # writable_at is on the promoter's monotonic clock; the decision is in wall time.
         writable_wall = self.wall_clock() - (time.monotonic() - result.writable_at)
         decided = _float(ctx.meta.get("decided_at"))
@@ -421,11 +474,17 @@ class Runbook:
                  already_promoted=result.already_promoted, lag_bytes=result.lag_bytes,
                  promote_seconds=round(result.promote_seconds, 4),
                  decision_to_writable=to_writable, old_primary_fenced=result.old_primary_fenced,
-                 detail=result.detail)
+                 final_lsn=result.final_lsn, replay_lsn=result.replay_lsn,
+                 catch_up_seconds=result.catch_up_seconds, detail=result.detail)
         return StepOutcome(not result.already_promoted, result.detail, {
             "lag_bytes": result.lag_bytes, "promote_seconds": round(result.promote_seconds, 4),
             "old_primary_fenced": result.old_primary_fenced,
             "decision_to_writable": to_writable,
+            # RPO measured: the fenced old primary's final position against the standby's
+            # replay at pg_promote (lag 0 when it caught up).
+            "old_primary_final_lsn": result.final_lsn,
+            "standby_replay_lsn": result.replay_lsn,
+            "catch_up_seconds": result.catch_up_seconds,
         })
 
     def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:

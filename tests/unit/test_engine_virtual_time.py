@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -217,7 +217,8 @@ class FakePromoter:
         primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
-        resuming: bool = False,
+        resuming: bool = False, old_primary_answering: bool = False,
+        adopt_from: Collection[str] = (),
     ) -> PromotionResult:
         self.world.promote_calls.append(now())
         if not await still_leader():

@@ -12,7 +12,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -129,7 +129,8 @@ class FakePromoter:
     async def promote(
         self, *, epoch: int, holder: str, failover_id: str, primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]], force: bool = False,
-        resuming: bool = False,
+        resuming: bool = False, old_primary_answering: bool = False,
+        adopt_from: Collection[str] = (),
     ) -> PromotionResult:
         self.calls.append({"epoch": epoch, "holder": holder, "failover_id": failover_id,
                            "primary_last_lsn": primary_last_lsn, "resuming": resuming})
