@@ -493,6 +493,8 @@ class Runbook:
         promote = next((e for e in reversed(run.entries)
                         if e.step == PROMOTE and e.status is StepStatus.DONE), None)
         lag = promote.data.get("lag_bytes") if promote else None
+        measured = {key: promote.data.get(key) for key in (
+            "old_primary_final_lsn", "standby_replay_lsn", "catch_up_seconds")} if promote else {}
         document = failover_evidence(
             run,
             detected_at=_float(meta.get("detected_at")),
@@ -502,7 +504,10 @@ class Runbook:
             outcome=outcome,
             extra={"failback": "planned" if outcome == "done" else "not needed",
                    "from_region": meta.get("from_region"), "to_region": meta.get("to_region"),
-                   "condition": meta.get("condition")},
+                   "condition": meta.get("condition"),
+                   # Zero loss shown, not claimed: a fenced old primary's final position
+                   # against the standby's replay at pg_promote.
+                   "promotion": measured},
         )
         try:
             path = write_evidence(config.evidence_dir, FAILOVER_KIND, run.run_id, document)

@@ -26,6 +26,7 @@ from agentaskit_dr.config import WatchdogConfig, load_config
 from agentaskit_dr.core import Condition, FailoverRefused, FailoverSucceeded, StartFailover
 from agentaskit_dr.ports import JournalEntry, StepStatus
 from agentaskit_dr.runtime import runbook_hooks
+from agentaskit_dr.runtime.evidence import read_evidence
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.runbook import FAILOVER_KIND, FAILOVER_PLAN, PROMOTE, Hooks, Runbook
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
@@ -281,3 +282,24 @@ async def test_pg_promote_timing_out_keeps_the_run_open_and_the_resume_adopts_it
     [run] = await rig.journal.recent()
     assert run.finished == "done"
     assert marker(pg_pair.replica) == f"{rig.lease.epoch}|{run.run_id}"
+
+
+async def test_failover_with_the_old_primary_answering_fences_it_and_records_zero_loss(
+    pg_pair: PostgresPair, tmp_path: Path,
+) -> None:
+    create_roles(pg_pair.primary, watchdog_superuser=True)
+    pg_pair.primary.sql("INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 100) g")
+    rig = Rig(pg_pair, tmp_path)
+
+    outcome = await rig.runbook.failover(rig.command(), old_primary_answering=True)
+
+    assert isinstance(outcome, FailoverSucceeded), outcome
+    [run] = await rig.journal.recent()
+    assert run.meta["old_primary_answering"] is True
+    assert pg_pair.primary.sql("SHOW default_transaction_read_only") == "on"
+    assert pg_pair.replica.sql("SELECT count(*) FROM orders") == "100"
+    evidence = read_evidence(rig.config.evidence_dir, FAILOVER_KIND, run.run_id)
+    assert evidence["rpo"]["lag_bytes"] == 0
+    promotion = evidence["extra"]["promotion"]
+    assert promotion["standby_replay_lsn"] >= promotion["old_primary_final_lsn"] > 0
+    assert promotion["catch_up_seconds"] is not None
