@@ -50,6 +50,13 @@ from agentaskit_dr.runtime.evidence import (
     write_incident_review,
 )
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter, new_failover_id
+from agentaskit_dr.runtime import runbook_promote
+from agentaskit_dr.runtime.runbook_promote import (
+    ADOPTS_PROMOTION_OF,
+    OLD_PRIMARY_ANSWERING,
+    promote_step,
+    promotions_in_doubt,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +69,7 @@ CHECK_PRIMARY = "check_primary"
 NOTIFY_STARTED = "notify_stakeholders"
 OPEN_INCIDENT = "open_incident"
 VERIFY_STANDBY = "verify_standby"
-PROMOTE = "promote"
+PROMOTE = runbook_promote.PROMOTE
 UPDATE_DNS = "update_dns"
 SCALE_UP = "scale_up"
 VERIFY_SERVICES = "verify_services"
@@ -73,13 +80,6 @@ FAILOVER_PLAN = (
     CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY, PROMOTE, UPDATE_DNS,
     SCALE_UP, VERIFY_SERVICES, STATUS_PAGE, NOTIFY_DONE,
 )
-#: Journal header keys the promote step reads: some vantage saw the old primary answering
-#: (so its fence must be confirmed), and earlier runs of the same incident whose
-#: pg_promote may have landed (their promotion is adopted, not refused).
-OLD_PRIMARY_ANSWERING = "old_primary_answering"
-ADOPTS_PROMOTION_OF = "adopts_promotion_of"
-# How far back the journal is searched for earlier attempts of the same incident.
-_INCIDENT_LOOKBACK = 20
 # Up to and including these, a failure refuses the failover: nothing irreversible yet.
 _BEFORE_PROMOTION = frozenset({CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY,
                                PROMOTE})
@@ -260,7 +260,8 @@ class Runbook:
                 "lag_seconds": self.lag_seconds(),
                 "holder": lease.holder,
                 OLD_PRIMARY_ANSWERING: old_primary_answering,
-                ADOPTS_PROMOTION_OF: await self._promotions_in_doubt(config.secondary_region),
+                ADOPTS_PROMOTION_OF: await promotions_in_doubt(
+                    self.journal, kind=FAILOVER_KIND, to_region=config.secondary_region),
             }
             run = await self.journal.open(run_id, lease=lease, kind=FAILOVER_KIND,
                                           plan=FAILOVER_PLAN, reason=command.reason, meta=meta)
@@ -306,21 +307,6 @@ class Runbook:
                   detail="promoted; the remaining steps are resumed later")
         return FailoverSucceeded(epoch=self._promoted_epoch or 0, detail=(
             f"promoted; journal unavailable ({exc}); the run stays open and is retried"))
-
-    async def _promotions_in_doubt(self, to_region: str) -> list[str]:
-        """Earlier attempts of this incident whose pg_promote may have landed: the failover
-        runs to ``to_region`` since the last completed one that closed failed with their
-        promote step started."""
-        found = []
-        for run in await self.journal.recent(_INCIDENT_LOOKBACK):
-            if run.kind != FAILOVER_KIND:
-                continue
-            if run.finished == "done":
-                break
-            if (run.finished == "failed" and run.meta.get("to_region") == to_region
-                    and run.last_status(PROMOTE) is not None):
-                found.append(run.run_id)
-        return found
 
     async def _drive(self, run: RunJournal, lease: Lease, *, answering: bool = False) -> Event:
         config = self.config()
@@ -456,36 +442,8 @@ class Runbook:
 
     async def _promote(self, ctx: RunContext) -> StepOutcome:
         promoter = self.hooks.promoter(self.config(), ctx.from_region, ctx.to_region)
-        lsn = ctx.meta.get("primary_last_lsn")
-        # The journal saying the step started before means pg_promote may have landed.
-        resuming = ctx.journal.last_status(PROMOTE) is not None
-        adopt_from = ctx.meta.get(ADOPTS_PROMOTION_OF)
-        result = await self.executor.promote_for_run(
-            promoter, epoch=ctx.epoch, run_id=ctx.run_id,
-            primary_last_lsn=lsn if isinstance(lsn, int) else None, resuming=resuming,
-            old_primary_answering=ctx.meta.get(OLD_PRIMARY_ANSWERING) is True,
-            adopt_from=[str(run_id) for run_id in adopt_from]
-            if isinstance(adopt_from, list) else ())
-        # writable_at is on the promoter's monotonic clock; the decision is in wall time.
-        writable_wall = self.wall_clock() - (time.monotonic() - result.writable_at)
-        decided = _float(ctx.meta.get("decided_at"))
-        to_writable = None if decided is None else round(writable_wall - decided, 4)
-        log.info("promotion_done", failover_id=ctx.run_id, epoch=ctx.epoch,
-                 already_promoted=result.already_promoted, lag_bytes=result.lag_bytes,
-                 promote_seconds=round(result.promote_seconds, 4),
-                 decision_to_writable=to_writable, old_primary_fenced=result.old_primary_fenced,
-                 final_lsn=result.final_lsn, replay_lsn=result.replay_lsn,
-                 catch_up_seconds=result.catch_up_seconds, detail=result.detail)
-        return StepOutcome(not result.already_promoted, result.detail, {
-            "lag_bytes": result.lag_bytes, "promote_seconds": round(result.promote_seconds, 4),
-            "old_primary_fenced": result.old_primary_fenced,
-            "decision_to_writable": to_writable,
-            # RPO measured: the fenced old primary's final position against the standby's
-            # replay at pg_promote (lag 0 when it caught up).
-            "old_primary_final_lsn": result.final_lsn,
-            "standby_replay_lsn": result.replay_lsn,
-            "catch_up_seconds": result.catch_up_seconds,
-        })
+        return await promote_step(self.executor, promoter, epoch=ctx.epoch, run=ctx.journal,
+                                  meta=ctx.meta, wall_clock=self.wall_clock)
 
     def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:
         """Write the evidence file and the incident review draft; their paths, or why not."""

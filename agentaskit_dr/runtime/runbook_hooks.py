@@ -22,7 +22,8 @@ from agentaskit_dr.ports import (
     StepOutcome,
 )
 from agentaskit_dr.probes.postgres import PostgresProbe
-from agentaskit_dr.runtime.runbook import ADOPTS_PROMOTION_OF, PROMOTE, Hooks
+from agentaskit_dr.runtime.runbook import Hooks
+from agentaskit_dr.runtime.runbook_promote import ADOPTS_PROMOTION_OF, PROMOTE
 
 log = structlog.get_logger(__name__)
 
