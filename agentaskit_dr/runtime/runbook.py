@@ -44,13 +44,13 @@ from agentaskit_dr.ports import (
     StepOutcome,
     StepStatus,
 )
+from agentaskit_dr.runtime import runbook_promote
 from agentaskit_dr.runtime.evidence import (
     failover_evidence,
     write_evidence,
     write_incident_review,
 )
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter, new_failover_id
-from agentaskit_dr.runtime import runbook_promote
 from agentaskit_dr.runtime.runbook_promote import (
     ADOPTS_PROMOTION_OF,
     OLD_PRIMARY_ANSWERING,
