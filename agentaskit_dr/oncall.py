@@ -55,7 +55,8 @@ def add_oncall_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                        help="failback check: exit 0 when the primary region is back")
     check.add_argument("--json", action="store_true")
     promote = command("promote", "fence the old primary and promote the standby")
-    promote.add_argument("--force", action="store_true", help="pass the replication lag gate")
+    promote.add_argument("--force", action="store_true",
+                         help="pass the replication lag and catch-up gates (never the fence)")
     dns = command("update-dns", "point the service record at a region")
     dns.add_argument("--target", required=True, choices=("secondary", "primary"))
     dns.add_argument("--weight", type=int, default=100,

@@ -5,14 +5,22 @@ Each step is one log event carrying the failover id and epoch:
 
 1. leadership is confirmed before any change and again right before ``pg_promote``;
 2. the target must be a standby; a primary already promoted under this epoch is a
-   resume after a crash (nothing is done twice), one promoted under a newer epoch means
-   we are stale, any other primary is refused (it may be the old primary);
-3. the lag gate: the WAL the standby has not replayed is the data a promotion loses;
-4. the old primary is fenced (read-only, sessions ended) if it can be reached, before
-   the standby can take writes (DESIGN invariant 1); on a resume it is fenced again;
+   resume after a crash (nothing is done twice), one promoted by this run or by an
+   earlier attempt of the same incident without its marker is adopted, one promoted
+   under a newer epoch means we are stale, any other primary is refused;
+3. the fence gate (``promote_gate``): an old primary that answers at all is fenced and
+   the fence confirmed before anything else, or nothing is promoted (DESIGN invariant 1);
+   only one that nobody reaches is promoted past (its own side has self-fenced);
+4. the catch-up gate: the fenced old primary's final WAL position is read after the
+   fence and the standby must replay it within ``catch_up_timeout`` (zero loss); an
+   unreachable old primary is gated instead on its last known position and
+   ``max_lag_bytes``;
 5. ``pg_promote(wait => true)``;
 6. one read-write transaction proves the new primary takes writes and records the epoch
    in the marker row, refusing to overwrite a newer epoch.
+
+A failure once ``pg_promote`` was sent is ``PromotionInDoubt``: the run must stay open so
+that its next attempt adopts the promotion instead of refusing a standby that is none.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import asyncpg
@@ -36,11 +44,19 @@ from agentaskit_dr.actuators.fence import (
     read_marker_epoch,
     session,
 )
-from agentaskit_dr.ports import MARKER_SCHEMA, MARKER_TABLE, LockUnavailable, StaleEpoch
+from agentaskit_dr.actuators.promote_gate import Gates, fence_before_promotion, pass_gates
+from agentaskit_dr.actuators.promote_marker import (
+    PromotionInDoubt,
+    adoptable,
+    record_marker,
+    touch_marker,
+)
+from agentaskit_dr.ports import LockUnavailable, StaleEpoch
 
 __all__ = [
     "FenceResult",
     "PostgresPromoter",
+    "PromotionInDoubt",
     "PromotionRefused",
     "PromotionResult",
     "ServerUnreachable",
@@ -48,45 +64,19 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-_REPLICATION_STATE = """
-SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint AS replay_lsn,
-       (pg_last_wal_receive_lsn() - '0/0')::bigint AS receive_lsn,
-       pg_is_wal_replay_paused() AS replay_paused
-"""
-_CREATE_MARKER = f"""
-CREATE SCHEMA IF NOT EXISTS {MARKER_SCHEMA};
-CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (
-    id int PRIMARY KEY CHECK (id = 1),
-    epoch bigint NOT NULL,
-    holder text NOT NULL,
-    failover_id text NOT NULL,
-    promoted_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-# The WHERE makes the write compare-and-set: a newer epoch's marker is never overwritten.
-_RECORD_MARKER = f"""
-INSERT INTO {MARKER_TABLE} AS marker (id, epoch, holder, failover_id) VALUES (1, $1, $2, $3)
-ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, holder = EXCLUDED.holder,
-    failover_id = EXCLUDED.failover_id, promoted_at = now()
-WHERE marker.epoch <= EXCLUDED.epoch
-RETURNING epoch
-"""  # noqa: S608 -- constant identifiers, values are bound parameters
-# On resume: a real write (so it proves the server takes writes and locks the marker
-# against a concurrent newer epoch) that changes nothing, so promoted_at stays the original.
-_TOUCH_MARKER = f"""
-UPDATE {MARKER_TABLE} SET epoch = epoch WHERE id = 1 AND epoch = $1 RETURNING epoch
-"""  # noqa: S608 -- constant identifiers, values are bound parameters
-
-
 @dataclass(frozen=True)
 class PromotionResult:
     """What a promotion did, for the journal and the evidence file.
 
-    ``already_promoted``: the target was promoted under this same epoch before (a resume
-    after a crash); nothing was done twice. ``lag_bytes``: WAL not replayed at the gate
-    (the RPO estimate), None when not measured. ``promote_seconds``: time in pg_promote.
+    ``already_promoted``: the target was promoted before (a resume after a crash, or an
+    adopted promotion); nothing was done twice. ``lag_bytes``: WAL not replayed at
+    pg_promote (the measured RPO: 0 when the standby replayed the fenced old primary's
+    final position), None when not measured. ``promote_seconds``: time in pg_promote.
     ``writable_at``: clock() when the write check succeeded. ``old_primary_fenced``:
     None when the old primary could not be reached, so could not be fenced.
+    ``final_lsn``: the fenced old primary's WAL position read after the fence;
+    ``replay_lsn``: the standby's replay position at pg_promote; ``catch_up_seconds``:
+    the wait for the standby to replay ``final_lsn`` (None when there was none).
     """
 
     already_promoted: bool
@@ -95,14 +85,19 @@ class PromotionResult:
     writable_at: float
     old_primary_fenced: bool | None
     detail: str
+    final_lsn: int | None = None
+    replay_lsn: int | None = None
+    catch_up_seconds: float | None = None
 
 
 class PostgresPromoter:
     """Promotes the standby at ``standby_dsn`` and fences the one at ``old_primary_dsn``.
 
     ``max_lag_bytes``: the lag gate. ``connect_timeout`` bounds each connect, each query
-    and each leadership check; ``promote_timeout`` bounds pg_promote. ``clock`` gives the
-    timestamps in the result (the runtime passes ``loop.time``).
+    and each leadership check; ``promote_timeout`` bounds pg_promote;
+    ``catch_up_timeout`` bounds the wait for the standby to replay a fenced old primary's
+    final position. ``clock`` gives the timestamps in the result (the runtime passes
+    ``loop.time``).
     """
 
     def __init__(
@@ -113,6 +108,7 @@ class PostgresPromoter:
         max_lag_bytes: int,
         connect_timeout: float,
         promote_timeout: float,
+        catch_up_timeout: float = 30.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._standby_dsn = standby_dsn
@@ -120,6 +116,7 @@ class PostgresPromoter:
         self._max_lag_bytes = max_lag_bytes
         self._connect_timeout = connect_timeout
         self._promote_timeout = promote_timeout
+        self._catch_up_timeout = catch_up_timeout
         self._clock = clock or time.monotonic
 
     async def promote(
@@ -132,18 +129,27 @@ class PostgresPromoter:
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
         resuming: bool = False,
+        old_primary_answering: bool = False,
+        adopt_from: Collection[str] = (),
     ) -> PromotionResult:
         """Fence the old primary and promote the standby under ``epoch``; see the module doc.
 
         ``resuming``: the run's journal says this run already sent pg_promote (under an
         older epoch, before a crash). A target that is no longer a standby and carries no
         marker, or the marker of this same ``failover_id``, is then this run's own
-        promotion: it is adopted under ``epoch`` instead of refused.
+        promotion: it is adopted under ``epoch`` instead of refused. ``adopt_from``: the
+        ids of earlier runs of the same incident that may have sent pg_promote; a target
+        without a marker or with one of their markers is adopted the same way.
 
+        ``old_primary_answering``: some vantage sees the old primary answering; then it
+        must be fenced (confirmed) even if the promoter cannot reach it.
         ``primary_last_lsn``: the old primary's last known WAL position (bytes), for the
-        lag gate; None when unknown. ``force`` passes the lag gate, with a warning.
-        Raises PromotionRefused (lag gate, lock lost, target not a standby, unreachable,
-        pg_promote too slow) or StaleEpoch (a newer epoch already acted on the target).
+        lag gate when it cannot be reached; None when unknown. ``force`` passes the lag
+        and catch-up gates, with a warning (never the fence gate).
+        Raises PromotionRefused (fence not confirmed, lag or catch-up gate, lock lost,
+        target not a standby, unreachable), PromotionInDoubt (pg_promote sent, then a
+        timeout or the marker write failed) or StaleEpoch (a newer epoch acted on the
+        target).
         """
         plog = log.bind(
             failover_id=failover_id, epoch=epoch, standby=describe_dsn(self._standby_dsn)
@@ -158,7 +164,12 @@ class PostgresPromoter:
                 still_leader=still_leader,
                 force=force,
                 resuming=resuming,
+                old_primary_answering=old_primary_answering,
+                adopt_from=frozenset(adopt_from),
             )
+        except PromotionInDoubt as exc:
+            plog.error("promotion_in_doubt", reason=exc.reason, promoted=exc.promoted)
+            raise
         except PromotionRefused as exc:
             plog.error("promotion_refused", reason=exc.reason)
             raise
@@ -192,31 +203,46 @@ class PostgresPromoter:
         still_leader: Callable[[], Awaitable[bool]],
         force: bool,
         resuming: bool,
+        old_primary_answering: bool,
+        adopt_from: frozenset[str],
     ) -> PromotionResult:
         await self._require_leadership(plog, still_leader, "before any change")
+        gate: Gates | None = None
         async with session(
             self._standby_dsn, role="standby", io_timeout=self._connect_timeout
         ) as conn:
             if await conn.fetchval("SELECT pg_is_in_recovery()"):
                 await self._refuse_newer_replicated_marker(conn, epoch)
-                lag, replay_paused = await self._lag_gate(conn, plog, primary_last_lsn, force)
-                # Invariant 1: the old primary is fenced before the new one takes writes,
-                # so no moment has two writable primaries. Unreachable: nothing to fence.
-                fenced, fence_detail = await self._fence_old_primary(plog, epoch)
+                # Invariant 1: an old primary that answers is fenced, and the fence
+                # confirmed, before the new one can take writes.
+                old = await fence_before_promotion(
+                    self._old_primary_dsn, epoch=epoch, io_timeout=self._connect_timeout,
+                    answering_elsewhere=old_primary_answering, plog=plog,
+                )
+                gate = await pass_gates(
+                    conn, plog, old, primary_last_lsn=primary_last_lsn,
+                    max_lag_bytes=self._max_lag_bytes, catch_up_within=self._catch_up_timeout,
+                    clock=self._clock, force=force,
+                )
                 await self._require_leadership(plog, still_leader, "right before pg_promote")
-                promote_seconds = await self._pg_promote(conn, plog, replay_paused)
+                promote_seconds = await self._pg_promote(conn, plog, gate.replay_paused)
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
                 already_promoted = False
-            elif resuming and await self._own_unfinished_promotion(conn, failover_id, epoch):
-                plog.warning("promotion_adopted", detail="this run's pg_promote landed before "
-                             "a crash; recording the marker under the resuming epoch")
+                fenced, fence_detail = old.fenced, old.detail
+            elif await adoptable(
+                conn, failover_id, epoch, resuming=resuming, adopt_from=adopt_from
+            ):
+                plog.warning("promotion_adopted", detail="pg_promote of this run or of an "
+                             "earlier attempt of this incident landed without its marker; "
+                             "recording the marker under this epoch")
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
-                lag, promote_seconds, already_promoted = None, 0.0, True
+                promote_seconds, already_promoted = 0.0, True
                 fenced, fence_detail = await self._fence_old_primary(plog, epoch)
             else:
                 writable_at = await self._confirm_resume(conn, plog, epoch)
-                lag, promote_seconds, already_promoted = None, 0.0, True
+                promote_seconds, already_promoted = 0.0, True
                 fenced, fence_detail = await self._fence_old_primary(plog, epoch)
+        lag = gate.lag_bytes if gate else None
         what = "already promoted" if already_promoted else f"promoted in {promote_seconds:.3f}s"
         lag_text = "" if lag is None else f", lag {lag} bytes"
         detail = (
@@ -230,6 +256,9 @@ class PostgresPromoter:
             writable_at=writable_at,
             old_primary_fenced=fenced,
             detail=detail,
+            final_lsn=gate.old_primary.final_lsn if gate else None,
+            replay_lsn=gate.replay_lsn if gate else None,
+            catch_up_seconds=gate.catch_up_seconds if gate else None,
         )
 
     async def _require_leadership(
@@ -256,49 +285,6 @@ class PostgresPromoter:
         if marker is not None and marker > epoch:
             raise StaleEpoch(f"the standby follows a primary promoted under newer epoch {marker}")
 
-    async def _lag_gate(
-        self,
-        conn: asyncpg.Connection,
-        plog: FilteringBoundLogger,
-        primary_last_lsn: int | None,
-        force: bool,
-    ) -> tuple[int | None, bool]:
-        """The lag to promote with, and whether replay is paused; refuses above the gate."""
-        state = await conn.fetchrow(_REPLICATION_STATE)
-        replay, paused = state["replay_lsn"], state["replay_paused"]
-        if primary_last_lsn is None:
-            plog.warning(
-                "promotion_primary_lsn_unknown",
-                detail="lag measured as received minus replayed WAL; "
-                "WAL the primary wrote but never shipped is not counted",
-            )
-            reference = state["receive_lsn"]
-        else:
-            reference = primary_last_lsn
-        lag = None if reference is None or replay is None else max(0, int(reference - replay))
-        if lag is not None and lag <= self._max_lag_bytes:
-            plog.info(
-                "promotion_lag_gate_passed",
-                lag_bytes=lag,
-                max_lag_bytes=self._max_lag_bytes,
-                replay_paused=paused,
-            )
-            return lag, paused
-        lag_text = "unknown (no WAL received yet)" if lag is None else f"{lag} bytes"
-        reason = f"replication lag {lag_text} exceeds max_lag_bytes {self._max_lag_bytes}"
-        if paused:
-            reason += "; WAL replay is paused on the standby (pg_wal_replay_resume() to catch up)"
-        if not force:
-            raise PromotionRefused(reason)
-        plog.warning(
-            "lag_gate_overridden",
-            lag_bytes=lag,
-            max_lag_bytes=self._max_lag_bytes,
-            replay_paused=paused,
-            reason=reason,
-        )
-        return lag, paused
-
     async def _pg_promote(
         self, conn: asyncpg.Connection, plog: FilteringBoundLogger, replay_paused: bool
     ) -> float:
@@ -315,18 +301,23 @@ class PostgresPromoter:
                 wait_seconds,
                 timeout=wait_seconds + self._connect_timeout,
             )
-        except TimeoutError as exc:
+        except (TimeoutError, OSError, asyncpg.InterfaceError,
+                asyncpg.PostgresConnectionError) as exc:
             # The request may sit unread in a hung server's socket and run when it wakes.
-            raise ServerUnreachable(
-                f"standby {describe_dsn(self._standby_dsn)} unreachable: timeout during "
+            conn.terminate()
+            what = "timeout" if isinstance(exc, TimeoutError) else f"connection lost ({exc})"
+            raise PromotionInDoubt(
+                f"standby {describe_dsn(self._standby_dsn)} unreachable: {what} during "
                 "pg_promote; it may still complete the promotion when it answers again: "
-                "check pg_is_in_recovery() before retrying"
+                "the next attempt adopts it if it is seen promoted",
+                promoted=False,
             ) from exc
         promote_seconds = self._clock() - started
         if not done:
-            raise PromotionRefused(
+            raise PromotionInDoubt(
                 f"pg_promote did not finish within {wait_seconds}s; the standby may still "
-                "complete it: check pg_is_in_recovery() before retrying"
+                "complete it: the next attempt adopts it if it is seen promoted",
+                promoted=False,
             )
         plog.info("pg_promote_done", promote_seconds=round(promote_seconds, 4))
         return promote_seconds
@@ -339,46 +330,18 @@ class PostgresPromoter:
         holder: str,
         failover_id: str,
     ) -> float:
-        try:
-            async with conn.transaction():
-                # Explicitly read-write: a server cloned from a fenced primary carries
-                # default_transaction_read_only = on in postgresql.auto.conf.
-                await conn.execute("SET TRANSACTION READ WRITE")
-                await conn.execute(_CREATE_MARKER)
-                recorded = await conn.fetchval(_RECORD_MARKER, epoch, holder, failover_id)
-                read_only_default = await conn.fetchval(
-                    "SELECT current_setting('default_transaction_read_only')"
-                )
-        except asyncpg.PostgresConnectionError:
-            raise
-        except asyncpg.PostgresError as exc:
-            raise PromotionRefused(
-                f"the standby was promoted but the write check failed: {exc}"
-            ) from exc
-        if recorded is None:
-            raise StaleEpoch(f"a newer epoch recorded its marker on the new primary than {epoch}")
+        read_only_default = await record_marker(
+            conn, epoch=epoch, holder=holder, failover_id=failover_id
+        )
         writable_at = self._clock()
         plog.info("promotion_epoch_recorded", writable_at=writable_at, holder=holder)
-        if read_only_default == "on":
+        if read_only_default:
             plog.warning(
                 "new_primary_read_only_by_default",
                 detail="default_transaction_read_only is on: applications cannot write "
                 "until it is reset (ALTER SYSTEM RESET default_transaction_read_only)",
             )
         return writable_at
-
-    async def _own_unfinished_promotion(
-        self, conn: asyncpg.Connection, failover_id: str, epoch: int
-    ) -> bool:
-        """A promoted target with no marker yet, or an older marker of this same run."""
-        if await conn.fetchval("SELECT to_regclass($1::text) IS NULL", MARKER_TABLE):
-            return True
-        row = await conn.fetchrow(
-            f"SELECT epoch, failover_id FROM {MARKER_TABLE} WHERE id = 1"  # noqa: S608
-        )
-        if row is None:
-            return True
-        return bool(row["failover_id"] == failover_id and row["epoch"] < epoch)
 
     async def _confirm_resume(
         self, conn: asyncpg.Connection, plog: FilteringBoundLogger, epoch: int
@@ -391,11 +354,7 @@ class PostgresPromoter:
                 "target is not a standby: it is a primary not promoted by this epoch "
                 f"(marker epoch {marker}; old primary? run failback first)"
             )
-        async with conn.transaction():
-            await conn.execute("SET TRANSACTION READ WRITE")
-            touched = await conn.fetchval(_TOUCH_MARKER, epoch)
-        if touched is None:
-            raise StaleEpoch("a newer epoch recorded its marker while resuming")
+        await touch_marker(conn, epoch)
         writable_at = self._clock()
         plog.info("promotion_already_done", writable_at=writable_at)
         return writable_at

@@ -268,6 +268,10 @@ class PromotionConfig(ConfigModel):
     """Promote even past ``max_lag_bytes`` (data loss accepted)."""
     timeout: PositiveDuration = 30.0
     """How long to wait for the promotion to finish."""
+    catch_up_timeout: PositiveDuration = 30.0
+    """How long to wait, once a reachable old primary is fenced, for the standby to replay
+    its final WAL position before pg_promote (zero loss); not caught up in time refuses
+    the promotion unless ``force``."""
 
 
 def _lowercase(value: object) -> object:

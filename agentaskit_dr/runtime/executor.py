@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 import structlog
@@ -30,6 +30,8 @@ class Promoter(Protocol):
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
         resuming: bool = False,
+        old_primary_answering: bool = False,
+        adopt_from: Collection[str] = (),
     ) -> PromotionResult: ...
 
     async def fence(self, dsn: str, *, epoch: int | None) -> FenceResult: ...
@@ -67,9 +69,15 @@ class FailoverExecutor:
 
     async def promote_for_run(
         self, promoter: Promoter, *, epoch: int, run_id: str, primary_last_lsn: int | None,
-        resuming: bool,
+        resuming: bool, old_primary_answering: bool = False, adopt_from: Collection[str] = (),
     ) -> PromotionResult:
-        """The runbook's promote step; raises PromotionRefused or StaleEpoch."""
+        """The runbook's promote step; raises PromotionRefused (PromotionInDoubt once
+        pg_promote was sent) or StaleEpoch.
+
+        ``old_primary_answering``: some vantage sees the old primary answering, so the
+        promotion waits for its fence to be confirmed. ``adopt_from``: earlier runs of
+        the same incident whose pg_promote may have landed.
+        """
 
         async def still_leader() -> bool:
             return await self._leader_under(epoch)
@@ -77,7 +85,8 @@ class FailoverExecutor:
         return await promoter.promote(
             epoch=epoch, holder=self.holder, failover_id=run_id,
             primary_last_lsn=primary_last_lsn, still_leader=still_leader, force=self.force,
-            resuming=resuming,
+            resuming=resuming, old_primary_answering=old_primary_answering,
+            adopt_from=adopt_from,
         )
 
     async def fence(self, command: FenceOldPrimary, promoter: Promoter, dsn: str) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.actuators.fence import PromotionRefused
+from agentaskit_dr.actuators.promote import PromotionInDoubt
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import (
     Alert,
@@ -48,12 +49,19 @@ from agentaskit_dr.ports import (
     StepOutcome,
     StepStatus,
 )
+from agentaskit_dr.runtime import runbook_promote
 from agentaskit_dr.runtime.evidence import (
     failover_evidence,
     write_evidence,
     write_incident_review,
 )
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter, new_failover_id
+from agentaskit_dr.runtime.runbook_promote import (
+    ADOPTS_PROMOTION_OF,
+    OLD_PRIMARY_ANSWERING,
+    promote_step,
+    promotions_in_doubt,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +70,7 @@ CHECK_PRIMARY = "check_primary"
 NOTIFY_STARTED = "notify_stakeholders"
 OPEN_INCIDENT = "open_incident"
 VERIFY_STANDBY = "verify_standby"
-PROMOTE = "promote"
+PROMOTE = runbook_promote.PROMOTE
 UPDATE_DNS = "update_dns"
 SCALE_UP = "scale_up"
 VERIFY_SERVICES = "verify_services"
@@ -233,10 +241,13 @@ class Runbook:
 
     # ------------------------------------------------------------ running
 
-    async def failover(self, command: StartFailover, primary_last_lsn: int | None = None) -> Event:
+    async def failover(self, command: StartFailover, primary_last_lsn: int | None = None, *,
+                       old_primary_answering: bool = False) -> Event:
         """Run a decided failover, or resume the active one; the outcome for the core.
 
         ``primary_last_lsn``: the old primary's last WAL position seen, for the lag gate.
+        ``old_primary_answering``: some vantage sees the old primary answering (even with
+        an error), so the promotion waits until its fence is confirmed.
         """
         self._promoted = False
         lease = await self.executor.leases.verified_lease()
@@ -249,7 +260,7 @@ class Runbook:
             if active is not None:
                 log.warning("run_resumed_instead", run_id=active.run_id,
                             reason="a run is already active; finishing it first")
-                return await self._drive(active, lease)
+                return await self._drive(active, lease, answering=old_primary_answering)
             config = self.config()
             now, wall = self.clock(), self.wall_clock()
             run_id = new_failover_id(command.epoch)
@@ -264,6 +275,9 @@ class Runbook:
                 "lag_bytes": self.lag_bytes(),
                 "lag_seconds": self.lag_seconds(),
                 "holder": lease.holder,
+                OLD_PRIMARY_ANSWERING: old_primary_answering,
+                ADOPTS_PROMOTION_OF: await promotions_in_doubt(
+                    self.journal, kind=FAILOVER_KIND, to_region=config.secondary_region),
             }
             run = await self.journal.open(run_id, lease=lease, kind=FAILOVER_KIND,
                                           plan=FAILOVER_PLAN, reason=command.reason, meta=meta)
@@ -369,9 +383,11 @@ class Runbook:
         return FailoverSucceeded(epoch=self._promoted_epoch or 0, detail=(
             f"promoted; journal unavailable ({exc}); the run stays open and is retried"))
 
-    async def _drive(self, run: RunJournal, lease: Lease) -> Event:
+    async def _drive(self, run: RunJournal, lease: Lease, *, answering: bool = False) -> Event:
         config = self.config()
         meta = dict(run.meta)
+        if answering:  # seen now, by the caller resuming an older run
+            meta[OLD_PRIMARY_ANSWERING] = True
         steps = self.plan(config, str(meta["from_region"]), str(meta["to_region"]))
         rlog = log.bind(run_id=run.run_id, epoch=lease.epoch)
         self._promoted, self._promoted_epoch = False, lease.epoch
@@ -423,7 +439,10 @@ class Runbook:
                 await journal.record(ctx.run_id, self._entry(step.name, StepStatus.FAILED, ctx,
                                                              reason), lease=lease)
             rlog.error("step_failed", step=step.name, reason=reason)
+            if isinstance(exc, PromotionInDoubt):
+                return self._promotion_in_doubt(exc, ctx, rlog)
             if step.name in _BEFORE_PROMOTION:
+                self.incomplete = False
                 with contextlib.suppress(LockUnavailable, StaleEpoch):
                     run = await journal.get(ctx.run_id) or ctx.journal
                     self._write_evidence(dataclasses.replace(run, finished="failed"), ctx.meta,
@@ -445,6 +464,22 @@ class Runbook:
                   detail=outcome.detail)
         self.after_step(step.name)
         return None
+
+    def _promotion_in_doubt(self, exc: PromotionInDoubt, ctx: RunContext,
+                            rlog: structlog.typing.FilteringBoundLogger) -> Event:
+        """pg_promote was sent: the run stays open, so that its next attempt (the engine
+        resumes it every ``retry_backoff``) adopts a standby seen promoted."""
+        self.incomplete = True
+        if exc.promoted:
+            self._promoted = True
+            rlog.error("promotion_in_doubt", step=PROMOTE, reason=exc.reason, promoted=True,
+                       detail="promoted without its epoch marker; the run stays open")
+            return FailoverSucceeded(epoch=ctx.epoch, detail=(
+                f"promoted; {PROMOTE} failed ({exc.reason}); the run stays open and is retried"))
+        rlog.error("failover_refused", step=PROMOTE, reason=exc.reason, promoted=None,
+                   detail="pg_promote may still land; the run stays open and its next "
+                   "attempt adopts the promotion")
+        return FailoverRefused(f"{PROMOTE}: {exc.reason}", retry=True)
 
     def _entry(self, step: str, status: StepStatus, ctx: RunContext, detail: str,
                data: dict[str, Any] | None = None) -> JournalEntry:
@@ -496,26 +531,8 @@ class Runbook:
 
     async def _promote(self, ctx: RunContext) -> StepOutcome:
         promoter = self.hooks.promoter(self.config(), ctx.from_region, ctx.to_region)
-        lsn = ctx.meta.get("primary_last_lsn")
-        # The journal saying the step started before means pg_promote may have landed.
-        resuming = ctx.journal.last_status(PROMOTE) is not None
-        result = await self.executor.promote_for_run(
-            promoter, epoch=ctx.epoch, run_id=ctx.run_id,
-            primary_last_lsn=lsn if isinstance(lsn, int) else None, resuming=resuming)
-        # writable_at is on the promoter's monotonic clock; the decision is in wall time.
-        writable_wall = self.wall_clock() - (time.monotonic() - result.writable_at)
-        decided = _float(ctx.meta.get("decided_at"))
-        to_writable = None if decided is None else round(writable_wall - decided, 4)
-        log.info("promotion_done", failover_id=ctx.run_id, epoch=ctx.epoch,
-                 already_promoted=result.already_promoted, lag_bytes=result.lag_bytes,
-                 promote_seconds=round(result.promote_seconds, 4),
-                 decision_to_writable=to_writable, old_primary_fenced=result.old_primary_fenced,
-                 detail=result.detail)
-        return StepOutcome(not result.already_promoted, result.detail, {
-            "lag_bytes": result.lag_bytes, "promote_seconds": round(result.promote_seconds, 4),
-            "old_primary_fenced": result.old_primary_fenced,
-            "decision_to_writable": to_writable,
-        })
+        return await promote_step(self.executor, promoter, epoch=ctx.epoch, run=ctx.journal,
+                                  meta=ctx.meta, wall_clock=self.wall_clock)
 
     def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:
         """Write the evidence file and the incident review draft; their paths, or why not."""
@@ -523,6 +540,8 @@ class Runbook:
         promote = next((e for e in reversed(run.entries)
                         if e.step == PROMOTE and e.status is StepStatus.DONE), None)
         lag = promote.data.get("lag_bytes") if promote else None
+        measured = {key: promote.data.get(key) for key in (
+            "old_primary_final_lsn", "standby_replay_lsn", "catch_up_seconds")} if promote else {}
         document = failover_evidence(
             run,
             detected_at=_float(meta.get("detected_at")),
@@ -532,7 +551,10 @@ class Runbook:
             outcome=outcome,
             extra={"failback": "planned" if outcome == "done" else "not needed",
                    "from_region": meta.get("from_region"), "to_region": meta.get("to_region"),
-                   "condition": meta.get("condition")},
+                   "condition": meta.get("condition"),
+                   # Zero loss shown, not claimed: a fenced old primary's final position
+                   # against the standby's replay at pg_promote.
+                   "promotion": measured},
         )
         try:
             path = write_evidence(config.evidence_dir, FAILOVER_KIND, run.run_id, document)

@@ -22,7 +22,8 @@ from agentaskit_dr.ports import (
     StepOutcome,
 )
 from agentaskit_dr.probes.postgres import PostgresProbe
-from agentaskit_dr.runtime.runbook import PROMOTE, Hooks
+from agentaskit_dr.runtime.runbook import Hooks
+from agentaskit_dr.runtime.runbook_promote import ADOPTS_PROMOTION_OF, PROMOTE
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,7 @@ def promoter(config: WatchdogConfig, from_region: str, to_region: str) -> Postgr
         max_lag_bytes=config.promotion.max_lag_bytes,
         connect_timeout=config.probe.timeout,
         promote_timeout=config.promotion.timeout,
+        catch_up_timeout=config.promotion.catch_up_timeout,
     )
 
 
@@ -73,6 +75,11 @@ async def verify_standby(config: WatchdogConfig, _from: str, to_region: str,
                                                            seen.replay_lag_seconds})
     if journal.last_status(PROMOTE) is not None:
         return StepOutcome(False, f"{seen.target} already promoted by this run")
+    if journal.meta.get(ADOPTS_PROMOTION_OF):
+        # An earlier attempt of this incident sent pg_promote; the promote step adopts
+        # the promotion if the marker says it is that attempt's.
+        return StepOutcome(False, f"{seen.target} already promoted (by an earlier attempt "
+                           "of this incident?); the promote step decides")
     raise ActuationFailed(f"{seen.target} is not a standby (marker epoch {seen.marker_epoch}); "
                           "nothing to promote")
 

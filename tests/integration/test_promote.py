@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from agentaskit_dr.actuators.promote import (
     PostgresPromoter,
+    PromotionInDoubt,
     PromotionRefused,
     PromotionResult,
     ServerUnreachable,
@@ -129,11 +130,12 @@ async def test_primary_killed_promotes_replica_under_epoch_in_under_1s(
     assert marker(replica).startswith("7|watchdog-east|fo-7|")
     # Nothing silent: every step is an event carrying the failover id and epoch.
     names = [e["event"] for e in events]
-    # The old primary is dealt with before pg_promote (DESIGN invariant 1).
+    # The old primary is dealt with before pg_promote (DESIGN invariant 1); unreachable,
+    # the lag gate rests on its last known position.
     assert names[:6] == [
         "promotion_leadership_confirmed",
-        "promotion_lag_gate_passed",
         "old_primary_not_fenced",
+        "promotion_lag_gate_passed",
         "promotion_leadership_confirmed",
         "pg_promote_done",
         "promotion_epoch_recorded",
@@ -363,7 +365,7 @@ async def test_old_primary_hung_by_sigstop_promotes_and_reports_it_unfenced(
     assert not in_recovery(pg_pair.replica)
 
 
-async def test_standby_hung_during_pg_promote_refuses_within_its_bound(
+async def test_standby_hung_during_pg_promote_is_in_doubt_and_the_retry_finishes_it(
     pg_pair: PostgresPair,
 ) -> None:
     last_lsn = kill_primary_after_replay(pg_pair)
@@ -385,13 +387,22 @@ async def test_standby_hung_during_pg_promote_refuses_within_its_bound(
     )
     started = time.monotonic()
 
-    with pytest.raises(ServerUnreachable, match="may still complete the promotion"):
+    with pytest.raises(PromotionInDoubt, match="may still complete the promotion") as doubt:
         await promote(
             target, 7, primary_last_lsn=last_lsn, still_leader=still_leader_then_standby_hangs
         )
 
     elapsed = time.monotonic() - started
     assert elapsed < 1.0 + CONNECT_TIMEOUT + 1.0  # pg_promote's bound, plus slack
+    assert doubt.value.promoted is False
     # Whether it promotes on waking depends on how much of the request it had read
     # (observed here: it stays a standby, as asyncpg had only sent the Parse message);
-    # the refusal says "may" and the caller must look before retrying.
+    # either way the run's next attempt finishes the promotion under its epoch.
+    pg_pair.replica.resume()
+    retried = await target.promote(
+        epoch=8, holder="watchdog-east", failover_id="fo-7", primary_last_lsn=last_lsn,
+        still_leader=leadership(True), resuming=True,
+    )
+    assert not in_recovery(pg_pair.replica)
+    assert marker(pg_pair.replica).startswith("8|watchdog-east|fo-7|")
+    assert retried.old_primary_fenced is None

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import json
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,8 @@ class FakePromoter:
     async def promote(
         self, *, epoch: int, holder: str, failover_id: str, primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]], force: bool = False,
-        resuming: bool = False,
+        resuming: bool = False, old_primary_answering: bool = False,
+        adopt_from: Collection[str] = (),
     ) -> PromotionResult:
         assert await still_leader()
         self.world.promotions.append(epoch)

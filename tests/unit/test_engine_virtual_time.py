@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -225,7 +225,8 @@ class FakePromoter:
         primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]],
         force: bool = False,
-        resuming: bool = False,
+        resuming: bool = False, old_primary_answering: bool = False,
+        adopt_from: Collection[str] = (),
     ) -> PromotionResult:
         self.world.promote_calls.append(now())
         await asyncio.sleep(self.world.promote_takes)

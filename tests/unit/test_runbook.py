@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +21,12 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from agentaskit_dr.actuators.promote import FenceResult, PromotionRefused, PromotionResult
+from agentaskit_dr.actuators.promote import (
+    FenceResult,
+    PromotionInDoubt,
+    PromotionRefused,
+    PromotionResult,
+)
 from agentaskit_dr.config import WatchdogConfig, load_config
 from agentaskit_dr.core import Alert, Condition, FailoverRefused, FailoverSucceeded, StartFailover
 from agentaskit_dr.leadership.journal import ActiveRunExists
@@ -122,15 +127,19 @@ class FakePromoter:
     def __init__(self, world: World) -> None:
         self.world = world
         self.calls: list[dict[str, Any]] = []
+        self.extra_calls: list[dict[str, Any]] = []
         self.crash_after_promote = False
 
     async def promote(
         self, *, epoch: int, holder: str, failover_id: str, primary_last_lsn: int | None,
         still_leader: Callable[[], Awaitable[bool]], force: bool = False,
-        resuming: bool = False,
+        resuming: bool = False, old_primary_answering: bool = False,
+        adopt_from: Collection[str] = (),
     ) -> PromotionResult:
         self.calls.append({"epoch": epoch, "holder": holder, "failover_id": failover_id,
                            "primary_last_lsn": primary_last_lsn, "resuming": resuming})
+        self.extra_calls.append({"old_primary_answering": old_primary_answering,
+                                 "adopt_from": list(adopt_from)})
         if not await still_leader():
             raise PromotionRefused("lock lost before pg_promote")
         self.world.act(PROMOTE)
@@ -361,6 +370,76 @@ async def test_standby_not_verified_refuses_the_failover_and_closes_the_run_fail
     refusals = [e for e in logs if e["event"] == "failover_refused"]
     assert [(e["step"], e["run_id"], e["epoch"]) for e in refusals] == [
         ("verify_standby", run.run_id, 1)]
+
+
+async def test_promotion_in_doubt_keeps_the_run_open_and_the_next_attempt_resumes_it(
+    wired: Rig,
+) -> None:
+    wired.world.fail[PROMOTE] = PromotionInDoubt(
+        "timeout during pg_promote; it may still complete the promotion", promoted=False)
+
+    outcome = await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+
+    assert outcome == FailoverRefused(
+        "promote: timeout during pg_promote; it may still complete the promotion", retry=True)
+    assert wired.runbook.incomplete
+    active = await wired.journal.active()
+    assert active is not None
+    assert entries_of(active, PROMOTE) == [StepStatus.STARTED, StepStatus.FAILED]
+    del wired.world.fail[PROMOTE]
+
+    again = await wired.runbook.failover(wired.command(), primary_last_lsn=None,
+                                         old_primary_answering=True)
+
+    assert isinstance(again, FailoverSucceeded), again
+    run = await wired.only_run()
+    assert run.finished == "done"
+    assert [call["resuming"] for call in wired.promoter.calls] == [False, True]
+    # Seen answering by the caller of the retry: the resumed promotion must fence first.
+    assert [c["old_primary_answering"] for c in wired.promoter.extra_calls] == [False, True]
+
+
+async def test_promoted_without_marker_is_a_success_with_the_run_left_open(wired: Rig) -> None:
+    wired.world.fail[PROMOTE] = PromotionInDoubt(
+        "the standby was promoted but its epoch marker was not recorded", promoted=True)
+
+    outcome = await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+
+    assert isinstance(outcome, FailoverSucceeded), outcome
+    assert "marker was not recorded" in outcome.detail
+    assert wired.runbook.incomplete
+    assert wired.world.effects == EVERY_EFFECT[:5]
+    del wired.world.fail[PROMOTE]
+
+    resumed = await wired.runbook.resume()
+
+    assert isinstance(resumed, FailoverSucceeded), resumed
+    assert not wired.runbook.incomplete
+    assert wired.world.effects == EVERY_EFFECT[:5] + EVERY_EFFECT[4:]
+
+
+async def test_a_new_run_adopts_from_the_attempts_of_its_incident_that_reached_promote(
+    wired: Rig,
+) -> None:
+    wired.world.fail["verify_standby"] = ActuationFailed("standby unreachable")
+    await wired.runbook.failover(wired.command(), primary_last_lsn=None)  # never promoted
+    del wired.world.fail["verify_standby"]
+    wired.world.fail[PROMOTE] = PromotionRefused("fence not confirmed: pg_hba rejects")
+    await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+    del wired.world.fail[PROMOTE]
+    [reached_promote, _never] = await wired.journal.recent()
+
+    outcome = await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+
+    assert isinstance(outcome, FailoverSucceeded), outcome
+    assert [c["adopt_from"] for c in wired.promoter.extra_calls] == [
+        [], [reached_promote.run_id]]
+    # A completed failover ends the incident: the next one adopts nothing from before it.
+    latest = (await wired.journal.recent())[0]
+    assert latest.meta["adopts_promotion_of"] == [reached_promote.run_id]
+    wired.world.fail[PROMOTE] = PromotionRefused("fence not confirmed")
+    await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+    assert (await wired.journal.recent())[0].meta["adopts_promotion_of"] == []
 
 
 async def test_promotion_refused_by_the_lag_gate_refuses_and_nothing_after_runs(
