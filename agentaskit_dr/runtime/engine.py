@@ -298,6 +298,19 @@ class Engine:
             return
         self._start_run(self.runbook.resume(), None)
 
+    def _start_failover(self, command: StartFailover) -> None:
+        answering = self._old_primary_answering()
+        self._start_run(self.runbook.failover(command, self.primary_last_lsn,
+                                              old_primary_answering=answering), command)
+
+    def _old_primary_answering(self) -> bool:
+        """Some fresh vantage (this one included) sees the primary database answering, even
+        with an error: the promotion must then wait for a confirmed fence."""
+        others = self.vantages()
+        own = own_vantage(self.config, self.latest, others, self._clock())
+        return any(vantage.view_of(self.config.primary_region).db_reachable
+                   for vantage in (own, *others) if vantage.fresh)
+
     def _start_run(self, run: Coroutine[Any, Any, Event | None],
                    command: StartFailover | None) -> None:
         async def drive() -> None:
@@ -322,7 +335,7 @@ class Engine:
             self._log_outcome(outcome.command)
         deferred, self._deferred_failover = self._deferred_failover, None
         if deferred is not None and self.state.phase is Phase.FAILING_OVER:
-            self._start_run(self.runbook.failover(deferred, self.primary_last_lsn), deferred)
+            self._start_failover(deferred)
 
     def _run_alerts(self, event: Event) -> list[Command]:
         """A stale epoch and a run left open are alerts; a run that completes clears them."""
@@ -465,7 +478,7 @@ class Engine:
                 log.warning("failover_waits_for_active_run", epoch=command.epoch)
                 self._deferred_failover = command
                 return
-            self._start_run(self.runbook.failover(command, self.primary_last_lsn), command)
+            self._start_failover(command)
         elif isinstance(command, CloseIncident):
             notification = self.runbook.close_incident(command.reason, self.state.epoch or 0)
             if notification is not None:

@@ -126,6 +126,7 @@ class World:
         self.fence_calls: list[float] = []
         self.probes_made: list[FakeDbProbe | FakeRegionProbe] = []
         self.promote_takes = 0.0  # seconds each promotion spends before it is done
+        self.answering_at_promotion: list[bool] = []  # what the engine told each promotion
 
     def probes(self, config: WatchdogConfig) -> list[Probe[Observation]]:
         """The engine's probe factory: both databases and both regions, as the topology says."""
@@ -228,6 +229,7 @@ class FakePromoter:
         resuming: bool = False, old_primary_answering: bool = False,
         adopt_from: Collection[str] = (),
     ) -> PromotionResult:
+        self.world.answering_at_promotion.append(old_primary_answering)
         self.world.promote_calls.append(now())
         await asyncio.sleep(self.world.promote_takes)
         if not await still_leader():
@@ -606,3 +608,26 @@ async def test_frozen_primary_is_fenced_by_its_own_watchdog_the_moment_it_answer
     alerts = [e for e in events(logs, "alert") if e.get("key") == "old_primary"]
     assert alerts[-1]["resolve"] is True
     assert rig.engine.old_primary.pending is None
+
+
+# ---------------------------------------------------------------- the fence gate's input
+
+
+@pytest.mark.looptime
+async def test_a_dead_primary_is_promoted_past_on_the_primary_sides_self_fence() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    async with Rig(world):
+        await sleep_until(200)
+    assert world.answering_at_promotion == [False]
+
+
+@pytest.mark.looptime
+async def test_a_primary_that_answers_must_be_fenced_before_the_promotion() -> None:
+    world = World()  # a healthy primary, failed over by an operator
+    rig = Rig(world)
+    async with rig:
+        await sleep_until(30)
+        await EngineController(rig.engine).failover(dry_run=False, reason="drill")
+        await sleep_until(60)
+    assert world.answering_at_promotion == [True]
