@@ -40,7 +40,12 @@ from agentaskit_dr.actuators.pg_control import (
     stop_server,
     write_recovery_config,
 )
-from agentaskit_dr.actuators.role_fence import RoleLockout, lock_out_roles, locked_role_oids
+from agentaskit_dr.actuators.role_fence import (
+    RoleLockout,
+    lock_out_roles,
+    locked_role_oids,
+    restore_locked_roles,
+)
 from agentaskit_dr.ports import MARKER_TABLE, StaleEpoch
 
 log = structlog.get_logger(__name__)
@@ -308,6 +313,22 @@ async def _fence_by_stopping(
     return FenceResult(
         fenced=True, sessions_terminated=terminated, detail=detail, server_stopped=True
     )
+
+
+async def lift_fence_over_sql(
+    dsn: str, *, io_timeout: float, flog: FilteringBoundLogger
+) -> list[str] | None:
+    """Undo the SQL fence by hand: LOGIN back to exactly the roles it locked out, and
+    ``default_transaction_read_only`` reset. The restored roles; None for a standby."""
+    target = describe_dsn(dsn)
+    async with session(dsn, role="fenced server", io_timeout=io_timeout) as conn:
+        if await conn.fetchval("SELECT pg_is_in_recovery()"):
+            return None
+        roles = await restore_locked_roles(conn, inherited_only=False)
+        await conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        await conn.execute("SELECT pg_reload_conf()")
+    flog.warning("fence_lifted", target=target, roles_restored=roles)
+    return roles
 
 
 def _refuse_promoted_target(target: str, marker: int | None, epoch: int) -> None:
