@@ -61,7 +61,7 @@ def run_fence_command(args: argparse.Namespace) -> int:
     region = args.region or config.region
     if region not in config.regions:
         print(f"agentaskit-dr {name}: --region: must be one of the regions: "
-              f"{', '.join(config.regions)} (got {region!r})", file=sys.stderr)
+              f"{', '.join(sorted(config.regions))} (got {region!r})", file=sys.stderr)
         return EXIT_USAGE
     try:
         if name == "start-gate":

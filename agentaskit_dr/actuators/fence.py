@@ -208,8 +208,9 @@ async def fence_server(
     primary of its own region, whatever epoch promoted it. A standby needs no fence.
     Idempotent. Every connect, query and confirmation is bounded by ``io_timeout``, every
     stop by ``control.stop_timeout``. SQL mode raises ServerUnreachable when the server
-    does not answer; control mode stops it anyway. Logs what it did; a refusal is left to
-    the caller to log, with its context.
+    does not answer; control mode stops it anyway, within 2 x ``io_timeout`` +
+    4 x ``control.stop_timeout`` + 6 s in all. Logs what it did; a refusal is left to the
+    caller to log, with its context.
     """
     if control is not None:
         return await _fence_by_stopping(
@@ -281,7 +282,11 @@ async def _fence_by_stopping(
     target = describe_dsn(dsn)
     terminated = 0
     try:
-        async with session(dsn, role="fence target", io_timeout=io_timeout) as conn:
+        # A slow server gets two io_timeouts in all for this part, not one per query.
+        async with (
+            asyncio.timeout(2 * io_timeout),
+            session(dsn, role="fence target", io_timeout=io_timeout) as conn,
+        ):
             if await conn.fetchval("SELECT pg_is_in_recovery()"):
                 flog.info("fence_not_needed", target=target, fenced=True, detail="standby")
                 return FenceResult(fenced=True, sessions_terminated=0, detail="standby")
@@ -295,18 +300,30 @@ async def _fence_by_stopping(
     except PromotionRefused as exc:
         # Down, frozen or refusing us: stopping it is the fence all the same.
         flog.warning("fence_sql_part_skipped", target=target, reason=exc.reason)
+    except TimeoutError:
+        flog.warning("fence_sql_part_skipped", target=target,
+                     reason=f"no answer within {2 * io_timeout:g}s")
+    # Each half is tried even when the other fails: a stopped server without the signal
+    # file, or the signal file on a server that would not stop, is still half a fence.
+    problems: list[str] = []
+    how = "not stopped"
     try:
         write_recovery_config(control, primary_conninfo)
+    except ServerControlFailed as exc:
+        problems.append(str(exc))
+    try:
         how = await stop_server(control)
     except ServerControlFailed as exc:
-        detail = f"could not stop {target}: {exc}"
+        problems.append(str(exc))
+    if postmaster_pid(control) is not None:
+        problems.append("postmaster still running")
+    if not standby_signal_present(control):
+        problems.append("standby.signal missing")
+    if problems:
+        detail = f"{target} not fenced ({how}): {'; '.join(dict.fromkeys(problems))}"
         flog.error("fence_failed", target=target, fenced=False, mode="control", reason=detail)
-        return FenceResult(fenced=False, sessions_terminated=terminated, detail=detail)
-    if postmaster_pid(control) is not None or not standby_signal_present(control):
-        detail = f"{target}: postmaster still running or standby.signal missing after: {how}"
-        flog.error("fence_not_confirmed", target=target, fenced=False, mode="control",
-                   reason=detail)
-        return FenceResult(fenced=False, sessions_terminated=terminated, detail=detail)
+        return FenceResult(fenced=False, sessions_terminated=terminated, detail=detail,
+                           server_stopped=postmaster_pid(control) is None)
     detail = f"{target} {how}; standby.signal written, a restart comes up read-only"
     flog.info("fenced", target=target, fenced=True, mode="control", stopped=how,
               sessions_terminated=terminated)

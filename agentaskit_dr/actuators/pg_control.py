@@ -97,6 +97,8 @@ def remove_standby_signal(control: ServerControl) -> bool:
         (_data_directory(control) / STANDBY_SIGNAL).unlink()
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        raise ServerControlFailed(f"cannot remove {STANDBY_SIGNAL}: {exc.strerror or exc}") from exc
     return True
 
 
@@ -113,7 +115,7 @@ async def stop_server(control: ServerControl) -> str:
         for mode in ("fast", "immediate"):
             await _pg_ctl_stop(control, mode)
             # pg_ctl returns when postmaster.pid is gone, a moment before the process.
-            if await _gone(pid, within=1.0):
+            if await _gone(pid, within=min(1.0, control.stop_timeout)):
                 return f"stopped (pg_ctl -m {mode})"
     await _kill_server(pid)
     if await _gone(pid, within=control.stop_timeout):
@@ -147,13 +149,21 @@ async def _pg_ctl_stop(control: ServerControl, mode: str) -> None:
 async def _kill_server(pid: int) -> None:
     # Freeze the postmaster first so it forks nothing while its children are listed;
     # backends lead their own process groups, so each one is signalled by pid.
+    try:
+        _signal(pid, signal.SIGSTOP)
+        for child in _children(pid):
+            _signal(child, signal.SIGKILL)
+        _signal(pid, signal.SIGKILL)
+    except PermissionError as exc:
+        raise ServerControlFailed(
+            f"not allowed to kill postmaster {pid}: run the watchdog as root or as the "
+            "server's OS user (control.os_user)"
+        ) from exc
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGSTOP)
-    for child in _children(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
 
 
 async def _gone(pid: int, *, within: float) -> bool:

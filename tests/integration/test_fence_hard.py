@@ -9,6 +9,8 @@ in control mode (server stopped, any restart in recovery), including a SIGSTOPpe
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import asyncpg
@@ -189,6 +191,30 @@ async def test_control_fence_kills_a_frozen_primary_for_good(pg_pair: PostgresPa
     assert postmaster_pid(control) is None
     assert primary.proc.wait(timeout=5) == -9
     assert not _live_processes(children)
+    restart(primary)
+    assert primary.sql("SELECT pg_is_in_recovery()") == "t"
+    assert not await new_session_commits(app_dsn(primary), 1)
+
+
+async def test_control_fence_kills_a_server_whose_backends_hang_in_shutdown(
+    pg_pair: PostgresPair,
+) -> None:
+    # The postmaster answers, but its backends are stuck (a hung disk, say): neither the
+    # fast nor the immediate shutdown can complete within stop_timeout.
+    primary = pg_pair.primary
+    add_application(primary)
+    control = ServerControl(data_directory=primary.datadir, bin_dir=primary.bindir,
+                            stop_timeout=1.0)
+    assert primary.proc is not None
+    hung = _live_processes(_children(primary.proc.pid))
+    for pid in hung:
+        os.kill(pid, signal.SIGSTOP)
+
+    result = await fence(primary, control)
+
+    assert result.fenced, result.detail
+    assert "SIGKILL" in result.detail
+    assert not _live_processes(hung)
     restart(primary)
     assert primary.sql("SELECT pg_is_in_recovery()") == "t"
     assert not await new_session_commits(app_dsn(primary), 1)
