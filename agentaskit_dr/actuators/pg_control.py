@@ -135,7 +135,7 @@ async def _pg_ctl_stop(control: ServerControl, mode: str) -> None:
     ]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, **_as_os_user(control),
+        stderr=subprocess.DEVNULL, cwd="/", **_as_os_user(control),
     )
     try:
         async with asyncio.timeout(timeout + 2.0):

@@ -77,10 +77,17 @@ def fail_over(pair: PostgresPair, epoch: int = 1) -> None:
     )
 
 
-async def writer_commits(server: PostgresServer, attempts: int = WRITER_ATTEMPTS) -> int:
-    """An application retrying writes that insist on READ WRITE; how many committed."""
+async def writer_commits(
+    server: PostgresServer, attempts: int = WRITER_ATTEMPTS, *, until: asyncio.Event | None = None
+) -> int:
+    """An application retrying writes that insist on READ WRITE; how many committed.
+
+    ``until``: instead of ``attempts``, keep retrying until it is set, then a few more.
+    """
     committed = 0
     for attempt in range(attempts):
+        if until is not None and until.is_set():
+            return committed + await writer_commits(server)
         try:
             conn = await asyncpg.connect(server.dsn, timeout=2)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -115,10 +122,16 @@ async def test_a_killed_primary_restarted_after_a_failover_never_commits(
     assert "promoted under epoch 1" in err
     assert (old.datadir / "standby.signal").is_file()
     assert await writer_commits(old, attempts=3) == 0  # not started: nothing to write to
-    # Started anyway (by hand, or a unit without the gate): it comes up read-only.
-    old.start()
+    # Started anyway (by hand, or a unit without the gate), with a writer retrying all
+    # along: it comes up read-only and stays so.
+    started = asyncio.Event()
+    writer = asyncio.create_task(writer_commits(old, attempts=10**6, until=started))
+    try:
+        await asyncio.to_thread(old.start)
+    finally:
+        started.set()
+    assert await writer == 0
     assert old.sql("SELECT pg_is_in_recovery()") == "t"
-    assert await writer_commits(old) == 0
     # Now the gate lets it run: it is not a primary any more.
     code, out, err = await cli(config, "start-gate")
     assert code == 0, err
