@@ -56,8 +56,9 @@ def postmaster_pid(control: ServerControl) -> int | None:
     """The pid of the live postmaster of this data directory, or None when it is down.
 
     A pid from ``postmaster.pid`` counts only if it is a live (not zombie) process named
-    postgres, owned by the data directory's owner: a stale file after a crash, or a pid
-    reused by another program, means down.
+    postgres, run by the data directory's owner, working in that directory (a postmaster
+    chdirs to its data directory): a stale file after a crash, or a pid reused by another
+    program or cluster, means down.
     """
     try:
         first_line = (control.data_directory / "postmaster.pid").read_text().split("\n", 1)[0]
@@ -68,7 +69,13 @@ def postmaster_pid(control: ServerControl) -> int | None:
         return None
     if _process_name(pid) not in _POSTGRES_NAMES or _process_uid(pid) != _owner_uid(control):
         return None
-    return pid
+    try:
+        cwd = Path(f"/proc/{pid}/cwd").readlink()
+    except PermissionError:
+        return pid  # not ours to inspect; name and owner matched
+    except OSError:
+        return None
+    return pid if cwd == control.data_directory.resolve() else None
 
 
 def standby_signal_present(control: ServerControl) -> bool:
@@ -282,10 +289,15 @@ def _process_name(pid: int) -> str | None:
 
 
 def _process_uid(pid: int) -> int | None:
+    """The real uid, from ``/proc/<pid>/status`` (the directory's owner can be root)."""
     try:
-        return Path(f"/proc/{pid}").stat().st_uid
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return None
 
 
 def _children(pid: int) -> list[int]:

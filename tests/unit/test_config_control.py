@@ -3,6 +3,7 @@ what the fence writes into a data directory from it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from agentaskit_dr.actuators.pg_control import (
     ServerControl,
     ServerControlFailed,
+    postmaster_pid,
     remove_standby_signal,
     standby_signal_present,
     write_recovery_config,
@@ -106,3 +108,12 @@ def test_the_recovery_config_refuses_a_directory_that_is_no_data_directory(
     with pytest.raises(ServerControlFailed, match=r"control.data_directory: .* \(no PG_VERSION\)"):
         write_recovery_config(ServerControl(data_directory=tmp_path), None)
     assert not (tmp_path / "standby.signal").exists()
+
+
+def test_a_stale_postmaster_pid_naming_another_program_means_down(tmp_path: Path) -> None:
+    control = data_directory(tmp_path)
+    for stale in (os.getpid(), 2**22 + 1):  # this Python; a pid that cannot exist
+        (tmp_path / "postmaster.pid").write_text(f"{stale}\n{tmp_path}\n")
+        assert postmaster_pid(control) is None
+    (tmp_path / "postmaster.pid").write_text("garbage\n")
+    assert postmaster_pid(control) is None
