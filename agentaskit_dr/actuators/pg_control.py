@@ -118,15 +118,21 @@ async def stop_server(control: ServerControl) -> str:
     pid = postmaster_pid(control)
     if pid is None:
         return "server already down"
+    why_not_pg_ctl = "the postmaster is stopped (SIGSTOP)"
     if _process_state(pid) not in ("T", "t"):
         for mode in ("fast", "immediate"):
-            await _pg_ctl_stop(control, mode)
+            try:
+                await _pg_ctl_stop(control, mode)
+            except ServerControlFailed as exc:
+                why_not_pg_ctl = str(exc)  # no pg_ctl to run: signals still work
+                break
             # pg_ctl returns when postmaster.pid is gone, a moment before the process.
             if await _gone(pid, within=min(1.0, control.stop_timeout)):
                 return f"stopped (pg_ctl -m {mode})"
+            why_not_pg_ctl = "pg_ctl stop -m fast and -m immediate did not complete"
     await _kill_server(pid)
     if await _gone(pid, within=control.stop_timeout):
-        return f"killed (SIGKILL to postmaster {pid} and its children)"
+        return f"killed (SIGKILL to postmaster {pid} and its children: {why_not_pg_ctl})"
     raise ServerControlFailed(
         f"postmaster {pid} of {control.data_directory} survived SIGKILL for "
         f"{control.stop_timeout:g}s (uninterruptible I/O?); it takes no writes while stuck, "
@@ -136,14 +142,18 @@ async def stop_server(control: ServerControl) -> str:
 
 async def _pg_ctl_stop(control: ServerControl, mode: str) -> None:
     timeout = control.stop_timeout
+    pg_ctl = await _bin_dir(control) / "pg_ctl"
     argv = [
-        str(await _bin_dir(control) / "pg_ctl"), "stop", "-D", str(control.data_directory),
+        str(pg_ctl), "stop", "-D", str(control.data_directory),
         "-m", mode, "-w", "-t", str(max(1, round(timeout))),
     ]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, cwd="/", **_as_os_user(control),
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, cwd="/", **_as_os_user(control),
+        )
+    except OSError as exc:
+        raise ServerControlFailed(f"cannot run {pg_ctl}: {exc.strerror or exc}") from exc
     try:
         async with asyncio.timeout(timeout + 2.0):
             await proc.wait()

@@ -222,6 +222,21 @@ async def test_control_fence_kills_a_server_whose_backends_hang_in_shutdown(
     assert not await new_session_commits(app_dsn(primary), 1)
 
 
+async def test_control_fence_without_a_usable_pg_ctl_still_kills_the_server(
+    pg_pair: PostgresPair, tmp_path: Path
+) -> None:
+    primary = pg_pair.primary
+    control = ServerControl(data_directory=primary.datadir, bin_dir=tmp_path, stop_timeout=2.0)
+
+    result = await fence(primary, control)
+
+    assert result.fenced, result.detail
+    assert "SIGKILL" in result.detail
+    assert "cannot run" in result.detail
+    restart(primary)
+    assert primary.sql("SELECT pg_is_in_recovery()") == "t"
+
+
 async def test_control_fence_of_a_server_already_down_makes_its_restart_read_only(
     pg_pair: PostgresPair,
 ) -> None:
