@@ -49,7 +49,6 @@ def run_fence_command(args: argparse.Namespace) -> int:
     from agentaskit_dr.actuators.pg_control import ServerControlFailed
     from agentaskit_dr.config import ConfigError, load_config
 
-    logs.configure("warning", stream=sys.stderr)
     name = args.fence_command
     try:
         config = load_config(args.config)
@@ -63,6 +62,11 @@ def run_fence_command(args: argparse.Namespace) -> int:
         print(f"agentaskit-dr {name}: --region: must be one of the regions: "
               f"{', '.join(sorted(config.regions))} (got {region!r})", file=sys.stderr)
         return EXIT_USAGE
+    if name == "unfence" and not _confirmed(region, args.yes):
+        return EXIT_FAILURE
+    # Only now: the answer goes to stdout/stderr as lines, what the actuators log to
+    # stderr as JSON.
+    logs.configure("warning", stream=sys.stderr)
     try:
         if name == "start-gate":
             return _start_gate(config, region)
@@ -80,17 +84,22 @@ def _start_gate(config: WatchdogConfig, region: str) -> int:
     return EXIT_OK if answer.allowed else EXIT_FAILURE
 
 
+def _confirmed(region: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print("agentaskit-dr unfence: not interactive: pass --yes", file=sys.stderr)
+        return False
+    answer = input(f"Lift the fence of {region}'s server? Type {region!r} to confirm: ")
+    if answer.strip() != region:
+        print("agentaskit-dr unfence: not confirmed; nothing changed", file=sys.stderr)
+        return False
+    return True
+
+
 def _unfence(config: WatchdogConfig, region: str, args: argparse.Namespace) -> int:
     from agentaskit_dr.fencing import lift_fence
 
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("agentaskit-dr unfence: not interactive: pass --yes", file=sys.stderr)
-            return EXIT_FAILURE
-        answer = input(f"Lift the fence of {region}'s server? Type {region!r} to confirm: ")
-        if answer.strip() != region:
-            print("agentaskit-dr unfence: not confirmed; nothing changed", file=sys.stderr)
-            return EXIT_FAILURE
     for line in asyncio.run(lift_fence(config, region, remove_signal=args.remove_standby_signal)):
         print(line)
     return EXIT_OK
