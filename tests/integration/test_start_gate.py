@@ -28,8 +28,10 @@ WEST, EAST = "us-west-2", "us-east-1"
 WRITER_ATTEMPTS = 20
 
 
-def write_config(tmp_path: Path, pair: PostgresPair, *, control: bool = True) -> Path:
-    """West runs the primary on this host (control), east the standby."""
+def write_config(
+    tmp_path: Path, pair: PostgresPair, *, control: bool = True, control_region: str = WEST
+) -> Path:
+    """West runs the primary, east the standby; ``control_region``'s runs on this host."""
     regions: dict[str, dict[str, object]] = {
         WEST: {"health_urls": ["http://127.0.0.1:9/healthz"],
                "database": {"dsn": pair.primary.dsn}},
@@ -37,10 +39,11 @@ def write_config(tmp_path: Path, pair: PostgresPair, *, control: bool = True) ->
                "database": {"dsn": pair.replica.dsn}},
     }
     if control:
-        regions[WEST]["database"] = {
-            "dsn": pair.primary.dsn,
-            "control": {"data_directory": str(pair.primary.datadir),
-                        "bin_dir": str(pair.primary.bindir), "os_user": "postgres",
+        server = pair.primary if control_region == WEST else pair.replica
+        regions[control_region]["database"] = {
+            "dsn": server.dsn,
+            "control": {"data_directory": str(server.datadir),
+                        "bin_dir": str(server.bindir), "os_user": "postgres",
                         "stop_timeout": "5s"},
         }
     config = {
@@ -150,6 +153,27 @@ async def test_the_gate_lets_the_primary_start_when_no_primary_is_elsewhere(
     assert code == 0, err
     assert "may start as primary" in out
     assert not (pg_pair.primary.datadir / "standby.signal").exists()
+
+
+async def test_the_gate_lets_a_standby_start_even_when_the_primary_carries_a_marker(
+    tmp_path: Path, pg_pair: PostgresPair,
+) -> None:
+    # After a failback the primary (west) carries a marker; east's standby restarts.
+    pg_pair.primary.sql(
+        "CREATE SCHEMA agentaskit_dr; CREATE TABLE agentaskit_dr.failover_epoch "
+        "(id int PRIMARY KEY, epoch bigint NOT NULL); "
+        "INSERT INTO agentaskit_dr.failover_epoch VALUES (1, 2)"
+    )
+    pg_pair.wait_replayed()
+    pg_pair.replica.kill()
+    with_control = write_config(tmp_path, pg_pair, control_region=EAST)
+    code, out, err = await cli(with_control, "start-gate", "--region", EAST)
+    assert code == 0, err
+    assert "starts in recovery" in out
+    # Without control the gate cannot see the standby's data directory (documented).
+    code, _, _ = await cli(write_config(tmp_path, pg_pair, control=False),
+                           "start-gate", "--region", EAST)
+    assert code == 1
 
 
 async def test_the_gate_without_control_refuses_and_writes_nothing(
