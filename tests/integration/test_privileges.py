@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import structlog
+from _pytest.mark.structures import ParameterSet
 
 from agentaskit_dr.actuators.fence import fence_server, read_marker_epoch
 from agentaskit_dr.actuators.promote import PostgresPromoter
@@ -52,7 +53,7 @@ def run_script(server: PostgresServer, script: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _bindirs() -> list[pytest.param]:
+def _bindirs() -> list[ParameterSet]:
     wheel = sandbox.wheel_pg_bindir()
     return [
         pytest.param(None, id="system"),
