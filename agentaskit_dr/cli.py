@@ -68,10 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
+    from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.oncall import add_oncall_commands
 
     add_api_commands(sub)
     add_oncall_commands(sub)
+    add_fence_commands(sub)
     return parser
 
 
@@ -84,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.api.commands import run_api_command
 
             return run_api_command(args)
+        if getattr(args, "fence_command", None):
+            from agentaskit_dr.fence_commands import run_fence_command
+
+            return run_fence_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 

@@ -21,6 +21,7 @@ from agentaskit_dr.config._backup import (
     WalArchiving,
 )
 from agentaskit_dr.config._base import redact_url
+from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._loader import (
     ConfigError,
@@ -45,6 +46,7 @@ __all__ = [
     "Bucket",
     "ConfigError",
     "DatabaseConfig",
+    "DatabaseControlConfig",
     "EncryptionConfig",
     "LockConfig",
     "LoggingConfig",

@@ -40,6 +40,7 @@ from agentaskit_dr.config._base import (
     secret_source_problems,
     url_has_password,
 )
+from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration
 from agentaskit_dr.config._sections import (
     ApiConfig,
@@ -104,6 +105,8 @@ class DatabaseConfig(_PasswordSource):
 
     dsn: str
     """``postgresql://user@host:port/dbname``; an inline password is allowed, not advised."""
+    control: DatabaseControlConfig | None = None
+    """Set only where this watchdog runs on the server's host and may stop it (hard fence)."""
 
     @field_validator("dsn")
     @classmethod

@@ -1,0 +1,105 @@
+"""``start-gate`` and ``unfence``: the fence's two commands for the server's host and the operator.
+
+``start-gate --config C [--region R]``: for PostgreSQL's systemd unit (``ExecStartPre=``)
+or a pod's init container. Exit 0: the server may start (as primary, or it starts in
+recovery anyway); exit 1 with one line: it must not start as primary (in control mode
+``standby.signal`` was written first, so a start anyway comes up read-only); exit 2: bad
+input. ``unfence --config C --region R [--yes] [--remove-standby-signal]`` lifts a fence
+by hand; see docs/postgres-privileges.md, "Lifting a fence by hand".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import WatchdogConfig
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def add_fence_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``start-gate`` and ``unfence`` to the CLI."""
+    gate = sub.add_parser(
+        "start-gate", help="exit 0 if this region's PostgreSQL may start as primary, else 1 "
+        "(ExecStartPre= / init container)",
+    )
+    gate.add_argument("--config", required=True, type=Path, help="watchdog YAML file")
+    gate.add_argument("--region", default=None, help="default: the config's region")
+    gate.set_defaults(fence_command="start-gate")
+    unfence = sub.add_parser("unfence", help="lift a region's fence by hand")
+    unfence.add_argument("--config", required=True, type=Path, help="watchdog YAML file")
+    unfence.add_argument("--region", required=True)
+    unfence.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    unfence.add_argument(
+        "--remove-standby-signal", action="store_true",
+        help="control mode: also remove standby.signal, so the next start is as primary",
+    )
+    unfence.set_defaults(fence_command="unfence")
+
+
+def run_fence_command(args: argparse.Namespace) -> int:
+    """Run ``start-gate`` or ``unfence``; every expected failure is one line, no traceback."""
+    from agentaskit_dr import logs
+    from agentaskit_dr.actuators.fence import PromotionRefused
+    from agentaskit_dr.actuators.pg_control import ServerControlFailed
+    from agentaskit_dr.config import ConfigError, load_config
+
+    name = args.fence_command
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    region = args.region or config.region
+    if region not in config.regions:
+        print(f"agentaskit-dr {name}: --region: must be one of the regions: "
+              f"{', '.join(sorted(config.regions))} (got {region!r})", file=sys.stderr)
+        return EXIT_USAGE
+    if name == "unfence" and not _confirmed(region, args.yes):
+        return EXIT_FAILURE
+    # Only now: the answer goes to stdout/stderr as lines, what the actuators log to
+    # stderr as JSON.
+    logs.configure("warning", stream=sys.stderr)
+    try:
+        if name == "start-gate":
+            return _start_gate(config, region)
+        return _unfence(config, region, args)
+    except (PromotionRefused, ServerControlFailed) as exc:
+        print(f"agentaskit-dr {name}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _start_gate(config: WatchdogConfig, region: str) -> int:
+    from agentaskit_dr.fencing import start_gate
+
+    answer = asyncio.run(start_gate(config, region))
+    print(answer.reason, file=sys.stdout if answer.allowed else sys.stderr)
+    return EXIT_OK if answer.allowed else EXIT_FAILURE
+
+
+def _confirmed(region: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print("agentaskit-dr unfence: not interactive: pass --yes", file=sys.stderr)
+        return False
+    answer = input(f"Lift the fence of {region}'s server? Type {region!r} to confirm: ")
+    if answer.strip() != region:
+        print("agentaskit-dr unfence: not confirmed; nothing changed", file=sys.stderr)
+        return False
+    return True
+
+
+def _unfence(config: WatchdogConfig, region: str, args: argparse.Namespace) -> int:
+    from agentaskit_dr.fencing import lift_fence
+
+    for line in asyncio.run(lift_fence(config, region, remove_signal=args.remove_standby_signal)):
+        print(line)
+    return EXIT_OK

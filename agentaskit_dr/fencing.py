@@ -1,0 +1,187 @@
+"""What the config says about fencing a region's server: its control, where it should stream
+from once fenced, whether the primary is elsewhere, the start gate and lifting a fence.
+
+The glue between ``config`` and the fence actuators (which know nothing of the config),
+shared by the ``start-gate`` and ``unfence`` commands and, through
+:func:`server_control` and :func:`primary_conninfo_for`, by whoever calls ``fence_server``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import structlog
+
+from agentaskit_dr.actuators.fence import (
+    PromotionRefused,
+    describe_dsn,
+    lift_fence_over_sql,
+    read_marker_epoch,
+    session,
+)
+from agentaskit_dr.actuators.pg_control import (
+    ServerControl,
+    ServerControlFailed,
+    postmaster_pid,
+    remove_standby_signal,
+    standby_signal_present,
+    write_recovery_config,
+)
+from agentaskit_dr.config import WatchdogConfig
+
+log = structlog.get_logger(__name__)
+
+
+def server_control(config: WatchdogConfig, region: str) -> ServerControl | None:
+    """``regions.<region>.database.control`` for the actuators; None when not configured."""
+    control = config.regions[region].database.control
+    if control is None:
+        return None
+    return ServerControl(
+        data_directory=control.data_directory,
+        os_user=control.os_user,
+        bin_dir=control.bin_dir,
+        stop_timeout=control.stop_timeout,
+    )
+
+
+def other_region(config: WatchdogConfig, region: str) -> str:
+    """The region of the two that is not ``region``."""
+    return next(name for name in config.regions if name != region)
+
+
+def primary_conninfo_for(config: WatchdogConfig, region: str) -> str:
+    """A ``primary_conninfo`` pointing at ``region``'s server, for a fenced server's restart.
+
+    Host, port and user of that region's DSN, never its password: a restart in recovery
+    streams once that role may replicate (REPLICATION, pg_hba, the OS user's ``~/.pgpass``)
+    and otherwise waits, read-only, which is all the fence needs. Failback writes its own.
+    """
+    parts = urlsplit(config.regions[region].database.dsn)
+    words = [f"host={parts.hostname or 'localhost'}"]
+    try:
+        if parts.port:
+            words.append(f"port={parts.port}")
+    except ValueError:
+        pass
+    if parts.username:
+        words.append(f"user={_conninfo_value(unquote(parts.username))}")
+    words.append(f"application_name={_conninfo_value(f'agentaskit-dr-fenced-{region}')}")
+    return " ".join(words)
+
+
+def _conninfo_value(value: str) -> str:
+    if value and all(ch.isalnum() or ch in "-_." for ch in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
+    """Why ``region``'s server must not run as primary, or None when nothing says so.
+
+    The one seam for "is the cluster's primary in another region?". Today: the other
+    region's server answers, is not in recovery, and carries a fencing-epoch marker
+    newer than this region's (unknown counts as none) -- it was promoted after this one.
+    A server that does not answer tells nothing: None.
+    """
+    other = other_region(config, region)
+    timeout = config.probe.timeout
+    other_dsn = config.regions[other].database.connect_dsn()
+    try:
+        async with session(other_dsn, role=f"{other} server", io_timeout=timeout) as conn:
+            if await conn.fetchval("SELECT pg_is_in_recovery()"):
+                return None
+            other_epoch = await read_marker_epoch(conn)
+    except PromotionRefused as exc:
+        log.info("primary_elsewhere_unknown", region=other, reason=exc.reason)
+        return None
+    if other_epoch is None:
+        return None
+    local_epoch = await _local_marker(config, region)
+    if local_epoch is not None and local_epoch >= other_epoch:
+        return None
+    local = "none" if local_epoch is None else str(local_epoch)
+    return (
+        f"region {other}'s server {describe_dsn(other_dsn)} is a primary promoted under "
+        f"epoch {other_epoch} (this region's marker: {local})"
+    )
+
+
+async def _local_marker(config: WatchdogConfig, region: str) -> int | None:
+    dsn = config.regions[region].database.connect_dsn()
+    try:
+        async with session(dsn, role=f"{region} server", io_timeout=config.probe.timeout) as conn:
+            return await read_marker_epoch(conn)
+    except PromotionRefused:
+        return None
+
+
+@dataclass(frozen=True)
+class GateAnswer:
+    """The start gate's answer: ``allowed`` to start, and one line saying why."""
+
+    allowed: bool
+    reason: str
+
+
+async def start_gate(config: WatchdogConfig, region: str) -> GateAnswer:
+    """May ``region``'s server start (as primary)? Run before its service starts it.
+
+    A data directory holding ``standby.signal`` starts in recovery: allowed. Otherwise
+    refused while :func:`primary_elsewhere` has a reason; in control mode the refusal
+    first writes ``standby.signal`` + ``primary_conninfo``, so a start that happens anyway
+    comes up read-only.
+    """
+    control = server_control(config, region)
+    if control is not None and standby_signal_present(control):
+        return GateAnswer(True, f"{region}: standby.signal present, the server starts in "
+                                "recovery (read-only)")
+    reason = await primary_elsewhere(config, region)
+    if reason is None:
+        return GateAnswer(True, f"{region} may start as primary: no primary elsewhere")
+    if control is None:
+        return GateAnswer(False, f"refusing to start {region} as primary: {reason}")
+    try:
+        write_recovery_config(control, primary_conninfo_for(config, other_region(config, region)))
+    except ServerControlFailed as exc:
+        return GateAnswer(False, f"refusing to start {region} as primary: {reason}; and could "
+                                 f"not write standby.signal: {exc}")
+    log.warning("start_gate_demoted", region=region, reason=reason)
+    return GateAnswer(False, f"refusing to start {region} as primary: {reason}; wrote "
+                             "standby.signal, so a start anyway comes up read-only")
+
+
+async def lift_fence(config: WatchdogConfig, region: str, *, remove_signal: bool) -> list[str]:
+    """Lift ``region``'s fence by hand; the lines to tell the operator.
+
+    Refuses (PromotionRefused) while :func:`primary_elsewhere` has a reason: lifting the
+    old primary's fence then makes two primaries. SQL part, when the server answers as a
+    primary: the locked-out roles get LOGIN back and read-only is reset. Control part:
+    ``standby.signal`` is removed only with ``remove_signal``.
+    """
+    reason = await primary_elsewhere(config, region)
+    if reason is not None:
+        raise PromotionRefused(
+            f"refusing to lift {region}'s fence: {reason}; fail back instead (sync-primary "
+            "makes this server a standby of the new primary)"
+        )
+    said: list[str] = []
+    control = server_control(config, region)
+    if control is not None and standby_signal_present(control):
+        if remove_signal:
+            remove_standby_signal(control)
+            said.append("removed standby.signal: the next start comes up as a primary")
+        else:
+            said.append("standby.signal left in place: the server starts in recovery; pass "
+                        "--remove-standby-signal to start it as a primary")
+    if control is not None and postmaster_pid(control) is None:
+        said.append("server not running: start it, then run unfence again to lift the SQL part")
+        return said
+    dsn = config.regions[region].database.connect_dsn()
+    roles = await lift_fence_over_sql(dsn, io_timeout=config.probe.timeout, flog=log)
+    if roles is None:
+        said.append("server is in recovery: nothing to lift over SQL")
+    else:
+        said.append(f"read-only default reset; LOGIN given back to: {', '.join(roles) or 'none'}")
+    return said
