@@ -44,6 +44,7 @@ from agentaskit_dr.actuators.fence import (
     read_marker_epoch,
     session,
 )
+from agentaskit_dr.actuators.pg_control import ServerControl
 from agentaskit_dr.actuators.promote_gate import Gates, fence_before_promotion, pass_gates
 from agentaskit_dr.actuators.promote_marker import (
     PromotionInDoubt,
@@ -51,6 +52,7 @@ from agentaskit_dr.actuators.promote_marker import (
     record_marker,
     touch_marker,
 )
+from agentaskit_dr.actuators.role_fence import restore_locked_roles
 from agentaskit_dr.ports import LockUnavailable, StaleEpoch
 
 __all__ = [
@@ -110,9 +112,15 @@ class PostgresPromoter:
         promote_timeout: float,
         catch_up_timeout: float = 30.0,
         clock: Callable[[], float] | None = None,
+        old_primary_control: ServerControl | None = None,
+        old_primary_conninfo: str | None = None,
     ) -> None:
         self._standby_dsn = standby_dsn
         self._old_primary_dsn = old_primary_dsn
+        # Control mode for the old primary (this watchdog runs on its host) and where a
+        # restart of it in recovery should stream from: the fence uses both when given.
+        self._old_primary_control = old_primary_control
+        self._old_primary_conninfo = old_primary_conninfo
         self._max_lag_bytes = max_lag_bytes
         self._connect_timeout = connect_timeout
         self._promote_timeout = promote_timeout
@@ -186,8 +194,12 @@ class PostgresPromoter:
         Raises ServerUnreachable when it does not answer within ``connect_timeout``.
         """
         flog = log.bind(epoch=epoch)
+        own = dsn == self._old_primary_dsn
         try:
-            return await fence_server(dsn, epoch=epoch, io_timeout=self._connect_timeout, flog=flog)
+            return await fence_server(
+                dsn, epoch=epoch, io_timeout=self._connect_timeout, flog=flog,
+                control=self._old_primary_control if own else None,
+                primary_conninfo=self._old_primary_conninfo if own else None)
         except PromotionRefused as exc:
             flog.error("fence_refused", target=describe_dsn(dsn), reason=exc.reason)
             raise
@@ -218,6 +230,8 @@ class PostgresPromoter:
                 old = await fence_before_promotion(
                     self._old_primary_dsn, epoch=epoch, io_timeout=self._connect_timeout,
                     answering_elsewhere=old_primary_answering, plog=plog,
+                    control=self._old_primary_control,
+                    primary_conninfo=self._old_primary_conninfo,
                 )
                 gate = await pass_gates(
                     conn, plog, old, primary_last_lsn=primary_last_lsn,
@@ -227,6 +241,7 @@ class PostgresPromoter:
                 await self._require_leadership(plog, still_leader, "right before pg_promote")
                 promote_seconds = await self._pg_promote(conn, plog, gate.replay_paused)
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
+                await self._give_login_back(conn, plog)
                 already_promoted = False
                 fenced, fence_detail = old.fenced, old.detail
             elif await adoptable(
@@ -236,10 +251,12 @@ class PostgresPromoter:
                              "earlier attempt of this incident landed without its marker; "
                              "recording the marker under this epoch")
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
+                await self._give_login_back(conn, plog)
                 promote_seconds, already_promoted = 0.0, True
                 fenced, fence_detail = await self._fence_old_primary(plog, epoch)
             else:
                 writable_at = await self._confirm_resume(conn, plog, epoch)
+                await self._give_login_back(conn, plog)
                 promote_seconds, already_promoted = 0.0, True
                 fenced, fence_detail = await self._fence_old_primary(plog, epoch)
         lag = gate.lag_bytes if gate else None
@@ -359,12 +376,26 @@ class PostgresPromoter:
         plog.info("promotion_already_done", writable_at=writable_at)
         return writable_at
 
+    async def _give_login_back(self, conn: asyncpg.Connection, plog: FilteringBoundLogger) -> None:
+        """The SQL fence's role lock-out replicated here before the promotion: the new
+        primary gives LOGIN back to the roles the old primary's fence locked out (rows of an
+        older timeline only; harmless when repeated)."""
+        try:
+            restored = await restore_locked_roles(conn, inherited_only=True)
+        except asyncpg.PostgresError as exc:
+            raise PromotionInDoubt(
+                f"promoted, but LOGIN could not be given back to the roles the old primary's "
+                f"fence locked out: {exc}", promoted=True) from exc
+        if restored:
+            plog.warning("login_restored_on_new_primary", roles=restored)
+
     async def _fence_old_primary(
         self, plog: FilteringBoundLogger, epoch: int
     ) -> tuple[bool | None, str]:
         try:
             result = await fence_server(
-                self._old_primary_dsn, epoch=epoch, io_timeout=self._connect_timeout, flog=plog
+                self._old_primary_dsn, epoch=epoch, io_timeout=self._connect_timeout, flog=plog,
+                control=self._old_primary_control, primary_conninfo=self._old_primary_conninfo,
             )
         except ServerUnreachable as exc:
             plog.error("old_primary_not_fenced", fenced=None, reason=exc.reason)

@@ -31,6 +31,7 @@ from agentaskit_dr.actuators.fence import (
     fence_server,
     session,
 )
+from agentaskit_dr.actuators.pg_control import ServerControl
 
 # NULL on a server in recovery: a standby takes no writes, so it has no final position.
 _FINAL_LSN = """
@@ -96,6 +97,8 @@ async def fence_before_promotion(
     io_timeout: float,
     answering_elsewhere: bool,
     plog: FilteringBoundLogger,
+    control: ServerControl | None = None,
+    primary_conninfo: str | None = None,
 ) -> OldPrimaryFence:
     """Fence the old primary at ``dsn`` and read its final WAL position; see the module doc.
 
@@ -106,7 +109,8 @@ async def fence_before_promotion(
     """
     target = describe_dsn(dsn)
     try:
-        result = await fence_server(dsn, epoch=epoch, io_timeout=io_timeout, flog=plog)
+        result = await fence_server(dsn, epoch=epoch, io_timeout=io_timeout, flog=plog,
+                                    control=control, primary_conninfo=primary_conninfo)
     except ServerUnreachable as exc:
         if answering_elsewhere:
             raise PromotionRefused(

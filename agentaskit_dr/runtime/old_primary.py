@@ -56,7 +56,9 @@ class OldPrimaryStopper:
 
     async def step(self, config: WatchdogConfig,
                    promoter: Callable[[WatchdogConfig], Promoter]) -> list[Command]:
-        """Try once if due; the alerts to raise or resolve."""
+        """Try once if due; the alerts to raise or resolve. ``promoter`` builds the promoter
+        of a topology: it is given one whose old primary is the region to fence, so the
+        fence runs in control mode where this watchdog controls that server."""
         due = self._due
         if due is None or self._clock() < due.at:
             return []
@@ -64,7 +66,8 @@ class OldPrimaryStopper:
         try:
             # The failover's epoch: a server carrying that epoch's marker (or a newer one)
             # is the new primary and is refused; None fences whatever promoted it.
-            result = await promoter(config).fence(dsn, epoch=due.epoch)
+            fencer = promoter(config.with_primary(due.region))
+            result = await fencer.fence(dsn, epoch=due.epoch)
         except Exception as exc:  # noqa: BLE001 (any failure is a fence not confirmed)
             failure = f"{type(exc).__name__}: {exc}"
         else:

@@ -14,6 +14,7 @@ from agentaskit_dr.actuators.notify_hub import NotificationHub
 from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.actuators.verify import ServiceVerifier
 from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.fencing import primary_conninfo_for, server_control
 from agentaskit_dr.ports import (
     ActuationFailed,
     Notification,
@@ -29,6 +30,9 @@ log = structlog.get_logger(__name__)
 
 
 def promoter(config: WatchdogConfig, from_region: str, to_region: str) -> PostgresPromoter:
+    """Promotes ``to_region``'s standby and fences ``from_region``'s server: stopped for good
+    when this watchdog runs on that server's host (its region, with ``database.control``),
+    and told to stream from ``to_region`` whenever it restarts."""
     return PostgresPromoter(
         standby_dsn=config.regions[to_region].database.connect_dsn(),
         old_primary_dsn=config.regions[from_region].database.connect_dsn(),
@@ -36,6 +40,9 @@ def promoter(config: WatchdogConfig, from_region: str, to_region: str) -> Postgr
         connect_timeout=config.probe.timeout,
         promote_timeout=config.promotion.timeout,
         catch_up_timeout=config.promotion.catch_up_timeout,
+        old_primary_control=(server_control(config, from_region)
+                             if config.region == from_region else None),
+        old_primary_conninfo=primary_conninfo_for(config, to_region),
     )
 
 
