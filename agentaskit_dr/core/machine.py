@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agentaskit_dr.core.assess import Verdict
+from agentaskit_dr.core.assess import Assessment, Verdict
 from agentaskit_dr.core.model import (
     Acknowledged,
     Alert,
@@ -91,6 +91,11 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
             commands.append(Alert(_ALERTING[assessment.verdict], assessment.detail))
         state = replace(state, assessed=assessment.verdict, assessed_since=now)
     state = replace(state, assessment_detail=assessment.detail)
+    if event.db_evidence:
+        commands += _refusal_alerts(state.primary_refusal, assessment)
+        state = replace(state, primary_refusal=assessment.primary_refusal)
+    state, held = _target_health(state, assessment)
+    commands += held
     clocks = state.clocks
     if event.db_evidence:
         observed = Observed(Condition.DB_UNREACHABLE, assessment.db_failing, assessment.detail)
@@ -116,6 +121,30 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
     state = replace(state, self_fenced=True)
     return state, [*commands, Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}"),
                    FenceOwnPrimary(reason=reason)]
+
+
+def _refusal_alerts(before: str | None, assessment: Assessment) -> list[Command]:
+    """One loud alert when the primary starts refusing the watchdog (or refuses for a new
+    reason), one info alert when it stops; nothing while it goes on."""
+    now = assessment.primary_refusal
+    if now == before:
+        return []
+    if now is None:
+        return [Alert(Severity.INFO, f"primary no longer refuses the watchdog (was {before})")]
+    words = f" ({assessment.refusal_detail})" if assessment.refusal_detail else ""
+    return [Alert(Severity.CRITICAL, f"primary refuses the watchdog: {now}{words}; it "
+                                     "answers, so it is not down and is not failed over")]
+
+
+def _target_health(state: WatchState, assessment: Assessment) -> Step:
+    """Track the failover target's health; say once when a held failover may go again."""
+    if assessment.target_failing:
+        return replace(state, target_unhealthy=assessment.target_detail), []
+    commands: list[Command] = []
+    if state.target_hold_alerted:
+        commands.append(Alert(Severity.INFO, "secondary region healthy again: the failover "
+                                             "is no longer held"))
+    return replace(state, target_unhealthy=None, target_hold_alerted=False), commands
 
 
 _ALERTING = {
@@ -179,18 +208,29 @@ def _decide(state: WatchState, now: float) -> Step:
         failing = [c for c in Condition if state.clocks[c].failing]
         if failing:
             parts = "; ".join(_describe(state, c) for c in failing)
-            return _with_verdict(state, f"no action: waiting, {parts}")
+            return _with_verdict(state, f"no action: waiting, {parts}{_refusing(state)}")
         recovering = [c.value for c in Condition if state.clocks[c].healthy_since is not None]
         if recovering:
             return _with_verdict(
                 state, f"no action: primary healthy, recovering ({', '.join(recovering)})"
             )
+        if state.primary_refusal is not None:
+            return _with_verdict(state, "no action: the primary answers but refuses the "
+                                        f"watchdog ({state.primary_refusal})")
         return _with_verdict(state, "no action: primary healthy")
     reason = _describe(state, condition)
     if state.paused:
         return _with_verdict(state, f"paused: {reason}; would fail over (nothing is actuated)")
     if state.standby_ready is False:
         return _with_verdict(state, f"no action: {reason}, but there is no standby to promote")
+    if state.target_unhealthy is not None:
+        state, _ = _with_verdict(state, f"no action: {reason}, but the {state.target_unhealthy}"
+                                        "; holding the failover")
+        if state.target_hold_alerted:
+            return state, []
+        return replace(state, target_hold_alerted=True), [Alert(
+            Severity.CRITICAL, f"holding the failover: {reason}, but the "
+                               f"{state.target_unhealthy}; failing over into it would not help")]
     if state.epoch is None:
         holder = state.lock_holder or "nobody reachable"
         return _with_verdict(state, f"no action: {reason}, but the lock is held by {holder}")
@@ -231,6 +271,8 @@ def _failover_requested(state: WatchState, event: FailoverRequested, now: float)
         refusal = "paused; resume first"
     elif state.standby_ready is False:
         refusal = "there is no standby to promote"
+    elif state.target_unhealthy is not None:
+        refusal = f"the {state.target_unhealthy}"
     elif state.epoch is None:
         refusal = f"the lock is held by {state.lock_holder or 'nobody reachable'}"
     if refusal is not None:
@@ -346,6 +388,12 @@ def _acknowledged(state: WatchState) -> Step:
         verdict="acknowledged: watching again",
     )
     return state, [Alert(Severity.INFO, "failover acknowledged; automatic failover re-armed")]
+
+
+def _refusing(state: WatchState) -> str:
+    if state.primary_refusal is None:
+        return ""
+    return f"; the primary refuses the watchdog ({state.primary_refusal})"
 
 
 def _with_verdict(state: WatchState, verdict: str) -> Step:

@@ -291,3 +291,8 @@ class WatchState:
     isolated_since: float | None = None
     self_fenced: bool = False
     self_fence_deferred: bool = False  # paused when it was due; the alert went out once
+    # The primary answers this watchdog with an error (its name): up, and an alert.
+    primary_refusal: str | None = None
+    # The failover's target region is unhealthy (who says so); a ripe failover holds.
+    target_unhealthy: str | None = None
+    target_hold_alerted: bool = False  # the hold was announced once
