@@ -111,6 +111,8 @@ class World:
     def __init__(self) -> None:
         self.db_down: dict[str, Script] = {WEST: never, EAST: never}
         self.db_hangs: dict[str, Script] = {WEST: never, EAST: never}
+        # Answers every session with this error (e.g. a pg_hba reject of the watchdog).
+        self.db_refuses: dict[str, Script] = {WEST: never, EAST: never}
         self.region_down: dict[str, Script] = {WEST: never, EAST: never}
         self.promoted: dict[str, int] = {}  # region -> epoch in its marker row
         self.refusals = 0  # how many promotions to refuse before one succeeds
@@ -150,6 +152,10 @@ class FakeDbProbe:
             await asyncio.Event().wait()  # like a SIGSTOPped server: connects, never answers
         if self.world.db_down[self.region](moment):
             return self.failure("connection refused", 0.001)
+        if self.world.db_refuses[self.region](moment):
+            return PostgresObservation(
+                self.target, reachable=True, latency=0.001, refusal="auth_rejected",
+                sqlstate="28000", error="28000: pg_hba.conf rejects connection")
         epoch = self.world.promoted.get(self.region)
         standby = self.region == EAST and epoch is None
         return PostgresObservation(
