@@ -22,7 +22,8 @@ class PostgresObservation:
     LSNs are integers (bytes since the start of WAL), as ``pg_lsn - '0/0'`` gives them.
     ``current_lsn`` is ``pg_current_wal_lsn()`` on a primary and None on a standby.
     ``replay_lag_seconds`` is now minus ``pg_last_xact_replay_timestamp()`` on a standby.
-    ``receiver_status`` is ``pg_stat_wal_receiver.status`` ('streaming', ...) or None.
+    ``receiver_status`` is ``pg_stat_wal_receiver.status`` ('streaming', ...) or None (no
+    WAL receiver); 'unreadable' when the role may not read it (grant ``pg_monitor``).
     ``marker_epoch`` is the fencing epoch recorded by the last promotion, if any.
 
     ``reachable`` means the server answered. One that answered with an error (pg_hba

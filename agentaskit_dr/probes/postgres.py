@@ -43,7 +43,9 @@ SELECT
     CASE WHEN pg_is_in_recovery()
          THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
          AS replay_lag_seconds,
-    (SELECT status FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
+    -- A role without pg_read_all_stats (pg_monitor) sees the receiver's row, not its status.
+    (SELECT coalesce(status, CASE WHEN pid IS NOT NULL THEN 'unreadable' END)
+     FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
     -- The catalog, not to_regclass(): to_regclass raises when we lack USAGE on the schema.
     EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = $1 AND c.relname = $2) AS marker_exists,

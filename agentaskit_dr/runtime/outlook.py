@@ -64,7 +64,9 @@ def own_vantage(
             if name == config.secondary_region and db.observation.reachable and (
                 db.observation.in_recovery
             ):
-                wal_streaming = db.observation.receiver_status == "streaming"
+                status = db.observation.receiver_status
+                # A status the role may not read says nothing either way.
+                wal_streaming = None if status == "unreadable" else status == "streaming"
         health_ok = None
         if health is not None and isinstance(health.observation, RegionHealthObservation):
             health_ok = health.observation.healthy

@@ -175,3 +175,18 @@ async def test_sigstopped_server_is_unreachable_after_the_timeout(pg_pair: Postg
     assert not seen.reachable
     assert (seen.refusal, seen.sqlstate) == (None, None)
     assert seen.error == "timeout after 0.5s"
+
+
+async def test_a_wal_receiver_status_the_role_may_not_read_is_unreadable_not_absent(
+    pg_pair: PostgresPair,
+) -> None:
+    create_roles(pg_pair.primary)
+    pg_pair.wait_replayed()
+
+    plain = await observe(role_dsn(pg_pair.replica, WATCHDOG_ROLE))
+    pg_pair.primary.sql(f"GRANT pg_monitor TO {WATCHDOG_ROLE}")
+    pg_pair.wait_replayed()
+    monitor = await observe(role_dsn(pg_pair.replica, WATCHDOG_ROLE))
+
+    assert (plain.in_recovery, plain.receiver_status) == (True, "unreadable")
+    assert (monitor.in_recovery, monitor.receiver_status) == (True, "streaming")

@@ -41,8 +41,24 @@ async def test_primary_refusing_the_watchdog_for_20_minutes_never_fails_over() -
     assert alert["severity"] == "critical"
     assert "28000: pg_hba.conf rejects connection" in str(alert["message"])
     assert rig.engine.status()["primary_refusal"] == "auth_rejected"
-    probe = rig.engine.observations()["probes"]["db:primary"]
+    report = rig.engine.observations()
+    probe = report["probes"]["db:primary"]
     assert (probe["ok"], probe["refusal"], probe["sqlstate"]) == (True, "auth_rejected", "28000")
+    assert report["regions"][WEST]["db_reachable"] is True
+    assert report["regions"][WEST]["db_refusal"] == "auth_rejected"
+
+
+@pytest.mark.looptime
+async def test_a_primary_slot_answering_as_a_standby_is_up_and_named() -> None:
+    world = World()
+    world.demoted.add(WEST)
+    rig = Rig(world)
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    assert world.promote_calls == []
+    [alert] = alerts(logs, "primary refuses the watchdog: in_recovery")
+    assert "answers as a standby (in recovery) where the primary should be" in str(
+        alert["message"])
 
 
 @pytest.mark.looptime

@@ -113,6 +113,7 @@ class World:
         self.db_hangs: dict[str, Script] = {WEST: never, EAST: never}
         # Answers every session with this error (e.g. a pg_hba reject of the watchdog).
         self.db_refuses: dict[str, Script] = {WEST: never, EAST: never}
+        self.demoted: set[str] = set()  # regions whose server runs as a standby
         self.region_down: dict[str, Script] = {WEST: never, EAST: never}
         self.promoted: dict[str, int] = {}  # region -> epoch in its marker row
         self.refusals = 0  # how many promotions to refuse before one succeeds
@@ -157,7 +158,7 @@ class FakeDbProbe:
                 self.target, reachable=True, latency=0.001, refusal="auth_rejected",
                 sqlstate="28000", error="28000: pg_hba.conf rejects connection")
         epoch = self.world.promoted.get(self.region)
-        standby = self.region == EAST and epoch is None
+        standby = (self.region == EAST and epoch is None) or self.region in self.world.demoted
         return PostgresObservation(
             target=self.target,
             reachable=True,
