@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agentaskit_dr.core.assess import Assessment, Verdict
+from agentaskit_dr.core.answers import refusal_alerts, target_health
+from agentaskit_dr.core.assess import Verdict
 from agentaskit_dr.core.model import (
     Acknowledged,
     Alert,
@@ -92,9 +93,9 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
         state = replace(state, assessed=assessment.verdict, assessed_since=now)
     state = replace(state, assessment_detail=assessment.detail)
     if event.db_evidence:
-        commands += _refusal_alerts(state.primary_refusal, assessment)
+        commands += refusal_alerts(state.primary_refusal, assessment)
         state = replace(state, primary_refusal=assessment.primary_refusal)
-    state, held = _target_health(state, assessment)
+    state, held = target_health(state, assessment)
     commands += held
     clocks = state.clocks
     if event.db_evidence:
@@ -121,30 +122,6 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
     state = replace(state, self_fenced=True)
     return state, [*commands, Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}"),
                    FenceOwnPrimary(reason=reason)]
-
-
-def _refusal_alerts(before: str | None, assessment: Assessment) -> list[Command]:
-    """One loud alert when the primary starts refusing the watchdog (or refuses for a new
-    reason), one info alert when it stops; nothing while it goes on."""
-    now = assessment.primary_refusal
-    if now == before:
-        return []
-    if now is None:
-        return [Alert(Severity.INFO, f"primary no longer refuses the watchdog (was {before})")]
-    words = f" ({assessment.refusal_detail})" if assessment.refusal_detail else ""
-    return [Alert(Severity.CRITICAL, f"primary refuses the watchdog: {now}{words}; it "
-                                     "answers, so it is not down and is not failed over")]
-
-
-def _target_health(state: WatchState, assessment: Assessment) -> Step:
-    """Track the failover target's health; say once when a held failover may go again."""
-    if assessment.target_failing:
-        return replace(state, target_unhealthy=assessment.target_detail), []
-    commands: list[Command] = []
-    if state.target_hold_alerted:
-        commands.append(Alert(Severity.INFO, "secondary region healthy again: the failover "
-                                             "is no longer held"))
-    return replace(state, target_unhealthy=None, target_hold_alerted=False), commands
 
 
 _ALERTING = {
