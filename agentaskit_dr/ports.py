@@ -28,7 +28,7 @@ class PostgresObservation:
 
     ``reachable`` means the server answered. One that answered with an error (pg_hba
     rejection, too many connections, database missing, starting up...) is reachable with
-    ``refusal`` naming the kind of answer (see ``probes.postgres.refusal_of``) and
+    ``refusal`` naming the kind of answer (see ``pg_answers``) and
     ``sqlstate`` the server's code; its role and positions are then unknown (None).
     Only a server that did not answer (refused, reset, timeout) is ``reachable=False``.
     """

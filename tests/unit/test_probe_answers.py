@@ -10,8 +10,13 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from agentaskit_dr.ports import HttpAnswer, PostgresObservation, RegionHealthObservation, UrlCheck
-from agentaskit_dr.probes.postgres import refusal_of, server_answer
+from agentaskit_dr.pg_answers import refusal_of, server_answer
+from agentaskit_dr.ports import (
+    HttpAnswer,
+    PostgresObservation,
+    RegionHealthObservation,
+    UrlCheck,
+)
 
 
 @pytest.mark.parametrize(
