@@ -9,6 +9,8 @@ over away from it is the classic false failover.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 
 import asyncpg
@@ -190,3 +192,28 @@ async def test_a_wal_receiver_status_the_role_may_not_read_is_unreadable_not_abs
 
     assert (plain.in_recovery, plain.receiver_status) == (True, "unreadable")
     assert (monitor.in_recovery, monitor.receiver_status) == (True, "streaming")
+
+
+@pytest.mark.parametrize("linger", [True, False], ids=["reset", "closed"])
+async def test_a_listener_that_drops_the_connection_is_unreachable(linger: bool) -> None:
+    """Something on the port accepts and hangs up (a dying server, a proxy with no
+    backend): the answer never came, whether the close is a RST or a FIN."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if linger:  # SO_LINGER 0: close() sends a RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:  # read the startup packet first, so that close() is a plain FIN
+            await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        seen = await observe(f"postgresql://watchdog@127.0.0.1:{port}/postgres")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert not seen.reachable, seen
+    assert (seen.refusal, seen.sqlstate) == (None, None)
