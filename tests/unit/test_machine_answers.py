@@ -15,6 +15,8 @@ import dataclasses
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentaskit_dr.core import (
     Alert,
@@ -244,3 +246,41 @@ def test_a_manual_failover_into_an_unhealthy_region_is_refused_with_the_reason()
 def test_a_manual_failover_into_a_healthy_region_starts() -> None:
     _, commands = run([(0, assessed(seen())), (1, FailoverRequested("drill"))])
     assert [t for t, _ in starts(commands)] == [1.0]
+
+
+# ---------------------------------------------------------------- properties
+
+_ANSWER = st.sampled_from([None, "auth_rejected", "too_many_connections", "starting_up",
+                           "in_recovery"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 30.0), _ANSWER, st.booleans()), max_size=80))
+def test_a_primary_that_always_answers_never_fails_over(
+    steps: list[tuple[float, str | None, bool]],
+) -> None:
+    """Whatever it answers, and with whatever health news in between: up is up."""
+    now, timeline = 0.0, []
+    for gap, refusal, health_news in steps:
+        now += gap
+        timeline.append((now, assessed(seen(refusal=refusal), db=not health_news,
+                                       region=health_news)))
+    _, commands = run(timeline)
+    assert starts(commands) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 30.0), st.booleans()), max_size=80))
+def test_no_failover_starts_while_the_target_region_fails_its_health(
+    steps: list[tuple[float, bool]],
+) -> None:
+    """The primary is down throughout; the target's health comes and goes. Every
+    StartFailover comes at a moment when the target was last seen healthy."""
+    now, timeline = 0.0, []
+    for gap, target_ok in steps:
+        now += gap
+        timeline.append((now, assessed(seen(db=False, target_health=target_ok))))
+    _, commands = run(timeline)
+    healthy_at = {t for t, event in timeline
+                  if isinstance(event, Assessed) and not event.assessment.target_failing}
+    assert all(t in healthy_at for t, _ in starts(commands))
