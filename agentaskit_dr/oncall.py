@@ -215,17 +215,20 @@ async def _check_primary(config: WatchdogConfig, args: argparse.Namespace) -> in
     finally:
         await db.close()
         await health.close()
+    # A server that answers with an error is up: not down, but not shown recovered either.
     up = seen.reachable and healthy.healthy
+    recovered = up and seen.status_read
     report = {
         "primary_region": config.primary_region,
         "database": {"target": seen.target, "reachable": seen.reachable,
+                     "refusal": seen.refusal, "sqlstate": seen.sqlstate,
                      "in_recovery": seen.in_recovery, "writable": seen.writable,
                      "error": seen.error},
         "region_health": {"healthy": healthy.healthy, "detail": healthy.detail},
     }
     if args.recovered:
-        verdict = "recovered: ready for failback" if up else "not recovered"
-        code = EXIT_OK if up else EXIT_FAILURE
+        verdict = "recovered: ready for failback" if recovered else "not recovered"
+        code = EXIT_OK if recovered else EXIT_FAILURE
     else:
         verdict = "up: do not fail over" if up else "down: failover is justified"
         code = EXIT_FAILURE if up else EXIT_OK
@@ -235,6 +238,8 @@ async def _check_primary(config: WatchdogConfig, args: argparse.Namespace) -> in
     else:
         print(f"primary region {config.primary_region}: {verdict}")
         state = "reachable" if seen.reachable else f"unreachable ({seen.error})"
+        if seen.refusal is not None:
+            state = f"answers, but refuses the watchdog: {seen.refusal} ({seen.error})"
         role = "" if seen.in_recovery is None else (
             ", standby" if seen.in_recovery else (", writable" if seen.writable else ", read-only"))
         print(f"  database {seen.target}: {state}{role}")

@@ -105,6 +105,7 @@ def _decode(method: str, url: str, status: int, content_type: str, raw: bytes) -
 # Shown first, in this order, when present; any other keys follow alphabetically.
 _LEADING_KEYS = (
     "region", "primary_region", "role", "phase", "paused", "verdict", "verdicts",
+    "primary_refusal", "failover_held_by",
     "lock_holder", "epoch", "lag_bytes", "lag_seconds", "last_failover",
 )
 

@@ -62,7 +62,13 @@ class Metrics:
         reg = self.registry
 
         self._probe_up = Gauge(
-            PREFIX + "probe_up", "1 if the probe's last check of the target succeeded, else 0",
+            PREFIX + "probe_up", "1 if the target answered the probe's last check (a database "
+            "that answers with an error is up: see probe_refused), else 0",
+            ["probe", "target"], registry=reg,
+        )
+        self._probe_refused = Gauge(
+            PREFIX + "probe_refused", "1 if the target answered the probe's last check with "
+            "an error (up, but refusing the watchdog), else 0",
             ["probe", "target"], registry=reg,
         )
         self._probe_latency = Histogram(
@@ -119,6 +125,10 @@ class Metrics:
         """One probe check of ``target``: up or down, and how long it took (seconds)."""
         self._probe_up.labels(probe, target).set(1 if ok else 0)
         self._probe_latency.labels(probe, target).observe(latency)
+
+    def refused(self, probe: str, target: str, refusal: str | None) -> None:
+        """Whether ``target`` answered with an error (``refusal`` names it) or not."""
+        self._probe_refused.labels(probe, target).set(0 if refusal is None else 1)
 
     def phase(self, phase: str, since: float) -> None:
         """The watchdog is in ``phase`` since ``since`` (a reading of the ``clock``)."""

@@ -42,6 +42,9 @@ class RegionView:
     watchdog_reached: bool | None = None
     # When it looked at the database, on the assessing watchdog's clock (None: unknown).
     db_observed_at: float | None = None
+    # The database answered, but with an error or in the wrong role: its name
+    # ("auth_rejected", "too_many_connections", "in_recovery"...). Still reachable.
+    db_refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -82,6 +85,13 @@ class Assessment:
     # Some vantage's view predates this watchdog's failure and was set aside: the verdict
     # may still change when their next reports arrive (no alert yet).
     provisional: bool = False
+    # The primary answers this watchdog, but with an error (its name): up, not failing.
+    primary_refusal: str | None = None
+    refusal_detail: str = ""  # the server's own words, filled in by the runtime
+    # The region a failover would go to looks unhealthy from every vantage with an
+    # opinion: failing over into it would trade one outage for another.
+    target_failing: bool = False
+    target_detail: str = ""
 
 
 def _opinions(views: Sequence[Vantage], primary_region: str, attribute: str) -> list[
@@ -123,7 +133,8 @@ def _newer_than(views: Sequence[Vantage], own: Vantage, primary_region: str,
         if (vantage is not own and view.db_reachable and view.db_observed_at is not None
                 and view.db_observed_at < since):
             regions = dict(vantage.regions)
-            regions[primary_region] = RegionView(None, view.health_ok, view.watchdog_reached)
+            regions[primary_region] = RegionView(None, view.health_ok, view.watchdog_reached,
+                                                 db_refusal=view.db_refusal)
             kept.append(Vantage(vantage.name, vantage.role, vantage.region, vantage.fresh,
                                 regions, vantage.wal_streaming))
             set_aside = True
@@ -132,8 +143,21 @@ def _newer_than(views: Sequence[Vantage], own: Vantage, primary_region: str,
     return kept, set_aside
 
 
+def _target_health(views: Sequence[Vantage], region: str | None) -> tuple[bool, str]:
+    """Whether the failover's target region fails its health checks from every vantage
+    with an opinion (one that sees it healthy is enough to go there), and who says so."""
+    if region is None:
+        return False, ""
+    opinions = _opinions(views, region, "health_ok")
+    if not opinions or any(ok for _, ok in opinions):
+        return False, ""
+    seen_by = _names([v for v, _ in opinions])
+    return True, f"secondary region {region} unhealthy as seen from {seen_by}"
+
+
 def assess(own: Vantage, others: Sequence[Vantage], primary_region: str, *,
-           failing_since: float | None = None) -> Assessment:
+           failing_since: float | None = None,
+           secondary_region: str | None = None) -> Assessment:
     """Turn own + peer + witness observations into one verdict about the primary.
 
     - primary down: every fresh vantage with an opinion sees the primary database
@@ -150,16 +174,25 @@ def assess(own: Vantage, others: Sequence[Vantage], primary_region: str, *,
     ``failing_since``: when this watchdog's own probes started to find the primary database
     unreachable (None while they reach it). A peer's "reachable" observed before then is
     old news and does not dissent; such a verdict is ``provisional``.
+
+    A database that answers with an error (``db_refusal``) is reachable: it never counts
+    as failing; this watchdog's own refusal is named in ``primary_refusal``.
+    ``secondary_region``: the failover's target, whose health sets ``target_failing``.
     """
     reachable = [o for o in others if o.fresh]
     unreachable = tuple(o.name for o in others if not o.fresh)
     if others and not reachable:
+        target_failing, target_detail = _target_health([own], secondary_region)
         return Assessment(
             Verdict.SELF_ISOLATED, db_failing=False, region_failing=False, self_isolated=True,
             detail=f"self isolated: no answer from {_names(others)}", unreachable=unreachable,
+            primary_refusal=own.view_of(primary_region).db_refusal,
+            target_failing=target_failing, target_detail=target_detail,
         )
     views, provisional = _newer_than([own, *reachable], own, primary_region, failing_since)
     reachable = views[1:]
+    refusal = own.view_of(primary_region).db_refusal
+    target_failing, target_detail = _target_health(views, secondary_region)
     need_outside = bool(others)
     db = _opinions(views, primary_region, "db_reachable")
     health = _opinions(views, primary_region, "health_ok")
@@ -172,7 +205,8 @@ def assess(own: Vantage, others: Sequence[Vantage], primary_region: str, *,
     ):
         return Assessment(kind, db_failing=db, region_failing=region, self_isolated=False,
                           detail=detail + suffix, unreachable=unreachable,
-                          provisional=provisional)
+                          provisional=provisional, primary_refusal=refusal,
+                          target_failing=target_failing, target_detail=target_detail)
 
     if db_failing:
         seen_by = _names([v for v, _ in db])
@@ -213,4 +247,7 @@ def assess(own: Vantage, others: Sequence[Vantage], primary_region: str, *,
             names = ", ".join(dict.fromkeys(v.name for v in failing_elsewhere))
             extra = f"; {names} sees a failure alone"
         return verdict(Verdict.DEGRADED, f"degraded: primary healthy{extra}")
+    if refusal is not None:
+        return verdict(Verdict.HEALTHY, f"primary answers but refuses this watchdog "
+                                        f"({refusal}); healthy from {_names(views)}")
     return verdict(Verdict.HEALTHY, "primary healthy from " + _names(views))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from agentaskit_dr.core.answers import refusal_alerts, target_health
 from agentaskit_dr.core.assess import Verdict
 from agentaskit_dr.core.model import (
     Acknowledged,
@@ -100,6 +101,11 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
                                   key="assessment", resolve=True))
         state = replace(state, assessed=assessment.verdict, assessed_since=now)
     state = replace(state, assessment_detail=assessment.detail)
+    if event.db_evidence:
+        commands += refusal_alerts(state.primary_refusal, assessment)
+        state = replace(state, primary_refusal=assessment.primary_refusal)
+    state, held = target_health(state, assessment)
+    commands += held
     clocks = state.clocks
     if event.db_evidence:
         observed = Observed(Condition.DB_UNREACHABLE, assessment.db_failing, assessment.detail)
@@ -198,18 +204,29 @@ def _decide(state: WatchState, now: float) -> Step:
             return state, [CloseIncident("the condition cleared before a failover succeeded")]
         if failing:
             parts = "; ".join(_describe(state, c) for c in failing)
-            return _with_verdict(state, f"no action: waiting, {parts}")
+            return _with_verdict(state, f"no action: waiting, {parts}{_refusing(state)}")
         recovering = [c.value for c in Condition if state.clocks[c].healthy_since is not None]
         if recovering:
             return _with_verdict(
                 state, f"no action: primary healthy, recovering ({', '.join(recovering)})"
             )
+        if state.primary_refusal is not None:
+            return _with_verdict(state, "no action: the primary answers but refuses the "
+                                        f"watchdog ({state.primary_refusal})")
         return _with_verdict(state, "no action: primary healthy")
     reason = _describe(state, condition)
     if state.paused:
         return _with_verdict(state, f"paused: {reason}; would fail over (nothing is actuated)")
     if state.standby_ready is False:
         return _with_verdict(state, f"no action: {reason}, but there is no standby to promote")
+    if state.target_unhealthy is not None:
+        state, _ = _with_verdict(state, f"no action: {reason}, but the {state.target_unhealthy}"
+                                        "; holding the failover")
+        if state.target_hold_alerted:
+            return state, []
+        return replace(state, target_hold_alerted=True), [Alert(
+            Severity.CRITICAL, f"holding the failover: {reason}, but the "
+                               f"{state.target_unhealthy}; failing over into it would not help")]
     if state.epoch is None:
         holder = state.lock_holder or "nobody reachable"
         return _with_verdict(state, f"no action: {reason}, but the lock is held by {holder}")
@@ -253,6 +270,8 @@ def _failover_requested(state: WatchState, event: FailoverRequested, now: float)
         refusal = "paused; resume first"
     elif state.standby_ready is False:
         refusal = "there is no standby to promote"
+    elif state.target_unhealthy is not None:
+        refusal = f"the {state.target_unhealthy}"
     elif state.epoch is None:
         refusal = f"the lock is held by {state.lock_holder or 'nobody reachable'}"
     if refusal is not None:
@@ -387,6 +406,12 @@ def _acknowledged(state: WatchState) -> Step:
         verdict="acknowledged: watching again",
     )
     return state, [Alert(Severity.INFO, "failover acknowledged; automatic failover re-armed")]
+
+
+def _refusing(state: WatchState) -> str:
+    if state.primary_refusal is None:
+        return ""
+    return f"; the primary refuses the watchdog ({state.primary_refusal})"
 
 
 def _with_verdict(state: WatchState, verdict: str) -> Step:

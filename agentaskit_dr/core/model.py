@@ -325,3 +325,8 @@ class WatchState:
     self_fence_retry_at: float | None = None  # the last self-fence failed: try again then
     # The failover incident open since this decision time (cleared by success or close).
     incident_since: float | None = None
+    # The primary answers this watchdog with an error (its name): up, and an alert.
+    primary_refusal: str | None = None
+    # The failover's target region is unhealthy (who says so); a ripe failover holds.
+    target_unhealthy: str | None = None
+    target_hold_alerted: bool = False  # the hold was announced once

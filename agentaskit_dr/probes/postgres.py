@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 import structlog
 
+from agentaskit_dr.pg_answers import server_answer
 from agentaskit_dr.ports import MARKER_SCHEMA, MARKER_TABLE, PostgresObservation
 
 log = structlog.get_logger(__name__)
@@ -43,7 +44,9 @@ SELECT
     CASE WHEN pg_is_in_recovery()
          THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END
          AS replay_lag_seconds,
-    (SELECT status FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
+    -- A role without pg_read_all_stats (pg_monitor) sees the receiver's row, not its status.
+    (SELECT coalesce(status, CASE WHEN pid IS NOT NULL THEN 'unreadable' END)
+     FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
     -- The catalog, not to_regclass(): to_regclass raises when we lack USAGE on the schema.
     EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = $1 AND c.relname = $2) AS marker_exists,
@@ -101,7 +104,10 @@ def replication_lag_bytes(primary_lsn: int | None, standby: PostgresObservation)
 
 
 class PostgresProbe:
-    """Looks at one PostgreSQL server; a failure is ``reachable=False``, never an exception.
+    """Looks at one PostgreSQL server; a failure is data, never an exception.
+
+    A server that does not answer is ``reachable=False``; one that answers with an error
+    is ``reachable=True`` with a named ``refusal`` (see ``pg_answers.server_answer``).
 
     ``timeout`` bounds the whole observation: connect, queries and close.
     ``clock`` gives monotonic seconds for ``latency``; it defaults to the event loop's
@@ -133,8 +139,17 @@ class PostgresProbe:
             fields = await self._read()
         except Exception as exc:  # noqa: BLE001 (a probe never raises; the error is the data)
             error = self._describe(exc)
-            log.debug("postgres_unreachable", probe=self.name, target=self.target, error=error)
-            return self.failure(error, clock() - started)
+            answer = server_answer(exc)
+            if answer is None:
+                log.debug("postgres_unreachable", probe=self.name, target=self.target,
+                          error=error)
+                return self.failure(error, clock() - started)
+            sqlstate, refusal = answer
+            log.debug("postgres_refused", probe=self.name, target=self.target,
+                      refusal=refusal, sqlstate=sqlstate, error=error)
+            return PostgresObservation(target=self.target, reachable=True,
+                                       latency=clock() - started, error=error,
+                                       refusal=refusal, sqlstate=sqlstate)
         return PostgresObservation(
             target=self.target, reachable=True, latency=clock() - started, **fields
         )
@@ -189,6 +204,8 @@ class PostgresProbe:
             return "connection refused"
         if isinstance(exc, OSError) and exc.strerror:
             text = exc.strerror
+        elif server_answer(exc) is not None:
+            text = f"{getattr(exc, 'sqlstate', '')}: {exc}"
         elif isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
             text = f"{type(exc).__name__}: {exc}"
         else:

@@ -86,6 +86,8 @@ class EngineController:
             blockers.append("paused")
         if state.standby_ready is False:
             blockers.append("no standby to promote")
+        if state.target_unhealthy is not None:
+            blockers.append(state.target_unhealthy)
         if state.epoch is None:
             blockers.append(f"lock held by {state.lock_holder or 'nobody reachable'}")
         plan = engine.runbook.describe(engine.config)

@@ -44,13 +44,22 @@ from agentaskit_dr.core import (
 )
 from agentaskit_dr.ports import (
     Lease,
+    PostgresObservation,
     RegionHealthObservation,
 )
 from agentaskit_dr.probes.postgres import replication_lag_bytes
 from agentaskit_dr.runtime.alerts import AlertRouter
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
 from agentaskit_dr.runtime.old_primary import OldPrimaryStopper
-from agentaskit_dr.runtime.outlook import PRIMARY_DB, STANDBY_DB, own_vantage, wire_report
+from agentaskit_dr.runtime.outlook import (
+    IN_RECOVERY,
+    IN_RECOVERY_DETAIL,
+    PRIMARY_DB,
+    STANDBY_DB,
+    own_vantage,
+    probe_summaries,
+    wire_report,
+)
 from agentaskit_dr.runtime.reload import ProbeFactory, reloadable
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
@@ -181,6 +190,7 @@ class Engine:
             else:
                 self.metrics.probe(report.probe, observation.target, observation.reachable,
                                    observation.latency)
+                self.metrics.refused(report.probe, observation.target, observation.refusal)
         self.queue.put_nowait(report)
 
     def leadership_changed(self, lease: Lease | None, holder: str | None) -> None:
@@ -395,9 +405,10 @@ class Engine:
         self.latest[item.probe] = item
         observation = item.observation
         if isinstance(observation, RegionHealthObservation):
-            if observation.region != self.config.primary_region:
-                return []
-            return [self._assessed(region_evidence=True)]
+            # The secondary region's health moves no clock, but a failover must not go
+            # into a region that is itself unhealthy: the core holds it.
+            primary = observation.region == self.config.primary_region
+            return [self._assessed(region_evidence=primary)]
         if item.probe == PRIMARY_DB:
             if observation.current_lsn is not None:
                 self.primary_last_lsn = observation.current_lsn
@@ -406,7 +417,9 @@ class Engine:
             elif observation.reachable:
                 self._own_db_failing_since = None
             return [self._assessed(db_evidence=True)]
-        if item.probe == STANDBY_DB and observation.reachable:
+        # Only a status actually read says anything about the standby's role: a standby
+        # that refuses the watchdog (or does not answer) is neither ready nor promoted.
+        if item.probe == STANDBY_DB and observation.status_read:
             self.lag_bytes = replication_lag_bytes(self.primary_last_lsn, observation)
             return [StandbyObserved(
                 in_recovery=bool(observation.in_recovery),
@@ -421,7 +434,14 @@ class Engine:
         others = self.vantages()
         own = own_vantage(self.config, self.latest, others, self._clock())
         assessment = assess(own, others, self.config.primary_region,
-                            failing_since=self._own_db_failing_since)
+                            failing_since=self._own_db_failing_since,
+                            secondary_region=self.config.secondary_region)
+        if assessment.primary_refusal is not None:
+            report = self.latest.get(PRIMARY_DB)
+            seen = report.observation if report else None
+            words = seen.error if isinstance(seen, PostgresObservation) and seen.error else (
+                IN_RECOVERY_DETAIL if assessment.primary_refusal == IN_RECOVERY else "")
+            assessment = dataclasses.replace(assessment, refusal_detail=words)
         # The own probe's words (the error, the URLs' tally) end the detail.
         own_detail = None
         if db_evidence and assessment.db_failing:
@@ -607,13 +627,13 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for the status command and API (times are seconds ago)."""
-        status = engine_status(self.state, self.config, now=self._clock(),
-                               lag_bytes=self.lag_bytes, peers=self.links())
+        now = self._clock()
+        status = engine_status(self.state, self.config, now=now, lag_bytes=self.lag_bytes,
+                               peers=self.links(), probes=probe_summaries(self.latest, now))
         current = self.runbook.current if self.run_in_progress else None
         status["run"] = None if current is None else {"run_id": current[0], "step": current[1]}
         status["alerts"] = self.alerts.open_alerts
         return status
-
 
 def _thresholds(config: WatchdogConfig) -> dict[str, float]:
     t = config.core_thresholds()

@@ -11,11 +11,14 @@ from typing import Any
 
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import RegionView, Role, Vantage
-from agentaskit_dr.ports import PostgresObservation, RegionHealthObservation
+from agentaskit_dr.ports import HttpAnswer, PostgresObservation, RegionHealthObservation
 from agentaskit_dr.runtime.scheduler import ProbeReport
 
 PRIMARY_DB = "db:primary"
 STANDBY_DB = "db:standby"
+#: The refusal named for a primary slot whose server answers as a standby.
+IN_RECOVERY = "in_recovery"
+IN_RECOVERY_DETAIL = "it answers as a standby (in recovery) where the primary should be"
 
 
 def stale_after(config: WatchdogConfig) -> float:
@@ -50,19 +53,28 @@ def own_vantage(
         db = _fresh(latest.get(db_probe[name]), now, limit)
         health = _fresh(_health_report(latest, name), now, limit)
         db_reachable = None
+        db_refusal = None
         if db is not None and isinstance(db.observation, PostgresObservation):
             db_reachable = db.observation.reachable
+            db_refusal = db.observation.refusal
+            if name == config.primary_region and db.observation.status_read and (
+                db.observation.in_recovery
+            ):
+                db_refusal = IN_RECOVERY
             if name == config.secondary_region and db.observation.reachable and (
                 db.observation.in_recovery
             ):
-                wal_streaming = db.observation.receiver_status == "streaming"
+                status = db.observation.receiver_status
+                # A status the role may not read says nothing either way.
+                wal_streaming = None if status == "unreadable" else status == "streaming"
         health_ok = None
         if health is not None and isinstance(health.observation, RegionHealthObservation):
             health_ok = health.observation.healthy
         heard = any(o.fresh and o.role is Role.WATCHDOG and o.region == name for o in others)
         regions[name] = RegionView(db_reachable=db_reachable, health_ok=health_ok,
                                    watchdog_reached=heard or None,
-                                   db_observed_at=db.at if db is not None else None)
+                                   db_observed_at=db.at if db is not None else None,
+                                   db_refusal=db_refusal)
     return Vantage(name=f"{config.holder} (self)", role=Role(config.role), region=config.region,
                    fresh=True, regions=regions, wal_streaming=wal_streaming)
 
@@ -83,7 +95,9 @@ def wire_report(
         "primary_region": config.primary_region,
         "age": round(max(0.0, min(ages, default=0.0)), 3),
         "regions": {
-            name: {"db_reachable": view.db_reachable, "health_ok": view.health_ok,
+            # db_reachable: the database answered; db_refusal: it answered with an error.
+            name: {"db_reachable": view.db_reachable, "db_refusal": view.db_refusal,
+                   "health_ok": view.health_ok,
                    "watchdog_reached": view.watchdog_reached,
                    "db_age": None if view.db_observed_at is None
                    else round(max(0.0, now - view.db_observed_at), 3)}
@@ -91,17 +105,23 @@ def wire_report(
         },
         "wal_streaming": own.wal_streaming,
         "peers": dict(links),
-        "probes": {
-            name: _probe_summary(report, now) for name, report in sorted(latest.items())
-        },
+        "probes": probe_summaries(latest, now),
     }
+
+
+def probe_summaries(latest: Mapping[str, ProbeReport], now: float) -> dict[str, Any]:
+    """Each probe's latest observation in a line of JSON, for the wire report and status."""
+    return {name: _probe_summary(report, now) for name, report in sorted(latest.items())}
 
 
 def _probe_summary(report: ProbeReport, now: float) -> dict[str, Any]:
     observation = report.observation
     if isinstance(observation, PostgresObservation):
+        # ok: the server answered; refusal/sqlstate: it answered with an error.
         return {"target": observation.target, "ok": observation.reachable,
+                "refusal": observation.refusal, "sqlstate": observation.sqlstate,
                 "latency": round(observation.latency, 4), "error": observation.error,
                 "in_recovery": observation.in_recovery, "age": round(now - report.at, 3)}
     return {"target": observation.region, "ok": observation.healthy,
+            "answers": {answer.value: observation.count(answer) for answer in HttpAnswer},
             "detail": observation.detail, "age": round(now - report.at, 3)}

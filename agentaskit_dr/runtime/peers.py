@@ -31,6 +31,10 @@ class _WireRegion(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
     db_reachable: bool | None = None
+    """The database answered (a refusal is an answer). Reports of older versions counted
+    a refusal as unreachable; they parse unchanged."""
+    db_refusal: str | None = Field(default=None, min_length=1, max_length=64)
+    """It answered with an error: its name (``auth_rejected``, ``in_recovery``...)."""
     health_ok: bool | None = None
     watchdog_reached: bool | None = None
     db_age: float | None = Field(default=None, ge=0, le=86400)
@@ -58,6 +62,7 @@ class WireReport(BaseModel):
             name: RegionView(
                 r.db_reachable, r.health_ok, r.watchdog_reached,
                 None if received_at is None or r.db_age is None else received_at - r.db_age,
+                db_refusal=r.db_refusal if r.db_reachable else None,
             )
             for name, r in self.regions.items()
         }

@@ -60,11 +60,23 @@ async def check_primary(config: WatchdogConfig, from_region: str, _to: str) -> S
     """Record how the old primary looks now. The debounce already confirmed the failure is
     not transient; an operator's failover may run with a healthy primary (it is fenced)."""
     seen = await _look(config, from_region, "db:old-primary")
-    state = "unreachable" if not seen.reachable else (
-        "writable" if seen.writable else "reachable, not writable")
-    detail = f"old primary {seen.target}: {state}" + (f" ({seen.error})" if seen.error else "")
+    detail = f"old primary {seen.target}: {describe_answer(seen)}" + (
+        f" ({seen.error})" if seen.error else "")
     return StepOutcome(False, detail, {"reachable": seen.reachable, "writable": seen.writable,
+                                       "refusal": seen.refusal, "sqlstate": seen.sqlstate,
                                        "error": seen.error})
+
+
+def describe_answer(seen: PostgresObservation) -> str:
+    """How a database answered, in the words of the runbook: a server that answers with an
+    error is up (it refuses the watchdog), never "unreachable"."""
+    if not seen.reachable:
+        return "unreachable"
+    if seen.refusal is not None:
+        return f"answers, but refuses the watchdog ({seen.refusal})"
+    if seen.in_recovery:
+        return "answers, in recovery (a standby)"
+    return "writable" if seen.writable else "answers, not writable"
 
 
 async def verify_standby(config: WatchdogConfig, _from: str, to_region: str,
@@ -73,6 +85,9 @@ async def verify_standby(config: WatchdogConfig, _from: str, to_region: str,
     seen = await _look(config, to_region, "db:standby")
     if not seen.reachable:
         raise ActuationFailed(f"standby {seen.target} unreachable: {seen.error}")
+    if seen.refusal is not None:
+        raise ActuationFailed(f"standby {seen.target} refuses the watchdog "
+                              f"({seen.refusal}): {seen.error}")
     if seen.in_recovery:
         lag = (seen.receive_lsn - seen.replay_lsn) if (
             seen.receive_lsn is not None and seen.replay_lsn is not None) else None

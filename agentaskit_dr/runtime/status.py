@@ -11,10 +11,10 @@ from agentaskit_dr.core import WatchState
 
 
 def engine_status(state: WatchState, config: WatchdogConfig, *, now: float,
-                  lag_bytes: int | None, peers: Mapping[str, bool]) -> dict[str, Any]:
-    """A JSON-able snapshot of the watch state; times are seconds ago."""
-    failover = state.failover
-
+                  lag_bytes: int | None, peers: Mapping[str, bool],
+                  probes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-able snapshot of the watch state; times are seconds ago. ``probes``: each
+    probe's latest observation (``outlook.probe_summaries``)."""
     failover = state.failover
 
     def ago(at: float | None) -> float | None:
@@ -51,6 +51,11 @@ def engine_status(state: WatchState, config: WatchdogConfig, *, now: float,
         "paused": state.paused,
         "pause_reason": state.pause_reason or None,
         "self_fenced": state.self_fenced,
+        # Answers that are not outages: the primary refusing the watchdog, and a failover
+        # held because the region it would go to is unhealthy too.
+        "primary_refusal": state.primary_refusal,
+        "failover_held_by": state.target_unhealthy,
+        "probes": dict(probes or {}),
         "epoch": state.epoch,
         "lock_holder": state.lock_holder,
         "lag_bytes": lag_bytes,

@@ -170,8 +170,10 @@ class PostgresServer:
             output = (done.stdout + done.stderr).decode(errors="replace")
             raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {output[-2000:]}")
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start the postmaster and block until it accepts connections."""
+    def start(self, timeout: float = 30.0, *, accepting: bool = True) -> None:
+        """Start the postmaster and block until it accepts connections; with
+        ``accepting=False``, only until it answers (a standby with ``hot_standby = off``
+        answers every session with 57P03 and never accepts one)."""
         if self.running:
             return
         with self.logfile.open("ab") as log:
@@ -194,7 +196,8 @@ class PostgresServer:
                  "-p", str(self.port), "-t", "1"],
                 check=False,
             )
-            if ready.returncode == 0:
+            # pg_isready: 0 accepting, 1 answering but rejecting, 2 no answer.
+            if ready.returncode == 0 or (not accepting and ready.returncode == 1):
                 return
             time.sleep(0.02)
         self.kill()

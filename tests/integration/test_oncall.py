@@ -136,6 +136,26 @@ async def test_check_primary_says_up_then_down_after_the_primary_dies(setup: Set
     assert "unreachable" in out
 
 
+async def test_check_primary_says_up_when_the_primary_answers_with_an_error(
+    setup: Setup,
+) -> None:
+    # The database the watchdog was given is gone: the server answers 3D000, it is up.
+    config = yaml.safe_load(setup.config.read_text())
+    server = setup.pair.primary.dsn.rpartition("/")[0]
+    config["regions"][WEST]["database"]["dsn"] = f"{server}/no_such_database"
+    setup.config.write_text(yaml.safe_dump(config))
+
+    code, out, _ = await cli(setup, "check-primary")
+    assert code == 1, out
+    assert "up: do not fail over" in out
+    assert "refuses the watchdog: database_missing" in out
+    code, out, _ = await cli(setup, "check-primary", "--recovered", "--json")
+    assert code == 1, "answering with an error is not recovered"
+    database = json.loads(out)["database"]
+    assert (database["reachable"], database["refusal"], database["sqlstate"]) == (
+        True, "database_missing", "3D000")
+
+
 async def test_commands_refuse_while_a_watchdog_holds_the_lock_and_name_it(setup: Setup) -> None:
     async with lock_held_by_a_watchdog(setup) as epoch:
         for args in (["promote"], ["update-dns", "--target", "secondary"],

@@ -224,7 +224,8 @@ async def test_password_never_appears_in_target_or_error(pg_pair: PostgresPair) 
 
     assert accepted.reachable, accepted.error
     assert not refused.reachable
-    assert not no_db.reachable
+    assert no_db.reachable, "a missing database is an answer, not an outage"
+    assert no_db.refusal == "database_missing"
     assert no_db.error is not None
     assert "does not exist" in no_db.error
     for observation in (accepted, refused, no_db):

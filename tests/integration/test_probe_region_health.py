@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agentaskit_dr.ports import Probe
+from agentaskit_dr.ports import HttpAnswer, Probe
 from agentaskit_dr.probes import RegionHealthProbe
 from agentaskit_dr.sandbox.redis import free_port
 
@@ -93,7 +93,7 @@ async def test_region_with_two_of_three_urls_answering_2xx_is_healthy_at_half(
     statuses = [(c.ok, c.status) for c in observation.checks]
     assert statuses == [(True, 200), (True, 200), (False, 503)]
     assert observation.checks[2].error == "HTTP 503"
-    assert observation.detail == "2/3 health URLs of us-west-2 answered 2xx"
+    assert observation.detail == "2/3 health URLs of us-west-2 answered 2xx (1 answered badly)"
 
 
 async def test_region_with_one_of_three_urls_answering_2xx_is_unhealthy_at_half(
@@ -143,6 +143,29 @@ async def test_closed_port_counts_as_a_failed_url(health_server: HealthServer) -
     assert not observation.healthy
     failed = observation.checks[1]
     assert (failed.ok, failed.status, failed.error) == (False, None, "connection refused")
+
+
+async def test_a_load_balancer_answering_503_and_one_silent_are_both_failures_kept_apart(
+    health_server: HealthServer,
+) -> None:
+    """A 5xx is the plan's trigger as much as silence, but they are different faults: an
+    answer means the load balancer is up and its backends are not."""
+    closed = f"http://127.0.0.1:{free_port()}/health"
+    probe = make_probe([health_server.url("/fail"), closed, health_server.url("/slow")],
+                       timeout=0.3)
+    try:
+        observation = await probe.observe()
+    finally:
+        await probe.close()
+
+    assert not observation.healthy
+    answers = [(c.answer, c.status) for c in observation.checks]
+    assert answers == [(HttpAnswer.ANSWERED_BADLY, 503), (HttpAnswer.NO_ANSWER, None),
+                       (HttpAnswer.NO_ANSWER, None)]
+    assert observation.count(HttpAnswer.ANSWERED_BADLY) == 1
+    assert observation.count(HttpAnswer.NO_ANSWER) == 2
+    assert observation.detail == ("0/3 health URLs of us-west-2 answered 2xx "
+                                  "(1 answered badly, 2 did not answer)")
 
 
 async def test_redirect_is_not_followed_and_counts_as_failed(health_server: HealthServer) -> None:

@@ -69,6 +69,7 @@ class World:
         self.open = asyncio.Event()
         self.open.set()
         self.promotions: list[int] = []
+        self.unhealthy: set[str] = set()  # regions whose load balancer answers 503
 
     def probes(self, config: WatchdogConfig) -> list[Probe[Observation]]:
         return [
@@ -115,6 +116,9 @@ class FakeRegionProbe:
 
     async def observe(self) -> RegionHealthObservation:
         await self.world.open.wait()
+        if self.region in self.world.unhealthy:
+            bad = UrlCheck(self.url, ok=False, status=503, latency=0.01, error="HTTP 503")
+            return RegionHealthObservation(self.region, healthy=False, checks=(bad,))
         check = UrlCheck(self.url, ok=True, status=200, latency=0.01)
         return RegionHealthObservation(self.region, healthy=True, checks=(check,))
 
@@ -205,9 +209,10 @@ async def running(config: WatchdogConfig | None = None,
 
 
 @contextlib.asynccontextmanager
-async def leading() -> AsyncIterator[Rig]:
-    """A running engine holding the lock under EPOCH, every probe reported healthy."""
-    async with running() as rig:
+async def leading(world: World | None = None) -> AsyncIterator[Rig]:
+    """A running engine holding the lock under EPOCH, every probe reported (healthy unless
+    ``world`` says otherwise)."""
+    async with running(world=world) as rig:
         rig.lead()
         await rig.reported()
         yield rig
@@ -280,6 +285,23 @@ async def test_failover_dry_run_uses_the_runbooks_plan_and_names_every_blocker()
     assert "update_dns: DNS (skipped: dns.route53 or dns_target not set)" in answer["plan"]
     assert answer["would_run"] is False
     assert answer["blocked_by"] == ["paused", "lock held by watchdog-west (epoch 4)"]
+    assert rig.world.promotions == []
+
+
+async def test_failover_into_an_unhealthy_secondary_region_is_refused_with_the_reason() -> None:
+    world = World()
+    world.unhealthy.add(EAST)
+    async with leading(world=world) as rig:
+        dry = await rig.controller.failover(dry_run=True, reason="drill")
+        with pytest.raises(ControlRefused, match=r"secondary region us-east-1 unhealthy as "
+                                                 r"seen from watchdog-east \(self\)"):
+            await rig.controller.failover(dry_run=False, reason="drill")
+        assert rig.engine.state.phase is Phase.WATCHING
+        probe = rig.engine.status()["probes"][EAST]
+        assert probe["answers"] == {"ok": 0, "answered_badly": 1, "no_answer": 0}
+
+    assert dry["blocked_by"] == ["secondary region us-east-1 unhealthy as seen from "
+                                 "watchdog-east (self)"]
     assert rig.world.promotions == []
 
 

@@ -84,7 +84,7 @@ def watchdog_config(*, jitter: float, region: str = EAST) -> WatchdogConfig:
     return WatchdogConfig.model_validate({
         "region": region,
         "primary_region": WEST,
-        "node_name": f"watchdog-{region}",
+        "node_name": "watchdog-east" if region == EAST else "watchdog-west",
         "regions": regions,
         "thresholds": {
             "region_unhealthy": REGION_UNHEALTHY,
@@ -118,6 +118,9 @@ class World:
     def __init__(self) -> None:
         self.db_down: dict[str, Script] = {WEST: never, EAST: never}
         self.db_hangs: dict[str, Script] = {WEST: never, EAST: never}
+        # Answers every session with this error (e.g. a pg_hba reject of the watchdog).
+        self.db_refuses: dict[str, Script] = {WEST: never, EAST: never}
+        self.demoted: set[str] = set()  # regions whose server runs as a standby
         self.region_down: dict[str, Script] = {WEST: never, EAST: never}
         self.promoted: dict[str, int] = {}  # region -> epoch in its marker row
         self.refusals = 0  # how many promotions to refuse before one succeeds
@@ -159,8 +162,12 @@ class FakeDbProbe:
             await asyncio.Event().wait()  # like a SIGSTOPped server: connects, never answers
         if self.world.db_down[self.region](moment):
             return self.failure("connection refused", 0.001)
+        if self.world.db_refuses[self.region](moment):
+            return PostgresObservation(
+                self.target, reachable=True, latency=0.001, refusal="auth_rejected",
+                sqlstate="28000", error="28000: pg_hba.conf rejects connection")
         epoch = self.world.promoted.get(self.region)
-        standby = self.region == EAST and epoch is None
+        standby = (self.region == EAST and epoch is None) or self.region in self.world.demoted
         return PostgresObservation(
             target=self.target,
             reachable=True,

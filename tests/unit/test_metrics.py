@@ -47,6 +47,17 @@ def test_each_metrics_has_its_own_registry() -> None:
     assert value(second, "paused") == 0
 
 
+def test_a_database_that_answers_with_an_error_is_up_and_refused() -> None:
+    metrics = Metrics()
+    metrics.probe("db:primary", "west-db", ok=True, latency=0.003)
+    metrics.refused("db:primary", "west-db", "too_many_connections")
+    metrics.refused("db:standby", "east-db", None)
+
+    assert value(metrics, "probe_up", probe="db:primary", target="west-db") == 1
+    assert value(metrics, "probe_refused", probe="db:primary", target="west-db") == 1
+    assert value(metrics, "probe_refused", probe="db:standby", target="east-db") == 0
+
+
 def test_probe_results_set_up_and_latency_per_probe_and_target() -> None:
     metrics = Metrics()
     metrics.probe("postgres", "west-db", ok=True, latency=0.003)

@@ -66,6 +66,32 @@ def test_a_valid_report_parses_into_a_fresh_vantage() -> None:
     assert parsed.peers == {"peer1": True, "witness": False}
 
 
+def test_a_peer_refused_by_the_primary_reports_it_reachable_with_the_refusal() -> None:
+    regions = {WEST: {"db_reachable": True, "db_refusal": "too_many_connections",
+                      "health_ok": True},
+               EAST: {"db_reachable": False, "db_refusal": None, "health_ok": True}}
+
+    vantage = parse_report(encode(report(regions=regions))).vantage("peer1")
+
+    assert vantage.view_of(WEST) == RegionView(True, True, db_refusal="too_many_connections")
+    assert vantage.view_of(EAST) == RegionView(False, True)
+
+
+def test_a_report_without_refusals_from_an_older_peer_still_parses() -> None:
+    vantage = parse_report(encode(report())).vantage("peer1")
+
+    assert vantage.view_of(WEST).db_refusal is None
+    assert vantage.view_of(WEST).db_reachable is True
+
+
+def test_a_refusal_claimed_for_a_database_that_did_not_answer_is_ignored() -> None:
+    regions = {WEST: {"db_reachable": False, "db_refusal": "auth_rejected"}}
+
+    vantage = parse_report(encode(report(regions=regions))).vantage("peer1")
+
+    assert vantage.view_of(WEST) == RegionView(db_reachable=False)
+
+
 def test_a_witness_report_is_a_witness_vantage() -> None:
     parsed = parse_report(encode(report(role="witness", region="witness-site", node="w")))
 
