@@ -75,16 +75,23 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
 
 def route_asyncio_errors(loop: asyncio.AbstractEventLoop) -> None:
     """Report what the loop cannot hand to anyone (an exception nobody retrieved, a
-    failing callback) as one ``asyncio_error`` event instead of stdlib text."""
+    failing callback) as one ``asyncio_error`` event instead of stdlib text.
+
+    A connection error nobody retrieved is a warning, not an error: asyncpg leaves one
+    behind when a connection attempt is cancelled in the middle of its TLS negotiation
+    (its ``TLSUpgradeProto`` fails a future nobody awaits any more with "unexpected
+    connection_lost() call"), which a stop that cancels a probe mid-connect does.
+    """
 
     def report(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exception = context.get("exception")
         source = context.get("future") or context.get("task") or context.get("handle")
-        structlog.get_logger("asyncio").error(
-            "asyncio_error", message=context.get("message"),
-            source=repr(source)[:500] if source is not None else None,
-            exc_info=exception if isinstance(exception, BaseException) else None,
-        )
+        leftover = isinstance(exception, ConnectionError) and "future" in context
+        emit = structlog.get_logger("asyncio").warning if leftover else (
+            structlog.get_logger("asyncio").error)
+        emit("asyncio_error", message=context.get("message"),
+             source=repr(source)[:500] if source is not None else None,
+             exc_info=exception if isinstance(exception, BaseException) else None)
 
     loop.set_exception_handler(report)
 
