@@ -133,6 +133,19 @@ async def test_observations_need_the_peer_token(
     assert await observations(url, peer_ssl(tls.ca), token) == expected
 
 
+async def test_an_unreadable_peer_token_file_refuses_every_peer_with_503(
+    tls: TlsMaterial, start_api: StartApi
+) -> None:
+    url = await start_api(peer_token_file=tls.peer_token, mutual=False)
+    tls.peer_token.unlink()
+
+    with capture_logs() as events:
+        assert await observations(url, peer_ssl(tls.ca), PEER_TOKEN) == 503
+        assert await observations(url, peer_ssl(tls.ca), PEER_TOKEN) == 503
+
+    assert [e["event"] for e in events] == ["peer_token_unreadable"]
+
+
 async def test_the_operator_token_is_not_a_peer_token(
     tls: TlsMaterial, start_api: StartApi, tmp_path: Path
 ) -> None:

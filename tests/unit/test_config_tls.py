@@ -237,3 +237,49 @@ def test_check_config_warns_when_observations_are_open_to_anyone(
     assert capsys.readouterr().err == (
         f"{path}: warning: api.peer_token_file: not set and no api.tls.client_ca_file: "
         "/v1/observations answers anyone who reaches api.listen\n")
+
+
+# ---------------------------------------------------------------- the shipped configs
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture
+def shipped_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AGENTASKIT_DR_WEST_DB_PASSWORD", "AGENTASKIT_DR_EAST_DB_PASSWORD",
+                 "AGENTASKIT_DR_LOCK_PASSWORD"):
+        monkeypatch.setenv(name, "s3cret")
+
+
+@pytest.mark.usefixtures("shipped_secrets")
+@pytest.mark.parametrize("name", ["watchdog.yaml", "witness.yaml"])
+def test_the_shipped_configs_dial_https_peers_with_the_tls_that_verifies_them(
+    name: str,
+) -> None:
+    config = load_config(CONFIGS / name)
+
+    assert config.vantage_urls
+    assert all(url.startswith("https://") for url in config.vantage_urls.values())
+    assert config.api.tls is not None
+    assert config.api.tls.client_ca_file is not None
+    client = config.peer_client_tls
+    assert client.ca is not None
+    assert client.cert is not None
+    files = [config.api.peer_token_file, config.api.tls.cert_file, config.api.tls.key_file,
+             client.ca.path, client.cert.path]
+    assert all(str(path).startswith("/etc/agentaskit-dr/") for path in files), files
+    assert config.warnings() == []
+
+
+@pytest.mark.usefixtures("shipped_secrets")
+def test_check_config_on_a_host_without_the_shipped_files_names_each_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = CONFIGS / "watchdog.yaml"
+
+    assert main(["check-config", "--config", str(path)]) == 2
+
+    err = capsys.readouterr().err
+    for field in ("api.tls.cert_file", "api.tls.key_file", "api.tls.client_ca_file",
+                  "api.peer_token_file"):
+        assert f"  - {field}: cannot read /etc/agentaskit-dr/" in err
