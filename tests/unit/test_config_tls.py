@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from agentaskit_dr.api.credentials import CredentialError, load_credentials
 from agentaskit_dr.cli import main
 from agentaskit_dr.config import TlsFile, load_config
+from agentaskit_dr.runtime.reload import reloadable
 from tests.tls_material import TlsMaterial, encrypted_copy, make_tls_material
 from tests.unit.test_config_vantage import minimal, problems, write
 
@@ -283,3 +285,26 @@ def test_check_config_on_a_host_without_the_shipped_files_names_each_one(
     for field in ("api.tls.cert_file", "api.tls.key_file", "api.tls.client_ca_file",
                   "api.peer_token_file"):
         assert f"  - {field}: cannot read /etc/agentaskit-dr/" in err
+
+
+# ---------------------------------------------------------------- reload (SIGHUP)
+
+
+async def test_a_reload_changing_tls_or_peers_keeps_the_running_ones_and_says_restart(
+    tls: TlsMaterial, tmp_path: Path
+) -> None:
+    running = load_config(write(tmp_path, secured(tls)))
+    changed = secured(tls)
+    changed["api"]["tls"]["cert_file"] = str(tls.other_site.cert)
+    changed["peers"] = ["https://127.0.0.1:9999"]
+    changed["thresholds"] = {"db_unreachable": "90s"}
+    path = write(tmp_path, changed)
+
+    with capture_logs() as events:
+        new, _, _ = await reloadable(running, path, running.primary_region, lambda _c: [])
+
+    assert (new.api, new.peers) == (running.api, running.peers)
+    assert new.thresholds.db_unreachable == 90.0  # the rest applies
+    [partial] = [e for e in events if e["event"] == "config_reload_partial"]
+    assert partial["ignored"] == "api, peers"
+    assert "restart" in partial["reason"]
