@@ -353,3 +353,18 @@ async def test_the_status_command_with_an_unreadable_ca_file_exits_2_naming_it(
     assert code == 2
     assert f"--ca-file: cannot read {missing}: No such file or directory" in (
         capsys.readouterr().err)
+
+
+async def test_the_cli_presents_a_client_certificate_only_as_a_pair(
+    tls: TlsMaterial, start_api: StartApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = await start_api(peer_token_file=tls.peer_token)
+
+    half = await asyncio.to_thread(cli, "status", "--url", url, "--ca-file", str(tls.ca),
+                                   "--cert-file", str(tls.other_site.cert))
+    whole = await asyncio.to_thread(cli, "status", "--url", url, "--ca-file", str(tls.ca),
+                                    "--cert-file", str(tls.other_site.cert),
+                                    "--key-file", str(tls.other_site.key))
+
+    assert (half, whole) == (2, 0)
+    assert "--cert-file and --key-file go together" in capsys.readouterr().err
