@@ -12,9 +12,13 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agentaskit_dr import __version__, logs
+
+if TYPE_CHECKING:
+    from agentaskit_dr.api.credentials import DaemonCredentials
+    from agentaskit_dr.config import WatchdogConfig
 
 T = TypeVar("T")
 
@@ -53,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--kind", choices=("auto", "watchdog", "backup"), default="auto",
         help="which schema; auto picks backup for a file with backup sections and no regions",
+    )
+    check.add_argument(
+        "--syntax-only", action="store_true",
+        help="check the file alone, not the TLS and peer token files it names (for a "
+        "machine other than the one it runs on)",
     )
 
     drill = sub.add_parser(
@@ -97,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "check-config":
-            return _check_config(args.config, args.kind)
+            return _check_config(args.config, args.kind, syntax_only=args.syntax_only)
         if args.command == "drill":
             return _drill(parser, args.threshold, args.interval, args.workdir)
     except KeyboardInterrupt:
@@ -152,25 +161,47 @@ def _load(path: Path, loader: Callable[[Path], T]) -> T | None:
     return None
 
 
-def _check_config(path: Path, kind: str) -> int:
-    from agentaskit_dr.config import load_backup_config, load_config, looks_like_backup
+def _check_config(path: Path, kind: str, *, syntax_only: bool) -> int:
+    """Exit 2 on errors (one line each on stderr), else 0; warnings are advice on stderr
+    (``path: warning: field: message``) that leave the file usable."""
+    from agentaskit_dr.config import (
+        load_backup_config,
+        load_config,
+        looks_like_backup,
+    )
 
-    def validate(path: Path) -> str:
+    def validate(path: Path) -> tuple[str, WatchdogConfig | None]:
         """The kind of config ``path`` holds, once it validated as that kind."""
         chosen = kind
         if chosen == "auto":
             chosen = "backup" if looks_like_backup(path) else "watchdog"
         if chosen == "backup":
             load_backup_config(path)
-        else:
-            load_config(path)
-        return chosen
+            return chosen, None
+        return chosen, load_config(path)
 
-    valid_kind = _load(path, validate)
-    if valid_kind is None:
+    loaded = _load(path, validate)
+    if loaded is None:
         return EXIT_USAGE
+    valid_kind, config = loaded
+    if config is not None:
+        if not syntax_only and _credentials(path, config) is None:
+            return EXIT_USAGE
+        for warning in config.warnings():
+            print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"{path}: valid {valid_kind} configuration")
     return EXIT_OK
+
+
+def _credentials(path: Path, config: WatchdogConfig) -> DaemonCredentials | None:
+    """The TLS contexts and peer token the config names, or None after printing why not."""
+    from agentaskit_dr.api.credentials import CredentialError, load_credentials
+
+    try:
+        return load_credentials(config)
+    except CredentialError as exc:
+        _print_problems(path, exc.problems)
+    return None
 
 
 def _run(path: Path) -> int:
@@ -183,8 +214,12 @@ def _run(path: Path) -> int:
     config = _load(path, load_config)
     if config is None:
         return EXIT_USAGE
+    credentials = _credentials(path, config)
+    if credentials is None:
+        return EXIT_USAGE
     logs.configure(config.logging.level)
-    return asyncio.run(run_daemon(config, path))
+    logs.route_uncaught()
+    return asyncio.run(run_daemon(config, path, credentials))
 
 
 if __name__ == "__main__":

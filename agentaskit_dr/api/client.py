@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 from typing import Any
 
 import aiohttp
@@ -31,7 +32,14 @@ class ApiClient:
     peer poll every few seconds), and nothing is left to close.
     """
 
-    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if token is not None and (not token or not token.isprintable() or not token.isascii()
                                   or any(char.isspace() for char in token)):
             # The message must not echo the token.
@@ -39,6 +47,8 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        # None: https:// is verified against the system's CAs.
+        self._ssl: ssl.SSLContext | bool = ssl_context or True
 
     async def get(self, path: str) -> dict[str, Any]:
         """GET ``path``; the decoded JSON object of a 2xx answer."""
@@ -57,13 +67,22 @@ class ApiClient:
         try:
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
-                session.request(method, url, json=body, headers=headers) as response,
+                session.request(method, url, json=body, headers=headers,
+                                ssl=self._ssl) as response,
             ):
                 status = response.status
                 content_type = response.content_type
                 raw = await response.read()
         except TimeoutError:
             raise ApiError(f"{method} {url}: no answer within {self._timeout:g}s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ApiError(
+                f"{method} {url}: the server's certificate does not verify "
+                f"({exc.certificate_error}); pass --ca-file with the CA that signed it"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise ApiError(f"{method} {url}: TLS handshake failed ({exc.os_error}); is it "
+                           "https:// and does the server take this client?") from None
         except aiohttp.ClientConnectorError as exc:
             why = ("connection refused" if isinstance(exc.os_error, ConnectionRefusedError)
                    else str(exc.os_error) or type(exc.os_error).__name__)

@@ -1,9 +1,14 @@
 """The on-call commands that talk to a running watchdog: ``status``, ``pause``, ``resume``, ``ack``.
 
 Where the watchdog is: ``--url``, else ``$AGENTASKIT_DR_API_URL``, else ``api.listen`` of
-``--config``, else http://127.0.0.1:8787. The control token: ``--token-file``, else
-``$AGENTASKIT_DR_API_TOKEN_FILE``, else ``api.token_file`` of ``--config``. Only the
-control commands send the token; ``status`` is open.
+``--config`` (https:// when it has ``api.tls``), else http://127.0.0.1:8787. The control
+token: ``--token-file``, else ``$AGENTASKIT_DR_API_TOKEN_FILE``, else ``api.token_file`` of
+``--config``. Only the control commands send the token; ``status`` is open.
+
+For https:// the server's certificate is verified with ``--ca-file``, else
+``$AGENTASKIT_DR_API_CA_FILE``, else ``peer_tls.ca_file`` or ``api.tls.client_ca_file`` of
+``--config``, else the system's CAs; ``--cert-file``/``--key-file`` present a client
+certificate.
 
 Exit codes: 0 done, 1 the watchdog could not be reached or refused (one line on stderr),
 2 bad input (unreadable config or token file, malformed URL).
@@ -15,14 +20,19 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import TlsFile
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 URL_ENV = "AGENTASKIT_DR_API_URL"
 TOKEN_FILE_ENV = "AGENTASKIT_DR_API_TOKEN_FILE"  # noqa: S105 (a variable name, not a secret)
+CA_FILE_ENV = "AGENTASKIT_DR_API_CA_FILE"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,6 +71,11 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         f"(default: ${TOKEN_FILE_ENV}, else api.token_file of --config)")
     common.add_argument("--config", type=Path, help="watchdog YAML to take api.listen and "
                         "api.token_file from")
+    common.add_argument("--ca-file", type=Path, help=f"CA that signed the watchdog's "
+                        f"certificate (default: ${CA_FILE_ENV}, else peer_tls.ca_file or "
+                        "api.tls.client_ca_file of --config, else the system's CAs)")
+    common.add_argument("--cert-file", type=Path, help="client certificate to present (PEM)")
+    common.add_argument("--key-file", type=Path, help="key of --cert-file (PEM)")
     common.add_argument("--timeout", type=_timeout, default=5.0,
                         help="seconds to wait for the answer (default 5)")
 
@@ -90,9 +105,15 @@ def run_api_command(args: argparse.Namespace) -> int:
 
     action: str = args.api_action
     path, needs_token = _ACTIONS[action]
+    from agentaskit_dr.api.tls import TlsSetupError
+
     try:
         target = _target(args, needs_token=needs_token)
-        client = ApiClient(target.url, token=target.token, timeout=args.timeout)
+        client = ApiClient(target.url, token=target.token, timeout=args.timeout,
+                           ssl_context=_ssl_context(args, target.url))
+    except TlsSetupError as exc:
+        print(f"agentaskit-dr {action}: {'; '.join(exc.problems)}", file=sys.stderr)
+        return EXIT_USAGE
     except (_UsageError, ValueError) as exc:
         print(f"agentaskit-dr {action}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -118,6 +139,43 @@ def _body(action: str, args: argparse.Namespace) -> dict[str, Any]:
     if action == "request-failover":
         body["dry_run"] = args.dry_run
     return body
+
+
+def _ssl_context(args: argparse.Namespace, url: str) -> ssl.SSLContext | None:
+    """The context for an https:// ``url`` from the flags, the environment or --config."""
+    from agentaskit_dr.api.tls import cli_context
+    from agentaskit_dr.config import TlsFile
+
+    if not url.startswith("https://"):
+        return None
+    if (args.cert_file is None) != (args.key_file is None):
+        raise _UsageError("--cert-file and --key-file go together")
+    ca = None
+    if args.ca_file is not None:
+        ca = TlsFile("--ca-file", args.ca_file)
+    elif os.environ.get(CA_FILE_ENV):
+        ca = TlsFile(CA_FILE_ENV, Path(os.environ[CA_FILE_ENV]))
+    elif args.config is not None:
+        ca = _config_ca(args.config)
+    cert = None if args.cert_file is None else TlsFile("--cert-file", args.cert_file)
+    key = None if args.key_file is None else TlsFile("--key-file", args.key_file)
+    return cli_context(ca, cert, key)
+
+
+def _config_ca(config: Path) -> TlsFile | None:
+    """``peer_tls.ca_file``, else ``api.tls.client_ca_file`` of --config (relative paths
+    are next to the file, as the daemon reads them)."""
+    from agentaskit_dr.config import TlsFile
+
+    data = _yaml_mapping(config)
+    api = data.get("api")
+    sections = {"peer_tls": (data.get("peer_tls"), "ca_file"),
+                "api.tls": (api.get("tls") if isinstance(api, dict) else None,
+                            "client_ca_file")}
+    for name, (section, key) in sections.items():
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            return TlsFile(f"{name}.{key} in {config}", config.parent / section[key])
+    return None
 
 
 @dataclass(frozen=True)
@@ -152,8 +210,8 @@ def _target(args: argparse.Namespace, *, needs_token: bool) -> _Target:
     return _Target(url, token)
 
 
-def _api_section(config: Path) -> dict[str, Any]:
-    """The ``api`` mapping of a watchdog YAML, checked only as far as this command needs."""
+def _yaml_mapping(config: Path) -> dict[str, Any]:
+    """The top-level mapping of a watchdog YAML ({} when it is not a mapping)."""
     import yaml
 
     try:
@@ -162,7 +220,12 @@ def _api_section(config: Path) -> dict[str, Any]:
         raise _UsageError(f"--config {config}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
         raise _UsageError(f"--config {config}: not valid YAML{_yaml_where(exc)}") from None
-    api = data.get("api") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _api_section(config: Path) -> dict[str, Any]:
+    """The ``api`` mapping of a watchdog YAML, checked only as far as this command needs."""
+    api = _yaml_mapping(config).get("api")
     if api is None:
         return {}
     if not isinstance(api, dict):
@@ -198,4 +261,5 @@ def _listen_url(api: dict[str, Any]) -> str | None:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    scheme = "https" if api.get("tls") else "http"
+    return f"{scheme}://{host}:{port}"

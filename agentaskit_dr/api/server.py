@@ -1,11 +1,15 @@
-"""The daemon's HTTP API: health, status, peer observations, metrics and authenticated control.
+"""The daemon's HTTP(S) API: health, status, peer observations, metrics and authenticated control.
 
-Reads are open: peers and the witness poll ``GET /v1/observations`` and operators read
-``GET /v1/status`` without a secret. Every state-changing call (pause, resume, ack,
-failover) needs ``Authorization: Bearer <token>``, where the token is the stripped
-content of ``api.token_file``, read at each control request so a rotated file takes
-effect at once. Without a token file the control API is off (403); with an unreadable or
-empty one it refuses everything (503), never falling back to "no token".
+Health, status and metrics are open: operators and probes read them without a secret.
+``GET /v1/observations`` needs a peer credential when one is configured (the peer token
+of ``api.peer_token_file``, or a client certificate verified against
+``api.tls.client_ca_file``). Every state-changing call (pause, resume, ack, failover)
+needs ``Authorization: Bearer <token>``, where the token is the stripped content of
+``api.token_file``, read at each control request so a rotated file takes effect at once.
+Without a token file the control API is off (403); with an unreadable or empty one it
+refuses everything (503), never falling back to "no token". See ``_auth``.
+
+With ``api.tls`` the API serves HTTPS only (``ssl_context``).
 
 Every answer is JSON except ``/metrics``. Bad requests get a 400 naming the field; the
 controller's refusals a 409; its unexpected failures a 503 (logged as ``api_error``),
@@ -14,9 +18,8 @@ so no request ever gets a bare 500 or a traceback.
 
 from __future__ import annotations
 
-import hmac
 import json
-import math
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,9 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from agentaskit_dr.api._answers import error_answer as _error
+from agentaskit_dr.api._answers import json_answer as _json
+from agentaskit_dr.api._auth import PeerGate, control_refusal
 from agentaskit_dr.api.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -86,17 +92,26 @@ class _Wiring:
     controller: Controller
     metrics: Metrics
     token_file: Path | None
+    peers: PeerGate
 
 
 _WIRING = web.AppKey("wiring", _Wiring)
 
 
 def build_app(
-    controller: Controller, *, metrics: Metrics, token_file: Path | None
+    controller: Controller,
+    *,
+    metrics: Metrics,
+    token_file: Path | None,
+    peer_token_file: Path | None = None,
+    client_certificates: bool = False,
 ) -> web.Application:
-    """The aiohttp application; ``token_file`` None disables the control endpoints."""
+    """The aiohttp application; ``token_file`` None disables the control endpoints;
+    ``peer_token_file`` and ``client_certificates`` (a verified client certificate is a
+    peer) guard ``/v1/observations``, which is open when neither is given."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
-    app[_WIRING] = _Wiring(controller, metrics, token_file)
+    peers = PeerGate(peer_token_file, client_certificates=client_certificates)
+    app[_WIRING] = _Wiring(controller, metrics, token_file, peers)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/v1/status", _status)
@@ -127,9 +142,16 @@ class ApiServer:
         *,
         metrics: Metrics,
         token_file: Path | None,
+        peer_token_file: Path | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout: float = 5.0,
     ) -> None:
-        self._app = build_app(controller, metrics=metrics, token_file=token_file)
+        client_certificates = (ssl_context is not None
+                               and ssl_context.verify_mode != ssl.CERT_NONE)
+        self._app = build_app(controller, metrics=metrics, token_file=token_file,
+                              peer_token_file=peer_token_file,
+                              client_certificates=client_certificates)
+        self._ssl_context = ssl_context
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -151,13 +173,15 @@ class ApiServer:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=self._ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1])
-        log.info("api_started", host=host, port=self._port)
+        log.info("api_started", host=host, port=self._port,
+                 scheme="https" if self._ssl_context is not None else "http",
+                 observations="open" if self._app[_WIRING].peers.open else "peers only")
 
     async def stop(self) -> None:
         """Stop serving and close open connections; harmless when not started."""
@@ -187,7 +211,8 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _observations(request: web.Request) -> web.Response:
-    return _json(request.app[_WIRING].controller.observations())
+    wiring = request.app[_WIRING]
+    return wiring.peers.refusal(request) or _json(wiring.controller.observations())
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -233,7 +258,7 @@ def _control(action: _Action) -> Callable[[web.Request], Awaitable[web.Response]
     """A handler that authenticates, validates the body, calls the controller and logs."""
 
     async def handler(request: web.Request) -> web.Response:
-        refusal = _authenticate(request)
+        refusal = control_refusal(request, request.app[_WIRING].token_file)
         if refusal is not None:
             return refusal
         try:
@@ -253,31 +278,6 @@ def _control(action: _Action) -> Callable[[web.Request], Awaitable[web.Response]
         return _json(result)
 
     return handler
-
-
-def _authenticate(request: web.Request) -> web.Response | None:
-    """None when the request carries the current token, else the refusal to send."""
-    token_file = request.app[_WIRING].token_file
-    if token_file is None:
-        return _error(403, "control API disabled: set api.token_file")
-    try:
-        token = token_file.read_bytes().strip()
-        problem = "" if token else "the file is empty"
-    except OSError as exc:
-        token, problem = b"", str(exc)
-    if problem:
-        log.error("api_token_unreadable", file=str(token_file), error=problem)
-        return _error(503, "control API unavailable: the token file is unreadable or empty, "
-                      "see logs")
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    bearer = presented.strip() if scheme.lower() == "bearer" else ""
-    # Compare bytes: compare_digest rejects non-ASCII str, and headers may carry any byte.
-    if bearer and hmac.compare_digest(bearer.encode("utf-8", "surrogateescape"), token):
-        return None
-    log.warning("api_unauthorized", path=request.path, remote=request.remote,
-                why="wrong bearer token" if bearer else "no bearer token")
-    return _error(401, "unauthorized: send 'Authorization: Bearer <token>'",
-                  headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -357,26 +357,3 @@ async def _json_errors(
     except Exception:
         log.exception("api_error", method=request.method, path=request.path)
         return _error(503, "internal error, see logs")
-
-
-def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
-    text = json.dumps(_finite(payload), allow_nan=False, sort_keys=True)
-    return web.Response(text=text, status=status, content_type="application/json")
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    response = _json({"error": message}, status=status)
-    if headers:
-        response.headers.update(headers)
-    return response
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as null: JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value

@@ -39,8 +39,12 @@ from agentaskit_dr.config._models import (
     ThresholdsConfig,
     WatchdogConfig,
 )
+from agentaskit_dr.config._sections import ApiConfig, ApiTlsConfig, PeerTlsConfig
+from agentaskit_dr.config._vantage import PeerClientTls, TlsFile
 
 __all__ = [
+    "ApiConfig",
+    "ApiTlsConfig",
     "ApplicationStateConfig",
     "BackupConfig",
     "Bucket",
@@ -50,6 +54,8 @@ __all__ = [
     "EncryptionConfig",
     "LockConfig",
     "LoggingConfig",
+    "PeerClientTls",
+    "PeerTlsConfig",
     "PostgresBackupConfig",
     "ProbeConfig",
     "PromotionConfig",
@@ -59,6 +65,7 @@ __all__ = [
     "StateBackup",
     "StorageConfig",
     "ThresholdsConfig",
+    "TlsFile",
     "VerificationConfig",
     "VerifyBackupConfig",
     "WalArchiving",

@@ -47,7 +47,14 @@ from agentaskit_dr.config._sections import (
     DnsConfig,
     KubernetesConfig,
     NotificationsConfig,
+    PeerTlsConfig,
     RunbookConfig,
+)
+from agentaskit_dr.config._vantage import (
+    PeerClientTls,
+    peer_client_tls,
+    vantage_url_problems,
+    vantage_warnings,
 )
 from agentaskit_dr.core import Thresholds
 
@@ -312,6 +319,8 @@ class WatchdogConfig(ConfigModel):
     """Base URLs of the other watchdogs' APIs (their /v1/observations are polled)."""
     witness: HttpUrl | None = None
     """Base URL of the witness's API."""
+    peer_tls: PeerTlsConfig | None = None
+    """How ``https://`` peers and the witness are dialled; defaults from ``api.tls``."""
     fence_after: PositiveDuration | None = None
     """A primary-side watchdog hearing neither peers nor witness this long fences its own
     primary. Must be shorter than ``self_fence_budget`` (the other side's earliest
@@ -383,6 +392,10 @@ class WatchdogConfig(ConfigModel):
             self.peers or self.witness
         ):
             problems.append(Problem(("fence_after",), "needs peers or a witness to listen to"))
+        urls = {f"peers[{index}]": url for index, url in enumerate(self.peers)}
+        if self.witness is not None:
+            urls["witness"] = self.witness
+        problems.extend(vantage_url_problems(urls, self.api, self.peer_tls))
         if problems:
             raise problems_error(problems)
         return self
@@ -419,6 +432,16 @@ class WatchdogConfig(ConfigModel):
         ``fence_after`` after it."""
         shortest = min(self.thresholds.db_unreachable, self.thresholds.region_unhealthy)
         return shortest - self.self_fence_delay
+
+    @property
+    def peer_client_tls(self) -> PeerClientTls:
+        """The CA and client certificate the poller dials ``https://`` vantages with."""
+        return peer_client_tls(self.api, self.peer_tls)
+
+    def warnings(self) -> list[str]:
+        """``"field: message"`` lines for a config that runs but not as a cluster should."""
+        return vantage_warnings(role=self.role, peers=self.peers, witness=self.witness,
+                                api=self.api)
 
     @property
     def effective_fence_after(self) -> float | None:

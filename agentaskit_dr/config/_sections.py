@@ -32,6 +32,40 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+class ApiTlsConfig(ConfigModel):
+    """TLS for the API: its certificate, and optionally the CA of the peers' certificates."""
+
+    cert_file: ConfigPath
+    """PEM certificate (chain) the API serves; its SANs name the host peers dial."""
+    key_file: ConfigPath
+    """PEM private key of ``cert_file``, unencrypted (protect it with file permissions)."""
+    client_ca_file: ConfigPath | None = None
+    """PEM CA whose client certificates count as peers on ``/v1/observations`` (mutual
+    TLS). Clients without a certificate may still connect (status, metrics, control)."""
+
+
+class PeerTlsConfig(ConfigModel):
+    """How this daemon's poller dials ``https://`` peers and the witness.
+
+    Each key left out falls back to ``api.tls``: ``ca_file`` to ``client_ca_file`` (one
+    private CA signs every site), ``cert_file``/``key_file`` to the API's own pair.
+    """
+
+    ca_file: ConfigPath | None = None
+    """PEM CA bundle that verifies the peers' server certificates."""
+    cert_file: ConfigPath | None = None
+    """PEM client certificate presented to peers that ask for one (mutual TLS)."""
+    key_file: ConfigPath | None = None
+    """PEM private key of ``cert_file``."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise problems_error([Problem((missing,), "cert_file and key_file go together")])
+        return self
+
+
 class ApiConfig(ConfigModel):
     """The daemon's HTTP API: status, observations for peers, metrics, control."""
 
@@ -39,6 +73,12 @@ class ApiConfig(ConfigModel):
     """``host:port`` to listen on (port 0 picks a free one); null turns the API off."""
     token_file: ConfigPath | None = None
     """File holding the bearer token for POST /v1/*; without it control calls get 403."""
+    peer_token_file: ConfigPath | None = None
+    """File holding the peer token, shared by every site: ``/v1/observations`` requires
+    it (or a client certificate, see ``tls.client_ca_file``) and the poller sends it.
+    One token per line: any line is accepted, the first is sent (rotation)."""
+    tls: ApiTlsConfig | None = None
+    """Serve HTTPS instead of HTTP."""
 
     @field_validator("listen")
     @classmethod

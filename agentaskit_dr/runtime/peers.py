@@ -2,21 +2,26 @@
 
 A peer's report is data from another machine: it is size-capped, schema-checked and
 aged. A peer that answers late, with garbage or with a huge body counts as unreachable,
-is logged, and is never trusted.
+is logged, and is never trusted. So does one that refuses our peer credential (401/403)
+or whose certificate does not verify: each failure is logged when it starts or changes,
+not at every poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentaskit_dr.api.credentials import PeerTokenError, read_peer_tokens
 from agentaskit_dr.core import RegionView, Role, Vantage
 
 log = structlog.get_logger(__name__)
@@ -90,11 +95,17 @@ class _Heard:
     report: WireReport
 
 
+class _Refused(Exception):
+    """The peer refused our credential (HTTP 401/403)."""
+
+
 class PeerPoller:
     """Polls each peer's and the witness's ``/v1/observations`` every interval.
 
     ``vantages()`` returns one Vantage per configured URL: fresh if a valid report arrived
-    within ``stale_after`` seconds, else ``fresh=False``.
+    within ``stale_after`` seconds, else ``fresh=False``. ``ssl`` verifies ``https://``
+    peers (and presents a client certificate if it holds one); the first token of
+    ``peer_token_file``, read at each poll, is sent as a bearer token.
     """
 
     def __init__(
@@ -106,8 +117,12 @@ class PeerPoller:
         stale_after: float,
         clock: Callable[[], float],
         on_report: Callable[[], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        peer_token_file: Path | None = None,
     ) -> None:
         self.urls = dict(urls)
+        self.ssl_context = ssl_context
+        self.peer_token_file = peer_token_file
         self.interval = interval
         self.timeout = timeout
         self.stale_after = stale_after
@@ -120,7 +135,10 @@ class PeerPoller:
     async def run(self) -> None:
         if not self.urls:
             await asyncio.Event().wait()  # nothing to poll; stay alive as a root task
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context or True),
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 for label, url in self.urls.items():
@@ -142,10 +160,16 @@ class PeerPoller:
                 report = await self._fetch(url)
         except TimeoutError:
             self._failed(label, url, f"no answer within {self.timeout:g}s")
+        except _Refused as exc:
+            self._failed(label, url, str(exc), event="peer_unauthorized")
+        except PeerTokenError as exc:
+            self._failed(label, url, f"api.peer_token_file: {exc}",
+                         event="peer_credential_unavailable")
         except aiohttp.ClientError as exc:
-            self._failed(label, url, f"{type(exc).__name__}: {exc}"[:200])
+            self._failed(label, url, f"{type(exc).__name__}: {exc}"[:300])
         except ValueError as exc:
-            self._failed(label, url, f"report rejected: {exc}"[:200], rejected=True)
+            self._failed(label, url, f"report rejected: {exc}"[:200],
+                         event="peer_report_rejected")
         else:
             self._heard[label] = _Heard(self.clock(), report)
             if self._failing.pop(label, None) is not None:
@@ -155,7 +179,15 @@ class PeerPoller:
 
     async def _fetch(self, url: str) -> WireReport:
         assert self._session is not None
-        async with self._session.get(f"{url}/v1/observations") as response:
+        headers = {}
+        if self.peer_token_file is not None:
+            headers["Authorization"] = f"Bearer {read_peer_tokens(self.peer_token_file)[0]}"
+        async with self._session.get(f"{url}/v1/observations", headers=headers) as response:
+            if response.status in (401, 403):
+                raise _Refused(
+                    f"HTTP {response.status}: the peer refused our credential (check "
+                    "api.peer_token_file and the client certificate against the peer's)"
+                )
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
             declared = response.content_length
@@ -169,9 +201,9 @@ class PeerPoller:
                     raise ValueError(f"body exceeds {MAX_REPORT_BYTES} bytes")
         return parse_report(bytes(body))
 
-    def _failed(self, label: str, url: str, reason: str, *, rejected: bool = False) -> None:
+    def _failed(self, label: str, url: str, reason: str, *,
+                event: str = "peer_unreachable") -> None:
         if self._failing.get(label) != reason:
-            event = "peer_report_rejected" if rejected else "peer_unreachable"
             log.warning(event, peer=label, url=url, reason=reason)
         self._failing[label] = reason
 

@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import structlog
+
 from agentaskit_dr.config import ConfigError, WatchdogConfig, load_config
 from agentaskit_dr.ports import Observation, Probe
 
+log = structlog.get_logger(__name__)
+
 ProbeFactory = Callable[[WatchdogConfig], Sequence[Probe[Observation]]]
+
+#: Built once at start: the API server (address, TLS, tokens) and the peer poller.
+_START_ONLY = ("api", "peers", "witness", "peer_tls")
 
 
 async def reloadable(
@@ -40,8 +47,17 @@ async def reloadable(
                 "serving as primary now"
             ])
         new = new.with_primary(running.primary_region)  # keep a failover's topology
+    # Config must say what runs: a new certificate or peer list applies on restart.
+    start_only = [name for name in _START_ONLY if getattr(new, name) != getattr(running, name)]
+    if start_only:
+        new = new.model_copy(update={name: getattr(running, name) for name in start_only})
     # Build the new probe set once before switching, so a config the probes refuse
     # is turned down here instead of leaving the engine without probes.
     for probe in probe_factory(new):
         await probe.close()
+    if start_only:
+        log.warning("config_reload_partial", path=str(path), ignored=", ".join(start_only),
+                    keeping="the running API and peer settings",
+                    reason="the API server and the peer poller are built at start: restart "
+                    "to apply")
     return new, file_primary, lock_ignored

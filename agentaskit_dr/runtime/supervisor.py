@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from agentaskit_dr import logs
 from agentaskit_dr.actuators.notify_hub import NotificationHub
 from agentaskit_dr.actuators.promote import PostgresPromoter
+from agentaskit_dr.api.credentials import DaemonCredentials
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.server import ApiServer
 from agentaskit_dr.config import WatchdogConfig
@@ -85,16 +86,22 @@ def build_journal(config: WatchdogConfig, *, client: Redis | None = None) -> Red
                         client=client)
 
 
-async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 if a root task died."""
+async def run_daemon(
+    config: WatchdogConfig, config_path: Path | None, credentials: DaemonCredentials
+) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 if a root task died.
+
+    ``credentials`` are the TLS contexts and peer token file, checked before the call.
+    """
     loop = asyncio.get_running_loop()
+    logs.route_asyncio_errors(loop)
     stop: asyncio.Future[signal.Signals] = loop.create_future()
 
     def request_stop(sig: signal.Signals) -> None:
         if not stop.done():
             stop.set_result(sig)
 
-    parts = _assemble(config, config_path, loop)
+    parts = _assemble(config, config_path, loop, credentials)
     lock, keeper, engine, api = parts.lock, parts.keeper, parts.engine, parts.api
     if config.api.listen is not None:
         try:
@@ -110,6 +117,9 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, engine.request_reload)
     log.info("daemon_started", region=config.region, primary_region=config.primary_region,
              holder=config.holder, role=config.role, config=config.redacted())
+    for warning in config.warnings():
+        field, _, message = warning.partition(": ")
+        log.warning("config_warning", field=field, warning=message)
     tasks = [
         asyncio.create_task(engine.run(), name="engine"),
         asyncio.create_task(parts.peers.run(), name="peers"),
@@ -153,7 +163,8 @@ class _Parts:
 
 
 def _assemble(
-    config: WatchdogConfig, config_path: Path | None, loop: asyncio.AbstractEventLoop
+    config: WatchdogConfig, config_path: Path | None, loop: asyncio.AbstractEventLoop,
+    credentials: DaemonCredentials,
 ) -> _Parts:
     """The daemon's parts, wired together; nothing started yet."""
     lock = build_lock(config)
@@ -183,13 +194,17 @@ def _assemble(
         timeout=config.probe.timeout,
         stale_after=stale_after(config),
         clock=loop.time,
+        ssl_context=credentials.client_ssl,
+        peer_token_file=credentials.peer_token_file,
     )
     engine.vantages = peers.vantages
     engine.links = peers.links
     engine.metrics = Metrics(clock=loop.time)
     api = ApiServer(EngineController(engine),
                     metrics=engine.metrics,
-                    token_file=config.api.token_file)
+                    token_file=config.api.token_file,
+                    peer_token_file=credentials.peer_token_file,
+                    ssl_context=credentials.server_ssl)
     return _Parts(lock, keeper, engine, peers, api, alerts)
 
 

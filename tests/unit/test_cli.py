@@ -49,7 +49,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_config_accepts_the_shipped_configs(
     shipped: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["check-config", "--config", str(shipped)]) == 0
+    # --syntax-only: the TLS and peer token files they name live on the production hosts.
+    assert main(["check-config", "--config", str(shipped), "--syntax-only"]) == 0
 
     out, err = capsys.readouterr()
     assert out == f"{shipped}: valid {kind} configuration\n"

@@ -142,12 +142,12 @@ def test_an_unknown_api_key_is_refused_with_a_suggestion(tmp_path: Path) -> None
 
 def test_peers_and_witness_become_vantage_urls_without_trailing_slashes(tmp_path: Path) -> None:
     config = load(tmp_path, lambda d: d.update(
-        peers=["http://127.0.0.1:8788/", "https://west.example.test:8787"],
-        witness="https://witness.example.test/",
+        peers=["https://127.0.0.1:8788/", "https://west.example.test:8787"],
+        witness="https://witness.example.test/", peer_tls={"ca_file": "ca.crt"},
     ))
 
     assert config.vantage_urls == {
-        "peer1": "http://127.0.0.1:8788",
+        "peer1": "https://127.0.0.1:8788",
         "peer2": "https://west.example.test:8787",
         "witness": "https://witness.example.test",
     }
