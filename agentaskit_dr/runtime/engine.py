@@ -158,6 +158,15 @@ class Engine:
         )
         self.queue.put_nowait(event)
 
+    def follow_cluster_primary(self, region: str) -> None:
+        """Before the engine runs: watch ``region`` as the primary, as the cluster record
+        says (a failover happened while this watchdog was not running)."""
+        if region == self.config.primary_region or region not in self.config.regions:
+            return
+        log.warning("primary_region_from_cluster", file=self.config.primary_region,
+                    cluster=region)
+        self.config = self.config.with_primary(region)
+
     def request_reload(self) -> None:
         """Called from the SIGHUP handler: only sets a flag; the loop does the work."""
         self._reload_requested = True
@@ -168,9 +177,14 @@ class Engine:
     async def control(self, event: Event) -> ControlAnswer:
         """Apply an operator's event (pause, resume, ack, failover) at the next cycle;
         returns the verdict after it."""
+        return await self.post(event)
+
+    def post(self, event: Event) -> asyncio.Future[ControlAnswer]:
+        """Queue an operator's event without waiting (the cluster controls, read from the
+        lock store before the engine runs); the future holds the verdict after it."""
         answer: asyncio.Future[ControlAnswer] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Control(event, answer))
-        return await answer
+        return answer
 
     async def run(self) -> None:
         self._start_probes()

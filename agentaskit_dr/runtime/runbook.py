@@ -33,6 +33,7 @@ from agentaskit_dr.core import Event, FailoverRefused, FailoverSucceeded, StartF
 from agentaskit_dr.ports import (
     ActuationFailed,
     Actuator,
+    ClusterStore,
     Journal,
     JournalEntry,
     Lease,
@@ -158,6 +159,8 @@ class Runbook:
         self.incomplete = False
         self._promoted = False  # the run being driven has its promote step done
         self._promoted_epoch: int | None = None
+        # Set by the supervisor: where the cluster's current primary region is recorded.
+        self.cluster: ClusterStore | None = None
 
     # ------------------------------------------------------------ the plan
 
@@ -313,6 +316,7 @@ class Runbook:
         # Evidence last, from the complete journal; rewriting it on a resume is harmless.
         run = await self.journal.get(run.run_id) or run
         evidence = self._write_evidence(dataclasses.replace(run, finished="done"), meta, "done")
+        await self._record_primary(run.run_id, meta, lease, required=True)
         await self.journal.finish(run.run_id, "done", lease=lease)
         self.incomplete = False
         rlog.warning("run_done", from_region=meta["from_region"], to_region=meta["to_region"],
@@ -362,10 +366,28 @@ class Runbook:
         self._promoted = self._promoted or step.name == PROMOTE
         rlog.info("step_done", step=step.name, changed=outcome.changed, seconds=seconds,
                   detail=outcome.detail)
+        if step.name == PROMOTE:
+            await self._record_primary(ctx.run_id, ctx.meta, lease, required=False)
         if os.environ.get(CRASH_AFTER_STEP_ENV) == step.name:
             rlog.critical("crash_injected", step=step.name)
             os.kill(os.getpid(), signal.SIGKILL)
         return None
+
+    async def _record_primary(self, run_id: str, meta: dict[str, Any], lease: Lease, *,
+                              required: bool) -> None:
+        """Record the promoted region as the cluster's primary (on-call commands and later
+        daemons read it). Right after the promotion a failure is only logged, so DNS and
+        scaling go on; before the run is closed it is ``required`` (the run stays open)."""
+        if self.cluster is None:
+            return
+        try:
+            await self.cluster.record_primary(str(meta["to_region"]), epoch=lease.epoch,
+                                              run_id=run_id, lease=lease)
+        except (LockUnavailable, StaleEpoch) as exc:
+            if required:
+                raise
+            log.error("cluster_primary_not_recorded", run_id=run_id,  # noqa: TRY400
+                      epoch=lease.epoch, reason=str(exc), retry="before the run is closed")
 
     def _entry(self, step: str, status: StepStatus, ctx: RunContext, detail: str,
                data: dict[str, Any] | None = None) -> JournalEntry:
