@@ -170,7 +170,7 @@ class LeadershipKeeper:
     async def _stand_aside(self) -> None:
         """Paused: give the lock up (if ours) and publish that nobody of ours holds it."""
         if self._lease is not None:
-            await self._release()
+            await self._release(PAUSED_HOLDER)
         self._publish(None, PAUSED_HOLDER)
 
     async def _step(self) -> None:
@@ -294,7 +294,7 @@ class LeadershipKeeper:
         if self._holds(token):
             log.warning("lock_lost", reason=reason, epoch=lease.epoch, holder=lease.holder)
 
-    async def _release(self) -> None:
+    async def _release(self, holder_text: str | None = None) -> None:
         lease, self._lease = self._lease, None
         if lease is None:
             return
@@ -307,7 +307,7 @@ class LeadershipKeeper:
             # Otherwise the lock already said why (lock_release_failed / _not_ours).
             if released:
                 log.info("lock_released", epoch=lease.epoch, holder=lease.holder)
-        self._publish(None, None)
+        self._publish(None, holder_text)
 
     def _holds(self, token: str) -> bool:
         """Whether on_change was last told that we hold the lease with ``token``."""
