@@ -34,6 +34,7 @@ from agentaskit_dr.ports import (
     PostgresObservation,
     Probe,
     RegionHealthObservation,
+    StaleEpoch,
     UrlCheck,
 )
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
@@ -114,6 +115,7 @@ class World:
         self.region_down: dict[str, Script] = {WEST: never, EAST: never}
         self.promoted: dict[str, int] = {}  # region -> epoch in its marker row
         self.refusals = 0  # how many promotions to refuse before one succeeds
+        self.newer_epoch: int | None = None  # a newer epoch's marker: every promotion is stale
         self.promote_calls: list[float] = []
         self.fenced: set[str] = set()  # regions whose server is read-only
         self.fence_calls: list[float] = []
@@ -222,6 +224,9 @@ class FakePromoter:
         self.world.promote_calls.append(now())
         if not await still_leader():
             raise PromotionRefused("lock lost before pg_promote")
+        if self.world.newer_epoch is not None:
+            raise StaleEpoch(f"the standby follows a primary promoted under newer epoch "
+                             f"{self.world.newer_epoch}")
         if self.world.refusals:
             self.world.refusals -= 1
             raise PromotionRefused("standby lag 20 MiB exceeds promotion.max_lag_bytes 16 MiB")
@@ -494,6 +499,22 @@ async def test_refused_promotion_is_retried_after_the_backoff_until_it_succeeds(
         "standby lag 20 MiB exceeds promotion.max_lag_bytes 16 MiB"
     ] * 2
     assert rig.engine.state.phase is Phase.FAILED_OVER
+
+
+@pytest.mark.looptime
+async def test_a_stale_epoch_refusal_is_retried_after_the_backoff_never_in_a_hot_loop() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    world.newer_epoch = EPOCH + 2
+    rig = Rig(world)
+    first = 10 + DB_UNREACHABLE + INTERVAL
+    with capture_logs() as logs:
+        await rig.run_until(first + 60)
+    # One attempt per backoff, as for any refusal: 7 in 60 s, not one per cycle.
+    assert world.promote_calls == [first + k * RETRY_BACKOFF for k in range(7)]
+    verdicts = [e["verdict"] for e in events(logs, "failover_outcome")]
+    assert all("stale epoch" in verdict for verdict in verdicts)
+    assert rig.engine.state.phase is Phase.WATCHING
 
 
 # ---------------------------------------------------------------- verdict log
