@@ -138,6 +138,9 @@ class LeadershipKeeper:
         log.info("leadership_campaign_started", holder=self._lock.holder, every=self._interval)
         try:
             while True:
+                # Cleared before acting: a pause or floor request that arrives during this
+                # round cuts the next sleep short instead of being lost.
+                self._wake.clear()
                 if self._paused:
                     await self._stand_aside()
                 else:
@@ -160,7 +163,6 @@ class LeadershipKeeper:
 
     async def _pause_for_interval(self) -> None:
         """Sleep one interval, or less when a pause, resume or floor request arrives."""
-        self._wake.clear()
         try:
             async with asyncio.timeout(self._interval):
                 await self._wake.wait()

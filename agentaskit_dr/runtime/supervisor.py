@@ -135,7 +135,7 @@ async def run_daemon(config: WatchdogConfig, config_path: Path | None) -> int:
     await parts.controls.refresh()
     record = parts.controls.record
     if record is not None and record.primary is not None:
-        engine.follow_cluster_primary(record.primary.region)
+        engine.follow_cluster_primary(record.primary, record.controls)
     if config.api.listen is not None:
         try:
             await api.start(config.api.listen)

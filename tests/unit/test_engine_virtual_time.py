@@ -29,6 +29,8 @@ from agentaskit_dr.actuators.promote import FenceResult, PromotionRefused, Promo
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import Phase
 from agentaskit_dr.ports import (
+    ClusterControls,
+    ClusterPrimary,
     Lease,
     Observation,
     PostgresObservation,
@@ -515,6 +517,40 @@ async def test_a_stale_epoch_refusal_is_retried_after_the_backoff_never_in_a_hot
     verdicts = [e["verdict"] for e in events(logs, "failover_outcome")]
     assert all("stale epoch" in verdict for verdict in verdicts)
     assert rig.engine.state.phase is Phase.WATCHING
+
+
+@pytest.mark.looptime
+async def test_started_after_a_failover_it_watches_the_recorded_primary_and_fences_the_old_one(
+) -> None:
+    # Failed over to EAST under epoch 5 while this watchdog was down; WEST came back writable.
+    world = World()
+    world.promoted[EAST] = 5
+    rig = Rig(world)
+    failed_over_at = 1_000.0
+    rig.engine.follow_cluster_primary(
+        ClusterPrimary(EAST, epoch=5, run_id="fo-e5", at=failed_over_at),
+        ClusterControls(acked_at=failed_over_at + 60))
+    with capture_logs() as logs:
+        await rig.run_until(60)
+    assert rig.engine.config.primary_region == EAST  # never swapped back to the old primary
+    assert world.fence_calls  # the writable old primary in the standby slot is fenced
+    assert WEST in world.fenced
+    assert rig.engine.state.phase is Phase.WATCHING  # the failover was acknowledged
+    assert not events(logs, "primary_region_changed")
+
+
+@pytest.mark.looptime
+async def test_started_after_an_unacknowledged_failover_it_waits_for_the_ack() -> None:
+    world = World()
+    world.promoted[EAST] = 5
+    rig = Rig(world)
+    rig.engine.follow_cluster_primary(ClusterPrimary(EAST, epoch=5, run_id="fo-e5", at=10.0),
+                                      ClusterControls())
+    await rig.run_until(30)
+    assert rig.engine.config.primary_region == EAST
+    assert rig.engine.state.phase is Phase.FAILED_OVER
+    assert rig.engine.state.failover is not None
+    assert rig.engine.state.failover.epoch == 5
 
 
 # ---------------------------------------------------------------- verdict log
