@@ -192,6 +192,11 @@ class _StaleWatchingPromoter:
             raise
 
 
+def watching_promoter(promoter: Promoter, on_stale: Callable[[], None]) -> Promoter:
+    """``promoter`` (promote and fence) calling ``on_stale`` on a stale epoch."""
+    return _StaleWatchingPromoter(promoter, on_stale)
+
+
 def watching_stale_epochs(hooks: Hooks, on_stale: Callable[[], None]) -> Hooks:
     """``hooks`` whose actuators and promoter call ``on_stale`` when a target refuses our
     epoch as stale (then re-raise, so the run fails and backs off as before)."""
@@ -205,7 +210,7 @@ def watching_stale_epochs(hooks: Hooks, on_stale: Callable[[], None]) -> Hooks:
     make_promoter = hooks.promoter
 
     def promoter(config: WatchdogConfig, from_region: str, to_region: str) -> Promoter:
-        return _StaleWatchingPromoter(make_promoter(config, from_region, to_region), on_stale)
+        return watching_promoter(make_promoter(config, from_region, to_region), on_stale)
 
     return dataclasses.replace(hooks, promoter=promoter, dns=actuator(hooks.dns),
                                scaler=actuator(hooks.scaler),

@@ -33,6 +33,7 @@ from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
 from agentaskit_dr.runtime.epoch_floor import (
     epoch_sources,
     highest_recorded_epoch,
+    watching_promoter,
     watching_stale_epochs,
 )
 from agentaskit_dr.runtime.executor import FailoverExecutor
@@ -214,7 +215,9 @@ def _assemble(
         config,
         config_path=config_path,
         probes=build_probes,
-        promoters=build_promoter,
+        # The fence after a failover too: a stale epoch there asks for the floor.
+        promoters=lambda current: watching_promoter(build_promoter(current),
+                                                    keeper.request_epoch_floor),
         executor=executor,
         runbook=runbook,
         on_config=lambda new: logs.configure(new.logging.level),
