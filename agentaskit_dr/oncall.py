@@ -108,7 +108,9 @@ def run_oncall_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     handler = _HANDLERS[args.oncall]
     try:
-        if args.oncall in _FOLLOW_CLUSTER_PRIMARY:
+        # ``check-primary --recovered`` asks about the region failed over from (failback):
+        # that stays the file's primary.
+        if args.oncall in _FOLLOW_CLUSTER_PRIMARY and not getattr(args, "recovered", False):
             from agentaskit_dr.cluster_cli import following_cluster_primary
 
             config = asyncio.run(following_cluster_primary(config))

@@ -10,6 +10,8 @@ it, in its memory only, and the lock stays taken.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -136,3 +138,40 @@ def test_pause_through_one_watchdog_pauses_both_survives_a_restart_and_resume_ca
     applied = fleet.events(is_event("cluster_control_applied", since=acked_at,
                                     control="Acknowledged"), dogs=[again, east])
     assert len(applied) == 2
+
+
+def test_while_paused_an_operator_fails_over_by_hand_with_the_daemons_running(
+    fleet: WatchdogFleet, redis_server: RedisServer, pg_pair: PostgresPair, tmp_path: Path,
+) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text(TOKEN + "\n")
+    overrides = {"api": {"token_file": str(token_file)}}
+    west, east = fleet.start_pair(overrides)
+    fleet.wait_ready()
+    control(east, "pause", {"reason": "incident: failing over by hand", "by": "alice"})
+    wait_until(lambda: lock_holder(redis_server) is None, 10, what="the lock released",
+               hint=fleet.describe())
+
+    pg_pair.primary.kill()
+    done = subprocess.run(
+        [sys.executable, "-m", "agentaskit_dr", "failover", "--yes", "--config",
+         str(west.config)], capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert pg_pair.replica.sql("SELECT pg_is_in_recovery()") == "f"
+    # The operator acted, not the paused daemons (which kept watching and reporting).
+    assert fleet.events(is_event("failover_decided")) == []
+    assert fleet.events(is_event("verdict", phase="watching"), dogs=[east])
+
+    # The run recorded the new primary; a watchdog started now watches it.
+    fleet.stop(west)
+    again = fleet.start(WEST, name="drill-us-west-2-after", overrides=overrides)
+    fleet.wait_for(is_event("primary_region_from_cluster", cluster=EAST), 20,
+                   what="the new watchdog reading the recorded primary", dogs=[again])
+    wait_until(lambda: status(again)["primary_region"] == EAST, 10,
+               what="the new watchdog watching us-east-1", hint=fleet.describe())
+
+    # Resumed: the watchdogs campaign again.
+    resumed_at = time.time()
+    control(again, "resume", {"by": "alice"})
+    fleet.wait_for(is_event("lock_acquired", since=resumed_at), 15,
+                   what="a watchdog taking the lock after the resume", dogs=[again, east])
