@@ -3,7 +3,11 @@
 ``check-primary [--recovered]``, ``promote``, ``update-dns --target``, ``scale``,
 ``verify-failover``, ``failover [--dry-run] [--yes]``, ``journal show``, ``evidence
 list|show``. A command that changes something takes the leader lock first: while a
-watchdog (or another operator) holds it, the command refuses and names the holder.
+watchdog (or another operator) holds it, the command refuses, names the holder and says
+how to proceed (``agentaskit-dr pause``: every watchdog leaves the lock to operators, or
+``request-failover``). Having taken the lock, it lifts the epoch above every epoch the
+targets recorded, as the daemon's keeper does. After a failover the commands act on the
+cluster's current primary region, as the lock store records it, not the file's.
 
 Exit codes: 0 done (for ``check-primary``: the answer is "yes"), 1 refused or failed (one
 line on stderr), 2 bad input.
@@ -105,6 +109,12 @@ def run_oncall_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     handler = _HANDLERS[args.oncall]
     try:
+        # ``check-primary --recovered`` asks about the region failed over from (failback):
+        # that stays the file's primary.
+        if args.oncall in _FOLLOW_CLUSTER_PRIMARY and not getattr(args, "recovered", False):
+            from agentaskit_dr.cluster_cli import following_cluster_primary
+
+            config = asyncio.run(following_cluster_primary(config))
         if args.oncall == "failover" and not args.dry_run and not args.yes:
             _confirm(config)
         return asyncio.run(handler(config, args))
@@ -117,6 +127,11 @@ def run_oncall_command(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"agentaskit-dr {args.oncall}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+#: The commands that act on (or check) the primary region: they follow the cluster record.
+_FOLLOW_CLUSTER_PRIMARY = frozenset({"check-primary", "promote", "update-dns", "scale",
+                                     "verify-failover", "failover"})
 
 
 def _confirm(config: WatchdogConfig) -> None:
@@ -148,7 +163,12 @@ class _HeldLock:
 @contextlib.asynccontextmanager
 async def held_lock(config: WatchdogConfig) -> AsyncIterator[_HeldLock]:
     """Take the lock as ``<holder>/cli:<user>``; Refused naming the holder if it is taken."""
-    from agentaskit_dr.runtime.supervisor import build_lock
+    from agentaskit_dr.runtime.supervisor import (
+        build_cluster_store,
+        build_journal,
+        build_lock,
+        epoch_floor_reader,
+    )
 
     lock_cfg = config.lock
     holder = f"{config.holder}/cli:{getpass.getuser()}"
@@ -158,9 +178,23 @@ async def held_lock(config: WatchdogConfig) -> AsyncIterator[_HeldLock]:
         if lease is None:
             current = await lock.current()
             who = f"{current[0]} (epoch {current[1]})" if current else "someone (just now)"
-            raise Refused(f"the leader lock is held by {who}; ask the running watchdog "
-                          "(agentaskit-dr request-failover [--dry-run], pause), or stop it "
-                          "first")
+            raise Refused(
+                f"the leader lock is held by {who}. To act step by step while the watchdogs "
+                "run: 'agentaskit-dr pause --reason ...' (every watchdog releases the lock "
+                "and stops campaigning; 'agentaskit-dr resume' afterwards), then run this "
+                "command again; or let the holder run the whole runbook: 'agentaskit-dr "
+                "request-failover'. Never stop the watchdogs for this.")
+        journal = build_journal(config, client=lock.client)
+        cluster = build_cluster_store(config, client=lock.client)
+        floor = await epoch_floor_reader(lambda: config, journal, cluster)()
+        if floor >= lease.epoch:
+            raised = await lock.raise_epoch_floor(lease, floor)
+            if raised is None:
+                raise Refused("the leader lock was taken from us while reading the epoch "
+                              "floor; nothing changed")
+            print(f"epoch raised above {floor}, the highest the targets recorded",
+                  file=sys.stderr)
+            lease = raised
         print(f"lock taken as {holder}, epoch {lease.epoch}", file=sys.stderr)
         held = _HeldLock(lease, lock.verify)
 
@@ -303,17 +337,19 @@ async def _failover(config: WatchdogConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.runtime.executor import FailoverExecutor
     from agentaskit_dr.runtime.runbook import Runbook
     from agentaskit_dr.runtime.runbook_hooks import build_hooks
-    from agentaskit_dr.runtime.supervisor import build_journal
+    from agentaskit_dr.runtime.supervisor import build_cluster_store, build_journal
 
     hooks = build_hooks()
     if args.dry_run:
         return await _dry_run(config, hooks)
     async with held_lock(config) as held:
         journal = build_journal(config)
+        cluster = build_cluster_store(config)
         try:
             executor = FailoverExecutor(held, holder=held.lease.holder, force=args.force)
             runbook = Runbook(journal, executor, hooks, config=lambda: config,
                               clock=time.monotonic)
+            runbook.cluster = cluster
             now = time.monotonic()
             command = StartFailover(condition=None, epoch=held.lease.epoch,
                                     reason=f"manual failover by {getpass.getuser()}",
@@ -321,6 +357,7 @@ async def _failover(config: WatchdogConfig, args: argparse.Namespace) -> int:
             outcome = await runbook.failover(command)
         finally:
             await journal.close()
+            await cluster.close()
     if isinstance(outcome, FailoverRefused):
         raise Refused(f"failover refused: {outcome.reason}")
     print(f"failover: {getattr(outcome, 'detail', outcome)}")

@@ -186,6 +186,79 @@ class LeaderLock(Protocol):
         """Ask the store whether ``lease`` is still ours (the check before each actuation)."""
         ...
 
+    async def raise_epoch_floor(self, lease: Lease, floor: int) -> Lease | None:
+        """Compare-and-set: while ``lease``'s token holds the lock, set the epoch counter to
+        ``max(counter, floor) + 1``, renew the TTL, and return the lease under that new
+        epoch; None if the lock is no longer ours. Raises LockUnavailable.
+
+        How a holder gets above every epoch the targets recorded after the store lost
+        its counter (a Redis restarted empty starts again at 1).
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- the cluster record
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterControls:
+    """The operators' controls, shared by every watchdog of the cluster.
+
+    ``paused_at`` and the times below are wall-clock Unix seconds (they outlive processes).
+    ``ack_generation`` counts acknowledgements: each watchdog applies each one once.
+    """
+
+    paused: bool = False
+    pause_reason: str = ""
+    paused_by: str = ""
+    paused_at: float | None = None
+    ack_generation: int = 0
+    acked_by: str = ""
+    acked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPrimary:
+    """Which region serves as primary now, and the failover (epoch, run) that made it so."""
+
+    region: str
+    epoch: int
+    run_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    """The cluster as the lock store keeps it; ``primary`` None until a failover records it."""
+
+    controls: ClusterControls = field(default_factory=ClusterControls)
+    primary: ClusterPrimary | None = None
+
+
+class ClusterStore(Protocol):
+    """The cluster record next to the leader lock: the controls and the current primary.
+
+    Reads never need a lease and are bounded by the store's socket timeout. Controls are
+    written by operators (through any watchdog's API or the CLI) without a lease: each
+    write is one atomic operation, and ``acknowledge`` increments the generation on the
+    server. ``record_primary`` is compare-and-set: it lands only while ``lease`` holds the
+    lock under its epoch (else ``StaleEpoch``) and never replaces a newer epoch's record.
+    Every call raises ``LockUnavailable`` when the store cannot be reached.
+    """
+
+    async def read(self) -> ClusterRecord: ...
+
+    async def pause(self, *, reason: str, by: str) -> ClusterRecord: ...
+
+    async def resume(self, *, by: str) -> ClusterRecord: ...
+
+    async def acknowledge(self, *, by: str) -> ClusterRecord: ...
+
+    async def record_primary(self, region: str, *, epoch: int, run_id: str,
+                             lease: Lease) -> None: ...
+
     async def close(self) -> None: ...
 
 

@@ -226,6 +226,14 @@ class DeploymentScaler:
         with _logged_refusal(slog, "kube_restore_refused"):
             return await self._restore(epoch, failover_id, slog)
 
+    async def recorded_epoch(self) -> int | None:
+        """The highest ``agentaskit-dr/epoch`` annotation in the namespace; reads only.
+
+        For the keeper's epoch floor after the lock store lost its counter.
+        """
+        epochs = [_Marks.of(deployment).epoch for deployment in await self._list()]
+        return max((epoch for epoch in epochs if epoch is not None), default=None)
+
     async def close(self) -> None:
         """Close the client if this scaler made it from a factory."""
         if self._factory is not None and self._client is not None:

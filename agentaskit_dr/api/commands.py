@@ -10,6 +10,10 @@ For https:// the server's certificate is verified with ``--ca-file``, else
 ``--config``, else the system's CAs; ``--cert-file``/``--key-file`` present a client
 certificate.
 
+Pause, resume and ack belong to the cluster: the watchdog that answers stores them in the
+lock store and every watchdog applies them. When no watchdog answers and ``--config``
+names the lock store, they (and ``status``) go to the lock store directly.
+
 Exit codes: 0 done, 1 the watchdog could not be reached or refused (one line on stderr),
 2 bad input (unreadable config or token file, malformed URL).
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agentaskit_dr.api.client import ApiError
     from agentaskit_dr.config import TlsFile
 
 DEFAULT_URL = "http://127.0.0.1:8787"
@@ -81,9 +86,10 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     helps = {
         "status": "show a watchdog's status",
-        "pause": "pause automatic failover",
-        "resume": "resume automatic failover",
-        "ack": "acknowledge a failover, so the watchdog may fail over again",
+        "pause": "pause the cluster: every watchdog stops acting and leaves the lock to "
+                 "operators",
+        "resume": "resume the cluster: the watchdogs campaign and act again",
+        "ack": "acknowledge a failover on every watchdog, so they may fail over again",
         "request-failover": "ask the watchdog holding the lock to run the failover runbook now",
     }
     parsers = {
@@ -123,8 +129,11 @@ def run_api_command(args: argparse.Namespace) -> int:
         else:
             result = asyncio.run(client.get(path))
     except ApiError as exc:
-        print(f"agentaskit-dr {action}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        fallback = _from_lock_store(action, args, exc)
+        if fallback is None:
+            print(f"agentaskit-dr {action}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        result = fallback
     if action == "status" and args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -132,8 +141,40 @@ def run_api_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_STORE_ACTIONS = ("status", "pause", "resume", "ack")
+
+
+def _from_lock_store(action: str, args: argparse.Namespace,
+                     exc: ApiError) -> dict[str, Any] | None:
+    """When no watchdog answered: the cluster controls read or written in the lock store
+    named by ``--config``; None when that does not apply or fails too (said on stderr)."""
+    if action not in _STORE_ACTIONS or args.config is None or exc.status is not None:
+        return None
+    from agentaskit_dr.cluster_cli import store_control, store_status
+    from agentaskit_dr.config import ConfigError, load_config
+    from agentaskit_dr.ports import LockUnavailable
+
+    print(f"agentaskit-dr {action}: {exc}; using the lock store of {args.config}",
+          file=sys.stderr)
+    try:
+        config = load_config(args.config)
+        if action == "status":
+            return asyncio.run(store_status(config))
+        return asyncio.run(store_control(config, action, getattr(args, "reason", None)))
+    except ConfigError as problem:
+        print(f"agentaskit-dr {action}: {args.config}: invalid configuration: "
+              f"{'; '.join(problem.problems)}", file=sys.stderr)
+    except LockUnavailable as problem:
+        print(f"agentaskit-dr {action}: {problem}", file=sys.stderr)
+    return None
+
+
 def _body(action: str, args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
+    if action in {"pause", "resume", "ack"}:
+        from agentaskit_dr.cluster_cli import operator
+
+        body["by"] = operator()
     if action in {"pause", "request-failover"} and args.reason is not None:
         body["reason"] = args.reason
     if action == "request-failover":

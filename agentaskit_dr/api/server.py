@@ -63,16 +63,16 @@ class Controller(Protocol):
         """The engine loop is making progress."""
         ...
 
-    async def pause(self, reason: str | None) -> dict[str, Any]:
-        """Stop deciding failovers until resumed."""
+    async def pause(self, reason: str | None, by: str | None = None) -> dict[str, Any]:
+        """Pause the cluster (every watchdog): nothing decided or actuated until resumed."""
         ...
 
-    async def resume(self) -> dict[str, Any]:
-        """Undo ``pause``."""
+    async def resume(self, by: str | None = None) -> dict[str, Any]:
+        """Undo ``pause``, for the whole cluster."""
         ...
 
-    async def acknowledge(self) -> dict[str, Any]:
-        """Clear the anti-flap block after a failover."""
+    async def acknowledge(self, by: str | None = None) -> dict[str, Any]:
+        """Clear the anti-flap block after a failover, on every watchdog."""
         ...
 
     async def failover(self, *, dry_run: bool, reason: str | None) -> dict[str, Any]:
@@ -234,17 +234,35 @@ class _Action:
     call: Callable[[Controller, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+def _by(body: Body) -> dict[str, Any]:
+    """Who asked (``by``), passed on only when the client named someone."""
+    by = _text(body, "by")
+    return {} if by is None else {"by": by}
+
+
+def _text(body: Body, name: str) -> str | None:
+    """An optional free-text field (a reason, who asked), capped in length."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _BadRequest(f"{name}: expected a string or null, got {_kind(value)}")
+    if value is not None and len(value) > MAX_REASON_CHARS:
+        raise _BadRequest(f"{name}: longer than {MAX_REASON_CHARS} characters")
+    return value
+
+
 _ACTIONS = {
     "/v1/pause": _Action(
-        "pause", frozenset({"reason"}),
-        lambda body: {"reason": _reason(body)},
+        "pause", frozenset({"reason", "by"}),
+        lambda body: {"reason": _reason(body), **_by(body)},
         lambda controller, params: controller.pause(**params),
     ),
     "/v1/resume": _Action(
-        "resume", frozenset(), lambda _body: {}, lambda controller, _: controller.resume()
+        "resume", frozenset({"by"}), _by,
+        lambda controller, params: controller.resume(**params),
     ),
     "/v1/ack": _Action(
-        "ack", frozenset(), lambda _body: {}, lambda controller, _: controller.acknowledge()
+        "ack", frozenset({"by"}), _by,
+        lambda controller, params: controller.acknowledge(**params),
     ),
     "/v1/failover": _Action(
         "failover", frozenset({"dry_run", "reason"}),
@@ -315,12 +333,7 @@ def _dry_run(body: Body) -> bool:
 
 
 def _reason(body: Body) -> str | None:
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise _BadRequest(f"reason: expected a string or null, got {_kind(reason)}")
-    if reason is not None and len(reason) > MAX_REASON_CHARS:
-        raise _BadRequest(f"reason: longer than {MAX_REASON_CHARS} characters")
-    return reason
+    return _text(body, "reason")
 
 
 def _kind(value: object) -> str:

@@ -312,13 +312,16 @@ def _failover_succeeded(state: WatchState, event: FailoverSucceeded, now: float)
 def _failover_refused(state: WatchState, event: FailoverRefused, now: float) -> Step:
     if state.phase is not Phase.FAILING_OVER:
         return _with_verdict(state, f"ignored a late refusal: {event.reason}")
-    retry_at = now + state.thresholds.retry_backoff if event.retry else None
+    # Every refusal backs off, a stale epoch too: retrying at once would only meet the
+    # same newer epoch again (a hot loop); the keeper raises its epoch floor meanwhile.
+    retry_at = now + state.thresholds.retry_backoff
+    stale = "" if event.retry else " (stale epoch: raising the epoch before the retry)"
     state = replace(
         state,
         phase=Phase.WATCHING,
         failover=None,
         retry_not_before=retry_at,
-        verdict=f"failover refused: {event.reason}",
+        verdict=f"failover refused{stale}: {event.reason}",
     )
     commands: list[Command] = [Alert(Severity.CRITICAL, f"failover refused: {event.reason}")]
     if not event.retry and state.incident_since is not None:

@@ -82,7 +82,11 @@ class FailoverSucceeded:
 
 @dataclass(frozen=True, slots=True)
 class FailoverRefused:
-    """The executor did not fail over; ``retry`` says whether to try again later."""
+    """The executor did not fail over; the core retries after ``retry_backoff``.
+
+    ``retry`` False: a target or the journal refused our epoch as stale (a newer epoch
+    acted); the retry then waits for the keeper to raise the epoch, never loops hot.
+    """
 
     reason: str
     retry: bool = True

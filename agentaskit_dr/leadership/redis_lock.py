@@ -9,10 +9,11 @@ Three keys under ``key_prefix``:
 Each operation is one Lua script, so taking the lock and issuing the epoch, or checking
 the token and extending it, happen atomically on the server.
 
-Production note: the epoch must never go backwards, so the Redis that holds the lock needs
-AOF persistence (``appendonly yes``). A Redis restarted without persistence starts the
-counter again at 1; actuators then refuse the new leader's lower epoch (safe, but stuck
-until an operator intervenes).
+Production note: the epoch must never go backwards, so the Redis that holds the lock should
+have AOF persistence (``appendonly yes``). A Redis restarted without persistence starts the
+counter again at 1; ``raise_epoch_floor`` lets the new holder lift its epoch above every
+epoch the targets recorded (the keeper reads them at each acquisition), so the system does
+not wedge on actuators refusing a lower epoch.
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# KEYS: leader, epoch, info. ARGV: token, floor, ttl_ms.
+_RAISE_FLOOR = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return false
+end
+local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+local epoch = math.max(counter, tonumber(ARGV[2])) + 1
+redis.call('SET', KEYS[2], epoch)
+redis.call('HSET', KEYS[3], 'epoch', epoch)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return epoch
 """
 
 # KEYS: leader, info.
@@ -136,6 +151,7 @@ class RedisLeaderLock:
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._current = self._redis.register_script(_CURRENT)
+        self._raise_floor = self._redis.register_script(_RAISE_FLOOR)
 
     async def acquire(self) -> Lease | None:
         """Take the lock if free: a lease with a new epoch, or None if someone holds it."""
@@ -183,6 +199,26 @@ class RedisLeaderLock:
             log.info("lock_release_not_ours", epoch=lease.epoch, holder=lease.holder)
             return False
         return True
+
+    async def raise_epoch_floor(self, lease: Lease, floor: int) -> Lease | None:
+        """While ``lease`` holds the lock: epoch := max(counter, ``floor``) + 1 and the TTL
+        renewed, in one script; the lease under the new epoch, or None if not ours."""
+        if floor < 0:
+            raise ValueError(f"epoch floor must not be negative, got {floor}")
+        sent = self._now()
+        epoch = await self._call(
+            "raise_epoch_floor",
+            lambda: self._raise_floor(
+                keys=[self._leader_key, self._epoch_key, self._info_key],
+                args=[lease.token, floor, self._ttl_ms],
+            ),
+        )
+        if epoch is None:
+            return None
+        if not isinstance(epoch, int):
+            raise LockUnavailable(
+                f"lock store {self._where} answered raise_epoch_floor with {epoch!r}")
+        return replace(lease, epoch=epoch, safe_until=self._safe(sent))
 
     async def current(self) -> tuple[str, int] | None:
         """``(holder, epoch)`` of whoever holds the lock now; None if it is free."""

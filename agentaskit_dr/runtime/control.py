@@ -1,11 +1,14 @@
 """The engine as the API sees it: status, observations, and the operator's controls.
 
 Every control goes through the engine's queue, so the engine stays the only writer of
-the watch state; the call returns once a cycle has applied it.
+the watch state; the call returns once a cycle has applied it. Pause, resume and ack
+belong to the cluster: they are written to the lock store (``ClusterControlsWatch``) and
+every watchdog applies them; a store that cannot be written refuses the control.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -18,7 +21,10 @@ from agentaskit_dr.core import (
     Phase,
     Resumed,
     StartFailover,
+    Tick,
 )
+from agentaskit_dr.ports import ClusterRecord, LockUnavailable
+from agentaskit_dr.runtime.cluster_controls import ClusterControlsWatch
 from agentaskit_dr.runtime.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -30,11 +36,15 @@ STUCK_AFTER_INTERVALS = 5
 class EngineController:
     """Implements ``api.server.Controller`` on top of a running :class:`Engine`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, controls: ClusterControlsWatch | None = None) -> None:
         self.engine = engine
+        self.controls = controls
 
     def status(self) -> dict[str, Any]:
-        return self.engine.status()
+        status = self.engine.status()
+        if self.controls is not None:
+            status["cluster"] = self.controls.status()
+        return status
 
     def observations(self) -> dict[str, Any]:
         return self.engine.observations()
@@ -52,17 +62,48 @@ class EngineController:
             return False, "no probe has reported yet"
         return True, f"config loaded, {len(engine.latest)} probes reporting"
 
-    async def pause(self, reason: str | None) -> dict[str, Any]:
-        answer = await self.engine.control(Paused(reason or ""))
-        return {"paused": True, "verdict": answer.verdict}
+    async def pause(self, reason: str | None, by: str | None = None) -> dict[str, Any]:
+        controls = self.controls
+        if controls is None:
+            answer = await self.engine.control(Paused(reason or ""))
+            return {"paused": True, "verdict": answer.verdict}
+        verdict = await self._cluster(controls, controls.store.pause(
+            reason=reason or "", by=self._by(by)))
+        return {"paused": True, "verdict": verdict, "cluster": controls.status()}
 
-    async def resume(self) -> dict[str, Any]:
-        answer = await self.engine.control(Resumed())
-        return {"paused": False, "verdict": answer.verdict}
+    async def resume(self, by: str | None = None) -> dict[str, Any]:
+        controls = self.controls
+        if controls is None:
+            answer = await self.engine.control(Resumed())
+            return {"paused": False, "verdict": answer.verdict}
+        verdict = await self._cluster(controls, controls.store.resume(by=self._by(by)))
+        return {"paused": False, "verdict": verdict, "cluster": controls.status()}
 
-    async def acknowledge(self) -> dict[str, Any]:
-        answer = await self.engine.control(Acknowledged())
-        return {"phase": self.engine.state.phase.value, "verdict": answer.verdict}
+    async def acknowledge(self, by: str | None = None) -> dict[str, Any]:
+        controls = self.controls
+        if controls is None:
+            answer = await self.engine.control(Acknowledged())
+            return {"phase": self.engine.state.phase.value, "verdict": answer.verdict}
+        verdict = await self._cluster(controls, controls.store.acknowledge(by=self._by(by)))
+        return {"phase": self.engine.state.phase.value, "verdict": verdict,
+                "cluster": controls.status()}
+
+    async def _cluster(self, controls: ClusterControlsWatch,
+                       write: Awaitable[ClusterRecord]) -> str:
+        """Store the control for the whole cluster, apply it here at once, and answer with
+        the verdict after it (the other watchdogs apply it at their next read)."""
+        try:
+            record = await write
+        except LockUnavailable as exc:
+            raise ControlRefused(f"the lock store cannot be written, nothing changed: {exc}; "
+                                 "retry, or run the command on a machine that reaches the "
+                                 "lock store") from None
+        controls.apply(record)
+        # The queue is FIFO: once this Tick is applied, so are the events before it.
+        return (await self.engine.control(Tick())).verdict
+
+    def _by(self, by: str | None) -> str:
+        return f"{by or 'an operator'} via {self.engine.config.holder}"
 
     async def failover(self, *, dry_run: bool, reason: str | None) -> dict[str, Any]:
         engine = self.engine

@@ -26,6 +26,7 @@ from agentaskit_dr.core import (
     CloseIncident,
     Command,
     Event,
+    FailoverRecord,
     FailoverRefused,
     FenceOldPrimary,
     FenceOwnPrimary,
@@ -43,6 +44,8 @@ from agentaskit_dr.core import (
     transition,
 )
 from agentaskit_dr.ports import (
+    ClusterControls,
+    ClusterPrimary,
     Lease,
     PostgresObservation,
     RegionHealthObservation,
@@ -199,6 +202,31 @@ class Engine:
         )
         self.queue.put_nowait(event)
 
+    def follow_cluster_primary(self, primary: ClusterPrimary, controls: ClusterControls) -> None:
+        """Before the engine runs: watch the region the cluster record names as primary (a
+        failover happened while this watchdog was not running).
+
+        The core also learns of that failover (its epoch), so the old primary, now in the
+        standby slot and not in recovery, is taken for what it is (fenced if writable),
+        never for a standby promoted since, which would swap the topology back. Until an
+        operator acknowledged the failover, the watchdog is in ``failed_over`` like the
+        ones that saw it happen.
+        """
+        region = primary.region
+        if region == self.config.primary_region or region not in self.config.regions:
+            return
+        acknowledged = controls.acked_at is not None and controls.acked_at >= primary.at
+        log.warning("primary_region_from_cluster", file=self.config.primary_region,
+                    cluster=region, epoch=primary.epoch, run_id=primary.run_id,
+                    acknowledged=acknowledged)
+        self.config = self.config.with_primary(region)
+        now = self._clock()
+        record = FailoverRecord(condition=None, epoch=primary.epoch, decided_at=now,
+                                reason=f"recorded by run {primary.run_id} in the cluster "
+                                "record", completed_at=now)
+        phase = Phase.WATCHING if acknowledged else Phase.FAILED_OVER
+        self.state = dataclasses.replace(self.state, failover=record, phase=phase)
+
     def request_reload(self) -> None:
         """Called from the SIGHUP handler: only sets a flag; the loop does the work."""
         self._reload_requested = True
@@ -209,9 +237,14 @@ class Engine:
     async def control(self, event: Event) -> ControlAnswer:
         """Apply an operator's event (pause, resume, ack, failover) at the next cycle;
         returns the verdict after it."""
+        return await self.post(event)
+
+    def post(self, event: Event) -> asyncio.Future[ControlAnswer]:
+        """Queue an operator's event without waiting (the cluster controls, read from the
+        lock store before the engine runs); the future holds the verdict after it."""
         answer: asyncio.Future[ControlAnswer] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Control(event, answer))
-        return await answer
+        return answer
 
     async def run(self) -> None:
         self._start_probes()

@@ -5,6 +5,14 @@ usable only until its ``safe_until``; a timer drops it at that moment even if th
 call is stuck, so a watchdog that cannot renew stops acting at TTL minus the margin.
 While the lock store is unreachable the keeper retries with capped exponential backoff,
 forever, and says so in the log.
+
+Epoch floor: on each acquisition (and when an actuator reported a stale epoch) the keeper
+reads the highest epoch the targets recorded and, if the lock's counter is not above it,
+raises it (``LeaderLock.raise_epoch_floor``) before anyone hears of the lease: a lock
+store that lost its counter never leaves the holder refused by its own targets.
+
+Cluster pause: while the cluster is paused the keeper holds no lock and does not
+campaign, so operators' step-by-step commands can take it; it campaigns again on resume.
 """
 
 from __future__ import annotations
@@ -35,6 +43,12 @@ LeadershipListener = Callable[[Lease | None, str | None], None]
 #: Upper bound on the release at shutdown, so a dead store cannot hold up a stop.
 RELEASE_TIMEOUT = 2.0
 
+#: The highest epoch recorded by any target (``runtime.epoch_floor``); bounded by its sources.
+EpochFloor = Callable[[], Awaitable[int]]
+
+#: What the keeper says of the lock while the cluster is paused and it stands aside.
+PAUSED_HOLDER = "nobody: the cluster is paused (the lock is left to operators)"
+
 
 class LeadershipKeeper:
     """Holds the leader lock while it can, and tells ``on_change`` when that changes.
@@ -50,6 +64,7 @@ class LeadershipKeeper:
         ttl: float,
         on_change: LeadershipListener | None = None,
         clock: Callable[[], float] | None = None,
+        epoch_floor: EpochFloor | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"lock ttl must be positive, got {ttl}")
@@ -65,8 +80,30 @@ class LeadershipKeeper:
         self._lease: Lease | None = None
         self._expiry: asyncio.TimerHandle | None = None
         # What on_change last heard: (token we hold, or None; holder text when not ours).
-        self._published: tuple[str | None, str | None] | None = None
+        self._published: tuple[str | None, int | None, str | None] | None = None
         self._last_epoch: int | None = None
+        self._epoch_floor = epoch_floor
+        self._floor_wanted = False
+        self._paused = False
+        self._wake = asyncio.Event()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def set_paused(self, paused: bool) -> None:
+        """The cluster's pause: stand aside (release, stop campaigning) or campaign again."""
+        if paused == self._paused:
+            return
+        self._paused = paused
+        log.warning("leadership_paused" if paused else "leadership_resumed",
+                    holder=self._lock.holder)
+        self._wake.set()
+
+    def request_epoch_floor(self) -> None:
+        """An actuator refused our epoch as stale: raise the floor at the next tick."""
+        self._floor_wanted = True
+        self._wake.set()
 
     @property
     def lease(self) -> Lease | None:
@@ -101,10 +138,16 @@ class LeadershipKeeper:
         log.info("leadership_campaign_started", holder=self._lock.holder, every=self._interval)
         try:
             while True:
-                async for attempt in self._retrying():
-                    with attempt:
-                        await self._step()
-                await asyncio.sleep(self._interval)
+                # Cleared before acting: a pause or floor request that arrives during this
+                # round cuts the next sleep short instead of being lost.
+                self._wake.clear()
+                if self._paused:
+                    await self._stand_aside()
+                else:
+                    async for attempt in self._retrying():
+                        with attempt:
+                            await self._step()
+                await self._pause_for_interval()
         finally:
             self._cancel_expiry()
             await self._release()
@@ -118,10 +161,35 @@ class LeadershipKeeper:
             reraise=True,
         )
 
+    async def _pause_for_interval(self) -> None:
+        """Sleep one interval, or less when a pause, resume or floor request arrives."""
+        try:
+            async with asyncio.timeout(self._interval):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _stand_aside(self) -> None:
+        """Paused: give the lock up (if ours) and publish that nobody of ours holds it."""
+        if self._lease is not None:
+            await self._release(PAUSED_HOLDER)
+        self._publish(None, PAUSED_HOLDER)
+
     async def _step(self) -> None:
+        if self._paused:
+            return
         lease = self._lease
         if lease is None:
             await self._campaign()
+            return
+        if self._floor_wanted:
+            self._floor_wanted = False
+            raised = await self._raise_floor(lease, always=True)
+            if raised is None:
+                self._forget(lease.token, reason="the store no longer holds our token (floor)")
+                self._publish(None, None)
+                return
+            self._hold(raised)
             return
         renewed = await self._bounded(self._lock.renew(lease))
         if renewed is None:
@@ -144,6 +212,13 @@ class LeadershipKeeper:
         if lease is None:
             self._publish(None, await self._who_holds())
             return
+        self._floor_wanted = False
+        raised = await self._raise_floor(lease, always=False)
+        if raised is None:
+            log.warning("lock_lost", reason="taken from us while reading the epoch floor",
+                        epoch=lease.epoch, holder=lease.holder)
+            return
+        lease = raised
         if self._last_epoch is not None and lease.epoch <= self._last_epoch:
             log.warning(
                 "lock_epoch_went_backwards",
@@ -155,6 +230,29 @@ class LeadershipKeeper:
         self._last_epoch = lease.epoch
         log.info("lock_acquired", epoch=lease.epoch, holder=lease.holder)
         self._hold(lease)
+
+    async def _raise_floor(self, lease: Lease, *, always: bool) -> Lease | None:
+        """``lease``, lifted above every epoch the targets recorded; None if no longer ours.
+
+        A floor that cannot be read in time is logged and skipped: it never blocks
+        leadership (a target then refusing our epoch as stale asks for the floor again).
+        """
+        if self._epoch_floor is None:
+            return lease
+        try:
+            async with asyncio.timeout(self._interval):
+                floor = await self._epoch_floor()
+        except TimeoutError:
+            log.warning("epoch_floor_unread", epoch=lease.epoch,
+                        reason=f"the epoch sources gave no answer within {self._interval:g}s")
+            return lease
+        if floor < lease.epoch and not always:
+            return lease
+        raised = await self._bounded(self._lock.raise_epoch_floor(lease, floor))
+        if raised is not None:
+            log.warning("epoch_floor_raised", floor=floor, old_epoch=lease.epoch,
+                        epoch=raised.epoch, holder=lease.holder)
+        return raised
 
     async def _who_holds(self) -> str | None:
         try:
@@ -198,7 +296,7 @@ class LeadershipKeeper:
         if self._holds(token):
             log.warning("lock_lost", reason=reason, epoch=lease.epoch, holder=lease.holder)
 
-    async def _release(self) -> None:
+    async def _release(self, holder_text: str | None = None) -> None:
         lease, self._lease = self._lease, None
         if lease is None:
             return
@@ -211,14 +309,15 @@ class LeadershipKeeper:
             # Otherwise the lock already said why (lock_release_failed / _not_ours).
             if released:
                 log.info("lock_released", epoch=lease.epoch, holder=lease.holder)
-        self._publish(None, None)
+        self._publish(None, holder_text)
 
     def _holds(self, token: str) -> bool:
         """Whether on_change was last told that we hold the lease with ``token``."""
         return self._published is not None and self._published[0] == token
 
     def _publish(self, lease: Lease | None, holder_text: str | None) -> None:
-        state = (lease.token, None) if lease is not None else (None, holder_text)
+        state = ((lease.token, lease.epoch, None) if lease is not None
+                 else (None, None, holder_text))
         if state == self._published:
             return
         self._published = state

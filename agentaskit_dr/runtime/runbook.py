@@ -39,6 +39,7 @@ from agentaskit_dr.core import (
 from agentaskit_dr.ports import (
     ActuationFailed,
     Actuator,
+    ClusterStore,
     Journal,
     JournalEntry,
     Lease,
@@ -181,6 +182,8 @@ class Runbook:
         # from the targets should the journal lose it; and where alerts go (the engine's).
         self._open_run: tuple[str, RunJournal] | None = None
         self.on_alert: Callable[[Alert], None] = lambda _alert: None
+        # Set by the supervisor: where the cluster's current primary region is recorded.
+        self.cluster: ClusterStore | None = None
 
     # ------------------------------------------------------------ the plan
 
@@ -405,6 +408,7 @@ class Runbook:
         # Evidence last, from the complete journal; rewriting it on a resume is harmless.
         run = await self.journal.get(run.run_id) or run
         evidence = self._write_evidence(dataclasses.replace(run, finished="done"), meta, "done")
+        await self._record_primary(run.run_id, meta, lease, required=True)
         await self.journal.finish(run.run_id, "done", lease=lease)
         self.incomplete = False
         self._open_run = None
@@ -462,6 +466,8 @@ class Runbook:
         self._promoted = self._promoted or step.name == PROMOTE
         rlog.info("step_done", step=step.name, changed=outcome.changed, seconds=seconds,
                   detail=outcome.detail)
+        if step.name == PROMOTE:
+            await self._record_primary(ctx.run_id, ctx.meta, lease, required=False)
         self.after_step(step.name)
         return None
 
@@ -480,6 +486,22 @@ class Runbook:
                    detail="pg_promote may still land; the run stays open and its next "
                    "attempt adopts the promotion")
         return FailoverRefused(f"{PROMOTE}: {exc.reason}", retry=True)
+
+    async def _record_primary(self, run_id: str, meta: dict[str, Any], lease: Lease, *,
+                              required: bool) -> None:
+        """Record the promoted region as the cluster's primary (on-call commands and later
+        daemons read it). Right after the promotion a failure is only logged, so DNS and
+        scaling go on; before the run is closed it is ``required`` (the run stays open)."""
+        if self.cluster is None:
+            return
+        try:
+            await self.cluster.record_primary(str(meta["to_region"]), epoch=lease.epoch,
+                                              run_id=run_id, lease=lease)
+        except (LockUnavailable, StaleEpoch) as exc:
+            if required:
+                raise
+            log.error("cluster_primary_not_recorded", run_id=run_id,  # noqa: TRY400
+                      epoch=lease.epoch, reason=str(exc), retry="before the run is closed")
 
     def _entry(self, step: str, status: StepStatus, ctx: RunContext, detail: str,
                data: dict[str, Any] | None = None) -> JournalEntry:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,21 @@ from agentaskit_dr.api.credentials import DaemonCredentials
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.server import ApiServer
 from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.ports import Observation, Probe
 from agentaskit_dr.probes.postgres import PostgresProbe
 from agentaskit_dr.probes.region_health import RegionHealthProbe
+from agentaskit_dr.runtime.cluster_controls import ClusterControlsWatch
 from agentaskit_dr.runtime.control import EngineController
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
+from agentaskit_dr.runtime.epoch_floor import (
+    epoch_sources,
+    highest_recorded_epoch,
+    watching_promoter,
+    watching_stale_epochs,
+)
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
@@ -86,6 +94,32 @@ def build_journal(config: WatchdogConfig, *, client: Redis | None = None) -> Red
                         client=client)
 
 
+def build_cluster_store(config: WatchdogConfig, *,
+                        client: Redis | None = None) -> RedisClusterStore:
+    """The cluster record next to the lock; on the lock's own ``client`` when given."""
+    lock = config.lock
+    return RedisClusterStore(lock.url, key_prefix=lock.key_prefix,
+                             socket_timeout=lock.socket_timeout,
+                             password=lock.password_value(), client=client)
+
+
+def epoch_floor_reader(config: Callable[[], WatchdogConfig], journal: RedisJournal | None,
+                       cluster: RedisClusterStore | None) -> Callable[[], Awaitable[int]]:
+    """The highest epoch the targets of the current config recorded (the keeper's floor).
+
+    Each source gets the probe timeout, and at most a third of the lock TTL (the keeper
+    also bounds the whole read by that).
+    """
+
+    async def read() -> int:
+        current = config()
+        within = min(current.probe.timeout, current.lock.ttl / 3)
+        return await highest_recorded_epoch(
+            epoch_sources(current, journal=journal, cluster=cluster), each_within=within)
+
+    return read
+
+
 async def run_daemon(
     config: WatchdogConfig, config_path: Path | None, credentials: DaemonCredentials
 ) -> int:
@@ -103,6 +137,14 @@ async def run_daemon(
 
     parts = _assemble(config, config_path, loop, credentials)
     lock, keeper, engine, api = parts.lock, parts.keeper, parts.engine, parts.api
+    # The cluster's controls and primary before anything campaigns or probes: a watchdog
+    # started while the cluster is paused starts paused, and after a failover it watches
+    # the region the cluster serves from. Bounded by the store's timeout; a store that
+    # cannot be read is logged and read again every interval.
+    await parts.controls.refresh()
+    record = parts.controls.record
+    if record is not None and record.primary is not None:
+        engine.follow_cluster_primary(record.primary, record.controls)
     if config.api.listen is not None:
         try:
             await api.start(config.api.listen)
@@ -123,6 +165,7 @@ async def run_daemon(
     tasks = [
         asyncio.create_task(engine.run(), name="engine"),
         asyncio.create_task(parts.peers.run(), name="peers"),
+        asyncio.create_task(parts.controls.run(), name="cluster-controls"),
     ]
     if config.role == "watchdog":
         # A witness never takes the lock: it observes and reports, nothing more.
@@ -159,6 +202,7 @@ class _Parts:
     engine: Engine
     peers: PeerPoller
     api: ApiServer
+    controls: ClusterControlsWatch
     alerts: AlertHubs
 
 
@@ -168,18 +212,26 @@ def _assemble(
 ) -> _Parts:
     """The daemon's parts, wired together; nothing started yet."""
     lock = build_lock(config)
-    keeper = LeadershipKeeper(lock, ttl=config.lock.ttl)
+    journal = build_journal(config, client=lock.client)
+    cluster = build_cluster_store(config, client=lock.client)
+    keeper = LeadershipKeeper(lock, ttl=config.lock.ttl, epoch_floor=epoch_floor_reader(
+        lambda: engine.config, journal, cluster))
     executor = FailoverExecutor(
         keeper, holder=config.holder, force=config.promotion.force
     )
     # The runbook reads the engine's config (it follows failovers and reloads) and lag.
-    runbook = Runbook(build_journal(config, client=lock.client), executor, build_hooks(),
+    # A target refusing our epoch as stale makes the keeper raise the epoch floor.
+    runbook = Runbook(journal, executor,
+                      watching_stale_epochs(build_hooks(), keeper.request_epoch_floor),
                       config=lambda: engine.config, clock=loop.time)
+    runbook.cluster = cluster
     engine = Engine(
         config,
         config_path=config_path,
         probes=build_probes,
-        promoters=build_promoter,
+        # The fence after a failover too: a stale epoch there asks for the floor.
+        promoters=lambda current: watching_promoter(build_promoter(current),
+                                                    keeper.request_epoch_floor),
         executor=executor,
         runbook=runbook,
         on_config=lambda new: _reconfigured(alerts, new),
@@ -200,12 +252,17 @@ def _assemble(
     engine.vantages = peers.vantages
     engine.links = peers.links
     engine.metrics = Metrics(clock=loop.time)
-    api = ApiServer(EngineController(engine),
+    controls = ClusterControlsWatch(
+        cluster, post=engine.post,
+        # A witness holds no lock: it follows the controls only for its status.
+        keeper=keeper if config.role == "watchdog" else None,
+        interval=config.probe.interval)
+    api = ApiServer(EngineController(engine, controls),
                     metrics=engine.metrics,
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
                     ssl_context=credentials.server_ssl)
-    return _Parts(lock, keeper, engine, peers, api, alerts)
+    return _Parts(lock, keeper, engine, peers, api, controls, alerts)
 
 
 def _reconfigured(alerts: AlertHubs, config: WatchdogConfig) -> None:

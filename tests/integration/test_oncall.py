@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.sandbox.drill import health_endpoint
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer
+from agentaskit_dr.sandbox.redis import RedisServer, free_port
 from tests.integration.aws import (  # the *_fixture names register the fixtures here
     aws_credentials_fixture,  # noqa: F401
     create_zone,
@@ -163,6 +164,9 @@ async def test_commands_refuse_while_a_watchdog_holds_the_lock_and_name_it(setup
             code, _, err = await cli(setup, *args)
             assert code == 1, args
             assert f"held by watchdog-west (epoch {epoch})" in err, (args, err)
+            # ... and says how to go on while the watchdogs run.
+            assert "agentaskit-dr pause" in err
+            assert "request-failover" in err
     assert await dns_value(setup) == "west-lb.agentaskit.example"
     assert setup.kube.writes() == []
     assert setup.pair.replica.sql("SELECT pg_is_in_recovery()") == "t"
@@ -230,6 +234,41 @@ async def test_failover_dry_run_changes_nothing_then_the_real_run_does_it_all(
     code, out, err = await cli(setup, "evidence", "show", run_id)
     assert code == 0, err
     assert json.loads(out)["run_id"] == run_id
+
+    # The run recorded the cluster's new primary: the commands follow it, not the file.
+    code, out, err = await cli(setup, "check-primary", "--json")
+    assert json.loads(out)["primary_region"] == EAST
+    assert "from the cluster record" in err
+    assert code == 1  # the promoted server in us-east-1 is up: do not fail over
+
+
+async def test_pause_resume_and_ack_go_to_the_lock_store_when_no_watchdog_answers(
+    setup: Setup, tmp_path: Path,
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    common = ("--url", nobody, "--token-file", str(token))
+    code, out, err = await cli(setup, "pause", "--reason", "failing over by hand", *common)
+    assert code == 0, err
+    assert "using the lock store" in err
+    code, out, err = await cli(setup, "status", "--url", nobody)
+    assert code == 0, err
+    assert "failing over by hand" in out
+    store = RedisClusterStore(setup.redis.url)
+    try:
+        controls = (await store.read()).controls
+        assert controls.paused
+        assert controls.paused_by.endswith("(lock store, no watchdog answered)")
+        code, _, err = await cli(setup, "ack", *common)
+        assert code == 0, err
+        code, _, err = await cli(setup, "resume", *common)
+        assert code == 0, err
+        controls = (await store.read()).controls
+    finally:
+        await store.close()
+    assert not controls.paused
+    assert controls.ack_generation == 1
 
 
 async def test_bad_arguments_get_one_line_not_a_traceback(setup: Setup) -> None:

@@ -19,8 +19,12 @@ from agentaskit_dr.api.client import ApiClient, ApiError, render_status
 from agentaskit_dr.api.commands import add_api_commands, run_api_command
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.server import ApiServer, build_app
+from agentaskit_dr.cluster_cli import operator
 from agentaskit_dr.sandbox.redis import free_port
 from tests.unit.test_api_server import TOKEN, FakeController
+
+# Who the CLI says asked: the controls are the cluster's, so the record names the operator.
+OPERATOR = operator()
 
 # ---------------------------------------------------------------- the client
 
@@ -279,7 +283,7 @@ def test_pause_sends_the_reason_with_the_token(
                    "--token-file", str(served.token_file))
 
     assert code == 0
-    assert served.controller.calls == [("pause", {"reason": "DB upgrade"})]
+    assert served.controller.calls == [("pause", {"reason": "DB upgrade", "by": OPERATOR})]
     assert "reason  DB upgrade" in capsys.readouterr().out
 
 
@@ -301,7 +305,7 @@ def test_resume_takes_url_and_token_file_from_the_environment(
     monkeypatch.setenv("AGENTASKIT_DR_API_TOKEN_FILE", str(served.token_file))
 
     assert command("resume") == 0
-    assert served.controller.calls == [("resume", {})]
+    assert served.controller.calls == [("resume", {"by": OPERATOR})]
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
@@ -315,7 +319,7 @@ def test_ack_takes_listen_and_token_file_from_the_config(
     )
 
     assert command("ack", "--config", str(config)) == 0
-    assert served.controller.calls == [("acknowledge", {})]
+    assert served.controller.calls == [("acknowledge", {"by": OPERATOR})]
 
 
 def test_a_refused_token_exits_1_with_one_line(

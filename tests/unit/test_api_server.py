@@ -71,14 +71,14 @@ class FakeController:
             raise ControlRefused(self.refusal)
         return {"action": action, "done": True, **params}
 
-    async def pause(self, reason: str | None) -> dict[str, Any]:
-        return await self._act("pause", reason=reason)
+    async def pause(self, reason: str | None, by: str | None = None) -> dict[str, Any]:
+        return await self._act("pause", reason=reason, **({"by": by} if by else {}))
 
-    async def resume(self) -> dict[str, Any]:
-        return await self._act("resume")
+    async def resume(self, by: str | None = None) -> dict[str, Any]:
+        return await self._act("resume", **({"by": by} if by else {}))
 
-    async def acknowledge(self) -> dict[str, Any]:
-        return await self._act("acknowledge")
+    async def acknowledge(self, by: str | None = None) -> dict[str, Any]:
+        return await self._act("acknowledge", **({"by": by} if by else {}))
 
     async def failover(self, *, dry_run: bool, reason: str | None) -> dict[str, Any]:
         return await self._act("failover", dry_run=dry_run, reason=reason)
@@ -361,8 +361,8 @@ async def test_an_unusable_token_file_refuses_every_token_with_503(
         ("/v1/pause", b"\xff\xfe{}", "body: expected a JSON object"),
         ("/v1/pause", b"[" * 5000 + b"]" * 5000, "body: expected a JSON object"),
         ("/v1/pause", b'{"reason": 5}', "reason: expected a string or null, got a number"),
-        ("/v1/pause", b'{"reason": "x", "until": 3}', "until: unknown field (allowed: reason)"),
-        ("/v1/resume", b'{"reason": "x"}', "reason: unknown field (allowed: none)"),
+        ("/v1/pause", b'{"reason": "x", "until": 3}', "until: unknown field (allowed: by, reason)"),
+        ("/v1/resume", b'{"reason": "x"}', "reason: unknown field (allowed: by)"),
         ("/v1/failover", b'{"dry_run": "yes"}', "dry_run: expected true or false, got a string"),
         ("/v1/failover", b'{"dry_run": 1}', "dry_run: expected true or false, got a number"),
         ("/v1/pause", json.dumps({"reason": "x" * 1001}).encode(), "reason: longer than 1000"),

@@ -35,11 +35,14 @@ from agentaskit_dr.actuators.promote import (
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import Phase
 from agentaskit_dr.ports import (
+    ClusterControls,
+    ClusterPrimary,
     Lease,
     Observation,
     PostgresObservation,
     Probe,
     RegionHealthObservation,
+    StaleEpoch,
     UrlCheck,
 )
 from agentaskit_dr.runtime.control import EngineController
@@ -124,6 +127,7 @@ class World:
         self.region_down: dict[str, Script] = {WEST: never, EAST: never}
         self.promoted: dict[str, int] = {}  # region -> epoch in its marker row
         self.refusals = 0  # how many promotions to refuse before one succeeds
+        self.newer_epoch: int | None = None  # a newer epoch's marker: every promotion is stale
         self.promote_calls: list[float] = []
         self.fenced: set[str] = set()  # regions whose server is read-only
         self.fence_calls: list[float] = []
@@ -241,6 +245,9 @@ class FakePromoter:
         await asyncio.sleep(self.world.promote_takes)
         if not await still_leader():
             raise PromotionRefused("lock lost before pg_promote")
+        if self.world.newer_epoch is not None:
+            raise StaleEpoch(f"the standby follows a primary promoted under newer epoch "
+                             f"{self.world.newer_epoch}")
         if self.world.refusals:
             self.world.refusals -= 1
             raise PromotionRefused("standby lag 20 MiB exceeds promotion.max_lag_bytes 16 MiB")
@@ -519,6 +526,56 @@ async def test_refused_promotion_is_retried_after_the_backoff_until_it_succeeds(
         "standby lag 20 MiB exceeds promotion.max_lag_bytes 16 MiB"
     ] * 2
     assert rig.engine.state.phase is Phase.FAILED_OVER
+
+
+@pytest.mark.looptime
+async def test_a_stale_epoch_refusal_is_retried_after_the_backoff_never_in_a_hot_loop() -> None:
+    world = World()
+    world.db_down[WEST] = from_(10)
+    world.newer_epoch = EPOCH + 2
+    rig = Rig(world)
+    first = 10 + DB_UNREACHABLE + INTERVAL
+    with capture_logs() as logs:
+        await rig.run_until(first + 65)  # the attempt at +60 has its outcome by then
+    # One attempt per backoff, as for any refusal: 7 in 60 s, not one per cycle.
+    assert world.promote_calls == [first + k * RETRY_BACKOFF for k in range(7)]
+    verdicts = [e["verdict"] for e in events(logs, "failover_outcome")]
+    assert all("stale epoch" in verdict for verdict in verdicts)
+    assert rig.engine.state.phase is Phase.WATCHING
+
+
+@pytest.mark.looptime
+async def test_started_after_a_failover_it_watches_the_recorded_primary_and_fences_the_old_one(
+) -> None:
+    # Failed over to EAST under epoch 5 while this watchdog was down; WEST came back writable.
+    world = World()
+    world.promoted[EAST] = 5
+    rig = Rig(world)
+    failed_over_at = 1_000.0
+    rig.engine.follow_cluster_primary(
+        ClusterPrimary(EAST, epoch=5, run_id="fo-e5", at=failed_over_at),
+        ClusterControls(acked_at=failed_over_at + 60))
+    with capture_logs() as logs:
+        await rig.run_until(60)
+    assert rig.engine.config.primary_region == EAST  # never swapped back to the old primary
+    assert world.fence_calls  # the writable old primary in the standby slot is fenced
+    assert WEST in world.fenced
+    assert rig.engine.state.phase is Phase.WATCHING  # the failover was acknowledged
+    assert not events(logs, "primary_region_changed")
+
+
+@pytest.mark.looptime
+async def test_started_after_an_unacknowledged_failover_it_waits_for_the_ack() -> None:
+    world = World()
+    world.promoted[EAST] = 5
+    rig = Rig(world)
+    rig.engine.follow_cluster_primary(ClusterPrimary(EAST, epoch=5, run_id="fo-e5", at=10.0),
+                                      ClusterControls())
+    await rig.run_until(30)
+    assert rig.engine.config.primary_region == EAST
+    assert rig.engine.state.phase is Phase.FAILED_OVER
+    assert rig.engine.state.failover is not None
+    assert rig.engine.state.failover.epoch == 5
 
 
 # ---------------------------------------------------------------- verdict log
