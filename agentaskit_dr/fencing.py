@@ -29,6 +29,8 @@ from agentaskit_dr.actuators.pg_control import (
     write_recovery_config,
 )
 from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.leadership.cluster import RedisClusterStore
+from agentaskit_dr.ports import ClusterPrimary, LockUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -80,11 +82,17 @@ def _conninfo_value(value: str) -> str:
 async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
     """Why ``region``'s server must not run as primary, or None when nothing says so.
 
-    The one seam for "is the cluster's primary in another region?". Today: the other
-    region's server answers, is not in recovery, and carries a fencing-epoch marker
+    The one seam for "is the cluster's primary in another region?". First the cluster
+    record in the lock store: a failover records the region it promoted. Then the other
+    region's server: it answers, is not in recovery, and carries a fencing-epoch marker
     newer than this region's (unknown counts as none) -- it was promoted after this one.
-    A server that does not answer tells nothing: None.
+    A store or server that does not answer tells nothing.
     """
+    recorded = await _recorded_primary(config)
+    if recorded is not None and recorded.region != region:
+        return (f"the cluster record in the lock store says the primary is in "
+                f"{recorded.region} since the failover of epoch {recorded.epoch} "
+                f"(run {recorded.run_id})")
     other = other_region(config, region)
     timeout = config.probe.timeout
     other_dsn = config.regions[other].database.connect_dsn()
@@ -106,6 +114,19 @@ async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
         f"region {other}'s server {describe_dsn(other_dsn)} is a primary promoted under "
         f"epoch {other_epoch} (this region's marker: {local})"
     )
+
+
+async def _recorded_primary(config: WatchdogConfig) -> ClusterPrimary | None:
+    lock = config.lock
+    store = RedisClusterStore(lock.url, key_prefix=lock.key_prefix,
+                              socket_timeout=lock.socket_timeout, password=lock.password_value())
+    try:
+        return (await store.read()).primary
+    except LockUnavailable as exc:
+        log.info("cluster_record_unknown", reason=str(exc))
+        return None
+    finally:
+        await store.close()
 
 
 async def _local_marker(config: WatchdogConfig, region: str) -> int | None:

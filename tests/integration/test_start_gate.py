@@ -20,7 +20,10 @@ import structlog
 import yaml
 
 from agentaskit_dr.actuators.fence import fence_server
+from agentaskit_dr.leadership.cluster import RedisClusterStore
+from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.redis import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +31,13 @@ WEST, EAST = "us-west-2", "us-east-1"
 WRITER_ATTEMPTS = 20
 
 
+#: A lock store that refuses at once: the gate then decides from the servers alone.
+NO_LOCK_STORE = "redis://127.0.0.1:9/0"
+
+
 def write_config(
-    tmp_path: Path, pair: PostgresPair, *, control: bool = True, control_region: str = WEST
+    tmp_path: Path, pair: PostgresPair, *, control: bool = True, control_region: str = WEST,
+    lock_url: str = NO_LOCK_STORE,
 ) -> Path:
     """West runs the primary, east the standby; ``control_region``'s runs on this host."""
     regions: dict[str, dict[str, object]] = {
@@ -50,6 +58,7 @@ def write_config(
         "region": WEST, "primary_region": WEST, "regions": regions,
         "probe": {"interval": "1s", "timeout": "0.5s"},
         "api": {"listen": None},
+        "lock": {"url": lock_url, "ttl": "3s", "socket_timeout": "0.5s"},
     }
     path = tmp_path / "watchdog.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -219,3 +228,26 @@ async def test_unfence_lifts_a_sql_fence_by_hand(tmp_path: Path, pg_pair: Postgr
         "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'"
     ) == "t"
     assert pg_pair.primary.sql("SHOW default_transaction_read_only") == "off"
+
+
+async def test_the_gate_believes_the_cluster_record_when_the_new_primary_is_out_of_reach(
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+) -> None:
+    # The failover recorded east as the cluster's primary; east is now down (or cut off):
+    # its server tells nothing, the lock store's record still does.
+    store = RedisClusterStore(redis_server.url)
+    store_lease = RedisLeaderLock(redis_server.url, holder="east", ttl=3.0)
+    lease = await store_lease.acquire()
+    assert lease is not None
+    await store.record_primary(EAST, epoch=lease.epoch, run_id="fo-east", lease=lease)
+    await store_lease.close()
+    await store.close()
+    pg_pair.primary.kill()
+    pg_pair.replica.kill()
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
+
+    code, _, err = await cli(config, "start-gate")
+
+    assert code == 1, err
+    assert "the cluster record in the lock store says the primary is in us-east-1" in err
+    assert (pg_pair.primary.datadir / "standby.signal").exists()
