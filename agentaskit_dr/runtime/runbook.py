@@ -297,7 +297,10 @@ class Runbook:
                 return self._promoted_but_interrupted(exc)
             log.error("failover_refused", reason=f"journal: {exc}",  # noqa: TRY400
                       epoch=command.epoch)
-            return FailoverRefused(f"journal: {exc}", retry=not isinstance(exc, StaleEpoch))
+            # The journal refuses a lease the lock has moved past (lost, released by a
+            # pause, taken again under a newer epoch): the run stays active and is resumed
+            # by whoever holds the lock next. Not a stale target: it may be retried.
+            return FailoverRefused(f"journal: {exc}", retry=True)
 
     def _incident_for(self, command: StartFailover, run_id: str) -> str:
         """The incident key of this attempt: the first attempt's run id for every retry of
