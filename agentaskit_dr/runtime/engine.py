@@ -21,8 +21,6 @@ from agentaskit_dr.core import (
     Alert as AlertCommand,
 )
 from agentaskit_dr.core import (
-    Assessed,
-    Assessment,
     CloseIncident,
     Command,
     Event,
@@ -34,34 +32,27 @@ from agentaskit_dr.core import (
     Phase,
     SelfFenceFailed,
     Severity,
-    StandbyObserved,
     StartFailover,
     ThresholdsChanged,
     Tick,
     Vantage,
     WatchState,
-    assess,
     transition,
 )
 from agentaskit_dr.ports import (
     ClusterControls,
     ClusterPrimary,
     Lease,
-    PostgresObservation,
     RegionHealthObservation,
 )
-from agentaskit_dr.probes.postgres import replication_lag_bytes
 from agentaskit_dr.runtime.alerts import AlertRouter
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.intake import Intake, VantageSource
 from agentaskit_dr.runtime.old_primary import OldPrimaryStopper
 from agentaskit_dr.runtime.outlook import (
-    IN_RECOVERY,
-    IN_RECOVERY_DETAIL,
     PRIMARY_DB,
     STANDBY_DB,
-    own_vantage,
     probe_summaries,
-    wire_report,
 )
 from agentaskit_dr.runtime.reload import ProbeFactory, reloadable
 from agentaskit_dr.runtime.runbook import Runbook
@@ -106,7 +97,6 @@ class ControlAnswer:
 
 
 QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control | _RunOutcome
-VantageSource = Callable[[], list[Vantage]]
 
 
 class Engine:
@@ -133,24 +123,21 @@ class Engine:
         self.state = WatchState(thresholds=config.core_thresholds())
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue()
         self.generation = 0
-        self.primary_last_lsn: int | None = None
-        self.lag_bytes: int | None = None
         self.cycles = 0
-        self.latest: dict[str, ProbeReport] = {}
         self._scheduler: ProbeScheduler | None = None
         self._reload_requested = False
         self._probes_stale = False
         self._clock = asyncio.get_running_loop().time
         self.vantages: VantageSource = list
         self.links: Callable[[], dict[str, bool]] = dict
-        self.assessment: Assessment | None = None
+        # What the probes saw; it reads the peers through the two callables above, which
+        # the supervisor wires after construction.
+        self.intake = Intake(self._clock, self._peer_vantages, self._peer_links)
         self.last_cycle_at = self._clock()
         self.started = False
         self.metrics: Metrics | None = None
         # Every decided failover runs as a journaled run of the runbook.
         self.runbook = runbook
-        # This watchdog's own unbroken streak of failed primary probes (raw, no quorum).
-        self._own_db_failing_since: float | None = None
         self._resume_due: float | None = None
         self._phase_since = self._clock()
         # The runbook runs beside the loop, never inside a cycle: a 10-minute run must not
@@ -172,13 +159,28 @@ class Engine:
 
     # ------------------------------------------------------------ inputs
 
+    def _peer_vantages(self) -> list[Vantage]:
+        return self.vantages()
+
+    def _peer_links(self) -> dict[str, bool]:
+        return self.links()
+
+    @property
+    def latest(self) -> dict[str, ProbeReport]:
+        """The latest report of each probe of the current topology."""
+        return self.intake.latest
+
+    @property
+    def lag_bytes(self) -> int | None:
+        return self.intake.lag_bytes
+
     @property
     def lag_seconds(self) -> float | None:
-        """Seconds since the standby replayed its last transaction (idle primaries inflate
-        it; ``lag_bytes`` is the sharper RPO estimate)."""
-        standby = self.latest.get(STANDBY_DB)
-        value = getattr(standby.observation, "replay_lag_seconds", None) if standby else None
-        return value if isinstance(value, float) else None
+        return self.intake.lag_seconds
+
+    @property
+    def primary_last_lsn(self) -> int | None:
+        return self.intake.primary_last_lsn
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -342,17 +344,9 @@ class Engine:
         self._start_run(self.runbook.resume(), None)
 
     def _start_failover(self, command: StartFailover) -> None:
-        answering = self._old_primary_answering()
+        answering = self.intake.old_primary_answering(self.config)
         self._start_run(self.runbook.failover(command, self.primary_last_lsn,
                                               old_primary_answering=answering), command)
-
-    def _old_primary_answering(self) -> bool:
-        """Some fresh vantage (this one included) sees the primary database answering, even
-        with an error: the promotion must then wait for a confirmed fence."""
-        others = self.vantages()
-        own = own_vantage(self.config, self.latest, others, self._clock())
-        return any(vantage.view_of(self.config.primary_region).db_reachable
-                   for vantage in (own, *others) if vantage.fresh)
 
     def _start_run(self, run: Coroutine[Any, Any, Event | None],
                    command: StartFailover | None) -> None:
@@ -435,73 +429,11 @@ class Engine:
             return [item.event]
         if isinstance(item, _Wake) or item.generation != self.generation:
             return []
-        self.latest[item.probe] = item
-        observation = item.observation
-        if isinstance(observation, RegionHealthObservation):
-            # The secondary region's health moves no clock, but a failover must not go
-            # into a region that is itself unhealthy: the core holds it.
-            primary = observation.region == self.config.primary_region
-            return [self._assessed(region_evidence=primary)]
-        if item.probe == PRIMARY_DB:
-            if observation.current_lsn is not None:
-                self.primary_last_lsn = observation.current_lsn
-            if not observation.reachable and self._own_db_failing_since is None:
-                self._own_db_failing_since = item.at
-            elif observation.reachable:
-                self._own_db_failing_since = None
-            return [self._assessed(db_evidence=True)]
-        # Only a status actually read says anything about the standby's role: a standby
-        # that refuses the watchdog (or does not answer) is neither ready nor promoted.
-        if item.probe == STANDBY_DB and observation.status_read:
-            self.lag_bytes = replication_lag_bytes(self.primary_last_lsn, observation)
-            return [StandbyObserved(
-                in_recovery=bool(observation.in_recovery),
-                marker_epoch=observation.marker_epoch,
-                writable=observation.writable,
-                detail=observation.target,
-            )]
-        return []
-
-    def _assessed(self, *, db_evidence: bool = False, region_evidence: bool = False) -> Assessed:
-        """Assess own + peer + witness views now that an own probe brought news."""
-        others = self.vantages()
-        own = own_vantage(self.config, self.latest, others, self._clock())
-        assessment = assess(own, others, self.config.primary_region,
-                            failing_since=self._own_db_failing_since,
-                            secondary_region=self.config.secondary_region)
-        if assessment.primary_refusal is not None:
-            report = self.latest.get(PRIMARY_DB)
-            seen = report.observation if report else None
-            words = seen.error if isinstance(seen, PostgresObservation) and seen.error else (
-                IN_RECOVERY_DETAIL if assessment.primary_refusal == IN_RECOVERY else "")
-            assessment = dataclasses.replace(assessment, refusal_detail=words)
-        # The own probe's words (the error, the URLs' tally) end the detail.
-        own_detail = None
-        if db_evidence and assessment.db_failing:
-            report = self.latest.get(PRIMARY_DB)
-            own_detail = getattr(report.observation, "error", None) if report else None
-        elif region_evidence and assessment.region_failing:
-            health = [r.observation for r in self.latest.values()
-                      if isinstance(r.observation, RegionHealthObservation)
-                      and r.observation.region == self.config.primary_region]
-            own_detail = health[0].detail if health else None
-        if own_detail:
-            assessment = dataclasses.replace(assessment,
-                                             detail=f"{assessment.detail}: {own_detail}")
-        self.assessment = assessment
-        return Assessed(
-            assessment,
-            primary_side=self.config.region == self.config.primary_region,
-            db_evidence=db_evidence,
-            region_evidence=region_evidence,
-        )
+        return self.intake.events(self.config, item)
 
     def observations(self) -> dict[str, Any]:
         """The ``GET /v1/observations`` body: this daemon's latest view, for its peers."""
-        now = self._clock()
-        others = self.vantages()
-        own = own_vantage(self.config, self.latest, others, now)
-        return wire_report(self.config, own, self.latest, self.links(), now)
+        return self.intake.observations(self.config)
 
     def _log_verdict(self) -> None:
         state = self.state
@@ -614,10 +546,7 @@ class Engine:
         new_primary = self.config.secondary_region
         log.warning("primary_region_changed", old=self.config.primary_region, new=new_primary)
         self.config = self.config.with_primary(new_primary)
-        self.latest.clear()
-        self._own_db_failing_since = None
-        self.primary_last_lsn = None
-        self.lag_bytes = None
+        self.intake.forget()
         self._probes_stale = True
 
     async def _reload(self) -> None:
