@@ -7,9 +7,8 @@ everything that arrived meanwhile; SIGHUP reloads happen at the top of a cycle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from agentaskit_dr.core import (
     Command,
     Event,
     FailoverRecord,
-    FailoverRefused,
     FenceOldPrimary,
     FenceOwnPrimary,
     LeadershipChanged,
@@ -46,6 +44,7 @@ from agentaskit_dr.ports import (
     RegionHealthObservation,
 )
 from agentaskit_dr.runtime.alerts import AlertRouter
+from agentaskit_dr.runtime.engine_log import log_decision, log_outcome, log_verdict, update_metrics
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
 from agentaskit_dr.runtime.intake import Intake, VantageSource
 from agentaskit_dr.runtime.old_primary import OldPrimaryStopper
@@ -55,6 +54,7 @@ from agentaskit_dr.runtime.outlook import (
     probe_summaries,
 )
 from agentaskit_dr.runtime.reload import ProbeFactory, reloadable
+from agentaskit_dr.runtime.run_driver import RunDriver, RunOutcome, run_alerts
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
 from agentaskit_dr.runtime.status import engine_status
@@ -80,14 +80,6 @@ class _Control:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _RunOutcome:
-    """A runbook task finished: what the core must hear (None: nothing to resume)."""
-
-    event: Event | None
-    command: StartFailover | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class ControlAnswer:
     """What an operator's event did: the verdict right after it, and the commands it
     issued (a manual failover started iff they hold a StartFailover)."""
@@ -96,7 +88,7 @@ class ControlAnswer:
     commands: tuple[Command, ...]
 
 
-QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control | _RunOutcome
+QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control | RunOutcome
 
 
 class Engine:
@@ -138,13 +130,10 @@ class Engine:
         self.metrics: Metrics | None = None
         # Every decided failover runs as a journaled run of the runbook.
         self.runbook = runbook
-        self._resume_due: float | None = None
         self._phase_since = self._clock()
         # The runbook runs beside the loop, never inside a cycle: a 10-minute run must not
         # stall probes, verdicts, /healthz or pause. One run (or resume) at a time.
-        self._run_task: asyncio.Task[None] | None = None
-        # A failover decided while a resume was being driven: started when it ends.
-        self._deferred_failover: StartFailover | None = None
+        self.runs = RunDriver(self.queue.put_nowait)
         # Alerts go to the log and, deduplicated, to the notifiers (the supervisor wires
         # ``alerts.send`` to its notification hub; by default they are only logged).
         self.alerts = AlertRouter(lambda _notification: None, node=config.holder,
@@ -155,7 +144,7 @@ class Engine:
     @property
     def run_in_progress(self) -> bool:
         """A failover run (or a resume of one) is being driven right now."""
-        return self._run_task is not None and not self._run_task.done()
+        return self.runs.in_progress
 
     # ------------------------------------------------------------ inputs
 
@@ -258,20 +247,9 @@ class Engine:
                 items = await self._next_batch()
                 await self._cycle(items)
         finally:
-            await self._stop_run()
+            await self.runs.stop()
             if self._scheduler is not None:
                 await self._scheduler.stop()
-
-    async def _stop_run(self) -> None:
-        """Cancel a run still in progress at shutdown; its journal lets a successor resume."""
-        task = self._run_task
-        if task is None or task.done():
-            return
-        log.warning("run_interrupted_by_stop", detail="the journal keeps the run; it is "
-                    "resumed by this watchdog's next start or by the next lock holder")
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
     async def _next_batch(self) -> list[QueueItem]:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an item that
@@ -290,9 +268,9 @@ class Engine:
         self.cycles += 1
         self.last_cycle_at = self._clock()
         commands: list[Command] = self._apply(Tick())
-        outcomes: list[_RunOutcome] = []
+        outcomes: list[RunOutcome] = []
         for item in items:
-            if isinstance(item, _RunOutcome):
+            if isinstance(item, RunOutcome):
                 outcomes.append(item)
                 continue
             issued: list[Command] = []
@@ -302,13 +280,14 @@ class Engine:
                 if isinstance(event, LeadershipChanged):
                     issued.extend(self._lock_alerts(had_lock, event))
                 if isinstance(event, LeadershipChanged) and event.epoch is not None:
-                    self._resume_due = self._clock()  # a run a predecessor left open?
+                    self.runs.resume_due = self._clock()  # a run a predecessor left open?
             commands.extend(issued)
             # Answered with what its own event did, before later items change the state.
             if isinstance(item, _Control) and not item.answer.done():
                 item.answer.set_result(ControlAnswer(self.state.verdict, tuple(issued)))
-        self._log_verdict()
-        self._update_metrics()
+        log_verdict(self.state, self.config, cycle=self.cycles, lag_bytes=self.lag_bytes)
+        update_metrics(self.metrics, self.state, phase_since=self._phase_since,
+                       lag_bytes=self.lag_bytes, lag_seconds=self.lag_seconds)
         for command in commands:
             await self._execute(command)
         for outcome in outcomes:
@@ -334,80 +313,34 @@ class Engine:
 
     def _resume_if_due(self) -> None:
         """Resume the active run (after taking the lock, or to retry a failed step)."""
-        if self._resume_due is None or self._clock() < self._resume_due:
-            return
-        if self.run_in_progress:
-            return  # asked again when that run's outcome arrives
-        self._resume_due = None
+        due = self.runs.resume_due
+        if due is None or self._clock() < due or self.runs.in_progress:
+            return  # if in progress: asked again when that run's outcome arrives
+        self.runs.resume_due = None
         if self.state.epoch is None or self.state.phase is Phase.FAILING_OVER:
             return
-        self._start_run(self.runbook.resume(), None)
+        self.runs.start(self.runbook.resume(), None)
 
     def _start_failover(self, command: StartFailover) -> None:
         answering = self.intake.old_primary_answering(self.config)
-        self._start_run(self.runbook.failover(command, self.primary_last_lsn,
+        self.runs.start(self.runbook.failover(command, self.primary_last_lsn,
                                               old_primary_answering=answering), command)
 
-    def _start_run(self, run: Coroutine[Any, Any, Event | None],
-                   command: StartFailover | None) -> None:
-        async def drive() -> None:
-            try:
-                event = await run
-            except Exception as exc:  # a bug in a step must not leave the core waiting
-                log.exception("run_crashed", error=f"{type(exc).__name__}: {exc}")
-                event = (FailoverRefused(f"run crashed: {type(exc).__name__}: {exc}")
-                         if command is not None else None)
-            self.queue.put_nowait(_RunOutcome(event, command))
-
-        self._run_task = asyncio.create_task(drive(), name="runbook")
-
-    async def _run_finished(self, outcome: _RunOutcome) -> None:
+    async def _run_finished(self, outcome: RunOutcome) -> None:
         """A run's outcome reaches the core in a cycle of its own, like any other event."""
-        self._run_task = None
+        deferred = self.runs.finished()
         if self.runbook.incomplete:
-            self._resume_due = self._clock() + self.state.thresholds.retry_backoff
+            self.runs.resume_due = self._clock() + self.state.thresholds.retry_backoff
         if outcome.event is not None:
-            for extra in self._apply(outcome.event) + self._run_alerts(outcome.event):
+            alerts = run_alerts(outcome.event, incomplete=self.runbook.incomplete,
+                                verdict=self.state.verdict,
+                                retry_backoff=self.state.thresholds.retry_backoff,
+                                run_alert_open="run" in self.alerts.open_alerts)
+            for extra in self._apply(outcome.event) + alerts:
                 await self._execute(extra)
-            self._log_outcome(outcome.command)
-        deferred, self._deferred_failover = self._deferred_failover, None
+            log_outcome(outcome.command, self.state, self.metrics)
         if deferred is not None and self.state.phase is Phase.FAILING_OVER:
             self._start_failover(deferred)
-
-    def _run_alerts(self, event: Event) -> list[Command]:
-        """A stale epoch and a run left open are alerts; a run that completes clears them."""
-        if isinstance(event, FailoverRefused) and not event.retry:
-            return [AlertCommand(Severity.CRITICAL, f"stale epoch: {event.reason}",
-                                 key="stale_epoch")]
-        if self.runbook.incomplete:
-            return [AlertCommand(Severity.CRITICAL, f"run stuck: {self.state.verdict}; retried "
-                                 f"every {self.state.thresholds.retry_backoff:g}s", key="run")]
-        if "run" in self.alerts.open_alerts:
-            return [AlertCommand(Severity.INFO, "run completed", key="run", resolve=True)]
-        return []
-
-    def _log_outcome(self, command: StartFailover | None) -> None:
-        if command is None:
-            log.warning("run_resume_outcome", phase=self.state.phase.value,
-                        verdict=self.state.verdict)
-            return
-        log.warning("failover_outcome", phase=self.state.phase.value,
-                    verdict=self.state.verdict, epoch=command.epoch)
-        if self.metrics is not None:
-            done = self.state.phase is Phase.FAILED_OVER
-            self.metrics.failover("succeeded" if done else "refused")
-
-    def _update_metrics(self) -> None:
-        metrics = self.metrics
-        if metrics is None:
-            return
-        state = self.state
-        metrics.phase(state.phase.value, self._phase_since)
-        metrics.lock(state.epoch is not None, state.epoch)
-        metrics.replication_lag(self.lag_bytes, self.lag_seconds)
-        if state.assessed is not None:
-            metrics.verdict(state.assessed.value)
-        metrics.paused(state.paused)
 
     def _apply(self, event: Event) -> list[Command]:
         before = self.state.phase
@@ -435,33 +368,16 @@ class Engine:
         """The ``GET /v1/observations`` body: this daemon's latest view, for its peers."""
         return self.intake.observations(self.config)
 
-    def _log_verdict(self) -> None:
-        state = self.state
-        failover = state.failover
-        log.info(
-            "verdict",
-            cycle=self.cycles,
-            phase=state.phase.value,
-            verdict=state.verdict,
-            epoch=state.epoch,
-            lock_holder=state.lock_holder,
-            primary_region=self.config.primary_region,
-            failover_epoch=failover.epoch if failover else None,
-            lag_bytes=self.lag_bytes,
-            assessment=state.assessed.value if state.assessed else None,
-            paused=state.paused or None,
-        )
-
     async def _execute(self, command: Command) -> None:
         if isinstance(command, AlertCommand):
             self.alerts.route(command, epoch=self.state.epoch)
         elif isinstance(command, StartFailover):
-            self._log_decision(command)
-            if self.run_in_progress:
+            log_decision(command, self.state, self.metrics)
+            if self.runs.in_progress:
                 # A resume is driving the active run: this failover starts once it ends
                 # (the runbook finishes an active run before opening a new one).
                 log.warning("failover_waits_for_active_run", epoch=command.epoch)
-                self._deferred_failover = command
+                self.runs.deferred = command
                 return
             self._start_failover(command)
         elif isinstance(command, CloseIncident):
@@ -502,25 +418,6 @@ class Engine:
         log.error("self_fence_failed", reason=command.reason, error=failure)
         for extra in self._apply(SelfFenceFailed(failure)):
             await self._execute(extra)
-
-    def _log_decision(self, command: StartFailover) -> None:
-        if command.condition is None:
-            log.warning("failover_decided", condition="manual", epoch=command.epoch,
-                        reason=command.reason, decided_at=round(command.decided_at, 4))
-            return
-        threshold = self.state.thresholds.for_condition(command.condition)
-        if self.metrics is not None:
-            self.metrics.overshoot(command.decided_at - command.failing_since - threshold)
-        log.warning(
-            "failover_decided",
-            condition=command.condition.value,
-            epoch=command.epoch,
-            reason=command.reason,
-            failing_since=round(command.failing_since, 4),
-            decided_at=round(command.decided_at, 4),
-            threshold=threshold,
-            overshoot=round(command.decided_at - command.failing_since - threshold, 4),
-        )
 
     # ------------------------------------------------------------ probes and topology
 

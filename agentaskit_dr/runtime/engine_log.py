@@ -1,0 +1,78 @@
+"""The engine's log events and metrics, one function each, from the state they describe.
+
+Every cycle logs one ``verdict``; a decision is one ``failover_decided``; a run's outcome
+one ``failover_outcome`` (or ``run_resume_outcome``). The metrics follow the same state.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from agentaskit_dr.api.metrics import Metrics
+from agentaskit_dr.config import WatchdogConfig
+from agentaskit_dr.core import Phase, StartFailover, WatchState
+
+log = structlog.get_logger("agentaskit_dr.runtime.engine")
+
+
+def log_verdict(state: WatchState, config: WatchdogConfig, *, cycle: int,
+                lag_bytes: int | None) -> None:
+    failover = state.failover
+    log.info(
+        "verdict",
+        cycle=cycle,
+        phase=state.phase.value,
+        verdict=state.verdict,
+        epoch=state.epoch,
+        lock_holder=state.lock_holder,
+        primary_region=config.primary_region,
+        failover_epoch=failover.epoch if failover else None,
+        lag_bytes=lag_bytes,
+        assessment=state.assessed.value if state.assessed else None,
+        paused=state.paused or None,
+    )
+
+
+def log_decision(command: StartFailover, state: WatchState, metrics: Metrics | None) -> None:
+    if command.condition is None:
+        log.warning("failover_decided", condition="manual", epoch=command.epoch,
+                    reason=command.reason, decided_at=round(command.decided_at, 4))
+        return
+    threshold = state.thresholds.for_condition(command.condition)
+    overshoot = command.decided_at - command.failing_since - threshold
+    if metrics is not None:
+        metrics.overshoot(overshoot)
+    log.warning(
+        "failover_decided",
+        condition=command.condition.value,
+        epoch=command.epoch,
+        reason=command.reason,
+        failing_since=round(command.failing_since, 4),
+        decided_at=round(command.decided_at, 4),
+        threshold=threshold,
+        overshoot=round(overshoot, 4),
+    )
+
+
+def log_outcome(command: StartFailover | None, state: WatchState,
+                metrics: Metrics | None) -> None:
+    """A run's outcome, once the core applied it (``command`` None: a resume)."""
+    if command is None:
+        log.warning("run_resume_outcome", phase=state.phase.value, verdict=state.verdict)
+        return
+    log.warning("failover_outcome", phase=state.phase.value, verdict=state.verdict,
+                epoch=command.epoch)
+    if metrics is not None:
+        metrics.failover("succeeded" if state.phase is Phase.FAILED_OVER else "refused")
+
+
+def update_metrics(metrics: Metrics | None, state: WatchState, *, phase_since: float,
+                   lag_bytes: int | None, lag_seconds: float | None) -> None:
+    if metrics is None:
+        return
+    metrics.phase(state.phase.value, phase_since)
+    metrics.lock(state.epoch is not None, state.epoch)
+    metrics.replication_lag(lag_bytes, lag_seconds)
+    if state.assessed is not None:
+        metrics.verdict(state.assessed.value)
+    metrics.paused(state.paused)
