@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -56,7 +54,17 @@ from agentaskit_dr.runtime.evidence import (
     write_evidence,
     write_incident_review,
 )
-from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter, new_failover_id
+from agentaskit_dr.runtime.executor import FailoverExecutor, new_failover_id
+from agentaskit_dr.runtime.incidents import IncidentBook
+from agentaskit_dr.runtime.runbook_parts import (
+    Hooks,
+    PlannedStep,
+    RunContext,
+    StepFn,
+    as_float,
+    as_int,
+    jsonable,
+)
 from agentaskit_dr.runtime.runbook_promote import (
     ADOPTS_PROMOTION_OF,
     OLD_PRIMARY_ANSWERING,
@@ -65,6 +73,11 @@ from agentaskit_dr.runtime.runbook_promote import (
 )
 
 log = structlog.get_logger(__name__)
+
+__all__ = [
+    "FAILOVER_KIND", "FAILOVER_PLAN", "PROMOTE", "SCALE_UP", "UPDATE_DNS", "Hooks",
+    "PlannedStep", "RunContext", "Runbook",
+]
 
 FAILOVER_KIND = "failover"
 CHECK_PRIMARY = "check_primary"
@@ -85,61 +98,6 @@ FAILOVER_PLAN = (
 # Up to and including these, a failure refuses the failover: nothing irreversible yet.
 _BEFORE_PROMOTION = frozenset({CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY,
                                PROMOTE})
-
-
-@dataclass(frozen=True, slots=True)
-class RunContext:
-    """What every step of one run knows; ``meta`` is the run's journal header."""
-
-    run_id: str
-    epoch: int
-    lease: Lease
-    meta: dict[str, Any]
-    journal: RunJournal
-
-    @property
-    def from_region(self) -> str:
-        return str(self.meta["from_region"])
-
-    @property
-    def to_region(self) -> str:
-        return str(self.meta["to_region"])
-
-
-StepFn = Callable[[RunContext], Awaitable[StepOutcome]]
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedStep:
-    """One step as planned: ``run`` None means skipped, for ``skip_reason``."""
-
-    name: str
-    target: str
-    run: StepFn | None
-    skip_reason: str = ""
-
-
-@dataclass
-class Hooks:
-    """The effects a run needs, built from the config by the supervisor (tests pass fakes).
-
-    Each factory takes (config, from_region, to_region) and returns an Actuator or None
-    when that part is not configured.
-    """
-
-    promoter: Callable[[WatchdogConfig, str, str], Promoter]
-    check_primary: Callable[[WatchdogConfig, str, str], Awaitable[StepOutcome]]
-    verify_standby: Callable[[WatchdogConfig, str, str, RunJournal], Awaitable[StepOutcome]]
-    dns: Callable[[WatchdogConfig, str, str], Actuator | None] = lambda *_: None
-    scaler: Callable[[WatchdogConfig, str, str], Actuator | None] = lambda *_: None
-    verifier: Callable[[WatchdogConfig, str, str], Actuator | None] = lambda *_: None
-    notify: Callable[[WatchdogConfig, Notification, Sequence[str]], Awaitable[dict[str, bool]]] = (
-        field(default=lambda *_: _nothing_sent())
-    )
-
-
-async def _nothing_sent() -> dict[str, bool]:
-    return {}
 
 
 class Runbook:
@@ -176,8 +134,7 @@ class Runbook:
         self.after_step: Callable[[str], None] = lambda _step: None
         # The incident open for stakeholders: (the core's incident_since, its key), and the
         # opening notifications already sent for it (retries do not send them again).
-        self._incident: tuple[float, str] | None = None
-        self._announced: set[tuple[str, str]] = set()
+        self.incidents = IncidentBook()
         # The run left open after its promotion (run id, journal header), to complete it
         # from the targets should the journal lose it; and where alerts go (the engine's).
         self._open_run: tuple[str, RunJournal] | None = None
@@ -268,7 +225,7 @@ class Runbook:
             now, wall = self.clock(), self.wall_clock()
             run_id = new_failover_id(command.epoch)
             meta = {
-                "incident": self._incident_for(command, run_id),
+                "incident": self.incidents.key_for(command.incident_since, run_id),
                 "from_region": config.primary_region,
                 "to_region": config.secondary_region,
                 "condition": command.condition.value if command.condition else "manual",
@@ -302,32 +259,9 @@ class Runbook:
             # by whoever holds the lock next. Not a stale target: it may be retried.
             return FailoverRefused(f"journal: {exc}", retry=True)
 
-    def _incident_for(self, command: StartFailover, run_id: str) -> str:
-        """The incident key of this attempt: the first attempt's run id for every retry of
-        one incident (kept in memory: a restarted watchdog opens a new one)."""
-        since = command.incident_since
-        if since is not None and self._incident is not None and self._incident[0] == since:
-            return self._incident[1]
-        self._incident = None if since is None else (since, run_id)
-        return run_id
-
     def close_incident(self, reason: str, epoch: int) -> Notification | None:
-        """The resolve of the open incident, ended without a failover; None if none is open.
-
-        The caller dispatches it (every notifier kind): PagerDuty resolves the incident
-        under the same dedup key, Slack and the generic hook hear that it is over.
-        """
-        if self._incident is None:
-            return None
-        key = self._incident[1]
-        self._incident = None
-        self._announced = {entry for entry in self._announced if entry[0] != key}
-        log.warning("incident_closed", incident=key, reason=reason)
-        return Notification(
-            event="failover_abandoned", run_id=key, epoch=epoch, incident=key,
-            summary=f"agentaskit-dr failover incident {key} closed: {reason}",
-            severity="info", resolve=True, details={"reason": reason},
-        )
+        """The resolve of the open incident, ended without a failover (``IncidentBook``)."""
+        return self.incidents.close(reason, epoch)
 
     async def resume(self) -> Event | None:
         """Resume the active run if there is one and we hold the lock; None otherwise."""
@@ -509,7 +443,7 @@ class Runbook:
     def _entry(self, step: str, status: StepStatus, ctx: RunContext, detail: str,
                data: dict[str, Any] | None = None) -> JournalEntry:
         return JournalEntry(step=step, status=status, epoch=ctx.epoch, at=self.wall_clock(),
-                            detail=detail[:2000], data=_jsonable(data or {}))
+                            detail=detail[:2000], data=jsonable(data or {}))
 
     # ------------------------------------------------------------ steps
 
@@ -528,7 +462,7 @@ class Runbook:
                      resolve: bool = False) -> PlannedStep:
         async def run(ctx: RunContext) -> StepOutcome:
             incident = str(ctx.meta.get("incident") or ctx.run_id)
-            if not resolve and (incident, event) in self._announced:
+            if not resolve and self.incidents.announced(incident, event):
                 # A retry of the same incident: the stakeholders already heard it opened.
                 return StepOutcome(False, f"already sent for incident {incident}",
                                    {"incident": incident})
@@ -543,10 +477,7 @@ class Runbook:
                 incident=incident,
             )
             sent = await self.hooks.notify(self.config(), notification, kinds)
-            if not resolve:
-                self._announced.add((incident, event))
-            elif self._incident is not None and self._incident[1] == incident:
-                self._incident = None  # resolved by the run's last notification
+            self.incidents.sent(incident, event, resolve=resolve)
             failed = sorted(name for name, ok in sent.items() if not ok)
             detail = f"{len(sent) - len(failed)}/{len(sent)} delivered"
             if failed:
@@ -569,10 +500,10 @@ class Runbook:
             "old_primary_final_lsn", "standby_replay_lsn", "catch_up_seconds")} if promote else {}
         document = failover_evidence(
             run,
-            detected_at=_float(meta.get("detected_at")),
-            decided_at=_float(meta.get("decided_at")),
-            lag_bytes=lag if isinstance(lag, int) else _int(meta.get("lag_bytes")),
-            lag_seconds=_float(meta.get("lag_seconds")),
+            detected_at=as_float(meta.get("detected_at")),
+            decided_at=as_float(meta.get("decided_at")),
+            lag_bytes=lag if isinstance(lag, int) else as_int(meta.get("lag_bytes")),
+            lag_seconds=as_float(meta.get("lag_seconds")),
             outcome=outcome,
             extra={"failback": "planned" if outcome == "done" else "not needed",
                    "from_region": meta.get("from_region"), "to_region": meta.get("to_region"),
@@ -593,28 +524,3 @@ class Runbook:
         log.info("evidence_written", run_id=run.run_id, path=str(path), review=str(review),
                  rto_seconds=document.get("rto_seconds"), outcome=outcome)
         return str(path)
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    """Only JSON-able values reach the journal; anything else becomes its text."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            out[str(key)] = str(value)
-        elif value is None or isinstance(value, bool | int | float | str):
-            out[str(key)] = value
-        elif isinstance(value, dict):
-            out[str(key)] = _jsonable(value)
-        elif isinstance(value, list | tuple):
-            out[str(key)] = [v if (isinstance(v, bool | int | str) or v is None or (
-                isinstance(v, float) and math.isfinite(v))) else str(v) for v in value]
-        else:
-            out[str(key)] = str(value)
-    return out
