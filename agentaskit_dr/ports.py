@@ -320,6 +320,22 @@ class Actuator(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PeerFence:
+    """What the old primary's own watchdog answered when asked to fence its server before
+    a promotion (``POST /v1/fence-primary``).
+
+    ``confirmed``: True, its server is fenced (stopped for good in control mode); False,
+    its server answers but could not be fenced (no promotion then); None, it tells
+    nothing (no such watchdog configured or heard, it did not answer or refused our
+    credential, or its server is silent to it too).
+    """
+
+    confirmed: bool | None
+    detail: str
+    peer: str | None = None
+
+
 # ---------------------------------------------------------------- journal
 
 

@@ -79,6 +79,11 @@ class Controller(Protocol):
         """Start a manual failover (or only report what it would do); may raise ControlRefused."""
         ...
 
+    async def fence_own_primary(self, *, epoch: int, failover_id: str) -> dict[str, Any]:
+        """A peer's promoter asks this watchdog to fence its own region's primary under
+        ``epoch``: ``{"fenced": bool, "server_answers": bool | None, "detail": str}``."""
+        ...
+
 
 class _BadRequest(Exception):
     """A request body the API cannot accept; the message names the field."""
@@ -116,6 +121,7 @@ def build_app(
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/observations", _observations)
+    app.router.add_post("/v1/fence-primary", _fence_primary)
     app.router.add_get("/metrics", _metrics)
     for path, action in _ACTIONS.items():
         app.router.add_post(path, _control(action))
@@ -213,6 +219,32 @@ async def _status(request: web.Request) -> web.Response:
 async def _observations(request: web.Request) -> web.Response:
     wiring = request.app[_WIRING]
     return wiring.peers.refusal(request) or _json(wiring.controller.observations())
+
+
+async def _fence_primary(request: web.Request) -> web.Response:
+    """A peer's promoter asks this watchdog to fence its own primary before promoting.
+
+    Only a peer may ask (the peer token or a verified client certificate); with no peer
+    credential configured the endpoint is off (403): stopping a primary is not for anyone
+    who can reach the port.
+    """
+    wiring = request.app[_WIRING]
+    if wiring.peers.open:
+        return _error(403, "fence requests need a peer credential: set api.peer_token_file "
+                      "or api.tls.client_ca_file")
+    refused = wiring.peers.refusal(request)
+    if refused is not None:
+        return refused
+    try:
+        body = _body_object(await _read_body(request), frozenset({"epoch", "failover_id"}))
+        epoch = _epoch(body)
+        failover_id = _text(body, "failover_id") or ""
+    except _BadRequest as exc:
+        return _error(400, str(exc))
+    log.warning("fence_requested_by_peer", epoch=epoch, failover_id=failover_id,
+                remote=request.remote)
+    return _json(await wiring.controller.fence_own_primary(epoch=epoch,
+                                                           failover_id=failover_id))
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -323,6 +355,13 @@ def _body_object(raw: bytes, fields: frozenset[str]) -> Body:
         allowed = ", ".join(sorted(fields)) or "none"
         raise _BadRequest(f"{unknown[0]}: unknown field (allowed: {allowed})")
     return body
+
+
+def _epoch(body: Body) -> int:
+    epoch = body.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise _BadRequest(f"epoch: expected a positive integer, got {_kind(epoch)}")
+    return epoch
 
 
 def _dry_run(body: Body) -> bool:

@@ -40,6 +40,9 @@ class EngineController:
         self.engine = engine
         self.controls = controls
 
+    async def fence_own_primary(self, *, epoch: int, failover_id: str) -> dict[str, Any]:
+        return await self.engine.fence_own_primary(epoch=epoch, failover_id=failover_id)
+
     def status(self) -> dict[str, Any]:
         status = self.engine.status()
         if self.controls is not None:

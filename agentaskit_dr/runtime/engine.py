@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from agentaskit_dr.actuators.fence import PromotionRefused, ServerUnreachable
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.config import ConfigError, WatchdogConfig
 from agentaskit_dr.core import (
@@ -396,6 +397,32 @@ class Engine:
             elif "fence" in self.alerts.open_alerts:
                 await self._execute(AlertCommand(Severity.INFO, "old primary fenced",
                                                  key="fence", resolve=True))
+
+    async def fence_own_primary(self, *, epoch: int, failover_id: str) -> dict[str, Any]:
+        """A peer about to promote asks: fence this region's server under ``epoch``.
+
+        Only the watchdog of the region that holds the primary fences (in control mode the
+        server is stopped for good, a frozen one killed); the marker check refuses the
+        server that ``epoch`` promoted. Needs no lock: fencing is the safe direction.
+        """
+        region = self.config.region
+        if self.config.role != "watchdog" or region != self.config.primary_region:
+            return {"fenced": False, "server_answers": None,
+                    "detail": f"{self.config.holder} in {region} does not watch the primary's "
+                              f"region {self.config.primary_region}"}
+        dsn = self.config.regions[region].database.connect_dsn()
+        try:
+            result = await self._promoter_factory(self.config).fence(dsn, epoch=epoch)
+        except ServerUnreachable as exc:
+            answer: dict[str, Any] = {"fenced": False, "server_answers": False,
+                                      "detail": exc.reason}
+        except PromotionRefused as exc:
+            answer = {"fenced": False, "server_answers": True, "detail": exc.reason}
+        else:
+            answer = {"fenced": result.fenced, "server_answers": True, "detail": result.detail}
+        log.critical("fenced_for_peer" if answer["fenced"] else "fence_for_peer_failed",
+                     epoch=epoch, failover_id=failover_id, **answer)
+        return answer
 
     async def _fence_own_primary(self, command: FenceOwnPrimary) -> None:
         """Self-fencing needs no lock: read-only is the safe direction, and the lock store

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentaskit_dr.api.credentials import PeerTokenError, read_peer_tokens
 from agentaskit_dr.core import RegionView, Role, Vantage
+from agentaskit_dr.ports import PeerFence
 
 log = structlog.get_logger(__name__)
 
@@ -206,6 +207,42 @@ class PeerPoller:
         if self._failing.get(label) != reason:
             log.warning(event, peer=label, url=url, reason=reason)
         self._failing[label] = reason
+
+    async def ask_fence(self, region: str, *, epoch: int, failover_id: str,
+                        timeout: float) -> PeerFence:  # noqa: ASYNC109 (a bound per call)
+        """Ask the watchdog heard from ``region`` to fence its own primary before a
+        promotion (``POST /v1/fence-primary``), within ``timeout``; never raises."""
+        now = self.clock()
+        found = [label for label, heard in self._heard.items()
+                 if now - heard.at <= self.stale_after and heard.report.region == region
+                 and heard.report.role == Role.WATCHDOG.value]
+        if not found or self._session is None:
+            return PeerFence(None, f"no watchdog of {region} heard from")
+        label = found[0]
+        url = f"{self.urls[label]}/v1/fence-primary"
+        try:
+            headers = {}
+            if self.peer_token_file is not None:
+                headers["Authorization"] = (
+                    f"Bearer {read_peer_tokens(self.peer_token_file)[0]}")
+            async with asyncio.timeout(timeout), self._session.post(
+                url, json={"epoch": epoch, "failover_id": failover_id}, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                if response.status != 200:
+                    return PeerFence(None, f"HTTP {response.status}: "
+                                     f"{(await response.text())[:200]}", label)
+                answer = await response.json()
+        except (TimeoutError, aiohttp.ClientError, PeerTokenError, ValueError) as exc:
+            return PeerFence(None, f"no answer: {type(exc).__name__}: {exc}"[:300], label)
+        if not isinstance(answer, dict) or not isinstance(answer.get("fenced"), bool):
+            return PeerFence(None, "answer without a 'fenced' flag", label)
+        detail = str(answer.get("detail", ""))[:500]
+        if answer["fenced"]:
+            return PeerFence(True, detail, label)
+        # Its server answers but could not be fenced: no promotion. Silent to it too, or
+        # not the primary's watchdog: nothing learnt.
+        return PeerFence(False if answer.get("server_answers") is True else None, detail, label)
 
     def vantages(self) -> list[Vantage]:
         now = self.clock()

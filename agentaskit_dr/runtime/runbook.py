@@ -486,9 +486,25 @@ class Runbook:
         return PlannedStep(name, target, run)
 
     async def _promote(self, ctx: RunContext) -> StepOutcome:
-        promoter = self.hooks.promoter(self.config(), ctx.from_region, ctx.to_region)
-        return await promote_step(self.executor, promoter, epoch=ctx.epoch, run=ctx.journal,
-                                  meta=ctx.meta, wall_clock=self.wall_clock)
+        config = self.config()
+        meta = ctx.meta
+        # The old primary's own watchdog fences its server first, where it can (it may
+        # control that host: a frozen primary is killed, not left to wake up writable).
+        peer = await self.hooks.peer_fence(config, ctx.from_region, ctx.epoch, ctx.run_id)
+        log.info("old_primary_peer_fence", failover_id=ctx.run_id, epoch=ctx.epoch,
+                 peer=peer.peer, confirmed=peer.confirmed, detail=peer.detail)
+        if peer.confirmed is False:
+            raise PromotionRefused(f"fence not confirmed: the old primary's own watchdog "
+                                   f"({peer.peer}) could not fence it: {peer.detail}")
+        if peer.confirmed:
+            # Fenced by its own watchdog (stopped, in control mode): what the vantages saw
+            # answering before is that server, now fenced; the promoter fences it again.
+            meta = {**meta, OLD_PRIMARY_ANSWERING: False}
+        promoter = self.hooks.promoter(config, ctx.from_region, ctx.to_region)
+        outcome = await promote_step(self.executor, promoter, epoch=ctx.epoch, run=ctx.journal,
+                                     meta=meta, wall_clock=self.wall_clock)
+        return dataclasses.replace(outcome, data={**outcome.data, "peer_fence": {
+            "peer": peer.peer, "confirmed": peer.confirmed, "detail": peer.detail}})
 
     def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:
         """Write the evidence file and the incident review draft; their paths, or why not."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentaskit_dr.config import WatchdogConfig
-from agentaskit_dr.ports import Actuator, Lease, Notification, RunJournal, StepOutcome
+from agentaskit_dr.ports import Actuator, Lease, Notification, PeerFence, RunJournal, StepOutcome
 from agentaskit_dr.runtime.executor import Promoter
 
 
@@ -62,10 +62,18 @@ class Hooks:
     notify: Callable[[WatchdogConfig, Notification, Sequence[str]], Awaitable[dict[str, bool]]] = (
         field(default=lambda *_: _nothing_sent())
     )
+    # Ask the old primary's own watchdog to fence its server before the promotion:
+    # (config, from_region, epoch, run_id). Wired to the peer poller by the supervisor.
+    peer_fence: Callable[[WatchdogConfig, str, int, str], Awaitable[PeerFence]] = field(
+        default=lambda *_: _no_peer())
 
 
 async def _nothing_sent() -> dict[str, bool]:
     return {}
+
+
+async def _no_peer() -> PeerFence:
+    return PeerFence(None, "no peer asked")
 
 
 

@@ -221,9 +221,11 @@ def _assemble(
     )
     # The runbook reads the engine's config (it follows failovers and reloads) and lag.
     # A target refusing our epoch as stale makes the keeper raise the epoch floor.
-    runbook = Runbook(journal, executor,
-                      watching_stale_epochs(build_hooks(), keeper.request_epoch_floor),
-                      config=lambda: engine.config, clock=loop.time)
+    hooks = watching_stale_epochs(build_hooks(), keeper.request_epoch_floor)
+    # Before a promotion, the old primary's own watchdog is asked to fence its server.
+    hooks.peer_fence = lambda current, region, epoch, run_id: peers.ask_fence(
+        region, epoch=epoch, failover_id=run_id, timeout=current.promotion.timeout)
+    runbook = Runbook(journal, executor, hooks, config=lambda: engine.config, clock=loop.time)
     runbook.cluster = cluster
     engine = Engine(
         config,

@@ -83,6 +83,10 @@ class FakeController:
     async def failover(self, *, dry_run: bool, reason: str | None) -> dict[str, Any]:
         return await self._act("failover", dry_run=dry_run, reason=reason)
 
+    async def fence_own_primary(self, *, epoch: int, failover_id: str) -> dict[str, Any]:
+        self.calls.append(("fence_own_primary", {"epoch": epoch, "failover_id": failover_id}))
+        return {"fenced": True, "server_answers": True, "detail": "stopped"}
+
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -473,3 +477,41 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_names_the_field(listen: str) -> None:
     with pytest.raises(ValueError, match=r"api\.listen: expected 'host:port'"):
         parse_listen(listen)
+
+
+# ---------------------------------------------------------------- a peer's fence request
+
+PEER_TOKEN = "peer-token-for-fences"
+
+
+async def test_a_fence_request_needs_a_peer_credential_and_is_off_without_one(
+    controller: FakeController, token_file: Path, tmp_path: Path,
+) -> None:
+    open_app = build_app(controller, metrics=Metrics(), token_file=token_file)
+    async with TestClient(TestServer(open_app)) as open_client:
+        response = await open_client.post("/v1/fence-primary", json={"epoch": 3},
+                                          headers=BEARER)
+        assert response.status == 403
+        assert "need a peer credential" in (await answer(response))["error"]
+    peer_tokens = tmp_path / "peer-token"
+    peer_tokens.write_text(PEER_TOKEN + "\n")
+    app = build_app(controller, metrics=Metrics(), token_file=token_file,
+                    peer_token_file=peer_tokens)
+    async with TestClient(TestServer(app)) as peer_client:
+        # The operator's token is not a peer credential.
+        response = await peer_client.post("/v1/fence-primary", json={"epoch": 3},
+                                          headers=BEARER)
+        assert response.status == 401
+        assert controller.calls == []
+        peer = {"Authorization": f"Bearer {PEER_TOKEN}"}
+        for body, field in (({"epoch": 0}, "epoch"), ({"epoch": "3"}, "epoch"),
+                            ({"epoch": True}, "epoch"), ({"epoch": 3, "x": 1}, "x")):
+            response = await peer_client.post("/v1/fence-primary", json=body, headers=peer)
+            assert response.status == 400
+            assert (await answer(response))["error"].startswith(f"{field}:")
+        assert controller.calls == []
+        response = await peer_client.post("/v1/fence-primary",
+                                          json={"epoch": 3, "failover_id": "fo-1"}, headers=peer)
+        assert response.status == 200
+        assert (await answer(response))["fenced"] is True
+    assert controller.calls == [("fence_own_primary", {"epoch": 3, "failover_id": "fo-1"})]

@@ -34,6 +34,7 @@ from agentaskit_dr.ports import (
     ActuationFailed,
     Lease,
     Notification,
+    PeerFence,
     RunJournal,
     StaleEpoch,
     StepOutcome,
@@ -991,3 +992,58 @@ async def test_a_journal_lost_after_the_promotion_is_an_alert_and_the_run_is_com
     assert wired.world.effects == [*EVERY_EFFECT[:6], *EVERY_EFFECT[5:]]
     assert [(a.key, a.resolve) for a in raised] == [("journal", False), ("journal", True)]
     assert "journal lost after the promotion" in raised[0].message
+
+
+# ---------------------------------------------------------------- the old primary's own watchdog
+
+
+def peer_answers(answer: PeerFence, asked: list[tuple[str, int, str]]) -> Callable[
+    [WatchdogConfig, str, int, str], Awaitable[PeerFence]
+]:
+    async def peer_fence(_config: WatchdogConfig, region: str, epoch: int,
+                         run_id: str) -> PeerFence:
+        asked.append((region, epoch, run_id))
+        return answer
+    return peer_fence
+
+
+async def test_the_old_primarys_watchdog_is_asked_to_fence_before_the_promotion(
+    wired: Rig,
+) -> None:
+    asked: list[tuple[str, int, str]] = []
+    wired.hooks.peer_fence = peer_answers(PeerFence(True, "stopped for good", "peer1"), asked)
+    command = wired.command()
+    outcome = await wired.runbook.failover(command, primary_last_lsn=None,
+                                           old_primary_answering=True)
+
+    assert isinstance(outcome, FailoverSucceeded), outcome
+    (run,) = await wired.journal.recent()
+    assert asked == [(WEST, command.epoch, run.run_id)]
+    # Fenced (stopped) by its own watchdog: what the vantages saw answering is now fenced.
+    assert [c["old_primary_answering"] for c in wired.promoter.extra_calls] == [False]
+    promote = [e for e in run.entries if e.step == PROMOTE and e.status is StepStatus.DONE]
+    assert promote[0].data["peer_fence"] == {"peer": "peer1", "confirmed": True,
+                                             "detail": "stopped for good"}
+
+
+async def test_an_old_primary_its_own_watchdog_cannot_fence_is_not_promoted_past(
+    wired: Rig,
+) -> None:
+    wired.hooks.peer_fence = peer_answers(
+        PeerFence(False, "fence target refused the session: too many connections", "peer1"),
+        [])
+    outcome = await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+
+    assert isinstance(outcome, FailoverRefused), outcome
+    assert outcome.retry is True
+    assert "own watchdog (peer1) could not fence it" in outcome.reason
+    assert PROMOTE not in wired.world.effects
+    assert wired.promoter.calls == []
+
+
+async def test_a_watchdog_that_tells_nothing_leaves_the_promoters_own_rules(wired: Rig) -> None:
+    wired.hooks.peer_fence = peer_answers(PeerFence(None, "no watchdog of us-west-2 heard"), [])
+    outcome = await wired.runbook.failover(wired.command(), primary_last_lsn=None,
+                                           old_primary_answering=True)
+    assert isinstance(outcome, FailoverSucceeded), outcome
+    assert [c["old_primary_answering"] for c in wired.promoter.extra_calls] == [True]
