@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from agentaskit_dr import __version__, logs
+from agentaskit_dr.config_cli import load_or_explain, print_problems
 
 if TYPE_CHECKING:
     from agentaskit_dr.api.credentials import DaemonCredentials
@@ -139,28 +140,6 @@ def _drill(
     return run_drill(threshold=threshold, interval=interval, workdir=workdir)
 
 
-def _print_problems(path: Path, problems: Sequence[str]) -> None:
-    print(f"{path}: invalid configuration", file=sys.stderr)
-    for problem in problems:
-        print(f"  - {problem}", file=sys.stderr)
-
-
-def _load(path: Path, loader: Callable[[Path], T]) -> T | None:
-    """The validated file, or None after printing why it cannot be used."""
-    from agentaskit_dr.config import ConfigError
-
-    try:
-        return loader(path)
-    except ConfigError as exc:
-        _print_problems(path, exc.problems)
-    except Exception as exc:  # noqa: BLE001 - the loader's own bug must not print a traceback
-        # The loader promises ConfigError only; anything else is its bug, but the operator
-        # still gets a one-line answer. The message is left out: it may echo a value.
-        _print_problems(path, [f"cannot be validated ({type(exc).__name__}); please report "
-                               "this file's shape as a bug"])
-    return None
-
-
 def _check_config(path: Path, kind: str, *, syntax_only: bool) -> int:
     """Exit 2 on errors (one line each on stderr), else 0; warnings are advice on stderr
     (``path: warning: field: message``) that leave the file usable."""
@@ -180,7 +159,7 @@ def _check_config(path: Path, kind: str, *, syntax_only: bool) -> int:
             return chosen, None
         return chosen, load_config(path)
 
-    loaded = _load(path, validate)
+    loaded = load_or_explain(path, validate)
     if loaded is None:
         return EXIT_USAGE
     valid_kind, config = loaded
@@ -200,7 +179,7 @@ def _credentials(path: Path, config: WatchdogConfig) -> DaemonCredentials | None
     try:
         return load_credentials(config)
     except CredentialError as exc:
-        _print_problems(path, exc.problems)
+        print_problems(path, exc.problems)
     return None
 
 
@@ -211,7 +190,7 @@ def _run(path: Path) -> int:
     from agentaskit_dr.config import load_config
     from agentaskit_dr.runtime.supervisor import run_daemon
 
-    config = _load(path, load_config)
+    config = load_or_explain(path, load_config)
     if config is None:
         return EXIT_USAGE
     credentials = _credentials(path, config)

@@ -47,15 +47,12 @@ def run_fence_command(args: argparse.Namespace) -> int:
     from agentaskit_dr import logs
     from agentaskit_dr.actuators.fence import PromotionRefused
     from agentaskit_dr.actuators.pg_control import ServerControlFailed
-    from agentaskit_dr.config import ConfigError, load_config
+    from agentaskit_dr.config import load_config
+    from agentaskit_dr.config_cli import load_or_explain
 
     name = args.fence_command
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+    config = load_or_explain(args.config, load_config)
+    if config is None:
         return EXIT_USAGE
     region = args.region or config.region
     if region not in config.regions:

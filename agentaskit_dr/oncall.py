@@ -96,16 +96,13 @@ def _percent(text: str) -> int:
 def run_oncall_command(args: argparse.Namespace) -> int:
     """Dispatch one on-call command; every expected failure is one line, never a traceback."""
     from agentaskit_dr import logs
-    from agentaskit_dr.config import ConfigError, load_config
+    from agentaskit_dr.config import load_config
+    from agentaskit_dr.config_cli import load_or_explain
 
     # stdout carries the command's answer; what the actuators log goes to stderr as JSON.
     logs.configure("warning", stream=sys.stderr)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
+    config = load_or_explain(args.config, load_config)
+    if config is None:
         return EXIT_USAGE
     handler = _HANDLERS[args.oncall]
     try:
