@@ -55,13 +55,17 @@ _APPLICATION_NAME = "agentaskit-dr"
 # Client sessions only: walsenders keep streaming to the replica, which is what lets it
 # catch up, and background workers hold no client writes. A watchdog that is not a
 # superuser may not signal a superuser's session (PostgreSQL refuses the whole query).
-_TERMINATE_CLIENTS = """
-SELECT coalesce(array_agg(a.pid) FILTER (WHERE pg_terminate_backend(a.pid)), '{}')
+# Another fencer's session (the same role, our application name: the old primary's own
+# watchdog and the lock holder fence at once) is left alone: ending it would fail that
+# fence for nothing. The watchdog's role is exempt from the lock-out anyway.
+_TERMINATE_CLIENTS = f"""
+SELECT coalesce(array_agg(a.pid) FILTER (WHERE pg_terminate_backend(a.pid)), '{{}}')
 FROM pg_stat_activity AS a LEFT JOIN pg_roles AS r ON r.oid = a.usesysid
 WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()
+  AND NOT (a.usename = session_user AND a.application_name = '{_APPLICATION_NAME}')
   AND (NOT coalesce(r.rolsuper, false)
        OR (SELECT rolsuper FROM pg_roles WHERE rolname = session_user))
-"""
+"""  # noqa: S608 -- a constant application name, no input
 # Sessions of a locked-out role that passed authentication just before the lock-out
 # committed are not in the first termination's list: each confirmation ends them too.
 _TERMINATE_LOCKED_OUT = """

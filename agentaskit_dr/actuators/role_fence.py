@@ -36,6 +36,7 @@ CREATE TABLE {FENCED_ROLES_TABLE} (
     fenced_at timestamptz NOT NULL DEFAULT now()
 )
 """
+_SERIALIZE = "SELECT pg_advisory_xact_lock(hashtext('agentaskit_dr.fence'))"
 _TIMELINE = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
 _LOGIN_ROLES = """
 SELECT oid, rolname FROM pg_roles
@@ -76,6 +77,9 @@ async def lock_out_roles(conn: asyncpg.Connection, *, epoch: int | None) -> Role
     async with conn.transaction():
         # A fenced server defaults to read-only: this transaction asks for read-write.
         await conn.execute("SET TRANSACTION READ WRITE")
+        # Two fencers of one server at once (its own watchdog and the lock holder) are
+        # normal: one waits for the other, then finds the table and the roles done.
+        await conn.execute(_SERIALIZE)
         await _ensure_table(conn)
         timeline = await conn.fetchval(_TIMELINE)
         for row in await conn.fetch(_LOGIN_ROLES):

@@ -9,6 +9,7 @@ in control mode (server stopped, any restart in recovery), including a SIGSTOPpe
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -268,3 +269,15 @@ def _children(parent: int) -> list[int]:
 
 def _live_processes(pids: list[int]) -> list[int]:
     return [pid for pid in pids if (state := _state(pid)) is not None and state[0] not in "ZX"]
+
+
+async def test_two_fencers_of_one_server_at_once_both_confirm(pg_pair: PostgresPair) -> None:
+    # The old primary's own watchdog and the lock holder fence it at the same moment.
+    primary = pg_pair.primary
+    add_application(primary)
+
+    first, second = await asyncio.gather(fence(primary), fence(primary))
+
+    assert first.fenced, first.detail
+    assert second.fenced, second.detail
+    assert not await new_session_commits(app_dsn(primary), 1)
