@@ -20,10 +20,12 @@ def refusal_alerts(before: str | None, assessment: Assessment) -> list[Command]:
     if now == before:
         return []
     if now is None:
-        return [Alert(Severity.INFO, f"primary no longer refuses the watchdog (was {before})")]
+        return [Alert(Severity.INFO, f"primary no longer refuses the watchdog (was {before})",
+                      key="primary_refuses", resolve=True)]
     words = f" ({assessment.refusal_detail})" if assessment.refusal_detail else ""
     return [Alert(Severity.CRITICAL, f"primary refuses the watchdog: {now}{words}; it "
-                                     "answers, so it is not down and is not failed over")]
+                                     "answers, so it is not down and is not failed over",
+                  key="primary_refuses")]
 
 
 def target_health(state: WatchState, assessment: Assessment) -> tuple[WatchState, list[Command]]:
@@ -33,5 +35,6 @@ def target_health(state: WatchState, assessment: Assessment) -> tuple[WatchState
     commands: list[Command] = []
     if state.target_hold_alerted:
         commands.append(Alert(Severity.INFO, "secondary region healthy again: the failover "
-                                             "is no longer held"))
+                                             "is no longer held", key="failover_held",
+                              resolve=True))
     return replace(state, target_unhealthy=None, target_hold_alerted=False), commands

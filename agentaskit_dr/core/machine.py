@@ -201,7 +201,9 @@ def _decide(state: WatchState, now: float) -> Step:
             state = replace(state, incident_since=None, retry_not_before=None,
                             verdict="no action: the failover incident closed, its condition "
                                     "cleared")
-            return state, [CloseIncident("the condition cleared before a failover succeeded")]
+            return state, [CloseIncident("the condition cleared before a failover succeeded"),
+                           Alert(Severity.INFO, "the failover condition cleared",
+                                 key="failover_refused", resolve=True)]
         if failing:
             parts = "; ".join(_describe(state, c) for c in failing)
             return _with_verdict(state, f"no action: waiting, {parts}{_refusing(state)}")
@@ -226,7 +228,8 @@ def _decide(state: WatchState, now: float) -> Step:
             return state, []
         return replace(state, target_hold_alerted=True), [Alert(
             Severity.CRITICAL, f"holding the failover: {reason}, but the "
-                               f"{state.target_unhealthy}; failing over into it would not help")]
+                               f"{state.target_unhealthy}; failing over into it would not help",
+            key="failover_held")]
     if state.epoch is None:
         holder = state.lock_holder or "nobody reachable"
         return _with_verdict(state, f"no action: {reason}, but the lock is held by {holder}")
@@ -306,7 +309,9 @@ def _failover_succeeded(state: WatchState, event: FailoverSucceeded, now: float)
         incident_since=None,  # the run's last notification resolves it
         verdict=f"failed over under epoch {event.epoch}: {event.detail}".rstrip(": "),
     )
-    return state, [Alert(Severity.CRITICAL, f"failover done under epoch {event.epoch}")]
+    return state, [Alert(Severity.CRITICAL, f"failover done under epoch {event.epoch}"),
+                   Alert(Severity.INFO, "the failover went through", key="failover_refused",
+                         resolve=True)]
 
 
 def _failover_refused(state: WatchState, event: FailoverRefused, now: float) -> Step:
@@ -323,7 +328,8 @@ def _failover_refused(state: WatchState, event: FailoverRefused, now: float) -> 
         retry_not_before=retry_at,
         verdict=f"failover refused{stale}: {event.reason}",
     )
-    commands: list[Command] = [Alert(Severity.CRITICAL, f"failover refused: {event.reason}")]
+    commands: list[Command] = [Alert(Severity.CRITICAL, f"failover refused: {event.reason}",
+                                     key="failover_refused")]
     if not event.retry and state.incident_since is not None:
         state = replace(state, incident_since=None)
         commands.append(CloseIncident(f"refused for good: {event.reason}"))

@@ -348,3 +348,14 @@ def test_a_refusal_that_can_never_succeed_closes_the_incident() -> None:
     state, commands = run([(121.5, FailoverRefused("stale epoch", retry=False))], state)
     assert [c.reason for _, c in closes(commands)] == ["refused for good: stale epoch"]
     assert state.incident_since is None
+
+
+def test_a_refused_failover_is_an_alert_that_the_success_resolves() -> None:
+    state, _ = run(every(1, 0, 121, DB, failing=True))
+    state, refused = run([(121.5, FailoverRefused("fence not confirmed"))], state)
+    state, retried = run([*every(1, 122, 135, DB, failing=True),
+                          (135.5, FailoverSucceeded(epoch=3))], state)
+    opened = [c for _, c in refused if isinstance(c, Alert) and c.key == "failover_refused"]
+    closed = [c for _, c in retried if isinstance(c, Alert) and c.key == "failover_refused"]
+    assert [(a.resolve, "fence not confirmed" in a.message) for a in opened] == [(False, True)]
+    assert [a.resolve for a in closed] == [True]
