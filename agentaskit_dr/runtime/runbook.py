@@ -49,20 +49,14 @@ from agentaskit_dr.ports import (
     StepStatus,
 )
 from agentaskit_dr.runtime import runbook_promote
-from agentaskit_dr.runtime.evidence import (
-    failover_evidence,
-    write_evidence,
-    write_incident_review,
-)
 from agentaskit_dr.runtime.executor import FailoverExecutor, new_failover_id
 from agentaskit_dr.runtime.incidents import IncidentBook
+from agentaskit_dr.runtime.run_evidence import FAILOVER_KIND, write_run_evidence
 from agentaskit_dr.runtime.runbook_parts import (
     Hooks,
     PlannedStep,
     RunContext,
     StepFn,
-    as_float,
-    as_int,
     jsonable,
 )
 from agentaskit_dr.runtime.runbook_promote import (
@@ -79,7 +73,6 @@ __all__ = [
     "PlannedStep", "RunContext", "Runbook",
 ]
 
-FAILOVER_KIND = "failover"
 CHECK_PRIMARY = "check_primary"
 NOTIFY_STARTED = "notify_stakeholders"
 OPEN_INCIDENT = "open_incident"
@@ -508,35 +501,4 @@ class Runbook:
 
     def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:
         """Write the evidence file and the incident review draft; their paths, or why not."""
-        config = self.config()
-        promote = next((e for e in reversed(run.entries)
-                        if e.step == PROMOTE and e.status is StepStatus.DONE), None)
-        lag = promote.data.get("lag_bytes") if promote else None
-        measured = {key: promote.data.get(key) for key in (
-            "old_primary_final_lsn", "standby_replay_lsn", "catch_up_seconds")} if promote else {}
-        document = failover_evidence(
-            run,
-            detected_at=as_float(meta.get("detected_at")),
-            decided_at=as_float(meta.get("decided_at")),
-            lag_bytes=lag if isinstance(lag, int) else as_int(meta.get("lag_bytes")),
-            lag_seconds=as_float(meta.get("lag_seconds")),
-            outcome=outcome,
-            extra={"failback": "planned" if outcome == "done" else "not needed",
-                   "from_region": meta.get("from_region"), "to_region": meta.get("to_region"),
-                   "condition": meta.get("condition"),
-                   # Zero loss shown, not claimed: a fenced old primary's final position
-                   # against the standby's replay at pg_promote.
-                   "promotion": measured},
-        )
-        try:
-            path = write_evidence(config.evidence_dir, FAILOVER_KIND, run.run_id, document)
-            review = write_incident_review(config.evidence_dir, FAILOVER_KIND, run.run_id,
-                                           document)
-        except OSError as exc:
-            # Never lose the failover over a full disk: the journal keeps the timeline.
-            log.error("evidence_not_written", run_id=run.run_id, directory=str(  # noqa: TRY400
-                config.evidence_dir), reason=exc.strerror or str(exc))
-            return f"not written: {exc.strerror or exc}"
-        log.info("evidence_written", run_id=run.run_id, path=str(path), review=str(review),
-                 rto_seconds=document.get("rto_seconds"), outcome=outcome)
-        return str(path)
+        return write_run_evidence(self.config().evidence_dir, run, meta, outcome)
