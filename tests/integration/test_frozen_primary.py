@@ -57,16 +57,20 @@ def test_a_frozen_primary_is_killed_by_its_own_watchdog_before_the_standby_is_pr
         "dsn": primary.dsn,
         "control": {"data_directory": str(primary.datadir), "bin_dir": str(primary.bindir),
                     "os_user": "postgres", "stop_timeout": "3s"}}}}
+    # East holds the lock (it starts alone), so the promoter is across the region line
+    # from the frozen primary and must ask west's watchdog to fence it.
     fleet.start(EAST, overrides=overrides(EAST))
+    fleet.wait_for(is_event("lock_acquired"), 20, what="east holding the lock")
     fleet.start(WEST, overrides=west)
-    fleet.wait_ready()
+    holder = fleet.wait_ready()
+    assert holder.region == f"drill-{EAST}"
     assert primary.proc is not None
     postmaster = primary.proc.pid
 
     primary.pause()  # SIGSTOP: it accepts connections in the kernel and never answers
     done = fleet.wait_for(is_event("pg_promote_done"), THRESHOLD + 30,
                           what="the standby promoted")
-    fenced = fleet.wait_for(is_event("fenced_for_peer"), 1, what="west's fence for east")
+    fenced = fleet.wait_for(is_event("fenced_for_peer"), 5, what="west's fence for east")
 
     assert fenced["watchdog"] == f"drill-{WEST}"
     assert done["watchdog"] == f"drill-{EAST}"
