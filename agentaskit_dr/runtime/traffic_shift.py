@@ -75,6 +75,7 @@ class RegionHealthGate:
 
     def __init__(self, region: str, urls: Sequence[str], *, timeout: float,
                  healthy_fraction: float) -> None:
+        self.healthy_fraction = healthy_fraction
         self._probe = RegionHealthProbe(region, urls, timeout=timeout,
                                         healthy_fraction=healthy_fraction)
 
