@@ -15,7 +15,7 @@ shift-traffic").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 
 #: (serving region, percent to it) -> the switch that sets that split.
 SwitchFor = Callable[[str, int], Route53Switch]
+#: True while this holder still has the lease it runs under.
+StillLeader = Callable[[], Awaitable[bool]]
 ShiftOutcome = Literal["done", "rolled back", "stopped", "rollback failed"]
 
 
@@ -100,7 +102,7 @@ class ShiftStep:
     set_at: str | None = None
     soak_ended_at: str | None = None
     gate: list[GateSample] = field(default_factory=list)
-    outcome: Literal["held", "gate failed", "write failed", "set"] = "set"
+    outcome: Literal["held", "gate failed", "write failed", "lease lost", "set"] = "set"
 
 
 @dataclass(slots=True)
@@ -146,7 +148,7 @@ def refuse_partial_shift(style: str, percent: int) -> None:
 async def shift_traffic_gated(
     switch_for: SwitchFor, gate: HealthGate, *, target: str, other: str, weighted: bool,
     steps: Sequence[int], soak: float, interval: float, epoch: int, run_id: str,
-    rollback_to: Split | None = None,
+    rollback_to: Split | None = None, still_leader: StillLeader | None = None,
 ) -> ShiftRun:
     """Move traffic to ``target`` through ``steps`` (percent), soaking ``soak`` seconds
     after each with ``gate`` checked every ``interval``; see the module docstring.
@@ -157,6 +159,8 @@ async def shift_traffic_gated(
     passes the split its first attempt started from). Steps below the target's current
     share are skipped: a resumed run never moves traffic away again. A record that is not
     weighted is switched at 100 only; the smaller steps are skipped and noted.
+    ``still_leader`` is asked before every write (the rollback too): a lost lease stops
+    the run where it is, outcome "stopped", and writes nothing more.
     """
     before = await _read_split(switch_for(target, 100))
     run = ShiftRun(target=target, other=other, steps_planned=tuple(steps), before=before,
@@ -179,13 +183,17 @@ async def shift_traffic_gated(
         step = ShiftStep(percent=percent, weights=Split(target, percent).weights(other),
                          started_at=_now())
         run.steps.append(step)
+        if still_leader is not None and not await still_leader():
+            step.outcome = "lease lost"
+            return _finish(run, "stopped", f"the leader lease was lost before setting "
+                           f"{percent}% to {target}; nothing more was written", rlog)
         try:
             outcome = await _apply(switch_for(target, percent), epoch, run_id)
         except ActuationFailed as exc:
             step.outcome = "write failed"
             reason = f"setting {percent}% to {target} failed: {exc}"
             return await _roll_back(run, switch_for, restore, reason=reason, epoch=epoch,
-                                      run_id=run_id, rlog=rlog)
+                                    run_id=run_id, rlog=rlog, still_leader=still_leader)
         step.change, step.set_at = _change_record(outcome), _now()
         rlog.info("traffic_shift_step", percent=percent, weights=step.weights,
                   changed=outcome.changed)
@@ -196,7 +204,7 @@ async def shift_traffic_gated(
             reason = (f"health gate failed {len(step.gate)} check(s) into the soak at "
                       f"{percent}% to {target}: {failed.detail}")
             return await _roll_back(run, switch_for, restore, reason=reason, epoch=epoch,
-                                      run_id=run_id, rlog=rlog)
+                                    run_id=run_id, rlog=rlog, still_leader=still_leader)
         step.outcome = "held"
     return _finish(run, "done", None, rlog)
 
@@ -218,11 +226,15 @@ async def _soak(gate: HealthGate, step: ShiftStep, *, soak: float,
 
 async def _roll_back(run: ShiftRun, switch_for: SwitchFor, restore: Split, *, reason: str,
                      epoch: int, run_id: str, rlog: structlog.typing.FilteringBoundLogger,
-                     ) -> ShiftRun:
+                     still_leader: StillLeader | None) -> ShiftRun:
     rlog.warning("traffic_shift_failed", reason=reason)
     back = {"serving": restore.serving, "percent": restore.percent,
             "weights": restore.weights(run.other if restore.serving == run.target
                                        else run.target)}
+    if still_leader is not None and not await still_leader():
+        return _finish(run, "stopped", f"{reason}; the leader lease was lost before rolling "
+                       f"back to {back['weights']}: not rolled back (the new leader decides)",
+                       rlog)
     try:
         outcome = await _apply(switch_for(restore.serving, restore.percent), epoch, run_id)
     except ActuationFailed as exc:
@@ -312,7 +324,7 @@ def health_gate(config: WatchdogConfig, region: str) -> RegionHealthGate:
 
 async def shift_traffic_from_config(
     config: WatchdogConfig, *, target: str, epoch: int, run_id: str,
-    rollback_to: Split | None = None,
+    rollback_to: Split | None = None, still_leader: StillLeader | None = None,
 ) -> ShiftRun:
     """The failback's gated shift to ``target`` with the config's steps, soak and gate."""
     route53 = config.dns.route53
@@ -324,6 +336,6 @@ async def shift_traffic_from_config(
             weighted=route53 is not None and route53.style == "weighted",
             steps=config.failback.shift_steps, soak=config.failback.soak,
             interval=config.probe.interval, epoch=epoch, run_id=run_id,
-            rollback_to=rollback_to)
+            rollback_to=rollback_to, still_leader=still_leader)
     finally:
         await gate.close()

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from agentaskit_dr.actuators.dns_route53 import Route53Switch
+from agentaskit_dr.ports import StaleEpoch
 from agentaskit_dr.runtime.traffic_shift import (
     RegionHealthGate,
     ShiftRefused,
@@ -256,3 +257,64 @@ async def test_records_that_split_traffic_no_known_way_refuse_the_shift(
             run_id="fb-1")
     assert route53_counter.changes == 0
 
+
+
+@pytest.mark.parametrize(("refused", "outcome", "left"), [
+    (1, "rolled back", {EAST: 100, WEST: 0}),  # the 50 % write only
+    (2, "rollback failed", {WEST: 10, EAST: 90}),  # the rollback's write too
+])
+async def test_a_failed_write_rolls_back_to_the_split_before_the_run(
+    route53_counter: Route53Counter, zone_id: str, gate: RegionHealthGate, refused: int,
+    outcome: str, left: dict[str, int],
+) -> None:
+    async def refuse_the_next_writes() -> None:
+        route53_counter.fail_next(403, "AccessDenied", times=refused)
+
+    route53_counter.after_next_change(refuse_the_next_writes)  # once 10 % has landed
+
+    run = await shift_traffic_gated(
+        switches(route53_counter, zone_id), gate, target=WEST, other=EAST, weighted=True,
+        steps=(10, 50, 100), soak=0.1, interval=0.05, epoch=4, run_id="fb-1")
+
+    assert run.outcome == outcome
+    assert run.reason is not None
+    assert run.reason.startswith("setting 50% to us-west-2 failed: ")
+    assert "AccessDenied" in run.reason
+    assert [(s.percent, s.outcome) for s in run.steps] == [(10, "held"), (50, "write failed")]
+    assert await weights(route53_counter, zone_id) == left
+
+
+async def test_a_lost_lease_stops_the_shift_without_writing_more(
+    route53_counter: Route53Counter, zone_id: str, gate: RegionHealthGate
+) -> None:
+    answers = iter([True, False])
+
+    async def still_leader() -> bool:
+        return next(answers)
+
+    run = await shift_traffic_gated(
+        switches(route53_counter, zone_id), gate, target=WEST, other=EAST, weighted=True,
+        steps=(10, 50, 100), soak=0.1, interval=0.05, epoch=4, run_id="fb-1",
+        still_leader=still_leader)
+
+    assert run.outcome == "stopped"
+    assert run.reason is not None
+    assert "lease was lost before setting 50%" in run.reason
+    assert [(s.percent, s.outcome) for s in run.steps] == [(10, "held"), (50, "lease lost")]
+    assert await weights(route53_counter, zone_id) == {WEST: 10, EAST: 90}
+    assert route53_counter.changes == 1
+
+
+async def test_a_newer_epoch_in_the_marker_refuses_and_rolls_nothing_back(
+    route53_counter: Route53Counter, zone_id: str, gate: RegionHealthGate
+) -> None:
+    await upsert(route53_counter.upstream, zone_id, MARKER, "TXT",
+                 '"epoch=9 run=fb-9 serving=us-east-1 weight=100"')
+
+    with pytest.raises(StaleEpoch, match="epoch 9"):
+        await shift_traffic_gated(
+            switches(route53_counter, zone_id), gate, target=WEST, other=EAST,
+            weighted=True, steps=(10, 50, 100), soak=0.1, interval=0.05, epoch=4,
+            run_id="fb-1")
+    assert route53_counter.changes == 0
+    assert await weights(route53_counter, zone_id) == {EAST: 100, WEST: 0}
