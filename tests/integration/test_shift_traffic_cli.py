@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.sandbox.drill import health_endpoint
 from agentaskit_dr.sandbox.redis import RedisServer, free_port
 from tests.integration.aws import (  # the *_fixture names register the fixtures here
@@ -146,4 +147,23 @@ async def test_bad_input_and_no_confirmation_get_one_line(
     assert code == 1
     assert "pass --yes" in err
     assert "Traceback" not in err
+    assert {k: r["Weight"] for k, r in (await cnames(setup)).items()} == {EAST: 100, WEST: 0}
+
+
+async def test_shift_traffic_refuses_while_a_watchdog_holds_the_lock_and_names_it(
+    tmp_path: Path, redis_server: RedisServer, moto_server: str, health: dict[str, str]
+) -> None:
+    setup = await make_setup(tmp_path, redis_server, moto_server, health, style="weighted")
+    lock = RedisLeaderLock(redis_server.url, holder="watchdog-west", ttl=30,
+                           socket_timeout=0.5)
+    lease = await lock.acquire()
+    assert lease is not None
+    try:
+        code, _, err = await cli(setup, "--target=primary", "--percent=10", "--yes")
+    finally:
+        await lock.release(lease)
+        await lock.close()
+
+    assert code == 1
+    assert "held by watchdog-west" in err
     assert {k: r["Weight"] for k, r in (await cnames(setup)).items()} == {EAST: 100, WEST: 0}
