@@ -15,6 +15,7 @@ shift-traffic").
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -259,22 +260,16 @@ def _finish(run: ShiftRun, outcome: ShiftOutcome, reason: str | None,
 async def _read_split(switch: Route53Switch) -> Split:
     try:
         found = await switch.split()
+        if found is None:
+            now = await switch.current()
+            raise ShiftRefused(
+                f"cannot tell how {now['record']} ({now['style']}) splits traffic now: "
+                f"{json.dumps(now['records'], sort_keys=True)} match no split between the "
+                "regions' dns_target values with weights adding up to 100, so a rollback "
+                "would not know where to go back to; fix the records by hand, then shift again")
     finally:
         await switch.close()
-    if found is None:
-        raise ShiftRefused(
-            f"cannot tell how {(await _described(switch))} splits traffic now (a rollback "
-            "would not know where to go back to): fix the records by hand, then shift again")
     return Split(*found)
-
-
-async def _described(switch: Route53Switch) -> str:
-    try:
-        return await switch.describe()
-    except ActuationFailed:
-        return "the service record"
-    finally:
-        await switch.close()
 
 
 async def _apply(switch: Route53Switch, epoch: int, run_id: str) -> StepOutcome:
