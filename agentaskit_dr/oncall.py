@@ -2,12 +2,13 @@
 
 ``check-primary [--recovered]``, ``promote``, ``update-dns --target``, ``scale``,
 ``verify-failover``, ``failover [--dry-run] [--yes]``, ``journal show``, ``evidence
-list|show``. A command that changes something takes the leader lock first: while a
-watchdog (or another operator) holds it, the command refuses, names the holder and says
-how to proceed (``agentaskit-dr pause``: every watchdog leaves the lock to operators, or
-``request-failover``). Having taken the lock, it lifts the epoch above every epoch the
-targets recorded, as the daemon's keeper does. After a failover the commands act on the
-cluster's current primary region, as the lock store records it, not the file's.
+list|show``, and failback's ``shift-traffic`` (``traffic_commands``). A command that
+changes something takes the leader lock first: while a watchdog (or another operator)
+holds it, the command refuses, names the holder and says how to proceed (``agentaskit-dr
+pause``: every watchdog leaves the lock to operators, or ``request-failover``). Having
+taken the lock, it lifts the epoch above every epoch the targets recorded, as the daemon's
+keeper does. After a failover the commands act on the cluster's current primary region,
+as the lock store records it, not the file's (``shift-traffic`` names the file's regions).
 
 Exit codes: 0 done (for ``check-primary``: the answer is "yes"), 1 refused or failed (one
 line on stderr), 2 bad input.
@@ -34,13 +35,14 @@ from agentaskit_dr.ports import (
     LockUnavailable,
     StaleEpoch,
 )
+from agentaskit_dr.traffic_commands import add_shift_traffic, shift_traffic
 
 if TYPE_CHECKING:
     from agentaskit_dr.runtime.runbook import Hooks
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 COMMANDS = ("check-primary", "promote", "update-dns", "scale", "verify-failover", "failover",
-            "journal", "evidence")
+            "journal", "evidence", "shift-traffic")
 
 
 class Refused(Exception):
@@ -81,6 +83,7 @@ def add_oncall_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     evidence = command("evidence", "failover evidence files")
     evidence.add_argument("action", choices=("list", "show"))
     evidence.add_argument("run_id", nargs="?", default=None)
+    add_shift_traffic(command)
 
 
 def _percent(text: str) -> int:
@@ -457,4 +460,5 @@ _HANDLERS: dict[str, Callable[[WatchdogConfig, argparse.Namespace], Coroutine[An
     "failover": _failover,
     "journal": _journal,
     "evidence": _evidence,
+    "shift-traffic": shift_traffic,
 }

@@ -87,6 +87,23 @@ def matches(records: Records, desired: Records) -> bool:
     return all(records.get(set_id) == fields for set_id, fields in desired.items())
 
 
+def split_of(records: Records, targets: Mapping[str, str], style: str) -> tuple[str, int] | None:
+    """Where the records send traffic: (region, its percent), the region with the larger
+    share; None when they match no split between the ``targets`` (normalized values)."""
+    if style == "weighted":
+        weights = {set_id: fields["weight"] for set_id, fields in records.items()
+                   if set_id in targets and fields.get("value") == targets[set_id]
+                   and "weight" in fields}
+        if set(weights) != set(targets) or sum(weights.values()) != 100:
+            return None
+        serving = max(weights, key=lambda region: weights[region])
+        return serving, weights[serving]
+    by_value = {value: region for region, value in targets.items()}
+    fields = records.get("" if style == "simple" else "primary")
+    region = None if fields is None else by_value.get(fields["value"])
+    return None if region is None else (region, 100)
+
+
 def summary(records: Records) -> str:
     if not records:
         return "(no record)"

@@ -44,6 +44,7 @@ from agentaskit_dr.actuators._route53_records import (
     normalize,
     parse_marker,
     rrset_value,
+    split_of,
     summary,
     txt_rrset,
     validate_settings,
@@ -159,6 +160,12 @@ class Route53Switch:
             "serving": None if marker is None else marker.serving,
             "weight": None if marker is None else marker.weight,
         }
+
+    async def split(self) -> tuple[str, int] | None:
+        """Where the record sends traffic now: (region, its percent), the region with the
+        larger share; None when the records match no split between the targets."""
+        records, _ = await self._read_state()
+        return split_of(records, self._targets, self._style)
 
     async def apply(self, *, epoch: int, failover_id: str) -> StepOutcome:
         """Switch the record under ``epoch``; StaleEpoch if the marker carries a newer one."""

@@ -23,6 +23,7 @@ from agentaskit_dr.config._backup import (
 from agentaskit_dr.config._base import redact_url
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
+from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._loader import (
     ConfigError,
     load_backup_config,
@@ -52,6 +53,7 @@ __all__ = [
     "DatabaseConfig",
     "DatabaseControlConfig",
     "EncryptionConfig",
+    "FailbackConfig",
     "LockConfig",
     "LoggingConfig",
     "PeerClientTls",

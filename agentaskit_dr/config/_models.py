@@ -42,6 +42,7 @@ from agentaskit_dr.config._base import (
 )
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration
+from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._sections import (
     ApiConfig,
     DnsConfig,
@@ -329,6 +330,7 @@ class WatchdogConfig(ConfigModel):
     dns: DnsConfig = Field(default_factory=DnsConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     runbook: RunbookConfig = Field(default_factory=RunbookConfig)
+    failback: FailbackConfig = Field(default_factory=FailbackConfig)
     evidence_dir: ConfigPath = Path("/var/lib/agentaskit-dr/evidence")
     """Where failover evidence files and incident review drafts are written."""
 

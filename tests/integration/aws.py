@@ -103,12 +103,14 @@ class Route53Counter:
     on to moto and answers with the error anyway: an answer lost after the change landed.
     ``after_next_change`` runs a callback once the next accepted change has landed.
     ``changes_pending`` makes GetChange answer PENDING, as while Route 53 propagates.
+    ``batches`` keeps the XML body of each accepted change: what one batch carried.
     """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.url = ""
         self.changes = 0
+        self.batches: list[str] = []
         self.failed = 0
         self._failures: list[_Failure] = []
         self._after_change: list[Callable[[], Awaitable[None]]] = []
@@ -165,13 +167,14 @@ class Route53Counter:
     async def _forward(self, request: web.Request, kind: str) -> web.Response:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        sent = await request.read()
         async with self._session.request(
-            request.method, self.upstream + request.path_qs, headers=headers,
-            data=await request.read(),
+            request.method, self.upstream + request.path_qs, headers=headers, data=sent,
         ) as upstream:
             body = await upstream.read()
         if kind == "change" and upstream.status < 300:
             self.changes += 1
+            self.batches.append(sent.decode())
             if self._after_change:
                 await self._after_change.pop(0)()
         return web.Response(
