@@ -1,0 +1,358 @@
+"""A planned, zero-loss switch of the PostgreSQL primary to its streaming standby.
+
+Patroni's graceful demote, done by the watchdog that runs beside the current primary
+(control mode: ``regions.<r>.database.control``):
+
+1. **preflight**: the primary is a primary not promoted under a newer epoch, the standby
+   is in recovery and streaming from it;
+2. **demote**: ``CHECKPOINT`` (so the shutdown checkpoint has little left to write), then
+   ``standby.signal`` + ``primary_conninfo`` (pointing at the standby) into the primary's
+   data directory *before* it stops, so no restart by anyone can come up writable; then a
+   fast stop. A fast shutdown ends client sessions (writes are refused from here on),
+   writes a shutdown checkpoint and keeps its walsenders until the standby has flushed
+   all WAL up to it. ``pg_controldata`` must then say "shut down": its latest checkpoint
+   is the last record the old primary wrote;
+3. **catch up**: the standby must replay past that checkpoint record within
+   ``catch_up_timeout`` (then it holds every commit the old primary acknowledged);
+4. **promote** the standby under the new epoch with the marker row (``PostgresPromoter``,
+   whose fence finds the old primary already stopped and fenced, and whose lag gate at
+   0 bytes re-checks step 3), which also gives LOGIN back to roles a fence locked out;
+5. **rejoin**: the old primary starts with ``standby.signal`` and follows the new
+   timeline without ``pg_rewind``: its WAL ends exactly at the point where the new
+   timeline forked (the shutdown checkpoint the standby replayed). Done when it streams
+   and has replayed the new primary's position read after it started (lag 0).
+
+A failure before ``pg_promote`` was sent (the stop was not clean, the standby did not
+catch up, leadership lost) rolls back: ``standby.signal`` is removed and the old primary
+starts again as the primary, so a refused switchover costs a short write pause, not an
+outage. Once ``pg_promote`` was sent nothing is rolled back (PromotionInDoubt).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from agentaskit_dr.actuators.fence import (
+    PromotionRefused,
+    describe_dsn,
+    read_marker_epoch,
+    session,
+)
+from agentaskit_dr.actuators.pg_control import (
+    ServerControl,
+    ServerControlFailed,
+    remove_standby_signal,
+    stop_server,
+    write_recovery_config,
+)
+from agentaskit_dr.actuators.pg_start import (
+    ControlData,
+    format_lsn,
+    read_control_data,
+    start_server,
+)
+from agentaskit_dr.actuators.promote import PostgresPromoter, PromotionInDoubt
+from agentaskit_dr.actuators.promote_gate import wait_for_replay
+from agentaskit_dr.actuators.switchover_rejoin import wait_streaming
+from agentaskit_dr.ports import StaleEpoch
+
+log = structlog.get_logger(__name__)
+
+_TIMELINE = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+_STANDBY_STATE = """
+SELECT pg_is_in_recovery() AS in_recovery,
+       (SELECT status FROM pg_stat_wal_receiver) AS receiver
+"""
+
+
+class SwitchoverRefused(PromotionRefused):
+    """The switchover did not happen; ``rolled_back`` says the old primary is a primary
+    again (False when it had not been touched yet, or could not be restarted)."""
+
+    def __init__(self, reason: str, *, rolled_back: bool) -> None:
+        super().__init__(reason)
+        self.rolled_back = rolled_back
+
+
+@dataclass(frozen=True)
+class SwitchoverPhases:
+    """Seconds spent in each phase (see the module doc)."""
+
+    preflight: float
+    checkpoint: float
+    stop: float
+    catch_up: float
+    promote: float
+    rejoin: float
+
+
+@dataclass(frozen=True)
+class SwitchoverResult:
+    """What a switchover did, JSON-able with :meth:`as_dict`.
+
+    ``write_unavailable_seconds``: from the start of the stop (the old primary refuses
+    writes from then on) to the new primary's first write (the epoch marker).
+    ``final_lsn``: the old primary's shutdown checkpoint; ``old_timeline`` /
+    ``new_timeline``: before and after. ``rejoined``: the old primary streams from the
+    new one with lag 0 (``rejoin_detail`` says why not otherwise).
+    """
+
+    switchover_id: str
+    epoch: int
+    old_primary: str
+    new_primary: str
+    final_lsn: str
+    old_timeline: int
+    new_timeline: int
+    stopped: str
+    phases: SwitchoverPhases
+    write_unavailable_seconds: float
+    total_seconds: float
+    rejoined: bool
+    rejoin_detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PostgresSwitchover:
+    """Switches the primary at ``primary_dsn`` (controlled here through ``primary_control``)
+    to the standby at ``standby_dsn``; the old primary then follows ``primary_conninfo``
+    (a conninfo for the standby, no password).
+
+    ``io_timeout`` bounds each connect and query; ``catch_up_timeout`` the wait for the
+    standby to replay the shutdown checkpoint; ``promote_timeout`` pg_promote;
+    ``rejoin_timeout`` the old primary's start and its catch-up as a standby.
+    """
+
+    def __init__(
+        self,
+        *,
+        primary_dsn: str,
+        primary_control: ServerControl,
+        standby_dsn: str,
+        primary_conninfo: str,
+        io_timeout: float = 5.0,
+        catch_up_timeout: float = 30.0,
+        promote_timeout: float = 30.0,
+        rejoin_timeout: float = 60.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._primary_dsn = primary_dsn
+        self._control = primary_control
+        self._standby_dsn = standby_dsn
+        self._conninfo = primary_conninfo
+        self._io_timeout = io_timeout
+        self._catch_up_timeout = catch_up_timeout
+        self._promote_timeout = promote_timeout
+        self._rejoin_timeout = rejoin_timeout
+        self._clock = clock or time.monotonic
+
+    async def switch(
+        self,
+        *,
+        epoch: int,
+        holder: str,
+        switchover_id: str,
+        still_leader: Callable[[], Awaitable[bool]],
+    ) -> SwitchoverResult:
+        """Run the switchover under ``epoch``; see the module doc.
+
+        Raises SwitchoverRefused (nothing switched; rolled back when the old primary had
+        been stopped), PromotionInDoubt (pg_promote sent, outcome unknown: nothing is
+        rolled back) or StaleEpoch (a newer epoch acted).
+        """
+        slog = log.bind(switchover_id=switchover_id, epoch=epoch,
+                        old_primary=describe_dsn(self._primary_dsn),
+                        new_primary=describe_dsn(self._standby_dsn))
+        try:
+            return await self._switch(slog, epoch, holder, switchover_id, still_leader)
+        except SwitchoverRefused as exc:
+            slog.error("switchover_refused", reason=exc.reason, rolled_back=exc.rolled_back)
+            raise
+        except PromotionInDoubt as exc:
+            slog.error("switchover_in_doubt", reason=exc.reason)
+            raise
+        except StaleEpoch as exc:
+            slog.error("switchover_stale_epoch", reason=str(exc))
+            raise
+
+    async def _switch(
+        self,
+        slog: FilteringBoundLogger,
+        epoch: int,
+        holder: str,
+        switchover_id: str,
+        still_leader: Callable[[], Awaitable[bool]],
+    ) -> SwitchoverResult:
+        started = self._clock()
+        old_timeline = await self._preflight(epoch)
+        if not await still_leader():
+            raise SwitchoverRefused("lock lost: no longer the leader (before the demote)",
+                                    rolled_back=False)
+        preflight_done = self._clock()
+        slog.info("switchover_started", old_timeline=old_timeline)
+        try:
+            async with session(self._primary_dsn, role="primary",
+                               io_timeout=self._io_timeout) as conn:
+                await conn.execute("CHECKPOINT")
+        except PromotionRefused as exc:
+            raise SwitchoverRefused(f"CHECKPOINT on the primary failed: {exc.reason}",
+                                    rolled_back=False) from exc
+        checkpoint_done = self._clock()
+        stopped, final = await self._demote(slog)
+        stop_done = self._clock()
+        catch_up_done = await self._catch_up(slog, final)
+        try:
+            promotion = await PostgresPromoter(
+                standby_dsn=self._standby_dsn, old_primary_dsn=self._primary_dsn,
+                max_lag_bytes=0, connect_timeout=self._io_timeout,
+                promote_timeout=self._promote_timeout, catch_up_timeout=self._catch_up_timeout,
+                clock=self._clock, old_primary_control=self._control,
+                old_primary_conninfo=self._conninfo,
+            ).promote(
+                epoch=epoch, holder=holder, failover_id=switchover_id,
+                primary_last_lsn=final.checkpoint_lsn + 1, still_leader=still_leader,
+            )
+        except (PromotionInDoubt, StaleEpoch):
+            raise
+        except PromotionRefused as exc:
+            raise await self._roll_back(slog, f"promotion refused: {exc.reason}") from exc
+        promote_done = self._clock()
+        slog.info("switchover_promoted", write_unavailable_seconds=round(
+            promotion.writable_at - checkpoint_done, 4), detail=promotion.detail)
+        rejoined, rejoin_detail, new_timeline = await self._rejoin(slog)
+        finished = self._clock()
+        result = SwitchoverResult(
+            switchover_id=switchover_id, epoch=epoch,
+            old_primary=describe_dsn(self._primary_dsn),
+            new_primary=describe_dsn(self._standby_dsn),
+            final_lsn=format_lsn(final.checkpoint_lsn), old_timeline=old_timeline,
+            new_timeline=new_timeline, stopped=stopped,
+            phases=SwitchoverPhases(
+                preflight=round(preflight_done - started, 4),
+                checkpoint=round(checkpoint_done - preflight_done, 4),
+                stop=round(stop_done - checkpoint_done, 4),
+                catch_up=round(catch_up_done - stop_done, 4),
+                promote=round(promote_done - catch_up_done, 4),
+                rejoin=round(finished - promote_done, 4),
+            ),
+            write_unavailable_seconds=round(promotion.writable_at - checkpoint_done, 4),
+            total_seconds=round(finished - started, 4),
+            rejoined=rejoined, rejoin_detail=rejoin_detail,
+        )
+        slog.info("switchover_done", **result.as_dict())
+        return result
+
+    async def _preflight(self, epoch: int) -> int:
+        """The old primary's timeline; refuses unless primary and standby are as expected."""
+        try:
+            async with session(self._primary_dsn, role="primary",
+                               io_timeout=self._io_timeout) as conn:
+                primary_in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
+                marker = await read_marker_epoch(conn)
+                timeline = int(await conn.fetchval(_TIMELINE))
+            async with session(self._standby_dsn, role="standby",
+                               io_timeout=self._io_timeout) as conn:
+                state = await conn.fetchrow(_STANDBY_STATE)
+        except PromotionRefused as exc:
+            raise SwitchoverRefused(f"preflight: {exc.reason}", rolled_back=False) from exc
+        if primary_in_recovery:
+            raise SwitchoverRefused("the server to switch from is not a primary (it is in "
+                                    "recovery)", rolled_back=False)
+        if marker is not None and marker >= epoch:
+            raise StaleEpoch(f"the primary was promoted under epoch {marker}, not older "
+                             f"than this switchover's {epoch}")
+        if not state["in_recovery"]:
+            raise SwitchoverRefused("the switchover target is not a standby (not in recovery)",
+                                    rolled_back=False)
+        if state["receiver"] != "streaming":
+            raise SwitchoverRefused(
+                f"the standby is not streaming (WAL receiver: {state['receiver'] or 'none'}): "
+                "it would not receive the primary's last WAL", rolled_back=False)
+        return timeline
+
+    async def _demote(self, slog: FilteringBoundLogger) -> tuple[str, ControlData]:
+        """Signal file first, then a fast stop; the shutdown checkpoint it wrote."""
+        try:
+            write_recovery_config(self._control, self._conninfo)
+        except ServerControlFailed as exc:
+            raise SwitchoverRefused(f"could not write standby.signal: {exc}",
+                                    rolled_back=False) from exc
+        try:
+            stopped = await stop_server(self._control)
+            final = await read_control_data(self._control)
+        except ServerControlFailed as exc:
+            raise await self._roll_back(slog, f"the primary did not stop: {exc}") from exc
+        if not (stopped.endswith("-m fast)") and final.cleanly_shut_down):
+            raise await self._roll_back(
+                slog, f"the primary did not shut down cleanly ({stopped}; cluster state "
+                f"{final.state!r}): its last WAL may not have reached the standby")
+        slog.info("switchover_old_primary_stopped", stopped=stopped,
+                  final_lsn=format_lsn(final.checkpoint_lsn), timeline=final.timeline)
+        return stopped, final
+
+    async def _catch_up(self, slog: FilteringBoundLogger, final: ControlData) -> float:
+        """Wait until the standby replayed the shutdown checkpoint record; its time."""
+        try:
+            async with session(self._standby_dsn, role="standby",
+                               io_timeout=self._io_timeout) as conn:
+                # Replay positions are record ends: past the checkpoint's start means the
+                # checkpoint record itself, the old primary's last, was replayed.
+                caught = await wait_for_replay(conn, final.checkpoint_lsn + 1,
+                                               within=self._catch_up_timeout, clock=self._clock)
+        except PromotionRefused as exc:
+            raise await self._roll_back(slog, f"catch-up: {exc.reason}") from exc
+        if not caught.caught_up:
+            raise await self._roll_back(
+                slog, f"the standby did not replay the shutdown checkpoint "
+                f"{format_lsn(final.checkpoint_lsn)} within {self._catch_up_timeout:g}s "
+                f"(lag {caught.lag_bytes} bytes)")
+        slog.info("switchover_caught_up", waited_seconds=round(caught.waited_seconds, 4))
+        return self._clock()
+
+    async def _rejoin(self, slog: FilteringBoundLogger) -> tuple[bool, str, int]:
+        """Start the old primary as a standby of the new one; (streaming at lag 0, why not,
+        the new primary's timeline)."""
+        try:
+            await start_server(self._control, within=self._rejoin_timeout)
+        except ServerControlFailed as exc:
+            slog.error("switchover_rejoin_failed", reason=str(exc))
+            return False, f"old primary did not start as a standby: {exc}", 0
+        rejoin = await wait_streaming(
+            standby_dsn=self._primary_dsn, primary_dsn=self._standby_dsn,
+            io_timeout=self._io_timeout, within=self._rejoin_timeout)
+        if rejoin.streaming:
+            slog.info("switchover_rejoined", detail=rejoin.detail)
+        else:
+            slog.error("switchover_rejoin_failed", reason=rejoin.detail)
+        return rejoin.streaming, rejoin.detail, rejoin.timeline
+
+    async def _roll_back(self, slog: FilteringBoundLogger, reason: str) -> SwitchoverRefused:
+        """Make the old primary a primary again, if the standby is surely not promoted."""
+        try:
+            async with session(self._standby_dsn, role="standby",
+                               io_timeout=self._io_timeout) as conn:
+                standby_in_recovery = bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+        except PromotionRefused as exc:
+            return SwitchoverRefused(
+                f"{reason}; not rolled back: the standby's state is unknown ({exc.reason}); "
+                "the old primary stays stopped with standby.signal", rolled_back=False)
+        if not standby_in_recovery:
+            return SwitchoverRefused(f"{reason}; not rolled back: the standby is no longer "
+                                     "in recovery", rolled_back=False)
+        try:
+            await stop_server(self._control)
+            remove_standby_signal(self._control)
+            await start_server(self._control, within=self._rejoin_timeout, as_primary=True)
+        except ServerControlFailed as exc:
+            return SwitchoverRefused(f"{reason}; roll-back failed: {exc}", rolled_back=False)
+        slog.warning("switchover_rolled_back", reason=reason)
+        return SwitchoverRefused(f"{reason}; rolled back: the old primary is the primary again",
+                                 rolled_back=True)
