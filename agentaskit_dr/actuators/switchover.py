@@ -257,7 +257,8 @@ class PostgresSwitchover:
                                io_timeout=self._io_timeout) as conn:
                 primary_in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
                 marker = await read_marker_epoch(conn)
-                timeline = int(await conn.fetchval(_TIMELINE))
+                # pg_walfile_name() fails in recovery; that case is refused below.
+                timeline = 0 if primary_in_recovery else int(await conn.fetchval(_TIMELINE))
             async with session(self._standby_dsn, role="standby",
                                io_timeout=self._io_timeout) as conn:
                 state = await conn.fetchrow(_STANDBY_STATE)
