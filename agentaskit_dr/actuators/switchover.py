@@ -3,8 +3,8 @@
 Patroni's graceful demote, done by the watchdog that runs beside the current primary
 (control mode: ``regions.<r>.database.control``):
 
-1. **preflight**: the primary is a primary not promoted under a newer epoch, the standby
-   is in recovery and streaming from it;
+1. **preflight** (``switchover_state.assess``): the primary is a primary not promoted
+   under a newer epoch, the standby is in recovery and streaming from it;
 2. **demote**: ``CHECKPOINT`` (so the shutdown checkpoint has little left to write), then
    ``standby.signal`` + ``primary_conninfo`` (pointing at the standby) into the primary's
    data directory *before* it stops, so no restart by anyone can come up writable; then a
@@ -26,6 +26,11 @@ A failure before ``pg_promote`` was sent (the stop was not clean, the standby di
 catch up, leadership lost) rolls back: ``standby.signal`` is removed and the old primary
 starts again as the primary, so a refused switchover costs a short write pause, not an
 outage. Once ``pg_promote`` was sent nothing is rolled back (PromotionInDoubt).
+
+Resumable: the servers record how far a run got (the stopped primary's ``standby.signal``
+and clean control file, the standby's promotion and marker), so calling ``switch`` again
+with the same epoch and id after a crash continues at the step that was not done (see
+``switchover_state``), and on a finished switchover only confirms it.
 """
 
 from __future__ import annotations
@@ -38,15 +43,11 @@ from typing import Any
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from agentaskit_dr.actuators.fence import (
-    PromotionRefused,
-    describe_dsn,
-    read_marker_epoch,
-    session,
-)
+from agentaskit_dr.actuators.fence import PromotionRefused, describe_dsn, session
 from agentaskit_dr.actuators.pg_control import (
     ServerControl,
     ServerControlFailed,
+    postmaster_pid,
     remove_standby_signal,
     stop_server,
     write_recovery_config,
@@ -60,29 +61,17 @@ from agentaskit_dr.actuators.pg_start import (
 from agentaskit_dr.actuators.promote import PostgresPromoter, PromotionInDoubt
 from agentaskit_dr.actuators.promote_gate import wait_for_replay
 from agentaskit_dr.actuators.switchover_rejoin import wait_streaming
+from agentaskit_dr.actuators.switchover_state import Stage, SwitchoverRefused, assess
 from agentaskit_dr.ports import StaleEpoch
+
+__all__ = ["PostgresSwitchover", "SwitchoverPhases", "SwitchoverRefused", "SwitchoverResult"]
 
 log = structlog.get_logger(__name__)
 
-_TIMELINE = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
-_STANDBY_STATE = """
-SELECT pg_is_in_recovery() AS in_recovery,
-       (SELECT status FROM pg_stat_wal_receiver) AS receiver
-"""
-
-
-class SwitchoverRefused(PromotionRefused):
-    """The switchover did not happen; ``rolled_back`` says the old primary is a primary
-    again (False when it had not been touched yet, or could not be restarted)."""
-
-    def __init__(self, reason: str, *, rolled_back: bool) -> None:
-        super().__init__(reason)
-        self.rolled_back = rolled_back
-
-
 @dataclass(frozen=True)
 class SwitchoverPhases:
-    """Seconds spent in each phase (see the module doc)."""
+    """Seconds spent in each phase (see the module doc); 0 for a phase a resumed run
+    found done."""
 
     preflight: float
     checkpoint: float
@@ -92,27 +81,44 @@ class SwitchoverPhases:
     rejoin: float
 
 
+def _phases(marks: dict[str, float]) -> SwitchoverPhases:
+    """Each phase's duration from the clock readings taken when phases ended."""
+    seconds: dict[str, float] = {}
+    previous = marks["started"]
+    for name in ("preflight", "checkpoint", "stop", "catch_up", "promote", "rejoin"):
+        if name in marks:
+            seconds[name] = round(marks[name] - previous, 4)
+            previous = marks[name]
+        else:
+            seconds[name] = 0.0
+    return SwitchoverPhases(**seconds)
+
+
 @dataclass(frozen=True)
 class SwitchoverResult:
     """What a switchover did, JSON-able with :meth:`as_dict`.
 
+    ``resumed_at``: None for a run from the start, else the stage a run that found a
+    crashed run's work resumed at (``catch_up``, ``promote``, ``rejoin``).
     ``write_unavailable_seconds``: from the start of the stop (the old primary refuses
-    writes from then on) to the new primary's first write (the epoch marker).
-    ``final_lsn``: the old primary's shutdown checkpoint; ``old_timeline`` /
-    ``new_timeline``: before and after. ``rejoined``: the old primary streams from the
-    new one with lag 0 (``rejoin_detail`` says why not otherwise).
+    writes from then on) to the new primary's first write (the epoch marker); None on a
+    resumed run. ``final_lsn``: the old primary's shutdown checkpoint (None when the run
+    resumed after it restarted); ``old_timeline`` / ``new_timeline``: before and after.
+    ``rejoined``: the old primary streams from the new one with lag 0 (``rejoin_detail``
+    says why not otherwise).
     """
 
     switchover_id: str
     epoch: int
     old_primary: str
     new_primary: str
-    final_lsn: str
+    resumed_at: str | None
+    final_lsn: str | None
     old_timeline: int
     new_timeline: int
     stopped: str
     phases: SwitchoverPhases
-    write_unavailable_seconds: float
+    write_unavailable_seconds: float | None
     total_seconds: float
     rejoined: bool
     rejoin_detail: str
@@ -191,13 +197,56 @@ class PostgresSwitchover:
         switchover_id: str,
         still_leader: Callable[[], Awaitable[bool]],
     ) -> SwitchoverResult:
-        started = self._clock()
-        old_timeline = await self._preflight(epoch)
-        if not await still_leader():
-            raise SwitchoverRefused("lock lost: no longer the leader (before the demote)",
+        clock = self._clock
+        marks = {"started": clock()}
+        situation = await assess(
+            primary_dsn=self._primary_dsn, control=self._control,
+            standby_dsn=self._standby_dsn, epoch=epoch, io_timeout=self._io_timeout)
+        stage = situation.stage
+        if stage in (Stage.DEMOTE, Stage.CATCH_UP) and not await still_leader():
+            raise SwitchoverRefused("lock lost: no longer the leader (before any change)",
                                     rolled_back=False)
-        preflight_done = self._clock()
-        slog.info("switchover_started", old_timeline=old_timeline)
+        marks["preflight"] = clock()
+        slog.info("switchover_started", stage=stage.value,
+                  old_timeline=situation.old_timeline)
+        stopped, writable_at = "stopped before this attempt", None
+        final: ControlData | None = None
+        if stage is Stage.DEMOTE:
+            await self._checkpoint()
+            marks["checkpoint"] = clock()
+            stopped, final = await self._demote(slog)
+            marks["stop"] = clock()
+        elif stage in (Stage.CATCH_UP, Stage.PROMOTE):
+            final = await self._final_checkpoint(slog)
+        if final is not None and stage is not Stage.PROMOTE:
+            await self._catch_up(slog, final)
+            marks["catch_up"] = clock()
+        if stage is not Stage.REJOIN:
+            writable_at = await self._promote(
+                slog, epoch=epoch, holder=holder, switchover_id=switchover_id,
+                still_leader=still_leader, final=final, resuming=stage is Stage.PROMOTE)
+            marks["promote"] = clock()
+        rejoined, rejoin_detail, new_timeline = await self._rejoin(slog)
+        marks["rejoin"] = clock()
+        unavailable = None
+        if stage is Stage.DEMOTE and writable_at is not None:
+            unavailable = round(writable_at - marks["checkpoint"], 4)
+        result = SwitchoverResult(
+            switchover_id=switchover_id, epoch=epoch,
+            old_primary=describe_dsn(self._primary_dsn),
+            new_primary=describe_dsn(self._standby_dsn),
+            resumed_at=None if stage is Stage.DEMOTE else stage.value,
+            final_lsn=None if final is None else format_lsn(final.checkpoint_lsn),
+            old_timeline=situation.old_timeline or (final.timeline if final else 0),
+            new_timeline=new_timeline, stopped=stopped, phases=_phases(marks),
+            write_unavailable_seconds=unavailable,
+            total_seconds=round(marks["rejoin"] - marks["started"], 4),
+            rejoined=rejoined, rejoin_detail=rejoin_detail,
+        )
+        slog.info("switchover_done", **result.as_dict())
+        return result
+
+    async def _checkpoint(self) -> None:
         try:
             async with session(self._primary_dsn, role="primary",
                                io_timeout=self._io_timeout) as conn:
@@ -205,10 +254,13 @@ class PostgresSwitchover:
         except PromotionRefused as exc:
             raise SwitchoverRefused(f"CHECKPOINT on the primary failed: {exc.reason}",
                                     rolled_back=False) from exc
-        checkpoint_done = self._clock()
-        stopped, final = await self._demote(slog)
-        stop_done = self._clock()
-        catch_up_done = await self._catch_up(slog, final)
+
+    async def _promote(
+        self, slog: FilteringBoundLogger, *, epoch: int, holder: str, switchover_id: str,
+        still_leader: Callable[[], Awaitable[bool]], final: ControlData | None, resuming: bool,
+    ) -> float:
+        """Promote the standby (or adopt its promotion when ``resuming``); when it could
+        write."""
         try:
             promotion = await PostgresPromoter(
                 standby_dsn=self._standby_dsn, old_primary_dsn=self._primary_dsn,
@@ -218,66 +270,15 @@ class PostgresSwitchover:
                 old_primary_conninfo=self._conninfo,
             ).promote(
                 epoch=epoch, holder=holder, failover_id=switchover_id,
-                primary_last_lsn=final.checkpoint_lsn + 1, still_leader=still_leader,
+                primary_last_lsn=None if final is None else final.checkpoint_lsn + 1,
+                still_leader=still_leader, resuming=resuming,
             )
         except (PromotionInDoubt, StaleEpoch):
             raise
         except PromotionRefused as exc:
             raise await self._roll_back(slog, f"promotion refused: {exc.reason}") from exc
-        promote_done = self._clock()
-        slog.info("switchover_promoted", write_unavailable_seconds=round(
-            promotion.writable_at - checkpoint_done, 4), detail=promotion.detail)
-        rejoined, rejoin_detail, new_timeline = await self._rejoin(slog)
-        finished = self._clock()
-        result = SwitchoverResult(
-            switchover_id=switchover_id, epoch=epoch,
-            old_primary=describe_dsn(self._primary_dsn),
-            new_primary=describe_dsn(self._standby_dsn),
-            final_lsn=format_lsn(final.checkpoint_lsn), old_timeline=old_timeline,
-            new_timeline=new_timeline, stopped=stopped,
-            phases=SwitchoverPhases(
-                preflight=round(preflight_done - started, 4),
-                checkpoint=round(checkpoint_done - preflight_done, 4),
-                stop=round(stop_done - checkpoint_done, 4),
-                catch_up=round(catch_up_done - stop_done, 4),
-                promote=round(promote_done - catch_up_done, 4),
-                rejoin=round(finished - promote_done, 4),
-            ),
-            write_unavailable_seconds=round(promotion.writable_at - checkpoint_done, 4),
-            total_seconds=round(finished - started, 4),
-            rejoined=rejoined, rejoin_detail=rejoin_detail,
-        )
-        slog.info("switchover_done", **result.as_dict())
-        return result
-
-    async def _preflight(self, epoch: int) -> int:
-        """The old primary's timeline; refuses unless primary and standby are as expected."""
-        try:
-            async with session(self._primary_dsn, role="primary",
-                               io_timeout=self._io_timeout) as conn:
-                primary_in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
-                marker = await read_marker_epoch(conn)
-                # pg_walfile_name() fails in recovery; that case is refused below.
-                timeline = 0 if primary_in_recovery else int(await conn.fetchval(_TIMELINE))
-            async with session(self._standby_dsn, role="standby",
-                               io_timeout=self._io_timeout) as conn:
-                state = await conn.fetchrow(_STANDBY_STATE)
-        except PromotionRefused as exc:
-            raise SwitchoverRefused(f"preflight: {exc.reason}", rolled_back=False) from exc
-        if primary_in_recovery:
-            raise SwitchoverRefused("the server to switch from is not a primary (it is in "
-                                    "recovery)", rolled_back=False)
-        if marker is not None and marker >= epoch:
-            raise StaleEpoch(f"the primary was promoted under epoch {marker}, not older "
-                             f"than this switchover's {epoch}")
-        if not state["in_recovery"]:
-            raise SwitchoverRefused("the switchover target is not a standby (not in recovery)",
-                                    rolled_back=False)
-        if state["receiver"] != "streaming":
-            raise SwitchoverRefused(
-                f"the standby is not streaming (WAL receiver: {state['receiver'] or 'none'}): "
-                "it would not receive the primary's last WAL", rolled_back=False)
-        return timeline
+        slog.info("switchover_promoted", detail=promotion.detail)
+        return promotion.writable_at
 
     async def _demote(self, slog: FilteringBoundLogger) -> tuple[str, ControlData]:
         """Signal file first, then a fast stop; the shutdown checkpoint it wrote."""
@@ -288,19 +289,31 @@ class PostgresSwitchover:
                                     rolled_back=False) from exc
         try:
             stopped = await stop_server(self._control)
-            final = await read_control_data(self._control)
         except ServerControlFailed as exc:
             raise await self._roll_back(slog, f"the primary did not stop: {exc}") from exc
-        if not (stopped.endswith("-m fast)") and final.cleanly_shut_down):
+        if not stopped.endswith("-m fast)"):
             raise await self._roll_back(
-                slog, f"the primary did not shut down cleanly ({stopped}; cluster state "
-                f"{final.state!r}): its last WAL may not have reached the standby")
-        slog.info("switchover_old_primary_stopped", stopped=stopped,
-                  final_lsn=format_lsn(final.checkpoint_lsn), timeline=final.timeline)
-        return stopped, final
+                slog, f"the primary did not shut down cleanly ({stopped}): its last WAL may "
+                "not have reached the standby")
+        return stopped, await self._final_checkpoint(slog)
 
-    async def _catch_up(self, slog: FilteringBoundLogger, final: ControlData) -> float:
-        """Wait until the standby replayed the shutdown checkpoint record; its time."""
+    async def _final_checkpoint(self, slog: FilteringBoundLogger) -> ControlData:
+        """The stopped primary's shutdown checkpoint; rolls back unless it shut down cleanly."""
+        try:
+            final = await read_control_data(self._control)
+        except ServerControlFailed as exc:
+            raise await self._roll_back(slog, f"cannot read the stopped primary's control "
+                                        f"file: {exc}") from exc
+        if not final.cleanly_shut_down:
+            raise await self._roll_back(
+                slog, f"the primary did not shut down cleanly (cluster state {final.state!r}): "
+                "its last WAL may not have reached the standby")
+        slog.info("switchover_old_primary_stopped", final_lsn=format_lsn(final.checkpoint_lsn),
+                  timeline=final.timeline)
+        return final
+
+    async def _catch_up(self, slog: FilteringBoundLogger, final: ControlData) -> None:
+        """Wait until the standby replayed the shutdown checkpoint record."""
         try:
             async with session(self._standby_dsn, role="standby",
                                io_timeout=self._io_timeout) as conn:
@@ -316,13 +329,13 @@ class PostgresSwitchover:
                 f"{format_lsn(final.checkpoint_lsn)} within {self._catch_up_timeout:g}s "
                 f"(lag {caught.lag_bytes} bytes)")
         slog.info("switchover_caught_up", waited_seconds=round(caught.waited_seconds, 4))
-        return self._clock()
 
     async def _rejoin(self, slog: FilteringBoundLogger) -> tuple[bool, str, int]:
         """Start the old primary as a standby of the new one; (streaming at lag 0, why not,
         the new primary's timeline)."""
         try:
-            await start_server(self._control, within=self._rejoin_timeout)
+            if postmaster_pid(self._control) is None:
+                await start_server(self._control, within=self._rejoin_timeout)
         except ServerControlFailed as exc:
             slog.error("switchover_rejoin_failed", reason=str(exc))
             return False, f"old primary did not start as a standby: {exc}", 0
