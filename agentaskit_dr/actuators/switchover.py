@@ -216,9 +216,9 @@ class PostgresSwitchover:
             marks["checkpoint"] = clock()
             stopped, final = await self._demote(slog)
             marks["stop"] = clock()
-        elif stage in (Stage.CATCH_UP, Stage.PROMOTE):
+        elif stage is Stage.CATCH_UP:
             final = await self._final_checkpoint(slog)
-        if final is not None and stage is not Stage.PROMOTE:
+        if final is not None:
             await self._catch_up(slog, final)
             marks["catch_up"] = clock()
         if stage is not Stage.REJOIN:

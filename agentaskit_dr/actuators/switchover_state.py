@@ -111,6 +111,8 @@ async def assess(
             return Situation(Stage.REJOIN, 0)  # starting up as a standby
         raise SwitchoverRefused(f"preflight: the primary runs but does not answer ({silence})",
                                 rolled_back=False)
+    if promoted_here:
+        return Situation(Stage.REJOIN, 0)
     return Situation(Stage.CATCH_UP if standby.in_recovery else Stage.PROMOTE, 0)
 
 

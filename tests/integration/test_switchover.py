@@ -17,6 +17,7 @@ from agentaskit_dr.actuators.pg_control import (
     postmaster_pid,
     standby_signal_present,
     stop_server,
+    write_recovery_config,
 )
 from agentaskit_dr.actuators.switchover import (
     PostgresSwitchover,
@@ -181,3 +182,52 @@ async def test_a_switch_to_a_standby_that_does_not_stream_is_refused_untouched(
         assert not err.value.rolled_back
         assert a.sql("SELECT pg_is_in_recovery()") == "f"
         assert not standby_signal_present(control(a))
+
+
+def conninfo_for(new: PostgresServer, old: PostgresServer) -> str:
+    return f"host=127.0.0.1 port={new.port} user=postgres application_name={old.name}"
+
+
+async def test_a_switchover_that_crashed_after_the_stop_resumes_and_loses_nothing(
+    pg_pair: PostgresPair,
+) -> None:
+    a, b = pg_pair.primary, pg_pair.replica
+    a.sql(CREATE_TABLE)
+    pg_pair.wait_replayed()
+    async with servers_stopped_after(pg_pair):
+        async with writers(pg_pair) as log:
+            await asyncio.sleep(0.3)
+            # What the demote does before a crash: signal file, then the fast stop.
+            write_recovery_config(control(a), conninfo_for(b, a))
+            await stop_server(control(a))
+            await asyncio.sleep(0.3)
+            assert not log.acked_on(b.name), "the standby took writes before any promotion"
+            resumed = await switch(a, b, epoch=7)
+            await asyncio.sleep(0.3)
+        assert resumed.resumed_at == "catch_up"
+        assert (resumed.old_timeline, resumed.new_timeline) == (1, 2)
+        assert resumed.rejoined, resumed.rejoin_detail
+        assert await missing_on(b, log) == set()
+        assert log.acked_on(b.name)
+        # Called again (a crash before the run recorded its end): confirmed, not redone.
+        again = await switch(a, b, epoch=7)
+        assert (again.resumed_at, again.new_timeline, again.rejoined) == ("rejoin", 2, True)
+        # The old primary stopped again before it streamed: the rejoin starts it.
+        await stop_server(control(a))
+        restarted = await switch(a, b, epoch=7)
+        assert (restarted.resumed_at, restarted.rejoined) == ("rejoin", True)
+        assert b.sql("SELECT epoch FROM agentaskit_dr.failover_epoch") == "7"
+
+
+async def test_a_promotion_sent_before_a_crash_is_adopted_under_the_epoch(
+    pg_pair: PostgresPair,
+) -> None:
+    a, b = pg_pair.primary, pg_pair.replica
+    async with servers_stopped_after(pg_pair):
+        write_recovery_config(control(a), conninfo_for(b, a))
+        await stop_server(control(a))
+        pg_pair.replica.sql("SELECT pg_promote(wait => true)")
+        resumed = await switch(a, b, epoch=9)
+        assert resumed.resumed_at == "promote"
+        assert resumed.rejoined, resumed.rejoin_detail
+        assert b.sql("SELECT epoch FROM agentaskit_dr.failover_epoch") == "9"
