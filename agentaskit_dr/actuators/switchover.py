@@ -23,9 +23,10 @@ Patroni's graceful demote, done by the watchdog that runs beside the current pri
    and has replayed the new primary's position read after it started (lag 0).
 
 A failure before ``pg_promote`` was sent (the stop was not clean, the standby did not
-catch up, leadership lost) rolls back: ``standby.signal`` is removed and the old primary
-starts again as the primary, so a refused switchover costs a short write pause, not an
-outage. Once ``pg_promote`` was sent nothing is rolled back (PromotionInDoubt).
+catch up) rolls back: ``standby.signal`` is removed and the old primary starts again as
+the primary, so a refused switchover costs a short write pause, not an outage. Only while
+the standby is still in recovery and this watchdog still holds the lock: without it, the
+stopped and signalled old primary stays as it is. Once ``pg_promote`` was sent nothing is rolled back (PromotionInDoubt).
 
 Resumable: the servers record how far a run got (the stopped primary's ``standby.signal``
 and clean control file, the standby's promotion and marker), so calling ``switch`` again
@@ -35,6 +36,7 @@ with the same epoch and id after a crash continues at the step that was not done
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -62,7 +64,7 @@ from agentaskit_dr.actuators.promote import PostgresPromoter, PromotionInDoubt
 from agentaskit_dr.actuators.promote_gate import wait_for_replay
 from agentaskit_dr.actuators.switchover_rejoin import wait_streaming
 from agentaskit_dr.actuators.switchover_state import Stage, SwitchoverRefused, assess
-from agentaskit_dr.ports import StaleEpoch
+from agentaskit_dr.ports import LockUnavailable, StaleEpoch
 
 __all__ = ["PostgresSwitchover", "SwitchoverPhases", "SwitchoverRefused", "SwitchoverResult"]
 
@@ -125,6 +127,14 @@ class SwitchoverResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One call of ``switch``: its logger and its leadership check."""
+
+    log: FilteringBoundLogger
+    still_leader: Callable[[], Awaitable[bool]]
 
 
 class PostgresSwitchover:
@@ -198,12 +208,13 @@ class PostgresSwitchover:
         still_leader: Callable[[], Awaitable[bool]],
     ) -> SwitchoverResult:
         clock = self._clock
+        run = _Attempt(slog, still_leader)
         marks = {"started": clock()}
         situation = await assess(
             primary_dsn=self._primary_dsn, control=self._control,
             standby_dsn=self._standby_dsn, epoch=epoch, io_timeout=self._io_timeout)
         stage = situation.stage
-        if stage in (Stage.DEMOTE, Stage.CATCH_UP) and not await still_leader():
+        if stage in (Stage.DEMOTE, Stage.CATCH_UP) and not await self._still_leading(run):
             raise SwitchoverRefused("lock lost: no longer the leader (before any change)",
                                     rolled_back=False)
         marks["preflight"] = clock()
@@ -214,16 +225,16 @@ class PostgresSwitchover:
         if stage is Stage.DEMOTE:
             await self._checkpoint()
             marks["checkpoint"] = clock()
-            stopped, final = await self._demote(slog)
+            stopped, final = await self._demote(run)
             marks["stop"] = clock()
         elif stage is Stage.CATCH_UP:
-            final = await self._final_checkpoint(slog)
+            final = await self._final_checkpoint(run)
         if final is not None:
-            await self._catch_up(slog, final)
+            await self._catch_up(run, final)
             marks["catch_up"] = clock()
         if stage is not Stage.REJOIN:
             writable_at = await self._promote(
-                slog, epoch=epoch, holder=holder, switchover_id=switchover_id,
+                run, epoch=epoch, holder=holder, switchover_id=switchover_id,
                 still_leader=still_leader, final=final, resuming=stage is Stage.PROMOTE)
             marks["promote"] = clock()
         rejoined, rejoin_detail, new_timeline = await self._rejoin(slog)
@@ -256,7 +267,7 @@ class PostgresSwitchover:
                                     rolled_back=False) from exc
 
     async def _promote(
-        self, slog: FilteringBoundLogger, *, epoch: int, holder: str, switchover_id: str,
+        self, run: _Attempt, *, epoch: int, holder: str, switchover_id: str,
         still_leader: Callable[[], Awaitable[bool]], final: ControlData | None, resuming: bool,
     ) -> float:
         """Promote the standby (or adopt its promotion when ``resuming``); when it could
@@ -276,11 +287,11 @@ class PostgresSwitchover:
         except (PromotionInDoubt, StaleEpoch):
             raise
         except PromotionRefused as exc:
-            raise await self._roll_back(slog, f"promotion refused: {exc.reason}") from exc
-        slog.info("switchover_promoted", detail=promotion.detail)
+            raise await self._roll_back(run, f"promotion refused: {exc.reason}") from exc
+        run.log.info("switchover_promoted", detail=promotion.detail)
         return promotion.writable_at
 
-    async def _demote(self, slog: FilteringBoundLogger) -> tuple[str, ControlData]:
+    async def _demote(self, run: _Attempt) -> tuple[str, ControlData]:
         """Signal file first, then a fast stop; the shutdown checkpoint it wrote."""
         try:
             write_recovery_config(self._control, self._conninfo)
@@ -290,29 +301,29 @@ class PostgresSwitchover:
         try:
             stopped = await stop_server(self._control)
         except ServerControlFailed as exc:
-            raise await self._roll_back(slog, f"the primary did not stop: {exc}") from exc
+            raise await self._roll_back(run, f"the primary did not stop: {exc}") from exc
         if not stopped.endswith("-m fast)"):
             raise await self._roll_back(
-                slog, f"the primary did not shut down cleanly ({stopped}): its last WAL may "
+                run, f"the primary did not shut down cleanly ({stopped}): its last WAL may "
                 "not have reached the standby")
-        return stopped, await self._final_checkpoint(slog)
+        return stopped, await self._final_checkpoint(run)
 
-    async def _final_checkpoint(self, slog: FilteringBoundLogger) -> ControlData:
+    async def _final_checkpoint(self, run: _Attempt) -> ControlData:
         """The stopped primary's shutdown checkpoint; rolls back unless it shut down cleanly."""
         try:
             final = await read_control_data(self._control)
         except ServerControlFailed as exc:
-            raise await self._roll_back(slog, f"cannot read the stopped primary's control "
+            raise await self._roll_back(run, f"cannot read the stopped primary's control "
                                         f"file: {exc}") from exc
         if not final.cleanly_shut_down:
             raise await self._roll_back(
-                slog, f"the primary did not shut down cleanly (cluster state {final.state!r}): "
+                run, f"the primary did not shut down cleanly (cluster state {final.state!r}): "
                 "its last WAL may not have reached the standby")
-        slog.info("switchover_old_primary_stopped", final_lsn=format_lsn(final.checkpoint_lsn),
+        run.log.info("switchover_old_primary_stopped", final_lsn=format_lsn(final.checkpoint_lsn),
                   timeline=final.timeline)
         return final
 
-    async def _catch_up(self, slog: FilteringBoundLogger, final: ControlData) -> None:
+    async def _catch_up(self, run: _Attempt, final: ControlData) -> None:
         """Wait until the standby replayed the shutdown checkpoint record."""
         try:
             async with session(self._standby_dsn, role="standby",
@@ -322,13 +333,13 @@ class PostgresSwitchover:
                 caught = await wait_for_replay(conn, final.checkpoint_lsn + 1,
                                                within=self._catch_up_timeout, clock=self._clock)
         except PromotionRefused as exc:
-            raise await self._roll_back(slog, f"catch-up: {exc.reason}") from exc
+            raise await self._roll_back(run, f"catch-up: {exc.reason}") from exc
         if not caught.caught_up:
             raise await self._roll_back(
-                slog, f"the standby did not replay the shutdown checkpoint "
+                run, f"the standby did not replay the shutdown checkpoint "
                 f"{format_lsn(final.checkpoint_lsn)} within {self._catch_up_timeout:g}s "
                 f"(lag {caught.lag_bytes} bytes)")
-        slog.info("switchover_caught_up", waited_seconds=round(caught.waited_seconds, 4))
+        run.log.info("switchover_caught_up", waited_seconds=round(caught.waited_seconds, 4))
 
     async def _rejoin(self, slog: FilteringBoundLogger) -> tuple[bool, str, int]:
         """Start the old primary as a standby of the new one; (streaming at lag 0, why not,
@@ -348,7 +359,14 @@ class PostgresSwitchover:
             slog.error("switchover_rejoin_failed", reason=rejoin.detail)
         return rejoin.streaming, rejoin.detail, rejoin.timeline
 
-    async def _roll_back(self, slog: FilteringBoundLogger, reason: str) -> SwitchoverRefused:
+    async def _still_leading(self, run: _Attempt) -> bool:
+        try:
+            async with asyncio.timeout(self._io_timeout):
+                return await run.still_leader()
+        except (TimeoutError, LockUnavailable):
+            return False
+
+    async def _roll_back(self, run: _Attempt, reason: str) -> SwitchoverRefused:
         """Make the old primary a primary again, if the standby is surely not promoted."""
         try:
             async with session(self._standby_dsn, role="standby",
@@ -361,12 +379,18 @@ class PostgresSwitchover:
         if not standby_in_recovery:
             return SwitchoverRefused(f"{reason}; not rolled back: the standby is no longer "
                                      "in recovery", rolled_back=False)
+        # Without the lock another watchdog may be failing over to the standby: a primary
+        # restarted here could make two. The stopped, signalled old primary is safe.
+        if not await self._still_leading(run):
+            return SwitchoverRefused(f"{reason}; not rolled back: this watchdog no longer "
+                                     "holds the lock; the old primary stays stopped with "
+                                     "standby.signal", rolled_back=False)
         try:
             await stop_server(self._control)
             remove_standby_signal(self._control)
             await start_server(self._control, within=self._rejoin_timeout, as_primary=True)
         except ServerControlFailed as exc:
             return SwitchoverRefused(f"{reason}; roll-back failed: {exc}", rolled_back=False)
-        slog.warning("switchover_rolled_back", reason=reason)
+        run.log.warning("switchover_rolled_back", reason=reason)
         return SwitchoverRefused(f"{reason}; rolled back: the old primary is the primary again",
                                  rolled_back=True)

@@ -231,3 +231,24 @@ async def test_a_promotion_sent_before_a_crash_is_adopted_under_the_epoch(
         assert resumed.resumed_at == "promote"
         assert resumed.rejoined, resumed.rejoin_detail
         assert b.sql("SELECT epoch FROM agentaskit_dr.failover_epoch") == "9"
+
+
+async def test_a_switchover_that_lost_the_lock_after_the_stop_leaves_the_primary_fenced(
+    pg_pair: PostgresPair,
+) -> None:
+    # Another watchdog may hold the lock now and fail over to the standby: restarting the
+    # old primary as a primary could make two.
+    a, b = pg_pair.primary, pg_pair.replica
+    answers = [True]
+
+    async def leader_until_the_stop() -> bool:
+        return answers.pop(0) if answers else False
+
+    async with servers_stopped_after(pg_pair):
+        with pytest.raises(SwitchoverRefused, match="lock lost") as err:
+            await switchover(a, b).switch(epoch=4, holder="watchdog-test",
+                                          switchover_id="so-4", still_leader=leader_until_the_stop)
+        assert not err.value.rolled_back
+        assert postmaster_pid(control(a)) is None
+        assert standby_signal_present(control(a))
+        assert b.sql("SELECT pg_is_in_recovery()") == "t"
