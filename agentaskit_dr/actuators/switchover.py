@@ -26,7 +26,8 @@ A failure before ``pg_promote`` was sent (the stop was not clean, the standby di
 catch up) rolls back: ``standby.signal`` is removed and the old primary starts again as
 the primary, so a refused switchover costs a short write pause, not an outage. Only while
 the standby is still in recovery and this watchdog still holds the lock: without it, the
-stopped and signalled old primary stays as it is. Once ``pg_promote`` was sent nothing is rolled back (PromotionInDoubt).
+stopped and signalled old primary stays as it is. Once ``pg_promote`` was sent nothing is
+rolled back (PromotionInDoubt).
 
 Resumable: the servers record how far a run got (the stopped primary's ``standby.signal``
 and clean control file, the standby's promotion and marker), so calling ``switch`` again
@@ -212,7 +213,8 @@ class PostgresSwitchover:
         marks = {"started": clock()}
         situation = await assess(
             primary_dsn=self._primary_dsn, control=self._control,
-            standby_dsn=self._standby_dsn, epoch=epoch, io_timeout=self._io_timeout)
+            standby_dsn=self._standby_dsn, epoch=epoch, switchover_id=switchover_id,
+            io_timeout=self._io_timeout)
         stage = situation.stage
         if stage in (Stage.DEMOTE, Stage.CATCH_UP) and not await self._still_leading(run):
             raise SwitchoverRefused("lock lost: no longer the leader (before any change)",

@@ -217,6 +217,15 @@ async def test_a_switchover_that_crashed_after_the_stop_resumes_and_loses_nothin
         restarted = await switch(a, b, epoch=7)
         assert (restarted.resumed_at, restarted.rejoined) == ("rejoin", True)
         assert b.sql("SELECT epoch FROM agentaskit_dr.failover_epoch") == "7"
+        # The same run resumed by a successor watchdog, under a newer epoch: adopted.
+        successor = await switchover(a, b).switch(
+            epoch=8, holder="watchdog-test", switchover_id="so-7", still_leader=still_leader)
+        assert (successor.resumed_at, successor.new_timeline) == ("promote", 2)
+        assert b.sql("SELECT epoch FROM agentaskit_dr.failover_epoch") == "8"
+        # Another run finds the switchover done by someone else: refused, nothing touched.
+        with pytest.raises(SwitchoverRefused, match="not promoted by this switchover"):
+            await switch(a, b, epoch=9)
+        assert b.sql("SELECT pg_is_in_recovery()") == "f"
 
 
 async def test_a_promotion_sent_before_a_crash_is_adopted_under_the_epoch(
