@@ -6,7 +6,8 @@ switchover stops that server, so ``regions.<primary>.database.control`` must be 
 ``region`` must be the primary's. It takes the leader lock like the other on-call commands
 (``oncall.held_lock``: while a watchdog holds it, pause the watchdogs first), runs the
 switchover under the lock's epoch, records the new primary region in the cluster record
-(so the daemons and the start gate follow it) and prints the result as JSON. Moving DNS
+right after the promotion (so the daemons and the start gate follow it) and prints the
+result as JSON. Moving DNS
 and scaling are separate steps (``update-dns``, ``scale``).
 
 Exit codes: 0 switched (or the plan printed), 1 refused or failed (one line on stderr),
@@ -134,19 +135,22 @@ async def _switch(config: WatchdogConfig, source: str, target: str) -> int:
         async def still_leader() -> bool:
             return await held.verified_lease() is not None
 
-        result = await PostgresSwitchover(
-            primary_dsn=config.regions[source].database.connect_dsn(),
-            primary_control=control,
-            standby_dsn=config.regions[target].database.connect_dsn(),
-            primary_conninfo=primary_conninfo_for(config, target),
-            io_timeout=config.probe.timeout,
-            catch_up_timeout=config.promotion.catch_up_timeout,
-            promote_timeout=config.promotion.timeout,
-        ).switch(epoch=epoch, holder=held.lease.holder, switchover_id=run_id,
-                 still_leader=still_leader)
         store = build_cluster_store(config)
-        try:
+
+        async def record_primary() -> None:
             await store.record_primary(target, epoch=epoch, run_id=run_id, lease=held.lease)
+
+        try:
+            result = await PostgresSwitchover(
+                primary_dsn=config.regions[source].database.connect_dsn(),
+                primary_control=control,
+                standby_dsn=config.regions[target].database.connect_dsn(),
+                primary_conninfo=primary_conninfo_for(config, target),
+                io_timeout=config.probe.timeout,
+                catch_up_timeout=config.promotion.catch_up_timeout,
+                promote_timeout=config.promotion.timeout,
+            ).switch(epoch=epoch, holder=held.lease.holder, switchover_id=run_id,
+                     still_leader=still_leader, on_promoted=record_primary)
         finally:
             await store.close()
     print(json.dumps(result.as_dict(), indent=2))

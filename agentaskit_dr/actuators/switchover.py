@@ -178,9 +178,13 @@ class PostgresSwitchover:
         holder: str,
         switchover_id: str,
         still_leader: Callable[[], Awaitable[bool]],
+        on_promoted: Callable[[], Awaitable[None]] | None = None,
     ) -> SwitchoverResult:
         """Run the switchover under ``epoch``; see the module doc.
 
+        ``on_promoted`` runs once the standby is the primary under ``epoch`` (also on a
+        resumed run that finds it so), before the rejoin: where the caller records the new
+        primary region. What it raises propagates; calling ``switch`` again resumes.
         Raises SwitchoverRefused (nothing switched; rolled back when the old primary had
         been stopped), PromotionInDoubt (pg_promote sent, outcome unknown: nothing is
         rolled back) or StaleEpoch (a newer epoch acted).
@@ -189,7 +193,8 @@ class PostgresSwitchover:
                         old_primary=describe_dsn(self._primary_dsn),
                         new_primary=describe_dsn(self._standby_dsn))
         try:
-            return await self._switch(slog, epoch, holder, switchover_id, still_leader)
+            return await self._switch(_Attempt(slog, still_leader), epoch=epoch, holder=holder,
+                                      switchover_id=switchover_id, on_promoted=on_promoted)
         except SwitchoverRefused as exc:
             slog.error("switchover_refused", reason=exc.reason, rolled_back=exc.rolled_back)
             raise
@@ -202,14 +207,14 @@ class PostgresSwitchover:
 
     async def _switch(
         self,
-        slog: FilteringBoundLogger,
+        run: _Attempt,
+        *,
         epoch: int,
         holder: str,
         switchover_id: str,
-        still_leader: Callable[[], Awaitable[bool]],
+        on_promoted: Callable[[], Awaitable[None]] | None,
     ) -> SwitchoverResult:
         clock = self._clock
-        run = _Attempt(slog, still_leader)
         marks = {"started": clock()}
         situation = await assess(
             primary_dsn=self._primary_dsn, control=self._control,
@@ -220,8 +225,8 @@ class PostgresSwitchover:
             raise SwitchoverRefused("lock lost: no longer the leader (before any change)",
                                     rolled_back=False)
         marks["preflight"] = clock()
-        slog.info("switchover_started", stage=stage.value,
-                  old_timeline=situation.old_timeline)
+        run.log.info("switchover_started", stage=stage.value,
+                     old_timeline=situation.old_timeline)
         stopped, writable_at = "stopped before this attempt", None
         final: ControlData | None = None
         if stage is Stage.DEMOTE:
@@ -237,9 +242,11 @@ class PostgresSwitchover:
         if stage is not Stage.REJOIN:
             writable_at = await self._promote(
                 run, epoch=epoch, holder=holder, switchover_id=switchover_id,
-                still_leader=still_leader, final=final, resuming=stage is Stage.PROMOTE)
+                final=final, resuming=stage is Stage.PROMOTE)
             marks["promote"] = clock()
-        rejoined, rejoin_detail, new_timeline = await self._rejoin(slog)
+        if on_promoted is not None:
+            await on_promoted()
+        rejoined, rejoin_detail, new_timeline = await self._rejoin(run.log)
         marks["rejoin"] = clock()
         unavailable = None
         if stage is Stage.DEMOTE and writable_at is not None:
@@ -256,7 +263,7 @@ class PostgresSwitchover:
             total_seconds=round(marks["rejoin"] - marks["started"], 4),
             rejoined=rejoined, rejoin_detail=rejoin_detail,
         )
-        slog.info("switchover_done", **result.as_dict())
+        run.log.info("switchover_done", **result.as_dict())
         return result
 
     async def _checkpoint(self) -> None:
@@ -270,7 +277,7 @@ class PostgresSwitchover:
 
     async def _promote(
         self, run: _Attempt, *, epoch: int, holder: str, switchover_id: str,
-        still_leader: Callable[[], Awaitable[bool]], final: ControlData | None, resuming: bool,
+        final: ControlData | None, resuming: bool,
     ) -> float:
         """Promote the standby (or adopt its promotion when ``resuming``); when it could
         write."""
@@ -284,7 +291,7 @@ class PostgresSwitchover:
             ).promote(
                 epoch=epoch, holder=holder, failover_id=switchover_id,
                 primary_last_lsn=None if final is None else final.checkpoint_lsn + 1,
-                still_leader=still_leader, resuming=resuming,
+                still_leader=run.still_leader, resuming=resuming,
             )
         except (PromotionInDoubt, StaleEpoch):
             raise

@@ -50,9 +50,17 @@ async def still_leader() -> bool:
     return True
 
 
-async def switch(old: PostgresServer, new: PostgresServer, epoch: int) -> SwitchoverResult:
+async def switch(old: PostgresServer, new: PostgresServer, epoch: int,
+                 promoted: list[str] | None = None) -> SwitchoverResult:
+    async def record_primary() -> None:
+        # What the caller records here (the new primary region) must find it writable.
+        assert new.sql("SELECT pg_is_in_recovery()") == "f"
+        if promoted is not None:
+            promoted.append(new.name)
+
     return await switchover(old, new).switch(
-        epoch=epoch, holder="watchdog-test", switchover_id=f"so-{epoch}", still_leader=still_leader)
+        epoch=epoch, holder="watchdog-test", switchover_id=f"so-{epoch}",
+        still_leader=still_leader, on_promoted=record_primary)
 
 
 @contextlib.asynccontextmanager
@@ -122,10 +130,11 @@ async def test_switchover_and_back_loses_no_acknowledged_write(pg_pair: Postgres
     async with servers_stopped_after(pg_pair):
         async with writers(pg_pair) as log:
             await asyncio.sleep(0.5)
-            there = await switch(a, b, epoch=7)
+            promoted: list[str] = []
+            there = await switch(a, b, epoch=7, promoted=promoted)
             await asyncio.sleep(0.5)
             assert await missing_on(b, log) == set()
-            back = await switch(b, a, epoch=8)
+            back = await switch(b, a, epoch=8, promoted=promoted)
             await asyncio.sleep(0.5)
         # Zero loss: every write a client got a COMMIT for is on the final primary.
         assert await missing_on(a, log) == set()
@@ -133,6 +142,7 @@ async def test_switchover_and_back_loses_no_acknowledged_write(pg_pair: Postgres
         # One writable primary at a time: a, then b, then a again, never interleaved.
         assert writer_runs(a) == [a.port, b.port, a.port]
         assert (there.old_timeline, there.new_timeline, back.new_timeline) == (1, 2, 3)
+        assert promoted == [b.name, a.name]
         assert there.rejoined, there.rejoin_detail
         assert back.rejoined, back.rejoin_detail
         assert a.sql("SELECT pg_is_in_recovery()") == "f"
