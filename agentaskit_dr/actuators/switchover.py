@@ -38,6 +38,7 @@ with the same epoch and id after a crash continues at the step that was not done
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -63,7 +64,7 @@ from agentaskit_dr.actuators.pg_start import (
 )
 from agentaskit_dr.actuators.promote import PostgresPromoter, PromotionInDoubt
 from agentaskit_dr.actuators.promote_gate import wait_for_replay
-from agentaskit_dr.actuators.switchover_rejoin import wait_streaming
+from agentaskit_dr.actuators.switchover_rejoin import replayed_short_of, wait_streaming
 from agentaskit_dr.actuators.switchover_state import Stage, SwitchoverRefused, assess
 from agentaskit_dr.ports import LockUnavailable, StaleEpoch
 
@@ -236,7 +237,12 @@ class PostgresSwitchover:
             marks["stop"] = clock()
         elif stage is Stage.CATCH_UP:
             final = await self._final_checkpoint(run)
-        if final is not None:
+        elif stage is Stage.PROMOTE:
+            # Promoted before this attempt: whether it replayed the stopped primary's last
+            # record decides below whether that server can follow it at all.
+            with contextlib.suppress(ServerControlFailed):
+                final = await read_control_data(self._control)
+        if final is not None and stage is not Stage.PROMOTE:
             await self._catch_up(run, final)
             marks["catch_up"] = clock()
         if stage is not Stage.REJOIN:
@@ -246,7 +252,8 @@ class PostgresSwitchover:
             marks["promote"] = clock()
         if on_promoted is not None:
             await on_promoted()
-        rejoined, rejoin_detail, new_timeline = await self._rejoin(run.log)
+        rejoined, rejoin_detail, new_timeline = await self._rejoin(
+            run.log, final if stage is Stage.PROMOTE else None)
         marks["rejoin"] = clock()
         unavailable = None
         if stage is Stage.DEMOTE and writable_at is not None:
@@ -350,9 +357,23 @@ class PostgresSwitchover:
                 f"(lag {caught.lag_bytes} bytes)")
         run.log.info("switchover_caught_up", waited_seconds=round(caught.waited_seconds, 4))
 
-    async def _rejoin(self, slog: FilteringBoundLogger) -> tuple[bool, str, int]:
+    async def _rejoin(
+        self, slog: FilteringBoundLogger, adopted_after: ControlData | None
+    ) -> tuple[bool, str, int]:
         """Start the old primary as a standby of the new one; (streaming at lag 0, why not,
-        the new primary's timeline)."""
+        the new primary's timeline). ``adopted_after``: the stopped primary's last
+        checkpoint, when this attempt adopted a promotion it did not gate itself."""
+        if adopted_after is not None and postmaster_pid(self._control) is None:
+            short = await replayed_short_of(self._standby_dsn, adopted_after.checkpoint_lsn,
+                                            io_timeout=self._io_timeout)
+            if short:
+                where = format_lsn(adopted_after.checkpoint_lsn)
+                detail = (f"the new primary was promoted {short} bytes before the old "
+                          f"primary's shutdown checkpoint {where}: "
+                          "that WAL is not on the new timeline; the old primary stays stopped "
+                          "(standby.signal) until sync-primary rewinds or re-clones it")
+                slog.error("switchover_rejoin_refused", reason=detail, lost_bytes=short)
+                return False, detail, 0
         try:
             if postmaster_pid(self._control) is None:
                 await start_server(self._control, within=self._rejoin_timeout)

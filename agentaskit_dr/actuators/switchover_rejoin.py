@@ -73,3 +73,18 @@ async def _primary_position(primary_dsn: str, io_timeout: float) -> tuple[int, i
     async with session(primary_dsn, role="new primary", io_timeout=io_timeout) as conn:
         row = await conn.fetchrow(_PRIMARY_POSITION)
     return int(row["lsn"]), int(row["timeline"])
+
+
+async def replayed_short_of(standby_dsn: str, checkpoint_lsn: int, *, io_timeout: float) -> int:
+    """Bytes by which the promoted server's recovery stopped short of the old primary's
+    shutdown checkpoint record (0: it replayed it, the old primary can follow; also 0 when
+    it cannot be told). Past the checkpoint's start means the record itself, its last."""
+    try:
+        async with session(standby_dsn, role="new primary", io_timeout=io_timeout) as conn:
+            replayed = await conn.fetchval(
+                "SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint")
+    except PromotionRefused:
+        return 0
+    if replayed is None or replayed > checkpoint_lsn:
+        return 0
+    return checkpoint_lsn + 1 - int(replayed)

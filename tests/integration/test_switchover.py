@@ -271,3 +271,28 @@ async def test_a_switchover_that_lost_the_lock_after_the_stop_leaves_the_primary
         assert postmaster_pid(control(a)) is None
         assert standby_signal_present(control(a))
         assert b.sql("SELECT pg_is_in_recovery()") == "t"
+
+
+async def test_an_adopted_promotion_short_of_the_shutdown_checkpoint_keeps_the_old_primary_down(
+    pg_pair: PostgresPair,
+) -> None:
+    # Someone promoted the standby before it had the old primary's last WAL: that primary
+    # cannot follow the new timeline, and the switchover says so instead of starting it.
+    a, b = pg_pair.primary, pg_pair.replica
+    async with servers_stopped_after(pg_pair):
+        b.sql("ALTER SYSTEM SET primary_conninfo = ''")
+        b.sql("SELECT pg_reload_conf()")
+        for _ in range(100):
+            if a.sql("SELECT count(*) FROM pg_stat_replication") == "0":
+                break
+            await asyncio.sleep(0.05)
+        a.sql("CREATE TABLE written_after_the_standby_left (id int)")
+        write_recovery_config(control(a), conninfo_for(b, a))
+        await stop_server(control(a))
+        b.sql("SELECT pg_promote(wait => true)")
+        resumed = await switch(a, b, epoch=5)
+        assert resumed.resumed_at == "promote"
+        assert not resumed.rejoined
+        assert "sync-primary" in resumed.rejoin_detail
+        assert postmaster_pid(control(a)) is None
+        assert standby_signal_present(control(a))
