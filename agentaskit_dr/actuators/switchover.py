@@ -41,8 +41,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -65,70 +64,17 @@ from agentaskit_dr.actuators.pg_start import (
 from agentaskit_dr.actuators.promote import PostgresPromoter, PromotionInDoubt
 from agentaskit_dr.actuators.promote_gate import wait_for_replay
 from agentaskit_dr.actuators.switchover_rejoin import replayed_short_of, wait_streaming
+from agentaskit_dr.actuators.switchover_result import (
+    SwitchoverPhases,
+    SwitchoverResult,
+    phases_from_marks,
+)
 from agentaskit_dr.actuators.switchover_state import Stage, SwitchoverRefused, assess
 from agentaskit_dr.ports import LockUnavailable, StaleEpoch
 
 __all__ = ["PostgresSwitchover", "SwitchoverPhases", "SwitchoverRefused", "SwitchoverResult"]
 
 log = structlog.get_logger(__name__)
-
-@dataclass(frozen=True)
-class SwitchoverPhases:
-    """Seconds spent in each phase (see the module doc); 0 for a phase a resumed run
-    found done."""
-
-    preflight: float
-    checkpoint: float
-    stop: float
-    catch_up: float
-    promote: float
-    rejoin: float
-
-
-def _phases(marks: dict[str, float]) -> SwitchoverPhases:
-    """Each phase's duration from the clock readings taken when phases ended."""
-    seconds: dict[str, float] = {}
-    previous = marks["started"]
-    for name in ("preflight", "checkpoint", "stop", "catch_up", "promote", "rejoin"):
-        if name in marks:
-            seconds[name] = round(marks[name] - previous, 4)
-            previous = marks[name]
-        else:
-            seconds[name] = 0.0
-    return SwitchoverPhases(**seconds)
-
-
-@dataclass(frozen=True)
-class SwitchoverResult:
-    """What a switchover did, JSON-able with :meth:`as_dict`.
-
-    ``resumed_at``: None for a run from the start, else the stage a run that found a
-    crashed run's work resumed at (``catch_up``, ``promote``, ``rejoin``).
-    ``write_unavailable_seconds``: from the start of the stop (the old primary refuses
-    writes from then on) to the new primary's first write (the epoch marker); None on a
-    resumed run. ``final_lsn``: the old primary's shutdown checkpoint (None when the run
-    resumed after it restarted); ``old_timeline`` / ``new_timeline``: before and after.
-    ``rejoined``: the old primary streams from the new one with lag 0 (``rejoin_detail``
-    says why not otherwise).
-    """
-
-    switchover_id: str
-    epoch: int
-    old_primary: str
-    new_primary: str
-    resumed_at: str | None
-    final_lsn: str | None
-    old_timeline: int
-    new_timeline: int
-    stopped: str
-    phases: SwitchoverPhases
-    write_unavailable_seconds: float | None
-    total_seconds: float
-    rejoined: bool
-    rejoin_detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -265,7 +211,7 @@ class PostgresSwitchover:
             resumed_at=None if stage is Stage.DEMOTE else stage.value,
             final_lsn=None if final is None else format_lsn(final.checkpoint_lsn),
             old_timeline=situation.old_timeline or (final.timeline if final else 0),
-            new_timeline=new_timeline, stopped=stopped, phases=_phases(marks),
+            new_timeline=new_timeline, stopped=stopped, phases=phases_from_marks(marks),
             write_unavailable_seconds=unavailable,
             total_seconds=round(marks["rejoin"] - marks["started"], 4),
             rejoined=rejoined, rejoin_detail=rejoin_detail,
@@ -335,8 +281,8 @@ class PostgresSwitchover:
             raise await self._roll_back(
                 run, f"the primary did not shut down cleanly (cluster state {final.state!r}): "
                 "its last WAL may not have reached the standby")
-        run.log.info("switchover_old_primary_stopped", final_lsn=format_lsn(final.checkpoint_lsn),
-                  timeline=final.timeline)
+        run.log.info("switchover_old_primary_stopped",
+                     final_lsn=format_lsn(final.checkpoint_lsn), timeline=final.timeline)
         return final
 
     async def _catch_up(self, run: _Attempt, final: ControlData) -> None:
