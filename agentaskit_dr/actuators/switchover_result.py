@@ -9,8 +9,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SwitchoverPhases:
-    """Seconds spent in each phase (see the module doc); 0 for a phase a resumed run
-    found done."""
+    """Seconds spent in each phase (see ``actuators/switchover.py``); 0 for a phase a
+    resumed run found done."""
 
     preflight: float
     checkpoint: float
