@@ -79,11 +79,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
     from agentaskit_dr.fence_commands import add_fence_commands
+    from agentaskit_dr.integrity_command import add_integrity_command
     from agentaskit_dr.oncall import add_oncall_commands
 
     add_api_commands(sub)
     add_oncall_commands(sub)
     add_fence_commands(sub)
+    add_integrity_command(sub)
     return parser
 
 
@@ -100,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.fence_commands import run_fence_command
 
             return run_fence_command(args)
+        if getattr(args, "integrity_command", None):
+            from agentaskit_dr.integrity_command import run_integrity_command
+
+            return run_integrity_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 

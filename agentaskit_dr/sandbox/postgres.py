@@ -305,8 +305,9 @@ def _give_to_server_user(path: Path) -> None:
 
 
 @functools.cache
-def _cluster_template(bindir: Path) -> Path:
-    """A cleanly shut-down cluster with the pair settings, made once per process.
+def _cluster_template(bindir: Path, *, data_checksums: bool = False) -> Path:
+    """A cleanly shut-down cluster with the pair settings, made once per process (and
+    per ``data_checksums``: a page checksum failure is how a corrupted page shows).
 
     initdb takes 1-1.5 s on a busy 2-core machine; copying its result takes 0.1 s.
     """
@@ -320,6 +321,7 @@ def _cluster_template(bindir: Path) -> Path:
     initdb.run_server_binary(
         "initdb", "-D", str(datadir), "-U", "postgres", "--auth=trust",
         "--no-sync", "--encoding=UTF8", "--locale=C",
+        *(("--data-checksums",) if data_checksums else ()),
     )
     with (datadir / "postgresql.conf").open("a") as conf:
         conf.write(_PAIR_SETTINGS)
@@ -327,10 +329,12 @@ def _cluster_template(bindir: Path) -> Path:
 
 
 class PostgresPair:
-    """A primary and a replica streaming from it, in ``base_dir`` (a temp dir if None)."""
+    """A primary and a replica streaming from it, in ``base_dir`` (a temp dir if None);
+    with ``data_checksums``, initdb'd with ``--data-checksums``."""
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, *, data_checksums: bool = False) -> None:
         self._owns_base_dir = base_dir is None
+        self._data_checksums = data_checksums
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="pgpair-", dir=_scratch_root()))
         bindir = pg_bindir()
         home = self.base_dir / "home"
@@ -350,7 +354,7 @@ class PostgresPair:
         # mkdtemp gives a 0700 root-owned dir; the postgres user must traverse it.
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)
-        template = _cluster_template(self.primary.bindir)
+        template = _cluster_template(self.primary.bindir, data_checksums=self._data_checksums)
         # -a keeps the postgres owner and 0700 mode that the server insists on.
         subprocess.run(["cp", "-aT", str(template), str(self.primary.datadir)], check=True)
         self.primary.home.mkdir(mode=0o700, exist_ok=True)
