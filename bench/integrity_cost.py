@@ -71,7 +71,7 @@ def config_file(folder: Path, pair: PostgresPair) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def writer(dsn: str, enabled: bool) -> AsyncIterator[list[int]]:
+async def writer(dsn: str, enabled: bool, first_id: int) -> AsyncIterator[list[int]]:
     done: list[int] = []
     if not enabled:
         yield done
@@ -81,7 +81,7 @@ async def writer(dsn: str, enabled: bool) -> AsyncIterator[list[int]]:
     async def write() -> None:
         conn = await asyncpg.connect(dsn)
         try:
-            n = 10**9
+            n = first_id
             while not stop.is_set():
                 n += 1
                 await conn.execute("INSERT INTO narrow VALUES ($1, 1, 1)", n)
@@ -117,7 +117,7 @@ async def measure(pair: PostgresPair, path: Path, runs: int, with_writer: bool) 
     results = []
     for run in range(1, runs + 1):
         database_bytes = int(pair.replica.sql("SELECT pg_database_size(current_database())"))
-        async with writer(pair.primary.dsn, with_writer) as committed:
+        async with writer(pair.primary.dsn, with_writer, first_id=10**9 * run) as committed:
             started = time.monotonic()
             report = await verify_data_integrity(config, max_wait=60)
             seconds = time.monotonic() - started

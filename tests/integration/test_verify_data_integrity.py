@@ -27,7 +27,8 @@ from agentaskit_dr.sandbox.redis import free_port
 pytestmark = pytest.mark.integration
 
 WEST, EAST = "us-west-2", "us-east-1"
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "dr" / "verify-data-integrity.sh"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "dr" / "verify-data-integrity.sh"
 MARKER = b"integrity-marker-AAAAAAAA"
 
 SCHEMA = """
@@ -49,6 +50,13 @@ INSERT INTO events SELECT 'dup', '{}', '\\x00' FROM generate_series(1, 3);
 INSERT INTO "Billing"."Invoice Lines"
   SELECT i / 10, i % 10, i / 3.0 FROM generate_series(1, 3000) AS i;
 """
+
+
+def documented_grants() -> str:
+    """The SQL block of docs/postgres-privileges.md's section "verify-data-integrity"."""
+    text = (ROOT / "docs" / "postgres-privileges.md").read_text()
+    section = text.split("\n## verify-data-integrity\n", 1)[1]
+    return section.split("```sql\n", 1)[1].split("```", 1)[0]
 
 
 def write_config(path: Path, primary_dsn: str, standby_dsn: str) -> Path:
@@ -234,20 +242,18 @@ async def test_an_unreachable_server_or_a_missing_privilege_is_one_line(
                           f"us-east-1 (127.0.0.1:{nowhere.rsplit(':', 1)[1]})")
     assert err.count("\n") == 1
 
-    pair.primary.sql("CREATE ROLE checker LOGIN")
+    pair.primary.sql("CREATE ROLE agentaskit_dr LOGIN")
     pair.wait_replayed()
-    as_checker = [dsn.replace("postgres@", "checker@")
-                  for dsn in (pair.primary.dsn, pair.replica.dsn)]
-    code, out, err = await cli(write_config(tmp_path / "d.yaml", *as_checker))
+    as_watchdog = [dsn.replace("postgres@", "agentaskit_dr@")
+                   for dsn in (pair.primary.dsn, pair.replica.dsn)]
+    code, out, err = await cli(write_config(tmp_path / "d.yaml", *as_watchdog))
     assert (code, out) == (3, "")
     assert "permission denied" in err
     assert "the checking role needs" in err
     assert err.count("\n") == 1
 
-    # What docs/postgres-privileges.md names is enough.
-    pair.primary.sql("GRANT pg_monitor, pg_read_all_data, pg_write_all_data TO checker; "
-                     "GRANT EXECUTE ON FUNCTION verify_heapam, bt_index_check(regclass, boolean) "
-                     "TO checker")
+    # The grants docs/postgres-privileges.md gives, as written there, are enough.
+    pair.primary.sql(documented_grants())
     pair.wait_replayed()
     code, out, err = await cli(tmp_path / "d.yaml")
     assert (code, err) == (0, ""), out
