@@ -31,7 +31,8 @@ _PINNED_SETTINGS = {
 #: What the checking role needs, said when a privilege is missing.
 PRIVILEGES_HINT = (
     "the checking role needs pg_monitor, SELECT on every table (pg_read_all_data), "
-    "UPDATE on every table for the SHARE lock (pg_write_all_data or ownership) and "
+    "UPDATE on every table for the SHARE lock (pg_write_all_data, or pg_maintain on "
+    "PostgreSQL 17+) and "
     "EXECUTE on amcheck's verify_heapam and bt_index_check; see docs/postgres-privileges.md"
 )
 

@@ -305,9 +305,10 @@ def _give_to_server_user(path: Path) -> None:
 
 
 @functools.cache
-def _cluster_template(bindir: Path, *, data_checksums: bool = False) -> Path:
-    """A cleanly shut-down cluster with the pair settings, made once per process (and
-    per ``data_checksums``: a page checksum failure is how a corrupted page shows).
+def _cluster_template(bindir: Path, *, data_checksums: bool | None = None) -> Path:
+    """A cleanly shut-down cluster with the pair settings, made once per process (and per
+    ``data_checksums``: True on, False off, None initdb's default: off before
+    PostgreSQL 18, on from 18).
 
     initdb takes 1-1.5 s on a busy 2-core machine; copying its result takes 0.1 s.
     """
@@ -321,18 +322,32 @@ def _cluster_template(bindir: Path, *, data_checksums: bool = False) -> Path:
     initdb.run_server_binary(
         "initdb", "-D", str(datadir), "-U", "postgres", "--auth=trust",
         "--no-sync", "--encoding=UTF8", "--locale=C",
-        *(("--data-checksums",) if data_checksums else ()),
+        *_checksum_option(bindir, data_checksums),
     )
     with (datadir / "postgresql.conf").open("a") as conf:
         conf.write(_PAIR_SETTINGS)
     return datadir
 
 
+def _checksum_option(bindir: Path, data_checksums: bool | None) -> tuple[str, ...]:
+    if data_checksums is None:
+        return ()
+    if data_checksums:
+        return ("--data-checksums",)
+    # Off is the default before 18, which does not know the option.
+    help_text = subprocess.run([str(bindir / "initdb"), "--help"], capture_output=True,
+                               text=True, check=False).stdout
+    return ("--no-data-checksums",) if "--no-data-checksums" in help_text else ()
+
+
 class PostgresPair:
     """A primary and a replica streaming from it, in ``base_dir`` (a temp dir if None);
-    with ``data_checksums``, initdb'd with ``--data-checksums``."""
+    ``data_checksums`` True or False asks initdb for page checksums or none, None takes
+    its default."""
 
-    def __init__(self, base_dir: Path | None = None, *, data_checksums: bool = False) -> None:
+    def __init__(
+        self, base_dir: Path | None = None, *, data_checksums: bool | None = None
+    ) -> None:
         self._owns_base_dir = base_dir is None
         self._data_checksums = data_checksums
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="pgpair-", dir=_scratch_root()))
