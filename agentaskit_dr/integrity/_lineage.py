@@ -1,10 +1,10 @@
 """Step 1: the standby replays the primary's history, and has replayed all of it.
 
-Same cluster (``system_identifier``), the primary writes, the standby is in recovery
-and its WAL receiver streams the primary's current timeline (a standby left on an older
-timeline, or one that follows some other server, streams another), and it replays the
-primary's WAL position taken at the start within the timeout: "replay lag 0 bytes" as a
-fact about a moment, since a primary under writes never stands still.
+Same cluster (``system_identifier``), the primary writes, the standby is in recovery,
+it replays the primary's WAL position taken at the start within the timeout ("replay lag
+0 bytes" as a fact about a moment, since a primary under writes never stands still), and
+then its WAL receiver streams the primary's current timeline (a standby left on an older
+timeline, or one that follows some other server, streams another).
 """
 
 from __future__ import annotations
@@ -62,6 +62,22 @@ async def check_lineage(
             f"the primary's is {system_p}")
         return None
     position = await primary.fetchrow(_PRIMARY_POSITION)
+    started = time.monotonic()
+    replayed = await standby.fetchrow(_REPLAYED, position["lsn"])
+    lag_at_start = max(int(replayed["behind"]), 0)
+    deadline = started + max_wait
+    while int(replayed["behind"]) > 0:
+        if time.monotonic() >= deadline:
+            problems.append(
+                f"{standby_region} did not replay the primary's position {position['lsn']} "
+                f"within {max_wait:g}s (replay lag {replayed['behind']} bytes, replayed up "
+                f"to {replayed['lsn']})")
+            break
+        await asyncio.sleep(_POLL_SECONDS)
+        replayed = await standby.fetchrow(_REPLAYED, position["lsn"])
+    catch_up = time.monotonic() - started
+    # Read after the catch-up: a standby just rewound streams its old timeline's WAL
+    # from the new primary first, and switches to the new timeline at the fork.
     receiver = await standby.fetchrow(_RECEIVER)
     if receiver is not None and receiver["status"] is None:
         # The row is there, its columns hidden: a role without pg_read_all_stats.
@@ -76,24 +92,11 @@ async def check_lineage(
         problems.append(
             f"{standby_region} streams timeline {standby_timeline}, the primary writes "
             f"timeline {position['timeline']}: it does not replay the primary's history")
-    started = time.monotonic()
-    replayed = await standby.fetchrow(_REPLAYED, position["lsn"])
-    lag_at_start = max(int(replayed["behind"]), 0)
-    deadline = started + max_wait
-    while int(replayed["behind"]) > 0:
-        if time.monotonic() >= deadline:
-            problems.append(
-                f"{standby_region} did not replay the primary's position {position['lsn']} "
-                f"within {max_wait:g}s (replay lag {replayed['behind']} bytes, replayed up "
-                f"to {replayed['lsn']})")
-            break
-        await asyncio.sleep(_POLL_SECONDS)
-        replayed = await standby.fetchrow(_REPLAYED, position["lsn"])
     return Lineage(
         system_identifier=system_p,
         primary_timeline=position["timeline"],
         standby_timeline=standby_timeline,
         primary_lsn=position["lsn"],
         lag_bytes_at_start=lag_at_start,
-        catch_up_seconds=round(time.monotonic() - started, 3),
+        catch_up_seconds=round(catch_up, 3),
     )

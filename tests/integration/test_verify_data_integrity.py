@@ -183,6 +183,28 @@ async def test_a_streaming_copy_under_writes_holds_the_same_data(
           f"{written_during} writer transactions committed during the check")
 
 
+async def test_after_a_switchover_the_old_primary_is_checked_as_the_standby_on_timeline_2(
+    pair: PostgresPair, tmp_path: Path
+) -> None:
+    # A clean switch: stop the primary (its final WAL reaches the replica), promote the
+    # replica (timeline 2), write, then start the old primary as its standby.
+    west, east = pair.primary, pair.replica
+    west.stop()
+    east.sql("SELECT pg_promote()")
+    east.sql("CHECKPOINT")
+    east.sql("UPDATE orders SET note = 'after the switch' WHERE id = 7")
+    with (west.datadir / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"primary_conninfo = 'host=127.0.0.1 port={east.port} user=postgres'\n")
+    (west.datadir / "standby.signal").touch()
+    west.start()
+    config = load_config(write_config(tmp_path / "c.yaml", west.dsn, east.dsn))
+    report = await verify_data_integrity(config, max_wait=30)
+    assert report.problems == []
+    assert (report.primary_region, report.standby_region) == (EAST, WEST)
+    assert report.lineage is not None
+    assert report.lineage.primary_timeline == report.lineage.standby_timeline == 2
+
+
 async def test_the_command_and_the_plans_script_report_each_table(
     pair: PostgresPair, tmp_path: Path
 ) -> None:
@@ -269,6 +291,23 @@ async def test_a_promoted_standby_is_not_compared_as_a_copy(
                                           pair.replica.dsn))
     assert code == 3
     assert "both us-east-1 and us-west-2 run as primaries" in err
+
+
+async def test_a_standby_that_does_not_catch_up_fails_within_the_timeout(
+    pair: PostgresPair, tmp_path: Path
+) -> None:
+    pair.replica.sql("SELECT pg_wal_replay_pause()")
+    pair.primary.sql("INSERT INTO orders (id, customer, amount, note) VALUES (-1, 1, 1, 'late')")
+    try:
+        code, out, err = await cli(
+            write_config(tmp_path / "c.yaml", pair.primary.dsn, pair.replica.dsn),
+            "--timeout", "1s")
+    finally:
+        pair.replica.sql("SELECT pg_wal_replay_resume()")
+    assert code == 1, (out, err)
+    assert "us-east-1 did not replay the primary's position" in err
+    assert "within 1s (replay lag" in err
+    assert "compared" not in out  # no comparison against a copy that is behind
 
 
 async def test_a_bad_timeout_is_named(tmp_path: Path) -> None:
