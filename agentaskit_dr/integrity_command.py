@@ -48,10 +48,13 @@ def add_integrity_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_integrity_command(args: argparse.Namespace) -> int:
     """Run the check; every expected failure is one line, never a traceback."""
+    from agentaskit_dr import logs
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain
     from agentaskit_dr.integrity import IntegrityUnverified, verify_data_integrity
 
+    # stdout carries the answer; anything a library logs goes to stderr as JSON.
+    logs.configure("warning", stream=sys.stderr)
     config = load_or_explain(args.config, load_config)
     if config is None:
         return EXIT_USAGE
