@@ -4,9 +4,10 @@ The consistent point (docs/architecture.md, "Failback: verify-data-integrity"):
 
 1. on the primary, in a REPEATABLE READ transaction, ``LOCK TABLE ... IN SHARE MODE``
    every compared table. SHARE waits for the transactions that are writing them to end and
-   keeps new writes out, so from here on nothing commits a change to them. ``lock_timeout``
-   is half the server's ``deadlock_timeout``, so that in a lock cycle with an application
-   transaction it is always this check that gives up, never the application;
+   keeps new writes out, so from here on nothing commits a change to them. The LOCK
+   statement's ``statement_timeout`` is half the server's ``deadlock_timeout``, so that in a
+   lock cycle with an application transaction it is always this check that gives up (and
+   retries), never the application's transaction that is aborted;
 2. ``pg_export_snapshot()`` and ``pg_current_wal_insert_lsn()`` (L) in one statement:
    every change to the tables that the snapshot sees was written to WAL before L;
 3. a second primary session imports that snapshot (the hashes run there);
@@ -112,11 +113,15 @@ async def _consistent_point(
     await locker.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
     paused = time.monotonic()
     try:
-        await locker.execute(f"SET LOCAL lock_timeout = '{lock_ms}ms'")
+        # A bound on the whole statement, not on each lock (lock_timeout): an application
+        # transaction waiting on a table locked early in the list started waiting after
+        # the statement did, so the statement always ends before its deadlock check.
+        await locker.execute(f"SET LOCAL statement_timeout = '{lock_ms}ms'")
         try:
             await locker.execute(f"LOCK TABLE {names} IN SHARE MODE")
-        except (asyncpg.LockNotAvailableError, asyncpg.UndefinedTableError) as exc:
+        except (asyncpg.QueryCanceledError, asyncpg.UndefinedTableError) as exc:
             return _retry_or_give_up(deadline, f"could not lock the tables: {exc}")
+        await locker.execute("SET LOCAL statement_timeout = 0")
         point = await locker.fetchrow(_POINT)
         await hasher.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = point["snapshot"].replace("'", "''")

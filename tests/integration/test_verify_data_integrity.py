@@ -183,6 +183,56 @@ async def test_a_streaming_copy_under_writes_holds_the_same_data(
           f"{written_during} writer transactions committed during the check")
 
 
+LOCKS = """
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+WHERE l.relation = $1::regclass AND l.mode = $2 AND l.granted = $3 AND a.application_name = $4
+"""
+
+
+async def until_lock(monitor: asyncpg.Connection, table: str, mode: str, *, granted: bool,
+                     application: str) -> None:
+    for _ in range(1000):
+        if await monitor.fetchval(LOCKS, table, mode, granted, application):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no {mode} on {table} (granted={granted}) by {application!r}")
+
+
+async def test_in_a_lock_cycle_the_check_gives_up_never_the_application(
+    pair: PostgresPair, tmp_path: Path
+) -> None:
+    """The check locks "Billing", then events (held by a slow writer), then orders. An
+    application transaction holds orders and then wants "Billing": a cycle. The check's
+    LOCK must end before the application's deadlock check (1 s) aborts the application."""
+    config = load_config(write_config(tmp_path / "c.yaml", pair.primary.dsn, pair.replica.dsn))
+    billing = '"Billing"."Invoice Lines"'
+    slow, app, monitor = [await asyncpg.connect(pair.primary.dsn,
+                                                server_settings={"application_name": name})
+                          for name in ("slow", "app", "monitor")]
+    check = asyncio.create_task(asyncio.sleep(0))
+    try:
+        await slow.execute("BEGIN; INSERT INTO events VALUES ('slow', '{}', '')")
+        await app.execute("BEGIN; UPDATE orders SET amount = amount + 1 WHERE id = 1")
+        check = asyncio.create_task(verify_data_integrity(config, max_wait=30))
+        await until_lock(monitor, billing, "ShareLock", granted=True,
+                         application="agentaskit-dr/verify-data-integrity")
+        app_update = asyncio.create_task(
+            app.execute(f"UPDATE {billing} SET price = 0 WHERE invoice = 1"))
+        await until_lock(monitor, billing, "RowExclusiveLock", granted=False, application="app")
+        await asyncio.sleep(0.3)
+        await slow.execute("COMMIT")  # the check now waits on orders: the cycle is closed
+        await app_update  # no DeadlockDetectedError: the application's transaction lives
+        await app.execute("COMMIT")
+        report = await check
+    finally:
+        check.cancel()
+        await asyncio.gather(check, return_exceptions=True)
+        for conn in (slow, app, monitor):
+            await conn.close()
+    assert report.problems == []
+    assert report.point_attempts >= 2  # the first round gave up
+
+
 async def test_after_a_switchover_the_old_primary_is_checked_as_the_standby_on_timeline_2(
     pair: PostgresPair, tmp_path: Path
 ) -> None:
