@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
     from agentaskit_dr.fence_commands import add_fence_commands
+    from agentaskit_dr.integrity_command import add_integrity_command
     from agentaskit_dr.oncall import add_oncall_commands
     from agentaskit_dr.switchover_command import add_switchover_command
 
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     add_oncall_commands(sub)
     add_fence_commands(sub)
     add_switchover_command(sub)
+    add_integrity_command(sub)
     return parser
 
 
@@ -106,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.switchover_command import run_switchover_command
 
             return run_switchover_command(args)
+        if getattr(args, "integrity_command", None):
+            from agentaskit_dr.integrity_command import run_integrity_command
+
+            return run_integrity_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 
