@@ -80,10 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     from agentaskit_dr.api.commands import add_api_commands
     from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.oncall import add_oncall_commands
+    from agentaskit_dr.resync_command import add_resync_command
 
     add_api_commands(sub)
     add_oncall_commands(sub)
     add_fence_commands(sub)
+    add_resync_command(sub)
     return parser
 
 
@@ -100,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.fence_commands import run_fence_command
 
             return run_fence_command(args)
+        if getattr(args, "resync_command", None):
+            from agentaskit_dr.resync_command import run_resync_command
+
+            return run_resync_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 

@@ -1,0 +1,342 @@
+"""``sync-primary``: the old primary rejoins as a streaming standby of the new primary.
+
+Runs on the old primary's host (``regions.<r>.database.control``). In order:
+
+1. the new primary answers and is not in recovery, else refused; an old primary that
+   still runs as a primary is stopped only when the caller confirms the primary is
+   elsewhere (a newer marker, the cluster record), else refused: it is the primary;
+2. the server is stopped, ``standby.signal`` + ``primary_conninfo`` are written (before
+   any start), and a server that crashed gets one start and stop in recovery, because
+   pg_rewind needs a clean shutdown and its own single-user crash recovery refuses a data
+   directory with ``standby.signal``;
+3. CHECKPOINT on the new primary (else pg_rewind reads the old timeline from its control
+   file and may find "no rewind required"), then ``pg_rewind`` with the new primary as
+   source (``statement_timeout=0``; ``--restore-target-wal`` when the server has a
+   ``restore_command``). pg_rewind copies the source's config files and removes
+   ``standby.signal``: both are put back at once, with the server's own port;
+4. when pg_rewind fails (missing WAL, no ``wal_log_hints``/checksums, ...) the data
+   directory is renamed aside with a timestamp and re-cloned with ``pg_basebackup -R -X
+   stream``; a failed re-clone puts the old directory back;
+5. started in recovery (never without ``standby.signal``) and done once its WAL receiver
+   streams and it has replayed the new primary's current LSN (lag 0 bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentaskit_dr.actuators.fence import PromotionRefused, describe_dsn, session
+from agentaskit_dr.actuators.pg_control import (
+    ServerControl,
+    ServerControlFailed,
+    postmaster_pid,
+    stop_server,
+    write_recovery_config,
+)
+from agentaskit_dr.actuators.resync_tools import (
+    CLEAN_STATES,
+    BinaryRun,
+    cluster_state,
+    keep_port,
+    own_port,
+    run_binary,
+    setting,
+    start_in_recovery,
+    start_log_tail,
+    tablespaces,
+)
+
+_POLL = 0.1
+_PID_FILE_GRACE = 5.0
+_STANDBY_STATUS = """
+SELECT pg_is_in_recovery() AS in_recovery,
+       (SELECT status FROM pg_stat_wal_receiver) AS receiver,
+       (SELECT received_tli FROM pg_stat_wal_receiver) AS timeline,
+       pg_last_wal_replay_lsn()::text AS replay,
+       pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn())::bigint AS lag
+"""
+
+
+class ResyncFailed(Exception):
+    """The old primary is not a streaming standby; the message says where it stopped."""
+
+
+class ResyncRefused(ResyncFailed):
+    """Nothing was changed: the target is the current primary, or there is none to follow."""
+
+
+@dataclass(frozen=True)
+class LibpqSource:
+    """A libpq connection string for a binary (no password in it) and the password, if any."""
+
+    conninfo: str
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class ResyncPlan:
+    """What ``sync-primary`` needs, resolved from the config by its caller.
+
+    ``target_dsn`` / ``primary_dsn``: asyncpg DSNs (password included) of the old and the
+    new primary. ``primary_conninfo``: what the standby streams with. ``rewind_source``
+    (a superuser-like role) and ``clone_source`` (a REPLICATION role): the new primary for
+    pg_rewind and pg_basebackup. ``primary_elsewhere``: why the target, if it runs as a
+    primary, is not the cluster's primary (None: it may be, refuse).
+    """
+
+    region: str
+    control: ServerControl
+    target_dsn: str
+    primary_region: str
+    primary_dsn: str
+    primary_conninfo: str
+    rewind_source: LibpqSource
+    clone_source: LibpqSource
+    timeout: float
+    io_timeout: float
+    primary_elsewhere: Callable[[], Awaitable[str | None]]
+
+
+@dataclass
+class ResyncResult:
+    """How the old primary rejoined: JSON-able (``to_json``) for a journal or evidence file.
+
+    ``method`` "rewind" or "reclone" (``reclone_reason``: pg_rewind's last words);
+    ``phases``: seconds per phase, in order; ``primary_lsn``: the new primary's LSN that
+    ``replay_lsn`` reached with ``lag_bytes`` 0; ``kept_aside``: the old data directory
+    after a re-clone, kept (it holds the only copy of the diverged transactions).
+    """
+
+    region: str
+    primary_region: str
+    method: str = "rewind"
+    reclone_reason: str | None = None
+    rewind_note: str | None = None
+    restore_target_wal: bool = False
+    stopped: str | None = None
+    port: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    primary_lsn: str = ""
+    replay_lsn: str = ""
+    lag_bytes: int | None = None
+    timeline: int | None = None
+    kept_aside: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict (str, int, float, None) for ``json.dumps``."""
+        return asdict(self)
+
+
+async def resync_standby(plan: ResyncPlan) -> ResyncResult:
+    """Make ``plan.region``'s stopped or fenced old primary a streaming standby, lag 0."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + plan.timeout
+    result = ResyncResult(plan.region, plan.primary_region)
+
+    def left() -> float:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise ResyncFailed(f"sync-primary: out of time ({plan.timeout:g}s) "
+                               f"after phases {', '.join(result.phases)}")
+        return remaining
+
+    @contextlib.contextmanager
+    def phase(name: str) -> Iterator[None]:
+        started = loop.time()
+        try:
+            yield
+        finally:
+            result.phases[name] = round(loop.time() - started, 3)
+
+    control = plan.control
+    try:
+        with phase("check"):
+            await _check_roles(plan)
+        with phase("stop"):
+            result.stopped = await stop_server(control)
+        result.port = await own_port(control, budget=left())
+        write_recovery_config(control, plan.primary_conninfo)
+        if await cluster_state(control, budget=left()) not in CLEAN_STATES:
+            with phase("clean_shutdown"):
+                await _clean_shutdown_cycle(control, result.port, left())
+        with phase("checkpoint"):
+            async with session(plan.primary_dsn, role=_primary_role(plan),
+                               io_timeout=max(plan.io_timeout, min(left(), 60.0))) as conn:
+                await conn.execute("CHECKPOINT")
+        restore = await setting(control, "restore_command", budget=left())
+        result.restore_target_wal = bool(restore)
+        with phase("rewind"):
+            rewound = await _rewind(plan, restore_target_wal=bool(restore), budget=left())
+        if rewound.returncode == 0:
+            said = rewound.output.lower()
+            result.rewind_note = "no rewind required" if "no rewind required" in said else None
+        else:
+            result.method, result.reclone_reason = "reclone", f"pg_rewind: {rewound.last_line}"
+            with phase("reclone"):
+                result.kept_aside = str(await _reclone(plan, budget=left()))
+        keep_port(control, result.port)
+        with phase("start"):
+            await start_in_recovery(control, result.port, wait=None)
+        with phase("catch_up"):
+            await _wait_streaming(plan, result, deadline)
+    except ServerControlFailed as exc:
+        raise ResyncFailed(f"sync-primary {plan.region}: {exc}") from exc
+    except PromotionRefused as exc:
+        raise ResyncFailed(f"sync-primary {plan.region}: {exc.reason}") from exc
+    return result
+
+
+def _primary_role(plan: ResyncPlan) -> str:
+    return f"new primary ({plan.primary_region})"
+
+
+async def _check_roles(plan: ResyncPlan) -> None:
+    """Refuse unless the other region's server is a primary and the target is not the one."""
+    async with session(plan.primary_dsn, role=_primary_role(plan),
+                       io_timeout=plan.io_timeout) as conn:
+        if await conn.fetchval("SELECT pg_is_in_recovery()"):
+            raise ResyncRefused(
+                f"region {plan.primary_region}'s server {describe_dsn(plan.primary_dsn)} is "
+                "in recovery: there is no new primary to follow (nothing changed)"
+            )
+    if postmaster_pid(plan.control) is None:
+        return
+    try:
+        async with session(plan.target_dsn, role=f"{plan.region} server",
+                           io_timeout=plan.io_timeout) as conn:
+            in_recovery = bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
+    except PromotionRefused:
+        return  # running but not answering (starting, fenced): stopping it is safe
+    if in_recovery:
+        return
+    elsewhere = await plan.primary_elsewhere()
+    if elsewhere is None:
+        raise ResyncRefused(
+            f"region {plan.region}'s server is running as a primary and nothing says the "
+            "primary moved (no newer marker elsewhere, no cluster record): it is the current "
+            "primary; sync-primary only rejoins an old primary after a failover (nothing changed)"
+        )
+
+
+async def _clean_shutdown_cycle(control: ServerControl, port: int, budget: float) -> None:
+    """Start the crashed server in recovery (``standby.signal`` is in place) and stop it:
+    crash recovery runs, and the control file then says "shut down in recovery"."""
+    await start_in_recovery(control, port, wait=min(budget, 60.0))
+    await stop_server(control)
+    state = await cluster_state(control, budget=budget)
+    if state not in CLEAN_STATES:
+        raise ResyncFailed(
+            f"after a start and stop in recovery the cluster state is {state!r}, and pg_rewind "
+            f"needs a clean shutdown; server said: {start_log_tail(control)}"
+        )
+
+
+async def _rewind(
+    plan: ResyncPlan, *, restore_target_wal: bool, budget: float
+) -> BinaryRun:
+    argv = ["-D", str(plan.control.data_directory),
+            f"--source-server={plan.rewind_source.conninfo}"]
+    if restore_target_wal:
+        argv.append("--restore-target-wal")
+    try:
+        return await run_binary(plan.control, "pg_rewind", *argv, budget=budget,
+                                password=plan.rewind_source.password)
+    finally:
+        # pg_rewind removes standby.signal (the source has none) and copies the source's
+        # config, whether it finished or not: put ours back before anything can start it.
+        write_recovery_config(plan.control, plan.primary_conninfo)
+
+
+async def _reclone(plan: ResyncPlan, *, budget: float) -> Path:
+    """A fresh copy of the new primary in the data directory; the old one renamed aside."""
+    control = plan.control
+    data = control.data_directory
+    linked = tablespaces(control)
+    if linked:
+        raise ResyncFailed(
+            f"pg_rewind failed and {data} has tablespaces ({', '.join(map(str, linked))}): "
+            "re-clone by hand with pg_basebackup --tablespace-mapping"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = data.with_name(f"{data.name}.before-sync-{stamp}")
+    owner = data.stat()
+    try:
+        data.rename(aside)
+    except OSError as exc:
+        raise ResyncFailed(f"cannot move {data} aside to {aside}: {exc.strerror}") from exc
+    try:
+        data.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(data, owner.st_uid, owner.st_gid)
+        cloned = await run_binary(
+            control, "pg_basebackup", "-D", str(data), "-R", "-X", "stream", "-c", "fast",
+            "-d", plan.clone_source.conninfo, budget=budget,
+            password=plan.clone_source.password,
+        )
+    except BaseException:
+        _put_back(data, aside)
+        raise
+    if cloned.returncode != 0:
+        _put_back(data, aside)
+        raise ResyncFailed(f"re-clone failed: pg_basebackup: {cloned.last_line}; {data} is "
+                           "back as it was")
+    # -R wrote standby.signal; our primary_conninfo replaces the one it wrote.
+    write_recovery_config(control, plan.primary_conninfo)
+    return aside
+
+
+def _put_back(data: Path, aside: Path) -> None:
+    shutil.rmtree(data, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        aside.rename(data)
+
+
+async def _wait_streaming(plan: ResyncPlan, result: ResyncResult, deadline: float) -> None:
+    """Until the standby's WAL receiver streams and it has replayed the primary's current
+    LSN (read first, so lag 0 holds against that LSN); bounded by ``deadline``."""
+    loop = asyncio.get_running_loop()
+    control = plan.control
+    last = "not answering yet"
+    started, seen = loop.time(), False
+    while loop.time() < deadline:
+        # pg_ctl start -W returns before the postmaster writes its pid file.
+        if postmaster_pid(control) is not None:
+            seen = True
+        elif seen or loop.time() - started > _PID_FILE_GRACE:
+            raise ResyncFailed(f"the server stopped while starting as a standby: "
+                               f"{start_log_tail(control)}")
+        try:
+            async with (
+                session(plan.primary_dsn, role=_primary_role(plan),
+                        io_timeout=plan.io_timeout) as primary,
+                session(plan.target_dsn, role=f"{plan.region} standby",
+                        io_timeout=plan.io_timeout) as standby,
+            ):
+                while loop.time() < deadline:
+                    primary_lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
+                    row = await standby.fetchrow(_STANDBY_STATUS, primary_lsn)
+                    if not row["in_recovery"]:
+                        raise ResyncFailed(f"{plan.region}'s server came up out of recovery")
+                    lag = row["lag"]
+                    if row["receiver"] == "streaming" and lag is not None and lag <= 0:
+                        result.primary_lsn, result.replay_lsn = primary_lsn, row["replay"]
+                        result.lag_bytes, result.timeline = 0, row["timeline"]
+                        return
+                    last = (f"WAL receiver {row['receiver'] or 'not running'}, "
+                            f"replay {'unknown' if lag is None else f'{lag} bytes'} behind")
+                    await asyncio.sleep(_POLL)
+        except PromotionRefused as exc:
+            last = exc.reason
+        await asyncio.sleep(_POLL)
+    raise ResyncFailed(
+        f"not streaming with lag 0 within {plan.timeout:g}s: {last}; the server said: "
+        f"{start_log_tail(control)}"
+    )

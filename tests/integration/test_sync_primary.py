@@ -1,0 +1,178 @@
+"""Failback step 2, ``sync-primary``, as the real CLI against a real pair (issue 9).
+
+The old primary (west) dies after committing rows the standby never got; the standby
+(east) is promoted and takes new writes. ``sync-primary`` on west's host makes west a
+streaming standby of east: by pg_rewind, or by a re-clone when pg_rewind cannot work.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from tests.integration.test_start_gate import EAST, WEST, cli, write_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def old_primary(pg_pair: PostgresPair) -> Iterator[PostgresServer]:
+    """West's server; whatever ``sync-primary`` started on its data dir is stopped after."""
+    yield pg_pair.primary
+    for datadir in pg_pair.base_dir.glob("primary*"):
+        if (datadir / "postmaster.pid").exists():
+            subprocess.run(
+                [str(pg_pair.primary.bindir / "pg_ctl"), "stop", "-D", str(datadir),
+                 "-m", "immediate"],
+                user="postgres", capture_output=True, check=False, cwd="/",
+            )
+
+
+def diverge(pair: PostgresPair) -> None:
+    """Rows 1-3 reach both; the standby then stops receiving and row 100 lands on the
+    primary only: after the failover it is the old primary's diverged transaction."""
+    pair.primary.sql("CREATE TABLE orders (id int PRIMARY KEY); "
+                     "INSERT INTO orders VALUES (1), (2), (3)")
+    pair.wait_replayed()
+    pair.replica.kill()
+    pair.primary.sql("INSERT INTO orders VALUES (100)")
+
+
+def promote_east(pair: PostgresPair) -> None:
+    """The standby comes back, is promoted and takes row 200."""
+    pair.replica.start()
+    pair.replica.sql("SELECT pg_promote(wait => true)")
+    pair.replica.sql("INSERT INTO orders VALUES (200)")
+
+
+def assert_streaming_standby_of_east(pair: PostgresPair, old: PostgresServer) -> None:
+    assert old.sql("SELECT pg_is_in_recovery()") == "t"
+    assert old.sql("SELECT status FROM pg_stat_wal_receiver") == "streaming"
+    # The diverged row is gone, the new primary's row is there.
+    assert old.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM orders") == "1,2,3,200"
+    with pytest.raises(RuntimeError, match="during recovery"):
+        old.sql("BEGIN READ WRITE; INSERT INTO orders VALUES (300); COMMIT")
+    # A write on the new primary reaches it.
+    pair.replica.sql("INSERT INTO orders VALUES (201)")
+    lsn = pair.replica.sql("SELECT pg_current_wal_lsn()")
+    for _ in range(500):
+        if old.sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t":
+            break
+    assert old.sql("SELECT count(*) FROM orders WHERE id = 201") == "1"
+
+
+async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    diverge(pg_pair)
+    old_primary.kill()  # kill -9: it stops uncleanly
+    promote_east(pg_pair)
+    config = write_config(tmp_path, pg_pair)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == "rewind", result
+    assert result["reclone_reason"] is None
+    assert result["lag_bytes"] == 0
+    assert result["timeline"] == 2
+    assert result["region"] == WEST and result["primary_region"] == EAST
+    assert result["port"] == old_primary.port
+    # It crashed, so it got a start and stop in recovery before pg_rewind.
+    assert list(result["phases"]) == [
+        "check", "stop", "clean_shutdown", "checkpoint", "rewind", "start", "catch_up",
+    ]
+    assert (old_primary.datadir / "standby.signal").is_file()
+    assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+def remove_wal_before_last_checkpoint(server: PostgresServer) -> list[str]:
+    """Delete the old primary's WAL segments older than its last checkpoint's redo: the
+    WAL around the fork point that pg_rewind reads, as if archived and recycled."""
+    control = subprocess.run(
+        [str(server.bindir / "pg_controldata"), "-D", str(server.datadir)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    redo_file = next(line.split(":", 1)[1].strip() for line in control.splitlines()
+                     if line.startswith("Latest checkpoint's REDO WAL file"))
+    removed = []
+    for segment in sorted((server.datadir / "pg_wal").glob("0" * 7 + "1*")):
+        if len(segment.name) == 24 and segment.name < redo_file:
+            segment.unlink()
+            removed.append(segment.name)
+    return removed
+
+
+async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    diverge(pg_pair)
+    for row in range(101, 104):  # the fork point's segment is left behind
+        old_primary.sql(f"INSERT INTO orders VALUES ({row}); SELECT pg_switch_wal()")
+    old_primary.sql("CHECKPOINT")
+    old_primary.stop()
+    assert remove_wal_before_last_checkpoint(old_primary)
+    promote_east(pg_pair)
+    config = write_config(tmp_path, pg_pair)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == "reclone", result
+    assert result["reclone_reason"].startswith("pg_rewind: ")
+    assert "reclone" in result["phases"] and "clean_shutdown" not in result["phases"]
+    assert result["lag_bytes"] == 0
+    # The old data directory is kept aside, diverged transactions and all.
+    aside = Path(result["kept_aside"])
+    assert aside.parent == old_primary.datadir.parent
+    assert aside.name.startswith("primary.before-sync-")
+    assert (aside / "PG_VERSION").is_file()
+    assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+async def test_without_a_control_section_sync_primary_names_the_missing_key(
+    tmp_path: Path, pg_pair: PostgresPair,
+) -> None:
+    config = write_config(tmp_path, pg_pair, control=False)
+
+    code, out, err = await cli(config, "sync-primary")
+
+    assert code == 2
+    assert f"regions.{WEST}.database.control is not set" in err
+    assert "Traceback" not in err and out == ""
+
+
+async def test_sync_primary_refuses_while_the_other_region_is_a_standby(
+    tmp_path: Path, pg_pair: PostgresPair,
+) -> None:
+    config = write_config(tmp_path, pg_pair)
+
+    code, _, err = await cli(config, "sync-primary")
+
+    assert code == 1
+    assert f"region {EAST}'s server" in err and "no new primary to follow" in err
+    assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == "f"
+    assert not (pg_pair.primary.datadir / "standby.signal").exists()
+
+
+async def test_sync_primary_refuses_to_demote_a_primary_nothing_says_has_moved(
+    tmp_path: Path, pg_pair: PostgresPair,
+) -> None:
+    # Two writable servers and no marker, no cluster record: which is the primary is not
+    # known, so the running one is left alone.
+    pg_pair.replica.sql("SELECT pg_promote(wait => true)")
+    config = write_config(tmp_path, pg_pair)
+
+    code, _, err = await cli(config, "sync-primary")
+
+    assert code == 1
+    assert "it is the current primary" in err and "nothing changed" in err
+    assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == "f"
+    assert not (pg_pair.primary.datadir / "standby.signal").exists()
