@@ -82,7 +82,8 @@ async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
     assert result["reclone_reason"] is None
     assert result["lag_bytes"] == 0
     assert result["timeline"] == 2
-    assert result["region"] == WEST and result["primary_region"] == EAST
+    assert result["region"] == WEST
+    assert result["primary_region"] == EAST
     assert result["port"] == old_primary.port
     # It crashed, so it got a start and stop in recovery before pg_rewind.
     assert list(result["phases"]) == [
@@ -127,7 +128,8 @@ async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
     result = json.loads(out)
     assert result["method"] == "reclone", result
     assert result["reclone_reason"].startswith("pg_rewind: ")
-    assert "reclone" in result["phases"] and "clean_shutdown" not in result["phases"]
+    assert "reclone" in result["phases"]
+    assert "clean_shutdown" not in result["phases"]
     assert result["lag_bytes"] == 0
     # The old data directory is kept aside, diverged transactions and all.
     aside = Path(result["kept_aside"])
@@ -146,7 +148,8 @@ async def test_without_a_control_section_sync_primary_names_the_missing_key(
 
     assert code == 2
     assert f"regions.{WEST}.database.control is not set" in err
-    assert "Traceback" not in err and out == ""
+    assert "Traceback" not in err
+    assert out == ""
 
 
 async def test_sync_primary_refuses_while_the_other_region_is_a_standby(
@@ -157,7 +160,8 @@ async def test_sync_primary_refuses_while_the_other_region_is_a_standby(
     code, _, err = await cli(config, "sync-primary")
 
     assert code == 1
-    assert f"region {EAST}'s server" in err and "no new primary to follow" in err
+    assert f"region {EAST}'s server" in err
+    assert "no new primary to follow" in err
     assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == "f"
     assert not (pg_pair.primary.datadir / "standby.signal").exists()
 
@@ -173,6 +177,7 @@ async def test_sync_primary_refuses_to_demote_a_primary_nothing_says_has_moved(
     code, _, err = await cli(config, "sync-primary")
 
     assert code == 1
-    assert "it is the current primary" in err and "nothing changed" in err
+    assert "it is the current primary" in err
+    assert "nothing changed" in err
     assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == "f"
     assert not (pg_pair.primary.datadir / "standby.signal").exists()
