@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from agentaskit_dr.actuators.fence import PromotionRefused, describe_dsn, session
 from agentaskit_dr.actuators.pg_control import (
     ServerControl,
@@ -53,6 +55,8 @@ from agentaskit_dr.actuators.resync_tools import (
     start_log_tail,
     tablespaces,
 )
+
+log = structlog.get_logger(__name__)
 
 _POLL = 0.1
 _PID_FILE_GRACE = 5.0
@@ -137,61 +141,78 @@ class ResyncResult:
 
 async def resync_standby(plan: ResyncPlan) -> ResyncResult:
     """Make ``plan.region``'s stopped or fenced old primary a streaming standby, lag 0."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + plan.timeout
-    result = ResyncResult(plan.region, plan.primary_region)
+    run = _Run(plan, asyncio.get_running_loop())
+    try:
+        await run.steps()
+    except ServerControlFailed as exc:
+        raise ResyncFailed(f"{plan.region}: {exc}") from exc
+    except PromotionRefused as exc:
+        raise ResyncFailed(f"{plan.region}: {exc.reason}") from exc
+    return run.result
 
-    def left() -> float:
-        remaining = deadline - loop.time()
+
+class _Run:
+    """One ``sync-primary`` run: its deadline, and the result it fills in phase by phase."""
+
+    def __init__(self, plan: ResyncPlan, loop: asyncio.AbstractEventLoop) -> None:
+        self.plan, self.loop = plan, loop
+        self.deadline = loop.time() + plan.timeout
+        self.result = ResyncResult(plan.region, plan.primary_region)
+
+    def left(self) -> float:
+        """Seconds left of the run's budget; ResyncFailed once none are."""
+        remaining = self.deadline - self.loop.time()
         if remaining <= 0:
-            raise ResyncFailed(f"sync-primary: out of time ({plan.timeout:g}s) "
-                               f"after phases {', '.join(result.phases)}")
+            raise ResyncFailed(f"out of time ({self.plan.timeout:g}s) after phases "
+                               f"{', '.join(self.result.phases)}")
         return remaining
 
     @contextlib.contextmanager
-    def phase(name: str) -> Iterator[None]:
-        started = loop.time()
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase into ``result.phases`` and log it."""
+        started = self.loop.time()
         try:
             yield
         finally:
-            result.phases[name] = round(loop.time() - started, 3)
+            seconds = self.result.phases[name] = round(self.loop.time() - started, 3)
+            log.info("sync_primary_phase", region=self.plan.region, phase=name, seconds=seconds)
 
-    control = plan.control
-    try:
-        with phase("check"):
+    async def steps(self) -> None:
+        plan, result, control = self.plan, self.result, self.plan.control
+        with self.phase("check"):
             await _check_roles(plan)
-        with phase("stop"):
+        with self.phase("stop"):
             result.stopped = await stop_server(control)
-        result.port = await own_port(control, budget=left())
+        result.port = await own_port(control, budget=self.left())
         write_recovery_config(control, plan.primary_conninfo)
-        if await cluster_state(control, budget=left()) not in CLEAN_STATES:
-            with phase("clean_shutdown"):
-                await _clean_shutdown_cycle(control, result.port, left())
-        with phase("checkpoint"):
+        if await cluster_state(control, budget=self.left()) not in CLEAN_STATES:
+            with self.phase("clean_shutdown"):
+                await _clean_shutdown_cycle(control, result.port, self.left())
+        with self.phase("checkpoint"):
             async with session(plan.primary_dsn, role=_primary_role(plan),
-                               io_timeout=max(plan.io_timeout, min(left(), 60.0))) as conn:
+                               io_timeout=max(plan.io_timeout, min(self.left(), 60.0))) as conn:
                 await conn.execute("CHECKPOINT")
-        restore = await setting(control, "restore_command", budget=left())
+        await self.rewind_or_reclone()
+        keep_port(control, result.port)
+        with self.phase("start"):
+            await start_in_recovery(control, result.port, wait=None)
+        with self.phase("catch_up"):
+            await _wait_streaming(plan, result, self.deadline)
+
+    async def rewind_or_reclone(self) -> None:
+        plan, result = self.plan, self.result
+        restore = await setting(plan.control, "restore_command", budget=self.left())
         result.restore_target_wal = bool(restore)
-        with phase("rewind"):
-            rewound = await _rewind(plan, restore_target_wal=bool(restore), budget=left())
+        with self.phase("rewind"):
+            rewound = await _rewind(plan, restore_target_wal=bool(restore), budget=self.left())
         if rewound.returncode == 0:
             said = rewound.output.lower()
             result.rewind_note = "no rewind required" if "no rewind required" in said else None
-        else:
-            result.method, result.reclone_reason = "reclone", f"pg_rewind: {rewound.last_line}"
-            with phase("reclone"):
-                result.kept_aside = str(await _reclone(plan, budget=left()))
-        keep_port(control, result.port)
-        with phase("start"):
-            await start_in_recovery(control, result.port, wait=None)
-        with phase("catch_up"):
-            await _wait_streaming(plan, result, deadline)
-    except ServerControlFailed as exc:
-        raise ResyncFailed(f"sync-primary {plan.region}: {exc}") from exc
-    except PromotionRefused as exc:
-        raise ResyncFailed(f"sync-primary {plan.region}: {exc.reason}") from exc
-    return result
+            return
+        result.method, result.reclone_reason = "reclone", f"pg_rewind: {rewound.last_line}"
+        log.warning("sync_primary_reclone", region=plan.region, reason=result.reclone_reason)
+        with self.phase("reclone"):
+            result.kept_aside = str(await _reclone(plan, budget=self.left()))
 
 
 def _primary_role(plan: ResyncPlan) -> str:
@@ -209,21 +230,20 @@ async def _check_roles(plan: ResyncPlan) -> None:
             )
     if postmaster_pid(plan.control) is None:
         return
-    try:
-        async with session(plan.target_dsn, role=f"{plan.region} server",
-                           io_timeout=plan.io_timeout) as conn:
-            in_recovery = bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
-    except PromotionRefused:
-        return  # running but not answering (starting, fenced): stopping it is safe
-    if in_recovery:
+    # The control file says whether the running server is a standby, with no session
+    # needed (a standby with hot_standby off takes none); anything else may be a primary.
+    state = await cluster_state(plan.control, budget=plan.io_timeout + 5.0)
+    if state == "in archive recovery":
         return
     elsewhere = await plan.primary_elsewhere()
     if elsewhere is None:
         raise ResyncRefused(
-            f"region {plan.region}'s server is running as a primary and nothing says the "
+            f"region {plan.region}'s server is running ({state}) and nothing says the "
             "primary moved (no newer marker elsewhere, no cluster record): it is the current "
             "primary; sync-primary only rejoins an old primary after a failover (nothing changed)"
         )
+    log.warning("sync_primary_stops_old_primary", region=plan.region, state=state,
+                reason=elsewhere)
 
 
 async def _clean_shutdown_cycle(control: ServerControl, port: int, budget: float) -> None:

@@ -181,3 +181,54 @@ async def test_sync_primary_refuses_to_demote_a_primary_nothing_says_has_moved(
     assert "nothing changed" in err
     assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == "f"
     assert not (pg_pair.primary.datadir / "standby.signal").exists()
+
+
+async def test_a_running_old_primary_is_stopped_when_the_new_one_carries_a_newer_marker(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    # The failover promoted east under epoch 1 while west kept running (a SQL-only fence,
+    # say): the marker says the primary moved, so west is stopped and rewound.
+    pg_pair.primary.sql("CREATE TABLE orders (id int PRIMARY KEY); "
+                        "INSERT INTO orders VALUES (1), (2), (3)")
+    pg_pair.wait_replayed()
+    pg_pair.replica.sql("SELECT pg_promote(wait => true)")
+    pg_pair.replica.sql("INSERT INTO orders VALUES (200)")
+    old_primary.sql("INSERT INTO orders VALUES (100)")  # diverged: after the promotion
+    pg_pair.replica.sql(
+        "CREATE SCHEMA agentaskit_dr; CREATE TABLE agentaskit_dr.failover_epoch "
+        "(id int PRIMARY KEY, epoch bigint NOT NULL); "
+        "INSERT INTO agentaskit_dr.failover_epoch VALUES (1, 1)"
+    )
+    config = write_config(tmp_path, pg_pair)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["stopped"].startswith("stopped (pg_ctl -m fast)")
+    assert "clean_shutdown" not in result["phases"]
+    assert result["method"] == "rewind"
+    # Stopped by sync-primary (reap it here) and restarted by it under pg_ctl.
+    assert old_primary.proc is not None
+    assert old_primary.proc.wait(timeout=10) == 0
+    old_primary.proc = None
+    assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+async def test_an_old_primary_with_nothing_diverged_needs_no_rewind(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    pg_pair.primary.sql("CREATE TABLE orders (id int PRIMARY KEY); "
+                        "INSERT INTO orders VALUES (1), (2), (3)")
+    old_primary.stop()  # a clean stop streams its last WAL to the standby first
+    pg_pair.replica.sql("SELECT pg_promote(wait => true)")
+    pg_pair.replica.sql("INSERT INTO orders VALUES (200)")
+    config = write_config(tmp_path, pg_pair)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == "rewind"
+    assert result["rewind_note"] == "no rewind required"
+    assert_streaming_standby_of_east(pg_pair, old_primary)
