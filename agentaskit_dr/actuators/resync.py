@@ -46,9 +46,10 @@ from agentaskit_dr.actuators.pg_control import (
 from agentaskit_dr.actuators.resync_tools import (
     CLEAN_STATES,
     BinaryRun,
+    LastStart,
     cluster_state,
     keep_port,
-    own_port,
+    last_start,
     run_binary,
     setting,
     start_in_recovery,
@@ -158,6 +159,7 @@ class _Run:
         self.plan, self.loop = plan, loop
         self.deadline = loop.time() + plan.timeout
         self.result = ResyncResult(plan.region, plan.primary_region)
+        self.how = LastStart((), 0)
 
     def left(self) -> float:
         """Seconds left of the run's budget; ResyncFailed once none are."""
@@ -183,11 +185,12 @@ class _Run:
             await _check_roles(plan)
         with self.phase("stop"):
             result.stopped = await stop_server(control)
-        result.port = await own_port(control, budget=self.left())
+        self.how = await last_start(control, budget=self.left())
+        result.port = self.how.port
         write_recovery_config(control, plan.primary_conninfo)
         if await cluster_state(control, budget=self.left()) not in CLEAN_STATES:
             with self.phase("clean_shutdown"):
-                await _clean_shutdown_cycle(control, result.port, self.left())
+                await _clean_shutdown_cycle(control, self.how, self.left())
         with self.phase("checkpoint"):
             async with session(plan.primary_dsn, role=_primary_role(plan),
                                io_timeout=max(plan.io_timeout, min(self.left(), 60.0))) as conn:
@@ -195,13 +198,14 @@ class _Run:
         await self.rewind_or_reclone()
         keep_port(control, result.port)
         with self.phase("start"):
-            await start_in_recovery(control, result.port, wait=None)
+            await start_in_recovery(control, self.how, wait=None)
         with self.phase("catch_up"):
             await _wait_streaming(plan, result, self.deadline)
 
     async def rewind_or_reclone(self) -> None:
         plan, result = self.plan, self.result
-        restore = await setting(plan.control, "restore_command", budget=self.left())
+        restore = await setting(plan.control, "restore_command", options=self.how.options,
+                                budget=self.left())
         result.restore_target_wal = bool(restore)
         with self.phase("rewind"):
             rewound = await _rewind(plan, restore_target_wal=bool(restore), budget=self.left())
@@ -246,10 +250,10 @@ async def _check_roles(plan: ResyncPlan) -> None:
                 reason=elsewhere)
 
 
-async def _clean_shutdown_cycle(control: ServerControl, port: int, budget: float) -> None:
+async def _clean_shutdown_cycle(control: ServerControl, how: LastStart, budget: float) -> None:
     """Start the crashed server in recovery (``standby.signal`` is in place) and stop it:
     crash recovery runs, and the control file then says "shut down in recovery"."""
-    await start_in_recovery(control, port, wait=min(budget, 60.0))
+    await start_in_recovery(control, how, wait=min(budget, 60.0))
     await stop_server(control)
     state = await cluster_state(control, budget=budget)
     if state not in CLEAN_STATES:

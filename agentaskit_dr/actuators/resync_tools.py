@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -89,27 +88,55 @@ async def cluster_state(control: ServerControl, *, budget: float) -> str:
     raise ServerControlFailed(f"pg_controldata on {control.data_directory}: {done.last_line}")
 
 
-async def setting(control: ServerControl, name: str, *, budget: float) -> str:
+@dataclass(frozen=True)
+class LastStart:
+    """How the server was last started (``postmaster.opts``), to start it the same way:
+    its options but ``-D`` and ``-p`` (a Debian-style ``-c config_file=...`` kept), and
+    the port it listens on. Read before pg_rewind or a re-clone replaces the directory."""
+
+    options: tuple[str, ...]
+    port: int
+
+    def start_options(self) -> str:
+        """The ``-o`` of ``pg_ctl start``."""
+        return shlex.join([*self.options, "-p", str(self.port)])
+
+
+async def setting(
+    control: ServerControl, name: str, *, options: tuple[str, ...] = (), budget: float
+) -> str:
     """A server setting as its config files give it (``postgres -C``; works while stopped)."""
-    done = await run_binary(control, "postgres", "-D", str(control.data_directory), "-C", name,
-                            budget=budget)
+    done = await run_binary(control, "postgres", "-D", str(control.data_directory), *options,
+                            "-C", name, budget=budget)
     if done.returncode != 0:
         raise ServerControlFailed(f"postgres -C {name}: {done.last_line}")
     return done.output.strip()
 
 
-async def own_port(control: ServerControl, *, budget: float) -> int:
-    """The port this server listens on: the ``-p`` of its last start (``postmaster.opts``),
-    else its config files' ``port``. Read before pg_rewind or a re-clone replaces them."""
-    with contextlib.suppress(OSError, ValueError):
-        words = shlex.split((control.data_directory / "postmaster.opts").read_text())
-        for flag, value in itertools.pairwise(words):
-            if flag == "-p":
-                return int(value)
+async def last_start(control: ServerControl, *, budget: float) -> LastStart:
+    """The options and port of the server's last start; the port from its config files
+    when it was not given as ``-p``."""
     try:
-        return int(await setting(control, "port", budget=budget))
-    except ValueError as exc:
-        raise ServerControlFailed(f"cannot tell the server's port: {exc}") from exc
+        words = shlex.split((control.data_directory / "postmaster.opts").read_text())[1:]
+    except (OSError, ValueError):
+        words = []
+    options: list[str] = []
+    port: int | None = None
+    pairs = iter(words)
+    for word in pairs:
+        if word in ("-D", "-p"):
+            value = next(pairs, "")
+            if word == "-p" and value.isdigit():
+                port = int(value)
+        else:
+            options.append(word)
+    if port is None:
+        answer = await setting(control, "port", options=tuple(options), budget=budget)
+        if not answer.isdigit():
+            raise ServerControlFailed(f"cannot tell the server's port (postgres -C port: "
+                                      f"{answer!r})")
+        port = int(answer)
+    return LastStart(tuple(options), port)
 
 
 def keep_port(control: ServerControl, port: int) -> None:
@@ -124,8 +151,10 @@ def keep_port(control: ServerControl, port: int) -> None:
     _write_owned(control, path, "\n".join([*kept, _PORT_COMMENT, f"port = {port}"]) + "\n")
 
 
-async def start_in_recovery(control: ServerControl, port: int, *, wait: float | None) -> None:
-    """``pg_ctl start`` on ``port``; only with ``standby.signal`` in place.
+async def start_in_recovery(
+    control: ServerControl, how: LastStart, *, wait: float | None
+) -> None:
+    """``pg_ctl start`` as it was last started, on its port; only with ``standby.signal``.
 
     ``wait`` None returns once the postmaster is forked; otherwise pg_ctl waits up to
     ``wait`` seconds for it to accept (read-only) sessions, and a slower start is left
@@ -137,7 +166,7 @@ async def start_in_recovery(control: ServerControl, port: int, *, wait: float | 
             "come up as a writable primary"
         )
     data = str(control.data_directory)
-    argv = ["start", "-D", data, "-o", f"-p {port}", "-l", f"{data}/{START_LOG}"]
+    argv = ["start", "-D", data, "-o", how.start_options(), "-l", f"{data}/{START_LOG}"]
     argv += ["-W"] if wait is None else ["-w", "-t", str(max(1, round(wait)))]
     done = await run_binary(control, "pg_ctl", *argv, budget=(wait or 10.0) + 10.0)
     if done.returncode != 0 and wait is None:
