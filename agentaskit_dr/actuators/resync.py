@@ -213,7 +213,10 @@ class _Run:
             said = rewound.output.lower()
             result.rewind_note = "no rewind required" if "no rewind required" in said else None
             return
-        result.method, result.reclone_reason = "reclone", f"pg_rewind: {rewound.last_line}"
+        reason = rewound.last_line
+        if not reason.startswith("pg_rewind"):
+            reason = f"pg_rewind: {reason}"
+        result.method, result.reclone_reason = "reclone", reason
         log.warning("sync_primary_reclone", region=plan.region, reason=result.reclone_reason)
         with self.phase("reclone"):
             result.kept_aside = str(await _reclone(plan, budget=self.left()))

@@ -127,7 +127,7 @@ async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
     assert code == 0, err
     result = json.loads(out)
     assert result["method"] == "reclone", result
-    assert result["reclone_reason"].startswith("pg_rewind: ")
+    assert result["reclone_reason"].startswith("pg_rewind: error: could not ")
     assert "reclone" in result["phases"]
     assert "clean_shutdown" not in result["phases"]
     assert result["lag_bytes"] == 0
