@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
 from tests.integration.test_start_gate import EAST, WEST, cli, write_config
@@ -137,6 +138,32 @@ async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
     assert aside.name.startswith("primary.before-sync-")
     assert (aside / "PG_VERSION").is_file()
     assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+async def test_a_failed_reclone_puts_the_old_data_directory_back(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    diverge(pg_pair)
+    old_primary.sql("INSERT INTO orders VALUES (101); SELECT pg_switch_wal()")
+    old_primary.sql("CHECKPOINT")
+    old_primary.stop()
+    assert remove_wal_before_last_checkpoint(old_primary)
+    promote_east(pg_pair)
+    config = write_config(tmp_path, pg_pair)
+    data = yaml.safe_load(config.read_text())
+    # Nothing listens on port 9: pg_basebackup cannot connect.
+    data["regions"][EAST]["database"]["replication_dsn"] = "host=127.0.0.1 port=9 user=postgres"
+    config.write_text(yaml.safe_dump(data))
+
+    code, out, err = await cli(config, "sync-primary", "--timeout", "45s")
+
+    assert code == 1
+    assert "re-clone failed: pg_basebackup" in err
+    assert "is back as it was" in err
+    assert out == ""
+    assert not list(old_primary.datadir.parent.glob("primary.before-sync-*"))
+    assert (old_primary.datadir / "PG_VERSION").is_file()
+    assert (old_primary.datadir / "standby.signal").is_file()
 
 
 async def test_without_a_control_section_sync_primary_names_the_missing_key(
