@@ -108,7 +108,12 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
     """What ``sync-primary`` of ``region`` needs from the config; MissingControl if this
     host may not control that region's server."""
     from agentaskit_dr.actuators.resync import ResyncPlan
-    from agentaskit_dr.fencing import other_region, primary_elsewhere, server_control
+    from agentaskit_dr.fencing import (
+        _recorded_primary,
+        other_region,
+        primary_elsewhere,
+        server_control,
+    )
 
     control = server_control(config, region)
     if control is None:
@@ -123,6 +128,13 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
     async def elsewhere() -> str | None:
         return await primary_elsewhere(config, region)
 
+    async def here() -> str | None:
+        recorded = await _recorded_primary(config)
+        if recorded is None or recorded.region != region:
+            return None
+        return (f"the cluster record in the lock store says the primary is in {region} "
+                f"since epoch {recorded.epoch} (run {recorded.run_id})")
+
     rewind_source = libpq_source(primary.dsn, primary.password, options=NO_STATEMENT_TIMEOUT)
     clone_source = (
         _given(primary.replication_dsn) if primary.replication_dsn
@@ -135,6 +147,7 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
         primary_conninfo=primary.replication_dsn or standby_conninfo(primary.dsn, region),
         rewind_source=rewind_source, clone_source=clone_source,
         timeout=timeout, io_timeout=config.probe.timeout, primary_elsewhere=elsewhere,
+        primary_here=here,
     )
 
 

@@ -43,6 +43,7 @@ def _prepare(pair: PostgresPair, rows: int, method: str) -> None:
     old.sql(f"CREATE TABLE orders AS SELECT g AS id, md5(g::text) AS note "
             f"FROM generate_series(1, {rows}) AS g")
     pair.wait_replayed(timeout=120)
+    old.sql("CHECKPOINT")  # as checkpoint_timeout would, between the load and the failure
     new.kill()  # the standby stops receiving: what follows on the old primary diverges
     old.sql("INSERT INTO orders VALUES (0, 'diverged')")
     if method == "reclone":
@@ -84,7 +85,7 @@ def _plan(pair: PostgresPair) -> ResyncPlan:
         primary_conninfo=standby_conninfo(new.dsn, "west"),
         rewind_source=libpq_source(new.dsn, None, options=NO_STATEMENT_TIMEOUT),
         clone_source=libpq_source(new.dsn, None),
-        timeout=600.0, io_timeout=5.0, primary_elsewhere=nowhere,
+        timeout=600.0, io_timeout=5.0, primary_elsewhere=nowhere, primary_here=nowhere,
     )
 
 

@@ -94,7 +94,9 @@ class ResyncPlan:
     new primary. ``primary_conninfo``: what the standby streams with. ``rewind_source``
     (a superuser-like role) and ``clone_source`` (a REPLICATION role): the new primary for
     pg_rewind and pg_basebackup. ``primary_elsewhere``: why the target, if it runs as a
-    primary, is not the cluster's primary (None: it may be, refuse).
+    primary, is not the cluster's primary (None: it may be, refuse). ``primary_here``: why
+    the target is the cluster's primary (the cluster record names it), refused even while
+    it is down; None when nothing says so.
     """
 
     region: str
@@ -108,6 +110,7 @@ class ResyncPlan:
     timeout: float
     io_timeout: float
     primary_elsewhere: Callable[[], Awaitable[str | None]]
+    primary_here: Callable[[], Awaitable[str | None]]
 
 
 @dataclass
@@ -235,6 +238,10 @@ async def _check_roles(plan: ResyncPlan) -> None:
                 f"region {plan.primary_region}'s server {describe_dsn(plan.primary_dsn)} is "
                 "in recovery: there is no new primary to follow (nothing changed)"
             )
+    here = await plan.primary_here()
+    if here is not None:
+        raise ResyncRefused(f"{here}: {plan.region} is the current primary, not an old one "
+                            "to rejoin (nothing changed)")
     if postmaster_pid(plan.control) is None:
         return
     # The control file says whether the running server is a standby, with no session

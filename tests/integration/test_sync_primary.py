@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agentaskit_dr.leadership.cluster import RedisClusterStore
+from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.test_start_gate import EAST, WEST, cli, write_config
 
 pytestmark = pytest.mark.integration
@@ -259,3 +262,27 @@ async def test_an_old_primary_with_nothing_diverged_needs_no_rewind(
     assert result["method"] == "rewind"
     assert result["rewind_note"] == "no rewind required"
     assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+async def test_sync_primary_refuses_a_down_region_the_cluster_record_names_as_primary(
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+) -> None:
+    # East was promoted (a standby no more) but the record says west is the primary:
+    # west, though down, is not an old primary to rewind.
+    store = RedisClusterStore(redis_server.url)
+    lock = RedisLeaderLock(redis_server.url, holder="west", ttl=3.0)
+    lease = await lock.acquire()
+    assert lease is not None
+    await store.record_primary(WEST, epoch=lease.epoch, run_id="fb-west", lease=lease)
+    await lock.close()
+    await store.close()
+    pg_pair.primary.kill()
+    pg_pair.replica.sql("SELECT pg_promote(wait => true)")
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
+
+    code, _, err = await cli(config, "sync-primary")
+
+    assert code == 1
+    assert f"the cluster record in the lock store says the primary is in {WEST}" in err
+    assert "nothing changed" in err
+    assert not (pg_pair.primary.datadir / "standby.signal").exists()
