@@ -8,6 +8,7 @@ streaming standby of east: by pg_rewind, or by a re-clone when pg_rewind cannot 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,35 @@ async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
     assert aside.parent == old_primary.datadir.parent
     assert aside.name.startswith("primary.before-sync-")
     assert (aside / "PG_VERSION").is_file()
+    assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+async def test_with_an_archive_pg_rewind_restores_the_missing_wal_and_no_reclone_is_needed(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    diverge(pg_pair)
+    for row in range(101, 104):
+        old_primary.sql(f"INSERT INTO orders VALUES ({row}); SELECT pg_switch_wal()")
+    old_primary.sql("CHECKPOINT")
+    old_primary.stop()
+    archive = pg_pair.base_dir / "archive"
+    archive.mkdir()
+    for segment in (old_primary.datadir / "pg_wal").glob("0" * 7 + "1*"):
+        shutil.copy2(segment, archive / segment.name)
+        shutil.chown(archive / segment.name, "postgres", "postgres")
+    shutil.chown(archive, "postgres", "postgres")
+    assert remove_wal_before_last_checkpoint(old_primary)
+    with (old_primary.datadir / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"restore_command = 'cp {archive}/%f %p'\n")
+    promote_east(pg_pair)
+    config = write_config(tmp_path, pg_pair)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["restore_target_wal"] is True
+    assert result["method"] == "rewind", result
     assert_streaming_standby_of_east(pg_pair, old_primary)
 
 
