@@ -173,6 +173,51 @@ async def test_with_an_archive_pg_rewind_restores_the_missing_wal_and_no_reclone
     assert_streaming_standby_of_east(pg_pair, old_primary)
 
 
+async def test_without_wal_log_hints_the_old_primary_is_recloned(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    old_primary.sql("ALTER SYSTEM SET wal_log_hints = off")
+    old_primary.stop()
+    old_primary.start()  # pg_control now records wal_log_hints off (no checksums either)
+    diverge(pg_pair)
+    old_primary.kill()
+    promote_east(pg_pair)
+    config = write_config(tmp_path, pg_pair)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["method"] == "reclone"
+    assert "wal_log_hints" in result["reclone_reason"]
+    assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+async def test_a_fenced_old_primary_restarted_in_recovery_is_stopped_and_rewound(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+) -> None:
+    diverge(pg_pair)
+    old_primary.kill()
+    promote_east(pg_pair)
+    # The fence's standby.signal made its restart come up in recovery; it cannot follow
+    # east (it has WAL east never had) and waits, read-only.
+    (old_primary.datadir / "standby.signal").write_text("")
+    shutil.chown(old_primary.datadir / "standby.signal", "postgres", "postgres")
+    old_primary.start()
+    config = write_config(tmp_path, pg_pair)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["stopped"].startswith("stopped (pg_ctl -m fast)")
+    assert result["method"] == "rewind"
+    assert old_primary.proc is not None
+    assert old_primary.proc.wait(timeout=10) == 0
+    old_primary.proc = None
+    assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
 async def test_a_failed_reclone_puts_the_old_data_directory_back(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
 ) -> None:
