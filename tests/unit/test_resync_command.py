@@ -10,9 +10,15 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from agentaskit_dr.actuators.resync import ResyncResult
 from agentaskit_dr.cli import main
 from agentaskit_dr.config import ConfigError, load_config
-from agentaskit_dr.resync_command import libpq_source, resync_plan, standby_conninfo
+from agentaskit_dr.resync_command import (
+    describe,
+    libpq_source,
+    resync_plan,
+    standby_conninfo,
+)
 from tests.unit.test_config import SECRET, shipped, shipped_env, write  # noqa: F401
 
 
@@ -121,3 +127,23 @@ def test_standby_conninfo_quotes_what_needs_it() -> None:
     assert standby_conninfo("postgresql://o%27neil@db/app", "us west") == (
         "host=db user='o\\'neil' application_name='agentaskit-dr-us west'"
     )
+
+
+def test_the_summary_says_which_path_was_taken_and_why() -> None:
+    result = ResyncResult(
+        "us-west-2", "us-east-1", method="reclone",
+        reclone_reason="pg_rewind: error: could not find previous WAL record at 0/3022510",
+        phases={"check": 0.01, "rewind": 0.02, "reclone": 0.1}, primary_lsn="0/5000060",
+        replay_lsn="0/5000060", lag_bytes=0, timeline=2,
+        kept_aside="/var/lib/postgresql/15/main.before-sync-20261129T100000Z",
+    )
+
+    assert describe(result).splitlines() == [
+        "us-west-2: re-cloned (pg_basebackup); streaming from us-east-1, replay lag 0 bytes "
+        "at 0/5000060 (timeline 2)",
+        "re-cloned because pg_rewind: error: could not find previous WAL record at 0/3022510",
+        "old data directory kept at /var/lib/postgresql/15/main.before-sync-20261129T100000Z "
+        "(the diverged transactions' only copy): remove it when no longer needed",
+        "phases: check 0.01s, rewind 0.02s, reclone 0.10s",
+    ]
+    assert json.loads(json.dumps(result.to_json()))["phases"]["reclone"] == 0.1
