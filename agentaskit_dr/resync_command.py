@@ -52,9 +52,11 @@ def add_resync_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_resync_command(args: argparse.Namespace) -> int:
     """Run ``sync-primary``; every expected failure is one line on stderr, no traceback."""
     from agentaskit_dr import logs
-    from agentaskit_dr.actuators.resync import ResyncFailed, resync_standby
+    from agentaskit_dr.actuators.resync import ResyncFailed
     from agentaskit_dr.config import load_config, parse_duration
     from agentaskit_dr.config_cli import load_or_explain
+    from agentaskit_dr.oncall import Refused
+    from agentaskit_dr.ports import LockUnavailable
 
     try:
         timeout = parse_duration(args.timeout)
@@ -75,11 +77,23 @@ def run_resync_command(args: argparse.Namespace) -> int:
         return _say(str(exc), EXIT_USAGE)
     logs.configure("warning", stream=sys.stderr)
     try:
-        result = asyncio.run(resync_standby(plan))
-    except ResyncFailed as exc:
+        result = asyncio.run(_under_the_lock(config, plan))
+    except (ResyncFailed, Refused) as exc:
         return _say(str(exc), EXIT_FAILURE)
+    except LockUnavailable as exc:
+        return _say(f"the lock store cannot be reached: {exc}", EXIT_FAILURE)
     print(json.dumps(result.to_json(), indent=2) if args.json else describe(result))
     return EXIT_OK
+
+
+async def _under_the_lock(config: WatchdogConfig, plan: ResyncPlan) -> ResyncResult:
+    """Run the step holding the leader lock, like every on-call command that changes
+    something: no watchdog's runbook acts on the cluster meanwhile."""
+    from agentaskit_dr.actuators.resync import resync_standby
+    from agentaskit_dr.oncall import held_lock
+
+    async with held_lock(config):
+        return await resync_standby(plan)
 
 
 def _say(message: str, code: int) -> int:

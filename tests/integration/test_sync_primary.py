@@ -73,11 +73,12 @@ def assert_streaming_standby_of_east(pair: PostgresPair, old: PostgresServer) ->
 
 async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     diverge(pg_pair)
     old_primary.kill()  # kill -9: it stops uncleanly
     promote_east(pg_pair)
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
 
@@ -117,6 +118,7 @@ def remove_wal_before_last_checkpoint(server: PostgresServer) -> list[str]:
 
 async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     diverge(pg_pair)
     for row in range(101, 104):  # the fork point's segment is left behind
@@ -125,7 +127,7 @@ async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
     old_primary.stop()
     assert remove_wal_before_last_checkpoint(old_primary)
     promote_east(pg_pair)
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
 
@@ -146,6 +148,7 @@ async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
 
 async def test_with_an_archive_pg_rewind_restores_the_missing_wal_and_no_reclone_is_needed(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     diverge(pg_pair)
     for row in range(101, 104):
@@ -162,7 +165,7 @@ async def test_with_an_archive_pg_rewind_restores_the_missing_wal_and_no_reclone
     with (old_primary.datadir / "postgresql.auto.conf").open("a") as conf:
         conf.write(f"restore_command = 'cp {archive}/%f %p'\n")
     promote_east(pg_pair)
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
 
@@ -175,6 +178,7 @@ async def test_with_an_archive_pg_rewind_restores_the_missing_wal_and_no_reclone
 
 async def test_without_wal_log_hints_the_old_primary_is_recloned(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     old_primary.sql("ALTER SYSTEM SET wal_log_hints = off")
     old_primary.stop()
@@ -182,7 +186,7 @@ async def test_without_wal_log_hints_the_old_primary_is_recloned(
     diverge(pg_pair)
     old_primary.kill()
     promote_east(pg_pair)
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
 
@@ -195,6 +199,7 @@ async def test_without_wal_log_hints_the_old_primary_is_recloned(
 
 async def test_a_fenced_old_primary_restarted_in_recovery_is_stopped_and_rewound(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     diverge(pg_pair)
     old_primary.kill()
@@ -204,7 +209,7 @@ async def test_a_fenced_old_primary_restarted_in_recovery_is_stopped_and_rewound
     (old_primary.datadir / "standby.signal").write_text("")
     shutil.chown(old_primary.datadir / "standby.signal", "postgres", "postgres")
     old_primary.start()
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
 
@@ -220,6 +225,7 @@ async def test_a_fenced_old_primary_restarted_in_recovery_is_stopped_and_rewound
 
 async def test_a_failed_reclone_puts_the_old_data_directory_back(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     diverge(pg_pair)
     old_primary.sql("INSERT INTO orders VALUES (101); SELECT pg_switch_wal()")
@@ -227,7 +233,7 @@ async def test_a_failed_reclone_puts_the_old_data_directory_back(
     old_primary.stop()
     assert remove_wal_before_last_checkpoint(old_primary)
     promote_east(pg_pair)
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
     data = yaml.safe_load(config.read_text())
     # Nothing listens on port 9: pg_basebackup cannot connect.
     data["regions"][EAST]["database"]["replication_dsn"] = "host=127.0.0.1 port=9 user=postgres"
@@ -258,9 +264,9 @@ async def test_without_a_control_section_sync_primary_names_the_missing_key(
 
 
 async def test_sync_primary_refuses_while_the_other_region_is_a_standby(
-    tmp_path: Path, pg_pair: PostgresPair,
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
 ) -> None:
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, _, err = await cli(config, "sync-primary")
 
@@ -272,12 +278,12 @@ async def test_sync_primary_refuses_while_the_other_region_is_a_standby(
 
 
 async def test_sync_primary_refuses_to_demote_a_primary_nothing_says_has_moved(
-    tmp_path: Path, pg_pair: PostgresPair,
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
 ) -> None:
     # Two writable servers and no marker, no cluster record: which is the primary is not
     # known, so the running one is left alone.
     pg_pair.replica.sql("SELECT pg_promote(wait => true)")
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, _, err = await cli(config, "sync-primary")
 
@@ -290,6 +296,7 @@ async def test_sync_primary_refuses_to_demote_a_primary_nothing_says_has_moved(
 
 async def test_a_running_old_primary_is_stopped_when_the_new_one_carries_a_newer_marker(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     # The failover promoted east under epoch 1 while west kept running (a SQL-only fence,
     # say): the marker says the primary moved, so west is stopped and rewound.
@@ -304,7 +311,7 @@ async def test_a_running_old_primary_is_stopped_when_the_new_one_carries_a_newer
         "(id int PRIMARY KEY, epoch bigint NOT NULL); "
         "INSERT INTO agentaskit_dr.failover_epoch VALUES (1, 1)"
     )
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
 
@@ -322,13 +329,14 @@ async def test_a_running_old_primary_is_stopped_when_the_new_one_carries_a_newer
 
 async def test_an_old_primary_with_nothing_diverged_needs_no_rewind(
     tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
 ) -> None:
     pg_pair.primary.sql("CREATE TABLE orders (id int PRIMARY KEY); "
                         "INSERT INTO orders VALUES (1), (2), (3)")
     old_primary.stop()  # a clean stop streams its last WAL to the standby first
     pg_pair.replica.sql("SELECT pg_promote(wait => true)")
     pg_pair.replica.sql("INSERT INTO orders VALUES (200)")
-    config = write_config(tmp_path, pg_pair)
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
 
@@ -349,6 +357,7 @@ async def test_sync_primary_refuses_a_down_region_the_cluster_record_names_as_pr
     lease = await lock.acquire()
     assert lease is not None
     await store.record_primary(WEST, epoch=lease.epoch, run_id="fb-west", lease=lease)
+    await lock.release(lease)
     await lock.close()
     await store.close()
     pg_pair.primary.kill()
@@ -361,3 +370,26 @@ async def test_sync_primary_refuses_a_down_region_the_cluster_record_names_as_pr
     assert f"the cluster record in the lock store says the primary is in {WEST}" in err
     assert "nothing changed" in err
     assert not (pg_pair.primary.datadir / "standby.signal").exists()
+
+
+async def test_sync_primary_refuses_while_a_watchdog_holds_the_lock(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
+) -> None:
+    diverge(pg_pair)
+    old_primary.kill()
+    promote_east(pg_pair)
+    lock = RedisLeaderLock(redis_server.url, holder="watchdog-us-east-1", ttl=30.0)
+    lease = await lock.acquire()
+    assert lease is not None
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
+    try:
+        code, _, err = await cli(config, "sync-primary")
+    finally:
+        await lock.release(lease)
+        await lock.close()
+
+    assert code == 1
+    assert "the leader lock is held by watchdog-us-east-1" in err
+    assert "agentaskit-dr pause" in err
+    assert not (old_primary.datadir / "standby.signal").exists()
