@@ -83,7 +83,7 @@ class LibpqSource:
     """A libpq connection string for a binary (no password in it) and the password, if any."""
 
     conninfo: str
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,9 @@ class ResyncPlan:
 
     region: str
     control: ServerControl
-    target_dsn: str
+    target_dsn: str = field(repr=False)  # password inside: never printed
     primary_region: str
-    primary_dsn: str
+    primary_dsn: str = field(repr=False)
     primary_conninfo: str
     rewind_source: LibpqSource
     clone_source: LibpqSource

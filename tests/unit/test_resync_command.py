@@ -147,3 +147,9 @@ def test_the_summary_says_which_path_was_taken_and_why() -> None:
         "phases: check 0.01s, rewind 0.02s, reclone 0.10s",
     ]
     assert json.loads(json.dumps(result.to_json()))["phases"]["reclone"] == 0.1
+
+
+def test_the_plan_never_prints_a_password(tmp_path: Path) -> None:
+    config = load_config(with_databases(tmp_path, west={"control": {"data_directory": "/pg"}}))
+
+    assert SECRET not in repr(resync_plan(config, "us-west-2", 60.0))
