@@ -162,6 +162,7 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
         rewind_source=rewind_source, clone_source=clone_source,
         timeout=timeout, io_timeout=config.probe.timeout, primary_elsewhere=elsewhere,
         primary_here=here,
+        standby_name=None if primary.replication_dsn else standby_name(region),
     )
 
 
@@ -197,8 +198,13 @@ def standby_conninfo(dsn: str, standby_region: str) -> str:
         words.append(f"port={parts.port}")
     if parts.username:
         words.append(f"user={_quoted(unquote(parts.username))}")
-    words.append(f"application_name={_quoted(f'agentaskit-dr-{standby_region}')}")
+    words.append(f"application_name={_quoted(standby_name(standby_region))}")
     return " ".join(words)
+
+
+def standby_name(region: str) -> str:
+    """The ``application_name`` a standby in ``region`` streams under (default conninfo)."""
+    return f"agentaskit-dr-{region}"
 
 
 def _quoted(value: str) -> str:

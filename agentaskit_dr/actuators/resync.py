@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from asyncpg import Connection
 
 from agentaskit_dr.actuators.fence import PromotionRefused, describe_dsn, session
 from agentaskit_dr.actuators.pg_control import (
@@ -68,6 +69,12 @@ SELECT pg_is_in_recovery() AS in_recovery,
        pg_last_wal_replay_lsn()::text AS replay,
        pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn())::bigint AS lag
 """
+_REPLICATION_STATUS = """
+SELECT state, pg_current_wal_lsn()::text AS primary_lsn, replay_lsn::text AS replay,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag
+FROM pg_stat_replication WHERE application_name = $1
+ORDER BY backend_start DESC LIMIT 1
+"""
 
 
 class ResyncFailed(Exception):
@@ -96,7 +103,8 @@ class ResyncPlan:
     pg_rewind and pg_basebackup. ``primary_elsewhere``: why the target, if it runs as a
     primary, is not the cluster's primary (None: it may be, refuse). ``primary_here``: why
     the target is the cluster's primary (the cluster record names it), refused even while
-    it is down; None when nothing says so.
+    it is down; None when nothing says so. ``standby_name``: the ``application_name`` in
+    ``primary_conninfo``, to find the standby in the primary's ``pg_stat_replication``.
     """
 
     region: str
@@ -111,6 +119,7 @@ class ResyncPlan:
     io_timeout: float
     primary_elsewhere: Callable[[], Awaitable[str | None]]
     primary_here: Callable[[], Awaitable[str | None]]
+    standby_name: str | None = None
 
 
 @dataclass
@@ -120,7 +129,10 @@ class ResyncResult:
     ``method`` "rewind" or "reclone" (``reclone_reason``: pg_rewind's last words);
     ``phases``: seconds per phase, in order; ``primary_lsn``: the new primary's LSN that
     ``replay_lsn`` reached with ``lag_bytes`` 0; ``kept_aside``: the old data directory
-    after a re-clone, kept (it holds the only copy of the diverged transactions).
+    after a re-clone, kept (it holds the only copy of the diverged transactions);
+    ``confirmed_by``: the view that showed it streaming with lag 0 (``pg_stat_wal_receiver``
+    on the standby, or ``pg_stat_replication`` on the primary when the standby takes no
+    session).
     """
 
     region: str
@@ -137,6 +149,7 @@ class ResyncResult:
     lag_bytes: int | None = None
     timeline: int | None = None
     kept_aside: str | None = None
+    confirmed_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (str, int, float, None) for ``json.dumps``."""
@@ -334,8 +347,8 @@ def _put_back(data: Path, aside: Path) -> None:
 
 
 async def _wait_streaming(plan: ResyncPlan, result: ResyncResult, deadline: float) -> None:
-    """Until the standby's WAL receiver streams and it has replayed the primary's current
-    LSN (read first, so lag 0 holds against that LSN); bounded by ``deadline``."""
+    """Until the standby streams and has replayed the primary's current LSN (read first,
+    so lag 0 holds against that LSN); bounded by ``deadline``."""
     loop = asyncio.get_running_loop()
     control = plan.control
     last = "not answering yet"
@@ -348,29 +361,52 @@ async def _wait_streaming(plan: ResyncPlan, result: ResyncResult, deadline: floa
             raise ResyncFailed(f"the server stopped while starting as a standby: "
                                f"{start_log_tail(control)}")
         try:
-            async with (
-                session(plan.primary_dsn, role=_primary_role(plan),
-                        io_timeout=plan.io_timeout) as primary,
-                session(plan.target_dsn, role=f"{plan.region} standby",
-                        io_timeout=plan.io_timeout) as standby,
-            ):
-                while loop.time() < deadline:
-                    primary_lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
-                    row = await standby.fetchrow(_STANDBY_STATUS, primary_lsn)
-                    if not row["in_recovery"]:
-                        raise ResyncFailed(f"{plan.region}'s server came up out of recovery")
-                    lag = row["lag"]
-                    if row["receiver"] == "streaming" and lag is not None and lag <= 0:
-                        result.primary_lsn, result.replay_lsn = primary_lsn, row["replay"]
-                        result.lag_bytes, result.timeline = 0, row["timeline"]
-                        return
-                    last = (f"WAL receiver {row['receiver'] or 'not running'}, "
-                            f"replay {'unknown' if lag is None else f'{lag} bytes'} behind")
-                    await asyncio.sleep(_POLL)
+            async with session(plan.primary_dsn, role=_primary_role(plan),
+                               io_timeout=plan.io_timeout) as primary:
+                said = await _caught_up(plan, primary, result)
         except PromotionRefused as exc:
-            last = exc.reason
+            said = exc.reason
+        if said is None:
+            return
+        last = said
         await asyncio.sleep(_POLL)
     raise ResyncFailed(
         f"not streaming with lag 0 within {plan.timeout:g}s: {last}; the server said: "
         f"{start_log_tail(control)}"
     )
+
+
+async def _caught_up(plan: ResyncPlan, primary: Connection, result: ResyncResult) -> str | None:
+    """None once caught up (``result`` filled in), else what is still missing.
+
+    Asked of the standby itself (``pg_stat_wal_receiver``); a standby that takes no
+    session (``hot_standby = off``, or still starting) is looked up on the primary
+    (``pg_stat_replication`` by ``standby_name``), whose replay position comes from the
+    standby's status messages (up to ``wal_receiver_status_interval`` late).
+    """
+    primary_lsn = await primary.fetchval("SELECT pg_current_wal_lsn()::text")
+    try:
+        async with session(plan.target_dsn, role=f"{plan.region} standby",
+                           io_timeout=plan.io_timeout) as standby:
+            row = await standby.fetchrow(_STANDBY_STATUS, primary_lsn)
+    except PromotionRefused as exc:
+        if plan.standby_name is None:
+            return exc.reason
+        seen = await primary.fetchrow(_REPLICATION_STATUS, plan.standby_name)
+        if seen is None:
+            return f"{exc.reason}; not in pg_stat_replication as {plan.standby_name!r}"
+        if seen["state"] == "streaming" and seen["lag"] is not None and seen["lag"] <= 0:
+            result.primary_lsn, result.replay_lsn = seen["primary_lsn"], seen["replay"]
+            result.lag_bytes, result.confirmed_by = 0, "pg_stat_replication"
+            return None
+        return f"{exc.reason}; on the primary: {seen['state']}, {seen['lag']} bytes behind"
+    if not row["in_recovery"]:
+        raise ResyncFailed(f"{plan.region}'s server came up out of recovery")
+    lag = row["lag"]
+    if row["receiver"] == "streaming" and lag is not None and lag <= 0:
+        result.primary_lsn, result.replay_lsn = primary_lsn, row["replay"]
+        result.lag_bytes, result.timeline = 0, row["timeline"]
+        result.confirmed_by = "pg_stat_wal_receiver"
+        return None
+    return (f"WAL receiver {row['receiver'] or 'not running'}, "
+            f"replay {'unknown' if lag is None else f'{lag} bytes'} behind")

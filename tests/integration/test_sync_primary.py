@@ -92,6 +92,7 @@ async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
     assert result["reclone_reason"] is None
     assert result["lag_bytes"] == 0
     assert result["timeline"] == 2
+    assert result["confirmed_by"] == "pg_stat_wal_receiver"
     assert result["region"] == WEST
     assert result["primary_region"] == EAST
     assert result["port"] == old_primary.port
@@ -407,3 +408,28 @@ async def test_sync_primary_refuses_while_a_watchdog_holds_the_lock(
     assert "the leader lock is held by watchdog-us-east-1" in err
     assert "agentaskit-dr pause" in err
     assert not (old_primary.datadir / "standby.signal").exists()
+
+
+async def test_a_standby_without_hot_standby_is_confirmed_from_the_primary(
+    tmp_path: Path, pg_pair: PostgresPair, old_primary: PostgresServer,
+    redis_server: RedisServer,
+) -> None:
+    diverge(pg_pair)
+    old_primary.kill()
+    promote_east(pg_pair)
+    # pg_rewind copies the new primary's config: the rewound standby takes no session.
+    pg_pair.replica.sql("ALTER SYSTEM SET hot_standby = off")
+    config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
+
+    code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
+
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["confirmed_by"] == "pg_stat_replication"
+    assert result["lag_bytes"] == 0
+    assert result["replay_lsn"] == result["primary_lsn"]
+    assert pg_pair.replica.sql(
+        "SELECT state FROM pg_stat_replication WHERE application_name = 'agentaskit-dr-us-west-2'"
+    ) == "streaming"
+    with pytest.raises(RuntimeError, match=r"not accepting connections|hot standby"):
+        old_primary.sql("SELECT 1")
