@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.integrity_command import add_integrity_command
     from agentaskit_dr.oncall import add_oncall_commands
+    from agentaskit_dr.resync_command import add_resync_command
     from agentaskit_dr.switchover_command import add_switchover_command
 
     add_api_commands(sub)
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     add_fence_commands(sub)
     add_switchover_command(sub)
     add_integrity_command(sub)
+    add_resync_command(sub)
     return parser
 
 
@@ -112,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.integrity_command import run_integrity_command
 
             return run_integrity_command(args)
+        if getattr(args, "resync_command", None):
+            from agentaskit_dr.resync_command import run_resync_command
+
+            return run_resync_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 

@@ -115,6 +115,11 @@ class DatabaseConfig(_PasswordSource):
     """``postgresql://user@host:port/dbname``; an inline password is allowed, not advised."""
     control: DatabaseControlConfig | None = None
     """Set only where this watchdog runs on the server's host and may stop it (hard fence)."""
+    replication_dsn: NonBlank | None = None
+    """libpq conninfo (``key=value`` words or a URL) a standby of this server streams with
+    (its ``primary_conninfo``) and ``sync-primary`` re-clones from (``pg_basebackup``);
+    None: host, port and user of ``dsn``, no password (the standby's OS user's
+    ``~/.pgpass``)."""
 
     @field_validator("dsn")
     @classmethod
