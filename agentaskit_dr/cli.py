@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from agentaskit_dr import __version__, logs
-from agentaskit_dr.config_cli import load_or_explain, print_problems
+from agentaskit_dr.config_cli import load_or_explain, positive_seconds, print_problems
 
 if TYPE_CHECKING:
     from agentaskit_dr.api.credentials import DaemonCredentials
@@ -31,14 +31,7 @@ EXIT_INTERRUPTED = 130
 
 def _duration(text: str) -> str:
     """argparse type: a duration longer than zero ('3s', '500ms'), kept as written."""
-    from agentaskit_dr.config import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        raise argparse.ArgumentTypeError(f"{exc} (got {text!r})") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be longer than zero (got {text!r})")
+    positive_seconds(text)
     return text
 
 

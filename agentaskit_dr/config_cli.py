@@ -3,6 +3,7 @@ stderr and no traceback (shared by ``cli``, ``oncall`` and the fence commands)."
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,3 +32,16 @@ def load_or_explain(path: Path, loader: Callable[[Path], T]) -> T | None:
         print_problems(path, [f"cannot be validated ({type(exc).__name__}); please report "
                                "this file's shape as a bug"])
     return None
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a duration longer than zero ('3s', '500ms', '2m'), in seconds."""
+    from agentaskit_dr.config import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (got {text!r})") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than zero (got {text!r})")
+    return seconds

@@ -14,23 +14,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agentaskit_dr.config_cli import positive_seconds
+
 if TYPE_CHECKING:
     from agentaskit_dr.integrity import IntegrityReport
 
 EXIT_SAME, EXIT_DIFFERS, EXIT_USAGE, EXIT_UNVERIFIED = 0, 1, 2, 3
 _NAME = "verify-data-integrity"
-
-
-def _seconds(text: str) -> float:
-    from agentaskit_dr.config import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        raise argparse.ArgumentTypeError(f"{exc} (got {text!r})") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be longer than zero (got {text!r})")
-    return seconds
 
 
 def add_integrity_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +29,7 @@ def add_integrity_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
         _NAME, help="failback: prove the primary and its resynced standby hold the same data "
         "(lineage and lag, amcheck, per-table hashes at one WAL position)")
     command.add_argument("--config", required=True, type=Path, help="watchdog YAML file")
-    command.add_argument("--timeout", type=_seconds, default=60.0,
+    command.add_argument("--timeout", type=positive_seconds, default=60.0,
                          help="bound on each wait: the standby's catch-up, the consistent "
                               "point (default 60s; the scans themselves are not bounded)")
     command.add_argument("--json", action="store_true", help="the report as JSON on stdout")
