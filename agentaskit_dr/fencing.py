@@ -88,7 +88,7 @@ async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
     newer than this region's (unknown counts as none) -- it was promoted after this one.
     A store or server that does not answer tells nothing.
     """
-    recorded = await _recorded_primary(config)
+    recorded = await recorded_primary(config)
     if recorded is not None and recorded.region != region:
         return (f"the cluster record in the lock store says the primary is in "
                 f"{recorded.region} since the failover of epoch {recorded.epoch} "
@@ -116,7 +116,9 @@ async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
     )
 
 
-async def _recorded_primary(config: WatchdogConfig) -> ClusterPrimary | None:
+async def recorded_primary(config: WatchdogConfig) -> ClusterPrimary | None:
+    """The cluster's primary as the lock store records it; None if none is recorded or the
+    store cannot be read (logged)."""
     lock = config.lock
     store = RedisClusterStore(lock.url, key_prefix=lock.key_prefix,
                               socket_timeout=lock.socket_timeout, password=lock.password_value())

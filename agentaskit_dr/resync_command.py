@@ -123,9 +123,9 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
     host may not control that region's server."""
     from agentaskit_dr.actuators.resync import ResyncPlan
     from agentaskit_dr.fencing import (
-        _recorded_primary,
         other_region,
         primary_elsewhere,
+        recorded_primary,
         server_control,
     )
 
@@ -143,7 +143,7 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
         return await primary_elsewhere(config, region)
 
     async def here() -> str | None:
-        recorded = await _recorded_primary(config)
+        recorded = await recorded_primary(config)
         if recorded is None or recorded.region != region:
             return None
         return (f"the cluster record in the lock store says the primary is in {region} "

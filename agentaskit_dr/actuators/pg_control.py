@@ -142,7 +142,7 @@ async def stop_server(control: ServerControl) -> str:
 
 async def _pg_ctl_stop(control: ServerControl, mode: str) -> None:
     timeout = control.stop_timeout
-    pg_ctl = await _bin_dir(control) / "pg_ctl"
+    pg_ctl = await server_bin_dir(control) / "pg_ctl"
     argv = [
         str(pg_ctl), "stop", "-D", str(control.data_directory),
         "-m", mode, "-w", "-t", str(max(1, round(timeout))),
@@ -150,7 +150,7 @@ async def _pg_ctl_stop(control: ServerControl, mode: str) -> None:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, cwd="/", **_as_os_user(control),
+            stderr=subprocess.DEVNULL, cwd="/", **as_os_user(control),
         )
     except OSError as exc:
         raise ServerControlFailed(f"cannot run {pg_ctl}: {exc.strerror or exc}") from exc
@@ -193,7 +193,8 @@ async def _gone(pid: int, *, within: float) -> bool:
     return True
 
 
-async def _bin_dir(control: ServerControl) -> Path:
+async def server_bin_dir(control: ServerControl) -> Path:
+    """The server's binaries: ``control.bin_dir``, else what ``pg_config --bindir`` says."""
     if control.bin_dir is not None:
         return control.bin_dir
     try:
@@ -211,7 +212,7 @@ async def _bin_dir(control: ServerControl) -> Path:
     return Path(out.decode().strip())
 
 
-def _as_os_user(control: ServerControl) -> dict[str, Any]:
+def as_os_user(control: ServerControl) -> dict[str, Any]:
     """Subprocess keywords that run a server binary as ``os_user``."""
     try:
         user = pwd.getpwnam(control.os_user)

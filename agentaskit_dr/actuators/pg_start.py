@@ -24,8 +24,8 @@ from pathlib import Path
 from agentaskit_dr.actuators.pg_control import (
     ServerControl,
     ServerControlFailed,
-    _as_os_user,
-    _bin_dir,
+    as_os_user,
+    server_bin_dir,
     standby_signal_present,
 )
 
@@ -123,11 +123,11 @@ def _previous_options(data_directory: Path) -> str:
 
 
 async def _run(control: ServerControl, binary: str, *args: str, within: float = 30.0) -> str:
-    path = await _bin_dir(control) / binary
+    path = await server_bin_dir(control) / binary
     try:
         proc = await asyncio.create_subprocess_exec(
             str(path), *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, cwd="/", **_as_os_user(control),
+            stderr=subprocess.STDOUT, cwd="/", **as_os_user(control),
         )
     except OSError as exc:
         raise ServerControlFailed(f"cannot run {path}: {exc.strerror or exc}") from exc

@@ -19,9 +19,9 @@ from agentaskit_dr.actuators.pg_control import (
     AUTO_CONF,
     ServerControl,
     ServerControlFailed,
-    _as_os_user,
-    _bin_dir,
     _write_owned,
+    as_os_user,
+    server_bin_dir,
     standby_signal_present,
 )
 
@@ -53,8 +53,8 @@ async def run_binary(
 
     A run past ``budget`` seconds is killed and reported as exit status -1.
     """
-    binary = await _bin_dir(control) / name
-    options = _as_os_user(control)
+    binary = await server_bin_dir(control) / name
+    options = as_os_user(control)
     if password is not None:
         options["env"] = {**options["env"], "PGPASSWORD": password}
     try:

@@ -32,6 +32,7 @@ class _Due:
     epoch: int | None
     at: float
     attempts: int = 0
+    last_failure: str | None = None
 
 
 class OldPrimaryStopper:
@@ -79,8 +80,13 @@ class OldPrimaryStopper:
                               f"{result.detail}", key=KEY, resolve=True)]
             failure = result.detail
         backoff = config.thresholds.retry_backoff
-        self._due = _Due(due.region, due.epoch, self._clock() + backoff, due.attempts + 1)
-        log.error("old_primary_fence_failed", region=due.region, epoch=due.epoch,
-                  attempt=due.attempts + 1, error=failure)
+        attempt = due.attempts + 1
+        self._due = _Due(due.region, due.epoch, self._clock() + backoff, attempt,
+                         failure)
+        # A dead server fails the same way at every retry: said when the reason changes,
+        # and every tenth attempt, not every retry_backoff.
+        if failure != due.last_failure or attempt % 10 == 0:
+            log.error("old_primary_fence_failed", region=due.region, epoch=due.epoch,
+                      attempt=attempt, error=failure)
         return [Alert(Severity.CRITICAL, f"the old primary in {due.region} is not fenced yet "
                       f"({failure}); retrying every {backoff:g}s until it is", key=KEY)]
