@@ -293,8 +293,11 @@ class Engine:
             await self._execute(command)
         for outcome in outcomes:
             await self._run_finished(outcome)
-        for alert in await self.old_primary.step(self.config, self._promoter_factory):
-            await self._execute(alert)
+        # A paused cluster is the operator's (a manual failback rejoins that very server):
+        # the old primary's fence waits for resume, like a self-fence.
+        if not self.state.paused:
+            for alert in await self.old_primary.step(self.config, self._promoter_factory):
+                await self._execute(alert)
         self._resume_if_due()
         if self._probes_stale:
             await self._restart_probes()

@@ -695,3 +695,27 @@ async def test_a_primary_that_answers_must_be_fenced_before_the_promotion() -> N
         await EngineController(rig.engine).failover(dry_run=False, reason="drill")
         await sleep_until(60)
     assert world.answering_at_promotion == [True]
+
+
+@pytest.mark.looptime
+async def test_while_the_cluster_is_paused_the_old_primary_is_left_to_the_operator() -> None:
+    world = World()
+    world.db_hangs[WEST] = from_(10, 200)
+
+    async def peer_promotes() -> None:
+        await sleep_until(140)
+        world.promoted[EAST] = 9
+
+    rig = Rig(world, region=WEST, leader=False)
+    controller = EngineController(rig.engine)
+    async with rig:
+        promotion = asyncio.create_task(peer_promotes())
+        await sleep_until(100)
+        await controller.pause("manual failback in progress")
+        await sleep_until(400)
+        assert world.fence_calls == []
+        assert WEST not in world.fenced
+        await controller.resume()
+        await sleep_until(420)
+        await promotion
+    assert WEST in world.fenced
