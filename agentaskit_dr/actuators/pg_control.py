@@ -130,8 +130,10 @@ async def stop_server(control: ServerControl) -> str:
             if await _gone(pid, within=min(1.0, control.stop_timeout)):
                 return f"stopped (pg_ctl -m {mode})"
             why_not_pg_ctl = "pg_ctl stop -m fast and -m immediate did not complete"
-    await _kill_server(pid)
-    if await _gone(pid, within=control.stop_timeout):
+    children = await _kill_server(pid)
+    # Confirmed once the postmaster *and* the children it had are gone: a killed backend
+    # dies asynchronously, a stopped one a moment after it is woken to die.
+    if await _all_gone([pid, *children], within=control.stop_timeout):
         return f"killed (SIGKILL to postmaster {pid} and its children: {why_not_pg_ctl})"
     raise ServerControlFailed(
         f"postmaster {pid} of {control.data_directory} survived SIGKILL for "
@@ -163,12 +165,14 @@ async def _pg_ctl_stop(control: ServerControl, mode: str) -> None:
         await proc.wait()
 
 
-async def _kill_server(pid: int) -> None:
+async def _kill_server(pid: int) -> list[int]:
+    """SIGKILL the postmaster and its children; the children it had."""
     # Freeze the postmaster first so it forks nothing while its children are listed;
     # backends lead their own process groups, so each one is signalled by pid.
     try:
         _signal(pid, signal.SIGSTOP)
-        for child in _children(pid):
+        children = _children(pid)
+        for child in children:
             _signal(child, signal.SIGKILL)
         _signal(pid, signal.SIGKILL)
     except PermissionError as exc:
@@ -176,11 +180,21 @@ async def _kill_server(pid: int) -> None:
             f"not allowed to kill postmaster {pid}: run the watchdog as root or as the "
             "server's OS user (control.os_user)"
         ) from exc
+    return children
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+async def _all_gone(pids: list[int], *, within: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for pid in pids:
+        if not await _gone(pid, within=max(0.0, deadline - loop.time())):
+            return False
+    return True
 
 
 async def _gone(pid: int, *, within: float) -> bool:
