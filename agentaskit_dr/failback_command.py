@@ -49,6 +49,7 @@ def run_failback_command(args: argparse.Namespace) -> int:
     from agentaskit_dr import logs
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain
+    from agentaskit_dr.leadership.journal import JournalRefused
     from agentaskit_dr.oncall import Refused
     from agentaskit_dr.ports import LockUnavailable, StaleEpoch
     from agentaskit_dr.runtime.failback import FailbackRefused
@@ -68,7 +69,7 @@ def run_failback_command(args: argparse.Namespace) -> int:
         if not args.yes:
             _confirm(home)
         return asyncio.run(_failback(config, args))
-    except (_Refused, Refused, FailbackRefused) as exc:
+    except (_Refused, Refused, FailbackRefused, JournalRefused) as exc:
         print(f"agentaskit-dr failback: {exc}", file=sys.stderr)
     except (StaleEpoch, LockUnavailable) as exc:
         print(f"agentaskit-dr failback: {type(exc).__name__}: {exc} (run failback again to "

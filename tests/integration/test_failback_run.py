@@ -25,6 +25,7 @@ from aiohttp import web
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
+from agentaskit_dr.ports import StepStatus
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
 from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.writer import CREATE_TABLE
@@ -252,3 +253,58 @@ async def test_dry_run_names_what_this_host_is_missing(
 
     assert code == 1
     assert "pass --yes" in err
+
+
+async def kill_when_done(proc: asyncio.subprocess.Process, redis_url: str, step: str) -> str:
+    """SIGKILL the failback process as soon as the journal shows ``step`` done; the run id."""
+    journal = RedisJournal(redis_url)
+    try:
+        while proc.returncode is None:
+            run = await journal.active()
+            if run is not None and run.last_status(step) is StepStatus.DONE:
+                proc.kill()
+                await proc.wait()
+                return run.run_id
+            await asyncio.sleep(0.02)
+    finally:
+        await journal.close()
+    raise AssertionError(f"the run ended before {step} was done")
+
+
+async def test_a_killed_failback_resumes_its_run_after_sync_primary(
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+) -> None:
+    west = pg_pair.primary
+    prepare(pg_pair)
+    async with servers_stopped_after(pg_pair), health_endpoint() as health:
+        config = write_config(tmp_path, pg_pair, redis_url=redis_server.url, health=health)
+        async with writers(pg_pair) as log:
+            await fail_over_with_writes(pg_pair, redis_server.url)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentaskit_dr", "failback", "--yes",
+                "--config", str(config), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            killed_run = await kill_when_done(proc, redis_server.url, "sync_primary")
+
+            # The killed process's lease runs out (lock.ttl) before anyone may take over.
+            for _ in range(30):
+                code, out, err = await failback(config, "--yes")
+                if "leader lock is held" not in err:
+                    break
+                await asyncio.sleep(0.5)
+
+            assert code == 0, err
+            await asyncio.sleep(0.3)
+        assert await missing_on(west, log) == set()
+        assert west.sql("SELECT pg_is_in_recovery()") == "f"
+
+    result = json.loads(out[out.index("{"):])
+    assert result["run_id"] == killed_run  # the same run, resumed
+    assert result["resumed_at"] in ("verify_data_integrity", "shift_traffic",
+                                    "restore_standby")
+    (run,) = await failback_runs(redis_server.url)
+    assert run.finished == "done"
+    sync_started = [e for e in run.entries
+                    if e.step == "sync_primary" and e.status.value == "started"]
+    assert len(sync_started) == 1  # not run again
+    assert len({e.epoch for e in run.entries}) == 2  # the killed run's epoch and the resumer's
