@@ -181,8 +181,11 @@ async def restore_standby(ctx: StepContext) -> Done:
     generation = await ctx.acknowledge()
     data = {"switchover": switched["switchover"], "scale": scaled,
             "ack_generation": generation, "final_epoch": ctx.lease().epoch}
-    window = switched["switchover"].get("write_unavailable_seconds")
-    return Done(f"{ctx.home} is the primary again (write-unavailable {window}s); "
+    switch = switched["switchover"]
+    window = (f"write-unavailable {switch['write_unavailable_seconds']}s"
+              if switch.get("write_unavailable_seconds") is not None
+              else f"window not measured: resumed at {switch.get('resumed_at')}")
+    return Done(f"{ctx.home} is the primary again ({window}); "
                 f"scale: {scaled['detail']}; automatic failover re-armed", data)
 
 

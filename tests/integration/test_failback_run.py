@@ -255,13 +255,16 @@ async def test_dry_run_names_what_this_host_is_missing(
     assert "pass --yes" in err
 
 
-async def kill_when_done(proc: asyncio.subprocess.Process, redis_url: str, step: str) -> str:
-    """SIGKILL the failback process as soon as the journal shows ``step`` done; the run id."""
+async def kill_when(proc: asyncio.subprocess.Process, redis_url: str, step: str,
+                    status: StepStatus = StepStatus.DONE, after: float = 0.0) -> str:
+    """SIGKILL the failback process ``after`` seconds past the journal showing ``step``
+    with ``status``; the run id."""
     journal = RedisJournal(redis_url)
     try:
         while proc.returncode is None:
             run = await journal.active()
-            if run is not None and run.last_status(step) is StepStatus.DONE:
+            if run is not None and run.last_status(step) is status:
+                await asyncio.sleep(after)
                 proc.kill()
                 await proc.wait()
                 return run.run_id
@@ -271,8 +274,13 @@ async def kill_when_done(proc: asyncio.subprocess.Process, redis_url: str, step:
     raise AssertionError(f"the run ended before {step} was done")
 
 
-async def test_a_killed_failback_resumes_its_run_after_sync_primary(
-    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+@pytest.mark.parametrize(("step", "status", "after"), [
+    ("sync_primary", StepStatus.DONE, 0.0),
+    ("restore_standby", StepStatus.STARTED, 0.15),  # in the middle of the switchover
+])
+async def test_a_killed_failback_resumes_its_run(
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer, step: str,
+    status: StepStatus, after: float,
 ) -> None:
     west = pg_pair.primary
     prepare(pg_pair)
@@ -284,7 +292,7 @@ async def test_a_killed_failback_resumes_its_run_after_sync_primary(
                 sys.executable, "-m", "agentaskit_dr", "failback", "--yes",
                 "--config", str(config), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-            killed_run = await kill_when_done(proc, redis_server.url, "sync_primary")
+            killed_run = await kill_when(proc, redis_server.url, step, status, after)
 
             # The killed process's lease runs out (lock.ttl) before anyone may take over.
             for _ in range(30):
@@ -297,14 +305,18 @@ async def test_a_killed_failback_resumes_its_run_after_sync_primary(
             await asyncio.sleep(0.3)
         assert await missing_on(west, log) == set()
         assert west.sql("SELECT pg_is_in_recovery()") == "f"
+        marker_epoch = west.sql("SELECT epoch FROM agentaskit_dr.failover_epoch")
 
     result = json.loads(out[out.index("{"):])
     assert result["run_id"] == killed_run  # the same run, resumed
-    assert result["resumed_at"] in ("verify_data_integrity", "shift_traffic",
-                                    "restore_standby")
+    plan = ["check_recovered", "sync_primary", "verify_data_integrity", "shift_traffic",
+            "restore_standby"]
+    assert result["resumed_at"] in plan[plan.index(step) + (status is StepStatus.DONE):]
     (run,) = await failback_runs(redis_server.url)
     assert run.finished == "done"
     sync_started = [e for e in run.entries
                     if e.step == "sync_primary" and e.status.value == "started"]
     assert len(sync_started) == 1  # not run again
     assert len({e.epoch for e in run.entries}) == 2  # the killed run's epoch and the resumer's
+    # One promotion for the switchover, under the epoch that finished it.
+    assert marker_epoch == str(max(e.epoch for e in run.entries if e.step == "restore_standby"))
