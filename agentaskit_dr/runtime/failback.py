@@ -135,6 +135,12 @@ class FailbackRun:
         lease = self.lease()
         run_id = f"failback-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-e{lease.epoch}"
         previous = await self._failed_run_to_continue()
+        if previous is None:
+            recorded = (await self.cluster.read()).primary
+            if recorded is not None and recorded.region == self.home:
+                raise FailbackRefused(
+                    f"{self.home} is already the cluster's primary region (since epoch "
+                    f"{recorded.epoch}, run {recorded.run_id}): nothing to fail back")
         meta: dict[str, Any] = {"home_region": self.home, "away_region": self.away,
                                 "holder": lease.holder}
         if previous is not None:

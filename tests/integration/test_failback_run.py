@@ -161,6 +161,11 @@ async def test_failback_brings_the_primary_home_with_no_acknowledged_write_lost(
         assert west.sql("SELECT pg_is_in_recovery()") == "f"
         assert await streaming_at_lag_zero(east, west)
 
+        again, _, refusal = await failback(config, "--yes")
+
+        assert again == 1
+        assert f"{WEST} is already the cluster's primary region" in refusal
+
     result = json.loads(out[out.index("{"):])
     assert result["outcome"] == "done"
     evidence = json.loads(read_text(result["evidence"]))
