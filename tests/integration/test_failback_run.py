@@ -22,6 +22,11 @@ import pytest
 import yaml
 from aiohttp import web
 
+from agentaskit_dr.actuators.kube_scale import (
+    ANNOTATION_EPOCH,
+    ANNOTATION_ORIGINAL,
+    ANNOTATION_RUN,
+)
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
@@ -29,6 +34,7 @@ from agentaskit_dr.ports import StepStatus
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
 from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.writer import CREATE_TABLE
+from tests.integration.kube_api import KubeApi, kube_api_fixture  # noqa: F401 -- fixture
 from tests.integration.test_start_gate import EAST, WEST, fail_over
 from tests.integration.test_switchover import (
     missing_on,
@@ -40,6 +46,8 @@ from tests.integration.test_switchover import (
 from tests.integration.test_sync_primary import old_primary  # noqa: F401 -- fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("old_primary")]
+
+NAMESPACE = "agentaskit"
 
 
 @contextlib.asynccontextmanager
@@ -67,17 +75,24 @@ def control_of(server: PostgresServer) -> dict[str, str]:
 
 
 def write_config(tmp_path: Path, pair: PostgresPair, *, redis_url: str, health: str,
-                 east_control: bool = True) -> Path:
-    """West (the file's primary region) and east, both servers on this host."""
+                 east_control: bool = True, kube: KubeApi | None = None) -> Path:
+    """West (the file's primary region) and east, both servers on this host; east's
+    Kubernetes cluster is ``kube``'s, when given."""
     east: dict[str, Any] = {"dsn": pair.replica.dsn}
     if east_control:
         east["control"] = control_of(pair.replica)
+    east_region: dict[str, Any] = {"health_urls": [health], "database": east}
+    if kube is not None:
+        (tmp_path / "kube-token").write_text("token\n")
+        east_region["kubernetes"] = {"api_url": kube.url, "namespace": NAMESPACE,
+                                     "token_file": str(tmp_path / "kube-token"),
+                                     "ready_timeout": "10s"}
     config = {
         "region": WEST, "primary_region": WEST,
         "regions": {
             WEST: {"health_urls": [health],
                    "database": {"dsn": pair.primary.dsn, "control": control_of(pair.primary)}},
-            EAST: {"health_urls": [health], "database": east},
+            EAST: east_region,
         },
         "probe": {"interval": "3s", "timeout": "2s"},
         "promotion": {"catch_up_timeout": "20s", "timeout": "20s"},
@@ -202,14 +217,17 @@ async def test_failback_brings_the_primary_home_with_no_acknowledged_write_lost(
 
 
 async def test_a_failed_step_is_resumed_without_repeating_sync_primary(
-    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer, kube_api: KubeApi,
 ) -> None:
     west, east = pg_pair.primary, pg_pair.replica
     prepare(pg_pair)
+    # East's deployment as the failover left it: 4 replicas scaled to 6 under epoch 1.
+    kube_api.add_deployment(NAMESPACE, "api", 6, annotations={
+        ANNOTATION_ORIGINAL: "4", ANNOTATION_EPOCH: "1", ANNOTATION_RUN: "failover-test"})
     async with servers_stopped_after(pg_pair), health_endpoint() as health:
         # This host may not stop east's server: restore_standby cannot run here.
         config = write_config(tmp_path, pg_pair, redis_url=redis_server.url, health=health,
-                              east_control=False)
+                              east_control=False, kube=kube_api)
         async with writers(pg_pair) as log:
             await fail_over_with_writes(pg_pair, redis_server.url)
 
@@ -221,7 +239,7 @@ async def test_a_failed_step_is_resumed_without_repeating_sync_primary(
             assert await streaming_at_lag_zero(west, east)  # sync_primary was done
             # The operator fixes the config and runs it again.
             config = write_config(tmp_path, pg_pair, redis_url=redis_server.url,
-                                  health=health)
+                                  health=health, kube=kube_api)
 
             code, out, err = await failback(config, "--yes")
 
@@ -237,6 +255,13 @@ async def test_a_failed_step_is_resumed_without_repeating_sync_primary(
     started = [e.step for e in second.entries if e.status.value == "started"]
     assert "sync_primary" not in started  # carried over, not run again
     assert started[0] == "restore_standby"
+    # East's deployments are back at their original replicas, the failover's mark gone.
+    api = kube_api.get(NAMESPACE, "api")
+    assert api.replicas == 4
+    assert ANNOTATION_ORIGINAL not in api.annotations
+    restored = next(e for e in second.entries
+                    if e.step == "restore_standby" and e.status is StepStatus.DONE)
+    assert restored.data["scale"]["deployments"]["api"]["original"] == 4
     carried = next(e for e in second.entries if e.step == "sync_primary")
     assert carried.status.value == "skipped"
     assert carried.data["lag_bytes"] == 0
