@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentaskit_dr.config import WatchdogConfig
-from agentaskit_dr.ports import Lease, LockUnavailable, RunJournal, StaleEpoch, StepStatus
+from agentaskit_dr.ports import Lease, RunJournal, StepStatus
 
 CHECK_RECOVERED = "check_recovered"
 SYNC_PRIMARY = "sync_primary"
@@ -249,9 +249,6 @@ STEPS: dict[str, Callable[[StepContext], Awaitable[Done | Skipped]]] = {
     SHIFT_TRAFFIC: shift_traffic,
     RESTORE_STANDBY: restore_standby,
 }
-
-#: What stops a run without it being a step's failure: the lock or its store.
-LOST_LEADERSHIP = (StaleEpoch, LockUnavailable)
 
 
 def describe_plan(config: WatchdogConfig, home: str, away: str) -> list[str]:
