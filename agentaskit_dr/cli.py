@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
+    from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.integrity_command import add_integrity_command
     from agentaskit_dr.oncall import add_oncall_commands
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     add_switchover_command(sub)
     add_integrity_command(sub)
     add_resync_command(sub)
+    add_failback_command(sub)
     return parser
 
 
@@ -107,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.integrity_command import run_integrity_command
 
             return run_integrity_command(args)
+        if getattr(args, "failback_command", None):
+            from agentaskit_dr.failback_command import run_failback_command
+
+            return run_failback_command(args)
         if getattr(args, "resync_command", None):
             from agentaskit_dr.resync_command import run_resync_command
 

@@ -210,6 +210,9 @@ class Runbook:
             return FailoverRefused("lock lost before the run started")
         try:
             active = await self.journal.active()
+            if active is not None and active.kind != FAILOVER_KIND:
+                return FailoverRefused(f"run {active.run_id} ({active.kind}) is active: "
+                                       "finish it with its command first")
             if active is not None:
                 log.warning("run_resumed_instead", run_id=active.run_id,
                             reason="a run is already active; finishing it first")
@@ -264,8 +267,8 @@ class Runbook:
             return None
         try:
             active = await self.journal.active() or await self._lost_run(lease)
-            if active is None:
-                return None
+            if active is None or active.kind != FAILOVER_KIND:
+                return None  # a failback run is resumed by its command (runtime/failback.py)
             log.warning("run_resuming", run_id=active.run_id, epoch=lease.epoch,
                         opened_under=active.created_epoch)
             return await self._drive(active, lease)

@@ -1047,3 +1047,19 @@ async def test_a_watchdog_that_tells_nothing_leaves_the_promoters_own_rules(wire
                                            old_primary_answering=True)
     assert isinstance(outcome, FailoverSucceeded), outcome
     assert [c["old_primary_answering"] for c in wired.promoter.extra_calls] == [True]
+
+
+async def test_an_active_failback_run_is_left_to_its_command(wired: Rig) -> None:
+    # A failback crashed; the cluster was resumed before ``agentaskit-dr failback`` ran again.
+    await wired.journal.open("failback-1", lease=wired.lease, kind="failback",
+                             plan=("check_recovered", "sync_primary"), reason="manual",
+                             meta={"home_region": "us-west-2"})
+    writes = wired.journal.writes
+
+    assert await wired.runbook.resume() is None
+    outcome = await wired.runbook.failover(wired.command(), primary_last_lsn=None)
+
+    assert isinstance(outcome, FailoverRefused)
+    assert "failback-1 (failback) is active" in outcome.reason
+    assert wired.journal.writes == writes
+    assert wired.world.effects == []
