@@ -127,6 +127,16 @@ async def _ensure_table(conn: asyncpg.Connection) -> None:
     # schema exists; look first, so a role granted only the schema can run the fence.
     if await conn.fetchval("SELECT to_regclass($1::text) IS NOT NULL", FENCED_ROLES_TABLE):
         return
-    if await conn.fetchval("SELECT to_regnamespace($1::text) IS NULL", MARKER_SCHEMA):
-        await conn.execute(_CREATE_SCHEMA)
-    await conn.execute(_CREATE_TABLE)
+    # The advisory lock makes a second fencer wait for the first, but CI once saw the
+    # waiter still fail with "relation already exists" (a backend that woke from SIGSTOP
+    # with the other's transaction just committed): a creation that lost a race finds the
+    # object made by the winner, which is all this function promises.
+    try:
+        async with conn.transaction():  # a savepoint: the loser's error spoils nothing
+            if await conn.fetchval("SELECT to_regnamespace($1::text) IS NULL", MARKER_SCHEMA):
+                await conn.execute(_CREATE_SCHEMA)
+            await conn.execute(_CREATE_TABLE)
+    except (asyncpg.DuplicateTableError, asyncpg.DuplicateSchemaError,
+            asyncpg.UniqueViolationError):
+        if await conn.fetchval("SELECT to_regclass($1::text) IS NULL", FENCED_ROLES_TABLE):
+            raise

@@ -281,3 +281,70 @@ async def test_two_fencers_of_one_server_at_once_both_confirm(pg_pair: PostgresP
     assert first.fenced, first.detail
     assert second.fenced, second.detail
     assert not await new_session_commits(app_dsn(primary), 1)
+
+
+async def test_many_fencers_racing_to_create_the_fence_table_all_confirm(
+    pg_pair: PostgresPair,
+) -> None:
+    # The first fence of a server creates agentaskit_dr.fenced_roles. A fencer that waited
+    # for the other's advisory lock must find the table the other created, not fail with
+    # "relation already exists" (CI saw exactly that once, and the old primary stayed
+    # unfenced for a round).
+    from agentaskit_dr.actuators.role_fence import lock_out_roles
+
+    primary = pg_pair.primary
+    add_application(primary)
+
+    async def lock_out() -> tuple[str, ...]:
+        conn = await asyncpg.connect(primary.dsn, timeout=IO_TIMEOUT)
+        try:
+            return (await lock_out_roles(conn, epoch=1)).locked
+        finally:
+            await conn.close()
+
+    for _ in range(10):
+        primary.sql("DROP SCHEMA IF EXISTS agentaskit_dr CASCADE; ALTER ROLE app LOGIN")
+        results = await asyncio.gather(*(lock_out() for _ in range(6)), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert not failures, failures
+        # Exactly one of them took LOGIN from app; the others found it done already.
+        assert sorted(results) == [()] * 5 + [("app",)], results
+    assert primary.sql("SELECT count(*) FROM agentaskit_dr.fenced_roles") == "1"
+
+
+async def test_a_fencer_whose_first_look_missed_the_table_finds_it_made_by_the_winner(
+    pg_pair: PostgresPair,
+) -> None:
+    # The loser of the creation race (its look came before the winner's commit was
+    # visible to it) gets "relation already exists" from CREATE TABLE: the fence goes on.
+    from agentaskit_dr.actuators.role_fence import lock_out_roles
+
+    primary = pg_pair.primary
+    add_application(primary)
+    primary.sql("CREATE SCHEMA agentaskit_dr; CREATE TABLE agentaskit_dr.fenced_roles ("
+                "role_oid oid PRIMARY KEY, role_name name NOT NULL, timeline int NOT NULL, "
+                "epoch bigint, fenced_at timestamptz NOT NULL DEFAULT now())")
+
+    class FirstLookMisses:
+        def __init__(self, conn: asyncpg.Connection) -> None:
+            self._conn = conn
+            self._missed = False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._conn, name)
+
+        async def fetchval(self, query: str, *args: object) -> object:
+            if "to_regclass" in query and "IS NOT NULL" in query and not self._missed:
+                self._missed = True
+                return False
+            return await self._conn.fetchval(query, *args)
+
+    conn = await asyncpg.connect(primary.dsn, timeout=IO_TIMEOUT)
+    try:
+        stale = FirstLookMisses(conn)
+        lockout = await lock_out_roles(stale, epoch=1)  # type: ignore[arg-type]
+        assert stale._missed
+    finally:
+        await conn.close()
+    assert lockout.locked == ("app",)
+    assert primary.sql("SELECT role_name FROM agentaskit_dr.fenced_roles") == "app"
