@@ -120,7 +120,7 @@ async def recorded_primary(config: WatchdogConfig) -> ClusterPrimary | None:
     """The cluster's primary as the lock store records it; None if none is recorded or the
     store cannot be read (logged)."""
     lock = config.lock
-    store = RedisClusterStore(lock.url, key_prefix=lock.key_prefix,
+    store = RedisClusterStore(lock.store_url, key_prefix=lock.key_prefix,
                               socket_timeout=lock.socket_timeout, password=lock.password_value())
     try:
         return (await store.read()).primary

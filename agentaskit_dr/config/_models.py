@@ -227,6 +227,34 @@ class LockConfig(_PasswordSource):
     """Prefix of every key the lock and journal write."""
     socket_timeout: PositiveDuration = 1.0
     """Bound on each lock store call; redis-py's own retries must fit inside it."""
+    sentinels: tuple[NonBlank, ...] = ()
+    """``host:port`` of Redis Sentinels; with them the lock store is the master they name
+    (``service_name``), found anew after a Sentinel failover. ``url`` then gives only the
+    scheme, database and password."""
+    service_name: NonBlank | None = None
+    """The Sentinel master name (``sentinel monitor <name> ...``); required with sentinels."""
+
+    @field_validator("sentinels")
+    @classmethod
+    def _host_ports(cls, sentinels: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in sentinels:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise PydanticCustomError(
+                    "sentinels", "each entry must be host:port, got {entry!r}", {"entry": entry})
+        return sentinels
+
+    @property
+    def store_url(self) -> str:
+        """The URL the lock, journal and cluster clients open: ``url``, or with sentinels
+        ``redis+sentinel://h1:p1,h2:p2/<service_name>/<db>`` (``rediss+sentinel`` for TLS)."""
+        if not self.sentinels:
+            return self.url
+        scheme = "rediss+sentinel" if self.url.startswith("rediss://") else "redis+sentinel"
+        userinfo = self.url.partition("://")[2].partition("/")[0].rpartition("@")
+        credentials = f"{userinfo[0]}@" if userinfo[1] else ""
+        database = self.url.partition("://")[2].partition("/")[2] or "0"
+        return f"{scheme}://{credentials}{','.join(self.sentinels)}/{self.service_name}/{database}"
 
     @field_validator("url")
     @classmethod
@@ -245,6 +273,10 @@ class LockConfig(_PasswordSource):
     @model_validator(mode="after")
     def _check_timing_and_read_password(self) -> Self:
         problems = self._password_problems("url", self.url)
+        if bool(self.sentinels) != (self.service_name is not None):
+            missing = "service_name" if self.sentinels else "sentinels"
+            problems.append(Problem((missing,), "lock.sentinels and lock.service_name go "
+                                    "together: set both or neither"))
         if self.ttl < 3 * self.socket_timeout:
             problems.append(
                 Problem(

@@ -76,7 +76,7 @@ def build_lock(config: WatchdogConfig, *, holder: str | None = None) -> RedisLea
     """The leader lock as ``holder`` (default: this watchdog's identity)."""
     lock = config.lock
     return RedisLeaderLock(
-        lock.url,
+        lock.store_url,
         holder=holder or config.holder,
         ttl=lock.ttl,
         margin=lock.margin,
@@ -89,7 +89,7 @@ def build_lock(config: WatchdogConfig, *, holder: str | None = None) -> RedisLea
 def build_journal(config: WatchdogConfig, *, client: Redis | None = None) -> RedisJournal:
     """The run journal next to the lock; on the lock's own ``client`` when given."""
     lock = config.lock
-    return RedisJournal(lock.url, key_prefix=lock.key_prefix,
+    return RedisJournal(lock.store_url, key_prefix=lock.key_prefix,
                         socket_timeout=lock.socket_timeout, password=lock.password_value(),
                         client=client)
 
@@ -98,7 +98,7 @@ def build_cluster_store(config: WatchdogConfig, *,
                         client: Redis | None = None) -> RedisClusterStore:
     """The cluster record next to the lock; on the lock's own ``client`` when given."""
     lock = config.lock
-    return RedisClusterStore(lock.url, key_prefix=lock.key_prefix,
+    return RedisClusterStore(lock.store_url, key_prefix=lock.key_prefix,
                              socket_timeout=lock.socket_timeout,
                              password=lock.password_value(), client=client)
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,17 +73,21 @@ class RedisServer:
         self.port = port or free_port()
         self.binary = binary or redis_server_binary()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.workdir: str | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        # Its own working directory: a replica saves the RDB it syncs from its master
+        # there, and a server started later in a shared directory would load it.
+        self.workdir = tempfile.mkdtemp(prefix="agentaskit-redis-")
         self.proc = subprocess.Popen(
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--loglevel", "warning",
+                "--loglevel", "warning", "--dir", self.workdir,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -97,6 +102,9 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     def pause(self) -> None:
         """SIGSTOP: the kernel still accepts connections, nothing answers."""
