@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client import ApiClient, Configuration
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient, Configuration
 
 
 async def kube_api_client(
@@ -20,6 +21,10 @@ async def kube_api_client(
     """An ApiClient from exactly one of: ``api_url`` (optionally with a bearer token read
     from ``token_file``, ``ca_file``, ``insecure``), ``kubeconfig`` (its current context),
     or ``in_cluster`` (the pod's service account). ValueError names a bad option."""
+    # Imported here: the library's models cost about 37 MiB, paid only when Kubernetes is.
+    from kubernetes_asyncio import config as kube_config
+    from kubernetes_asyncio.client import ApiClient, Configuration
+
     chosen = [
         name
         for name, given in (
@@ -63,6 +68,8 @@ def _url_configuration(
 ) -> Configuration:
     if not api_url.startswith(("http://", "https://")):
         raise ValueError(f"api_url {api_url!r} must start with http:// or https://")
+    from kubernetes_asyncio.client import Configuration
+
     configuration = Configuration(host=api_url.rstrip("/"))
     if token_file is not None:
         configuration.api_key = {"BearerToken": _read_token(token_file)}

@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from aiobotocore.config import AioConfig  # type: ignore[import-untyped,unused-ignore]
-from aiobotocore.session import get_session  # type: ignore[import-untyped,unused-ignore]
 from botocore.exceptions import (  # type: ignore[import-untyped,unused-ignore]
     BotoCoreError,
     ClientError,
@@ -367,6 +365,10 @@ class Route53Switch:
     async def _route53(self) -> Any:
         async with self._client_lock:
             if self._client is None:
+                # Imported here: the SDK costs about 30 MiB, paid only when DNS is changed.
+                from aiobotocore.config import AioConfig  # type: ignore[import-untyped,unused-ignore]
+                from aiobotocore.session import get_session  # type: ignore[import-untyped,unused-ignore]
+
                 # Retries are ours (tenacity, bounded): botocore's own would multiply them.
                 config = AioConfig(
                     connect_timeout=self._timeout, read_timeout=self._timeout,

@@ -26,12 +26,10 @@ import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import structlog
-from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment, V1Scale
-from kubernetes_asyncio.client.exceptions import ApiException
 from structlog.typing import FilteringBoundLogger
 from tenacity import (
     AsyncRetrying,
@@ -43,6 +41,11 @@ from tenacity import (
 
 from agentaskit_dr.actuators._kube_client import kube_api_client
 from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+
+if TYPE_CHECKING:
+    # kubernetes_asyncio imports every model (about 37 MiB): only when a scale is done.
+    from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment, V1Scale
+    from kubernetes_asyncio.client.exceptions import ApiException
 
 __all__ = [
     "ANNOTATION_EPOCH",
@@ -60,7 +63,7 @@ ANNOTATION_EPOCH = "agentaskit-dr/epoch"
 ANNOTATION_RUN = "agentaskit-dr/run"
 
 #: Makes a new ApiClient; the scaler calls it on first use and closes what it made.
-ClientFactory = Callable[[], Awaitable[ApiClient]]
+ClientFactory = Callable[[], Awaitable["ApiClient"]]
 
 T = TypeVar("T")
 
@@ -179,8 +182,10 @@ class DeploymentScaler:
                 raise ValueError(f"{option} must be > 0, got {value}")
         if not namespace:
             raise ValueError("namespace must not be empty")
-        self._client = client if isinstance(client, ApiClient) else None
-        self._factory = None if isinstance(client, ApiClient) else client
+        # An ApiClient, or a factory of one (told apart without importing the library).
+        given = None if callable(client) else client
+        self._client: ApiClient | None = given
+        self._factory: ClientFactory | None = None if given is not None else client  # type: ignore[assignment]
         self.namespace = namespace
         self._selector = label_selector
         self._ready_timeout = ready_timeout
@@ -409,10 +414,14 @@ class DeploymentScaler:
         if self._client is None:
             assert self._factory is not None  # one of the two is always set
             self._client = await self._factory()
+        from kubernetes_asyncio.client import AppsV1Api
+
         return AppsV1Api(self._client)
 
     async def _call(self, verb: str, resource: str, name: str | None, request: Awaitable[T]) -> T:
         """Await one request; failures become _Transient (retry) or ActuationFailed."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
         target = resource if name is None else f"{resource} of deployment {name}"
         where = f"{verb} {target} in namespace {self.namespace}"
         try:

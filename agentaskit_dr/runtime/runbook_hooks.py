@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
-from kubernetes_asyncio.client import ApiClient
 
 from agentaskit_dr.actuators.dns_route53 import Route53Switch
 from agentaskit_dr.actuators.kube_scale import DeploymentScaler, kube_api_client
@@ -25,6 +25,9 @@ from agentaskit_dr.ports import (
 from agentaskit_dr.probes.postgres import PostgresProbe
 from agentaskit_dr.runtime.runbook import Hooks
 from agentaskit_dr.runtime.runbook_promote import ADOPTS_PROMOTION_OF, PROMOTE
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
 
 log = structlog.get_logger(__name__)
 
