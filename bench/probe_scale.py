@@ -1,0 +1,147 @@
+"""The probe scheduler at scale: N HTTP health targets at a 1 s interval on one core.
+
+Runs the daemon's own ``ProbeScheduler`` with N ``RegionHealthProbe``s (one URL each, a
+new connection per check, as in production) against an HTTP server in another process
+pinned to the other core, this process pinned to one core. With jitter 0 each probe
+plans its next start one interval after its last one; the figures:
+
+- probes/s: observations completed per second over the window;
+- start lateness p50 / p99 / max: actual start - planned start (ms), over every start;
+- CPU: this process's user+system time over the window, as % of one core;
+- RSS: this process's peak.
+
+Targets (issue 13): 1,000 probes/s, p99 lateness <= 100 ms.
+
+    .venv/bin/python bench/probe_scale.py --targets 1000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from agentaskit_dr.ports import Observation, Probe
+from agentaskit_dr.probes.region_health import RegionHealthProbe
+from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
+from agentaskit_dr.sandbox.redis import free_port, wait_for_port
+
+SERVER = """
+import sys
+from aiohttp import web
+async def ok(request):
+    return web.Response(text="ok")
+app = web.Application()
+app.router.add_get("/{tail:.*}", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
+            backlog=4096)
+"""
+
+
+class Timed:
+    """A probe that records each start, delegating the observation."""
+
+    def __init__(self, probe: RegionHealthProbe, interval: float, late: list[float]) -> None:
+        self.probe = probe
+        self.name = probe.name
+        self.interval = interval
+        self.late = late
+        self.last: float | None = None
+
+    async def observe(self) -> Observation:
+        now = asyncio.get_running_loop().time()
+        if self.last is not None:
+            self.late.append(now - (self.last + self.interval))
+        self.last = now
+        return await self.probe.observe()
+
+    def failure(self, error: str, latency: float) -> Observation:
+        return self.probe.failure(error, latency)
+
+    async def close(self) -> None:
+        await self.probe.close()
+
+
+async def run(targets: int, seconds: float, interval: float, port: int) -> dict[str, float]:
+    late: list[float] = []
+    done: list[ProbeReport] = []
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=interval * 0.8),
+        connector=aiohttp.TCPConnector(force_close=True, limit=0),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    probes: list[Probe[Observation]] = [
+        Timed(RegionHealthProbe(f"t{i}", [f"http://127.0.0.1:{port}/health/{i}"],
+                                timeout=interval * 0.8, healthy_fraction=1.0, session=session),
+              interval, late)
+        for i in range(targets)
+    ]
+    scheduler = ProbeScheduler(probes, ProbeTiming(interval, interval * 0.8, jitter=0.0),
+                               done.append, generation=1)
+    scheduler.start()
+    await asyncio.sleep(2 * interval)  # warm-up: first starts are spread over the interval
+    late.clear()
+    done.clear()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    completed = len(done)
+    failed = sum(1 for report in done if not getattr(report.observation, "healthy", True))
+    await scheduler.stop()
+    await session.close()
+    ordered = sorted(late)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+    return {
+        "targets": targets,
+        "probes_per_s": round(completed / elapsed, 1),
+        "failed": failed,
+        "late_p50_ms": round(1000 * statistics.median(ordered), 1),
+        "late_p99_ms": round(1000 * ordered[int(0.99 * (len(ordered) - 1))], 1),
+        "late_max_ms": round(1000 * ordered[-1], 1),
+        "cpu_percent_of_core": round(100 * cpu / elapsed, 1),
+        "rss_peak_mib": round(after.ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
+    try:
+        wait_for_port(port, proc=server)
+        if len(cores) > 1:
+            os.sched_setaffinity(server.pid, cores[1:])
+            os.sched_setaffinity(0, cores[:1])
+        figures = asyncio.run(run(args.targets, args.seconds, args.interval, port))
+    finally:
+        server.kill()
+        server.wait()
+    for key, value in figures.items():
+        print(f"{key:<22}{value}")
+    print(f"targets: probes/s >= {args.targets / args.interval:g}, p99 lateness <= 100 ms")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    met = (figures["probes_per_s"] >= 0.98 * args.targets / args.interval
+           and figures["late_p99_ms"] <= 100)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
