@@ -7,12 +7,16 @@ path can trigger it:
 - ``stall``: after SIGUSR1 the engine's next cycle waits until SIGUSR2 (an engine loop
   that makes no progress while the event loop, the API and the other tasks run on);
 - ``hang-on-stop``: the peer poller ignores its cancellation, so it misses the stop grace
-  period (shortened to 1 s).
+  period (shortened to 1 s);
+- ``no-wx-memory``: the kernel refuses writable-then-executable memory to the process
+  (``PR_SET_MDWE``), as the unit's ``MemoryDenyWriteExecute=yes`` does; exit 77 when this
+  kernel cannot (before Linux 6.3).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import signal
 import sys
 from typing import Any
@@ -65,7 +69,18 @@ def _hang_on_stop() -> None:
     peers.PeerPoller.run = run  # type: ignore[method-assign]
 
 
-FAULTS = {"stall": _stall_on_sigusr1, "hang-on-stop": _hang_on_stop}
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+EXIT_UNSUPPORTED = 77
+
+
+def _no_wx_memory() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        sys.exit(EXIT_UNSUPPORTED)
+
+
+FAULTS = {"stall": _stall_on_sigusr1, "hang-on-stop": _hang_on_stop,
+          "no-wx-memory": _no_wx_memory}
 
 if __name__ == "__main__":
     FAULTS[sys.argv[1]]()

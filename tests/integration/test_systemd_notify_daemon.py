@@ -207,3 +207,27 @@ def test_a_task_that_misses_the_stop_grace_period_exits_3(
     assert [e["task"] for e in hung] == ["peers"], hint
     assert [e["exit_code"] for e in daemon.dog.read()
             if e.get("event") == "daemon_stopped"] == [3], hint
+
+
+def test_the_daemon_runs_without_writable_executable_memory(
+    tmp_path: Path, start: Callable[..., NotifiedDaemon],
+) -> None:
+    """MemoryDenyWriteExecute=yes in the unit: the daemon (aiohttp, asyncpg, redis, its
+    probes and the lock) still starts, gets ready, reloads and stops."""
+    with NotifySocket("abstract") as sock:
+        daemon = start({"NOTIFY_SOCKET": sock.address}, fault="no-wx-memory")
+        hint = f"see {daemon.dog.log_path}"
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not sock.received("READY") and daemon.proc.poll() is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no READY=1 within {READY_TIMEOUT:g}s; {hint}")
+            time.sleep(0.05)
+        if daemon.proc.poll() == 77:
+            pytest.skip("this kernel has no PR_SET_MDWE (Linux >= 6.3)")
+        assert daemon.proc.poll() is None, hint
+        daemon.wait_for(event("lock_acquired"), "lock_acquired", READY_TIMEOUT)
+        sent = daemon.signal(signal.SIGHUP)
+        sock.wait_for(lambda m: "READY" in m, PROMPT, what="READY=1 after a reload",
+                      after=sent, hint=hint)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit() == 0, hint
