@@ -8,15 +8,16 @@ path can trigger it:
   that makes no progress while the event loop, the API and the other tasks run on);
 - ``hang-on-stop``: the peer poller ignores its cancellation, so it misses the stop grace
   period (shortened to 1 s);
-- ``no-wx-memory``: the kernel refuses writable-then-executable memory to the process
-  (``PR_SET_MDWE``), as the unit's ``MemoryDenyWriteExecute=yes`` does; exit 77 when this
-  kernel cannot (before Linux 6.3).
+- ``unit-sandbox``: the system call filter, socket families and writable-executable
+  memory ban of systemd/agentaskit-dr.service (``unit_sandbox``, from the lists the test
+  passes in the environment); exit 77 when this kernel or libseccomp cannot, 78 when the
+  sandbox let through what it should refuse.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import os
 import signal
 import sys
 from typing import Any
@@ -25,6 +26,7 @@ import structlog
 
 from agentaskit_dr import cli
 from agentaskit_dr.runtime import engine, peers, supervisor
+from tests.integration import unit_sandbox
 
 log = structlog.get_logger(__name__)
 
@@ -69,18 +71,26 @@ def _hang_on_stop() -> None:
     peers.PeerPoller.run = run  # type: ignore[method-assign]
 
 
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-EXIT_UNSUPPORTED = 77
+EXIT_UNSUPPORTED, EXIT_LEAKY = 77, 78
 
 
-def _no_wx_memory() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+def _unit_sandbox() -> None:
+    syscalls = unit_sandbox.parse_list(os.environ.pop(unit_sandbox.SYSCALLS_VARIABLE))
+    families = unit_sandbox.parse_list(os.environ.pop(unit_sandbox.FAMILIES_VARIABLE))
+    try:
+        unit_sandbox.enter(syscalls, families)
+    except OSError as exc:
+        print(f"unit sandbox unsupported here: {exc}", file=sys.stderr)
         sys.exit(EXIT_UNSUPPORTED)
+    leaks = unit_sandbox.in_force()
+    if leaks:
+        print(f"unit sandbox let through: {', '.join(leaks)}", file=sys.stderr)
+        sys.exit(EXIT_LEAKY)
+    log.info("unit_sandbox_entered", syscalls=len(syscalls), families=families)
 
 
 FAULTS = {"stall": _stall_on_sigusr1, "hang-on-stop": _hang_on_stop,
-          "no-wx-memory": _no_wx_memory}
+          "unit-sandbox": _unit_sandbox}
 
 if __name__ == "__main__":
     FAULTS[sys.argv[1]]()

@@ -9,6 +9,7 @@ WATCHDOG=1 only while its engine makes progress. Its exit code says how it stopp
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,9 @@ import yaml
 
 from agentaskit_dr.runtime.systemd_notify import monotonic_usec
 from agentaskit_dr.sandbox.drill import Watchdog, health_endpoint, wait_for_event
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
+from tests.integration import unit_sandbox
 from tests.integration.test_daemon_lifecycle import EAST, WEST, config_for, nothing_listens
 from tests.notify_socket import NotifySocket
 
@@ -34,6 +37,7 @@ READY_TIMEOUT = 30.0
 PROMPT = 5.0
 #: The watchdog interval the daemons get (WATCHDOG_USEC): pets every 0.5 s.
 WATCHDOG_SEC = 1.0
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "agentaskit-dr.service"
 
 
 def event(name: str) -> Callable[[dict[str, Any]], bool]:
@@ -97,9 +101,11 @@ def start(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., N
         health = {name: stack.enter_context(health_endpoint()) for name in (WEST, EAST)}
         started: list[NotifiedDaemon] = []
 
-        def start(env: dict[str, str], fault: str | None = None) -> NotifiedDaemon:
-            config = config_for(databases={WEST: nothing_listens(), EAST: nothing_listens()},
-                                lock_url=redis_server.url, health=health, db_unreachable=30.0)
+        def start(env: dict[str, str], fault: str | None = None,
+                  databases: dict[str, str] | None = None) -> NotifiedDaemon:
+            databases = databases or {WEST: nothing_listens(), EAST: nothing_listens()}
+            config = config_for(databases=databases, lock_url=redis_server.url,
+                                health=health, db_unreachable=30.0)
             workdir = tmp_path / f"daemon-{len(started)}"
             workdir.mkdir()
             daemon = NotifiedDaemon(workdir, config, env, fault)
@@ -209,13 +215,21 @@ def test_a_task_that_misses_the_stop_grace_period_exits_3(
             if e.get("event") == "daemon_stopped"] == [3], hint
 
 
-def test_the_daemon_runs_without_writable_executable_memory(
-    tmp_path: Path, start: Callable[..., NotifiedDaemon],
+def test_the_daemon_works_inside_the_units_system_call_sandbox(
+    tmp_path: Path, pg_pair: PostgresPair, start: Callable[..., NotifiedDaemon],
 ) -> None:
-    """MemoryDenyWriteExecute=yes in the unit: the daemon (aiohttp, asyncpg, redis, its
-    probes and the lock) still starts, gets ready, reloads and stops."""
+    """SystemCallFilter=, RestrictAddressFamilies= and MemoryDenyWriteExecute= of the
+    unit, rebuilt with seccomp: the daemon (aiohttp, asyncpg against a real PostgreSQL
+    pair, redis, the lock) starts, sees the primary healthy, reloads and stops cleanly."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    syscalls, families = unit_sandbox.syscalls_of_unit(UNIT)
     with NotifySocket("abstract") as sock:
-        daemon = start({"NOTIFY_SOCKET": sock.address}, fault="no-wx-memory")
+        daemon = start({"NOTIFY_SOCKET": sock.address,
+                        unit_sandbox.SYSCALLS_VARIABLE: ",".join(syscalls),
+                        unit_sandbox.FAMILIES_VARIABLE: ",".join(families)},
+                       fault="unit-sandbox",
+                       databases={WEST: pg_pair.primary.dsn, EAST: pg_pair.replica.dsn})
         hint = f"see {daemon.dog.log_path}"
         deadline = time.monotonic() + READY_TIMEOUT
         while not sock.received("READY") and daemon.proc.poll() is None:
@@ -223,11 +237,19 @@ def test_the_daemon_runs_without_writable_executable_memory(
                 pytest.fail(f"no READY=1 within {READY_TIMEOUT:g}s; {hint}")
             time.sleep(0.05)
         if daemon.proc.poll() == 77:
-            pytest.skip("this kernel has no PR_SET_MDWE (Linux >= 6.3)")
-        assert daemon.proc.poll() is None, hint
+            pytest.skip(f"no seccomp or PR_SET_MDWE here: {daemon.dog.log_path.read_text()}")
+        assert daemon.proc.poll() is None, f"{daemon.dog.log_path.read_text()[-2000:]}"
+        # Logged before the daemon configures JSON logging: look for the text.
+        assert "unit_sandbox_entered" in daemon.dog.log_path.read_text(), hint
         daemon.wait_for(event("lock_acquired"), "lock_acquired", READY_TIMEOUT)
+        daemon.wait_for(lambda e: e.get("event") == "verdict" and e.get("verdict") ==
+                        "no action: primary healthy" and e.get("lag_bytes") is not None,
+                        "a healthy verdict with both databases seen", READY_TIMEOUT)
         sent = daemon.signal(signal.SIGHUP)
         sock.wait_for(lambda m: "READY" in m, PROMPT, what="READY=1 after a reload",
                       after=sent, hint=hint)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit() == 0, hint
+        refused = [e for e in daemon.dog.read()
+                   if "Operation not permitted" in str(e) or "EPERM" in str(e)]
+        assert refused == [], refused
