@@ -141,6 +141,13 @@ class Engine:
                                   clock=self._clock)
         self.old_primary = OldPrimaryStopper(self._clock)
         runbook.on_alert = self._route_alert
+        # Called once a SIGHUP reload is over, applied or refused (systemd's READY=1).
+        self.after_reload: Callable[[], None] = lambda: None
+
+    @property
+    def probe_names(self) -> frozenset[str]:
+        """The probes of the current topology (their reports land in ``latest``)."""
+        return frozenset(p.name for p in self._scheduler.probes) if self._scheduler else frozenset()
 
     @property
     def run_in_progress(self) -> bool:
@@ -245,6 +252,7 @@ class Engine:
             while True:
                 if self._reload_requested:
                     await self._reload()
+                    self.after_reload()
                 items = await self._next_batch()
                 await self._cycle(items)
         finally:

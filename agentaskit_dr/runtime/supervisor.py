@@ -2,6 +2,13 @@
 
 SIGTERM/SIGINT only resolve a future; SIGHUP only sets the engine's reload flag. When a
 root task ends on its own, that is a failure: it is logged loudly and the rest stop.
+Under systemd (``$NOTIFY_SOCKET``) the daemon tells it when it is ready, reloading and
+stopping, and pets its watchdog while the engine makes progress (``systemd_notify``).
+
+Exit codes of ``run``: 0 stopped on a signal, every task down in time; 1 a root task
+ended on its own (or the API could not listen); 3 stopped on a signal but a task missed
+the stop grace period (its cleanup, the lock release say, may not have happened).
+(2, a config that cannot be used, comes from the CLI before the daemon starts.)
 """
 
 from __future__ import annotations
@@ -44,10 +51,15 @@ from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.runbook_hooks import build_hooks, notifiers, promoter
+from agentaskit_dr.runtime.systemd_notify import Notifier, ServiceNotifications, summary
 
 log = structlog.get_logger(__name__)
 
 GRACE_PERIOD = 5.0
+
+EXIT_STOPPED = 0
+EXIT_TASK_FAILED = 1
+EXIT_STOP_TIMED_OUT = 3
 
 
 def build_probes(config: WatchdogConfig) -> Sequence[Probe[Observation]]:
@@ -123,7 +135,8 @@ def epoch_floor_reader(config: Callable[[], WatchdogConfig], journal: RedisJourn
 async def run_daemon(
     config: WatchdogConfig, config_path: Path | None, credentials: DaemonCredentials
 ) -> int:
-    """Run until SIGTERM/SIGINT; 0 on a clean stop, 1 if a root task died.
+    """Run until SIGTERM/SIGINT; the exit code (module doc): 0 on a clean stop, 1 if a
+    root task died, 3 if a task missed the stop grace period.
 
     ``credentials`` are the TLS contexts and peer token file, checked before the call.
     """
@@ -136,7 +149,7 @@ async def run_daemon(
             stop.set_result(sig)
 
     parts = _assemble(config, config_path, loop, credentials)
-    lock, keeper, engine, api = parts.lock, parts.keeper, parts.engine, parts.api
+    lock, engine, api = parts.lock, parts.engine, parts.api
     # The cluster's controls and primary before anything campaigns or probes: a watchdog
     # started while the cluster is paused starts paused, and after a failover it watches
     # the region the cluster serves from. Bounded by the store's timeout; a store that
@@ -152,47 +165,99 @@ async def run_daemon(
             log.error("api_listen_failed", listen=config.api.listen,  # noqa: TRY400
                       reason=exc.strerror or str(exc))
             await lock.close()
-            return 1
+            return EXIT_TASK_FAILED
+
+    systemd = _service_notifications(engine, loop)
+
+    def request_reload() -> None:
+        if systemd is not None:
+            systemd.reloading()
+        engine.request_reload()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig)
-    loop.add_signal_handler(signal.SIGHUP, engine.request_reload)
+    loop.add_signal_handler(signal.SIGHUP, request_reload)
     log.info("daemon_started", region=config.region, primary_region=config.primary_region,
              holder=config.holder, role=config.role, config=config.redacted())
     for warning in config.warnings():
         field, _, message = warning.partition(": ")
         log.warning("config_warning", field=field, warning=message)
-    tasks = [
-        asyncio.create_task(engine.run(), name="engine"),
-        asyncio.create_task(parts.peers.run(), name="peers"),
-        asyncio.create_task(parts.controls.run(), name="cluster-controls"),
-    ]
-    if config.role == "watchdog":
-        # A witness never takes the lock: it observes and reports, nothing more.
-        tasks.append(asyncio.create_task(keeper.run(), name="leadership"))
-    exit_code = 0
+    tasks = _root_tasks(parts, config.role, systemd)
+    exit_code, reason = EXIT_TASK_FAILED, "an error"
     try:
-        watched: list[asyncio.Future[Any]] = [stop, *tasks]
-        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-        if stop.done():
-            log.info("daemon_stopping", signal=stop.result().name)
-        else:
-            exit_code = 1
-            for task in tasks:
-                if task.done():
-                    error = "cancelled" if task.cancelled() else repr(task.exception())
-                    log.error("root_task_ended", task=task.get_name(), error=error)
+        exit_code, reason = await _until_stop_or_failure(stop, tasks)
     finally:
+        if systemd is not None:
+            systemd.stopping(reason)
         # Handlers stay until the tasks are down: a second SIGINT during the grace period
         # would otherwise raise KeyboardInterrupt mid-release and skip the clean stop.
-        await _stop_tasks(tasks)
+        if await _stop_tasks(tasks) and exit_code == EXIT_STOPPED:
+            exit_code = EXIT_STOP_TIMED_OUT
         await parts.alerts.close()
         await api.stop()
         await lock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if systemd is not None:
+            systemd.close()
     log.info("daemon_stopped", exit_code=exit_code)
     return exit_code
+
+
+def _root_tasks(parts: _Parts, role: str,
+                systemd: ServiceNotifications | None) -> list[asyncio.Task[None]]:
+    tasks = [
+        asyncio.create_task(parts.engine.run(), name="engine"),
+        asyncio.create_task(parts.peers.run(), name="peers"),
+        asyncio.create_task(parts.controls.run(), name="cluster-controls"),
+    ]
+    if role == "watchdog":
+        # A witness never takes the lock: it observes and reports, nothing more.
+        tasks.append(asyncio.create_task(parts.keeper.run(), name="leadership"))
+    if systemd is not None:
+        tasks.append(asyncio.create_task(systemd.run(), name="systemd-notify"))
+    return tasks
+
+
+async def _until_stop_or_failure(stop: asyncio.Future[signal.Signals],
+                                 tasks: list[asyncio.Task[None]]) -> tuple[int, str]:
+    """Wait for a stop signal or a root task's end; the exit code so far and why."""
+    watched: list[asyncio.Future[Any]] = [stop, *tasks]
+    await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    if stop.done():
+        log.info("daemon_stopping", signal=stop.result().name)
+        return EXIT_STOPPED, stop.result().name
+    for task in tasks:
+        if task.done():
+            error = "cancelled" if task.cancelled() else repr(task.exception())
+            log.error("root_task_ended", task=task.get_name(), error=error)
+    return EXIT_TASK_FAILED, "a root task ended"
+
+
+def _service_notifications(
+    engine: Engine, loop: asyncio.AbstractEventLoop
+) -> ServiceNotifications | None:
+    """systemd's notifications when ``$NOTIFY_SOCKET`` is set (None otherwise); READY=1
+    waits for the first report of every probe of the topology."""
+    notifier, watchdog = Notifier.from_environment()
+    if notifier is None:
+        return None
+    controller = EngineController(engine)
+
+    def ready() -> bool:
+        names = engine.probe_names
+        return engine.started and bool(names) and names <= engine.latest.keys()
+
+    def status() -> str:
+        state = engine.state
+        return summary(state.phase.value, engine.config.primary_region, state.epoch,
+                       paused=state.paused, self_fenced=state.self_fenced)
+
+    notifications = ServiceNotifications(notifier, ready=ready, alive=controller.alive,
+                                         status=status, watchdog=watchdog, clock=loop.time)
+    engine.after_reload = notifications.reloaded
+    log.info("systemd_notify", socket=notifier.address, watchdog_sec=watchdog)
+    return notifications
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -305,9 +370,11 @@ class AlertHubs:
         await asyncio.gather(*self._retired, return_exceptions=True)
 
 
-async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> list[str]:
+    """Cancel ``tasks`` and wait up to GRACE_PERIOD; the names of those still running."""
     for task in tasks:
         task.cancel()
     _, pending = await asyncio.wait(tasks, timeout=GRACE_PERIOD)
     for task in pending:
         log.error("task_did_not_stop", task=task.get_name(), grace_period=GRACE_PERIOD)
+    return sorted(task.get_name() for task in pending)
