@@ -2,7 +2,8 @@
 
 One JSON document per run at ``<directory>/<kind>/<run_id>.json``, built from the run's
 journal, and a draft incident review next to it as ``<run_id>.md`` (the plan's
-post-failover checklist starts with an incident review). Files only: no store, no clock.
+post-failover checklist starts with an incident review) with its timeline picture
+``<run_id>.svg`` (``timeline_svg``). Files only: no store, no clock.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.ports import RunJournal, StepStatus
+from agentaskit_dr.runtime.timeline_svg import timeline_svg
 
 log = structlog.get_logger(__name__)
 
@@ -121,8 +123,10 @@ def write_evidence(directory: Path, kind: str, run_id: str, document: Mapping[st
 def write_incident_review(
     directory: Path, kind: str, run_id: str, document: Mapping[str, Any]
 ) -> Path:
-    """Write ``draft_incident_review(document)`` next to the evidence, as ``<run_id>.md``."""
+    """Write ``draft_incident_review(document)`` next to the evidence, as ``<run_id>.md``,
+    and the timeline picture it shows, as ``<run_id>.svg``."""
     path = _evidence_path(directory, kind, run_id, ".md")
+    _write_atomically(_evidence_path(directory, kind, run_id, ".svg"), timeline_svg(document))
     _write_atomically(path, draft_incident_review(document))
     log.info("incident_review_drafted", path=str(path), kind=kind, run_id=run_id)
     return path
@@ -177,6 +181,7 @@ def draft_incident_review(document: Mapping[str, Any]) -> str:
         "",
         "## Timeline (UTC)",
         "",
+        *_picture(run_id),
         "| At | Step | Status | Epoch | Detail |",
         "|---|---|---|---|---|",
         *(
@@ -220,6 +225,13 @@ def draft_incident_review(document: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _picture(run_id: object) -> list[str]:
+    """The Markdown lines showing ``<run_id>.svg`` (written beside the review), if any."""
+    if not isinstance(run_id, str) or not _NAME.fullmatch(run_id):
+        return []
+    return [f"![Timeline of {run_id}]({run_id}.svg)", ""]
 
 
 def _step_times(journal: RunJournal) -> list[dict[str, Any]]:

@@ -217,3 +217,15 @@ def test_incident_review_of_a_sparse_document_shows_dashes() -> None:
     review = draft_incident_review({"run_id": "fo-9", "kind": "failback"})
     assert "| RTO, detected → recovered | — |" in review
     assert "Failback planned" not in review
+
+
+def test_incident_review_shows_the_timeline_picture_written_beside_it(tmp_path: Path) -> None:
+    document = evidence_of(resumed_failover())
+    review = write_incident_review(tmp_path, "failover", "fo-1", document)
+    picture = tmp_path / "failover" / "fo-1.svg"
+    assert "![Timeline of fo-1](fo-1.svg)" in review.read_text()
+    assert picture.read_text().startswith("<svg ")
+    assert 'data-label="promote"' in picture.read_text()
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o644
+    # The listing reads only the JSON documents: the picture is not a broken evidence file.
+    assert list_evidence(tmp_path) == []
