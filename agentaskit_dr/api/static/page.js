@@ -6,6 +6,7 @@
   var notice = document.getElementById("connection");
   var every = 1000 * Number(document.body.getAttribute("data-refresh") || "5");
   var lostSince = null;
+  var refreshes = 0;
 
   function lost(reason) {
     if (lostSince === null) { lostSince = new Date(); }
@@ -23,6 +24,8 @@
       })
       .then(function (html) {
         main.innerHTML = html;
+        refreshes += 1;
+        document.body.setAttribute("data-refreshes", String(refreshes));
         lostSince = null;
         notice.hidden = true;
       })
