@@ -36,6 +36,9 @@ PLOT_LEFT = LABEL_WIDTH
 PLOT_RIGHT = WIDTH - FIGURE_WIDTH - 10
 #: A bar is never thinner than this, so a 1 ms step still shows.
 MIN_BAR = 2.0
+#: The runbook steps get a panel of their own when they span less than this share of
+#: the whole timeline.
+ZOOM_BELOW = 0.25
 
 COLOURS = {
     "detection": "#1565c0", "decision": "#6a1b9a", "done": "#2e7d32", "skipped": "#9e9e9e",
@@ -50,7 +53,7 @@ class Row:
     """One line of the picture: ``start``/``end`` in seconds from the origin (``end`` None
     draws a tick), ``status`` picks the colour, ``figure`` is the text on the right."""
 
-    kind: str  # "detection", "decision", "step" or "window"
+    kind: str  # "detection", "decision", "step", "window" (or "runbook", drawn only)
     label: str
     status: str
     start: float | None
@@ -90,21 +93,34 @@ def timeline_rows(document: Mapping[str, Any]) -> tuple[float | None, list[Row]]
 
 
 def timeline_svg(document: Mapping[str, Any]) -> str:
-    """The timeline picture of one evidence document (see the module docstring)."""
+    """The timeline picture of one evidence document (see the module docstring).
+
+    When the runbook took a small part of the whole (a detection of minutes, steps of
+    seconds), its steps get a second panel with an axis of their own below the overview,
+    where the runbook is one bar: otherwise every step would be a sliver.
+    """
     origin, rows = timeline_rows(document)
     kind, run_id = str(document.get("kind") or "run"), str(document.get("run_id") or "?")
     title = f"{kind} {run_id}"
-    spans = [t for row in rows for t in (row.start, row.end) if t is not None]
-    span = max([*spans, 0.0])
-    step, ticks = _ticks(span)
-    scale_end = max(span, ticks[-1] if ticks else 0.0) or 1.0
-    height = HEADER_HEIGHT + len(rows) * ROW_HEIGHT + AXIS_HEIGHT + 12
-
-    def x(seconds: float) -> float:
-        return PLOT_LEFT + (PLOT_RIGHT - PLOT_LEFT) * max(0.0, seconds) / scale_end
-
     outcome = document.get("outcome") or "—"
     started = _clock(origin) if origin is not None else "no times recorded"
+    body: list[str] = []
+    top = float(HEADER_HEIGHT)
+    steps = [row for row in rows if row.kind == "step"]
+    runbook = _runbook_row(steps)
+    if runbook is not None and _span([runbook]) < ZOOM_BELOW * _span(rows):
+        overview = [row for row in rows if row.kind != "step"]
+        overview.insert(overview.index(next(r for r in overview if r.kind == "decision"))
+                        + 1 if any(r.kind == "decision" for r in overview) else 0, runbook)
+        top = _panel(body, overview, top, "Overview", from_zero=True)
+        top = _panel(body, steps, top + 8, "Runbook steps (own time axis)", from_zero=False)
+    elif rows:
+        top = _panel(body, rows, top, None, from_zero=True)
+    else:
+        body.append(_text(PLOT_LEFT, top + 14, "no timeline in this evidence file",
+                          fill=COLOURS["muted"]))
+        top += ROW_HEIGHT
+    height = int(top + 8)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12" '
@@ -114,20 +130,51 @@ def timeline_svg(document: Mapping[str, Any]) -> str:
         _text(10, 20, f"{title}: {outcome}", size=15, weight="bold"),
         _text(10, 40, f"t = 0 at {started} (UTC); times in seconds from there",
               fill=COLOURS["muted"]),
+        *body,
+        "</svg>",
     ]
-    axis_y = HEADER_HEIGHT + len(rows) * ROW_HEIGHT + 6
+    return "\n".join(parts) + "\n"
+
+
+def _runbook_row(steps: Sequence[Row]) -> Row | None:
+    """The whole runbook as one bar, for the overview: first step start to last step end."""
+    times = [t for row in steps for t in (row.start, row.end) if t is not None]
+    if len(times) < 2:
+        return None
+    failed = any(row.status == "failed" for row in steps)
+    return Row("runbook", "runbook", "failed" if failed else "done", min(times), max(times),
+               _duration(max(times) - min(times)))
+
+
+def _span(rows: Sequence[Row]) -> float:
+    times = [t for row in rows for t in (row.start, row.end) if t is not None]
+    return max(times) - min(times) if times else 0.0
+
+
+def _panel(parts: list[str], rows: Sequence[Row], top: float, heading: str | None, *,
+           from_zero: bool) -> float:
+    """Draw ``rows`` with their grid and time axis from ``top``; the y below the panel."""
+    if heading is not None:
+        parts.append(_text(10, top + 12, heading, weight="bold", fill=COLOURS["muted"]))
+        top += 20
+    times = [t for row in rows for t in (row.start, row.end) if t is not None]
+    low = 0.0 if from_zero else min(times, default=0.0)
+    step, ticks = _ticks(low, max([*times, low]))
+    first, last = ticks[0], ticks[-1]
+
+    def x(seconds: float) -> float:
+        share = (seconds - first) / (last - first)
+        return PLOT_LEFT + (PLOT_RIGHT - PLOT_LEFT) * min(1.0, max(0.0, share))
+
+    axis_y = top + len(rows) * ROW_HEIGHT + 6
     for tick in ticks:
-        parts.append(f'<line x1="{x(tick):.1f}" y1="{HEADER_HEIGHT - 4}" x2="{x(tick):.1f}" '
+        parts.append(f'<line x1="{x(tick):.1f}" y1="{top - 4}" x2="{x(tick):.1f}" '
                      f'y2="{axis_y}" stroke="{COLOURS["grid"]}" stroke-width="1"/>')
         parts.append(_text(x(tick), axis_y + 16, f"{_number(tick, step)} s", anchor="middle",
                            fill=COLOURS["muted"]))
     for index, row in enumerate(rows):
-        parts.append(_row_svg(row, HEADER_HEIGHT + index * ROW_HEIGHT, x))
-    if not rows:
-        parts.append(_text(PLOT_LEFT, HEADER_HEIGHT + 14, "no timeline in this evidence file",
-                           fill=COLOURS["muted"]))
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+        parts.append(_row_svg(row, top + index * ROW_HEIGHT, x))
+    return axis_y + AXIS_HEIGHT - 6
 
 
 # ---------------------------------------------------------------- rows
@@ -239,15 +286,18 @@ def _text(x: float, y: float, content: str, *, anchor: str = "start", size: int 
             f'font-weight="{weight}" fill="{fill}">{escape(content)}</text>')
 
 
-def _ticks(span: float) -> tuple[float, list[float]]:
-    """A 1-2-5 tick step giving at most 8 intervals over ``span``, and the ticks."""
+def _ticks(low: float, high: float) -> tuple[float, list[float]]:
+    """A 1-2-5 tick step giving at most 8 intervals from ``low`` to ``high``, and the
+    ticks (multiples of the step, covering both ends)."""
+    span = high - low
     if span <= 0:
-        return 1.0, [0.0, 1.0]
+        return 1.0, [math.floor(low), math.floor(low) + 1.0]
     raw = span / 8
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    count = math.ceil(span / step - 1e-9)
-    return step, [round(i * step, 9) for i in range(count + 1)]
+    first = math.floor(low / step + 1e-9)
+    count = math.ceil(high / step - 1e-9) - first
+    return step, [round((first + i) * step, 9) for i in range(max(1, count) + 1)]
 
 
 def _number(value: float, step: float = 0.001) -> str:

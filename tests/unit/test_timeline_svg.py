@@ -71,8 +71,30 @@ def test_rows_are_detection_decision_then_each_step_in_plan_order_then_the_windo
         ("step", "check_primary"), ("step", "promote"), ("step", "update_dns"),
         ("step", "verify_services"), ("window", "no writable primary (≥)"),
     ]
+    svg = timeline_svg(failback_document())  # steps span it all: one panel
+    _, failback_rows = timeline_rows(failback_document())
+    assert [g.get("data-label") for g in rows_of(svg)] == [row.label for row in failback_rows]
+    assert [row.label for row in failback_rows] == [
+        "detection", "decision", "sync_primary", "restore_standby",
+        "writes unavailable (switchover)"]
+    tops = [float(g.find(f"{SVG}text").get("y")) for g in rows_of(svg)]  # type: ignore[union-attr]
+    assert tops == sorted(tops)
+
+
+def test_steps_that_are_a_small_part_of_the_whole_get_their_own_panel_and_axis() -> None:
+    # Detection took 121 s, the runbook 7 s: an overview, then the steps on their own axis.
     svg = timeline_svg(failover_document())
-    assert [g.get("data-label") for g in rows_of(svg)] == [row.label for row in rows]
+    assert [g.get("data-label") for g in rows_of(svg)] == [
+        "detection", "decision", "runbook", "no writable primary (≥)",
+        "check_primary", "promote", "update_dns", "verify_services",
+    ]
+    texts = [t.text for t in ET.fromstring(svg).iter(f"{SVG}text")]
+    assert "Runbook steps (own time axis)" in texts
+    assert "7.000 s" in texts  # the runbook bar: 121.0 -> 128.0
+    # The steps' axis starts at the first step (121 s), not at detection.
+    axis = [t for t in texts if t and t.endswith(" s") and t[0].isdigit()]
+    assert "121 s" in axis or "121.0 s" in axis, axis
+    assert "0 s" in axis  # the overview's axis starts at detection
     tops = [float(g.find(f"{SVG}text").get("y")) for g in rows_of(svg)]  # type: ignore[union-attr]
     assert tops == sorted(tops)
 
