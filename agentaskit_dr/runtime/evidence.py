@@ -236,18 +236,28 @@ def _picture(run_id: object) -> list[str]:
 
 def _step_times(journal: RunJournal) -> list[dict[str, Any]]:
     """Per step, plan order first: last status, attempts, and the time of the attempt that
-    completed it (its last start before its first done)."""
+    completed it (its last start before its first done).
+
+    A ``started`` entry begins an attempt when it is the step's first, follows a failure,
+    or comes under another epoch (a resumed run); otherwise it is a progress mark within
+    the attempt (failback's ``restore_standby`` marks the switchover done that way).
+    """
     steps: dict[str, dict[str, Any]] = {
         name: {"step": name, "status": None, "attempts": 0, "started": None, "done": None}
         for name in journal.plan
     }
+    attempt_epoch: dict[str, int | None] = {}
     for entry in journal.entries:
         step = steps.setdefault(
             entry.step,
             {"step": entry.step, "status": None, "attempts": 0, "started": None, "done": None},
         )
-        step["status"] = entry.status.value
+        previous, step["status"] = step["status"], entry.status.value
         if entry.status is StepStatus.STARTED:
+            if previous == StepStatus.STARTED.value and attempt_epoch.get(
+                    entry.step) == entry.epoch:
+                continue  # a progress mark, not a new attempt
+            attempt_epoch[entry.step] = entry.epoch
             step["attempts"] += 1
             if step["done"] is None:
                 step["started"] = entry.at

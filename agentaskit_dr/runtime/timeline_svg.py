@@ -75,7 +75,7 @@ def timeline_rows(document: Mapping[str, Any]) -> tuple[float | None, list[Row]]
         return None if value is None else value - origin
 
     rows: list[Row] = []
-    if detected is not None and decided is not None:
+    if detected is not None and decided is not None and decided > detected:
         rows.append(Row("detection", "detection", "detection", 0.0, at(decided),
                         _duration(decided - detected)))
     if decided is not None:

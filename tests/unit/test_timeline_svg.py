@@ -74,9 +74,9 @@ def test_rows_are_detection_decision_then_each_step_in_plan_order_then_the_windo
     svg = timeline_svg(failback_document())  # steps span it all: one panel
     _, failback_rows = timeline_rows(failback_document())
     assert [g.get("data-label") for g in rows_of(svg)] == [row.label for row in failback_rows]
+    # An operator's failback has no detection: decided when it started.
     assert [row.label for row in failback_rows] == [
-        "detection", "decision", "sync_primary", "restore_standby",
-        "writes unavailable (switchover)"]
+        "decision", "sync_primary", "restore_standby", "writes unavailable (switchover)"]
     tops = [float(g.find(f"{SVG}text").get("y")) for g in rows_of(svg)]  # type: ignore[union-attr]
     assert tops == sorted(tops)
 
