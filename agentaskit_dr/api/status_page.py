@@ -71,6 +71,7 @@ class _StatusPage:
     def __init__(self, status: StatusSource, evidence_dir: EvidenceDir) -> None:
         self._status = status
         self._evidence_dir = evidence_dir
+        self._listing = _RunListing()
 
     async def page(self, request: web.Request) -> web.Response:
         status, main = await self._main()
@@ -99,10 +100,32 @@ class _StatusPage:
     async def _main(self) -> tuple[Mapping[str, Any], str]:
         status: Mapping[str, Any] = redact(dict(self._status()))
         directory = self._evidence_dir()
-        runs = [] if directory is None else await asyncio.to_thread(_runs, directory)
-        main = render_main(status, runs, now=time.time(),
-                           evidence_dir=None if directory is None else str(directory))
+        runs: list[RunRow] = []
+        where = None if directory is None else str(directory)
+        if directory is not None:
+            try:
+                runs = await asyncio.to_thread(self._listing.rows, directory)
+            except OSError as exc:
+                log.warning("evidence_not_listed", directory=str(directory), reason=str(exc))
+                where = f"{directory} (cannot be listed: {exc.strerror or exc})"
+        main = render_main(status, runs, now=time.time(), evidence_dir=where)
         return status, main
+
+
+class _RunListing:
+    """The runs of an evidence directory, read again only when its files change (the
+    page asks every few seconds; the files change once per failover or failback)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._rows: list[RunRow] = []
+
+    def rows(self, directory: Path) -> list[RunRow]:
+        key = (directory, *sorted((str(path), path.stat().st_mtime_ns, path.stat().st_size)
+                                  for path in directory.glob("*/[!.]*.json")))
+        if key != self._key:
+            self._rows, self._key = _runs(directory), key
+        return self._rows
 
 
 def _runs(directory: Path) -> list[RunRow]:

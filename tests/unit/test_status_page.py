@@ -227,3 +227,30 @@ async def test_without_an_evidence_directory_the_page_lists_no_runs() -> None:
     assert status == 200
     assert "no failover or failback evidence" in html
     assert svg_status == 404
+
+
+async def test_new_evidence_shows_at_the_next_refresh(
+    client: TestClient[Any, Any], evidence_dir: Path,
+) -> None:
+    _, _, before = await get(client, "/ui/main")
+    assert "fo-3" not in before
+    write_evidence(evidence_dir, "failover", "fo-3", failover_document("fo-3"))
+    _, _, after = await get(client, "/ui/main")
+    assert '<a href="/ui/timeline/failover/fo-3.svg">fo-3</a>' in after
+
+
+async def test_an_evidence_directory_that_is_not_one_leaves_the_page_up(
+    tmp_path: Path,
+) -> None:
+    controller = FakeController()
+    controller.status_payload = page_status()
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    blocked = not_a_directory / "evidence"  # below a file: nothing can be listed
+    app = build_app(controller, metrics=Metrics(), token_file=None,
+                    evidence_dir=lambda: blocked)
+    async with TestClient(TestServer(app)) as test_client:
+        status, _, html = await get(test_client, "/")
+    assert status == 200
+    assert "waiting for acknowledgement" in html
+    assert "no failover or failback evidence" in html
