@@ -4,7 +4,8 @@ Two ``agentaskit-dr run`` processes over a real PostgreSQL pair and Redis (``dae
 the primary is killed, the lock holder promotes the replica and writes its evidence. Then
 Chromium (Debian's package, installed by ``scripts/test.sh``) loads ``GET /`` from that
 daemon: the page must render with no console error, no failed load and no CSP violation,
-show the failover and its timeline picture, and refresh itself once. The screenshot is kept
+show the failover and its timeline picture, and refresh itself once; once the daemon
+stops, the page says so and keeps its last answer. The screenshot is kept
 under ``tmp/artefacts/`` at the repository root (its path is printed).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,23 +58,36 @@ class Seen:
     links: list[str]
     screenshot: bytes
     problems: list[Problem]
+    #: After the daemon stopped: the page's notice, and what ``main`` still showed.
+    lost_notice: str
+    text_when_lost: str
 
 
-async def look_at(url: str, profile: Path) -> Seen:
-    """Load ``url`` in Chromium, wait for the page's first refresh, and read it."""
+async def look_at(url: str, profile: Path, stop_daemon: Callable[[], object]) -> Seen:
+    """Load ``url`` in Chromium, wait for the page's first refresh and read it; then stop
+    the daemon and read the page again once it says it lost the daemon."""
     async with Browser.launch(profile) as browser, browser.open(url) as page:
         await page.wait_for("Number(document.body.dataset.refreshes || 0) >= 1",
                             within=REFRESH_TIMEOUT)
-        return Seen(
-            phase=await page.evaluate("document.getElementById('phase').textContent"),
-            text=await page.evaluate("document.getElementById('main').innerText"),
-            pictures=await page.evaluate(
+        seen = {
+            "phase": await page.evaluate("document.getElementById('phase').textContent"),
+            "text": await page.evaluate("document.getElementById('main').innerText"),
+            "pictures": await page.evaluate(
                 "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete,"
                 " i.naturalWidth])"),
-            links=await page.evaluate(
+            "links": await page.evaluate(
                 "Array.from(document.querySelectorAll('a')).map(a => a.getAttribute('href'))"),
-            screenshot=await page.screenshot(),
-            problems=list(page.problems),
+            "screenshot": await page.screenshot(),
+            "problems": list(page.problems),
+        }
+        await asyncio.to_thread(stop_daemon)
+        await page.wait_for("!document.getElementById('connection').hidden",
+                            within=REFRESH_TIMEOUT)
+        return Seen(
+            **seen,
+            lost_notice=await page.evaluate(
+                "document.getElementById('connection').textContent"),
+            text_when_lost=await page.evaluate("document.getElementById('main').innerText"),
         )
 
 
@@ -91,7 +105,8 @@ def test_the_status_page_of_a_daemon_that_failed_over_renders_cleanly_in_chromiu
     assert (evidence / f"{run_id}.svg").is_file(), sorted(evidence.iterdir())
     assert f"![Timeline of {run_id}]({run_id}.svg)" in (evidence / f"{run_id}.md").read_text()
 
-    seen = asyncio.run(look_at(api_url(holder), tmp_path / "chromium-profile"))
+    seen = asyncio.run(look_at(api_url(holder), tmp_path / "chromium-profile",
+                               lambda: fleet.stop(holder)))
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTEFACTS / f"status-page-after-failover-{time.strftime('%Y%m%dT%H%M%SZ')}.png"
     shot.write_bytes(seen.screenshot)
@@ -110,3 +125,6 @@ def test_the_status_page_of_a_daemon_that_failed_over_renders_cleanly_in_chromiu
     assert picture in seen.links
     assert all(link.startswith("/") for link in seen.links), seen.links
     assert len(seen.screenshot) > 10_000
+    # The daemon gone, the page says so and keeps its last answer on screen.
+    assert seen.lost_notice.startswith("Cannot reach this watchdog since "), seen.lost_notice
+    assert run_id in seen.text_when_lost
