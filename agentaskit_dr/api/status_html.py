@@ -296,7 +296,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, header: boo
             if header else "")
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
                    for row in rows)
-    return f"<table>{head}<tbody>{body}</tbody></table>"
+    # A narrow screen (a phone at 3 a.m.) scrolls a wide table instead of clipping it.
+    return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
 
 
 def _h2(title: str) -> str:
