@@ -98,8 +98,10 @@ def test_the_status_page_of_a_daemon_that_failed_over_renders_cleanly_in_chromiu
     fleet.start_pair()
     holder = fleet.wait_ready()
     pg_pair.primary.kill()
-    written = fleet.wait_for(is_event("evidence_written", kind="failover"), FAILOVER_TIMEOUT,
-                             what="the failover's evidence written", dogs=[holder])
+    # The review is drafted last, after the evidence file and the picture.
+    written = fleet.wait_for(is_event("incident_review_drafted", kind="failover"),
+                             FAILOVER_TIMEOUT, what="the failover's review drafted",
+                             dogs=[holder])
     run_id = written["run_id"]
     evidence = fleet.workdir / "evidence" / "failover"
     assert (evidence / f"{run_id}.svg").is_file(), sorted(evidence.iterdir())
