@@ -9,6 +9,13 @@ if ! command -v nft >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-ge
     || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nftables >/dev/null 2>&1; } \
     || echo "could not install nftables: the partition tests will fail" >&2
 fi
+# The status page test drives a real headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium for the status page test" >&2
+  apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+    || echo "could not install chromium: the status page test will fail" >&2
+fi
 .venv/bin/ruff check agentaskit_dr tests bench
 .venv/bin/mypy
 .venv/bin/lint-imports

@@ -14,6 +14,9 @@ Pause, resume and ack belong to the cluster: the watchdog that answers stores th
 lock store and every watchdog applies them. When no watchdog answers and ``--config``
 names the lock store, they (and ``status``) go to the lock store directly.
 
+``status`` prints tables on a terminal (``status_table``), aligned key/value lines
+otherwise, and the API's JSON with ``--json``.
+
 Exit codes: 0 done, 1 the watchdog could not be reached or refused (one line on stderr),
 2 bad input (unreadable config or token file, malformed URL).
 """
@@ -136,6 +139,10 @@ def run_api_command(args: argparse.Namespace) -> int:
         result = fallback
     if action == "status" and args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
+    elif action == "status":
+        from agentaskit_dr.api.status_table import print_status
+
+        print_status(result, sys.stdout)
     else:
         print(render_status(result))
     return EXIT_OK

@@ -11,7 +11,8 @@ refuses everything (503), never falling back to "no token". See ``_auth``.
 
 With ``api.tls`` the API serves HTTPS only (``ssl_context``).
 
-Every answer is JSON except ``/metrics``. Bad requests get a 400 naming the field; the
+Every answer is JSON except ``/metrics`` and the read-only status page (``/`` and
+``/ui/...``, see ``status_page``). Bad requests get a 400 naming the field; the
 controller's refusals a 409; its unexpected failures a 503 (logged as ``api_error``),
 so no request ever gets a bare 500 or a traceback.
 """
@@ -32,6 +33,7 @@ from agentaskit_dr.api._answers import error_answer as _error
 from agentaskit_dr.api._answers import json_answer as _json
 from agentaskit_dr.api._auth import PeerGate, control_refusal
 from agentaskit_dr.api.metrics import Metrics
+from agentaskit_dr.api.status_page import EvidenceDir, add_status_page
 
 log = structlog.get_logger(__name__)
 
@@ -110,10 +112,12 @@ def build_app(
     token_file: Path | None,
     peer_token_file: Path | None = None,
     client_certificates: bool = False,
+    evidence_dir: EvidenceDir = lambda: None,
 ) -> web.Application:
     """The aiohttp application; ``token_file`` None disables the control endpoints;
     ``peer_token_file`` and ``client_certificates`` (a verified client certificate is a
-    peer) guard ``/v1/observations``, which is open when neither is given."""
+    peer) guard ``/v1/observations``, which is open when neither is given. The status
+    page at ``/`` lists the runs in ``evidence_dir()`` (``status_page``)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
     peers = PeerGate(peer_token_file, client_certificates=client_certificates)
     app[_WIRING] = _Wiring(controller, metrics, token_file, peers)
@@ -123,6 +127,7 @@ def build_app(
     app.router.add_get("/v1/observations", _observations)
     app.router.add_post("/v1/fence-primary", _fence_primary)
     app.router.add_get("/metrics", _metrics)
+    add_status_page(app, controller.status, evidence_dir)
     for path, action in _ACTIONS.items():
         app.router.add_post(path, _control(action))
     return app
@@ -151,12 +156,14 @@ class ApiServer:
         peer_token_file: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout: float = 5.0,
+        evidence_dir: EvidenceDir = lambda: None,
     ) -> None:
         client_certificates = (ssl_context is not None
                                and ssl_context.verify_mode != ssl.CERT_NONE)
         self._app = build_app(controller, metrics=metrics, token_file=token_file,
                               peer_token_file=peer_token_file,
-                              client_certificates=client_certificates)
+                              client_certificates=client_certificates,
+                              evidence_dir=evidence_dir)
         self._ssl_context = ssl_context
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None

@@ -20,7 +20,7 @@ from agentaskit_dr.config._backup import (
     VerifyBackupConfig,
     WalArchiving,
 )
-from agentaskit_dr.config._base import redact_url
+from agentaskit_dr.config._base import redact, redact_url
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._failback import FailbackConfig
@@ -78,5 +78,6 @@ __all__ = [
     "looks_like_backup",
     "parse_duration",
     "parse_size",
+    "redact",
     "redact_url",
 ]

@@ -2,7 +2,8 @@
 
 One JSON document per run at ``<directory>/<kind>/<run_id>.json``, built from the run's
 journal, and a draft incident review next to it as ``<run_id>.md`` (the plan's
-post-failover checklist starts with an incident review). Files only: no store, no clock.
+post-failover checklist starts with an incident review) with its timeline picture
+``<run_id>.svg`` (``timeline_svg``). Files only: no store, no clock.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.ports import RunJournal, StepStatus
+from agentaskit_dr.runtime.timeline_svg import timeline_svg
 
 log = structlog.get_logger(__name__)
 
@@ -121,8 +123,10 @@ def write_evidence(directory: Path, kind: str, run_id: str, document: Mapping[st
 def write_incident_review(
     directory: Path, kind: str, run_id: str, document: Mapping[str, Any]
 ) -> Path:
-    """Write ``draft_incident_review(document)`` next to the evidence, as ``<run_id>.md``."""
+    """Write ``draft_incident_review(document)`` next to the evidence, as ``<run_id>.md``,
+    and the timeline picture it shows, as ``<run_id>.svg``."""
     path = _evidence_path(directory, kind, run_id, ".md")
+    _write_atomically(_evidence_path(directory, kind, run_id, ".svg"), timeline_svg(document))
     _write_atomically(path, draft_incident_review(document))
     log.info("incident_review_drafted", path=str(path), kind=kind, run_id=run_id)
     return path
@@ -177,6 +181,7 @@ def draft_incident_review(document: Mapping[str, Any]) -> str:
         "",
         "## Timeline (UTC)",
         "",
+        *_picture(run_id),
         "| At | Step | Status | Epoch | Detail |",
         "|---|---|---|---|---|",
         *(
@@ -222,20 +227,37 @@ def draft_incident_review(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _picture(run_id: object) -> list[str]:
+    """The Markdown lines showing ``<run_id>.svg`` (written beside the review), if any."""
+    if not isinstance(run_id, str) or not _NAME.fullmatch(run_id):
+        return []
+    return [f"![Timeline of {run_id}]({run_id}.svg)", ""]
+
+
 def _step_times(journal: RunJournal) -> list[dict[str, Any]]:
     """Per step, plan order first: last status, attempts, and the time of the attempt that
-    completed it (its last start before its first done)."""
+    completed it (its last start before its first done).
+
+    A ``started`` entry begins an attempt when it is the step's first, follows a failure,
+    or comes under another epoch (a resumed run); otherwise it is a progress mark within
+    the attempt (failback's ``restore_standby`` marks the switchover done that way).
+    """
     steps: dict[str, dict[str, Any]] = {
         name: {"step": name, "status": None, "attempts": 0, "started": None, "done": None}
         for name in journal.plan
     }
+    attempt_epoch: dict[str, int | None] = {}
     for entry in journal.entries:
         step = steps.setdefault(
             entry.step,
             {"step": entry.step, "status": None, "attempts": 0, "started": None, "done": None},
         )
-        step["status"] = entry.status.value
+        previous, step["status"] = step["status"], entry.status.value
         if entry.status is StepStatus.STARTED:
+            if previous == StepStatus.STARTED.value and attempt_epoch.get(
+                    entry.step) == entry.epoch:
+                continue  # a progress mark, not a new attempt
+            attempt_epoch[entry.step] = entry.epoch
             step["attempts"] += 1
             if step["done"] is None:
                 step["started"] = entry.at

@@ -328,7 +328,8 @@ def _assemble(
                     metrics=engine.metrics,
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
-                    ssl_context=credentials.server_ssl)
+                    ssl_context=credentials.server_ssl,
+                    evidence_dir=lambda: engine.config.evidence_dir)
     return _Parts(lock, keeper, engine, peers, api, controls, alerts)
 
 

@@ -23,7 +23,10 @@ CONTROL_PATHS = ["/v1/pause", "/v1/resume", "/v1/ack", "/v1/failover"]
 KNOWN_PATHS = [
     "/healthz", "/readyz", "/metrics", "/v1/status", "/v1/observations", *CONTROL_PATHS,
     "/v1/pause/", "/V1/PAUSE", "/v1/pause?reason=x", "/v1/../v1/ack", "/v1/%70ause", "/",
+    "/ui/main", "/ui/page.js", "/ui/timeline/failover/fo-1.svg", "/ui/timeline/../../x.svg",
 ]
+#: What the read-only status page (``/`` and ``/ui/...``) answers besides JSON.
+PAGE_TYPES = {"text/html", "text/css", "text/javascript", "image/svg+xml"}
 HEADER_TEXT = st.text(
     st.characters(codec="latin-1", exclude_categories=["Cc"]), max_size=60
 )
@@ -155,7 +158,12 @@ def test_fuzzed_requests_never_crash_and_never_act_without_the_token(
                     assert request.has_valid_token, request
                     assert scenario in ("healthy", "broken")
                     assert len(controller.calls) == 1
-                if request.method != "HEAD" and content_type != "text/plain":
+                if content_type in PAGE_TYPES:
+                    page = URL(request.path).path
+                    assert status == 200, (status, body)
+                    assert request.method in ("GET", "HEAD")
+                    assert page == "/" or page.startswith("/ui/"), page
+                elif request.method != "HEAD" and content_type != "text/plain":
                     assert content_type == "application/json", (status, body)
                     payload = json.loads(body)
                     assert isinstance(payload, dict)

@@ -217,3 +217,47 @@ def test_incident_review_of_a_sparse_document_shows_dashes() -> None:
     review = draft_incident_review({"run_id": "fo-9", "kind": "failback"})
     assert "| RTO, detected → recovered | — |" in review
     assert "Failback planned" not in review
+
+
+def test_incident_review_shows_the_timeline_picture_written_beside_it(tmp_path: Path) -> None:
+    document = evidence_of(resumed_failover())
+    review = write_incident_review(tmp_path, "failover", "fo-1", document)
+    picture = tmp_path / "failover" / "fo-1.svg"
+    assert "![Timeline of fo-1](fo-1.svg)" in review.read_text()
+    assert picture.read_text().startswith("<svg ")
+    assert 'data-label="promote"' in picture.read_text()
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o644
+    # The listing reads only the JSON documents: the picture is not a broken evidence file.
+    assert list_evidence(tmp_path) == []
+
+
+def test_a_progress_mark_within_a_step_is_not_a_new_attempt() -> None:
+    # restore_standby: started, marked "switched" 0.9 s later (same epoch), done at 1.0 s.
+    run = RunJournal(
+        run_id="failback-1", kind="failback", plan=("restore-standby",), created_at=T0,
+        created_epoch=5, reason="home", finished="done",
+        entries=(
+            step("restore-standby", StepStatus.STARTED, 0.0, epoch=5),
+            step("restore-standby", StepStatus.STARTED, 0.9, epoch=5, detail="switched"),
+            step("restore-standby", StepStatus.DONE, 1.0, epoch=5),
+        ),
+    )
+    (times,) = evidence_of(run)["steps"]  # type: ignore[misc]
+    assert times["attempts"] == 1
+    assert times["actuation_seconds"] == 1.0
+
+
+def test_a_start_after_a_failure_under_the_same_epoch_is_a_new_attempt() -> None:
+    run = RunJournal(
+        run_id="fo-2", kind="failover", plan=("update-dns",), created_at=T0, created_epoch=3,
+        reason="x", finished="done",
+        entries=(
+            step("update-dns", StepStatus.STARTED, 0.0),
+            step("update-dns", StepStatus.FAILED, 1.0),
+            step("update-dns", StepStatus.STARTED, 5.0),
+            step("update-dns", StepStatus.DONE, 5.5),
+        ),
+    )
+    (times,) = evidence_of(run)["steps"]  # type: ignore[misc]
+    assert times["attempts"] == 2
+    assert times["actuation_seconds"] == 0.5
