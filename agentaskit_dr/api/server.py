@@ -31,6 +31,7 @@ from aiohttp import web
 from agentaskit_dr.api._answers import error_answer as _error
 from agentaskit_dr.api._answers import json_answer as _json
 from agentaskit_dr.api._auth import PeerGate, control_refusal
+from agentaskit_dr.api.host_steps import HostSteps, add_host_step_routes
 from agentaskit_dr.api.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -110,6 +111,7 @@ def build_app(
     token_file: Path | None,
     peer_token_file: Path | None = None,
     client_certificates: bool = False,
+    host_steps: HostSteps | None = None,
 ) -> web.Application:
     """The aiohttp application; ``token_file`` None disables the control endpoints;
     ``peer_token_file`` and ``client_certificates`` (a verified client certificate is a
@@ -122,6 +124,7 @@ def build_app(
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/observations", _observations)
     app.router.add_post("/v1/fence-primary", _fence_primary)
+    add_host_step_routes(app, host_steps, peers)
     app.router.add_get("/metrics", _metrics)
     for path, action in _ACTIONS.items():
         app.router.add_post(path, _control(action))
@@ -151,12 +154,14 @@ class ApiServer:
         peer_token_file: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout: float = 5.0,
+        host_steps: HostSteps | None = None,
     ) -> None:
         client_certificates = (ssl_context is not None
                                and ssl_context.verify_mode != ssl.CERT_NONE)
         self._app = build_app(controller, metrics=metrics, token_file=token_file,
                               peer_token_file=peer_token_file,
-                              client_certificates=client_certificates)
+                              client_certificates=client_certificates,
+                              host_steps=host_steps)
         self._ssl_context = ssl_context
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
