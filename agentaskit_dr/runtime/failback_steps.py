@@ -30,6 +30,8 @@ FAILBACK_PLAN = (CHECK_RECOVERED, SYNC_PRIMARY, VERIFY_DATA_INTEGRITY, SHIFT_TRA
 #: The data of a ``restore_standby`` STARTED entry written once the switchover completed,
 #: so a resumed run goes on with the scaling and never switches a second time.
 SWITCHED = "switched"
+#: The key of a ``shift_traffic`` STARTED entry's data: the split to roll back to.
+ROLLBACK_TO = "rollback_to"
 
 
 class StepFailed(Exception):
@@ -154,15 +156,33 @@ async def verify_data_integrity(ctx: StepContext) -> Done:
 
 
 async def shift_traffic(ctx: StepContext) -> Done | Skipped:
-    from agentaskit_dr.runtime.traffic_shift import ShiftRefused, shift_traffic_from_config
+    from agentaskit_dr.runtime.traffic_shift import (
+        ShiftRefused,
+        Split,
+        shift_traffic_from_config,
+    )
 
     if ctx.config.dns.route53 is None:
         return Skipped("dns.route53 is not configured: no service record to shift")
+    # The split before this step's first write, journaled by its first attempt: a resumed
+    # attempt rolls back there, not to the weights the crashed attempt left.
+    recorded = next((e.data[ROLLBACK_TO] for e in reversed(ctx.run.entries)
+                     if e.step == SHIFT_TRAFFIC and e.status is StepStatus.STARTED
+                     and isinstance(e.data.get(ROLLBACK_TO), dict)), None)
+    rollback_to = (Split(str(recorded["serving"]), int(recorded["percent"]))
+                   if recorded is not None else None)
+
+    async def remember(before: Split) -> None:
+        if rollback_to is None:
+            await ctx.mark(f"before the first shift: {before.percent}% to {before.serving}",
+                           {ROLLBACK_TO: {"serving": before.serving,
+                                          "percent": before.percent}})
+
     lease = ctx.lease()
     try:
         shifted = await shift_traffic_from_config(
             ctx.config, target=ctx.home, epoch=lease.epoch, run_id=ctx.run.run_id,
-            still_leader=ctx.still_leader)
+            still_leader=ctx.still_leader, rollback_to=rollback_to, on_before=remember)
     except ShiftRefused as exc:
         raise StepFailed(str(exc)) from exc
     if not shifted.completed:
