@@ -97,8 +97,10 @@ async def _host_step(request: web.Request) -> web.Response:
     answer = await host_steps.request(step, run_id=body["run_id"], epoch=body["epoch"],
                                       holder=body["holder"], region=body["region"],
                                       params=body["params"])
-    log.info("host_step_request", step=step, status=answer.status, remote=request.remote,
-             run_id=body["run_id"], epoch=body["epoch"], state=answer.body.get("state"))
+    # A running job is polled every fraction of a second: those answers are debug only.
+    (log.debug if answer.status == 202 else log.info)(
+        "host_step_request", step=step, status=answer.status, remote=request.remote,
+        run_id=body["run_id"], epoch=body["epoch"], state=answer.body.get("state"))
     return json_answer(answer.body, status=answer.status)
 
 
