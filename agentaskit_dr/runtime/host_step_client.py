@@ -66,7 +66,7 @@ class HostStepDelegate:
         body = {"run_id": run_id, "epoch": lease.epoch, "holder": lease.holder,
                 "region": region, "params": params}
         reasons = []
-        async with self._session(within) as session:
+        async with self._session(within, region) as session:
             for label, url in urls.items():
                 asking = _Asking(session, f"{url}/v1/host-steps/{step}", body,
                                  self._headers(), progress)
@@ -78,14 +78,13 @@ class HostStepDelegate:
                 reasons.append(f"{label} ({url}): {asking.refusal}")
         raise HostStepUnavailable(region, reasons)
 
-    def _session(self, within: float) -> aiohttp.ClientSession:
+    def _session(self, within: float, region: str) -> aiohttp.ClientSession:
         from agentaskit_dr.api.credentials import CredentialError, load_credentials
 
         try:
             ssl_context = load_credentials(self.config).client_ssl
         except CredentialError as exc:
-            raise HostStepUnavailable(next(iter(self.config.regions)),
-                                      [f"credentials: {exc}"]) from exc
+            raise HostStepUnavailable(region, [f"credentials: {exc}"]) from exc
         timeout = min(within, max(self.config.probe.timeout * 2, 5.0))
         return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
                                      connector=aiohttp.TCPConnector(ssl=ssl_context or True))
