@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="probe interval (default 0.5s)")
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
+    drill.add_argument("--failback", action="store_true",
+                       help="after the failover, run the failback back home (full circle) "
+                            "and print both evidence files' figures")
     from agentaskit_dr.api.commands import add_api_commands
     from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
@@ -126,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args.config, args.kind, syntax_only=args.syntax_only)
         if args.command == "drill":
-            return _drill(parser, args.threshold, args.interval, args.workdir)
+            return _drill(parser, args.threshold, args.interval, args.workdir,
+                          failback=args.failback)
     except KeyboardInterrupt:
         # Ctrl-C before the daemon's own handler is installed (while loading, say).
         print("agentaskit-dr: interrupted", file=sys.stderr)
@@ -135,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _drill(
-    parser: argparse.ArgumentParser, threshold: str, interval: str, workdir: Path | None
+    parser: argparse.ArgumentParser, threshold: str, interval: str, workdir: Path | None,
+    *, failback: bool = False,
 ) -> int:
     from agentaskit_dr.config import parse_duration
     from agentaskit_dr.sandbox.drill import run_drill
@@ -154,7 +159,8 @@ def _drill(
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             parser.error(f"--workdir ({workdir}): {exc.strerror or type(exc).__name__}")
-    return run_drill(threshold=threshold, interval=interval, workdir=workdir)
+    return run_drill(threshold=threshold, interval=interval, workdir=workdir,
+                     failback=failback)
 
 
 def _check_config(path: Path, kind: str, *, syntax_only: bool) -> int:

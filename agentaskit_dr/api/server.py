@@ -32,6 +32,7 @@ from aiohttp import web
 from agentaskit_dr.api._answers import error_answer as _error
 from agentaskit_dr.api._answers import json_answer as _json
 from agentaskit_dr.api._auth import PeerGate, control_refusal
+from agentaskit_dr.api.host_steps import HostSteps, add_host_step_routes
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.status_page import EvidenceDir, add_status_page
 
@@ -113,6 +114,7 @@ def build_app(
     peer_token_file: Path | None = None,
     client_certificates: bool = False,
     evidence_dir: EvidenceDir = lambda: None,
+    host_steps: HostSteps | None = None,
 ) -> web.Application:
     """The aiohttp application; ``token_file`` None disables the control endpoints;
     ``peer_token_file`` and ``client_certificates`` (a verified client certificate is a
@@ -126,6 +128,7 @@ def build_app(
     app.router.add_get("/v1/status", _status)
     app.router.add_get("/v1/observations", _observations)
     app.router.add_post("/v1/fence-primary", _fence_primary)
+    add_host_step_routes(app, host_steps, peers)
     app.router.add_get("/metrics", _metrics)
     add_status_page(app, controller.status, evidence_dir)
     for path, action in _ACTIONS.items():
@@ -157,13 +160,15 @@ class ApiServer:
         ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout: float = 5.0,
         evidence_dir: EvidenceDir = lambda: None,
+        host_steps: HostSteps | None = None,
     ) -> None:
         client_certificates = (ssl_context is not None
                                and ssl_context.verify_mode != ssl.CERT_NONE)
         self._app = build_app(controller, metrics=metrics, token_file=token_file,
                               peer_token_file=peer_token_file,
                               client_certificates=client_certificates,
-                              evidence_dir=evidence_dir)
+                              evidence_dir=evidence_dir,
+                              host_steps=host_steps)
         self._ssl_context = ssl_context
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from agentaskit_dr.runtime.evidence import (
     write_evidence,
     write_incident_review,
 )
+from agentaskit_dr.runtime.evidence_links import link_failback
 from agentaskit_dr.runtime.failback_steps import (
     FAILBACK_PLAN,
     RESTORE_STANDBY,
@@ -64,6 +66,10 @@ class FailbackOutcome:
 class FailbackRun:
     """One failback under a held lease (``lease()`` is the current one)."""
 
+    #: The journal's run kind and the steps, in order (``RestoreStandbyRun``: step 5).
+    kind = FAILBACK_KIND
+    plan: tuple[str, ...] = FAILBACK_PLAN
+
     def __init__(self, config: WatchdogConfig, journal: RedisJournal,
                  cluster: RedisClusterStore, *, lease: Callable[[], Lease],
                  still_leader: Callable[[], Awaitable[bool]], sync_timeout: float = 600.0,
@@ -83,11 +89,11 @@ class FailbackRun:
 
     async def run(self, reason: str) -> FailbackOutcome:
         run = await self._open(reason)
-        resumed_at = next((s for s in FAILBACK_PLAN if run.last_status(s) not in
+        resumed_at = next((s for s in self.plan if run.last_status(s) not in
                            (StepStatus.DONE, StepStatus.SKIPPED)), None)
         if run.entries and resumed_at is not None:
             log.warning("failback_resumed", run_id=run.run_id, step=resumed_at)
-        for step in FAILBACK_PLAN:
+        for step in self.plan:
             run = await self.journal.get(run.run_id) or run
             if run.last_status(step) in (StepStatus.DONE, StepStatus.SKIPPED):
                 continue
@@ -127,28 +133,32 @@ class FailbackRun:
     async def _open(self, reason: str) -> RunJournal:
         active = await self.journal.active()
         if active is not None:
-            if active.kind != FAILBACK_KIND:
+            if active.kind != self.kind:
                 raise FailbackRefused(
                     f"run {active.run_id} ({active.kind}) is active in the journal: let a "
-                    "watchdog finish it (resume the cluster) before failing back")
+                    "watchdog finish it (resume the cluster) or run its command again to "
+                    f"resume it, before running {self.kind}")
             return active
         lease = self.lease()
-        run_id = f"failback-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-e{lease.epoch}"
+        run_id = f"{self.kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-e{lease.epoch}"
         previous = await self._failed_run_to_continue()
-        if previous is None:
-            recorded = (await self.cluster.read()).primary
-            if recorded is not None and recorded.region == self.home:
-                raise FailbackRefused(
-                    f"{self.home} is already the cluster's primary region (since epoch "
-                    f"{recorded.epoch}, run {recorded.run_id}): nothing to fail back")
+        recorded = (await self.cluster.read()).primary
+        if previous is None and recorded is not None and recorded.region == self.home:
+            raise FailbackRefused(
+                f"{self.home} is already the cluster's primary region (since epoch "
+                f"{recorded.epoch}, run {recorded.run_id}): nothing to fail back")
         meta: dict[str, Any] = {"home_region": self.home, "away_region": self.away,
                                 "holder": lease.holder}
+        # The failover this run undoes: the run that made the away region the primary.
+        if recorded is not None and recorded.region == self.away:
+            meta["undoes"] = recorded.run_id
         if previous is not None:
             meta["continues"] = previous.run_id
-        run = await self.journal.open(run_id, lease=lease, kind=FAILBACK_KIND,
-                                      plan=FAILBACK_PLAN, reason=reason, meta=meta)
+            meta["undoes"] = previous.meta.get("undoes", meta.get("undoes"))
+        run = await self.journal.open(run_id, lease=lease, kind=self.kind,
+                                      plan=self.plan, reason=reason, meta=meta)
         if previous is not None and not run.entries:
-            for step in FAILBACK_PLAN:
+            for step in self.plan:
                 entry = _last_ended(previous, step)
                 if entry is None:
                     break
@@ -162,7 +172,7 @@ class FailbackRun:
         for run in await self.journal.recent(_LOOKBACK):
             if run.finished == "done":
                 return None
-            if run.kind == FAILBACK_KIND and run.finished == "failed":
+            if run.kind == self.kind and run.finished == "failed":
                 return run
         return None
 
@@ -190,9 +200,23 @@ class FailbackRun:
         assert run is not None  # opened by this run
         evidence = write_failback_evidence(self.config.evidence_dir,
                                            replace(run, finished=outcome), outcome)
+        undoes = run.meta.get("undoes")
+        if outcome == "done" and isinstance(undoes, str) and undoes:
+            link_failback(self.config.evidence_dir, failover_id=undoes, kind=FAILBACK_KIND,
+                          run_id=run_id, finished_at=_iso(self.wall_clock()))
         await self.journal.finish(run_id, outcome, lease=self.lease())
-        log.warning("failback_" + outcome, run_id=run_id, detail=detail, evidence=evidence)
+        log.warning(f"{self.kind.replace('-', '_')}_{outcome}", run_id=run_id, detail=detail,
+                    evidence=evidence)
         return FailbackOutcome(run_id, outcome, detail, evidence, resumed_at)
+
+
+class RestoreStandbyRun(FailbackRun):
+    """The plan's step 5 alone (``agentaskit-dr restore-standby``): the switchover back
+    home, the away region scaled back, automatic failover re-armed. Journaled as its own
+    run kind, resumed like a failback."""
+
+    kind = "restore-standby"
+    plan = (RESTORE_STANDBY,)
 
 
 def _last_ended(run: RunJournal, step: str) -> JournalEntry | None:
@@ -211,7 +235,7 @@ def write_failback_evidence(directory: Path, run: RunJournal, outcome: str) -> s
     last = max((e.at for e in run.entries), default=run.created_at)
     figures = {
         "home_region": run.meta.get("home_region"), "away_region": run.meta.get("away_region"),
-        "continues": run.meta.get("continues"),
+        "continues": run.meta.get("continues"), "undoes": run.meta.get("undoes"),
         "sync": {"method": sync.get("method"), "reclone_reason": sync.get("reclone_reason"),
                  "rewind_note": sync.get("rewind_note"), "phases": sync.get("phases"),
                  "timeline": sync.get("timeline"), "kept_aside": sync.get("kept_aside")},
@@ -253,6 +277,7 @@ def _review_section(figures: dict[str, Any]) -> str:
     lines = [
         "", "## Failback figures", "",
         f"- From {figures['away_region']} back to {figures['home_region']}",
+        f"- Closes failover {_failover_link(figures.get('undoes'))}",
         f"- Resync of the old primary: {how}",
         f"- Integrity: same={integrity.get('same')}, {integrity.get('tables_compared')} "
         f"tables compared at {integrity.get('compared_at_lsn')}, problems: "
@@ -265,6 +290,16 @@ def _review_section(figures: dict[str, Any]) -> str:
         f"- Total duration: {figures['total_seconds']} s", "",
     ]
     return "\n".join(lines)
+
+
+def _failover_link(failover_id: object) -> str:
+    if not isinstance(failover_id, str) or not failover_id:
+        return "— (the cluster record named none)"
+    return f"[{failover_id}](../failover/{failover_id}.md)"
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
 def _replace_text(path: Path, text: str) -> None:

@@ -1,10 +1,11 @@
 """The failback run's five steps (plan order), each an async function of a ``StepContext``.
 
 A step returns ``Done(detail, data)`` or ``Skipped(reason, data)``, or raises
-``StepFailed`` with a one-line reason for the operator. Host-bound steps run on this host
-only when its config has ``regions.<r>.database.control`` for the server they stop and
-start; without it they fail naming the key (delegation to the other region's watchdog is
-the next step, see docs/architecture.md "Failback run").
+``StepFailed`` with a one-line reason for the operator. Host-bound steps (the resync in
+``sync_primary``, the switchover in ``restore_standby``) run on this host when its config
+has ``regions.<r>.database.control`` for the server they stop and start, else on the
+watchdog of that region that has it (``runtime/host_step_client``); when neither can they
+fail naming the key (docs/architecture.md "Where each step runs").
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.ports import Lease, RunJournal, StepStatus
+from agentaskit_dr.runtime.host_step_client import HostStepDelegate
 
 CHECK_RECOVERED = "check_recovered"
 SYNC_PRIMARY = "sync_primary"
@@ -28,6 +30,8 @@ FAILBACK_PLAN = (CHECK_RECOVERED, SYNC_PRIMARY, VERIFY_DATA_INTEGRITY, SHIFT_TRA
 #: The data of a ``restore_standby`` STARTED entry written once the switchover completed,
 #: so a resumed run goes on with the scaling and never switches a second time.
 SWITCHED = "switched"
+#: The key of a ``shift_traffic`` STARTED entry's data: the split to roll back to.
+ROLLBACK_TO = "rollback_to"
 
 
 class StepFailed(Exception):
@@ -64,6 +68,8 @@ class StepContext:
     """Journals progress inside a step (a STARTED entry with this data)."""
     sync_timeout: float
     integrity_wait: float
+    host_steps: HostStepDelegate | None = None
+    """Runs the host-bound parts here or on a peer; None: one built from ``config``."""
 
 
 def missing_control(config: WatchdogConfig, step: str, region: str) -> str | None:
@@ -72,6 +78,11 @@ def missing_control(config: WatchdogConfig, step: str, region: str) -> str | Non
         return None
     return (f"{step} needs regions.{region}.database.control on the host that runs failback "
             f"(it stops and starts {region}'s server)")
+
+
+def _peer_watchdogs(config: WatchdogConfig) -> list[str]:
+    """The peers' base URLs, where a host-bound step can be delegated."""
+    return [url for label, url in config.vantage_urls.items() if label != "witness"]
 
 
 async def check_recovered(ctx: StepContext) -> Done:
@@ -97,29 +108,24 @@ async def check_recovered(ctx: StepContext) -> Done:
         raise StepFailed(f"{ctx.home}'s health URLs do not answer: {healthy.detail}")
     if seen.reachable and seen.status_read:
         return Done(f"{ctx.home} answers: health {healthy.detail}; database up", data)
-    if config.regions[ctx.home].database.control is None:
+    if config.regions[ctx.home].database.control is None and not _peer_watchdogs(config):
         raise StepFailed(f"{ctx.home}'s database does not answer ({seen.error}) and "
                          f"regions.{ctx.home}.database.control is not set on this host")
-    data["server_down_on_this_host"] = True
-    return Done(f"{ctx.home} answers: health {healthy.detail}; its server is down on this "
-                "host and sync_primary starts it as a standby", data)
+    where = ("on this host" if config.regions[ctx.home].database.control is not None
+             else "(its watchdog starts it)")
+    data["server_down_on_this_host"] = where == "on this host"
+    return Done(f"{ctx.home} answers: health {healthy.detail}; its server is down {where} "
+                "and sync_primary starts it as a standby", data)
 
 
 async def sync_primary(ctx: StepContext) -> Done:
-    from agentaskit_dr.actuators.resync import ResyncFailed, resync_standby
-    from agentaskit_dr.resync_command import resync_plan
-
-    missing = missing_control(ctx.config, SYNC_PRIMARY, ctx.home)
-    if missing:
-        raise StepFailed(missing)
-    try:
-        result = await resync_standby(resync_plan(ctx.config, ctx.home, ctx.sync_timeout))
-    except ResyncFailed as exc:
-        raise StepFailed(str(exc)) from exc
-    how = "pg_rewind" if result.method == "rewind" else (
-        f"re-clone (pg_basebackup) because {result.reclone_reason}")
-    return Done(f"{ctx.home} streams from {ctx.away} at lag {result.lag_bytes} bytes "
-                f"(timeline {result.timeline}) after {how}", result.to_json())
+    result = await host_step(ctx, SYNC_PRIMARY, "sync-primary", region=ctx.home,
+                             params={"timeout": ctx.sync_timeout},
+                             within=ctx.sync_timeout + 30)
+    how = "pg_rewind" if result.get("method") == "rewind" else (
+        f"re-clone (pg_basebackup) because {result.get('reclone_reason')}")
+    return Done(f"{ctx.home} streams from {ctx.away} at lag {result.get('lag_bytes')} bytes "
+                f"(timeline {result.get('timeline')}) after {how}", result)
 
 
 async def verify_data_integrity(ctx: StepContext) -> Done:
@@ -150,15 +156,33 @@ async def verify_data_integrity(ctx: StepContext) -> Done:
 
 
 async def shift_traffic(ctx: StepContext) -> Done | Skipped:
-    from agentaskit_dr.runtime.traffic_shift import ShiftRefused, shift_traffic_from_config
+    from agentaskit_dr.runtime.traffic_shift import (
+        ShiftRefused,
+        Split,
+        shift_traffic_from_config,
+    )
 
     if ctx.config.dns.route53 is None:
         return Skipped("dns.route53 is not configured: no service record to shift")
+    # The split before this step's first write, journaled by its first attempt: a resumed
+    # attempt rolls back there, not to the weights the crashed attempt left.
+    recorded = next((e.data[ROLLBACK_TO] for e in reversed(ctx.run.entries)
+                     if e.step == SHIFT_TRAFFIC and e.status is StepStatus.STARTED
+                     and isinstance(e.data.get(ROLLBACK_TO), dict)), None)
+    rollback_to = (Split(str(recorded["serving"]), int(recorded["percent"]))
+                   if recorded is not None else None)
+
+    async def remember(before: Split) -> None:
+        if rollback_to is None:
+            await ctx.mark(f"before the first shift: {before.percent}% to {before.serving}",
+                           {ROLLBACK_TO: {"serving": before.serving,
+                                          "percent": before.percent}})
+
     lease = ctx.lease()
     try:
         shifted = await shift_traffic_from_config(
             ctx.config, target=ctx.home, epoch=lease.epoch, run_id=ctx.run.run_id,
-            still_leader=ctx.still_leader)
+            still_leader=ctx.still_leader, rollback_to=rollback_to, on_before=remember)
     except ShiftRefused as exc:
         raise StepFailed(str(exc)) from exc
     if not shifted.completed:
@@ -190,39 +214,43 @@ async def restore_standby(ctx: StepContext) -> Done:
 
 
 async def _switch(ctx: StepContext) -> dict[str, Any]:
-    from agentaskit_dr.actuators.fence import PromotionRefused
-    from agentaskit_dr.actuators.pg_control import ServerControlFailed
-    from agentaskit_dr.actuators.switchover import PostgresSwitchover
-    from agentaskit_dr.fencing import primary_conninfo_for, server_control
-
+    """The switchover, run where ``away``'s server is controlled (here or its watchdog)."""
     config = ctx.config
-    control = server_control(config, ctx.away)
-    if control is None:
-        raise StepFailed(missing_control(config, RESTORE_STANDBY, ctx.away) or "")
-    lease = ctx.lease()
 
-    async def promoted() -> None:
-        await ctx.record_primary(ctx.home)
+    async def progress(stage: str) -> None:
+        if stage == "promoted":
+            await ctx.record_primary(ctx.home)
 
-    try:
-        result = await PostgresSwitchover(
-            primary_dsn=config.regions[ctx.away].database.connect_dsn(),
-            primary_control=control,
-            standby_dsn=config.regions[ctx.home].database.connect_dsn(),
-            primary_conninfo=primary_conninfo_for(config, ctx.home),
-            io_timeout=config.probe.timeout,
-            catch_up_timeout=config.promotion.catch_up_timeout,
-            promote_timeout=config.promotion.timeout,
-        ).switch(epoch=lease.epoch, holder=lease.holder, switchover_id=ctx.run.run_id,
-                 still_leader=ctx.still_leader, on_promoted=promoted)
-    except PromotionRefused as exc:
-        raise StepFailed(f"switchover: {type(exc).__name__}: {exc.reason}") from exc
-    except ServerControlFailed as exc:
-        raise StepFailed(f"switchover: {exc}") from exc
-    if not result.rejoined:
+    # Bounded by the switchover's own waits: catch-up, promotion, the rejoin (60 s).
+    within = config.promotion.catch_up_timeout + config.promotion.timeout + 90
+    result = await host_step(ctx, RESTORE_STANDBY, "switchover", region=ctx.away,
+                             params={"to": ctx.home}, within=within, progress=progress)
+    if not result.get("rejoined"):
         raise StepFailed(f"{ctx.home} is the primary, but {ctx.away} did not rejoin as its "
-                         f"standby: {result.rejoin_detail}")
-    return result.as_dict()
+                         f"standby: {result.get('rejoin_detail')}")
+    return result
+
+
+async def host_step(ctx: StepContext, step: str, host_step_name: str, *, region: str,
+                    params: dict[str, Any], within: float,
+                    progress: Callable[[str], Awaitable[None]] | None = None,
+                    ) -> dict[str, Any]:
+    """Run a host-bound part of ``step`` on ``region``'s server, here or on its watchdog."""
+    from agentaskit_dr.runtime.host_step_client import HostStepUnavailable
+    from agentaskit_dr.runtime.host_steps import HostStepFailed
+
+    async def ignore(_: str) -> None:
+        return None
+
+    delegate = ctx.host_steps or HostStepDelegate(ctx.config)
+    try:
+        return await delegate.run(host_step_name, region=region, run_id=ctx.run.run_id,
+                                  lease=ctx.lease(), params=params, within=within,
+                                  still_leader=ctx.still_leader, progress=progress or ignore)
+    except HostStepUnavailable as exc:
+        raise StepFailed(f"{missing_control(ctx.config, step, region)}; {exc}") from exc
+    except HostStepFailed as exc:
+        raise StepFailed(str(exc)) from exc
 
 
 async def _scale_back(ctx: StepContext) -> dict[str, Any]:
@@ -255,6 +283,9 @@ def describe_plan(config: WatchdogConfig, home: str, away: str) -> list[str]:
     """For ``--dry-run``: each step, what it would do, and what this host is missing."""
     def needs(step: str, region: str) -> str:
         missing = missing_control(config, step, region)
+        if missing and _peer_watchdogs(config):
+            return (f" (on {region}'s watchdog: this host lacks regions.{region}.database."
+                    "control; asked through POST /v1/host-steps)")
         return f"  MISSING: {missing}" if missing else ""
 
     dns = ("gated shift to " + "/".join(map(str, config.failback.shift_steps)) + f" % for "

@@ -46,6 +46,7 @@ from agentaskit_dr.runtime.epoch_floor import (
     watching_stale_epochs,
 )
 from agentaskit_dr.runtime.executor import FailoverExecutor
+from agentaskit_dr.runtime.host_steps import HostStepJobs
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
@@ -194,6 +195,8 @@ async def run_daemon(
         if await _stop_tasks(tasks) and exit_code == EXIT_STOPPED:
             exit_code = EXIT_STOP_TIMED_OUT
         await parts.alerts.close()
+        if parts.host_steps is not None:
+            await parts.host_steps.close()
         await api.stop()
         await lock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -269,6 +272,7 @@ class _Parts:
     api: ApiServer
     controls: ClusterControlsWatch
     alerts: AlertHubs
+    host_steps: HostStepJobs | None
 
 
 def _assemble(
@@ -324,13 +328,18 @@ def _assemble(
         # A witness holds no lock: it follows the controls only for its status.
         keeper=keeper if config.role == "watchdog" else None,
         interval=config.probe.interval)
+    # A watchdog runs host-bound failback steps on its region's server for the run's
+    # leader (POST /v1/host-steps/...); a witness controls no server.
+    host_steps = (HostStepJobs(lambda: engine.config, lock.current)
+                  if config.role == "watchdog" else None)
     api = ApiServer(EngineController(engine, controls),
                     metrics=engine.metrics,
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
                     ssl_context=credentials.server_ssl,
-                    evidence_dir=lambda: engine.config.evidence_dir)
-    return _Parts(lock, keeper, engine, peers, api, controls, alerts)
+                    evidence_dir=lambda: engine.config.evidence_dir,
+                    host_steps=host_steps)
+    return _Parts(lock, keeper, engine, peers, api, controls, alerts, host_steps)
 
 
 def _reconfigured(alerts: AlertHubs, config: WatchdogConfig) -> None:

@@ -150,6 +150,7 @@ async def shift_traffic_gated(
     switch_for: SwitchFor, gate: HealthGate, *, target: str, other: str, weighted: bool,
     steps: Sequence[int], soak: float, interval: float, epoch: int, run_id: str,
     rollback_to: Split | None = None, still_leader: StillLeader | None = None,
+    on_before: Callable[[Split], Awaitable[None]] | None = None,
 ) -> ShiftRun:
     """Move traffic to ``target`` through ``steps`` (percent), soaking ``soak`` seconds
     after each with ``gate`` checked every ``interval``; see the module docstring.
@@ -161,9 +162,13 @@ async def shift_traffic_gated(
     share are skipped: a resumed run never moves traffic away again. A record that is not
     weighted is switched at 100 only; the smaller steps are skipped and noted.
     ``still_leader`` is asked before every write (the rollback too): a lost lease stops
-    the run where it is, outcome "stopped", and writes nothing more.
+    the run where it is, outcome "stopped", and writes nothing more. ``on_before`` gets the
+    split read before any write, and is awaited before the first one: where a journaled
+    caller records it, so a resumed run rolls back to it (its ``rollback_to``).
     """
     before = await _read_split(switch_for(target, 100))
+    if on_before is not None:
+        await on_before(before)
     run = ShiftRun(target=target, other=other, steps_planned=tuple(steps), before=before,
                    started_at=_now())
     restore = rollback_to or before
@@ -320,6 +325,7 @@ def health_gate(config: WatchdogConfig, region: str) -> RegionHealthGate:
 async def shift_traffic_from_config(
     config: WatchdogConfig, *, target: str, epoch: int, run_id: str,
     rollback_to: Split | None = None, still_leader: StillLeader | None = None,
+    on_before: Callable[[Split], Awaitable[None]] | None = None,
 ) -> ShiftRun:
     """The failback's gated shift to ``target`` with the config's steps, soak and gate."""
     route53 = config.dns.route53
@@ -331,6 +337,6 @@ async def shift_traffic_from_config(
             weighted=route53 is not None and route53.style == "weighted",
             steps=config.failback.shift_steps, soak=config.failback.soak,
             interval=config.probe.interval, epoch=epoch, run_id=run_id,
-            rollback_to=rollback_to, still_leader=still_leader)
+            rollback_to=rollback_to, still_leader=still_leader, on_before=on_before)
     finally:
         await gate.close()

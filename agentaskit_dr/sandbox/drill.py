@@ -152,19 +152,28 @@ def wait_for_event(
     return None
 
 
-def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str, Any]:
-    """One kill-the-primary run; returns the measured figures (seconds) and the timeline."""
+def drill_once(*, threshold: float, interval: float, workdir: Path,
+               failback: bool = False) -> dict[str, Any]:
+    """One kill-the-primary run; returns the measured figures (seconds) and the timeline.
+    With ``failback``, then the failback run back home (``result["failback"]``)."""
+    from agentaskit_dr.sandbox import drill_failback as circle
+
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         # Data directories in the pair's own scratch space: the unprivileged PostgreSQL
         # user may not be able to traverse the caller's workdir (a 0700 parent).
         pair = stack.enter_context(PostgresPair())
+        # The failback starts servers with pg_ctl: stopped before the pair is removed.
+        stack.callback(circle.stop_servers, pair)
+        if failback:
+            circle.prepare(pair)
         redis = stack.enter_context(RedisServer())
         health = {name: stack.enter_context(health_endpoint()) for name in REGIONS}
         # Three vantage points: a watchdog per region and a witness (DESIGN.md section 4).
         sites = (WITNESS_SITE, *REGIONS[::-1])  # start order: witness, secondary, primary
         api = {site: f"http://127.0.0.1:{free_port()}" for site in sites}
         dogs = []
+        configs: dict[str, dict[str, Any]] = {}
         for site in sites:
             config = watchdog_config(region=REGIONS[0], pair=pair, redis=redis, health=health,
                                      threshold=threshold, interval=interval,
@@ -176,6 +185,9 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
             else:
                 config.update(region=site, node_name=f"drill-{site}", witness=api[WITNESS_SITE],
                               peers=[api[other] for other in REGIONS if other != site])
+            if failback:  # beside its server, as in production; a shared peer token
+                circle.apply_site_overrides(config, site, pair, workdir)
+            configs[site] = config
             path = workdir / f"watchdog-{site}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             dogs.append(Watchdog(site, path, workdir / f"watchdog-{site}.log"))
@@ -207,10 +219,15 @@ def drill_once(*, threshold: float, interval: float, workdir: Path) -> dict[str,
             "CREATE TABLE IF NOT EXISTS drill_probe(at timestamptz);"
             "INSERT INTO drill_probe VALUES (now()) RETURNING 'writable'"
         ) if done else "no"
+        circled = circle.full_circle(redis.url, configs[REGIONS[1]], workdir, [
+            api[region] for region in REGIONS]) if failback and done else None
         for dog in dogs:
             dog.stop()
         events = sorted((e for dog in dogs for e in dog.read()), key=event_time)
-    return _summary(events, killed_at, threshold, interval, writable == "writable")
+    result = _summary(events, killed_at, threshold, interval, writable == "writable")
+    if failback:
+        result["failback"] = circled or {"outcome": "not run: the failover did not happen"}
+    return result
 
 
 def _summary(events: list[dict[str, Any]], killed_at: float, threshold: float,
@@ -276,8 +293,10 @@ def print_report(result: dict[str, Any], out: Any = sys.stdout) -> None:
         print(f"  {key:<30} {value}", file=out)
 
 
-def run_drill(*, threshold: str, interval: str, workdir: Path | None) -> int:
-    """The ``agentaskit-dr drill`` command: 0 when the replica was promoted exactly once."""
+def run_drill(*, threshold: str, interval: str, workdir: Path | None,
+              failback: bool = False) -> int:
+    """The ``agentaskit-dr drill`` command: 0 when the replica was promoted exactly once
+    (and, with ``failback``, the failback run brought the primary back home)."""
     try:
         threshold_s, interval_s = parse_duration(threshold), parse_duration(interval)
     except ValueError as exc:
@@ -296,14 +315,15 @@ def run_drill(*, threshold: str, interval: str, workdir: Path | None) -> int:
     runbook_files: list[Path] = []
     try:
         try:
-            result = drill_once(threshold=threshold_s, interval=interval_s, workdir=base)
+            result = drill_once(threshold=threshold_s, interval=interval_s, workdir=base,
+                                failback=failback)
         except (RuntimeError, OSError) as exc:
             # A part that would not start: one readable paragraph, not a traceback.
             print(f"agentaskit-dr drill: {exc}", file=sys.stderr)
             return 1
         # The acting watchdog's runbook evidence (timeline, RTO, RPO) and review draft.
-        for path in sorted((base / "evidence" / "failover").glob("*")):
-            target = root / "failover" / path.name
+        for path in sorted((base / "evidence").glob("fail*/*")):
+            target = root / path.parent.name / path.name
             if path != target:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
@@ -312,6 +332,10 @@ def run_drill(*, threshold: str, interval: str, workdir: Path | None) -> int:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
     print_report(result)
+    if failback:
+        from agentaskit_dr.sandbox.drill_failback import print_failback
+
+        print_failback(result["failback"], result["figures"])
     evidence_dir = root / "drills"
     evidence_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -321,5 +345,9 @@ def run_drill(*, threshold: str, interval: str, workdir: Path | None) -> int:
     for path in runbook_files:
         print(f"Runbook evidence: {path}")
     ok = result["figures"]["promotions"] == 1 and result["figures"]["replica_writable"]
-    print("Result: PASS, promoted exactly once" if ok else "Result: FAIL", flush=True)
+    if failback:
+        ok = ok and result["failback"].get("outcome") == "done"
+    passed = ("Result: PASS, promoted exactly once"
+              + (", and failed back home" if failback else ""))
+    print(passed if ok else "Result: FAIL", flush=True)
     return 0 if ok else 1

@@ -32,3 +32,38 @@ def test_drill_promotes_once_with_three_vantages_and_keeps_the_evidence(tmp_path
     assert document["outcome"] == "done"
     assert 0 < document["rto_seconds"] < 30
     assert runbook.with_suffix(".md").exists()
+
+
+def test_drill_failback_goes_full_circle_and_prints_both_evidence_files(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agentaskit_dr", "drill", "--failback", "--threshold", "3s",
+         "--interval", "0.4s", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Result: PASS, promoted exactly once, and failed back home" in done.stdout
+    for figure in ("failover: kill -> writable", "switchover: write-unavailable",
+                   "failback: per-step times", "failback: resync method"):
+        assert figure in done.stdout
+    [drill] = (tmp_path / "evidence" / "drills").glob("*.json")
+    circle = json.loads(drill.read_text())["failback"]
+    assert circle["outcome"] == "done"
+    assert circle["resync_method"] in ("rewind", "reclone")
+    assert circle["timelines"] == [2, 3]
+    assert circle["rpo_lag_bytes"] == 0
+    assert circle["switchover_write_unavailable_seconds"] is not None
+    assert set(circle["per_step_seconds"]) == {
+        "check_recovered", "sync_primary", "verify_data_integrity", "shift_traffic",
+        "restore_standby"}
+    # Each host-bound step was run by the watchdog beside its server, through the API.
+    ran = {(json.loads(line)["step"], path.name)
+           for path in tmp_path.glob("watchdog-us-*.log")
+           for line in path.read_text().splitlines()
+           if '"host_step_done"' in line}
+    assert ran == {("sync-primary", "watchdog-us-west-2.log"),
+                   ("switchover", "watchdog-us-east-1.log")}
+    # The failover's review draft links to the failback that closed it.
+    [failover_review] = (tmp_path / "evidence" / "failover").glob("*.md")
+    assert f"(../failback/{circle['run_id']}.md)" in failover_review.read_text()

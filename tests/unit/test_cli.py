@@ -280,4 +280,8 @@ def test_drill_with_good_timing_hands_the_values_to_the_drill(
 
     argv = ["drill", "--threshold", "2s", "--interval", "250ms", "--workdir", str(tmp_path)]
     assert main(argv) == 0
-    assert calls == [{"threshold": "2s", "interval": "250ms", "workdir": tmp_path}]
+    assert main([*argv, "--failback"]) == 0
+    assert calls == [
+        {"threshold": "2s", "interval": "250ms", "workdir": tmp_path, "failback": False},
+        {"threshold": "2s", "interval": "250ms", "workdir": tmp_path, "failback": True},
+    ]

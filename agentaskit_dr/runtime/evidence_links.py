@@ -1,0 +1,60 @@
+"""The failover's evidence points to the failback that closed it.
+
+When a failback (or ``restore-standby``) run completes, the failover it undid (the run
+that recorded the away region as the cluster's primary) gets, in its evidence file,
+``extra.failback: "done"`` and ``extra.closed_by`` (the failback's run id and relative
+paths), and in its incident review draft a ticked follow-up and a "Closed by failback"
+section linking to ``../failback/<id>.md``. The review is a draft people edit: it is
+amended in place, never redrafted, and a second call changes nothing. Only the evidence
+directory of this host is looked at: a failover whose files are on another host's is
+left alone (logged).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from agentaskit_dr.runtime.evidence import read_evidence, write_evidence
+
+log = structlog.get_logger(__name__)
+
+FAILOVER_KIND = "failover"
+_PLANNED = "- [ ] Failback planned:"
+
+
+def link_failback(directory: Path, *, failover_id: str, kind: str, run_id: str,
+                  finished_at: str | None) -> Path | None:
+    """Amend failover ``failover_id``'s evidence and review to link failback ``run_id``
+    (evidence kind ``kind``); the review's path, or None when there is nothing to amend."""
+    try:
+        document = read_evidence(directory, FAILOVER_KIND, failover_id)
+    except (OSError, ValueError) as exc:
+        log.warning("failover_evidence_not_linked", failover_id=failover_id,
+                    failback_id=run_id, reason=str(exc))
+        return None
+    review_link = f"../{kind}/{run_id}.md"
+    closed_by = {"kind": kind, "run_id": run_id, "finished_at": finished_at,
+                 "review": review_link, "evidence": f"../{kind}/{run_id}.json"}
+    extra = dict(document.get("extra") or {})
+    extra.update(failback="done", closed_by=closed_by)
+    document["extra"] = extra
+    review = directory / FAILOVER_KIND / f"{failover_id}.md"
+    try:
+        write_evidence(directory, FAILOVER_KIND, failover_id, document)
+        text = review.read_text(encoding="utf-8") if review.exists() else ""
+        if review_link not in text:
+            text = text.replace(_PLANNED, "- [x] Failback planned:", 1)
+            text = (text.rstrip("\n") + "\n\n## Closed by failback\n\n"
+                    f"- [{kind} {run_id}]({review_link}) completed at {finished_at or '—'}: "
+                    f"the primary is back in its home region (evidence: "
+                    f"[{run_id}.json](../{kind}/{run_id}.json))\n")
+            review.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        log.error("failover_evidence_not_linked", failover_id=failover_id,  # noqa: TRY400
+                  failback_id=run_id, reason=exc.strerror or str(exc))
+        return None
+    log.info("failover_evidence_linked", failover_id=failover_id, failback_id=run_id,
+             review=str(review))
+    return review
