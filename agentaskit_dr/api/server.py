@@ -32,6 +32,7 @@ from agentaskit_dr.api._answers import error_answer as _error
 from agentaskit_dr.api._answers import json_answer as _json
 from agentaskit_dr.api._auth import PeerGate, control_refusal
 from agentaskit_dr.api.metrics import Metrics
+from agentaskit_dr.api.runs_routes import RunsController, add_run_routes
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +111,7 @@ def build_app(
     token_file: Path | None,
     peer_token_file: Path | None = None,
     client_certificates: bool = False,
+    runs: RunsController | None = None,
 ) -> web.Application:
     """The aiohttp application; ``token_file`` None disables the control endpoints;
     ``peer_token_file`` and ``client_certificates`` (a verified client certificate is a
@@ -125,6 +127,8 @@ def build_app(
     app.router.add_get("/metrics", _metrics)
     for path, action in _ACTIONS.items():
         app.router.add_post(path, _control(action))
+    if runs is not None:  # POST /v1/failback and /v1/switchover (api/runs_routes.py)
+        add_run_routes(app, runs, token_file)
     return app
 
 
@@ -151,12 +155,13 @@ class ApiServer:
         peer_token_file: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
         shutdown_timeout: float = 5.0,
+        runs: RunsController | None = None,
     ) -> None:
         client_certificates = (ssl_context is not None
                                and ssl_context.verify_mode != ssl.CERT_NONE)
         self._app = build_app(controller, metrics=metrics, token_file=token_file,
                               peer_token_file=peer_token_file,
-                              client_certificates=client_certificates)
+                              client_certificates=client_certificates, runs=runs)
         self._ssl_context = ssl_context
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None

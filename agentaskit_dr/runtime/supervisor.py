@@ -42,6 +42,7 @@ from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
+from agentaskit_dr.runtime.planned_runs import PlannedRuns
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.runbook_hooks import build_hooks, notifiers, promoter
 
@@ -166,6 +167,7 @@ async def run_daemon(
         asyncio.create_task(engine.run(), name="engine"),
         asyncio.create_task(parts.peers.run(), name="peers"),
         asyncio.create_task(parts.controls.run(), name="cluster-controls"),
+        asyncio.create_task(parts.planned.run(), name="planned-runs"),
     ]
     if config.role == "watchdog":
         # A witness never takes the lock: it observes and reports, nothing more.
@@ -204,6 +206,7 @@ class _Parts:
     api: ApiServer
     controls: ClusterControlsWatch
     alerts: AlertHubs
+    planned: PlannedRuns
 
 
 def _assemble(
@@ -259,12 +262,14 @@ def _assemble(
         # A witness holds no lock: it follows the controls only for its status.
         keeper=keeper if config.role == "watchdog" else None,
         interval=config.probe.interval)
-    api = ApiServer(EngineController(engine, controls),
+    # Failback and switchover through the API; every watchdog holds while one runs.
+    planned = PlannedRuns(engine, keeper, journal, cluster)
+    api = ApiServer(EngineController(engine, controls, planned),
                     metrics=engine.metrics,
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
-                    ssl_context=credentials.server_ssl)
-    return _Parts(lock, keeper, engine, peers, api, controls, alerts)
+                    ssl_context=credentials.server_ssl, runs=planned)
+    return _Parts(lock, keeper, engine, peers, api, controls, alerts, planned)
 
 
 def _reconfigured(alerts: AlertHubs, config: WatchdogConfig) -> None:
