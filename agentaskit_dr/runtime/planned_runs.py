@@ -245,9 +245,14 @@ class PlannedRuns:
 
     async def run(self) -> None:
         """Read the journal (and, once a run is over, the cluster record) every interval."""
+        task = asyncio.current_task()
         try:
             while True:
                 await self.refresh()
+                if task is not None and task.cancelling():
+                    # A cancel that a store call's own timeout turned into LockUnavailable
+                    # (asyncio.timeout on Python 3.11): stop all the same.
+                    raise asyncio.CancelledError
                 await asyncio.sleep(self.engine.config.probe.interval)
         finally:
             await self._driver.stop()  # the journal keeps the run for the next holder
