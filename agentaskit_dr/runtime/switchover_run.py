@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -42,6 +42,7 @@ class SwitchoverOutcome:
     run_id: str
     outcome: str  # "done", "failed" or "open" (left active for a resume)
     detail: str
+    data: dict[str, Any] = field(default_factory=dict)  # the switchover's result
 
 
 def switchover_problem(config: WatchdogConfig, source: str, target: str) -> str | None:
@@ -104,7 +105,8 @@ class SwitchoverRun:
         """Open (or resume) the run and carry it out."""
         run = await self.open(reason)
         if run.last_status(SWITCH_DATABASE) is StepStatus.DONE:
-            return await self._finish(run.run_id, "done", "switched before a crash")
+            done = next(e for e in reversed(run.entries) if e.status is StepStatus.DONE)
+            return await self._finish(run.run_id, "done", "switched before a crash", done.data)
         source, target = str(run.meta["from_region"]), str(run.meta["to_region"])
         if run.entries:
             log.warning("switchover_run_resumed", run_id=run.run_id, epoch=self.lease().epoch)
@@ -124,11 +126,11 @@ class SwitchoverRun:
             detail = (f"{target} is the primary, but {source} did not rejoin as its standby: "
                       f"{data['rejoin_detail']}")
             await self._record(run.run_id, StepStatus.FAILED, detail, data)
-            return await self._finish(run.run_id, "failed", detail)
+            return await self._finish(run.run_id, "failed", detail, data)
         detail = f"{target} is the primary; {source} streams from it"
         await self._record(run.run_id, StepStatus.DONE, detail, data)
         await self.cluster.acknowledge(by=self.lease().holder)
-        return await self._finish(run.run_id, "done", detail)
+        return await self._finish(run.run_id, "done", detail, data)
 
     async def _switch(self, run_id: str, source: str, target: str) -> dict[str, Any]:
         config = self.config
@@ -160,7 +162,8 @@ class SwitchoverRun:
             step=SWITCH_DATABASE, status=status, epoch=lease.epoch, at=self.wall_clock(),
             detail=detail[:2000], data=data), lease=lease)
 
-    async def _finish(self, run_id: str, outcome: str, detail: str) -> SwitchoverOutcome:
+    async def _finish(self, run_id: str, outcome: str, detail: str,
+                      data: dict[str, Any] | None = None) -> SwitchoverOutcome:
         await self.journal.finish(run_id, outcome, lease=self.lease())
         log.warning("switchover_run_" + outcome, run_id=run_id, detail=detail)
-        return SwitchoverOutcome(run_id, outcome, detail)
+        return SwitchoverOutcome(run_id, outcome, detail, data or {})
