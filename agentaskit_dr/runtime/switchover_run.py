@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.actuators.fence import PromotionRefused
-from agentaskit_dr.actuators.pg_control import ServerControlFailed
+from agentaskit_dr.actuators.pg_control import ServerControlFailed, postmaster_pid
 from agentaskit_dr.actuators.promote import PromotionInDoubt
 from agentaskit_dr.actuators.switchover import PostgresSwitchover
 from agentaskit_dr.config import WatchdogConfig
@@ -121,6 +121,14 @@ class SwitchoverRun:
         except (PromotionRefused, ServerControlFailed) as exc:
             reason_text = exc.reason if isinstance(exc, PromotionRefused) else str(exc)
             await self._record(run.run_id, StepStatus.FAILED, reason_text, {})
+            if not getattr(exc, "rolled_back", False) and self._stopped(source):
+                # Refused with the old primary stopped (a resume that met a standby slow
+                # to answer, a roll-back that could not restart it): the run stays active,
+                # the automation keeps holding, and the lock holder retries it.
+                log.error("switchover_run_retried_later", run_id=run.run_id,  # noqa: TRY400
+                          reason=reason_text, old_primary=source)
+                return SwitchoverOutcome(run.run_id, "open", f"{reason_text}; {source}'s "
+                                         "server is stopped: the run stays active, retried")
             return await self._finish(run.run_id, "failed", reason_text)
         if not data["rejoined"]:
             detail = (f"{target} is the primary, but {source} did not rejoin as its standby: "
@@ -131,6 +139,10 @@ class SwitchoverRun:
         await self._record(run.run_id, StepStatus.DONE, detail, data)
         await self.cluster.acknowledge(by=self.lease().holder)
         return await self._finish(run.run_id, "done", detail, data)
+
+    def _stopped(self, source: str) -> bool:
+        control = server_control(self.config, source)
+        return control is not None and postmaster_pid(control) is None
 
     async def _switch(self, run_id: str, source: str, target: str) -> dict[str, Any]:
         config = self.config

@@ -36,6 +36,7 @@ from agentaskit_dr.sandbox.writer import WriterLog, write_continuously
 from tests.integration.daemon_harness import (
     REGIONS,
     Event,
+    Watchdog,
     WatchdogFleet,
     event_time,
     is_event,
@@ -113,25 +114,35 @@ def background_writers(pair: PostgresPair, count: int = 3) -> Iterator[WriterLog
         thread.join(30)
 
 
-def start_fleet(fleet: WatchdogFleet, pair: PostgresPair, token: Path) -> dict[str, str]:
-    """Both watchdogs, peers of each other, each with control of both servers; their API
-    base URLs by watchdog name."""
+def fleet_overrides(pair: PostgresPair, token: Path, *,
+                    peers: bool = True) -> dict[str, dict[str, Any]]:
+    """Per region: each with control of both servers; peers of each other (``peers``)."""
     ports = {region: free_port() for region in REGIONS}
     controls = {WEST: {"database": {"control": control_of(pair.primary)}},
                 EAST: {"database": {"control": control_of(pair.replica)}}}
-    urls = {}
+    overrides = {}
     for region in REGIONS:
         (other,) = [r for r in REGIONS if r != region]
-        dog = fleet.start(region, overrides={
+        overrides[region] = {
             "api": {"listen": f"127.0.0.1:{ports[region]}", "token_file": str(token)},
-            "peers": [f"http://127.0.0.1:{ports[other]}"],
+            "peers": [f"http://127.0.0.1:{ports[other]}"] if peers else [],
             "regions": controls,
             "promotion": {"catch_up_timeout": "20s"},
             # With peers, self-fencing needs a threshold above peer staleness + probes.
             "thresholds": {"db_unreachable": f"{PEER_THRESHOLD:g}s"},
-        })
-        urls[dog.region] = f"http://127.0.0.1:{ports[region]}"
-    return urls
+        }
+    return overrides
+
+
+def api_url(dog: Watchdog) -> str:
+    return "http://" + str(yaml.safe_load(dog.config.read_text())["api"]["listen"])
+
+
+def start_fleet(fleet: WatchdogFleet, pair: PostgresPair, token: Path) -> dict[str, str]:
+    """Both watchdogs (``fleet_overrides``); their API base URLs by watchdog name."""
+    overrides = fleet_overrides(pair, token)
+    dogs = [fleet.start(region, overrides=overrides[region]) for region in REGIONS]
+    return {dog.region: api_url(dog) for dog in dogs}
 
 
 def kill_postmaster(server: PostgresServer) -> None:
