@@ -75,7 +75,11 @@ def run_switchover_command(args: argparse.Namespace) -> int:
         if not args.yes:
             _confirm(args.to)
         return asyncio.run(_switch(config, source, args.to))
-    except (_Refused, Refused, JournalRefused) as exc:
+    except Refused as exc:
+        hint = (" Or let the holder run it: POST /v1/switchover to its API."
+                if "leader lock is held" in str(exc) else "")
+        print(f"agentaskit-dr switchover: {exc}{hint}", file=sys.stderr)
+    except (_Refused, JournalRefused) as exc:
         print(f"agentaskit-dr switchover: {exc}", file=sys.stderr)
     except PromotionRefused as exc:
         print(f"agentaskit-dr switchover: {type(exc).__name__}: {exc.reason}", file=sys.stderr)

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -195,6 +196,15 @@ def test_failback_through_the_api_is_not_fought_and_the_restored_primary_is_prot
     for dog in (holder, other):
         fleet.wait_for(is_verdict(phase="watching", since=acked_at), 10,
                        what=f"the ack applied by {dog.region}", dogs=[dog])
+
+    # The CLI takes the lock itself: with the watchdogs running it refuses, in one line.
+    cli = subprocess.run(
+        [sys.executable, "-m", "agentaskit_dr", "failback", "--yes", "--config",
+         str(holder.config)], capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 1, cli.stderr
+    (refusal,) = cli.stderr.splitlines()
+    assert "leader lock is held by" in refusal
+    assert "POST /v1/failback" in refusal
 
     with background_writers(pg_pair) as log:
         time.sleep(0.5)  # the writers find east
