@@ -18,8 +18,7 @@ next failover. A run left active by a crash is resumed by the lock holder.
 from __future__ import annotations
 
 import asyncio
-import getpass
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -190,17 +189,19 @@ class PlannedRuns:
         raise RunRefused(f"no fresh epoch within {within:g}s (the lock moved?); nothing "
                          "changed, retry")
 
-    async def _start(self, open_run: Any, drive: Any, lease: Lease) -> RunAnswer:
+    async def _start(self, open_run: Callable[[str], Awaitable[RunJournal]],
+                     drive: Callable[[str], Coroutine[Any, Any, Any]],
+                     lease: Lease) -> RunAnswer:
         reason = f"requested through the API of {self.engine.config.holder}"
         try:
-            opened: RunJournal = await open_run(reason)
+            opened = await open_run(reason)
         except _INTERRUPTED as exc:
             raise RunRefused(str(exc)) from None
         self._hold(f"{opened.kind} run {opened.run_id}")
         self.seen = opened
         self._driver.start(self._drive(drive(reason), opened.run_id), None)
         log.warning("planned_run_started", run_id=opened.run_id, kind=opened.kind,
-                    epoch=lease.epoch, by=getpass.getuser())
+                    epoch=lease.epoch)
         return 202, {"started": True, "run_id": opened.run_id, "kind": opened.kind,
                      "epoch": lease.epoch, "plan": list(opened.plan),
                      "status": "GET /v1/status shows its current step (planned_run)"}
@@ -292,6 +293,11 @@ class PlannedRuns:
         """Watch the primary a planned run recorded, once, armed; then take a fresh epoch."""
         primary = (await self.cluster.read()).primary
         if primary is None or self._adopted == (primary.run_id, primary.epoch):
+            return
+        if primary.region not in self.engine.config.regions:
+            log.error("planned_primary_unknown_region", region=primary.region,
+                      run_id=primary.run_id, known=sorted(self.engine.config.regions))
+            self._adopted = (primary.run_id, primary.epoch)
             return
         known = self.engine.state.failover.epoch if self.engine.state.failover else None
         if known is not None and primary.epoch <= known and (
