@@ -87,12 +87,21 @@ def run_failback_command(args: argparse.Namespace) -> int:
         if not args.yes:
             _confirm(home)
         return asyncio.run(_failback(config, args))
-    except (_Refused, Refused, FailbackRefused, JournalRefused) as exc:
+    except Refused as exc:
+        print(f"agentaskit-dr {name}: {exc}{_api_hint(str(exc))}", file=sys.stderr)
+    except (_Refused, FailbackRefused, JournalRefused) as exc:
         print(f"agentaskit-dr {name}: {exc}", file=sys.stderr)
     except (StaleEpoch, LockUnavailable) as exc:
         print(f"agentaskit-dr {name}: {type(exc).__name__}: {exc} (run {name} again to "
               "resume)", file=sys.stderr)
     return EXIT_FAILURE
+
+
+def _api_hint(refusal: str) -> str:
+    """While a watchdog holds the lock, the whole run can be asked of it instead."""
+    if "leader lock is held" not in refusal:
+        return ""
+    return " Or let the holder run it: POST /v1/failback to its API."
 
 
 def _confirm(home: str) -> None:

@@ -4,11 +4,13 @@ zero-loss switch of the database primary (``actuators/switchover.py``), by hand.
 Runs on the host of the current primary's server, with that watchdog's config: the
 switchover stops that server, so ``regions.<primary>.database.control`` must be set and
 ``region`` must be the primary's. It takes the leader lock like the other on-call commands
-(``oncall.held_lock``: while a watchdog holds it, pause the watchdogs first), runs the
-switchover under the lock's epoch, records the new primary region in the cluster record
-right after the promotion (so the daemons and the start gate follow it) and prints the
-result as JSON. Moving DNS
-and scaling are separate steps (``update-dns``, ``scale``).
+(``oncall.held_lock``: while a watchdog holds it, pause the watchdogs first, or ask the
+holder: ``POST /v1/switchover``), runs the switchover as a journaled run of kind
+``switchover`` (``runtime/switchover_run.py``, the API's code) under the lock's epoch,
+records the new primary region in the cluster record right after the promotion (so the
+daemons and the start gate follow it) and prints the result as JSON. A run already active
+in the journal refuses it (a crashed switchover run is resumed). Moving DNS and scaling
+are separate steps (``update-dns``, ``scale``).
 
 Exit codes: 0 switched (or the plan printed), 1 refused or failed (one line on stderr),
 2 bad input.
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
-import time
 from pathlib import Path
 
 from agentaskit_dr.config import WatchdogConfig
@@ -51,6 +53,7 @@ def run_switchover_command(args: argparse.Namespace) -> int:
     from agentaskit_dr.cluster_cli import following_cluster_primary
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain
+    from agentaskit_dr.leadership.journal import JournalRefused
     from agentaskit_dr.oncall import Refused
     from agentaskit_dr.ports import LockUnavailable, StaleEpoch
 
@@ -72,7 +75,11 @@ def run_switchover_command(args: argparse.Namespace) -> int:
         if not args.yes:
             _confirm(args.to)
         return asyncio.run(_switch(config, source, args.to))
-    except (_Refused, Refused) as exc:
+    except Refused as exc:
+        hint = (" Or let the holder run it: POST /v1/switchover to its API."
+                if "leader lock is held" in str(exc) else "")
+        print(f"agentaskit-dr switchover: {exc}{hint}", file=sys.stderr)
+    except (_Refused, JournalRefused) as exc:
         print(f"agentaskit-dr switchover: {exc}", file=sys.stderr)
     except PromotionRefused as exc:
         print(f"agentaskit-dr switchover: {type(exc).__name__}: {exc.reason}", file=sys.stderr)
@@ -120,42 +127,33 @@ def _confirm(target: str) -> None:
 
 
 async def _switch(config: WatchdogConfig, source: str, target: str) -> int:
-    from agentaskit_dr.actuators.switchover import PostgresSwitchover
-    from agentaskit_dr.fencing import primary_conninfo_for, server_control
     from agentaskit_dr.oncall import held_lock
-    from agentaskit_dr.runtime.supervisor import build_cluster_store
+    from agentaskit_dr.runtime.supervisor import build_cluster_store, build_journal
+    from agentaskit_dr.runtime.switchover_run import SwitchoverRun, SwitchoverRunRefused
 
-    control = server_control(config, source)
-    if control is None:  # checked by _source_region; kept for the type checker
-        raise _Refused(f"regions.{source}.database.control is not set")
     async with held_lock(config) as held:
-        epoch = held.lease.epoch
-        run_id = f"switchover-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-e{epoch}"
+        # A journaled run (kind "switchover"), the same as POST /v1/switchover: the
+        # watchdogs hold while it is active and follow the primary it records.
+        journal = build_journal(config)
+        store = build_cluster_store(config)
 
         async def still_leader() -> bool:
             return await held.verified_lease() is not None
 
-        store = build_cluster_store(config)
-
-        async def record_primary() -> None:
-            await store.record_primary(target, epoch=epoch, run_id=run_id, lease=held.lease)
-
         try:
-            result = await PostgresSwitchover(
-                primary_dsn=config.regions[source].database.connect_dsn(),
-                primary_control=control,
-                standby_dsn=config.regions[target].database.connect_dsn(),
-                primary_conninfo=primary_conninfo_for(config, target),
-                io_timeout=config.probe.timeout,
-                catch_up_timeout=config.promotion.catch_up_timeout,
-                promote_timeout=config.promotion.timeout,
-            ).switch(epoch=epoch, holder=held.lease.holder, switchover_id=run_id,
-                     still_leader=still_leader, on_promoted=record_primary)
+            outcome = await SwitchoverRun(
+                config, journal, store, target=target, lease=lambda: held.lease,
+                still_leader=still_leader,
+            ).run(f"manual switchover from {source} by {getpass.getuser()}")
+        except SwitchoverRunRefused as exc:
+            raise _Refused(str(exc)) from None
         finally:
+            await journal.close()
             await store.close()
-    print(json.dumps(result.as_dict(), indent=2))
-    if not result.rejoined:
-        print(f"agentaskit-dr switchover: {target} is the primary, but {source} did not "
-              f"rejoin as its standby: {result.rejoin_detail}", file=sys.stderr)
+    if outcome.data:
+        print(json.dumps({"run_id": outcome.run_id, **outcome.data}, indent=2))
+    if outcome.outcome != "done":
+        print(f"agentaskit-dr switchover: run {outcome.run_id} {outcome.outcome}: "
+              f"{outcome.detail}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK

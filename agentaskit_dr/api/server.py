@@ -34,6 +34,7 @@ from agentaskit_dr.api._answers import json_answer as _json
 from agentaskit_dr.api._auth import PeerGate, control_refusal
 from agentaskit_dr.api.host_steps import HostSteps, add_host_step_routes
 from agentaskit_dr.api.metrics import Metrics
+from agentaskit_dr.api.runs_routes import RunsController, add_run_routes
 from agentaskit_dr.api.status_page import EvidenceDir, add_status_page
 
 log = structlog.get_logger(__name__)
@@ -115,6 +116,7 @@ def build_app(
     client_certificates: bool = False,
     evidence_dir: EvidenceDir = lambda: None,
     host_steps: HostSteps | None = None,
+    runs: RunsController | None = None,
 ) -> web.Application:
     """The aiohttp application; ``token_file`` None disables the control endpoints;
     ``peer_token_file`` and ``client_certificates`` (a verified client certificate is a
@@ -133,6 +135,8 @@ def build_app(
     add_status_page(app, controller.status, evidence_dir)
     for path, action in _ACTIONS.items():
         app.router.add_post(path, _control(action))
+    if runs is not None:  # POST /v1/failback and /v1/switchover (api/runs_routes.py)
+        add_run_routes(app, runs, token_file)
     return app
 
 
@@ -161,6 +165,7 @@ class ApiServer:
         shutdown_timeout: float = 5.0,
         evidence_dir: EvidenceDir = lambda: None,
         host_steps: HostSteps | None = None,
+        runs: RunsController | None = None,
     ) -> None:
         client_certificates = (ssl_context is not None
                                and ssl_context.verify_mode != ssl.CERT_NONE)
@@ -168,7 +173,7 @@ class ApiServer:
                               peer_token_file=peer_token_file,
                               client_certificates=client_certificates,
                               evidence_dir=evidence_dir,
-                              host_steps=host_steps)
+                              host_steps=host_steps, runs=runs)
         self._ssl_context = ssl_context
         self._shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None

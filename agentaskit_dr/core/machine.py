@@ -31,6 +31,8 @@ from agentaskit_dr.core.model import (
     Observed,
     Paused,
     Phase,
+    PlannedPrimary,
+    PlannedRunActive,
     Resumed,
     SelfFenceFailed,
     Severity,
@@ -41,6 +43,7 @@ from agentaskit_dr.core.model import (
     WatchState,
     fresh_clocks,
 )
+from agentaskit_dr.core.planned import planned_primary, planned_run_active
 
 Step = tuple[WatchState, list[Command]]
 
@@ -79,6 +82,10 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
             return _acknowledged(state)
         case SelfFenceFailed(reason=reason):
             return _self_fence_failed(state, reason, now)
+        case PlannedRunActive():
+            state = planned_run_active(state, event)
+        case PlannedPrimary():
+            return planned_primary(state, event, now)
         case Tick():
             pass
     state, decided = _decide(state, now)
@@ -188,6 +195,9 @@ def _describe(state: WatchState, condition: Condition) -> str:
 def _decide(state: WatchState, now: float) -> Step:
     if state.phase is Phase.FAILING_OVER:
         return _with_verdict(state, f"no action: failover in progress under epoch {state.epoch}")
+    if state.planned_run is not None:
+        return _with_verdict(state, f"no action: {state.planned_run} is running; the "
+                                    "automation does not fight it")
     if state.phase is Phase.FAILED_OVER:
         record = state.failover
         epoch = record.epoch if record else None
@@ -269,6 +279,8 @@ def _failover_requested(state: WatchState, event: FailoverRequested, now: float)
     refusal = None
     if state.phase is not Phase.WATCHING:
         refusal = f"phase is {state.phase.value}"
+    elif state.planned_run is not None:
+        refusal = f"{state.planned_run} is running"
     elif state.paused:
         refusal = "paused; resume first"
     elif state.standby_ready is False:
@@ -342,6 +354,10 @@ def _standby_observed(
     """Returns the new state, commands, and whether its verdict is final for this step."""
     if event.in_recovery:
         return replace(state, standby_ready=True), [], False
+    if state.planned_run is not None:
+        # The run promotes and fences on purpose: neither a promotion to adopt nor an old
+        # primary to fence; the run's end says who the primary is (PlannedPrimary).
+        return replace(state, standby_ready=False), [], False
     known = state.failover.epoch if state.failover else None
     newer = event.marker_epoch is not None and (known is None or event.marker_epoch > known)
     if (

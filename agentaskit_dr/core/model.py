@@ -165,6 +165,29 @@ class SelfFenceFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedRunActive:
+    """A failback or switchover run is active in the journal (``run`` names it and its
+    step), or none is any more (``run`` None).
+
+    While one is active the automation does not fight the runbook: the server it fences
+    or resyncs is not "primary down", nothing fails over and nothing is fenced. When it
+    ends the failure clocks start afresh (the run may have stopped a server for a while).
+    """
+
+    run: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPrimary:
+    """A failback or switchover run made ``region`` the primary under ``epoch`` (from the
+    cluster record): watch it, armed, as the primary."""
+
+    region: str
+    epoch: int
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; re-evaluate the clocks."""
 
@@ -182,6 +205,8 @@ Event = (
     | Resumed
     | FailoverRequested
     | SelfFenceFailed
+    | PlannedRunActive
+    | PlannedPrimary
     | Tick
 )
 
@@ -334,3 +359,6 @@ class WatchState:
     # The failover's target region is unhealthy (who says so); a ripe failover holds.
     target_unhealthy: str | None = None
     target_hold_alerted: bool = False  # the hold was announced once
+    # A failback or switchover run active in the journal (its description): no failover,
+    # no fence of the standby slot while it runs.
+    planned_run: str | None = None

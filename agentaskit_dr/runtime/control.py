@@ -9,7 +9,7 @@ every watchdog applies them; a store that cannot be written refuses the control.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -29,6 +29,12 @@ from agentaskit_dr.runtime.engine import Engine
 
 log = structlog.get_logger(__name__)
 
+class PlannedRunsStatus(Protocol):
+    """The failback or switchover run active now (``runtime.planned_runs``)."""
+
+    def status(self) -> dict[str, Any] | None: ...
+
+
 #: The engine counts as stuck when no cycle ran for this many probe intervals.
 STUCK_AFTER_INTERVALS = 5
 
@@ -36,9 +42,11 @@ STUCK_AFTER_INTERVALS = 5
 class EngineController:
     """Implements ``api.server.Controller`` on top of a running :class:`Engine`."""
 
-    def __init__(self, engine: Engine, controls: ClusterControlsWatch | None = None) -> None:
+    def __init__(self, engine: Engine, controls: ClusterControlsWatch | None = None,
+                 planned: PlannedRunsStatus | None = None) -> None:
         self.engine = engine
         self.controls = controls
+        self.planned = planned
 
     async def fence_own_primary(self, *, epoch: int, failover_id: str) -> dict[str, Any]:
         return await self.engine.fence_own_primary(epoch=epoch, failover_id=failover_id)
@@ -47,6 +55,8 @@ class EngineController:
         status = self.engine.status()
         if self.controls is not None:
             status["cluster"] = self.controls.status()
+        if self.planned is not None:
+            status["planned_run"] = self.planned.status()
         return status
 
     def observations(self) -> dict[str, Any]:

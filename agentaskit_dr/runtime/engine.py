@@ -29,6 +29,7 @@ from agentaskit_dr.core import (
     FenceOwnPrimary,
     LeadershipChanged,
     Phase,
+    PlannedPrimary,
     SelfFenceFailed,
     Severity,
     StartFailover,
@@ -148,6 +149,11 @@ class Engine:
     def probe_names(self) -> frozenset[str]:
         """The probes of the current topology (their reports land in ``latest``)."""
         return frozenset(p.name for p in self._scheduler.probes) if self._scheduler else frozenset()
+
+    @property
+    def file_primary_region(self) -> str:
+        """The config file's primary region (the home a failback returns to)."""
+        return self._file_primary
 
     @property
     def run_in_progress(self) -> bool:
@@ -302,8 +308,9 @@ class Engine:
         for outcome in outcomes:
             await self._run_finished(outcome)
         # A paused cluster is the operator's (a manual failback rejoins that very server):
-        # the old primary's fence waits for resume, like a self-fence.
-        if not self.state.paused:
+        # the old primary's fence waits for resume, like a self-fence; so does it while a
+        # failback or switchover run resyncs or switches that server.
+        if not self.state.paused and self.state.planned_run is None:
             for alert in await self.old_primary.step(self.config, self._promoter_factory):
                 await self._execute(alert)
         self._resume_if_due()
@@ -365,6 +372,10 @@ class Engine:
                 record = self.state.failover
                 self.old_primary.failed_over_away(old_primary, record.epoch if record else None)
             self._swap_topology()
+        if isinstance(event, PlannedPrimary) and event.region != self.config.primary_region:
+            self._swap_topology(event.region)
+        if isinstance(event, PlannedPrimary) and self.old_primary.pending == event.region:
+            self.old_primary.cancel()  # the server it was to fence is the primary again
         return commands
 
     def _events_of(self, item: ProbeReport | LeadershipChanged | _Wake | _Control) -> list[Event]:
@@ -476,9 +487,10 @@ class Engine:
             await self._scheduler.stop()
         self._start_probes()
 
-    def _swap_topology(self) -> None:
-        """After a failover the standby's region serves; probes follow at the cycle's end."""
-        new_primary = self.config.secondary_region
+    def _swap_topology(self, to: str | None = None) -> None:
+        """After a failover the standby's region serves (or ``to``, made the primary by a
+        failback or switchover run); probes follow at the cycle's end."""
+        new_primary = to or self.config.secondary_region
         log.warning("primary_region_changed", old=self.config.primary_region, new=new_primary)
         self.config = self.config.with_primary(new_primary)
         self.intake.forget()

@@ -87,6 +87,11 @@ class FailbackRun:
         self.home = config.primary_region
         self.away = config.secondary_region
 
+    async def open(self, reason: str) -> RunJournal:
+        """Open the run (or find the active failback run) without running a step: the
+        daemon's API answers with its id; ``run`` then goes on with it."""
+        return await self._open(reason)
+
     async def run(self, reason: str) -> FailbackOutcome:
         run = await self._open(reason)
         resumed_at = next((s for s in self.plan if run.last_status(s) not in

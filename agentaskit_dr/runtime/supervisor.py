@@ -50,6 +50,7 @@ from agentaskit_dr.runtime.host_steps import HostStepJobs
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
+from agentaskit_dr.runtime.planned_runs import PlannedRuns
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.runbook_hooks import build_hooks, notifiers, promoter
 from agentaskit_dr.runtime.systemd_notify import Notifier, ServiceNotifications, summary
@@ -213,6 +214,7 @@ def _root_tasks(parts: _Parts, role: str,
         asyncio.create_task(parts.engine.run(), name="engine"),
         asyncio.create_task(parts.peers.run(), name="peers"),
         asyncio.create_task(parts.controls.run(), name="cluster-controls"),
+        asyncio.create_task(parts.planned.run(), name="planned-runs"),
     ]
     if role == "watchdog":
         # A witness never takes the lock: it observes and reports, nothing more.
@@ -273,6 +275,7 @@ class _Parts:
     controls: ClusterControlsWatch
     alerts: AlertHubs
     host_steps: HostStepJobs | None
+    planned: PlannedRuns
 
 
 def _assemble(
@@ -332,14 +335,16 @@ def _assemble(
     # leader (POST /v1/host-steps/...); a witness controls no server.
     host_steps = (HostStepJobs(lambda: engine.config, lock.current)
                   if config.role == "watchdog" else None)
-    api = ApiServer(EngineController(engine, controls),
+    # Failback and switchover through the API; every watchdog holds while one runs.
+    planned = PlannedRuns(engine, keeper, journal, cluster)
+    api = ApiServer(EngineController(engine, controls, planned),
                     metrics=engine.metrics,
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
                     ssl_context=credentials.server_ssl,
                     evidence_dir=lambda: engine.config.evidence_dir,
-                    host_steps=host_steps)
-    return _Parts(lock, keeper, engine, peers, api, controls, alerts, host_steps)
+                    host_steps=host_steps, runs=planned)
+    return _Parts(lock, keeper, engine, peers, api, controls, alerts, host_steps, planned)
 
 
 def _reconfigured(alerts: AlertHubs, config: WatchdogConfig) -> None:

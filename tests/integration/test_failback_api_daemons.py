@@ -1,0 +1,281 @@
+"""Failback through the daemon's API with the watchdogs running, not paused (issue 9).
+
+Real watchdog processes (``daemon_harness``), a real PostgreSQL pair and Redis: a
+failover by killing the primary; then ``POST /v1/failback`` to the lock holder, which
+runs the five steps while both watchdogs keep watching. The automation must not fight
+the runbook (no failover, no fence while it resyncs and switches), then both watchdogs
+follow the restored primary, armed: a kill -9 of it fails over again, to the secondary,
+under a newer epoch. Writers run across the failback and lose no acknowledged write.
+
+Both servers live on this host, so both watchdogs get ``database.control`` of both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentaskit_dr.actuators.pg_control import postmaster_pid
+from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.writer import WriterLog, write_continuously
+from tests.integration.daemon_harness import (
+    REGIONS,
+    Event,
+    Watchdog,
+    WatchdogFleet,
+    event_time,
+    is_event,
+    is_verdict,
+)
+from tests.integration.test_failback_run import control_of, prepare
+from tests.integration.test_switchover import control, missing_on, writer_runs
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-api-token"
+WEST, EAST = REGIONS
+PROMOTION_TIMEOUT = 10.0
+PEER_THRESHOLD = 3.0
+FAILBACK_TIMEOUT = 120.0
+#: Events of an automation fighting a planned run.
+FIGHTS = frozenset({"failover_decided", "primary_region_changed", "old_primary_fenced",
+                    "old_primary_fenced_by_its_watchdog", "fenced_for_peer", "self_fenced"})
+
+
+@pytest.fixture
+def fleet(pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path) -> Iterator[
+    WatchdogFleet
+]:
+    with WatchdogFleet(pg_pair, redis_server, tmp_path / "watchdogs") as started:
+        try:
+            yield started
+        finally:
+            started.stop_all()
+            stop_servers_started_outside(pg_pair)
+
+
+def stop_servers_started_outside(pair: PostgresPair) -> None:
+    """The runs start servers with pg_ctl, outside the pair's own process handles."""
+    for datadir in pair.base_dir.iterdir():
+        if (datadir / "postmaster.pid").exists():
+            subprocess.run([str(pair.primary.bindir / "pg_ctl"), "stop", "-D", str(datadir),
+                            "-m", "immediate"], user="postgres", capture_output=True,
+                           check=False, cwd="/")
+
+
+def call(url: str, body: dict[str, Any] | None = None,
+         token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@contextlib.contextmanager
+def background_writers(pair: PostgresPair, count: int = 3) -> Iterator[WriterLog]:
+    """Clients writing to whichever server takes writes, on a loop of their own."""
+    log, stop = WriterLog(), threading.Event()
+
+    async def write() -> None:
+        done = asyncio.Event()
+        servers = {pair.primary.name: pair.primary.dsn, pair.replica.name: pair.replica.dsn}
+        tasks = [asyncio.create_task(write_continuously(servers, log, done, writer=n))
+                 for n in range(1, count + 1)]
+        await asyncio.to_thread(stop.wait)
+        done.set()
+        await asyncio.gather(*tasks)
+
+    thread = threading.Thread(target=asyncio.run, args=(write(),), name="writers")
+    thread.start()
+    try:
+        yield log
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def fleet_overrides(pair: PostgresPair, token: Path, *,
+                    peers: bool = True) -> dict[str, dict[str, Any]]:
+    """Per region: each with control of both servers; peers of each other (``peers``)."""
+    ports = {region: free_port() for region in REGIONS}
+    controls = {WEST: {"database": {"control": control_of(pair.primary)}},
+                EAST: {"database": {"control": control_of(pair.replica)}}}
+    overrides = {}
+    for region in REGIONS:
+        (other,) = [r for r in REGIONS if r != region]
+        overrides[region] = {
+            "api": {"listen": f"127.0.0.1:{ports[region]}", "token_file": str(token)},
+            "peers": [f"http://127.0.0.1:{ports[other]}"] if peers else [],
+            "regions": controls,
+            "promotion": {"catch_up_timeout": "20s"},
+            # With peers, self-fencing needs a threshold above peer staleness + probes.
+            "thresholds": {"db_unreachable": f"{PEER_THRESHOLD:g}s"},
+        }
+    return overrides
+
+
+def api_url(dog: Watchdog) -> str:
+    return "http://" + str(yaml.safe_load(dog.config.read_text())["api"]["listen"])
+
+
+def start_fleet(fleet: WatchdogFleet, pair: PostgresPair, token: Path) -> dict[str, str]:
+    """Both watchdogs (``fleet_overrides``); their API base URLs by watchdog name."""
+    overrides = fleet_overrides(pair, token)
+    dogs = [fleet.start(region, overrides=overrides[region]) for region in REGIONS]
+    return {dog.region: api_url(dog) for dog in dogs}
+
+
+def kill_postmaster(server: PostgresServer) -> None:
+    """kill -9 of a server started by the runs (pg_ctl), not by the pair."""
+    pid = postmaster_pid(control(server))
+    assert pid is not None, f"{server.name} is not running"
+    os.kill(pid, signal.SIGKILL)
+
+
+def in_recovery(server: PostgresServer) -> bool:
+    return server.sql("SELECT pg_is_in_recovery()") == "t"
+
+
+def marker_epoch(server: PostgresServer) -> int:
+    return int(server.sql("SELECT epoch FROM agentaskit_dr.failover_epoch WHERE id = 1"))
+
+
+def promotion_epochs(fleet: WatchdogFleet) -> list[int]:
+    """The epoch of every promotion, failovers' and switchovers', in time order."""
+    return [int(e["epoch"]) for e in fleet.events(
+        lambda e: (e.get("event") == "promotion_done" and e.get("already_promoted") is False)
+        or e.get("event") == "switchover_promoted")]
+
+
+def between(fleet: WatchdogFleet, start: float, end: float, names: frozenset[str]) -> list[Event]:
+    return fleet.events(lambda e: e.get("event") in names and start <= event_time(e) <= end)
+
+
+def test_failback_through_the_api_is_not_fought_and_the_restored_primary_is_protected(
+    fleet: WatchdogFleet, pg_pair: PostgresPair, tmp_path: Path,
+) -> None:
+    west, east = pg_pair.primary, pg_pair.replica
+    prepare(pg_pair)
+    token = tmp_path / "api-token"
+    token.write_text(TOKEN + "\n")
+    urls = start_fleet(fleet, pg_pair, token)
+    holder = fleet.wait_ready()
+    (other,) = [dog for dog in fleet.dogs.values() if dog is not holder]
+
+    # 1. The failover: the primary is killed, the holder promotes east.
+    west.kill()
+    first = fleet.wait_for(is_event("promotion_done"), PEER_THRESHOLD + PROMOTION_TIMEOUT,
+                           what="the failover's promotion")
+    fleet.wait_for(is_verdict(phase="failed_over"), 10, what="failed_over of the other",
+                   dogs=[other])
+    # The on-call acknowledges (automatic failover re-armed in east): from here on only the
+    # hold keeps the watchdogs from taking the failback's moves for failures.
+    acked_at = time.time()
+    assert call(f"{urls[holder.region]}/v1/ack", {})[0] == 200
+    for dog in (holder, other):
+        fleet.wait_for(is_verdict(phase="watching", since=acked_at), 10,
+                       what=f"the ack applied by {dog.region}", dogs=[dog])
+
+    # The CLI takes the lock itself: with the watchdogs running it refuses, in one line.
+    cli = subprocess.run(
+        [sys.executable, "-m", "agentaskit_dr", "failback", "--yes", "--config",
+         str(holder.config)], capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 1, cli.stderr
+    (refusal,) = cli.stderr.splitlines()
+    assert "leader lock is held by" in refusal
+    assert "POST /v1/failback" in refusal
+
+    with background_writers(pg_pair) as log:
+        time.sleep(0.5)  # the writers find east
+        # 2. The failback, asked of the wrong watchdog, of the right one as a dry run, then
+        # for real; a second request while it runs is refused naming it.
+        code, refused = call(f"{urls[other.region]}/v1/failback", {})
+        assert code == 409, refused
+        assert "does not hold the leader lock" in refused["error"]
+        holder_region = yaml.safe_load(holder.config.read_text())["region"]
+        assert f"in {holder_region}" in refused["error"]
+        code, plan = call(f"{urls[holder.region]}/v1/failback", {"dry_run": True})
+        assert code == 200, plan
+        assert (plan["from_region"], plan["to_region"], len(plan["plan"])) == (EAST, WEST, 5)
+        assert plan["would_run"] is True, plan
+
+        started_at = time.time()
+        code, started = call(f"{urls[holder.region]}/v1/failback", {})
+        assert code == 202, started
+        run_id = started["run_id"]
+        code, busy = call(f"{urls[holder.region]}/v1/switchover", {"to": WEST})
+        assert code == 409
+        assert run_id in busy["error"]
+        steps_seen = set()
+        deadline = time.monotonic() + FAILBACK_TIMEOUT
+        while time.monotonic() < deadline and not fleet.events(
+                is_event("planned_run_ended", run_id=run_id)):
+            for url in urls.values():
+                seen = call(f"{url}/v1/status", token=None)[1].get("planned_run")
+                if seen is not None:
+                    assert seen["run_id"] == run_id
+                    steps_seen.add(seen["step"])
+            time.sleep(0.2)
+        ended = fleet.wait_for(is_event("planned_run_ended", run_id=run_id), 1,
+                               what="the end of the failback run", dogs=[holder])
+        assert ended["outcome"] == "done", ended
+        for dog in (holder, other):
+            fleet.wait_for(is_event("planned_primary_followed", region=WEST), 10,
+                           what=f"{dog.region} following {WEST}", dogs=[dog])
+        time.sleep(0.5)  # writes land on west again
+    assert asyncio.run(missing_on(west, log)) == set()
+    assert writer_runs(west)[-2:] == [east.port, west.port]
+    assert steps_seen & {"sync_primary", "verify_data_integrity", "restore_standby"}
+
+    # The automation did not fight the run; both watchdogs held while it ran.
+    fights = [e for e in between(fleet, started_at, event_time(ended), FIGHTS)
+              if (e["event"], e.get("new")) != ("primary_region_changed", WEST)]
+    assert fights == []  # the only topology change: following the run's end, to west
+    for dog in (holder, other):
+        assert fleet.events(is_event("automation_held", since=started_at), dogs=[dog])
+    # Both agree on the primary region and the epoch the run left; armed.
+    switched = int(fleet.events(is_event("switchover_promoted"))[-1]["epoch"])
+    assert switched > int(first["epoch"])
+    for dog in (holder, other):
+        status = call(f"{urls[dog.region]}/v1/status", token=None)[1]
+        assert status["primary_region"] == WEST, status
+        assert status["phase"] == "watching", status
+        assert status["last_failover"]["epoch"] == switched
+        assert status["cluster"]["primary_region"] == WEST
+        assert status["planned_run"] is None
+    assert not in_recovery(west)
+    assert in_recovery(east)
+
+    # 3. The restored primary dies: a new failover, to the secondary, under a newer epoch.
+    killed_at = time.time()
+    kill_postmaster(west)
+    second = fleet.wait_for(is_event("promotion_done", since=killed_at),
+                            PEER_THRESHOLD + PROMOTION_TIMEOUT + 5, what="the second failover")
+    assert int(second["epoch"]) > switched
+    assert not in_recovery(east)
+    assert marker_epoch(east) == int(second["epoch"])
+    epochs = promotion_epochs(fleet)
+    assert epochs == sorted(set(epochs)), epochs  # one promotion per epoch
+    assert len(epochs) == 3
+
