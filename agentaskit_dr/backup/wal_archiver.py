@@ -43,6 +43,8 @@ def _lock(spool: Spool) -> int | None:
                 return None
             time.sleep(0.01)
         else:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
             return fd
 
 
