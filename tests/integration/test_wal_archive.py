@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +34,7 @@ SEGMENTS = ["000000010000000000000001", "000000010000000000000002",
 
 
 @pytest.fixture
-async def world(moto_server: str) -> Iterator[WalWorld]:
+async def world(moto_server: str) -> AsyncIterator[WalWorld]:
     await create_buckets(moto_server)
     world = WalWorld(moto_server)
     yield world
@@ -51,9 +51,9 @@ def make_pg_wal(root: Path, names: list[str], size: int = 1 << 20) -> Path:
     return root
 
 
-def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -124,7 +124,7 @@ async def test_an_s3_outage_fails_the_push_and_loses_nothing(
 
         failed = world.wal("wal-push", f"pg_wal/{SEGMENTS[0]}", cwd=datadir)
         proxy.up()
-        wait_for(lambda: (world.spool / "pushed" / f"{SEGMENTS[0]}.ok").exists(),
+        wait_for((world.spool / "pushed" / f"{SEGMENTS[0]}.ok").exists,
                  "the archiver's retry once S3 is back")
         retried = world.wal("wal-push", f"pg_wal/{SEGMENTS[0]}", cwd=datadir)
     finally:

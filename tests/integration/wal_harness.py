@@ -37,7 +37,7 @@ class WalWorld:
 
     def __init__(self, endpoint_url: str, *, replication: str = "client",
                  idle_exit: str = "30s") -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="walworld-", dir="/dev/shm"))  # noqa: S108
+        self.base = Path(tempfile.mkdtemp(prefix="walworld-", dir="/dev/shm"))
         self.base.chmod(0o755)
         self.spool = self.base / "spool"
         self.spool.mkdir(mode=0o700)
