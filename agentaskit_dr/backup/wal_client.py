@@ -255,6 +255,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"agentaskit-dr wal-fetch: {args.name} is not in the archive", file=sys.stderr)
     except WalCommandError as exc:
         print(f"agentaskit-dr {args.command}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"agentaskit-dr {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"agentaskit-dr {args.command}: interrupted", file=sys.stderr)
     return EXIT_FAILURE

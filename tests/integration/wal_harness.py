@@ -22,7 +22,13 @@ from pathlib import Path
 
 import yaml
 
-from agentaskit_dr.sandbox.postgres import _give_to_server_user, _server_user
+from agentaskit_dr.sandbox.postgres import (
+    PostgresServer,
+    _cluster_template,
+    _give_to_server_user,
+    _server_user,
+    pg_bindir,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_HEX = "5a" * 32
@@ -184,3 +190,31 @@ class S3Outage:
         with self._lock:
             self._live.discard(source)
         source.close()
+
+
+def archiving_primary(world: WalWorld, base: Path, *, extra: str = "") -> PostgresServer:
+    """A started primary in ``base``/primary with ``archive_command`` = our ``wal-push``."""
+    bindir = pg_bindir()
+    home = base / "home"
+    server = PostgresServer("primary", base / "primary", bindir, home)
+    subprocess.run(["cp", "-aT", str(_cluster_template(bindir)), str(server.datadir)],
+                   check=True)
+    home.mkdir(mode=0o700, exist_ok=True)
+    _give_to_server_user(home)
+    with (server.datadir / "postgresql.conf").open("a") as conf:
+        conf.write("archive_mode = on\n")
+        conf.write(f"archive_command = '{world.archive_command()}'\n")
+        conf.write(extra)
+    server.start()
+    return server
+
+
+def wait_archived(server: PostgresServer, name: str, timeout: float = 60.0) -> None:
+    """Block until PostgreSQL reports ``name`` (or a later file) archived."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = server.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+        if last[:24] >= name:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} not archived in {timeout}s:\n{server.log_tail()}")
