@@ -154,6 +154,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=56.0,
                         help="MB/s of WAL to write (default 56, 3.3 segments/s; 0: flat out)")
+    parser.add_argument("--replication", choices=("client", "s3"), default="client",
+                        help="client: every segment PUT to both buckets (default); s3: "
+                             "to the primary only")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep-log", type=Path, default=None,
                         help="save the archiver's JSON log here")
@@ -173,7 +176,7 @@ def main() -> int:
         wait_for_port(port, timeout=20.0, proc=moto)
         endpoint = f"http://127.0.0.1:{port}"
         asyncio.run(create_buckets(endpoint))
-        world = WalWorld(endpoint)
+        world = WalWorld(endpoint, replication=args.replication)
         archiver = world.start_archiver()
         server = archiving_primary(world, base, extra=BENCH_SETTINGS)
         dsn = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
@@ -196,6 +199,7 @@ def main() -> int:
         moto.wait()
         shutil.rmtree(base, ignore_errors=True)
     figures["target_rate_mb_per_s"] = args.rate
+    figures["replication"] = args.replication
     figures["cpus"] = os.cpu_count() or 0
     figures["load_average_1m"] = round(os.getloadavg()[0], 2)
     for name, value in figures.items():

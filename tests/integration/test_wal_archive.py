@@ -174,3 +174,35 @@ async def test_wal_fetch_refuses_a_tampered_segment_and_writes_nothing(
     assert fetched.returncode == 1
     assert f"object '{key}' failed authentication" in fetched.stderr
     assert not (tmp_path / "out").exists()
+
+
+async def test_a_missing_bucket_fails_the_push_naming_it(moto_server: str,
+                                                        tmp_path: Path) -> None:
+    await create_buckets(moto_server, PRIMARY)  # no replica bucket
+    world = WalWorld(moto_server)
+    try:
+        datadir = make_pg_wal(tmp_path, SEGMENTS[:1])
+        failed = world.wal("wal-push", f"pg_wal/{SEGMENTS[0]}", cwd=datadir)
+    finally:
+        world.close()
+
+    assert failed.returncode == 1
+    assert f"bucket '{REPLICA}' (storage.replica.url) does not exist" in failed.stderr
+
+
+async def test_an_unusable_key_stops_the_archiver_before_anything_is_written(
+    moto_server: str, tmp_path: Path
+) -> None:
+    await create_buckets(moto_server)
+    world = WalWorld(moto_server)
+    world.env.pop("AGENTASKIT_DR_BACKUP_KEY")
+    try:
+        datadir = make_pg_wal(tmp_path, SEGMENTS[:1])
+        failed = world.wal("wal-push", f"pg_wal/{SEGMENTS[0]}", cwd=datadir)
+    finally:
+        world.close()
+
+    assert failed.returncode == 1
+    assert "the WAL archiver exited" in failed.stderr
+    assert "environment variable AGENTASKIT_DR_BACKUP_KEY is not set" in failed.stderr
+    assert await keys_in(moto_server, PRIMARY) == []
