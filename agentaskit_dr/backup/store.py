@@ -277,6 +277,16 @@ class BackupStore:
             raise
         return ObjectInfo(key, size, sha, datetime.now(UTC))
 
+    async def copy_to_replica(self, key: str) -> None:
+        """Copy ``key`` from the primary bucket into the replica bucket inside S3 (objects
+        up to 5 GiB): the bytes do not travel through this host a second time."""
+        source, target = self._target("primary"), self._target("replica")
+        with self._translate(target, key, "copy to replica"):
+            await target.client.copy_object(
+                Bucket=target.bucket.bucket, Key=target.full_key(key),
+                CopySource={"Bucket": source.bucket.bucket, "Key": source.full_key(key)},
+            )
+
     async def delete(self, keys: Iterable[str], *,
                      bucket: Which | Literal["both"] = "both") -> None:
         """Delete ``keys`` (missing ones are fine) from one bucket or both."""
