@@ -206,3 +206,18 @@ async def test_an_unusable_key_stops_the_archiver_before_anything_is_written(
     assert "the WAL archiver exited" in failed.stderr
     assert "environment variable AGENTASKIT_DR_BACKUP_KEY is not set" in failed.stderr
     assert await keys_in(moto_server, PRIMARY) == []
+
+
+async def test_with_s3_replication_the_push_writes_the_primary_only(moto_server: str,
+                                                                   tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    world = WalWorld(moto_server, replication="s3")
+    try:
+        datadir = make_pg_wal(tmp_path, SEGMENTS[:1])
+        done = world.wal("wal-push", f"pg_wal/{SEGMENTS[0]}", cwd=datadir)
+    finally:
+        world.close()
+
+    assert done.returncode == 0, done.stderr
+    assert await keys_in(moto_server, PRIMARY) == [wal_key(SEGMENTS[0])]
+    assert await keys_in(moto_server, REPLICA) == []
