@@ -111,8 +111,13 @@ class WalPusher:
             key = wal_key(name)
             blob = await asyncio.to_thread(encrypt_bytes, self._ring, key, data)
             await self._store_once(name, key, data, blob)
-        except FileNotFoundError:
-            self._forget(name)  # gone from pg_wal: PostgreSQL no longer wants it archived
+        except FileNotFoundError as exc:
+            request = self._spool.push / name
+            if request.exists():  # someone waits for it: tell them, once
+                self._failed(name, exc)
+                request.unlink(missing_ok=True)
+            else:
+                self._forget(name)  # gone from pg_wal: PostgreSQL no longer wants it archived
             return
         except Exception as exc:  # noqa: BLE001 - every failure becomes the file's .error
             self._failed(name, exc)
