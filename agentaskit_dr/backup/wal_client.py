@@ -337,6 +337,9 @@ def _parse(argv: Sequence[str]) -> tuple[str, Path, float, list[str]]:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``wal-push``/``wal-fetch`` (``argv`` starts with the command name)."""
+    if "-h" in argv or "--help" in argv:
+        print(f"{_USAGE[argv[0]]}\n(docs/backups.md: archive_command / restore_command)")
+        return EXIT_OK
     try:
         command, config, timeout, args = _parse(argv)
     except ValueError:
