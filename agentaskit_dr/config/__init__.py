@@ -23,6 +23,12 @@ from agentaskit_dr.config._backup import (
 )
 from agentaskit_dr.config._base import redact, redact_url
 from agentaskit_dr.config._control import DatabaseControlConfig
+from agentaskit_dr.config._drills import (
+    DrillsConfig,
+    ExerciseConfig,
+    FailoverDrillConfig,
+    S3ObjectsBackup,
+)
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._loader import (
@@ -53,8 +59,11 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "DatabaseControlConfig",
+    "DrillsConfig",
     "EncryptionConfig",
+    "ExerciseConfig",
     "FailbackConfig",
+    "FailoverDrillConfig",
     "LockConfig",
     "LoggingConfig",
     "PeerClientTls",
@@ -65,6 +74,7 @@ __all__ = [
     "PromotionConfig",
     "RegionConfig",
     "RestoreTestConfig",
+    "S3ObjectsBackup",
     "ScheduledBackup",
     "StateBackup",
     "StorageConfig",
