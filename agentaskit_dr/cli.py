@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="after the failover, run the failback back home (full circle) "
                             "and print both evidence files' figures")
     from agentaskit_dr.api.commands import add_api_commands
+    from agentaskit_dr.appstate_command import add_appstate_commands
     from agentaskit_dr.backup.wal_client import add_wal_commands
     from agentaskit_dr.drtesting_command import add_drtesting_commands
     from agentaskit_dr.failback_command import add_failback_command
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     add_failback_command(sub)
     add_wal_commands(sub)
     add_drtesting_commands(sub)
+    add_appstate_commands(sub)
     return parser
 
 
@@ -128,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.resync_command import run_resync_command
 
             return run_resync_command(args)
+        if getattr(args, "appstate_command", None):
+            from agentaskit_dr.appstate_command import run_appstate_command
+
+            return run_appstate_command(args)
         if getattr(args, "drtesting_command", None):
             from agentaskit_dr.drtesting_command import run_drtesting_command
 
