@@ -60,6 +60,12 @@ def add_drtesting_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         action.add_argument("--json", action="store_true", help="the exercise as JSON")
     exercise.set_defaults(drtesting_command="exercise")
 
+    objectives = sub.add_parser("objectives", help="the plan's RPO, RTO and MTTR targets "
+                                "beside the values measured from the evidence")
+    add_common(objectives)
+    objectives.add_argument("--json", action="store_true", help="the table as JSON on stdout")
+    objectives.set_defaults(drtesting_command="objectives")
+
     drill = sub.add_parser("drill-failover", help="the quarterly failover drill: until a "
                            "staging environment is driven, runs the sandbox drill (failover "
                            "and failback) and records it in the schedule")
@@ -98,6 +104,10 @@ def run_drtesting_command(args: argparse.Namespace) -> int:
             return _schedule(config, evidence_dir, as_json=args.json)
         if args.drtesting_command == "exercise":
             return _exercise(args, evidence_dir)
+        if args.drtesting_command == "objectives":
+            from agentaskit_dr.drtesting.objectives_view import print_objectives
+
+            return print_objectives(config, evidence_dir, as_json=args.json)
         return _drill(config, evidence_dir, args.workdir)
     except (ExerciseError, ScheduleStateError, OSError) as exc:
         print(f"agentaskit-dr {args.drtesting_command}: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from agentaskit_dr.config._drills import (
     DrillsConfig,
     ExerciseConfig,
     FailoverDrillConfig,
+    ObjectivesConfig,
     S3ObjectsBackup,
 )
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
@@ -66,6 +67,7 @@ __all__ = [
     "FailoverDrillConfig",
     "LockConfig",
     "LoggingConfig",
+    "ObjectivesConfig",
     "PeerClientTls",
     "PeerTlsConfig",
     "PostgresBackupConfig",

@@ -30,7 +30,7 @@ from agentaskit_dr.config._base import (
     resolve_secret,
     secret_source_problems,
 )
-from agentaskit_dr.config._drills import DrillsConfig, S3ObjectsBackup
+from agentaskit_dr.config._drills import DrillsConfig, ObjectivesConfig, S3ObjectsBackup
 
 DAY = 86400.0
 
@@ -416,6 +416,7 @@ class BackupConfig(ConfigModel):
     application_state: ApplicationStateConfig = Field(default_factory=ApplicationStateConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     drills: DrillsConfig = Field(default_factory=DrillsConfig)
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dict for logs and status; the key itself is never in it."""

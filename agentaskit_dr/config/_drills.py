@@ -107,3 +107,17 @@ class S3ObjectsBackup(ConfigModel):
     """Where canary objects are written (a key prefix in the primary bucket)."""
     poll_interval: PositiveDuration = 5.0
     """How often the replica is asked whether the canary arrived."""
+
+
+class ObjectivesConfig(ConfigModel):
+    """The plan's recovery objectives, the targets ``agentaskit-dr objectives`` measures
+    against."""
+
+    rpo: PositiveDuration = 3600.0
+    """Recovery point objective: the plan's 1 hour."""
+    rto: PositiveDuration = 4 * 3600.0
+    """Recovery time objective: the plan's 4 hours."""
+    mttr: PositiveDuration = 2 * 3600.0
+    """Mean time to recovery: the plan's 2 hours."""
+    drills_considered: int = Field(default=4, ge=1, le=100)
+    """RTO counts the worst of this many most recent drills."""
