@@ -86,17 +86,29 @@ def record_run(evidence_dir: Path, key: str, run: RecordedRun, *, now: float) ->
     if current is None or current.at <= run.at:
         state["runs"][key] = {"at": run.at, "passed": run.passed, "result": run.result,
                               "evidence": run.evidence}
-        _write(state_path(evidence_dir), state)
+    successes = state.setdefault("last_success", {})
+    if run.passed and float(successes.get(key, 0.0)) < run.at:
+        successes[key] = run.at
+    _write(state_path(evidence_dir), state)
     return state_path(evidence_dir)
 
 
 def last_runs(evidence_dir: Path, state: Mapping[str, Any]) -> dict[str, RecordedRun]:
     """Each test's newest run, from the state file and the backup jobs' evidence."""
     runs = {key: run for key in TEST_KEYS if (run := _run(state["runs"].get(key)))}
-    for key, run in _backup_job_runs(evidence_dir).items():
+    for key, run in _backup_job_runs(evidence_dir)[0].items():
         if key not in runs or runs[key].at < run.at:
             runs[key] = run
     return runs
+
+
+def last_successes(evidence_dir: Path, state: Mapping[str, Any]) -> dict[str, float]:
+    """When each test last passed (a failed run after it does not hide it)."""
+    found = {key: float(at) for key, at in state.get("last_success", {}).items()
+             if key in TEST_KEYS}
+    for key, at in _backup_job_runs(evidence_dir)[1].items():
+        found[key] = max(found.get(key, 0.0), at)
+    return found
 
 
 def schedule_rows(evidence_dir: Path, crons: Mapping[str, str], *, now: float,
@@ -108,8 +120,10 @@ def schedule_rows(evidence_dir: Path, crons: Mapping[str, str], *, now: float,
                      grace=grace) for key in TEST_KEYS]
 
 
-def _backup_job_runs(evidence_dir: Path) -> dict[str, RecordedRun]:
+def _backup_job_runs(evidence_dir: Path) -> tuple[dict[str, RecordedRun], dict[str, float]]:
+    """The newest run of each backup job row, and when each last passed."""
     found: dict[str, RecordedRun] = {}
+    passed: dict[str, float] = {}
     for path in sorted((evidence_dir / "backups").glob("[!.]*.json")):
         try:
             document = json.loads(path.read_text())
@@ -126,7 +140,9 @@ def _backup_job_runs(evidence_dir: Path) -> dict[str, RecordedRun]:
         run = RecordedRun(at, outcome == "ok", result, str(path))
         if key not in found or found[key].at < at:
             found[key] = run
-    return found
+        if run.passed:
+            passed[key] = max(passed.get(key, 0.0), at)
+    return found, passed
 
 
 def _run(value: object) -> RecordedRun | None:
