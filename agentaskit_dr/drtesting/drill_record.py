@@ -61,7 +61,7 @@ def run_and_record(config: BackupConfig | None, evidence_dir: Path,
                                       staging=staging)
         record_run(evidence_dir, "failover_drill", RecordedRun(now, passed, result, str(target)),
                    now=now)
-        print(f"Recorded in the DR testing schedule: {result}")
+        print(f"Recorded in the DR testing schedule: {result}\nDrill evidence kept: {target}")
         return code
     finally:
         if workdir is None:
