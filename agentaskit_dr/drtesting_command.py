@@ -66,9 +66,9 @@ def add_drtesting_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     objectives.add_argument("--json", action="store_true", help="the table as JSON on stdout")
     objectives.set_defaults(drtesting_command="objectives")
 
-    drill = sub.add_parser("drill-failover", help="the quarterly failover drill: until a "
-                           "staging environment is driven, runs the sandbox drill (failover "
-                           "and failback) and records it in the schedule")
+    drill = sub.add_parser("drill-failover", help="the quarterly failover drill: a switchover "
+                           "to the other region and back in drills.failover.config's "
+                           "environment (else the sandbox drill), recorded in the schedule")
     add_common(drill)
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep the sandbox's configs and logs here")

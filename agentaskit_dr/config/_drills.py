@@ -57,6 +57,8 @@ class FailoverDrillConfig(ConfigModel):
     """The watchdog config of the drill environment (staging); None: the sandbox drill."""
     allow_production: bool = False
     """A drill config that names production runs only with this set."""
+    timeout: PositiveDuration = 600.0
+    """The longest each switchover of the drill may take."""
 
     @model_validator(mode="after")
     def _production_only_when_allowed(self) -> Self:

@@ -1,15 +1,17 @@
-"""The failover drill row: run the sandbox drill (failover, then failback home) and
-record its result in the schedule.
+"""The failover drill row: run the drill and record its result in the schedule.
 
-A planned switchover to the secondary and back in the drill environment of
-``drills.failover.config`` is not driven from here yet: the sandbox drill runs instead,
-and the recorded result says so.
+With ``drills.failover.config`` (a drill environment's watchdog config), the drill is a
+planned switchover to the other region and back through the running watchdogs' API
+(``staging_drill``). Without it, the sandbox drill runs (failover, then failback home)
+and the recorded result says it was the sandbox.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ def drill_result(figures: dict[str, Any], failback: dict[str, Any], *, exit_code
              f"{figures.get('promotions')} time(s), writable {rto}s after the kill",
              f"failback {failback.get('outcome', 'not run')}"]
     if staging is not None:
-        parts.append(f"the drill environment {staging} is not driven yet: sandbox instead")
+        parts.append(f"the drill environment {staging} was not driven: sandbox instead")
     return passed, "; ".join(parts)
 
 
@@ -43,6 +45,8 @@ def run_and_record(config: BackupConfig | None, evidence_dir: Path,
     from agentaskit_dr.sandbox.drill import run_drill
 
     staging = config.drills.failover.config if config is not None else None
+    if config is not None and staging is not None:
+        return _staging(config, evidence_dir)
     base = workdir or Path(tempfile.mkdtemp(prefix="agentaskit-drill-"))
     try:
         code = run_drill(threshold="6s", interval="0.5s", workdir=base, failback=True)
@@ -66,3 +70,46 @@ def run_and_record(config: BackupConfig | None, evidence_dir: Path,
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _staging(config: BackupConfig, evidence_dir: Path) -> int:
+    """The switchover drill in ``drills.failover.config``'s environment, recorded."""
+    import asyncio
+
+    from agentaskit_dr.config import load_config
+    from agentaskit_dr.config_cli import load_or_explain
+    from agentaskit_dr.drtesting.staging_drill import api_urls, run_staging_drill
+
+    drill_config = config.drills.failover
+    assert drill_config.config is not None
+    watchdog = load_or_explain(drill_config.config, load_config)
+    if watchdog is None:
+        return 2
+    if watchdog.api.token_file is None:
+        print(f"agentaskit-dr drill-failover: {drill_config.config}: api.token_file is not "
+              "set: the drill needs the operator token", file=sys.stderr)
+        return 2
+    token = watchdog.api.token_file.read_text().strip()
+    started = time.time()
+    drill = asyncio.run(run_staging_drill(api_urls(watchdog), token, list(watchdog.regions),
+                                          leg_timeout=drill_config.timeout))
+    now = time.time()
+    passed = drill.error is None
+    figures = drill.as_dict()
+    legs = ", ".join(f"to {leg.to} in {leg.seconds}s" for leg in drill.legs if leg.seconds)
+    result = (f"switchover drill passed in {drill_config.config}: {legs}" if passed
+              else f"switchover drill FAILED in {drill_config.config}: {drill.error}")
+    stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = evidence_dir / DRILLS_KIND / f"failover-drill-{stamp}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({
+        "kind": "failover-drill", "environment": str(drill_config.config),
+        "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(),
+        "finished_at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
+        "outcome": "passed" if passed else "failed", "figures": figures,
+    }, indent=2) + "\n")
+    record_run(evidence_dir, "failover_drill", RecordedRun(now, passed, result, str(target)),
+               now=now)
+    print(json.dumps(figures, indent=2))
+    print(f"Recorded in the DR testing schedule: {result}\nDrill evidence: {target}")
+    return 0 if passed else 1

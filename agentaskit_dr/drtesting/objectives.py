@@ -99,12 +99,16 @@ def _newest_backup_age(evidence_dir: Path, now: float) -> Measure:
 
 def _drill_rtos(evidence_dir: Path, count: int) -> list[Measure]:
     found = []
-    for path in sorted((evidence_dir / "drills").glob("sandbox-drill-*.json"))[-count:]:
+    paths = sorted((evidence_dir / "drills").glob("*-drill-*.json"),
+                   key=lambda path: path.stem.rpartition("-drill-")[2])
+    for path in paths[-count:]:
         try:
-            seconds = json.loads(path.read_text())["figures"]["kill_to_writable"]
-        except (OSError, ValueError, KeyError, TypeError):
+            figures = json.loads(path.read_text())["figures"]
+            seconds = figures.get("kill_to_writable", figures.get("switchover_seconds"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        found.append(Measure(f"drill {path.stem}: kill → writable",
+        what = "kill → writable" if "kill_to_writable" in figures else "slowest switchover"
+        found.append(Measure(f"drill {path.stem}: {what}",
                              None if seconds is None else float(seconds), str(path),
                              "" if seconds is not None else "the drill never became writable"))
     return found

@@ -38,8 +38,8 @@ def test_a_drill_environment_not_driven_is_said_in_the_result() -> None:
                                   {"outcome": "done"}, exit_code=0,
                                   staging=Path("/etc/agentaskit-dr/staging.yaml"))
     assert passed
-    assert result.endswith("the drill environment /etc/agentaskit-dr/staging.yaml is not "
-                           "driven yet: sandbox instead")
+    assert result.endswith("the drill environment /etc/agentaskit-dr/staging.yaml was not "
+                           "driven: sandbox instead")
     failed, result = drill_result({"promotions": 2}, {}, exit_code=1, staging=None)
     assert not failed
     assert result.startswith("sandbox drill FAILED: promoted 2 time(s)")

@@ -83,3 +83,15 @@ def test_mttr_is_the_mean_of_recovered_failovers_against_its_target(tmp_path: Pa
     assert (mttr.measured_seconds, mttr.met) == (10800.0, False)
     assert mttr.as_dict()["measures"][0]["what"] == "mean detected → recovered of 2 failover(s)"
     assert rto.measures[0].note == "run failed: no RTO"  # the last one failed
+
+
+def test_a_switchover_drill_in_the_drill_environment_counts_for_rto(tmp_path: Path) -> None:
+    drill(tmp_path, "20260101T000000Z", 6.0)
+    folder = tmp_path / "drills"
+    staged = folder / "failover-drill-20260401T100000Z.json"
+    staged.write_text(json.dumps({"figures": {"switchover_seconds": 42.0}}))
+    _, rto, _ = measure_objectives(tmp_path, **TARGETS, now=NOW)  # type: ignore[arg-type]
+    assert [m.what for m in rto.measures[1:]] == [
+        "drill sandbox-drill-20260101T000000Z: kill → writable",
+        "drill failover-drill-20260401T100000Z: slowest switchover"]
+    assert (rto.measured_seconds, rto.source) == (42.0, str(staged))
