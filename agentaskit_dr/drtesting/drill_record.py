@@ -26,30 +26,35 @@ if TYPE_CHECKING:
 DRILLS_KIND = "drills"
 
 
-def drill_result(figures: dict[str, Any], failback: dict[str, Any], *, exit_code: int,
-                 staging: Path | None) -> tuple[bool, str]:
-    """Whether the drill passed, and the schedule's one-line result for it."""
+def drill_result(figures: dict[str, Any], failback: dict[str, Any], *,
+                 exit_code: int) -> tuple[bool, str]:
+    """Whether the sandbox drill passed, and the schedule's one-line result for it."""
     passed = exit_code == 0
     rto = figures.get("kill_to_writable")
-    parts = [f"sandbox drill {'passed' if passed else 'FAILED'}: promoted "
-             f"{figures.get('promotions')} time(s), writable {rto}s after the kill",
-             f"failback {failback.get('outcome', 'not run')}"]
-    if staging is not None:
-        parts.append(f"the drill environment {staging} was not driven: sandbox instead")
-    return passed, "; ".join(parts)
+    return passed, (f"sandbox drill {'passed' if passed else 'FAILED'}: promoted "
+                    f"{figures.get('promotions')} time(s), writable {rto}s after the kill; "
+                    f"failback {failback.get('outcome', 'not run')}")
 
 
 def run_and_record(config: BackupConfig | None, evidence_dir: Path,
                    workdir: Path | None) -> int:
-    """Run the sandbox drill with failback, keep its evidence, record it; its exit code."""
+    """The drill in ``drills.failover.config``'s environment, else the sandbox drill with
+    failback; recorded in the schedule; its exit code."""
+    if config is not None and config.drills.failover.config is not None:
+        return _staging(config, evidence_dir)
+    return run_sandbox_and_record(evidence_dir, workdir)
+
+
+def run_sandbox_and_record(evidence_dir: Path, workdir: Path | None, *,
+                           threshold: str = "6s", interval: str = "0.5s",
+                           failback: bool = True) -> int:
+    """Run the sandbox drill, keep its evidence, record it; its exit code."""
     from agentaskit_dr.sandbox.drill import run_drill
 
-    staging = config.drills.failover.config if config is not None else None
-    if config is not None and staging is not None:
-        return _staging(config, evidence_dir)
     base = workdir or Path(tempfile.mkdtemp(prefix="agentaskit-drill-"))
     try:
-        code = run_drill(threshold="6s", interval="0.5s", workdir=base, failback=True)
+        code = run_drill(threshold=threshold, interval=interval, workdir=base,
+                         failback=failback)
         found = sorted((base / "evidence" / DRILLS_KIND).glob("sandbox-drill-*.json"))
         now = time.time()
         if not found:
@@ -61,8 +66,7 @@ def run_and_record(config: BackupConfig | None, evidence_dir: Path,
         shutil.copy2(found[-1], target)
         document = json.loads(target.read_text())
         passed, result = drill_result(document.get("figures", {}),
-                                      document.get("failback") or {}, exit_code=code,
-                                      staging=staging)
+                                      document.get("failback") or {}, exit_code=code)
         record_run(evidence_dir, "failover_drill", RecordedRun(now, passed, result, str(target)),
                    now=now)
         print(f"Recorded in the DR testing schedule: {result}\nDrill evidence kept: {target}")

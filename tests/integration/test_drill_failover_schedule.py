@@ -15,11 +15,13 @@ from agentaskit_dr.drtesting.drill_record import drill_result
 pytestmark = pytest.mark.integration
 
 
-def test_drill_failover_records_the_sandbox_drill_in_the_schedule(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["drill-failover"], ["drill", "--failback"]])
+def test_the_sandbox_drill_is_recorded_in_the_schedule(tmp_path: Path,
+                                                       command: list[str]) -> None:
     evidence = tmp_path / "evidence"
     done = subprocess.run(
-        [sys.executable, "-m", "agentaskit_dr", "drill-failover", "--evidence-dir",
-         str(evidence)], capture_output=True, text=True, timeout=300, check=False)
+        [sys.executable, "-m", "agentaskit_dr", *command, "--evidence-dir", str(evidence)],
+        capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     kept = sorted((evidence / "drills").glob("sandbox-drill-*.json"))
     assert len(kept) == 1
@@ -33,13 +35,13 @@ def test_drill_failover_records_the_sandbox_drill_in_the_schedule(tmp_path: Path
     assert row["result"].endswith("failback done")
 
 
-def test_a_drill_environment_not_driven_is_said_in_the_result() -> None:
+def test_the_sandbox_drill_result_line() -> None:
     passed, result = drill_result({"promotions": 1, "kill_to_writable": 6.9},
-                                  {"outcome": "done"}, exit_code=0,
-                                  staging=Path("/etc/agentaskit-dr/staging.yaml"))
+                                  {"outcome": "done"}, exit_code=0)
     assert passed
-    assert result.endswith("the drill environment /etc/agentaskit-dr/staging.yaml was not "
-                           "driven: sandbox instead")
-    failed, result = drill_result({"promotions": 2}, {}, exit_code=1, staging=None)
+    assert result == ("sandbox drill passed: promoted 1 time(s), writable 6.9s after the "
+                      "kill; failback done")
+    failed, result = drill_result({"promotions": 2}, {}, exit_code=1)
     assert not failed
     assert result.startswith("sandbox drill FAILED: promoted 2 time(s)")
+    assert result.endswith("failback not run")
