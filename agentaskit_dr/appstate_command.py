@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def add_check_s3(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -
     check.add_argument("--slo", type=positive_seconds, default=None,
                        help="override application_state.s3_objects.replication_slo")
     check.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    check.add_argument("--evidence-dir", type=Path, default=None,
+                       help="also write the report to <DIR>/appstate/s3-replication-<time>.json")
     check.set_defaults(appstate_command="check-s3")
 
 
@@ -38,9 +41,12 @@ def add_appstate_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_appstate_command(args: argparse.Namespace) -> int:
     """Run ``check-s3``; problems are named, one line each."""
+    from agentaskit_dr import logs
     from agentaskit_dr.backup.s3_replication import buckets_from, check_s3_replication
     from agentaskit_dr.config import load_backup_config
     from agentaskit_dr.config_cli import load_or_explain
+
+    logs.configure("warning", stream=sys.stderr)  # stdout is the table or the JSON
 
     config = load_or_explain(args.config, load_backup_config)
     if config is None:
@@ -50,6 +56,8 @@ def run_appstate_command(args: argparse.Namespace) -> int:
     report = asyncio.run(check_s3_replication(
         buckets_from(config), retention=s3.retention, slo=slo,
         poll_interval=min(s3.poll_interval, slo), canary_prefix=s3.canary_prefix))
+    if args.evidence_dir is not None:
+        _keep(args.evidence_dir, report.as_dict())
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -60,3 +68,14 @@ def run_appstate_command(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"agentaskit-dr appstate check-s3: {problem}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _keep(evidence_dir: Path, report: dict[str, object]) -> None:
+    """The report as an evidence file (the plan's "S3 objects" row, checked)."""
+    now = dt.datetime.now(dt.UTC)
+    path = evidence_dir / "appstate" / f"s3-replication-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"kind": "s3-replication-check", "checked_at": now.isoformat(),
+                "outcome": "ok" if report["ok"] else "failed", **report}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"Evidence: {path}", file=sys.stderr)

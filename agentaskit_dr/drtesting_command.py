@@ -92,8 +92,11 @@ def load_context(args: argparse.Namespace) -> tuple[BackupConfig | None, Path] |
 
 def run_drtesting_command(args: argparse.Namespace) -> int:
     """Run the command; expected failures are one line on stderr."""
+    from agentaskit_dr import logs
     from agentaskit_dr.drtesting.exercise import ExerciseError
     from agentaskit_dr.drtesting.records import ScheduleStateError
+
+    logs.configure("warning", stream=sys.stderr)  # stdout is the table or the JSON
 
     context = load_context(args)
     if context is None:

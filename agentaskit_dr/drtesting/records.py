@@ -61,13 +61,18 @@ def state_path(evidence_dir: Path) -> Path:
 
 
 def load_state(evidence_dir: Path, *, now: float) -> dict[str, Any]:
-    """The state file's content; created (the schedule starts ``now``) when absent."""
+    """The state file's content; created (the schedule starts ``now``) when absent, or
+    kept in memory only when it cannot be written."""
     path = state_path(evidence_dir)
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
         state = {"since": now, "runs": {}}
-        _write(path, state)
+        try:
+            _write(path, state)
+        except ScheduleStateError as exc:
+            # Showing the schedule must not need write access: it starts now, unsaved.
+            log.warning("dr_testing_state_not_saved", reason=str(exc))
         return state
     except (OSError, ValueError) as exc:
         raise ScheduleStateError(f"{path}: cannot read the schedule state: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -149,11 +150,17 @@ async def test_the_cli_exits_non_zero_naming_what_is_missing(
     env = {**os.environ, "TEST_BACKUP_KEY": "00" * 32}
     done = await asyncio.to_thread(subprocess.run, [
         sys.executable, "-m", "agentaskit_dr", "appstate", "check-s3", "--config", str(config),
-        "--json"], capture_output=True, text=True, timeout=60, env=env, check=False)
+        "--json", "--evidence-dir", str(tmp_path / "evidence")], capture_output=True,
+        text=True, timeout=60, env=env, check=False)
     assert done.returncode == 1, done.stderr
     assert "versioning is not enabled on the replica bucket" in done.stderr
     assert "no enabled replication rule" in done.stderr
     assert "Traceback" not in done.stderr
+    assert json.loads(done.stdout)["ok"] is False
+    (kept,) = (tmp_path / "evidence" / "appstate").glob("s3-replication-*.json")
+    evidence = json.loads(kept.read_text())
+    assert evidence["outcome"] == "failed"
+    assert evidence["problems"] == json.loads(done.stdout)["problems"]
 
 
 @pytest.mark.parametrize("slo", ["0s", "soon"])
