@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentaskit_dr.drtesting.records import record_run
+from agentaskit_dr.drtesting.records import DRILLS_DIR, record_run
 from agentaskit_dr.drtesting.schedule import RecordedRun
 
 if TYPE_CHECKING:
     from agentaskit_dr.config import BackupConfig
 
-DRILLS_KIND = "drills"
+#: Where the sandbox drill itself writes it, under its workdir's ``evidence/``.
+SANDBOX_DRILLS = "drills"
 
 
 def drill_result(figures: dict[str, Any], failback: dict[str, Any], *,
@@ -55,13 +56,13 @@ def run_sandbox_and_record(evidence_dir: Path, workdir: Path | None, *,
     try:
         code = run_drill(threshold=threshold, interval=interval, workdir=base,
                          failback=failback)
-        found = sorted((base / "evidence" / DRILLS_KIND).glob("sandbox-drill-*.json"))
+        found = sorted((base / "evidence" / SANDBOX_DRILLS).glob("sandbox-drill-*.json"))
         now = time.time()
         if not found:
             record_run(evidence_dir, "failover_drill", RecordedRun(
                 now, False, "sandbox drill failed before writing its evidence"), now=now)
             return code or 1
-        target = evidence_dir / DRILLS_KIND / found[-1].name
+        target = evidence_dir / DRILLS_DIR / found[-1].name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(found[-1], target)
         document = json.loads(target.read_text())
@@ -104,7 +105,7 @@ def _staging(config: BackupConfig, evidence_dir: Path) -> int:
     result = (f"switchover drill passed in {drill_config.config}: {legs}" if passed
               else f"switchover drill FAILED in {drill_config.config}: {drill.error}")
     stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = evidence_dir / DRILLS_KIND / f"failover-drill-{stamp}.json"
+    target = evidence_dir / DRILLS_DIR / f"failover-drill-{stamp}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({
         "kind": "failover-drill", "environment": str(drill_config.config),

@@ -5,7 +5,8 @@
   measured"), and the age of the newest backup the backup jobs recorded as good
   (``backups/*.json``, kinds ``backup-full|incremental|restore-point``).
 - **RTO**: the worst of the last failover's detected → recovered (``rto_seconds``) and the
-  sandbox drills' kill → writable (``drills/sandbox-drill-*.json``), the last N of them.
+  last N drills (``operational_audit/dr_drills/*-drill-*.json``, also read from
+  ``drills/``): a sandbox drill's kill → writable, a drill environment's slowest switchover.
 - **MTTR**: the mean of every recorded failover's detected → recovered: the incident is
   resolved for the service once the promoted region serves (incidents themselves are
   kept in memory only, so the evidence is what lasts).
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentaskit_dr.drtesting.records import DRILLS_DIR
 from agentaskit_dr.runtime.evidence import list_evidence
 
 BACKUP_KINDS = ("backup-full", "backup-incremental", "backup-restore-point")
@@ -99,7 +101,9 @@ def _newest_backup_age(evidence_dir: Path, now: float) -> Measure:
 
 def _drill_rtos(evidence_dir: Path, count: int) -> list[Measure]:
     found = []
-    paths = sorted((evidence_dir / "drills").glob("*-drill-*.json"),
+    # The plan's layout, and ``drills/`` where earlier versions kept them: read both.
+    paths = sorted([*(evidence_dir / DRILLS_DIR).glob("*-drill-*.json"),
+                    *(evidence_dir / "drills").glob("*-drill-*.json")],
                    key=lambda path: path.stem.rpartition("-drill-")[2])
     for path in paths[-count:]:
         try:

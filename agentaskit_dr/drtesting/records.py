@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STATE_DIR = "dr_testing"
+#: Drill evidence, in the plan's layout.
+DRILLS_DIR = Path("operational_audit") / "dr_drills"
 STATE_FILE = "schedule.json"
 #: Backup job evidence kinds (``evidence/backups/``) and the row each one is a run of.
 BACKUP_JOB_ROWS = {"verify-backup": "backup_verification", "test-restore": "restore_test"}

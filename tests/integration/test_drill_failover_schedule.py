@@ -23,7 +23,7 @@ def test_the_sandbox_drill_is_recorded_in_the_schedule(tmp_path: Path,
         [sys.executable, "-m", "agentaskit_dr", *command, "--evidence-dir", str(evidence)],
         capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    kept = sorted((evidence / "drills").glob("sandbox-drill-*.json"))
+    kept = sorted((evidence / "operational_audit" / "dr_drills").glob("sandbox-drill-*.json"))
     assert len(kept) == 1
     shown = subprocess.run(
         [sys.executable, "-m", "agentaskit_dr", "schedule", "--json", "--evidence-dir",

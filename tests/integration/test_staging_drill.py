@@ -69,7 +69,7 @@ def test_the_drill_switches_over_and_back_through_the_api_and_is_recorded(
         env={**os.environ, "TEST_BACKUP_KEY": "00" * 32}, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    (kept,) = sorted((evidence / "drills").glob("failover-drill-*.json"))
+    (kept,) = sorted((evidence / "operational_audit" / "dr_drills").glob("failover-drill-*.json"))
     document = json.loads(kept.read_text())
     legs = document["figures"]["legs"]
     assert [leg["to"] for leg in legs] == [EAST, WEST]

@@ -87,7 +87,8 @@ def test_mttr_is_the_mean_of_recovered_failovers_against_its_target(tmp_path: Pa
 
 def test_a_switchover_drill_in_the_drill_environment_counts_for_rto(tmp_path: Path) -> None:
     drill(tmp_path, "20260101T000000Z", 6.0)
-    folder = tmp_path / "drills"
+    folder = tmp_path / "operational_audit" / "dr_drills"  # the plan's layout
+    folder.mkdir(parents=True)
     staged = folder / "failover-drill-20260401T100000Z.json"
     staged.write_text(json.dumps({"figures": {"switchover_seconds": 42.0}}))
     _, rto, _ = measure_objectives(tmp_path, **TARGETS, now=NOW)  # type: ignore[arg-type]
