@@ -16,13 +16,14 @@ Each figure names the file it came from. Pure but for reading the evidence direc
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentaskit_dr.drtesting.records import DRILLS_DIR
-from agentaskit_dr.runtime.evidence import list_evidence
+from agentaskit_dr.runtime.evidence import EvidenceSummary, list_evidence
 
 BACKUP_KINDS = ("backup-full", "backup-incremental", "backup-restore-point")
 #: The plan's "current" column: what it claims, shown beside what was measured.
@@ -77,8 +78,19 @@ def _worst(name: str, target: float, measures: list[Measure]) -> Objective:
                      None if worst is None else worst.source)
 
 
-def _failovers(evidence_dir: Path) -> list[Any]:
-    return [s for s in list_evidence(evidence_dir, "failover") if s.note is None]
+def _failovers(evidence_dir: Path) -> list[EvidenceSummary]:
+    """Failover evidence, newest first: ``failover/`` and the plan's ``TEST/dr/failover/``."""
+    found = [s for directory in (evidence_dir, evidence_dir / "TEST" / "dr")
+             for s in list_evidence(directory, "failover") if s.note is None]
+    return sorted(found, key=lambda s: _when(s.created_at), reverse=True)
+
+
+def _when(stamp: str | None) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(stamp or "")
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _newest_backup_age(evidence_dir: Path, now: float) -> Measure:
@@ -142,9 +154,8 @@ def measure_objectives(evidence_dir: Path, *, rpo: float, rto: float, mttr: floa
                 ("" if last.rto_seconds is not None else f"run {last.outcome}: no RTO")),
         *_drill_rtos(evidence_dir, drills),
     ]
-    recovered = [f for f in failovers if f.rto_seconds is not None]
-    mean = (round(sum(f.rto_seconds for f in recovered) / len(recovered), 3)
-            if recovered else None)
+    recovered = [f.rto_seconds for f in failovers if f.rto_seconds is not None]
+    mean = round(sum(recovered) / len(recovered), 3) if recovered else None
     mttr_measure = Measure(
         f"mean detected → recovered of {len(recovered)} failover(s)", mean,
         str(evidence_dir / "failover") if recovered else None,

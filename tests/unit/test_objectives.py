@@ -14,8 +14,8 @@ TARGETS = {"rpo": 3600.0, "rto": 4 * 3600.0, "mttr": 2 * 3600.0, "drills": 4}
 
 
 def failover(directory: Path, run_id: str, created: str, *, rto: float | None,
-             lag: float | None, outcome: str = "done") -> Path:
-    folder = directory / "failover"
+             lag: float | None, outcome: str = "done", folder_name: str = "failover") -> Path:
+    folder = directory / folder_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}.json"
     path.write_text(json.dumps({
@@ -96,3 +96,13 @@ def test_a_switchover_drill_in_the_drill_environment_counts_for_rto(tmp_path: Pa
         "drill sandbox-drill-20260101T000000Z: kill → writable",
         "drill failover-drill-20260401T100000Z: slowest switchover"]
     assert (rto.measured_seconds, rto.source) == (42.0, str(staged))
+
+
+def test_failovers_in_the_plans_layout_count_too(tmp_path: Path) -> None:
+    failover(tmp_path, "fo-old", "2026-11-01T00:00:00+00:00", rto=50.0, lag=1.0)
+    newest = failover(tmp_path, "fo-new", "2026-11-20T00:00:00+00:00", rto=30.0, lag=2.0,
+                      folder_name="TEST/dr/failover")
+    rpo, rto, mttr = measure_objectives(tmp_path, **TARGETS, now=NOW)  # type: ignore[arg-type]
+    assert rpo.measures[0].source == str(newest)
+    assert rto.measures[0].seconds == 30.0
+    assert mttr.measured_seconds == 40.0
