@@ -4,7 +4,8 @@ A root task re-reads the evidence directory every ``interval`` (files only, off 
 event loop), posts overdue or failed tests to the :class:`AlertRouter` (once, then a daily
 reminder: :func:`~agentaskit_dr.drtesting.schedule.schedule_alerts`), keeps the
 ``/v1/status`` keys ``dr_testing`` and ``objectives``, and sets their metrics. Schedules
-and targets are the plan's (a backup config is not read by the watchdog yet).
+and targets come from ``backup_config`` when given (the supervisor gives none yet: the
+watchdog config does not name a backup config), else the plan's.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from agentaskit_dr.drtesting.objectives import Objective
 from agentaskit_dr.drtesting.records import (
-    DEFAULT_CRONS,
     TEST_KEYS,
+    crons_from,
     last_successes,
     load_state,
     schedule_rows,
@@ -31,6 +32,7 @@ from agentaskit_dr.drtesting.schedule import AlertState, ScheduleRow, schedule_a
 from agentaskit_dr.runtime.alerts import AlertRouter
 
 if TYPE_CHECKING:
+    from agentaskit_dr.config import BackupConfig
     from agentaskit_dr.runtime.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -73,14 +75,15 @@ class DrTestingWatch:
 
     def __init__(self, evidence_dir: Callable[[], Path], alerts: Callable[[], AlertRouter], *,
                  metrics: DrTestingMetrics | None = None, interval: float = 3600.0,
-                 grace: float = DAY, remind_every: float = DAY,
+                 backup_config: Callable[[], BackupConfig | None] = lambda: None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.evidence_dir = evidence_dir
         self.alerts = alerts
         self.metrics = metrics
         self.interval = interval
-        self.grace = grace
-        self.remind_every = remind_every
+        # Schedules, grace, reminders and targets: the backup config's when the daemon has
+        # one (wire it here), else the plan's.
+        self.backup_config = backup_config
         self.wall_clock = wall_clock
         self.alert_state = AlertState({})
         self._status: dict[str, Any] = {}
@@ -100,17 +103,20 @@ class DrTestingWatch:
         """The rows, objectives and last successes at ``now`` (blocking file reads)."""
         from agentaskit_dr.drtesting.objectives_view import current_objectives
 
-        directory = self.evidence_dir()
-        rows = schedule_rows(directory, DEFAULT_CRONS, now=now, grace=self.grace)
-        objectives = current_objectives(None, directory, now)
+        directory, config = self.evidence_dir(), self.backup_config()
+        grace = DAY if config is None else config.drills.grace
+        rows = schedule_rows(directory, crons_from(config), now=now, grace=grace)
+        objectives = current_objectives(config, directory, now)
         return rows, objectives, last_successes(directory, load_state(directory, now=now))
 
     def apply(self, rows: list[ScheduleRow], objectives: list[Objective],
               successes: dict[str, float], *, now: float) -> None:
         """Alerts, metrics and status from one reading (on the event loop: alerts are sent
         from there)."""
+        config = self.backup_config()
+        remind_every = DAY if config is None else config.drills.remind_every
         alerts, self.alert_state = schedule_alerts(rows, self.alert_state, now=now,
-                                                   remind_every=self.remind_every)
+                                                   remind_every=remind_every)
         router = self.alerts()
         for alert in alerts:
             router.route(alert)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from agentaskit_dr.config import BackupConfig
 from agentaskit_dr.drtesting.records import record_run
 from agentaskit_dr.drtesting.schedule import RecordedRun
 from agentaskit_dr.ports import Notification
@@ -88,3 +90,23 @@ def sample(registry: CollectorRegistry, name: str, test: str) -> float:
     value = registry.get_sample_value(name, {"test": test})
     assert value is not None
     return value
+
+
+async def test_the_backup_configs_schedules_and_targets_are_used_when_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_BACKUP_KEY", "00" * 32)
+    config = BackupConfig.model_validate({
+        "storage": {"primary": {"url": "s3://a-primary"}, "replica": {"url": "s3://a-replica"}},
+        "encryption": {"key_env": "TEST_BACKUP_KEY"},
+        "drills": {"failover": {"schedule": "0 10 1 * *"}, "grace": "1h"},
+        "objectives": {"rto": "30m"},
+    })
+    clock = Clock()
+    watch = DrTestingWatch(lambda: tmp_path, lambda: AlertRouter(lambda _n: None, node="n",
+                                                                  clock=clock),
+                           backup_config=lambda: config, wall_clock=clock)
+    await watch.check()
+    status = watch.status()
+    assert status["dr_testing"]["failover_drill"]["schedule"] == "0 10 1 * *"
+    assert status["dr_testing"]["failover_drill"]["next_test"] == "2026-12-01T10:00:00+00:00"
+    assert status["objectives"]["rto"]["target_seconds"] == 1800.0
