@@ -73,8 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--failback", action="store_true",
                        help="after the failover, run the failback back home (full circle) "
                             "and print both evidence files' figures")
+    drill.add_argument("--evidence-dir", type=Path, default=None,
+                       help="record the drill in this evidence directory's DR testing "
+                            "schedule (the failover drill row) and keep its evidence there")
     from agentaskit_dr.api.commands import add_api_commands
+    from agentaskit_dr.appstate_command import add_appstate_commands
     from agentaskit_dr.backup.wal_client import add_wal_commands
+    from agentaskit_dr.drtesting_command import add_drtesting_commands
     from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.integrity_command import add_integrity_command
@@ -90,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     add_resync_command(sub)
     add_failback_command(sub)
     add_wal_commands(sub)
+    add_drtesting_commands(sub)
+    add_appstate_commands(sub)
     return parser
 
 
@@ -126,6 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.resync_command import run_resync_command
 
             return run_resync_command(args)
+        if getattr(args, "appstate_command", None):
+            from agentaskit_dr.appstate_command import run_appstate_command
+
+            return run_appstate_command(args)
+        if getattr(args, "drtesting_command", None):
+            from agentaskit_dr.drtesting_command import run_drtesting_command
+
+            return run_drtesting_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 
@@ -136,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.config, args.kind, syntax_only=args.syntax_only)
         if args.command == "drill":
             return _drill(parser, args.threshold, args.interval, args.workdir,
-                          failback=args.failback)
+                          failback=args.failback, evidence_dir=args.evidence_dir)
     except KeyboardInterrupt:
         # Ctrl-C before the daemon's own handler is installed (while loading, say).
         print("agentaskit-dr: interrupted", file=sys.stderr)
@@ -146,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _drill(
     parser: argparse.ArgumentParser, threshold: str, interval: str, workdir: Path | None,
-    *, failback: bool = False,
+    *, failback: bool = False, evidence_dir: Path | None = None,
 ) -> int:
     from agentaskit_dr.config import parse_duration
     from agentaskit_dr.sandbox.drill import run_drill
@@ -165,6 +180,11 @@ def _drill(
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             parser.error(f"--workdir ({workdir}): {exc.strerror or type(exc).__name__}")
+    if evidence_dir is not None:
+        from agentaskit_dr.drtesting.drill_record import run_sandbox_and_record
+
+        return run_sandbox_and_record(evidence_dir, workdir, threshold=threshold,
+                                      interval=interval, failback=failback)
     return run_drill(threshold=threshold, interval=interval, workdir=workdir,
                      failback=failback)
 

@@ -1,9 +1,10 @@
 """The status page's HTML, rendered from ``/v1/status`` and the evidence listing. Pure.
 
 Every value is escaped; the caller redacts the status first. Sections the daemon has no
-data for yet (WAL archive lag, backup freshness, the DR testing schedule) say "not
-configured": they fill in from the status keys ``wal_archive_lag_seconds``, ``backups``
-and ``dr_testing`` once something reports them (``backups`` and ``dr_testing``: a mapping
+data for yet (WAL archive lag, backup freshness, the DR testing schedule, the recovery
+objectives) say "not configured": they fill in from the status keys
+``wal_archive_lag_seconds``, ``backups``, ``dr_testing`` and ``objectives`` once something
+reports them (``backups`` and ``dr_testing``: a mapping
 of name to a mapping of fields, shown as one table row each).
 """
 
@@ -84,6 +85,7 @@ def render_main(status: Mapping[str, Any], runs: Sequence[RunRow], *, now: float
         _runs(status, runs, now, evidence_dir),
         _section("Backup freshness", status.get("backups")),
         _section("DR testing schedule", status.get("dr_testing")),
+        _objectives(status.get("objectives")),
     ])
 
 
@@ -239,6 +241,19 @@ def _runs(status: Mapping[str, Any], runs: Sequence[RunRow], now: float,
                          f'{_e(run.run_id)}"><figcaption>Latest {_e(kind)}: '
                          f"{_e(run.run_id)}</figcaption></figure>")
     return "".join(parts)
+
+
+def _objectives(value: object) -> str:
+    """RPO, RTO and MTTR: target, measured, met, and the evidence file it came from."""
+    title = "Recovery objectives, measured"
+    if not isinstance(value, Mapping):
+        return _h2(title) + NOT_CONFIGURED
+    rows = [[_e(str(name).upper()), _seconds(o.get("target_seconds")),
+             _seconds(o.get("measured_seconds")),
+             _e("not measured" if o.get("met") is None else o.get("met")),
+             _e(o.get("evidence"))]
+            for name, o in value.items() if isinstance(o, Mapping)]
+    return _h2(title) + _table(["", "Target", "Measured", "Met", "From"], rows)
 
 
 def _section(title: str, value: object) -> str:

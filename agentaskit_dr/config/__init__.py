@@ -23,6 +23,13 @@ from agentaskit_dr.config._backup import (
 )
 from agentaskit_dr.config._base import redact, redact_url
 from agentaskit_dr.config._control import DatabaseControlConfig
+from agentaskit_dr.config._drills import (
+    DrillsConfig,
+    ExerciseConfig,
+    FailoverDrillConfig,
+    ObjectivesConfig,
+    S3ObjectsBackup,
+)
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._loader import (
@@ -53,10 +60,14 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "DatabaseControlConfig",
+    "DrillsConfig",
     "EncryptionConfig",
+    "ExerciseConfig",
     "FailbackConfig",
+    "FailoverDrillConfig",
     "LockConfig",
     "LoggingConfig",
+    "ObjectivesConfig",
     "PeerClientTls",
     "PeerTlsConfig",
     "PostgresBackupConfig",
@@ -65,6 +76,7 @@ __all__ = [
     "PromotionConfig",
     "RegionConfig",
     "RestoreTestConfig",
+    "S3ObjectsBackup",
     "ScheduledBackup",
     "StateBackup",
     "StorageConfig",

@@ -30,6 +30,7 @@ from agentaskit_dr.config._base import (
     resolve_secret,
     secret_source_problems,
 )
+from agentaskit_dr.config._drills import DrillsConfig, ObjectivesConfig, S3ObjectsBackup
 
 DAY = 86400.0
 
@@ -354,11 +355,7 @@ class ApplicationStateConfig(ConfigModel):
             method="rdb+aof", schedule="0 * * * *", retention=7 * DAY
         )
     )
-    s3_objects: StateBackup = Field(
-        default_factory=lambda: StateBackup(
-            method="cross-region-replication", schedule="continuous", retention=90 * DAY
-        )
-    )
+    s3_objects: S3ObjectsBackup = Field(default_factory=S3ObjectsBackup)
     configs: StateBackup = Field(
         default_factory=lambda: StateBackup(
             method="git+s3", schedule="on-change", retention=365 * DAY
@@ -418,6 +415,8 @@ class BackupConfig(ConfigModel):
     encryption: EncryptionConfig
     application_state: ApplicationStateConfig = Field(default_factory=ApplicationStateConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
+    drills: DrillsConfig = Field(default_factory=DrillsConfig)
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dict for logs and status; the key itself is never in it."""

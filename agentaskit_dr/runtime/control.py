@@ -35,6 +35,13 @@ class PlannedRunsStatus(Protocol):
     def status(self) -> dict[str, Any] | None: ...
 
 
+class ExtraStatus(Protocol):
+    """Status keys kept beside the engine (``runtime.dr_testing``: ``dr_testing``,
+    ``objectives``)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
 #: The engine counts as stuck when no cycle ran for this many probe intervals.
 STUCK_AFTER_INTERVALS = 5
 
@@ -43,10 +50,12 @@ class EngineController:
     """Implements ``api.server.Controller`` on top of a running :class:`Engine`."""
 
     def __init__(self, engine: Engine, controls: ClusterControlsWatch | None = None,
-                 planned: PlannedRunsStatus | None = None) -> None:
+                 planned: PlannedRunsStatus | None = None,
+                 extra: ExtraStatus | None = None) -> None:
         self.engine = engine
         self.controls = controls
         self.planned = planned
+        self.extra = extra
 
     async def fence_own_primary(self, *, epoch: int, failover_id: str) -> dict[str, Any]:
         return await self.engine.fence_own_primary(epoch=epoch, failover_id=failover_id)
@@ -57,6 +66,8 @@ class EngineController:
             status["cluster"] = self.controls.status()
         if self.planned is not None:
             status["planned_run"] = self.planned.status()
+        if self.extra is not None:
+            status.update(self.extra.status())
         return status
 
     def observations(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from agentaskit_dr.probes.postgres import PostgresProbe
 from agentaskit_dr.probes.region_health import RegionHealthProbe
 from agentaskit_dr.runtime.cluster_controls import ClusterControlsWatch
 from agentaskit_dr.runtime.control import EngineController
+from agentaskit_dr.runtime.dr_testing import DrTestingWatch
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
 from agentaskit_dr.runtime.epoch_floor import (
     epoch_sources,
@@ -215,6 +216,7 @@ def _root_tasks(parts: _Parts, role: str,
         asyncio.create_task(parts.peers.run(), name="peers"),
         asyncio.create_task(parts.controls.run(), name="cluster-controls"),
         asyncio.create_task(parts.planned.run(), name="planned-runs"),
+        asyncio.create_task(parts.dr_testing.run(), name="dr-testing"),
     ]
     if role == "watchdog":
         # A witness never takes the lock: it observes and reports, nothing more.
@@ -276,6 +278,7 @@ class _Parts:
     alerts: AlertHubs
     host_steps: HostStepJobs | None
     planned: PlannedRuns
+    dr_testing: DrTestingWatch
 
 
 def _assemble(
@@ -337,14 +340,16 @@ def _assemble(
                   if config.role == "watchdog" else None)
     # Failback and switchover through the API; every watchdog holds while one runs.
     planned = PlannedRuns(engine, keeper, journal, cluster)
-    api = ApiServer(EngineController(engine, controls, planned),
+    dr_testing = DrTestingWatch.for_engine(engine)
+    api = ApiServer(EngineController(engine, controls, planned, dr_testing),
                     metrics=engine.metrics,
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
                     ssl_context=credentials.server_ssl,
                     evidence_dir=lambda: engine.config.evidence_dir,
                     host_steps=host_steps, runs=planned)
-    return _Parts(lock, keeper, engine, peers, api, controls, alerts, host_steps, planned)
+    return _Parts(lock, keeper, engine, peers, api, controls, alerts, host_steps, planned,
+                  dr_testing)
 
 
 def _reconfigured(alerts: AlertHubs, config: WatchdogConfig) -> None:

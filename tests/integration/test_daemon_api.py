@@ -59,9 +59,13 @@ def test_status_metrics_and_a_guarded_pause_on_the_running_daemon(
     status = json.loads(text)
     assert code == 200
     assert (status["region"], status["epoch"], status["paused"]) == ("us-east-1", 1, False)
+    # The DR testing schedule and the objectives, read from the evidence directory.
+    assert status["dr_testing"]["failover_drill"]["result"] == "never run"
+    assert status["objectives"]["rto"]["target_seconds"] == 4 * 3600
     code, text = call(f"{base}/metrics")
     assert code == 200
     assert "agentaskit_dr_lock_held 1.0" in text
+    assert 'agentaskit_dr_dr_test_overdue{test="dr_exercise"} 0.0' in text
     assert 'agentaskit_dr_probe_up{probe="db:primary"' in text
 
     before = time.time()

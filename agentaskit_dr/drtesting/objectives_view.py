@@ -1,0 +1,72 @@
+"""``agentaskit-dr objectives``: the plan's objectives table with measured values."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentaskit_dr.drtesting.objectives import PLAN_CLAIMS, Objective, measure_objectives
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import BackupConfig
+
+_NAMES = {"rpo": "RPO", "rto": "RTO", "mttr": "MTTR"}
+
+
+def current_objectives(config: BackupConfig | None, evidence_dir: Path,
+                       now: float) -> list[Objective]:
+    """The objectives at ``now``, with the config's targets (the plan's by default)."""
+    from agentaskit_dr.config import ObjectivesConfig
+
+    targets = config.objectives if config is not None else ObjectivesConfig()
+    return measure_objectives(evidence_dir, rpo=targets.rpo, rto=targets.rto,
+                              mttr=targets.mttr, drills=targets.drills_considered, now=now)
+
+
+def objectives_status(objectives: list[Objective]) -> dict[str, Any]:
+    """``/v1/status`` ``objectives``: name → target, measured, met, evidence."""
+    return {o.name: o.as_dict() for o in objectives}
+
+
+def print_objectives(config: BackupConfig | None, evidence_dir: Path, *,
+                     as_json: bool) -> int:
+    """Print the table; exit 1 when a measured objective misses its target."""
+    objectives = current_objectives(config, evidence_dir, time.time())
+    if as_json:
+        print(json.dumps(objectives_status(objectives), indent=2))
+    else:
+        _table(objectives)
+    return 1 if any(o.met is False for o in objectives) else 0
+
+
+def _table(objectives: list[Objective]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Recovery objectives, measured")
+    for column in ("Objective", "Target", "Plan claims", "Measured", "Met", "From"):
+        table.add_column(column)
+    for objective in objectives:
+        met = {True: "yes", False: "NO", None: "not measured"}[objective.met]
+        table.add_row(_NAMES[objective.name], _human(objective.target_seconds),
+                      _human(PLAN_CLAIMS[objective.name]), _human(objective.measured_seconds),
+                      met, objective.source or "—",
+                      style="bold red" if objective.met is False else None)
+    console = Console(highlight=False)
+    console.print(table)
+    for objective in objectives:
+        for measure in objective.measures:
+            shown = _human(measure.seconds) if measure.seconds is not None else measure.note
+            console.print(f"  {_NAMES[objective.name]}: {measure.what}: {shown}")
+
+
+def _human(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

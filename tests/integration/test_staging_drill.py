@@ -1,0 +1,87 @@
+"""The failover drill in a drill environment: real watchdog processes, a real PostgreSQL
+pair and Redis; ``drill-failover`` with ``drills.failover.config`` asks the lock holder for
+a switchover to the secondary and back over the API and records it in the schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from agentaskit_dr.sandbox.redis import RedisServer
+from tests.integration.daemon_harness import REGIONS, WatchdogFleet, is_event
+from tests.integration.test_failback_api_daemons import (
+    TOKEN,
+    start_fleet,
+    stop_servers_started_outside,
+)
+from tests.integration.test_failback_run import prepare
+
+pytestmark = pytest.mark.integration
+WEST, EAST = REGIONS
+
+
+@pytest.fixture
+def fleet(pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path) -> Iterator[
+    WatchdogFleet
+]:
+    with WatchdogFleet(pg_pair, redis_server, tmp_path / "watchdogs") as started:
+        try:
+            yield started
+        finally:
+            started.stop_all()
+            stop_servers_started_outside(pg_pair)
+
+
+def backup_config(tmp_path: Path, drill_config: Path) -> Path:
+    path = tmp_path / "backup.yaml"
+    path.write_text(yaml.safe_dump({
+        "storage": {"primary": {"url": "s3://drill-primary"},
+                    "replica": {"url": "s3://drill-replica"}},
+        "encryption": {"key_env": "TEST_BACKUP_KEY"},
+        "drills": {"failover": {"config": str(drill_config), "timeout": "120s"}},
+    }))
+    return path
+
+
+def test_the_drill_switches_over_and_back_through_the_api_and_is_recorded(
+    fleet: WatchdogFleet, pg_pair: PostgresPair, tmp_path: Path,
+) -> None:
+    prepare(pg_pair)
+    token = tmp_path / "api-token"
+    token.write_text(TOKEN + "\n")
+    start_fleet(fleet, pg_pair, token)
+    holder = fleet.wait_ready()
+    (other,) = [dog for dog in fleet.dogs.values() if dog is not holder]
+    evidence = tmp_path / "evidence"
+    # The drill config is the watchdog that does not hold the lock: it finds the holder.
+    config = backup_config(tmp_path, other.config)
+    done = subprocess.run(
+        [sys.executable, "-m", "agentaskit_dr", "drill-failover", "--config", str(config),
+         "--evidence-dir", str(evidence)], capture_output=True, text=True, timeout=400,
+        env={**os.environ, "TEST_BACKUP_KEY": "00" * 32}, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    (kept,) = sorted((evidence / "operational_audit" / "dr_drills").glob("failover-drill-*.json"))
+    document = json.loads(kept.read_text())
+    legs = document["figures"]["legs"]
+    assert [leg["to"] for leg in legs] == [EAST, WEST]
+    assert all(leg["run_id"] and leg["seconds"] is not None for leg in legs)
+    switched = fleet.events(is_event("switchover_promoted"))
+    assert len(switched) == 2
+    assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == "f"  # home again
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "agentaskit_dr", "schedule", "--json", "--evidence-dir",
+         str(evidence)], capture_output=True, text=True, timeout=60, check=False)
+    row = json.loads(shown.stdout)["failover_drill"]
+    assert row["status"] == "ok"
+    assert row["result"].startswith(f"switchover drill passed in {other.config}: to {EAST} in ")
+    assert row["evidence"] == str(kept)
