@@ -173,7 +173,7 @@ def test_parse_duration_of_a_written_duration_round_trips(
 ) -> None:
     text = separator.join(f"{count}{unit}" for count, unit in parts)
 
-    assert parse_duration(text) == float(sum(count * UNITS[unit] for count, unit in parts))
+    assert parse_duration(text) == pytest.approx(sum(count * UNITS[unit] for count, unit in parts))
 
 
 @given(milliseconds=st.integers(0, 10**12))
