@@ -12,7 +12,6 @@ from hypothesis import settings
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 
-
 # No per-example deadline: on a loaded 2-core CI machine an example that takes longer than
 # 200 ms is not a bug, and speed is measured by bench/, never asserted by a test.
 settings.register_profile("agentaskit", deadline=None)
