@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="after the failover, run the failback back home (full circle) "
                             "and print both evidence files' figures")
     from agentaskit_dr.api.commands import add_api_commands
+    from agentaskit_dr.appstate_command import add_appstate_commands
     from agentaskit_dr.backup.wal_client import add_wal_commands
     from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     add_resync_command(sub)
     add_failback_command(sub)
     add_wal_commands(sub)
+    add_appstate_commands(sub)
     return parser
 
 
@@ -126,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.resync_command import run_resync_command
 
             return run_resync_command(args)
+        if getattr(args, "appstate_action", None):
+            from agentaskit_dr.appstate_command import run_appstate_command
+
+            return run_appstate_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 

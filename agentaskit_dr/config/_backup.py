@@ -16,6 +16,11 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, Field, PrivateAttr, SecretBytes, model_validator
 from pydantic_core import PydanticCustomError
 
+from agentaskit_dr.config._appstate import (
+    ConfigsStateSource,
+    RedisStateSource,
+    SecretsStateSource,
+)
 from agentaskit_dr.config._base import (
     ConfigModel,
     ConfigPath,
@@ -337,6 +342,18 @@ class StateBackup(ConfigModel):
     retention: PositiveDuration
 
 
+class RedisStateBackup(StateBackup, RedisStateSource):
+    """Redis: the RDB over the replication protocol, plus the AOF files beside it."""
+
+
+class ConfigsStateBackup(StateBackup, ConfigsStateSource):
+    """Config files: a git commit and an encrypted archive on each change."""
+
+
+class SecretsStateBackup(StateBackup, SecretsStateSource):
+    """Vault: a raft snapshot, checked against its own SHA256SUMS."""
+
+
 #: The method each application state item is backed up with.
 _STATE_METHODS: dict[str, StateMethod] = {
     "redis": "rdb+aof",
@@ -349,8 +366,8 @@ _STATE_METHODS: dict[str, StateMethod] = {
 class ApplicationStateConfig(ConfigModel):
     """Application state besides PostgreSQL (which has its own section)."""
 
-    redis: StateBackup = Field(
-        default_factory=lambda: StateBackup(
+    redis: RedisStateBackup = Field(
+        default_factory=lambda: RedisStateBackup(
             method="rdb+aof", schedule="0 * * * *", retention=7 * DAY
         )
     )
@@ -359,13 +376,13 @@ class ApplicationStateConfig(ConfigModel):
             method="cross-region-replication", schedule="continuous", retention=90 * DAY
         )
     )
-    configs: StateBackup = Field(
-        default_factory=lambda: StateBackup(
+    configs: ConfigsStateBackup = Field(
+        default_factory=lambda: ConfigsStateBackup(
             method="git+s3", schedule="on-change", retention=365 * DAY
         )
     )
-    secrets: StateBackup = Field(
-        default_factory=lambda: StateBackup(
+    secrets: SecretsStateBackup = Field(
+        default_factory=lambda: SecretsStateBackup(
             method="vault-snapshot", schedule="0 3 * * *", retention=30 * DAY
         )
     )

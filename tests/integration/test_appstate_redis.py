@@ -1,0 +1,212 @@
+"""Redis backups on real redis-server processes and a moto server: the RDB over the
+replication protocol (both transfer forms), AOF files, checks, verify, restore, prune."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from agentaskit_dr.appstate import jobs
+from agentaskit_dr.appstate.components import collector, file_check
+from agentaskit_dr.appstate.objects import AppStateDamaged
+from agentaskit_dr.appstate.record import object_key
+from agentaskit_dr.appstate.restore import redis_restore_test
+from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from tests.integration.appstate_harness import load, write_config
+from tests.integration.aws import (  # noqa: F401 - fixtures
+    aws_credentials_fixture,
+    moto_process_fixture,
+    moto_server_fixture,
+)
+from tests.integration.s3_buckets import PRIMARY, REPLICA, create_buckets, keys_in, s3_client
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fill(port: int) -> None:
+    """Strings, hashes, lists and a key with a TTL in two databases."""
+    for db in (0, 3):
+        client = redis.Redis(port=port, db=db)
+        pipe = client.pipeline()
+        for index in range(1500 if db == 0 else 40):
+            pipe.set(f"user:{index}", os.urandom(50).hex())
+        pipe.hset("h", mapping={f"f{i}": i for i in range(100)})
+        pipe.rpush("queue", *range(300))
+        pipe.set("session", "x", ex=3600)
+        pipe.execute()
+        client.close()
+
+
+@pytest.fixture
+def source() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        fill(server.port)
+        # Redis 7 defaults to diskless transfers after a 5 s wait: the disk form, at once.
+        redis.Redis(port=server.port).config_set("repl-diskless-sync", "no")
+        yield server
+
+
+def state(server: RedisServer, **extra: object) -> dict[str, object]:
+    return {"redis": {"method": "rdb+aof", "schedule": "0 * * * *", "retention": "7d",
+                      "url": server.url, **extra}}
+
+
+async def test_rdb_over_replication_lands_in_both_buckets_checked_by_redis_check_rdb(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    _, config = load(tmp_path, moto_server, state(source))
+
+    result = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                   evidence_dir=tmp_path / "evidence")
+
+    assert result.outcome == "ok"
+    assert result.extra["checks"]["dump.rdb"] == "OK, 1546 keys read"
+    assert result.extra["source"]["keyspace"] == {"db0": 1503, "db3": 43}
+    prefix = f"appstate/redis/{result.backup_id}/"
+    expected = [prefix + "dump.rdb", prefix + "record.json"]
+    assert await keys_in(moto_server, PRIMARY, prefix) == expected
+    assert await keys_in(moto_server, REPLICA, prefix) == expected
+    evidence = json.loads((tmp_path / "evidence/backups" /
+                           f"appstate-redis-{result.backup_id}.json").read_text())
+    assert evidence["outcome"] == "ok"
+    verified = await jobs.verify(config, "redis", file_check("redis"),
+                                 evidence_dir=tmp_path / "evidence")
+    assert verified.extra["checks"]["dump.rdb"].startswith("OK")
+
+
+async def test_diskless_transfer_with_its_eof_marker_gives_the_same_backup(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    client = redis.Redis(port=source.port)
+    client.config_set("repl-diskless-sync", "yes")
+    client.config_set("repl-diskless-sync-delay", 0)
+    _, config = load(tmp_path, moto_server, state(source))
+
+    result = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                   evidence_dir=tmp_path)
+
+    assert result.extra["source"]["diskless"] is True
+    assert result.extra["checks"]["dump.rdb"] == "OK, 1546 keys read"
+
+
+async def test_aof_files_of_appendonlydir_are_copied_and_checked(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    client = redis.Redis(port=source.port)
+    client.config_set("appendonly", "yes")
+    while (info := client.info("persistence"))["aof_rewrite_in_progress"] or \
+            info["aof_rewrite_scheduled"] or not info["aof_enabled"]:
+        await asyncio.sleep(0.05)
+    client.set("after-rewrite", "1")  # lands in the incremental file
+    assert source.workdir is not None
+    _, config = load(tmp_path, moto_server, state(source, data_dir=source.workdir))
+
+    result = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                   evidence_dir=tmp_path)
+
+    names = result.extra["source"]["aof_files"]
+    assert any(name.endswith(".manifest") for name in names)
+    assert any(".incr.aof" in name for name in names)
+    assert result.extra["checks"]["aof"] == "OK"
+    verified = await jobs.verify(config, "redis", file_check("redis"), evidence_dir=tmp_path)
+    assert verified.extra["checks"]["aof"] == "OK"
+
+
+async def test_restore_test_loads_the_rdb_into_a_scratch_server_and_matches_the_source(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    _, config = load(tmp_path, moto_server, state(source))
+    await jobs.run_backup(config, "redis", collector(config, "redis"), evidence_dir=tmp_path)
+
+    result = await redis_restore_test(config, evidence_dir=tmp_path)
+    assert result.outcome == "ok", result.detail
+    assert result.extra["restored_keyspace"] == {"db0": 1503, "db3": 43}
+    assert result.extra["sampled_keys"] == 143  # 100 of db0, all 43 of db3
+
+    redis.Redis(port=source.port).set("user:7", "changed after the backup")
+    redis.Redis(port=source.port).delete("user:8")
+    changed = await redis_restore_test(config, evidence_dir=tmp_path, sample=2000)
+    assert changed.outcome == "differs"
+    assert "db0:user:7" in changed.extra["sample_differs"]
+    assert "key counts differ" in changed.detail
+
+
+async def test_a_tampered_rdb_in_the_replica_fails_verify_naming_it(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    _, config = load(tmp_path, moto_server, state(source))
+    result = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                   evidence_dir=tmp_path)
+    key = object_key("redis", result.backup_id, "dump.rdb")
+    async with s3_client(moto_server) as client:
+        body = await (await client.get_object(Bucket=REPLICA, Key=key))["Body"].read()
+        flipped = body[:100] + bytes([body[100] ^ 1]) + body[101:]
+        await client.put_object(Bucket=REPLICA, Key=key, Body=flipped,
+                                Metadata={"sha256": "0" * 64})
+
+    with pytest.raises(AppStateDamaged, match=f"replica {key}"):
+        await jobs.verify(config, "redis", file_check("redis"), evidence_dir=tmp_path)
+
+
+async def test_prune_keeps_the_newest_and_dry_run_deletes_nothing(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    _, config = load(tmp_path, moto_server, state(source))
+    first = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                  evidence_dir=tmp_path)
+    second = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                   evidence_dir=tmp_path)
+    later = time.time() + 8 * 86400
+
+    dry = await jobs.prune(config, "redis", 7 * 86400, dry_run=True, evidence_dir=tmp_path,
+                           now=later)
+    assert (dry.delete, dry.keep) == ([first.backup_id], [second.backup_id])
+    assert len(await keys_in(moto_server, PRIMARY, "appstate/redis/")) == 4
+
+    await jobs.prune(config, "redis", 7 * 86400, dry_run=False, evidence_dir=tmp_path,
+                     now=later)
+    for bucket in (PRIMARY, REPLICA):
+        assert {k.split("/")[2] for k in await keys_in(moto_server, bucket, "appstate/")} == {
+            second.backup_id}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agentaskit_dr", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+async def test_cli_backup_then_test_restore_and_an_unreachable_server_in_one_line(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    path = write_config(tmp_path, moto_server, state(source))
+    evidence = tmp_path / "ev"
+
+    done = _cli("appstate", "backup", "redis", "--config", str(path), "--json",
+                "--evidence-dir", str(evidence))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "ok"
+    restored = _cli("appstate", "test-restore", "redis", "--config", str(path),
+                    "--evidence-dir", str(evidence))
+    assert restored.returncode == 0, restored.stderr
+    assert "ok (1546 keys restored" in restored.stdout
+
+    dead = write_config(tmp_path, moto_server, {"redis": {
+        "method": "rdb+aof", "schedule": "0 * * * *", "retention": "7d",
+        "url": f"redis://127.0.0.1:{free_port()}/0"}})
+    failed = _cli("appstate", "backup", "redis", "--config", str(dead),
+                  "--evidence-dir", str(evidence))
+    assert failed.returncode == 3
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        "agentaskit-dr appstate backup redis: cannot connect to 127.0.0.1")
+    assert "Traceback" not in failed.stderr
