@@ -47,6 +47,17 @@ def fill(port: int) -> None:
         client.close()
 
 
+async def aof_rewritten(client: redis.Redis) -> None:
+    """Wait for the rewrite that ``CONFIG SET appendonly yes`` starts to end."""
+    for _ in range(400):
+        info = client.info("persistence")
+        if info["aof_enabled"] and not (info["aof_rewrite_in_progress"]
+                                        or info["aof_rewrite_scheduled"]):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the AOF rewrite did not end within 20 s")
+
+
 @pytest.fixture
 def source() -> Iterator[RedisServer]:
     with RedisServer() as server:
@@ -104,9 +115,7 @@ async def test_aof_files_of_appendonlydir_are_copied_and_checked(
     await create_buckets(moto_server)
     client = redis.Redis(port=source.port)
     client.config_set("appendonly", "yes")
-    while (info := client.info("persistence"))["aof_rewrite_in_progress"] or \
-            info["aof_rewrite_scheduled"] or not info["aof_enabled"]:
-        await asyncio.sleep(0.05)
+    await aof_rewritten(client)
     client.set("after-rewrite", "1")  # lands in the incremental file
     assert source.workdir is not None
     _, config = load(tmp_path, moto_server, state(source, data_dir=source.workdir))
