@@ -12,8 +12,14 @@ from agentaskit_dr.appstate.jobs import plan_prune
 from agentaskit_dr.appstate.record import AppStateRecord, StoredObject, backup_id_time
 from agentaskit_dr.config import load_backup_config
 from agentaskit_dr.config._appstate import SecretUnavailable
-from tests.unit.test_config import Edit, config_error, fields_of, shipped, write
-from tests.unit.test_config import shipped_env  # noqa: F401 - autouse fixture
+from tests.unit.test_config import (
+    Edit,
+    config_error,
+    fields_of,
+    shipped,
+    shipped_env,  # noqa: F401 - autouse fixture
+    write,
+)
 
 
 def state(data: dict[str, Any], item: str) -> dict[str, Any]:
