@@ -111,7 +111,8 @@ async def run_backup(config: BackupConfig, component: Component, collect: Collec
 async def _remove(store: BackupStore, component: Component, backup_id: str) -> None:
     prefix = object_key(component, backup_id, "")
     await store.delete([object_key(component, backup_id, RECORD_NAME)])
-    for which in store.writes:
+    both: tuple[Which, ...] = ("primary", "replica")  # the replica too under S3 replication
+    for which in both:
         keys = [info.key for info in await store.list(prefix, bucket=which)]
         if keys:
             await store.delete(keys, bucket=which)

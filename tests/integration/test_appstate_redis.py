@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from agentaskit_dr.appstate import jobs
 from agentaskit_dr.appstate.components import collector, file_check
 from agentaskit_dr.appstate.objects import AppStateDamaged
 from agentaskit_dr.appstate.record import object_key
+from agentaskit_dr.appstate.redis_sync import RedisSyncError
 from agentaskit_dr.appstate.restore import redis_restore_test
 from agentaskit_dr.sandbox.redis import RedisServer, free_port
 from tests.integration.appstate_harness import load, write_config
@@ -219,3 +221,32 @@ async def test_cli_backup_then_test_restore_and_an_unreachable_server_in_one_lin
     assert failed.stderr.strip().splitlines()[-1].startswith(
         "agentaskit-dr appstate backup redis: cannot connect to 127.0.0.1")
     assert "Traceback" not in failed.stderr
+
+
+async def test_a_password_protected_server_and_checkers_linked_from_the_server_binary(
+        moto_server: str, source: RedisServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    await create_buckets(moto_server)
+    redis.Redis(port=source.port).config_set("requirepass", "s3cret pass")
+    (tmp_path / "redis-password").write_text("s3cret pass\n")
+    _, config = load(tmp_path, moto_server, state(source, password_file="redis-password"))
+    # No redis-check-* installed: the server binary alone, under its own name.
+    alone = tmp_path / "bin"
+    alone.mkdir()
+    shutil.copy(source.binary, alone / "redis-server")
+    monkeypatch.setenv("AGENTASKIT_DR_REDIS_SERVER", str(alone / "redis-server"))
+    monkeypatch.setenv("PATH", str(alone))
+
+    result = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                   evidence_dir=tmp_path)
+    restored = await redis_restore_test(config, evidence_dir=tmp_path)
+
+    assert result.extra["checks"]["dump.rdb"] == "OK, 1546 keys read"
+    assert restored.outcome == "ok", restored.detail
+    assert "s3cret" not in (tmp_path / "backups" /
+                            f"appstate-redis-{result.backup_id}.json").read_text()
+    (tmp_path / "redis-password").write_text("wrong\n")
+    _, wrong = load(tmp_path, moto_server, state(source, password_file="redis-password"))
+    with pytest.raises(RedisSyncError, match=r"AuthenticationError|invalid password") as caught:
+        await jobs.run_backup(wrong, "redis", collector(wrong, "redis"), evidence_dir=tmp_path)
+    assert "wrong" not in str(caught.value)

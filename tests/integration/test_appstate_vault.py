@@ -7,8 +7,10 @@ import hashlib
 import io
 import json
 import os
+import ssl
 import tarfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from tests.integration.aws import (  # noqa: F401 - fixtures
     moto_server_fixture,
 )
 from tests.integration.s3_buckets import PRIMARY, REPLICA, create_buckets, keys_in
+from tests.tls_material import make_tls_material
 
 pytestmark = pytest.mark.integration
 TOKEN = "hvs.test-token-never-logged-5f1e"
@@ -72,21 +75,31 @@ class FakeVault:
         await response.write_eof()
         return response
 
+    scheme = "http"
+
     @property
     def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
 
-@pytest.fixture
-async def vault() -> AsyncIterator[FakeVault]:
-    server = FakeVault(snapshot())
+@asynccontextmanager
+async def serving(server: FakeVault, tls: ssl.SSLContext | None = None
+                  ) -> AsyncIterator[FakeVault]:
     app = web.Application()
     app.router.add_get(SNAPSHOT_PATH, server.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", server.port).start()
-    yield server
-    await runner.cleanup()
+    await web.TCPSite(runner, "127.0.0.1", server.port, ssl_context=tls).start()
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def vault() -> AsyncIterator[FakeVault]:
+    async with serving(FakeVault(snapshot())) as server:
+        yield server
 
 
 def secrets(vault: FakeVault, tmp_path: Path) -> dict[str, object]:
@@ -163,3 +176,24 @@ async def test_a_token_env_that_is_not_set_names_the_field(
                        "variable VAULT_BACKUP_TOKEN is not set"):
         await jobs.run_backup(config, "vault", collector(config, "vault"), evidence_dir=tmp_path)
     assert vault.requests == 0
+
+
+async def test_https_vault_is_trusted_through_ca_file_and_refused_without_it(
+        moto_server: str, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    material = make_tls_material(tmp_path / "tls")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(material.site.cert, material.site.key)
+    server = FakeVault(snapshot())
+    server.scheme = "https"
+    async with serving(server, tls):
+        state = secrets(server, tmp_path)
+        _, untrusting = load(tmp_path, moto_server, state)
+        with pytest.raises(VaultSnapshotError, match="certificate verify failed"):
+            await jobs.run_backup(untrusting, "vault", collector(untrusting, "vault"),
+                                  evidence_dir=tmp_path)
+        state["secrets"]["ca_file"] = str(material.ca)  # type: ignore[index]
+        _, config = load(tmp_path, moto_server, state)
+        result = await jobs.run_backup(config, "vault", collector(config, "vault"),
+                                       evidence_dir=tmp_path)
+    assert result.outcome == "ok"
