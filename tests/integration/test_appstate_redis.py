@@ -21,6 +21,7 @@ from agentaskit_dr.appstate.components import collector, file_check
 from agentaskit_dr.appstate.objects import AppStateDamaged
 from agentaskit_dr.appstate.record import object_key
 from agentaskit_dr.appstate.redis_sync import RedisSyncError
+from agentaskit_dr.appstate.redis_tools import RedisCheckFailed
 from agentaskit_dr.appstate.restore import redis_restore_test
 from agentaskit_dr.sandbox.redis import RedisServer, free_port
 from tests.integration.appstate_harness import load, write_config
@@ -250,3 +251,31 @@ async def test_a_password_protected_server_and_checkers_linked_from_the_server_b
     with pytest.raises(RedisSyncError, match=r"AuthenticationError|invalid password") as caught:
         await jobs.run_backup(wrong, "redis", collector(wrong, "redis"), evidence_dir=tmp_path)
     assert "wrong" not in str(caught.value)
+
+
+async def test_a_copy_the_checker_rejects_leaves_nothing_in_the_buckets_and_failed_evidence(
+        moto_server: str, source: RedisServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    await create_buckets(moto_server)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    shutil.copy(source.binary, tools / "redis-server")
+    checker = tools / "redis-check-rdb"  # stands for a corrupt RDB: Redis's own wording
+    checker.write_text("#!/bin/sh\necho '--- RDB ERROR DETECTED ---'\n"
+                       "echo '[offset 42] Unexpected EOF reading RDB file'\nexit 1\n")
+    checker.chmod(0o755)
+    monkeypatch.setenv("AGENTASKIT_DR_REDIS_SERVER", str(tools / "redis-server"))
+    _, config = load(tmp_path, moto_server, state(source))
+
+    with pytest.raises(RedisCheckFailed, match="redis-check-rdb rejects dump.rdb: .*"
+                       "Unexpected EOF reading RDB file"):
+        await jobs.run_backup(config, "redis", collector(config, "redis"),
+                              evidence_dir=tmp_path)
+
+    assert await keys_in(moto_server, PRIMARY, "appstate/") == []
+    assert await keys_in(moto_server, REPLICA, "appstate/") == []
+    [evidence] = (tmp_path / "backups").glob("appstate-redis-*.json")
+    document = json.loads(evidence.read_text())
+    assert document["outcome"] == "failed"
+    assert "Unexpected EOF" in document["timeline"][-1]["detail"]
+    assert await jobs.list_backups(config, "redis") == []
