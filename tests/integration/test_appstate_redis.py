@@ -267,7 +267,7 @@ async def test_a_copy_the_checker_rejects_leaves_nothing_in_the_buckets_and_fail
     monkeypatch.setenv("AGENTASKIT_DR_REDIS_SERVER", str(tools / "redis-server"))
     _, config = load(tmp_path, moto_server, state(source))
 
-    with pytest.raises(RedisCheckFailed, match="redis-check-rdb rejects dump.rdb: .*"
+    with pytest.raises(RedisCheckFailed, match=r"redis-check-rdb rejects dump\.rdb: .*"
                        "Unexpected EOF reading RDB file"):
         await jobs.run_backup(config, "redis", collector(config, "redis"),
                               evidence_dir=tmp_path)
