@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.resync_command import run_resync_command
 
             return run_resync_command(args)
-        if getattr(args, "appstate_action", None):
+        if getattr(args, "appstate_command", None):
             from agentaskit_dr.appstate_command import run_appstate_command
 
             return run_appstate_command(args)
