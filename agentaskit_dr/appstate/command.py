@@ -70,14 +70,18 @@ async def _dispatch(config: BackupConfig, args: argparse.Namespace) -> int:
     where = evidence_dir(config, args.evidence_dir)
     action = args.appstate_command
     if action == "backup":
+        if args.watch:
+            if component != "configs":
+                raise ValueError("--watch is for configs (on change); schedule the others")
+            await components.watch_configs(config, config_file=args.config,
+                                           evidence_dir=where, interval=args.interval,
+                                           stop=asyncio.Event())
+            return EXIT_OK
         collect = components.collector(config, component, config_file=args.config)
-        while True:
-            result = await jobs.run_backup(config, component, collect, evidence_dir=where)
-            _print(args, result.to_json(),
-                   f"{component} backup {result.backup_id}: {result.outcome} ({result.detail})")
-            if not args.watch:
-                return EXIT_OK
-            await asyncio.sleep(args.interval)
+        result = await jobs.run_backup(config, component, collect, evidence_dir=where)
+        _print(args, result.to_json(),
+               f"{component} backup {result.backup_id}: {result.outcome} ({result.detail})")
+        return EXIT_OK
     if action == "list":
         records = await jobs.list_backups(config, component, bucket=args.bucket)
         lines = [f"{r.backup_id}  {r.summary()['finished_at']}  {len(r.objects)} objects  "

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentaskit_dr.appstate.jobs import Collector, FileCheck
+import structlog
+
+from agentaskit_dr.appstate.jobs import Collector, FileCheck, run_backup
 from agentaskit_dr.appstate.record import Component
 
 if TYPE_CHECKING:
     from agentaskit_dr.config import BackupConfig
+
+log = structlog.get_logger(__name__)
 
 
 def collector(config: BackupConfig, component: Component, *, config_file: Path | None = None
@@ -49,3 +55,20 @@ def retention(config: BackupConfig, component: Component) -> float:
     state = config.application_state
     return {"redis": state.redis, "vault": state.secrets,
             "configs": state.configs}[component].retention
+
+
+async def watch_configs(config: BackupConfig, *, config_file: Path | None, evidence_dir: Path,
+                        interval: float, stop: asyncio.Event) -> None:
+    """Back up the config files now and after each change, looking every ``interval``
+    seconds until ``stop`` is set: the daemon's on-change job, and ``--watch``. A look
+    that finds nothing new leaves no evidence; a failed one is logged (its evidence is
+    written) and the next look tries again."""
+    collect = collector(config, "configs", config_file=config_file)
+    while not stop.is_set():
+        try:
+            await run_backup(config, "configs", collect, evidence_dir=evidence_dir,
+                             record_unchanged=False)
+        except Exception as exc:  # noqa: BLE001 - a watcher outlives one bad look
+            log.warning("appstate_configs_watch_failed", reason=str(exc) or type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

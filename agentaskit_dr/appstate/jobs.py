@@ -69,9 +69,11 @@ def _store(config: BackupConfig) -> BackupStore:
 
 
 async def run_backup(config: BackupConfig, component: Component, collect: Collector, *,
-                     evidence_dir: Path, now: float | None = None) -> JobResult:
-    """Take one backup of ``component``; the result, with its evidence file written.
-    Failures are re-raised after their evidence is written and the upload removed."""
+                     evidence_dir: Path, now: float | None = None,
+                     record_unchanged: bool = True) -> JobResult:
+    """Take one backup of ``component``; the result, with its evidence file written
+    (for an ``unchanged`` outcome only if ``record_unchanged``). Failures are re-raised
+    after their evidence is written and the upload removed."""
     keyring = KeyRing.from_config(config.encryption)
     started = time.time() if now is None else now
     backup_id = new_backup_id(started)
@@ -89,7 +91,8 @@ async def run_backup(config: BackupConfig, component: Component, collect: Collec
             await write_record(store, keyring, record)
         except Unchanged as exc:
             result = JobResult(job, backup_id, started, "unchanged", str(exc))
-            write_job(evidence_dir, result)
+            if record_unchanged:
+                write_job(evidence_dir, result)
             return result
         except BaseException as exc:
             with contextlib.suppress(Exception):

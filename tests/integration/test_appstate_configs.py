@@ -3,6 +3,7 @@ encrypted archive in both buckets; unchanged content makes no backup."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agentaskit_dr.appstate import jobs
-from agentaskit_dr.appstate.components import collector, file_check
+from agentaskit_dr.appstate.components import collector, file_check, watch_configs
 from tests.integration.appstate_harness import load, write_config
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
@@ -126,3 +127,35 @@ async def test_cli_defaults_to_the_yaml_files_beside_the_config_and_a_missing_pa
     assert failed.stderr.strip().splitlines()[-1] == (
         "agentaskit-dr appstate backup configs: application_state.configs.paths: "
         f"{tmp_path / 'missing.yaml'} does not exist")
+
+
+async def test_the_watcher_backs_up_each_change_and_leaves_no_evidence_for_quiet_looks(
+        moto_server: str, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    watched = tmp_path / "watchdog.yaml"
+    watched.write_text("regions: {}\n")
+    _, config = load(tmp_path, moto_server, configs([watched], tmp_path / "git"))
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_configs(
+        config, config_file=None, evidence_dir=tmp_path / "ev", interval=0.05, stop=stop))
+
+    async def backups(count: int) -> list[str]:
+        for _ in range(400):
+            records = await jobs.list_backups(config, "configs")
+            if len(records) >= count:
+                return [record.backup_id for record in records]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {count} configs backups within 20 s")
+
+    try:
+        first = await backups(1)
+        await asyncio.sleep(0.3)  # several quiet looks
+        watched.write_text("regions: {west: {}}\n")
+        both = await backups(2)
+    finally:
+        stop.set()
+        await watcher
+
+    assert both[0] == first[0]
+    evidence = sorted(p.name for p in (tmp_path / "ev" / "backups").glob("*.json"))
+    assert evidence == sorted(f"appstate-configs-{backup_id}.json" for backup_id in both)
