@@ -37,9 +37,16 @@ def add_backup_actions(actions: argparse._SubParsersAction[argparse.ArgumentPars
     prune.add_argument("--dry-run", action="store_true", help="show it, delete nothing")
     restore = actions.add_parser("test-restore", help="redis: load the newest (or --id) RDB "
                                  "into a scratch redis-server and compare it with the source")
-    for command in (verify, restore):
+    fetch = actions.add_parser("fetch", help="decrypt one object of the newest (or --id) "
+                               "backup to a local file, to restore from")
+    fetch.add_argument("--object", dest="object_name", required=True,
+                       help="dump.rdb, aof/<file>, vault.snap or configs.tar.gz")
+    fetch.add_argument("--to", dest="dest", required=True, type=Path,
+                       help="a file, or a directory to put it in")
+    fetch.add_argument("--bucket", choices=("primary", "replica"), default="primary")
+    for command in (verify, restore, fetch):
         command.add_argument("--id", dest="backup_id", default=None, help="a backup id")
-    for command in (backup, listing, verify, prune, restore):
+    for command in (backup, listing, verify, prune, restore, fetch):
         choices = ("redis",) if command is restore else _COMPONENTS
         command.add_argument("component", choices=choices)
         command.add_argument("--config", required=True, type=Path, help="backup YAML file")
@@ -48,7 +55,7 @@ def add_backup_actions(actions: argparse._SubParsersAction[argparse.ArgumentPars
                              help="evidence goes to DIR/backups/ (default: the config's "
                              f"evidence_dir, else {DEFAULT_EVIDENCE_DIR})")
     for command, name in ((backup, "backup"), (listing, "list"), (verify, "verify"),
-                          (prune, "prune"), (restore, "test-restore")):
+                          (prune, "prune"), (restore, "test-restore"), (fetch, "fetch")):
         command.set_defaults(appstate_command=name)
 
 
@@ -103,6 +110,13 @@ async def _dispatch(config: BackupConfig, args: argparse.Namespace) -> int:
                f"{verb} {len(plan.delete)} backups and {len(plan.leftovers)} leftovers "
                f"({', '.join([*plan.delete, *plan.leftovers]) or 'none'}); "
                f"keep {len(plan.keep)}")
+        return EXIT_OK
+    if action == "fetch":
+        from agentaskit_dr.appstate.restore import fetch_object
+
+        target = await fetch_object(config, component, args.object_name, args.dest,
+                                    backup_id=args.backup_id, bucket=args.bucket)
+        _print(args, {"path": str(target)}, f"{args.object_name} -> {target}")
         return EXIT_OK
     from agentaskit_dr.appstate.restore import redis_restore_test
 

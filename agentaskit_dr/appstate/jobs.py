@@ -79,29 +79,34 @@ async def run_backup(config: BackupConfig, component: Component, collect: Collec
     backup_id = new_backup_id(started)
     job = f"appstate-{component}"
     log.info("appstate_backup_started", component=component, backup_id=backup_id)
-    async with _store(config) as store:
-        try:
-            with tempfile.TemporaryDirectory(prefix=f"appstate-{component}-") as tmp:
-                collected = await collect(store, keyring, backup_id, Path(tmp))
-            record = AppStateRecord(
-                component=component, backup_id=backup_id, started_at=started,
-                finished_at=time.time(), key_id=keyring.current_id,
-                objects=tuple(collected.objects), source=collected.source,
-                checks=collected.checks)
-            await write_record(store, keyring, record)
-        except Unchanged as exc:
-            result = JobResult(job, backup_id, started, "unchanged", str(exc))
-            if record_unchanged:
-                write_job(evidence_dir, result)
-            return result
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(_remove(store, component, backup_id))
-            write_job(evidence_dir, JobResult(job, backup_id, started, "failed",
-                                              str(exc) or type(exc).__name__))
-            log.warning("appstate_backup_failed", component=component, backup_id=backup_id,
-                        reason=str(exc) or type(exc).__name__)
-            raise
+    try:
+        async with _store(config) as store:
+            try:
+                with tempfile.TemporaryDirectory(prefix=f"appstate-{component}-") as tmp:
+                    collected = await collect(store, keyring, backup_id, Path(tmp))
+                record = AppStateRecord(
+                    component=component, backup_id=backup_id, started_at=started,
+                    finished_at=time.time(), key_id=keyring.current_id,
+                    objects=tuple(collected.objects), source=collected.source,
+                    checks=collected.checks)
+                await write_record(store, keyring, record)
+            except Unchanged:
+                raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(_remove(store, component, backup_id))
+                raise
+    except Unchanged as exc:
+        result = JobResult(job, backup_id, started, "unchanged", str(exc))
+        if record_unchanged:
+            write_job(evidence_dir, result)
+        return result
+    except BaseException as exc:
+        reason = str(exc) or type(exc).__name__
+        write_job(evidence_dir, JobResult(job, backup_id, started, "failed", reason))
+        log.warning("appstate_backup_failed", component=component, backup_id=backup_id,
+                    reason=reason)
+        raise
     result = JobResult(job, backup_id, started, "ok", f"{len(record.objects)} objects",
                        extra={**record.summary(), "checks": dict(record.checks),
                               "source": dict(record.source)})

@@ -19,7 +19,9 @@ from structlog.testing import capture_logs
 
 from agentaskit_dr.appstate import jobs
 from agentaskit_dr.appstate.components import collector, file_check
+from agentaskit_dr.appstate.restore import fetch_object
 from agentaskit_dr.appstate.vault import SNAPSHOT_PATH, VaultSnapshotError
+from agentaskit_dr.backup.store import BucketMissing
 from agentaskit_dr.sandbox.redis import free_port
 from tests.integration.appstate_harness import load
 from tests.integration.aws import (  # noqa: F401 - fixtures
@@ -197,3 +199,21 @@ async def test_https_vault_is_trusted_through_ca_file_and_refused_without_it(
         result = await jobs.run_backup(config, "vault", collector(config, "vault"),
                                        evidence_dir=tmp_path)
     assert result.outcome == "ok"
+
+
+async def test_fetch_gives_back_the_snapshot_byte_for_byte_and_a_missing_bucket_is_evidenced(
+        moto_server: str, vault: FakeVault, tmp_path: Path) -> None:
+    _, config = load(tmp_path, moto_server, secrets(vault, tmp_path))
+    with pytest.raises(BucketMissing):
+        await jobs.run_backup(config, "vault", collector(config, "vault"), evidence_dir=tmp_path)
+    [failed] = (tmp_path / "backups").glob("appstate-vault-*.json")
+    assert json.loads(failed.read_text())["outcome"] == "failed"
+
+    await create_buckets(moto_server)
+    await jobs.run_backup(config, "vault", collector(config, "vault"), evidence_dir=tmp_path)
+    target = await fetch_object(config, "vault", "vault.snap", tmp_path, bucket="replica")
+
+    assert target == tmp_path / "vault.snap"
+    assert target.read_bytes() == vault.body
+    with pytest.raises(ValueError, match=r"has no object 'dump\.rdb' \(it has vault\.snap\)"):
+        await fetch_object(config, "vault", "dump.rdb", tmp_path)
