@@ -304,3 +304,21 @@ async def test_redis_6_without_rdb_only_and_its_single_appendonly_aof(
     assert result.extra["source"]["aof_files"] == ["appendonly.aof"]
     assert result.extra["checks"] == {"dump.rdb": "OK, 1547 keys read", "aof": "OK"}
     assert restored.outcome == "ok", restored.detail
+
+
+async def test_an_acl_user_with_only_the_documented_permissions_can_back_up(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    redis.Redis(port=source.port).acl_setuser(
+        "backup", enabled=True, passwords=["+backup-pass"],
+        commands=["+sync", "+psync", "+replconf", "+info"])
+    (tmp_path / "pw").write_text("backup-pass")
+    url = f"redis://backup@127.0.0.1:{source.port}/0"
+    _, config = load(tmp_path, moto_server, {"redis": {
+        "method": "rdb+aof", "schedule": "0 * * * *", "retention": "7d", "url": url,
+        "password_file": "pw"}})
+
+    result = await jobs.run_backup(config, "redis", collector(config, "redis"),
+                                   evidence_dir=tmp_path)
+
+    assert result.extra["checks"]["dump.rdb"] == "OK, 1546 keys read"
