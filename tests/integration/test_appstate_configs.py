@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,17 @@ async def test_cli_defaults_to_the_yaml_files_beside_the_config_and_a_missing_pa
     assert sorted(Path(name).name for name in files) == ["backup.yaml", "watchdog.yaml"]
     listed = cli("list", "configs", "--json")
     assert [item["objects"] for item in json.loads(listed.stdout)] == [1]
+    verified = cli("verify", "configs")
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.endswith("verified (configs.tar.gz: OK, 2 files)\n")
+    pruned = cli("prune", "configs", "--dry-run")
+    assert pruned.stdout == "would delete 0 backups and 0 leftovers (none); keep 1\n"
+    fetched = cli("fetch", "configs", "--object", "configs.tar.gz", "--to", str(tmp_path))
+    assert fetched.returncode == 0, fetched.stderr
+    with tarfile.open(tmp_path / "configs.tar.gz") as tar:
+        member = tar.extractfile(str(tmp_path / "watchdog.yaml").lstrip("/"))
+        assert member is not None
+        assert member.read() == b"regions: {}\n"
 
     write_config(tmp_path, moto_server, {"configs": {
         "method": "git+s3", "schedule": "on-change", "retention": "365d",
