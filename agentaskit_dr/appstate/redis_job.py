@@ -141,6 +141,25 @@ async def restore_test(store: BackupStore, keyring: KeyRing, record: AppStateRec
             finally:
                 await restored.aclose()
                 await source.aclose()
-    return {"source_keyspace": source_keys, "restored_keyspace": restored_keys,
-            "sampled_keys": checked, "sample_differs": differ[:20],
-            "matches": restored_keys == source_keys and not differ}
+    figures: dict[str, Any] = {
+        "source_keyspace": source_keys, "restored_keyspace": restored_keys,
+        "sampled_keys": checked, "sample_differs": differ[:20],
+        "matches": restored_keys == source_keys and not differ}
+    aof = [item for item in record.objects if item.name.startswith(AOF_PREFIX)]
+    if aof:
+        figures["aof_restored_keyspace"] = await _load_aof(store, keyring, record, aof, workdir)
+    return figures
+
+
+async def _load_aof(store: BackupStore, keyring: KeyRing, record: AppStateRecord,
+                    aof: list[StoredObject], workdir: Path) -> dict[str, int]:
+    """Keys per database of a scratch server started from the AOF copy alone (Redis 7's
+    ``appendonlydir``, or a single ``appendonly.aof`` that it upgrades on load)."""
+    root = workdir / "from-aof"
+    multi = any(item.name.endswith(".manifest") for item in aof)
+    folder = root / "appendonlydir" if multi else root
+    folder.mkdir(parents=True)
+    for item in aof:
+        await download(store, keyring, record, item, folder / item.name.removeprefix(AOF_PREFIX))
+    async with ScratchRedis(root, aof=True) as scratch:
+        return await keyspace(f"redis://127.0.0.1:{scratch.port}/0", None)

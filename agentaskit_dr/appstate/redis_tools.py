@@ -82,10 +82,11 @@ async def check_aof(path: Path, workdir: Path, *, name: str) -> str:
 
 class ScratchRedis:
     """A ``redis-server`` on a free loopback port that loads ``dump.rdb`` from ``directory``
-    and saves nothing; ``async with``."""
+    (or, with ``aof``, the AOF files there) and saves nothing; ``async with``."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, aof: bool = False) -> None:
         self.directory = directory
+        self.aof = aof
         self.port = free_port()
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -93,7 +94,8 @@ class ScratchRedis:
         self._proc = await asyncio.create_subprocess_exec(
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--dbfilename", "dump.rdb", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+            "--appendonly", "yes" if self.aof else "no", "--appendfsync", "no",
+            "--auto-aof-rewrite-percentage", "0", "--daemonize", "no", "--loglevel", "warning",
             "--logfile", str(self.directory / "redis.log"),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)

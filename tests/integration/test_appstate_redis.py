@@ -132,6 +132,8 @@ async def test_aof_files_of_appendonlydir_are_copied_and_checked(
     assert result.extra["checks"]["aof"] == "OK"
     verified = await jobs.verify(config, "redis", file_check("redis"), evidence_dir=tmp_path)
     assert verified.extra["checks"]["aof"] == "OK"
+    restored = await redis_restore_test(config, evidence_dir=tmp_path)
+    assert restored.extra["aof_restored_keyspace"] == {"db0": 1504, "db3": 43}
 
 
 async def test_restore_test_loads_the_rdb_into_a_scratch_server_and_matches_the_source(
@@ -304,6 +306,7 @@ async def test_redis_6_without_rdb_only_and_its_single_appendonly_aof(
     assert result.extra["source"]["aof_files"] == ["appendonly.aof"]
     assert result.extra["checks"] == {"dump.rdb": "OK, 1547 keys read", "aof": "OK"}
     assert restored.outcome == "ok", restored.detail
+    assert restored.extra["aof_restored_keyspace"] == {"db0": 1504, "db3": 43}
 
 
 async def test_an_acl_user_with_only_the_documented_permissions_can_back_up(
