@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
@@ -54,6 +55,24 @@ async def buckets(endpoint: str) -> None:
             await client.create_bucket(Bucket=name)
 
 
+async def fetch_and_encrypt(url: str, tee: Path) -> float:
+    """Our side alone: the RDB over replication, encrypted, teed to disk; no S3."""
+    from agentaskit_dr.appstate.redis_sync import open_rdb_stream
+    from agentaskit_dr.backup.crypto import KeyRing, encrypt_stream
+
+    keyring = KeyRing("k1", {"k1": bytes(32)})
+    start = time.perf_counter()
+    stream = await open_rdb_stream(url)
+    with tee.open("wb") as out:
+        async def teed() -> AsyncIterator[bytes]:
+            async for data in stream.chunks():
+                await asyncio.to_thread(out.write, data)
+                yield data
+        async for _ in encrypt_stream(keyring, "bench", teed()):
+            pass
+    return time.perf_counter() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=256, help="data set size in MiB")
@@ -75,6 +94,7 @@ def main() -> int:
                             str(base / "floor.rdb")], check=True, capture_output=True)
             floor = time.perf_counter() - floor
             size = (base / "floor.rdb").stat().st_size
+            ours = asyncio.run(fetch_and_encrypt(server.url, base / "ours.rdb"))
             path = base / "backup.yaml"
             path.write_text(yaml.safe_dump({
                 "storage": {"primary": {"url": "s3://agentaskit-backups-primary"},
@@ -96,6 +116,8 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     print(f"keys {keys}, RDB {size / 2**20:.0f} MiB")
     print(f"redis-cli --rdb to local disk: {floor:.2f} s ({size / 2**20 / floor:.0f} MiB/s)")
+    print(f"RDB over replication + encrypt + local copy, no S3: {ours:.2f} s "
+          f"({size / 2**20 / ours:.0f} MiB/s)")
     print(f"appstate backup redis (encrypt, 2 buckets, check): {took:.2f} s "
           f"({size / 2**20 / took:.0f} MiB/s), {took / floor:.1f} x the floor")
     print(f"peak RSS {rss / 1024:.0f} MiB (before the backup {rss_before / 1024:.0f} MiB)")
