@@ -94,7 +94,7 @@ async def run_backup(config: BackupConfig, component: Component, collect: Collec
                 raise
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(_remove(store, component, backup_id))
+                    await asyncio.shield(_remove(store, component, backup_id, tolerant=True))
                 raise
     except Unchanged as exc:
         result = JobResult(job, backup_id, started, "unchanged", str(exc))
@@ -116,14 +116,26 @@ async def run_backup(config: BackupConfig, component: Component, collect: Collec
     return result
 
 
-async def _remove(store: BackupStore, component: Component, backup_id: str) -> None:
+async def _remove(store: BackupStore, component: Component, backup_id: str, *,
+                  tolerant: bool = False) -> None:
+    """Delete a backup from each bucket, its record first (so what a crash leaves behind
+    is a leftover, never a good backup with objects missing). ``tolerant``: a bucket that
+    fails is logged and the other one still cleaned (cleanup after a failed job)."""
+    from agentaskit_dr.backup.store import StoreError
+
     prefix = object_key(component, backup_id, "")
-    await store.delete([object_key(component, backup_id, RECORD_NAME)])
     both: tuple[Which, ...] = ("primary", "replica")  # the replica too under S3 replication
     for which in both:
-        keys = [info.key for info in await store.list(prefix, bucket=which)]
-        if keys:
-            await store.delete(keys, bucket=which)
+        try:
+            await store.delete([object_key(component, backup_id, RECORD_NAME)], bucket=which)
+            keys = [info.key for info in await store.list(prefix, bucket=which)]
+            if keys:
+                await store.delete(keys, bucket=which)
+        except StoreError as exc:
+            if not tolerant:
+                raise
+            log.warning("appstate_cleanup_failed", component=component, backup_id=backup_id,
+                        bucket=which, reason=str(exc))
 
 
 async def list_backups(config: BackupConfig, component: Component, *,

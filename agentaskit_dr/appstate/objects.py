@@ -67,6 +67,10 @@ async def upload(store: BackupStore, keyring: KeyRing, key: str, name: str,
     finally:
         if local is not None:
             local.close()
+        # A failed upload leaves the source half read: close it (the Redis socket) now.
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
     assert info.sha256 is not None  # put_stream always knows it
     return StoredObject(name=name, size=info.size, sha256=info.sha256, plain_size=size,
                         plain_sha256=plain.hexdigest())

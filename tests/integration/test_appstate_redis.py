@@ -23,6 +23,7 @@ from agentaskit_dr.appstate.record import object_key
 from agentaskit_dr.appstate.redis_sync import RedisSyncError
 from agentaskit_dr.appstate.redis_tools import RedisCheckFailed
 from agentaskit_dr.appstate.restore import redis_restore_test
+from agentaskit_dr.backup.store import BucketMissing
 from agentaskit_dr.sandbox.redis import RedisServer, free_port
 from tests.integration.appstate_harness import load, write_config
 from tests.integration.aws import (  # noqa: F401 - fixtures
@@ -325,3 +326,16 @@ async def test_an_acl_user_with_only_the_documented_permissions_can_back_up(
                                    evidence_dir=tmp_path)
 
     assert result.extra["checks"]["dump.rdb"] == "OK, 1546 keys read"
+
+
+async def test_a_missing_replica_bucket_fails_the_backup_and_leaves_the_primary_clean(
+        moto_server: str, source: RedisServer, tmp_path: Path) -> None:
+    await create_buckets(moto_server, PRIMARY)
+    _, config = load(tmp_path, moto_server, state(source))
+
+    with pytest.raises(BucketMissing, match=REPLICA):
+        await jobs.run_backup(config, "redis", collector(config, "redis"),
+                              evidence_dir=tmp_path)
+
+    assert await keys_in(moto_server, PRIMARY, "appstate/") == []
+    assert redis.Redis(port=source.port).info("replication")["connected_slaves"] == 0
