@@ -50,12 +50,14 @@ def config_paths(settings: ConfigsStateBackup, config_file: Path | None) -> list
     return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def gather(paths: list[Path]) -> dict[Path, str]:
-    """Every file under ``paths`` (``.git`` skipped) and its SHA-256."""
+def gather(paths: list[Path], skip: Path | None = None) -> dict[Path, str]:
+    """Every file under ``paths`` and its SHA-256; ``.git`` directories and ``skip`` (our
+    own repository, when it sits inside a watched directory) are left out."""
     files: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
-            found = [p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
+            found = [p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts
+                     and (skip is None or skip not in p.parents)]
         elif path.is_file():
             found = [path]
         else:
@@ -149,7 +151,7 @@ async def collect_configs(store: BackupStore, keyring: KeyRing, backup_id: str, 
                           *, settings: ConfigsStateBackup, config_file: Path | None) -> Collected:
     """Back up the config files if their content changed since the newest backup."""
     paths = config_paths(settings, config_file)
-    files = await asyncio.to_thread(gather, paths)
+    files = await asyncio.to_thread(gather, paths, settings.git_dir.absolute())
     digest = content_hash(files)
     records = (await read_catalog(store, keyring, "configs")).records
     if records and records[-1].source.get("content_sha256") == digest:

@@ -46,7 +46,7 @@ async def test_a_change_is_committed_and_archived_and_no_change_makes_no_backup(
     (etc / "conf.d").mkdir(parents=True)
     (etc / "watchdog.yaml").write_text("regions: {}\n")
     (etc / "conf.d" / "extra.yaml").write_text("a: 1\n")
-    repo = tmp_path / "configs-git"
+    repo = etc / "configs-git"  # inside the watched directory: never backed up itself
     _, config = load(tmp_path, moto_server, configs([etc], repo))
 
     first = await jobs.run_backup(config, "configs", collector(config, "configs"),
