@@ -33,6 +33,8 @@ def add_backup_actions(actions: argparse._SubParsersAction[argparse.ArgumentPars
     listing.add_argument("--bucket", choices=("primary", "replica"), default="primary")
     verify = actions.add_parser("verify", help="check the newest (or --id) backup in both "
                                 "buckets: checksums, authentication, the component's checks")
+    verify.add_argument("--all", dest="every", action="store_true",
+                        help="every retained backup, not only the newest")
     prune = actions.add_parser("prune", help="delete what the retention allows")
     prune.add_argument("--dry-run", action="store_true", help="show it, delete nothing")
     restore = actions.add_parser("test-restore", help="redis: load the newest (or --id) RDB "
@@ -97,9 +99,11 @@ async def _dispatch(config: BackupConfig, args: argparse.Namespace) -> int:
         return EXIT_OK
     if action == "verify":
         result = await jobs.verify(config, component, components.file_check(component),
-                                   evidence_dir=where, backup_id=args.backup_id)
-        _print(args, result.to_json(), f"{component} backup {result.backup_id}: verified "
-               f"({'; '.join(f'{k}: {v}' for k, v in result.extra['checks'].items())})")
+                                   evidence_dir=where, backup_id=args.backup_id,
+                                   every=args.every)
+        checks = "; ".join(f"{k}: {v}" for k, v in result.extra["checks"].items())
+        _print(args, result.to_json(), f"{component}: {result.detail} verified "
+               f"(newest {result.backup_id}: {checks or 'no backups'})")
         return EXIT_OK
     if action == "prune":
         plan = await jobs.prune(config, component, components.retention(config, component),

@@ -185,22 +185,40 @@ async def verify_record(store: BackupStore, keyring: KeyRing, record: AppStateRe
 
 
 async def verify(config: BackupConfig, component: Component, check: FileCheck, *,
-                 evidence_dir: Path, backup_id: str | None = None) -> JobResult:
-    """``appstate verify``: the newest (or the named) backup, in both buckets."""
+                 evidence_dir: Path, backup_id: str | None = None,
+                 every: bool = False) -> JobResult:
+    """``appstate verify``: the newest (or the named, or ``every`` retained) backup, in
+    both buckets; the first bad one fails the job naming its object."""
     keyring = KeyRing.from_config(config.encryption)
     started = time.time()
     job = f"appstate-{component}-verify"
     async with _store(config) as store:
-        record = await latest(store, keyring, component, backup_id)
-        try:
-            with tempfile.TemporaryDirectory(prefix=f"appstate-verify-{component}-") as tmp:
-                checks = await verify_record(store, keyring, record, check, Path(tmp))
-        except Exception as exc:
-            write_job(evidence_dir, JobResult(job, record.backup_id, started, "failed",
-                                              str(exc)))
-            raise
-    result = JobResult(job, record.backup_id, started, "ok", "both buckets, every object",
-                       extra={"checks": checks, **record.summary()})
+        if every:
+            catalog = await read_catalog(store, keyring, component)
+            if catalog.unreadable:
+                first = next(iter(catalog.unreadable.values()))
+                write_job(evidence_dir, JobResult(job, new_backup_id(started), started,
+                                                  "failed", first))
+                raise AppStateDamaged(first)
+            records = catalog.records
+        else:
+            records = [await latest(store, keyring, component, backup_id)]
+        checks: dict[str, dict[str, str]] = {}
+        for record in records:
+            try:
+                with tempfile.TemporaryDirectory(prefix=f"appstate-verify-{component}-") as tmp:
+                    checks[record.backup_id] = await verify_record(store, keyring, record,
+                                                                   check, Path(tmp))
+            except Exception as exc:
+                write_job(evidence_dir, JobResult(job, record.backup_id, started, "failed",
+                                                  str(exc)))
+                raise
+    newest = records[-1] if records else None
+    result = JobResult(
+        job, newest.backup_id if newest else new_backup_id(started), started, "ok",
+        f"{len(records)} backups, both buckets, every object",
+        extra={"checks": checks[newest.backup_id] if newest else {},
+               "verified": list(checks), **(newest.summary() if newest else {})})
     write_job(evidence_dir, result)
     return result
 

@@ -70,6 +70,10 @@ async def test_a_change_is_committed_and_archived_and_no_change_makes_no_backup(
     verified = await jobs.verify(config, "configs", file_check("configs"),
                                  evidence_dir=tmp_path)
     assert verified.extra["checks"] == {"configs.tar.gz": "OK, 2 files"}
+    assert verified.extra["verified"] == [changed.backup_id]
+    every = await jobs.verify(config, "configs", file_check("configs"),
+                              evidence_dir=tmp_path, every=True)
+    assert every.extra["verified"] == [first.backup_id, changed.backup_id]
 
 
 async def test_a_clean_checkout_is_recorded_by_its_head_and_a_dirty_one_is_committed(
@@ -121,7 +125,9 @@ async def test_cli_defaults_to_the_yaml_files_beside_the_config_and_a_missing_pa
     assert [item["objects"] for item in json.loads(listed.stdout)] == [1]
     verified = cli("verify", "configs")
     assert verified.returncode == 0, verified.stderr
-    assert verified.stdout.endswith("verified (configs.tar.gz: OK, 2 files)\n")
+    assert verified.stdout.startswith(
+        "configs: 1 backups, both buckets, every object verified (newest ")
+    assert verified.stdout.endswith(": configs.tar.gz: OK, 2 files)\n")
     pruned = cli("prune", "configs", "--dry-run")
     assert pruned.stdout == "would delete 0 backups and 0 leftovers (none); keep 1\n"
     fetched = cli("fetch", "configs", "--object", "configs.tar.gz", "--to", str(tmp_path))
