@@ -1,4 +1,9 @@
-"""``appstate check-s3 --config BACKUP.yaml [--json]``: the plan's "S3 objects" row.
+"""The ``appstate`` command group: application state besides PostgreSQL.
+
+``appstate backup|list|verify|prune|fetch REDIS|VAULT|CONFIGS`` and ``appstate test-restore
+redis`` live in :mod:`agentaskit_dr.appstate.command` (docs/appstate.md).
+
+``appstate check-s3 --config BACKUP.yaml [--json]``: the plan's "S3 objects" row.
 
 Exit 0: versioning, replication rule, lifecycle rule and canary all fine; 1: something
 is missing or the canary stalled (each problem named on stderr); 2: bad input.
@@ -36,10 +41,22 @@ def add_appstate_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     """Add the ``appstate`` group (application state besides PostgreSQL)."""
     group = sub.add_parser("appstate", help="application state besides PostgreSQL")
     actions = group.add_subparsers(dest="appstate_action", required=True, metavar="ACTION")
+    from agentaskit_dr.appstate.command import add_backup_actions
+
     add_check_s3(actions)
+    add_backup_actions(actions)
 
 
 def run_appstate_command(args: argparse.Namespace) -> int:
+    """Run the chosen action."""
+    if getattr(args, "appstate_command", None) == "check-s3":
+        return _run_check_s3(args)
+    from agentaskit_dr.appstate.command import run_backup_action
+
+    return run_backup_action(args)
+
+
+def _run_check_s3(args: argparse.Namespace) -> int:
     """Run ``check-s3``; problems are named, one line each."""
     from agentaskit_dr import logs
     from agentaskit_dr.backup.s3_replication import buckets_from, check_s3_replication

@@ -16,6 +16,11 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, Field, PrivateAttr, SecretBytes, model_validator
 from pydantic_core import PydanticCustomError
 
+from agentaskit_dr.config._appstate import (
+    ConfigsStateSource,
+    RedisStateSource,
+    SecretsStateSource,
+)
 from agentaskit_dr.config._base import (
     ConfigModel,
     ConfigPath,
@@ -338,6 +343,18 @@ class StateBackup(ConfigModel):
     retention: PositiveDuration
 
 
+class RedisStateBackup(StateBackup, RedisStateSource):
+    """Redis: the RDB over the replication protocol, plus the AOF files beside it."""
+
+
+class ConfigsStateBackup(StateBackup, ConfigsStateSource):
+    """Config files: a git commit and an encrypted archive on each change."""
+
+
+class SecretsStateBackup(StateBackup, SecretsStateSource):
+    """Vault: a raft snapshot, checked against its own SHA256SUMS."""
+
+
 #: The method each application state item is backed up with.
 _STATE_METHODS: dict[str, StateMethod] = {
     "redis": "rdb+aof",
@@ -350,19 +367,19 @@ _STATE_METHODS: dict[str, StateMethod] = {
 class ApplicationStateConfig(ConfigModel):
     """Application state besides PostgreSQL (which has its own section)."""
 
-    redis: StateBackup = Field(
-        default_factory=lambda: StateBackup(
+    redis: RedisStateBackup = Field(
+        default_factory=lambda: RedisStateBackup(
             method="rdb+aof", schedule="0 * * * *", retention=7 * DAY
         )
     )
     s3_objects: S3ObjectsBackup = Field(default_factory=S3ObjectsBackup)
-    configs: StateBackup = Field(
-        default_factory=lambda: StateBackup(
+    configs: ConfigsStateBackup = Field(
+        default_factory=lambda: ConfigsStateBackup(
             method="git+s3", schedule="on-change", retention=365 * DAY
         )
     )
-    secrets: StateBackup = Field(
-        default_factory=lambda: StateBackup(
+    secrets: SecretsStateBackup = Field(
+        default_factory=lambda: SecretsStateBackup(
             method="vault-snapshot", schedule="0 3 * * *", retention=30 * DAY
         )
     )

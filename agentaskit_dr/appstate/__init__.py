@@ -1,0 +1,1 @@
+"""Application-state backups besides PostgreSQL: Redis, config files, Vault (docs/appstate.md)."""
