@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -107,7 +108,8 @@ def test_probes_use_routes_the_api_serves(overlay: tuple[str, list[Object]]) -> 
     main = container(objects)
     assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    app = build_app(object(), metrics=Metrics(clock=lambda: 0.0),  # type: ignore[arg-type]
+    controller = SimpleNamespace(status=dict)  # routes only: nothing is called
+    app = build_app(controller, metrics=Metrics(clock=lambda: 0.0),  # type: ignore[arg-type]
                     token_file=None)
     routes = {(route.method, route.resource.canonical) for route in app.router.routes()
               if route.resource is not None}
