@@ -20,6 +20,7 @@ from agentaskit_dr.config._backup import (
     VerifyBackupConfig,
     WalArchiving,
 )
+from agentaskit_dr.config._backup_source import PostgresSource, RestoreTarget
 from agentaskit_dr.config._base import redact_url
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
@@ -74,6 +75,8 @@ __all__ = [
     "WatchdogConfig",
     "format_duration",
     "load_backup_config",
+    "PostgresSource",
+    "RestoreTarget",
     "load_config",
     "looks_like_backup",
     "parse_duration",

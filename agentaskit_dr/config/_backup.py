@@ -29,6 +29,11 @@ from agentaskit_dr.config._base import (
     resolve_secret,
     secret_source_problems,
 )
+from agentaskit_dr.config._backup_source import (
+    PostgresSource,
+    RestoreTarget,
+    production_target_problems,
+)
 
 DAY = 86400.0
 
@@ -155,7 +160,7 @@ class WalArchiving(ConfigModel):
     retention: PositiveDuration = 1 * DAY
 
 
-class PostgresBackupConfig(ConfigModel):
+class PostgresBackupConfig(PostgresSource):
     """PostgreSQL: full base backups, incrementals on top of them, and WAL."""
 
     full: ScheduledBackup = Field(
@@ -361,6 +366,15 @@ class BackupConfig(ConfigModel):
     encryption: EncryptionConfig
     application_state: ApplicationStateConfig = Field(default_factory=ApplicationStateConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
+    restore_targets: dict[NonBlank, RestoreTarget] = Field(default_factory=dict)
+    """Scratch places ``test-restore --target NAME`` may restore into."""
+
+    @model_validator(mode="after")
+    def _restore_targets_are_not_production(self) -> Self:
+        problems = production_target_problems(list(self.restore_targets))
+        if problems:
+            raise problems_error(problems)
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dict for logs and status; the key itself is never in it."""
