@@ -1,1 +1,4 @@
-"""PostgreSQL backups: encrypted base backups and WAL archive in two S3 buckets."""
+"""PostgreSQL backups: encryption, the two-bucket store, the WAL archive (docs/backups.md).
+
+Submodules are imported on demand: ``wal-push`` must start without loading the AWS SDK.
+"""
