@@ -417,6 +417,8 @@ class BackupConfig(ConfigModel):
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     restore_targets: dict[NonBlank, RestoreTarget] = Field(default_factory=dict)
     """Scratch places ``test-restore --target NAME`` may restore into."""
+    evidence_dir: ConfigPath = Path("/var/lib/agentaskit-dr/evidence")
+    """Evidence of each backup job goes to ``<evidence_dir>/backups/``."""
 
     @model_validator(mode="after")
     def _restore_targets_are_not_production(self) -> Self:
