@@ -90,7 +90,7 @@ def latest_timeline(histories: Mapping[int, str], from_timeline: int) -> int:
     return best
 
 
-def missing_segments(
+def needed_segments(
     names: Iterable[str],
     histories: Mapping[int, str],
     *,
@@ -98,12 +98,12 @@ def missing_segments(
     start_lsn: int,
     end_lsn: int | None,
     segment_size: int,
-) -> list[WalGap]:
-    """Gaps in the WAL a recovery needs from ``start_lsn`` on ``timeline``.
+) -> list[tuple[str, bool]]:
+    """The segments a recovery from ``start_lsn`` on ``timeline`` reads, in order, each
+    with whether the archive holds it.
 
     Up to ``end_lsn`` (inclusive of its segment), or with None to the newest segment
-    archived on the newest timeline descending from ``timeline``. A missing history file
-    of a timeline seen in the archive shows up as that timeline's segments being unused.
+    archived on the newest timeline descending from ``timeline``.
     """
     target = latest_timeline(histories, timeline)
     ancestry = (
@@ -121,16 +121,35 @@ def missing_segments(
     else:
         last = max(present.get(target, {first}) | {first})
     begins = [(segment_number(b.begin_lsn, segment_size), b.timeline) for b in ancestry]
+    needed = []
+    for segno in range(first, last + 1):
+        tli = max((t for begin, t in begins if begin <= segno and t >= timeline),
+                  default=timeline)
+        needed.append((segment_name(tli, segno, segment_size), segno in present.get(tli, ())))
+    return needed
+
+
+def missing_segments(
+    names: Iterable[str],
+    histories: Mapping[int, str],
+    *,
+    timeline: int,
+    start_lsn: int,
+    end_lsn: int | None,
+    segment_size: int,
+) -> list[WalGap]:
+    """Gaps in the WAL a recovery needs (see :func:`needed_segments`)."""
     gaps: list[WalGap] = []
     run: list[str] = []
-    for segno in range(first, last + 1):
-        tli = max((t for begin, t in begins if begin <= segno and t >= timeline), default=timeline)
-        if segno in present.get(tli, ()):
+    for name, held in needed_segments(names, histories, timeline=timeline,
+                                      start_lsn=start_lsn, end_lsn=end_lsn,
+                                      segment_size=segment_size):
+        if held:
             if run:
                 gaps.append(WalGap(run[0], run[-1], len(run)))
                 run = []
             continue
-        run.append(segment_name(tli, segno, segment_size))
+        run.append(name)
     if run:
         gaps.append(WalGap(run[0], run[-1], len(run)))
     return gaps
