@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 _JOBS = {"run": "run", "list": "list_backups", "prune": "prune",
-         "verify-backup": "verify_backup", "test-restore": "test_restore"}
+         "verify-backup": "verify_backup", "test-restore": "restore_test"}
 
 
 def add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

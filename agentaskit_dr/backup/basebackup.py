@@ -75,28 +75,11 @@ async def stream_basebackup(
     last chunk (so an upload of a failed backup is never completed as if it were whole).
     """
     argv = basebackup_argv(source, label=label, incremental_from=incremental_from)
-    if shutil.which("zstd") is None:
-        raise BackupSourceError("the zstd command is not installed (apt-get install zstd)")
-    tar_out, zstd_in = os.pipe()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=zstd_in,
-            stderr=asyncio.subprocess.PIPE, env=client_env(source),
-        )
-    finally:
-        os.close(zstd_in)
-    try:
-        zstd = await asyncio.create_subprocess_exec(
-            *ZSTD_ARGV, stdin=tar_out, stdout=asyncio.subprocess.PIPE, limit=READ_SIZE)
-    finally:
-        os.close(tar_out)
-    side = await asyncio.create_subprocess_exec(
-        "tar", "--zstd", "-xOf", "-", "backup_manifest",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert zstd.stdout is not None and proc.stderr is not None
-    assert side.stdin is not None and side.stdout is not None
+    proc, zstd, side = await _spawn(source, argv)
+    assert zstd.stdout is not None
+    assert proc.stderr is not None
+    assert side.stdin is not None
+    assert side.stdout is not None
     stderr_task = asyncio.ensure_future(proc.stderr.read())
     manifest_task = asyncio.ensure_future(side.stdout.read())
     feeding = True
@@ -140,3 +123,29 @@ async def stream_basebackup(
         for task in (stderr_task, manifest_task):
             task.cancel()
         await asyncio.gather(stderr_task, manifest_task, return_exceptions=True)
+
+
+async def _spawn(source: PostgresSource, argv: list[str]) -> tuple[
+        asyncio.subprocess.Process, asyncio.subprocess.Process, asyncio.subprocess.Process]:
+    """pg_basebackup | zstd (an OS pipe between them), and the side tar for the manifest."""
+    if shutil.which("zstd") is None:
+        raise BackupSourceError("the zstd command is not installed (apt-get install zstd)")
+    tar_out, zstd_in = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=zstd_in,
+            stderr=asyncio.subprocess.PIPE, env=client_env(source),
+        )
+    finally:
+        os.close(zstd_in)
+    try:
+        zstd = await asyncio.create_subprocess_exec(
+            *ZSTD_ARGV, stdin=tar_out, stdout=asyncio.subprocess.PIPE, limit=READ_SIZE)
+    finally:
+        os.close(tar_out)
+    side = await asyncio.create_subprocess_exec(
+        "tar", "--zstd", "-xOf", "-", "backup_manifest",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return proc, zstd, side

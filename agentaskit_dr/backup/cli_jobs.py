@@ -29,7 +29,7 @@ def _stamp(at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
 
 
-def _evidence(config: BackupConfig, job: str, run_id: str, started: float, outcome: str,
+def _evidence(config: BackupConfig, job: str, run_id: str, started: float, *, outcome: str,
               reason: str, detail: str, extra: dict[str, Any]) -> None:
     write_job_evidence(config.evidence_dir, job_evidence(
         job=job, run_id=run_id, started_at=started, finished_at=time.time(),
@@ -57,12 +57,14 @@ async def run(config: BackupConfig, args: argparse.Namespace) -> int:
         except Exception as exc:
             _evidence(config, f"backup-{args.kind}", f"backup-{args.kind}-"
                       f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}", started,
-                      "failed", f"backup run --kind {args.kind}", str(exc), {})
+                      outcome="failed", reason=f"backup run --kind {args.kind}",
+                      detail=str(exc), extra={})
             raise
     row = record_row(record) | {"reason": decision.reason,
                                 "seconds": round(record.stopped_at - record.started_at, 3)}
-    _evidence(config, f"backup-{record.kind}", f"backup-{record.backup_id}", started, "ok",
-              decision.reason, f"backup {record.backup_id} written", row)
+    _evidence(config, f"backup-{record.kind}", f"backup-{record.backup_id}", started,
+              outcome="ok", reason=decision.reason,
+              detail=f"backup {record.backup_id} written", extra=row)
     if args.json:
         print(json.dumps(row, indent=2))
     else:
@@ -118,7 +120,7 @@ async def prune(config: BackupConfig, args: argparse.Namespace) -> int:
               "kept": plan.kept}
     if not args.dry_run:
         _evidence(config, "backup-prune", f"prune-{time.strftime('%Y%m%dT%H%M%SZ')}",
-                  started, "ok", "retention", "pruned", answer)
+                  started, outcome="ok", reason="retention", detail="pruned", extra=answer)
     if args.json:
         print(json.dumps(answer, indent=2))
         return EXIT_OK
@@ -142,8 +144,9 @@ async def verify_backup(config: BackupConfig, args: argparse.Namespace) -> int:
         report = await verify_backups(config, list_wal=list_wal, on_bytes=on_bytes)
     outcome = "ok" if report.ok else "failed"
     _evidence(config, "verify-backup", f"verify-{time.strftime('%Y%m%dT%H%M%SZ')}", started,
-              outcome, "verify-backup", report.problems[0] if report.problems else "all good",
-              report.as_json())
+              outcome=outcome, reason="verify-backup",
+              detail=report.problems[0] if report.problems else "all good",
+              extra=report.as_json())
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -155,9 +158,9 @@ async def verify_backup(config: BackupConfig, args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-async def test_restore(config: BackupConfig, args: argparse.Namespace) -> int:
+async def restore_test(config: BackupConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.backup.restore import RestoreReport
-    from agentaskit_dr.backup.restore import test_restore as run_restore
+    from agentaskit_dr.backup.restore import run_restore_test as run_restore
     from agentaskit_dr.backup.wal_listing import stage_wal
     from agentaskit_dr.backup_command import parse_target
 
@@ -172,13 +175,14 @@ async def test_restore(config: BackupConfig, args: argparse.Namespace) -> int:
     except Exception as exc:
         failed = RestoreReport(target=args.target, to_time=to_time, to_lsn=to_lsn,
                                started_at=started, problems=[str(exc)])
-        _evidence(config, "test-restore", run_id, started, "failed", f"--target {args.target}",
-                  str(exc), failed.as_json())
+        _evidence(config, "test-restore", run_id, started, outcome="failed",
+                  reason=f"--target {args.target}", detail=str(exc), extra=failed.as_json())
         raise
     outcome = "ok" if report.ok else "failed"
-    _evidence(config, "test-restore", run_id, started, outcome, f"--target {args.target}",
-              report.problems[0] if report.problems else "restored and checked",
-              report.as_json())
+    _evidence(config, "test-restore", run_id, started, outcome=outcome,
+              reason=f"--target {args.target}",
+              detail=report.problems[0] if report.problems else "restored and checked",
+              extra=report.as_json())
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

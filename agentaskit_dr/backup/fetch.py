@@ -78,7 +78,8 @@ async def fetch_base(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         **_server_process_options(home),
     )
-    assert untar.stdin is not None and untar.stderr is not None
+    assert untar.stdin is not None
+    assert untar.stderr is not None
     errors = asyncio.ensure_future(untar.stderr.read())
     try:
         plain = decrypt_stream(keyring, key, checked_stream(

@@ -109,16 +109,18 @@ class BackupRecord:
     def from_json(cls, raw: bytes) -> BackupRecord:
         try:
             data = json.loads(raw)
-            if data.get("format") != RECORD_FORMAT:
-                raise RecordError(f"record format {data.get('format')!r} is not {RECORD_FORMAT}")
-            if data.get("kind") not in KINDS:
-                raise RecordError(f"unknown backup kind {data.get('kind')!r}")
+            fmt, kind = data.get("format"), data.get("kind")
             objects = tuple(StoredObject(**item) for item in data.pop("objects"))
             chain = tuple(data.pop("chain"))
-            return cls(objects=objects, chain=chain, **data)
-        except RecordError:
-            raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise RecordError(f"not a backup record: {exc}") from None
+        if fmt != RECORD_FORMAT:
+            raise RecordError(f"record format {fmt!r} is not {RECORD_FORMAT}")
+        if kind not in KINDS:
+            raise RecordError(f"unknown backup kind {kind!r}")
+        try:
+            return cls(objects=objects, chain=chain, **data)
+        except TypeError as exc:
             raise RecordError(f"not a backup record: {exc}") from None
 
     def object(self, name: str) -> StoredObject:

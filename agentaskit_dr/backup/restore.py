@@ -99,7 +99,7 @@ def choose_backup(catalog: Catalog, *, to_time: float | None, to_lsn: str | None
     return found[-1]
 
 
-async def test_restore(
+async def run_restore_test(
     config: BackupConfig, target_name: str, *, to_time: float | None = None,
     to_lsn: str | None = None, keep: bool = False, stage_wal: WalStager | None = None,
     on_bytes: Callable[[int], None] | None = None,
@@ -135,8 +135,8 @@ async def test_restore(
                 if on_bytes is not None:
                     on_bytes(n)
 
-            datadir = await _fetch_chain(config, store, keyring, [c for c in chain if c],
-                                         root, count)
+            datadir = await _fetch_chain(config, store, keyring,
+                                         chain=[c for c in chain if c], root=root, on_bytes=count)
             wal_dir: Path | None = None
             if stage_wal is not None:
                 wal_dir = server_dir(root / "wal")
@@ -150,17 +150,7 @@ async def test_restore(
         server = PostgresServer(f"restore-{target_name}", datadir,
                                 tool(config.postgresql, "postgres").parent, root / "home",
                                 port=target.port)
-        recovery_began = time.monotonic()
-        await asyncio.to_thread(server.start, START_TIMEOUT)
-        await _wait_promoted(server, _source_user(config))
-        report.recovery_seconds = round(time.monotonic() - recovery_began, 3)
-        report.restore_seconds = round(time.monotonic() - began, 3)
-        checks = await check_restored(target.port, _source_user(config))
-        report.relations_checked, report.corruption = checks.relations_checked, checks.corruption
-        report.tables, report.problems = checks.tables, checks.problems
-        report.recovered_to_lsn = checks.recovered_to_lsn or record.stop_lsn
-        report.recovered_to_time = checks.recovered_to_time or record.stopped_at
-        report.rpo_seconds = round(report.started_at - report.recovered_to_time, 3)
+        await _start_and_check(server, _source_user(config), record, report, began)
     finally:
         if server is not None:
             await asyncio.to_thread(server.stop)
@@ -172,13 +162,28 @@ async def test_restore(
     return report
 
 
+async def _start_and_check(server: PostgresServer, user: str, record: BackupRecord,
+                           report: RestoreReport, began: float) -> None:
+    recovery_began = time.monotonic()
+    await asyncio.to_thread(server.start, START_TIMEOUT)
+    await _wait_promoted(server, user)
+    report.recovery_seconds = round(time.monotonic() - recovery_began, 3)
+    report.restore_seconds = round(time.monotonic() - began, 3)
+    checks = await check_restored(server.port, user)
+    report.relations_checked, report.corruption = checks.relations_checked, checks.corruption
+    report.tables, report.problems = checks.tables, checks.problems
+    report.recovered_to_lsn = checks.recovered_to_lsn or record.stop_lsn
+    report.recovered_to_time = checks.recovered_to_time or record.stopped_at
+    report.rpo_seconds = round(report.started_at - report.recovered_to_time, 3)
+
+
 def _source_user(config: BackupConfig) -> str:
     from urllib.parse import urlsplit
 
     return urlsplit(config.postgresql.dsn or "").username or "postgres"
 
 
-async def _fetch_chain(config: BackupConfig, store: BackupStore, keyring: KeyRing,
+async def _fetch_chain(config: BackupConfig, store: BackupStore, keyring: KeyRing, *,
                        chain: list[BackupRecord], root: Path,
                        on_bytes: Callable[[int], None]) -> Path:
     home = server_dir(root / "home")

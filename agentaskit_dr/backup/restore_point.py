@@ -36,7 +36,7 @@ ARCHIVE_WAIT = 120.0
 
 
 async def take_restore_point(
-    config: BackupConfig, store: BackupStore, keyring: KeyRing, facts: ServerFacts,
+    config: BackupConfig, store: BackupStore, keyring: KeyRing, *, facts: ServerFacts,
     decision: Decision, clock: Callable[[], float],
 ) -> BackupRecord:
     """Create the point, wait for its WAL in the archive, check the chain, write the record."""

@@ -105,9 +105,11 @@ async def run_backup(
         if decision.kind == "restore-point":
             from agentaskit_dr.backup.restore_point import take_restore_point
 
-            record = await take_restore_point(config, store, keyring, facts, decision, clock)
+            record = await take_restore_point(config, store, keyring, facts=facts,
+                                              decision=decision, clock=clock)
         else:
-            record = await _base_backup(config, store, keyring, facts, decision, clock, on_bytes)
+            record = await _base_backup(config, store, keyring, facts=facts, decision=decision,
+                                        clock=clock, on_bytes=on_bytes)
     log.info("backup_finished", backup_id=record.backup_id, kind=record.kind,
              stored_bytes=record.stored_bytes, seconds=round(record.stopped_at -
                                                               record.started_at, 3))
@@ -118,6 +120,7 @@ async def _base_backup(
     config: BackupConfig,
     store: BackupStore,
     keyring: KeyRing,
+    *,
     facts: ServerFacts,
     decision: Decision,
     clock: Callable[[], float],
@@ -147,7 +150,8 @@ async def _base_backup(
     manifest_key = object_key(backup_id, PG_MANIFEST_NAME)
     manifest_info = await store.put_bytes(
         manifest_key, encrypt_bytes(keyring, manifest_key, stream.pg_manifest))
-    assert tar_info.sha256 is not None and manifest_info.sha256 is not None
+    assert tar_info.sha256 is not None
+    assert manifest_info.sha256 is not None
     record = BackupRecord(
         backup_id=backup_id, kind=decision.kind,
         parent=parent.backup_id if parent is not None else None,

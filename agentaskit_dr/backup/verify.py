@@ -146,7 +146,7 @@ def _wal_problems(records: Sequence[BackupRecord], names: Sequence[str],
     base = [r for r in records if r.kind in ("full", "incremental")]
     before = [r for r in base if r.started_at <= window_start]
     pitr_from = before[-1].backup_id if before else (base[0].backup_id if base else "")
-    problems = []
+    problems: list[str] = []
     for record in records:
         to_now = record.backup_id >= pitr_from
         gaps = missing_segments(

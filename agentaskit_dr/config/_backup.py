@@ -16,6 +16,11 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, Field, PrivateAttr, SecretBytes, model_validator
 from pydantic_core import PydanticCustomError
 
+from agentaskit_dr.config._backup_source import (
+    PostgresSource,
+    RestoreTarget,
+    production_target_problems,
+)
 from agentaskit_dr.config._base import (
     ConfigModel,
     ConfigPath,
@@ -29,11 +34,6 @@ from agentaskit_dr.config._base import (
     redact,
     resolve_secret,
     secret_source_problems,
-)
-from agentaskit_dr.config._backup_source import (
-    PostgresSource,
-    RestoreTarget,
-    production_target_problems,
 )
 
 DAY = 86400.0

@@ -9,7 +9,7 @@ import pytest
 from agentaskit_dr.backup.catalog import read_catalog
 from agentaskit_dr.backup.crypto import KeyRing
 from agentaskit_dr.backup.manifest import TAR_NAME, object_key
-from agentaskit_dr.backup.restore import test_restore as run_test_restore
+from agentaskit_dr.backup.restore import run_restore_test
 from agentaskit_dr.backup.run import run_backup
 from agentaskit_dr.backup.store import BackupStore
 from agentaskit_dr.sandbox.postgres import PostgresPair
@@ -35,7 +35,8 @@ async def test_full_backup_lands_in_both_buckets_and_restores_row_by_row(
 
     record, decision = await run_backup(config, "full")
 
-    assert decision.kind == "full" and record.kind == "full"
+    assert decision.kind == "full"
+    assert record.kind == "full"
     keys = [object_key(record.backup_id, name) for name in
             (TAR_NAME, "backup_manifest", "backup.json")]
     assert set(keys) <= set(await keys_in(moto_server, PRIMARY))
@@ -43,10 +44,11 @@ async def test_full_backup_lands_in_both_buckets_and_restores_row_by_row(
     async with BackupStore(config.storage) as store:
         catalog = await read_catalog(store, KeyRing.from_config(config.encryption))
     assert [r.backup_id for r in catalog.records] == [record.backup_id]
-    assert record.timeline == 1 and record.start_lsn <= record.stop_lsn
+    assert record.timeline == 1
+    assert record.start_lsn <= record.stop_lsn
 
     primary.sql("INSERT INTO items VALUES (5001, 'after the backup')")
-    report = await run_test_restore(config, "staging", keep=False)
+    report = await run_restore_test(config, "staging", keep=False)
 
     assert report.ok, report.problems
     assert report.backup_id == record.backup_id

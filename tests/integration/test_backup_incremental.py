@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentaskit_dr.backup.restore import test_restore as run_test_restore
+from agentaskit_dr.backup.restore import run_restore_test
 from agentaskit_dr.backup.run import run_backup
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
 from tests.integration.aws import (  # noqa: F401 - fixtures
@@ -42,11 +42,12 @@ async def test_incrementals_on_pg18_chain_to_their_full_and_restore_combined(
     pg18.sql("INSERT INTO items VALUES (99999, 'after the last backup')")
 
     assert (full.kind, first.kind, second.kind) == ("full", "incremental", "incremental")
-    assert first_decision.parent is not None and first_decision.parent.backup_id == full.backup_id
+    assert first_decision.parent is not None
+    assert first_decision.parent.backup_id == full.backup_id
     assert second.chain == (full.backup_id, first.backup_id, second.backup_id)
     assert second.stored_bytes < full.stored_bytes / 2  # only changed blocks
 
-    report = await run_test_restore(config, "staging", keep=True)
+    report = await run_restore_test(config, "staging", keep=True)
 
     assert report.ok, report.problems
     assert report.chain == list(second.chain)
@@ -75,5 +76,6 @@ async def test_after_a_promotion_the_next_incremental_is_a_full_backup(
     record, decision = await run_backup(after, "incremental")
 
     assert (full.timeline, record.timeline) == (1, 2)
-    assert record.kind == "full" and record.parent is None
+    assert record.kind == "full"
+    assert record.parent is None
     assert "timeline changed from 1 to 2" in decision.reason
