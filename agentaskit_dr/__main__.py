@@ -1,5 +1,5 @@
 import sys
 
-from agentaskit_dr.cli import main
+from agentaskit_dr._entry import main
 
 sys.exit(main())

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
     from agentaskit_dr.backup_command import add_backup_commands
+    from agentaskit_dr.backup.wal_client import add_wal_commands
     from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.integrity_command import add_integrity_command
@@ -87,11 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     add_resync_command(sub)
     add_failback_command(sub)
     add_backup_commands(sub)
+    add_wal_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script; returns the exit status (argparse exits 2 on bad arguments)."""
+    if argv and argv[0] in ("wal-push", "wal-fetch"):
+        from agentaskit_dr.backup.wal_client import main as wal_main
+
+        return wal_main(argv)
     parser = _parser()
     args = parser.parse_args(argv)
     try:

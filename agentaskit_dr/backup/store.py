@@ -72,6 +72,16 @@ class ObjectMissing(StoreError):
         self.key = key
 
 
+class ObjectExists(StoreError):
+    """A conditional put found the key already there."""
+
+    def __init__(self, role: Which, bucket: str, key: str) -> None:
+        super().__init__(f"s3://{bucket}/{key} already exists")
+        self.role: Which = role
+        self.bucket = bucket
+        self.key = key
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One stored object; ``sha256`` is hex of the stored bytes (None from :meth:`list`)."""
@@ -187,20 +197,30 @@ class BackupStore:
     # ------------------------------------------------------------ writes
 
     async def put_bytes(self, key: str, data: bytes, *,
-                        metadata: dict[str, str] | None = None) -> ObjectInfo:
-        """Store ``data`` under ``key`` in every written bucket; returns once all hold it."""
-        if len(data) > MAX_SINGLE_PUT:
+                        metadata: dict[str, str] | None = None, if_absent: bool = False,
+                        buckets: tuple[Which, ...] | None = None) -> ObjectInfo:
+        """Store ``data`` under ``key`` in every written bucket (or in ``buckets``); returns
+        once all hold it. ``if_absent``: a conditional PUT (If-None-Match: *) that raises
+        :class:`ObjectExists` for a bucket that already has the key (after the others end).
+        """
+        if len(data) > MAX_SINGLE_PUT and not if_absent and buckets is None:
             return await self.put_stream(key, _one(data))
         digest = hashlib.sha256(data).hexdigest()
+        condition = {"IfNoneMatch": "*"} if if_absent else {}
 
         async def put(target: _Target) -> None:
-            with self._translate(target, key, "put"):
-                await target.client.put_object(
-                    Bucket=target.bucket.bucket, Key=target.full_key(key), Body=data,
-                    Metadata={**(metadata or {}), "sha256": digest},
-                )
+            try:
+                with self._translate(target, key, "put"):
+                    await target.client.put_object(
+                        Bucket=target.bucket.bucket, Key=target.full_key(key), Body=data,
+                        Metadata={**(metadata or {}), "sha256": digest}, **condition,
+                    )
+            except StoreError as exc:
+                if if_absent and "PreconditionFailed" in str(exc):
+                    raise ObjectExists(target.role, target.bucket.bucket, key) from exc
+                raise
 
-        await _all(put(self._target(which)) for which in self.writes)
+        await _all(put(self._target(which)) for which in buckets or self.writes)
         return ObjectInfo(key, len(data), digest, datetime.now(UTC))
 
     async def put_stream(self, key: str, chunks: AsyncIterator[bytes]) -> ObjectInfo:

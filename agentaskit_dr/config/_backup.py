@@ -159,6 +159,14 @@ class WalArchiving(ConfigModel):
 
     mode: Literal["continuous"] = "continuous"
     retention: PositiveDuration = 1 * DAY
+    spool_dir: ConfigPath = Path("/var/spool/agentaskit-dr/wal")
+    """Where ``wal-push``/``wal-fetch`` meet the WAL archiver (docs/backups.md)."""
+    push_parallel: int = Field(default=4, ge=1, le=32)
+    """WAL files the archiver uploads at once."""
+    prefetch: int = Field(default=8, ge=0, le=64)
+    """Segments ``wal-fetch`` downloads ahead of the one asked for."""
+    idle_exit: PositiveDuration = 60.0
+    """The archiver exits after this long with nothing to do (the next call restarts it)."""
 
 
 class PostgresBackupConfig(PostgresSource):

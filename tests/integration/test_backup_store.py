@@ -12,6 +12,7 @@ from agentaskit_dr.backup._multipart import MAX_PARTS, part_size_for
 from agentaskit_dr.backup.store import (
     BackupStore,
     BucketMissing,
+    ObjectExists,
     ObjectMissing,
     StoreUnavailable,
 )
@@ -194,3 +195,16 @@ def test_part_sizes_grow_so_the_part_limit_never_caps_an_object() -> None:
     assert sum(sizes) > 5 << 40  # S3's largest object
     with pytest.raises(ValueError, match="10000 parts"):
         part_size_for(MAX_PARTS, 8 * MIB)
+
+
+async def test_a_conditional_put_refuses_an_existing_key_per_bucket(moto_server: str) -> None:
+    await create_buckets(moto_server)
+
+    async with BackupStore(storage_config(moto_server)) as store:
+        await store.put_bytes("wal/1", b"first", buckets=("primary",))
+        with pytest.raises(ObjectExists) as caught:
+            await store.put_bytes("wal/1", b"second", if_absent=True)
+        back = [await store.get_bytes("wal/1", bucket=b) for b in ("primary", "replica")]
+
+    assert caught.value.role == "primary"
+    assert back == [b"first", b"second"]  # the replica, which lacked it, took it

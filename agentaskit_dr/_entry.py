@@ -1,0 +1,24 @@
+"""The ``agentaskit-dr`` console script: ``wal-push``/``wal-fetch`` skip the full CLI.
+
+PostgreSQL runs them once per WAL file, several times a second under load: they must not
+pay for loading structlog, pydantic and the rest of the CLI (about 0.3 s here).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+WAL_COMMANDS = ("wal-push", "wal-fetch")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the light WAL client or to :func:`agentaskit_dr.cli.main`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in WAL_COMMANDS:
+        from agentaskit_dr.backup.wal_client import main as wal_main
+
+        return wal_main(args)
+    from agentaskit_dr.cli import main as cli_main
+
+    return cli_main(args)
