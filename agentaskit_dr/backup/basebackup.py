@@ -115,6 +115,8 @@ async def stream_basebackup(
         if not result.pg_manifest:
             raise BackupSourceError("pg_basebackup wrote no backup_manifest into its tar")
     finally:
+        # tar's zstd child reads the side pipe too: close it, or it never exits.
+        side.stdin.close()
         for process in (proc, zstd, side):
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -102,6 +102,9 @@ async def fetch_base(
         raise BackupDamaged(f"object {key}: {exc}") from None
     finally:
         if untar.returncode is None:
+            # tar's zstd child reads our pipe too: close it first, or it waits forever
+            # holding tar's stderr, and wait() with it.
+            untar.stdin.close()
             with contextlib.suppress(ProcessLookupError):
                 untar.kill()
             await untar.wait()

@@ -25,7 +25,7 @@ import structlog
 
 from agentaskit_dr.backup.basebackup import COMPRESSION, StreamResult, stream_basebackup
 from agentaskit_dr.backup.catalog import Catalog, read_catalog
-from agentaskit_dr.backup.crypto import KeyRing, decrypt_bytes, encrypt_bytes, encrypt_stream
+from agentaskit_dr.backup.crypto import BackupKeyError, KeyRing, decrypt_bytes, encrypt_bytes, encrypt_stream
 from agentaskit_dr.backup.manifest import (
     BASE_PREFIX,
     PG_MANIFEST_NAME,
@@ -86,8 +86,14 @@ async def run_backup(
     *,
     on_bytes: Callable[[int], None] | None = None,
     clock: Callable[[], float] = time.time,
+    stale_upload_age: float = STALE_UPLOAD_AGE,
 ) -> tuple[BackupRecord, Decision]:
-    """Take one backup; the record written and the decision that chose its kind."""
+    """Take one backup; the record written and the decision that chose its kind.
+
+    Refuses (writing nothing) when the newest backup's record cannot be read: with a
+    wrong key every record fails to authenticate, and a backup under that key would
+    start a chain nothing else can read.
+    """
     from agentaskit_dr.backup.store import BackupStore
 
     keyring = KeyRing.from_config(config.encryption)
@@ -95,10 +101,15 @@ async def run_backup(
     if facts.in_recovery:
         raise BackupSourceError("postgresql.dsn: the server is a standby; back up the primary")
     async with BackupStore(config.storage) as store:
-        aborted = await store.abort_stale_uploads(BASE_PREFIX, STALE_UPLOAD_AGE)
+        catalog = await read_catalog(store, keyring)
+        newest = max([*catalog.broken, *(r.backup_id for r in catalog.records)], default=None)
+        if newest in catalog.broken:
+            raise BackupKeyError(
+                f"the newest backup's record cannot be read ({catalog.broken[newest]}): a "
+                "wrong encryption key? Nothing was written")
+        aborted = await store.abort_stale_uploads(BASE_PREFIX, stale_upload_age)
         if aborted:
             log.info("backup_stale_uploads_aborted", count=aborted)
-        catalog = await read_catalog(store, keyring)
         decision = decide(requested, facts, catalog)
         log.info("backup_started", kind=decision.kind, requested=requested,
                  reason=decision.reason)
