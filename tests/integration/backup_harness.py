@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,13 @@ def backup_config(
     for section, values in extra.items():
         data[section] = {**data.get(section, {}), **values}
     return BackupConfig.model_validate(data)
+
+
+def write_config(config: BackupConfig, path: Path) -> Path:
+    """``config`` as a YAML file (JSON is YAML) at ``path``."""
+    data = config.model_dump(mode="json", exclude={"application_state", "verification"})
+    path.write_text(json.dumps(data))
+    return path
 
 
 @pytest.fixture(name="scratch")

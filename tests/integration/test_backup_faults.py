@@ -28,6 +28,7 @@ from tests.integration.aws import (  # noqa: F401 - fixtures
 from tests.integration.backup_harness import (  # noqa: F401 - fixtures
     KEY_ENV,
     backup_config,
+    write_config,
     scratch_fixture,
 )
 from tests.integration.s3_buckets import (
@@ -110,8 +111,7 @@ async def test_a_backup_killed_mid_upload_is_not_listed_and_the_next_run_cleans_
                 " 'hex') AS b FROM generate_series(1, 40000) g, generate_series(1, 40) h "
                 "GROUP BY g")
     config = backup_config(monkeypatch, primary, moto_server, scratch / "staging")
-    path = scratch / "backup.yaml"
-    path.write_text(_yaml(config))
+    path = write_config(config, scratch / "backup.yaml")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentaskit_dr", "backup", "run", "--kind", "full",
          "--config", str(path)],
@@ -134,12 +134,3 @@ async def test_a_backup_killed_mid_upload_is_not_listed_and_the_next_run_cleans_
         catalog = await read_catalog(store, KeyRing.from_config(config.encryption))
     assert [r.backup_id for r in catalog.records] == [record.backup_id]
 
-
-def _yaml(config: object) -> str:
-    import json
-
-    from agentaskit_dr.config import BackupConfig
-
-    assert isinstance(config, BackupConfig)
-    data = config.model_dump(mode="json", exclude={"application_state", "verification"})
-    return json.dumps(data)  # JSON is YAML
