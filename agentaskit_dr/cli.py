@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep configs, logs and evidence here (default: a temp dir)")
     from agentaskit_dr.api.commands import add_api_commands
-    from agentaskit_dr.backup_command import add_backup_commands
     from agentaskit_dr.backup.wal_client import add_wal_commands
+    from agentaskit_dr.backup_command import add_backup_commands
     from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
     from agentaskit_dr.integrity_command import add_integrity_command

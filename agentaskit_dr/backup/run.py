@@ -25,7 +25,13 @@ import structlog
 
 from agentaskit_dr.backup.basebackup import COMPRESSION, StreamResult, stream_basebackup
 from agentaskit_dr.backup.catalog import Catalog, read_catalog
-from agentaskit_dr.backup.crypto import BackupKeyError, KeyRing, decrypt_bytes, encrypt_bytes, encrypt_stream
+from agentaskit_dr.backup.crypto import (
+    BackupKeyError,
+    KeyRing,
+    decrypt_bytes,
+    encrypt_bytes,
+    encrypt_stream,
+)
 from agentaskit_dr.backup.manifest import (
     BASE_PREFIX,
     PG_MANIFEST_NAME,

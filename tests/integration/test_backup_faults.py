@@ -28,8 +28,8 @@ from tests.integration.aws import (  # noqa: F401 - fixtures
 from tests.integration.backup_harness import (  # noqa: F401 - fixtures
     KEY_ENV,
     backup_config,
-    write_config,
     scratch_fixture,
+    write_config,
 )
 from tests.integration.s3_buckets import (
     PRIMARY,
@@ -112,17 +112,18 @@ async def test_a_backup_killed_mid_upload_is_not_listed_and_the_next_run_cleans_
                 "GROUP BY g")
     config = backup_config(monkeypatch, primary, moto_server, scratch / "staging")
     path = write_config(config, scratch / "backup.yaml")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentaskit_dr", "backup", "run", "--kind", "full",
-         "--config", str(path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentaskit_dr", "backup", "run", "--kind", "full",
+        "--config", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env=dict(os.environ))
     try:
         while not await open_uploads(moto_server, PRIMARY):
-            assert proc.poll() is None, "the backup ended before its upload was caught"
+            assert proc.returncode is None, "the backup ended before its upload was caught"
             await asyncio.sleep(0.02)
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        await proc.wait()
     async with BackupStore(config.storage) as store:
         after_kill = await read_catalog(store, KeyRing.from_config(config.encryption))
 
