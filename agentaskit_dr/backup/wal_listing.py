@@ -51,24 +51,28 @@ async def list_wal(store: BackupStore, keyring: KeyRing
 
 async def stage_wal(store: BackupStore, keyring: KeyRing, record: BackupRecord,
                     to_lsn: int | None, into: Path) -> int:
-    """Download, authenticate and write into ``into`` the WAL a recovery from ``record``
-    reads (to ``to_lsn``, or to the newest archived); the number of files staged.
+    """Download, authenticate and write into ``into`` the archived WAL a recovery from
+    ``record`` replays after the backup's end (to ``to_lsn``, or to the newest archived);
+    the number of files staged.
 
-    A gap is an error naming it: recovery would stop there, short of its target.
+    The backup holds its own WAL up to its end (``-X fetch``), so the archive is read from
+    the segment of the backup's stop LSN. A gap is an error naming it: recovery would stop
+    there, short of its target. With no target and nothing archived after the backup,
+    nothing is staged and the copy recovers to the backup's end (``verify-backup`` is
+    what flags an archive that stopped).
     """
     from agentaskit_dr.backup.restore import RestoreFailed
 
     names, histories = await list_wal(store, keyring)
-    common = {"timeline": record.timeline, "start_lsn": parse_lsn(record.start_lsn),
+    common = {"timeline": record.timeline, "start_lsn": parse_lsn(record.stop_lsn),
               "segment_size": record.wal_segment_size}
-    gaps = missing_segments(names, histories, end_lsn=None, **common)
-    if to_lsn is not None:
+    needed = needed_segments(names, histories, end_lsn=to_lsn, **common)
+    if to_lsn is not None or any(held for _, held in needed):
         gaps = missing_segments(names, histories, end_lsn=to_lsn, **common)
-    if gaps:
-        raise RestoreFailed(f"the WAL archive has a gap after backup {record.backup_id}: "
-                            f"{gaps[0]}")
-    wanted = [name for name, held in needed_segments(names, histories, end_lsn=None, **common)
-              if held]
+        if gaps:
+            raise RestoreFailed(f"the WAL archive has a gap after backup {record.backup_id}: "
+                                f"{gaps[0]}")
+    wanted = [name for name, held in needed if held]
     wanted += [name for name in names if HISTORY.fullmatch(name)]
     limit = asyncio.Semaphore(STAGE_PARALLEL)
 
