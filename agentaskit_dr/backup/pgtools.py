@@ -103,3 +103,23 @@ async def server_facts(source: PostgresSource) -> ServerFacts:
         timeline=row["timeline"], summarize_wal=row["summarize"],
         in_recovery=row["in_recovery"],
     )
+
+
+async def data_directory(source: PostgresSource) -> str | None:
+    """The server's data directory (``SHOW data_directory``), or None when it cannot say
+    (unreachable, or a role without ``pg_read_all_settings``)."""
+    import asyncpg
+
+    if source.dsn is None:
+        return None
+    try:
+        conn = await asyncpg.connect(connect_dsn(source), timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
+    try:
+        value: str | None = await conn.fetchval("SHOW data_directory")
+    except asyncpg.PostgresError:
+        value = None
+    finally:
+        await conn.close()
+    return value

@@ -30,9 +30,9 @@ from agentaskit_dr.backup.catalog import Catalog, read_catalog
 from agentaskit_dr.backup.crypto import KeyRing
 from agentaskit_dr.backup.fetch import BackupDamaged, fetch_base, give_to_server_user, server_dir
 from agentaskit_dr.backup.manifest import BackupRecord, parse_lsn
-from agentaskit_dr.backup.pgtools import tool
+from agentaskit_dr.backup.pgtools import data_directory, tool
 from agentaskit_dr.backup.restore_checks import check_restored
-from agentaskit_dr.backup.restore_target import restore_target
+from agentaskit_dr.backup.restore_target import refuse_source_datadir, restore_target
 from agentaskit_dr.sandbox.postgres import PostgresServer, _server_process_options
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ async def run_restore_test(
     from agentaskit_dr.backup.store import BackupStore
 
     target = restore_target(config, target_name)
+    refuse_source_datadir(target_name, target.workdir, await data_directory(config.postgresql))
     keyring = KeyRing.from_config(config.encryption)
     report = RestoreReport(target=target_name, to_time=to_time, to_lsn=to_lsn,
                            started_at=time.time())
