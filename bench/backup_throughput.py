@@ -69,7 +69,8 @@ def timed_child(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     """(seconds, peak RSS in KiB of the child, stdout) of one command."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     out = proc.stdout.read()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -127,61 +128,7 @@ def main() -> int:
             "restore_targets": {"staging": {"workdir": str(staging), "port": free_port()}},
             "evidence_dir": str(disk / "evidence")}))
 
-        floor_dir = disk / "floor"
-        floor_dir.mkdir(mode=0o700)
-        _give_to_server_user(floor_dir)
-        began = time.monotonic()
-        server.run_server_binary("pg_basebackup", "-h", "127.0.0.1", "-p", str(server.port),
-                                 "-U", "postgres", "-D", str(floor_dir), "-Ft", "-X", "fetch",
-                                 "-c", "fast", "--no-sync", timeout=3600)
-        floor = time.monotonic() - began
-        floor_bytes = sum(p.stat().st_size for p in floor_dir.iterdir())
-        print(f"floor: pg_basebackup -Ft to local disk: {floor:.1f}s "
-              f"({floor_bytes / MIB / floor:.0f} MiB/s)", flush=True)
-
-        agentaskit = [sys.executable, "-m", "agentaskit_dr"]
-        ours, rss, out = timed_child([*agentaskit, "backup", "run", "--kind", "full",
-                                      "--config", str(config), "--json"], env)
-        record = json.loads(out)
-        print(f"ours: encrypted backup to moto (both buckets): {ours:.1f}s "
-              f"({size / MIB / ours:.0f} MiB/s of database, {record['stored_bytes'] / MIB:.0f}"
-              f" MiB stored per bucket), {ours / floor:.2f} x the floor; peak RSS "
-              f"{rss / 1024:.0f} MiB", flush=True)
-
-        restore_dir = disk / "plain-restore"
-        restore_dir.mkdir(mode=0o700)
-        _give_to_server_user(restore_dir)
-        began = time.monotonic()
-        subprocess.run(["tar", "-xf", str(floor_dir / "base.tar"), "-C", str(restore_dir)],
-                       check=True, **_server_process_options(home))
-        plain = PostgresServer("plain", restore_dir, bindir, home)
-        with (restore_dir / "postgresql.auto.conf").open("a") as conf:
-            conf.write("archive_mode = off\n")
-        plain.start(timeout=600)
-        plain_restore = time.monotonic() - began
-        plain.stop()
-        shutil.rmtree(restore_dir, ignore_errors=True)
-        print(f"floor: plain local restore (untar + start): {plain_restore:.1f}s", flush=True)
-
-        total, restore_rss, out = timed_child(
-            [*agentaskit, "test-restore", "--target", "staging", "--config", str(config),
-             "--json"], env)
-        report = json.loads(out)
-        restore = report["restore_seconds"]
-        print(f"ours: test-restore from moto: {restore:.1f}s to a promoted server "
-              f"({restore / plain_restore:.2f} x plain), {total:.1f}s with amcheck and "
-              f"row counts; peak RSS {restore_rss / 1024:.0f} MiB", flush=True)
-        figures: dict[str, Any] = {
-            "database_mib": round(size / MIB), "floor_backup_seconds": round(floor, 2),
-            "backup_seconds": round(ours, 2), "backup_ratio": round(ours / floor, 2),
-            "stored_mib": round(record["stored_bytes"] / MIB), "backup_peak_rss_mib":
-            round(rss / 1024), "plain_restore_seconds": round(plain_restore, 2),
-            "restore_seconds": restore, "restore_ratio": round(restore / plain_restore, 2),
-            "restore_total_seconds": round(total, 2),
-            "restore_peak_rss_mib": round(restore_rss / 1024),
-            "self_rusage_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                            / 1024),
-        }
+        figures = measure(server, disk, config, env, size)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
         print(json.dumps(figures))
@@ -194,6 +141,68 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(disk, ignore_errors=True)
     return 0
+
+
+def measure(server: PostgresServer, disk: Path, config: Path, env: dict[str, str],
+            size: int) -> dict[str, Any]:
+    """Both backups, then both restores; the figures."""
+    bindir, home = server.bindir, server.home
+    floor_dir = disk / "floor"
+    floor_dir.mkdir(mode=0o700)
+    _give_to_server_user(floor_dir)
+    began = time.monotonic()
+    server.run_server_binary("pg_basebackup", "-h", "127.0.0.1", "-p", str(server.port),
+                             "-U", "postgres", "-D", str(floor_dir), "-Ft", "-X", "fetch",
+                             "-c", "fast", "--no-sync", timeout=3600)
+    floor = time.monotonic() - began
+    floor_bytes = sum(p.stat().st_size for p in floor_dir.iterdir())
+    print(f"floor: pg_basebackup -Ft to local disk: {floor:.1f}s "
+          f"({floor_bytes / MIB / floor:.0f} MiB/s)", flush=True)
+
+    agentaskit = [sys.executable, "-m", "agentaskit_dr"]
+    ours, rss, out = timed_child([*agentaskit, "backup", "run", "--kind", "full",
+                                  "--config", str(config), "--json"], env)
+    record = json.loads(out)
+    print(f"ours: encrypted backup to moto (both buckets): {ours:.1f}s "
+          f"({size / MIB / ours:.0f} MiB/s of database, {record['stored_bytes'] / MIB:.0f}"
+          f" MiB stored per bucket), {ours / floor:.2f} x the floor; peak RSS "
+          f"{rss / 1024:.0f} MiB", flush=True)
+
+    restore_dir = disk / "plain-restore"
+    restore_dir.mkdir(mode=0o700)
+    _give_to_server_user(restore_dir)
+    began = time.monotonic()
+    subprocess.run(["tar", "-xf", str(floor_dir / "base.tar"), "-C", str(restore_dir)],
+                   check=True, **_server_process_options(home))
+    plain = PostgresServer("plain", restore_dir, bindir, home)
+    with (restore_dir / "postgresql.auto.conf").open("a") as conf:
+        conf.write("archive_mode = off\n")
+    plain.start(timeout=600)
+    plain_restore = time.monotonic() - began
+    plain.stop()
+    shutil.rmtree(restore_dir, ignore_errors=True)
+    print(f"floor: plain local restore (untar + start): {plain_restore:.1f}s", flush=True)
+
+    total, restore_rss, out = timed_child(
+        [*agentaskit, "test-restore", "--target", "staging", "--config", str(config),
+         "--json"], env)
+    report = json.loads(out)
+    restore = report["restore_seconds"]
+    print(f"ours: test-restore from moto: {restore:.1f}s to a promoted server "
+          f"({restore / plain_restore:.2f} x plain), {total:.1f}s with amcheck and "
+          f"row counts; peak RSS {restore_rss / 1024:.0f} MiB", flush=True)
+    figures: dict[str, Any] = {
+        "database_mib": round(size / MIB), "floor_backup_seconds": round(floor, 2),
+        "backup_seconds": round(ours, 2), "backup_ratio": round(ours / floor, 2),
+        "stored_mib": round(record["stored_bytes"] / MIB), "backup_peak_rss_mib":
+        round(rss / 1024), "plain_restore_seconds": round(plain_restore, 2),
+        "restore_seconds": restore, "restore_ratio": round(restore / plain_restore, 2),
+        "restore_total_seconds": round(total, 2),
+        "restore_peak_rss_mib": round(restore_rss / 1024),
+        "self_rusage_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                        / 1024),
+    }
+    return figures
 
 
 if __name__ == "__main__":
