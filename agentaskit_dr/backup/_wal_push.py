@@ -121,26 +121,41 @@ class WalPusher:
                  seconds=round(time.monotonic() - started, 3))
 
     async def _store_once(self, name: str, key: str, data: bytes, blob: bytes) -> None:
-        async def one(which: Which) -> None:
-            try:
-                await self._store.put_bytes(key, blob, if_absent=True, buckets=(which,))
-            except ObjectExists:
-                existing = await self._store.get_bytes(key, bucket=which)
-                try:
-                    same = await asyncio.to_thread(decrypt_bytes, self._ring, key, existing)
-                except (ObjectTampered, BackupKeyError) as exc:
-                    raise WalConflict(f"{name} is already in the {which} bucket but cannot "
-                                      f"be read back: {exc}") from exc
-                if same != data:
-                    raise WalConflict(f"{name} is already archived in the {which} bucket "
-                                      "with different content") from None
-                log.info("wal_already_archived", file=name, bucket=which)
+        """The primary gets a conditional PUT; the replica (client replication) a copy made
+        inside S3 from the primary, unless it holds the same object already."""
+        primary = await self._put_or_compare(name, key, data, blob)
+        if "replica" not in self._store.writes:
+            return
+        there = await self._store.head(key, bucket="replica")
+        if there is None:
+            await self._store.copy_to_replica(key)
+        elif there.sha256 != primary:
+            await self._compare(name, key, data, "replica")
 
-        results = await asyncio.gather(*(one(w) for w in self._store.writes),
-                                       return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+    async def _put_or_compare(self, name: str, key: str, data: bytes, blob: bytes
+                              ) -> str | None:
+        """PUT ``blob`` to the primary unless it is there; the SHA-256 the primary holds."""
+        try:
+            info = await self._store.put_bytes(key, blob, if_absent=True,
+                                               buckets=("primary",))
+        except ObjectExists:
+            await self._compare(name, key, data, "primary")
+            there = await self._store.head(key, bucket="primary")
+            return None if there is None else there.sha256
+        return info.sha256
+
+    async def _compare(self, name: str, key: str, data: bytes, which: Which) -> None:
+        """Fail unless the archived copy in ``which`` decrypts to ``data``."""
+        existing = await self._store.get_bytes(key, bucket=which)
+        try:
+            same = await asyncio.to_thread(decrypt_bytes, self._ring, key, existing)
+        except (ObjectTampered, BackupKeyError) as exc:
+            raise WalConflict(f"{name} is already in the {which} bucket but cannot "
+                              f"be read back: {exc}") from exc
+        if same != data:
+            raise WalConflict(f"{name} is already archived in the {which} bucket "
+                              "with different content")
+        log.info("wal_already_archived", file=name, bucket=which)
 
     def _confirm_again(self, name: str) -> None:
         """A request for a file pushed already (PostgreSQL asks again when it could not

@@ -207,7 +207,11 @@ class StreamDecryptor:
         if not 1 <= self._chunk_size <= MAX_CHUNK_SIZE:
             raise self._tampered(f"chunk size {self._chunk_size} out of range")
         self._key_id = key_id
-        self._cipher = _object_cipher(self._keyring.key(key_id), key_id, salt)
+        try:
+            master = self._keyring.key(key_id)
+        except BackupKeyError as exc:
+            raise BackupKeyError(f"object {self.object_name!r}: {exc}") from None
+        self._cipher = _object_cipher(master, key_id, salt)
         self._aad = header + self.object_name.encode("utf-8")
         del buffer[:size]
         return True

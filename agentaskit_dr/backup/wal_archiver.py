@@ -25,8 +25,9 @@ from agentaskit_dr.backup.wal_layout import Spool
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-#: How often the spool and ``archive_status`` are scanned.
-SCAN_INTERVAL = 0.02
+#: How often the spool and ``archive_status`` are scanned: every 20 ms while there is
+#: work, slowing down to every 200 ms when idle (a first request waits at most that).
+SCAN_INTERVAL = (0.02, 0.2)
 
 
 def _lock(spool: Spool) -> int | None:
@@ -43,6 +44,8 @@ def _lock(spool: Spool) -> int | None:
                 return None
             time.sleep(0.01)
         else:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
             return fd
 
 
@@ -79,18 +82,21 @@ async def archive(config_path: Path, spool: Spool, idle_exit: float | None) -> i
         fetcher = WalFetcher(spool, store, ring, parallel=wal.push_parallel,
                              prefetch=wal.prefetch)
         busy_at = time.monotonic()
+        interval = SCAN_INTERVAL[0]
         swept_at = 0.0
         while not stop.is_set():
             now = time.monotonic()
             if pusher.launch() | fetcher.launch():
                 busy_at = now
+                interval = SCAN_INTERVAL[0]
             elif idle and now - busy_at > idle:
                 break
             if now - swept_at > 60:
                 fetcher.sweep()
                 swept_at = now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SCAN_INTERVAL)
+                await asyncio.wait_for(stop.wait(), interval)
+            interval = min(interval * 1.5, SCAN_INTERVAL[1])
         running = [*pusher.running.values(), *fetcher.running.values()]
         if running:
             # An upload cut short leaves no .ok: PostgreSQL simply asks again.

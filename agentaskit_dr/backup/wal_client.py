@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -209,8 +210,16 @@ def _take_fetched(spool: Spool, name: str, dest: Path) -> bool:
         source.replace(dest)
     except FileNotFoundError:
         return False
-    except OSError:  # another file system: copy, then drop the spool's copy
-        shutil.copyfile(source, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Another file system (rename fails with EXDEV even when the source is absent).
+        temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(source, temp)
+        except FileNotFoundError:
+            return False
+        temp.replace(dest)
         source.unlink()
     return True
 
@@ -246,6 +255,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"agentaskit-dr wal-fetch: {args.name} is not in the archive", file=sys.stderr)
     except WalCommandError as exc:
         print(f"agentaskit-dr {args.command}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"agentaskit-dr {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"agentaskit-dr {args.command}: interrupted", file=sys.stderr)
     return EXIT_FAILURE

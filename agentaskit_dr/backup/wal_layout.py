@@ -83,8 +83,13 @@ class Spool:
 
     def make(self) -> None:
         """Create the directories (private to the user: fetched WAL is plaintext)."""
-        for path in (self.root, self.push, self.pushed, self.fetch, self.fetched):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = self.root.stat()
+        for path in (self.push, self.pushed, self.fetch, self.fetched):
+            if not path.is_dir():
+                path.mkdir(mode=0o700, exist_ok=True)
+                if os.geteuid() == 0:  # an archiver run as root serves the spool's owner
+                    os.chown(path, owner.st_uid, owner.st_gid)
 
     def ok(self, name: str) -> Path:
         return self.pushed / f"{name}.ok"

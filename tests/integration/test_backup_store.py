@@ -208,3 +208,17 @@ async def test_a_conditional_put_refuses_an_existing_key_per_bucket(moto_server:
 
     assert caught.value.role == "primary"
     assert back == [b"first", b"second"]  # the replica, which lacked it, took it
+
+
+async def test_copy_to_replica_copies_inside_s3_with_the_checksum(moto_server: str) -> None:
+    await create_buckets(moto_server)
+
+    async with BackupStore(storage_config(moto_server, prefix="pg")) as store:
+        info = await store.put_bytes("wal/1", b"segment", buckets=("primary",))
+        assert await store.head("wal/1", bucket="replica") is None
+        await store.copy_to_replica("wal/1")
+        copied = await store.head("wal/1", bucket="replica")
+
+    assert copied is not None
+    assert (copied.size, copied.sha256) == (7, info.sha256)
+    assert await read_object(moto_server, REPLICA, "pg/wal/1") == b"segment"
