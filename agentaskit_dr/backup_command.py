@@ -38,6 +38,10 @@ def add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     restore.add_argument("--target", required=True, help="a name under restore_targets")
     restore.add_argument("--to", default=None, metavar="TIME|LSN",
                          help="recovery target: ISO time (UTC unless it says) or LSN 0/3000028")
+    for command in (listing, restore):
+        command.add_argument("--bucket", choices=("primary", "replica"), default="primary",
+                             help="read backups from this bucket (replica: after losing the "
+                             "primary's region)")
     restore.add_argument("--keep", action="store_true", help="leave the restored copy running "
                          "stopped in its workdir")
     for command in (run, listing, prune, verify, restore):

@@ -1,4 +1,4 @@
-"""The backups in the primary bucket, as their records say (``backup list``).
+"""The backups in a bucket (the primary unless told), as their records say.
 
 A backup id with a ``backup.json`` that decrypts and parses is good; one without is a
 leftover of a run that never finished (listed apart, pruned after a day); one whose
@@ -24,7 +24,7 @@ from agentaskit_dr.backup.manifest import (
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.crypto import KeyRing
-    from agentaskit_dr.backup.store import BackupStore
+    from agentaskit_dr.backup.store import BackupStore, Which
 
 
 @dataclass(slots=True)
@@ -51,12 +51,13 @@ def _stamp(value: dt.datetime | None) -> float:
     return value.timestamp() if value is not None else 0.0
 
 
-async def read_catalog(store: BackupStore, keyring: KeyRing) -> Catalog:
-    """Every backup under ``base/`` in the primary bucket."""
+async def read_catalog(store: BackupStore, keyring: KeyRing, *,
+                       bucket: Which = "primary") -> Catalog:
+    """Every backup under ``base/`` in ``bucket``."""
     catalog = Catalog()
     newest: dict[str, float] = {}
     with_record: set[str] = set()
-    for info in await store.list(BASE_PREFIX):
+    for info in await store.list(BASE_PREFIX, bucket=bucket):
         backup_id, _, name = info.key.removeprefix(BASE_PREFIX).partition("/")
         if not is_backup_id(backup_id):
             continue
@@ -69,7 +70,8 @@ async def read_catalog(store: BackupStore, keyring: KeyRing) -> Catalog:
             continue
         key = object_key(backup_id, RECORD_NAME)
         try:
-            record = BackupRecord.from_json(decrypt_bytes(keyring, key, await store.get_bytes(key)))
+            blob = await store.get_bytes(key, bucket=bucket)
+            record = BackupRecord.from_json(decrypt_bytes(keyring, key, blob))
         except (ObjectTampered, BackupKeyError, RecordError) as exc:
             catalog.broken[backup_id] = str(exc)
             continue

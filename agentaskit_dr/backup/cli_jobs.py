@@ -81,7 +81,8 @@ async def list_backups(config: BackupConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.backup.store import BackupStore
 
     async with BackupStore(config.storage) as store:
-        catalog = await read_catalog(store, KeyRing.from_config(config.encryption))
+        catalog = await read_catalog(store, KeyRing.from_config(config.encryption),
+                                     bucket=args.bucket)
     rows = [record_row(r) for r in catalog.records]
     if args.json:
         print(json.dumps({"backups": rows, "unfinished": sorted(catalog.leftovers),
@@ -171,7 +172,7 @@ async def restore_test(config: BackupConfig, args: argparse.Namespace) -> int:
         with transfer_progress(f"restore to {args.target}") as on_bytes:
             report = await run_restore(config, args.target, to_time=to_time, to_lsn=to_lsn,
                                        keep=args.keep, stage_wal=stage_wal,
-                                       on_bytes=on_bytes)
+                                       on_bytes=on_bytes, bucket=args.bucket)
     except Exception as exc:
         failed = RestoreReport(target=args.target, to_time=to_time, to_lsn=to_lsn,
                                started_at=started, problems=[str(exc)])

@@ -65,7 +65,7 @@ async def checked_stream(
 
 async def fetch_base(
     store: BackupStore, keyring: KeyRing, record: BackupRecord, into: Path, *,
-    home: Path, on_bytes: Callable[[int], None] | None = None,
+    home: Path, on_bytes: Callable[[int], None] | None = None, bucket: Which = "primary",
 ) -> None:
     """Untar ``record``'s base tar into the new directory ``into`` (as the server user)."""
     from agentaskit_dr.backup.store import StoreError
@@ -83,7 +83,8 @@ async def fetch_base(
     errors = asyncio.ensure_future(untar.stderr.read())
     try:
         plain = decrypt_stream(keyring, key, checked_stream(
-            store, key, size=item.size, sha256=item.sha256, on_bytes=on_bytes))
+            store, key, size=item.size, sha256=item.sha256, on_bytes=on_bytes,
+            bucket=bucket))
         async for chunk in plain:
             untar.stdin.write(chunk)
             await untar.stdin.drain()

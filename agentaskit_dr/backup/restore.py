@@ -36,14 +36,15 @@ from agentaskit_dr.backup.restore_target import refuse_source_datadir, restore_t
 from agentaskit_dr.sandbox.postgres import PostgresServer, _server_process_options
 
 if TYPE_CHECKING:
-    from agentaskit_dr.backup.store import BackupStore
+    from agentaskit_dr.backup.store import BackupStore, Which
     from agentaskit_dr.config import BackupConfig
 
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT = 3600.0
-#: Stage archived WAL for the recovery: (store, keyring, record, to_lsn, dir) -> files staged.
-WalStager = Callable[["BackupStore", KeyRing, BackupRecord, "int | None", Path], Any]
+#: Stage archived WAL for the recovery: (store, keyring, record, to_lsn, dir, bucket=)
+#: -> files staged.
+WalStager = Callable[..., Any]
 
 
 class RestoreFailed(Exception):
@@ -102,9 +103,10 @@ def choose_backup(catalog: Catalog, *, to_time: float | None, to_lsn: str | None
 async def run_restore_test(
     config: BackupConfig, target_name: str, *, to_time: float | None = None,
     to_lsn: str | None = None, keep: bool = False, stage_wal: WalStager | None = None,
-    on_bytes: Callable[[int], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None, bucket: Which = "primary",
 ) -> RestoreReport:
-    """Run the restore test; the report (``problems`` lists what failed after a start)."""
+    """Run the restore test from ``bucket`` (the replica after losing the primary's
+    region); the report (``problems`` lists what failed after a start)."""
     from agentaskit_dr.backup.store import BackupStore
 
     target = restore_target(config, target_name)
@@ -122,7 +124,7 @@ async def run_restore_test(
     server: PostgresServer | None = None
     try:
         async with BackupStore(config.storage) as store:
-            catalog = await read_catalog(store, keyring)
+            catalog = await read_catalog(store, keyring, bucket=bucket)
             record = choose_backup(catalog, to_time=to_time, to_lsn=to_lsn)
             chain = [catalog.get(link) for link in record.chain]
             if any(link is None for link in chain):
@@ -136,14 +138,14 @@ async def run_restore_test(
                 if on_bytes is not None:
                     on_bytes(n)
 
-            datadir = await _fetch_chain(config, store, keyring,
-                                         chain=[c for c in chain if c], root=root, on_bytes=count)
+            datadir = await _fetch_chain(config, store, keyring, chain=[c for c in chain if c],
+                                         root=root, on_bytes=count, bucket=bucket)
             wal_dir: Path | None = None
             if stage_wal is not None:
                 wal_dir = server_dir(root / "wal")
                 target_lsn = parse_lsn(to_lsn) if to_lsn is not None else None
                 report.wal_files_staged = await stage_wal(store, keyring, record, target_lsn,
-                                                          wal_dir)
+                                                          wal_dir, bucket=bucket)
         report.fetch_seconds = round(time.monotonic() - began, 3)
         report.datadir = str(datadir)
         _configure(datadir, target.port, wal_dir, to_time=to_time, to_lsn=to_lsn,
@@ -186,13 +188,14 @@ def _source_user(config: BackupConfig) -> str:
 
 async def _fetch_chain(config: BackupConfig, store: BackupStore, keyring: KeyRing, *,
                        chain: list[BackupRecord], root: Path,
-                       on_bytes: Callable[[int], None]) -> Path:
+                       on_bytes: Callable[[int], None], bucket: Which) -> Path:
     home = server_dir(root / "home")
     parts = []
     for link in chain:
         part = root / ("data" if len(chain) == 1 else f"part-{link.backup_id}")
         try:
-            await fetch_base(store, keyring, link, part, home=home, on_bytes=on_bytes)
+            await fetch_base(store, keyring, link, part, home=home, on_bytes=on_bytes,
+                             bucket=bucket)
         except BackupDamaged as exc:
             raise RestoreFailed(f"backup {link.backup_id}: {exc}") from None
         parts.append(part)

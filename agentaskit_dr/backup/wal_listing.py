@@ -20,37 +20,38 @@ from agentaskit_dr.backup.walchain import HISTORY, missing_segments, needed_segm
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from agentaskit_dr.backup.store import BackupStore
+    from agentaskit_dr.backup.store import BackupStore, Which
 
 #: Segments downloaded at once while staging (16 MiB each in memory at most).
 STAGE_PARALLEL = 4
 
 
-async def wal_files(store: BackupStore) -> list[tuple[WalFile, str]]:
+async def wal_files(store: BackupStore, *, bucket: Which = "primary"
+                    ) -> list[tuple[WalFile, str]]:
     """Every archived WAL file with the time it was stored, and its key."""
     return [
         (WalFile(info.key.rpartition("/")[2],
                  info.last_modified.timestamp() if info.last_modified else 0.0), info.key)
-        for info in await store.list(WAL_PREFIX)
+        for info in await store.list(WAL_PREFIX, bucket=bucket)
     ]
 
 
-async def list_wal(store: BackupStore, keyring: KeyRing
+async def list_wal(store: BackupStore, keyring: KeyRing, *, bucket: Which = "primary"
                    ) -> tuple[Sequence[str], Mapping[int, str]]:
     """The archived file names, and the text of each timeline history file."""
-    names = [item.name for item, _ in await wal_files(store)]
+    names = [item.name for item, _ in await wal_files(store, bucket=bucket)]
     histories: dict[int, str] = {}
     for name in names:
         match = HISTORY.fullmatch(name)
         if match:
             key = wal_key(name)
             histories[int(match.group(1), 16)] = decrypt_bytes(
-                keyring, key, await store.get_bytes(key)).decode()
+                keyring, key, await store.get_bytes(key, bucket=bucket)).decode()
     return names, histories
 
 
 async def stage_wal(store: BackupStore, keyring: KeyRing, record: BackupRecord,
-                    to_lsn: int | None, into: Path) -> int:
+                    to_lsn: int | None, into: Path, *, bucket: Which = "primary") -> int:
     """Download, authenticate and write into ``into`` the archived WAL a recovery from
     ``record`` replays after the backup's end (to ``to_lsn``, or to the newest archived);
     the number of files staged.
@@ -63,7 +64,7 @@ async def stage_wal(store: BackupStore, keyring: KeyRing, record: BackupRecord,
     """
     from agentaskit_dr.backup.restore import RestoreFailed
 
-    names, histories = await list_wal(store, keyring)
+    names, histories = await list_wal(store, keyring, bucket=bucket)
     common = {"timeline": record.timeline, "start_lsn": parse_lsn(record.stop_lsn),
               "segment_size": record.wal_segment_size}
     needed = needed_segments(names, histories, end_lsn=to_lsn, **common)
@@ -80,7 +81,7 @@ async def stage_wal(store: BackupStore, keyring: KeyRing, record: BackupRecord,
         async with limit:
             key = wal_key(name)
             try:
-                data = decrypt_bytes(keyring, key, await store.get_bytes(key))
+                data = decrypt_bytes(keyring, key, await store.get_bytes(key, bucket=bucket))
             except ObjectTampered as exc:
                 raise RestoreFailed(str(exc)) from None
             path = into / name

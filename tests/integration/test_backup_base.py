@@ -19,7 +19,7 @@ from tests.integration.aws import (  # noqa: F401 - fixtures
     moto_server_fixture,
 )
 from tests.integration.backup_harness import backup_config, scratch_fixture  # noqa: F401
-from tests.integration.s3_buckets import PRIMARY, REPLICA, create_buckets, keys_in
+from tests.integration.s3_buckets import PRIMARY, REPLICA, create_buckets, keys_in, s3_client
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +55,22 @@ async def test_full_backup_lands_in_both_buckets_and_restores_row_by_row(
     assert {"database": "postgres", "table": "public.items", "rows": 5000} in report.tables
     assert report.relations_checked > 0
     assert not list((scratch / "staging").iterdir())
+
+
+async def test_after_losing_the_primary_bucket_the_replica_restores(
+    pg_pair: PostgresPair, moto_server: str, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_buckets(moto_server)
+    primary = pg_pair.primary
+    primary.sql("CREATE TABLE kept AS SELECT g FROM generate_series(1, 777) g")
+    config = backup_config(monkeypatch, primary, moto_server, scratch / "staging")
+    record, _ = await run_backup(config, "full")
+    async with s3_client(moto_server) as client:
+        for key in await keys_in(moto_server, PRIMARY):
+            await client.delete_object(Bucket=PRIMARY, Key=key)
+
+    report = await run_restore_test(config, "staging", bucket="replica")
+
+    assert report.ok, report.problems
+    assert report.backup_id == record.backup_id
+    assert {"database": "postgres", "table": "public.kept", "rows": 777} in report.tables
