@@ -70,7 +70,7 @@ async def test_restore_to_a_time_between_two_transactions_has_the_first_not_the_
 
 
 async def _until_archived(server: PostgresServer) -> None:
-    while server.sql(  # noqa: ASYNC110 - polling the server: no event to wait on"SELECT last_archived_wal IS NOT NULL AND "
-                     "last_archived_wal >= pg_walfile_name(pg_current_wal_lsn() - 1) "
-                     "FROM pg_stat_archiver") != "t":
+    query = ("SELECT last_archived_wal IS NOT NULL AND last_archived_wal >= "
+             "pg_walfile_name(pg_current_wal_lsn() - 1) FROM pg_stat_archiver")
+    while server.sql(query) != "t":  # noqa: ASYNC110 - polling the server: nothing to await
         await asyncio.sleep(0.05)
