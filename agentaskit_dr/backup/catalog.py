@@ -35,6 +35,11 @@ class Catalog:
     leftovers: dict[str, float] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def ids(self) -> set[str]:
+        """Every backup id in the bucket, good or not."""
+        return {r.backup_id for r in self.records} | set(self.leftovers) | set(self.broken)
+
     def get(self, backup_id: str) -> BackupRecord | None:
         return next((r for r in self.records if r.backup_id == backup_id), None)
 

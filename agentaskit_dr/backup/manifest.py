@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -34,10 +34,16 @@ class RecordError(ValueError):
     """A ``backup.json`` that cannot be read as a backup record."""
 
 
-def new_backup_id(now: float, kind: Kind) -> str:
-    """Sortable by time: ``20261129T020000Z-F`` (F full, I incremental, R restore point)."""
-    stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{ {'full': 'F', 'incremental': 'I', 'restore-point': 'R'}[kind] }"
+def new_backup_id(now: float, kind: Kind, taken: Collection[str] = ()) -> str:
+    """Sortable by time: ``20261129T020000Z-F`` (F full, I incremental, R restore point);
+    a second later than ``now`` while the id is in ``taken`` (two runs in one second)."""
+    letter = {"full": "F", "incremental": "I", "restore-point": "R"}[kind]
+    while True:
+        stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        backup_id = f"{stamp}-{letter}"
+        if backup_id not in taken and not any(t.startswith(stamp) for t in taken):
+            return backup_id
+        now += 1.0
 
 
 def is_backup_id(text: str) -> bool:

@@ -37,7 +37,7 @@ ARCHIVE_WAIT = 120.0
 
 async def take_restore_point(
     config: BackupConfig, store: BackupStore, keyring: KeyRing, *, facts: ServerFacts,
-    decision: Decision, clock: Callable[[], float],
+    decision: Decision, clock: Callable[[], float], taken: set[str],
 ) -> BackupRecord:
     """Create the point, wait for its WAL in the archive, check the chain, write the record."""
     import asyncpg
@@ -47,7 +47,7 @@ async def take_restore_point(
     full = decision.parent
     assert full is not None
     started_at = clock()
-    backup_id = new_backup_id(started_at, "restore-point")
+    backup_id = new_backup_id(started_at, "restore-point", taken)
     conn = await asyncpg.connect(connect_dsn(config.postgresql), timeout=10)
     try:
         lsn = await conn.fetchval("SELECT pg_create_restore_point($1)::text", backup_id)

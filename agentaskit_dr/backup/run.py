@@ -123,10 +123,11 @@ async def run_backup(
             from agentaskit_dr.backup.restore_point import take_restore_point
 
             record = await take_restore_point(config, store, keyring, facts=facts,
-                                              decision=decision, clock=clock)
+                                              decision=decision, clock=clock,
+                                              taken=catalog.ids)
         else:
             record = await _base_backup(config, store, keyring, facts=facts, decision=decision,
-                                        clock=clock, on_bytes=on_bytes)
+                                        clock=clock, on_bytes=on_bytes, taken=catalog.ids)
     log.info("backup_finished", backup_id=record.backup_id, kind=record.kind,
              stored_bytes=record.stored_bytes, seconds=round(record.stopped_at -
                                                               record.started_at, 3))
@@ -142,9 +143,10 @@ async def _base_backup(
     decision: Decision,
     clock: Callable[[], float],
     on_bytes: Callable[[int], None] | None,
+    taken: set[str],
 ) -> BackupRecord:
     started_at = clock()
-    backup_id = new_backup_id(started_at, decision.kind)
+    backup_id = new_backup_id(started_at, decision.kind, taken)
     parent = decision.parent
     with tempfile.TemporaryDirectory(prefix="agentaskit-dr-backup-") as scratch:
         previous: Path | None = None

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from agentaskit_dr.backup.manifest import BackupRecord, StoredObject, format_lsn, parse_lsn
+from agentaskit_dr.backup.manifest import (
+    BackupRecord,
+    StoredObject,
+    format_lsn,
+    new_backup_id,
+    parse_lsn,
+)
 from agentaskit_dr.backup.retention import WalFile, plan_prune
 from agentaskit_dr.backup.walchain import missing_segments, segment_name
 
@@ -75,3 +81,13 @@ def test_retention_keeps_the_newest_full_however_old_and_what_builds_on_it() -> 
     # WAL from the start of the backup a recovery to "a day ago" starts from (the
     # incremental, segment 12) stays, and so does each kept backup's own range.
     assert plan.delete_wal == names(1, 1, 9) + names(1, 11, 11)
+
+
+def test_two_backups_in_one_second_get_different_ids_in_time_order() -> None:
+    first = new_backup_id(1_795_953_600.2, "full")
+    second = new_backup_id(1_795_953_600.7, "full", {first})
+    third = new_backup_id(1_795_953_600.9, "incremental", {first, second})
+
+    assert first == "20261129T120000Z-F"
+    assert first < second < third
+    assert third.endswith("-I")
