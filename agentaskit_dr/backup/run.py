@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +47,7 @@ from agentaskit_dr.backup.manifest import (
 from agentaskit_dr.backup.pgtools import BackupSourceError, ServerFacts, server_facts
 
 if TYPE_CHECKING:
-    from agentaskit_dr.backup.store import BackupStore
+    from agentaskit_dr.backup.store import BackupStore, ObjectInfo
     from agentaskit_dr.config import BackupConfig
 
 log = structlog.get_logger(__name__)
@@ -55,6 +55,8 @@ log = structlog.get_logger(__name__)
 #: A multipart upload older than this under ``base/`` belongs to a dead run.
 STALE_UPLOAD_AGE = 60.0
 INCREMENTAL_MIN_MAJOR = 17
+#: The largest object one S3 CopyObject copies.
+COPY_LIMIT = 5 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,29 @@ async def run_backup(
     return record, decision
 
 
+async def upload_once(config: BackupConfig, store: BackupStore, key: str,
+                      chunks: AsyncIterator[bytes]) -> ObjectInfo:
+    """Upload a stream to the primary bucket, then (``replication: client``) copy it into
+    the replica inside S3: the bytes leave this host once, and the second bucket costs a
+    server-side copy, not a second upload. Past S3's 5 GiB copy limit the replica's copy
+    is streamed from the primary instead."""
+    from agentaskit_dr.backup.store import BackupStore
+
+    if config.storage.replication != "client":
+        return await store.put_stream(key, chunks)
+    storage = config.storage
+    async with BackupStore(storage.model_copy(update={"replication": "s3"})) as primary:
+        info = await primary.put_stream(key, chunks)
+    if info.size <= COPY_LIMIT:
+        await store.copy_to_replica(key)
+        return info
+    swapped = storage.model_copy(update={"primary": storage.replica, "replica": storage.primary,
+                                         "replication": "s3"})
+    async with BackupStore(swapped) as replica:
+        await replica.put_stream(key, store.get_stream(key))
+    return info
+
+
 async def _base_backup(
     config: BackupConfig,
     store: BackupStore,
@@ -160,7 +185,7 @@ async def _base_backup(
             previous.write_bytes(decrypt_bytes(keyring, key, await store.get_bytes(key)))
         stream = StreamResult()
         tar_key = object_key(backup_id, TAR_NAME)
-        tar_info = await store.put_stream(tar_key, encrypt_stream(
+        tar_info = await upload_once(config, store, tar_key, encrypt_stream(
             keyring, tar_key, stream_basebackup(
                 config.postgresql, stream, label=f"agentaskit-dr {backup_id}",
                 incremental_from=previous, on_bytes=on_bytes)))
