@@ -119,6 +119,8 @@ async def measure(dsn: str, status: Path, rate: float, seconds: float,
             await asyncio.sleep(0.2)
         await writer
         elapsed = time.monotonic() - started
+        halves = (max(lags[: len(lags) // 2], default=0.0),
+                  max(lags[len(lags) // 2 :], default=0.0))
         archived_1, lsn_1 = await archived(), await lsn()
         await conn.execute("SELECT pg_switch_wal()")
         drain_started = time.monotonic()
@@ -140,6 +142,10 @@ async def measure(dsn: str, status: Path, rate: float, seconds: float,
         "wal_segments_per_s": round((lsn_1 - lsn_0) / elapsed / SEGMENT, 2),
         "archived_segments_per_s": round((archived_1 - archived_0) / elapsed, 2),
         "archived_segments": archived_1 - archived_0,
+        # Everything written during the load, over the time until all of it was archived.
+        "end_to_end_segments_per_s": round((lsn_1 - lsn_0) / SEGMENT / (elapsed + drain), 2),
+        "lag_max_first_half_s": round(halves[0], 2),
+        "lag_max_second_half_s": round(halves[1], 2),
         "lag_max_s": round(lags[-1], 2),
         "lag_p95_s": round(lags[int(0.95 * (len(lags) - 1))], 2),
         "lag_median_s": round(statistics.median(lags), 2),
@@ -206,7 +212,7 @@ def main() -> int:
         print(f"{name:>26}: {value}")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    meets = figures["archived_segments_per_s"] >= 3 and figures["lag_max_s"] <= 5
+    meets = figures["end_to_end_segments_per_s"] >= 3 and figures["lag_max_s"] <= 5
     print(f"{'target (>= 3 seg/s, lag <= 5 s)':>26}: {'met' if meets else 'NOT met'}")
     return 0 if meets else 1
 

@@ -32,6 +32,9 @@ from agentaskit_dr.backup.wal_layout import Spool, stat_signature, wal_key, writ
 log = structlog.get_logger(__name__)
 #: Seconds between attempts at a failing file: doubling from the first to the last.
 BACKOFF = (0.5, 5.0)
+#: Verdicts nobody collected (PostgreSQL stopped asking) are dropped after this long; a
+#: later call just pushes again, which the conditional PUT turns into a comparison.
+VERDICT_TTL = 3600.0
 
 
 class WalConflict(Exception):
@@ -108,8 +111,13 @@ class WalPusher:
             key = wal_key(name)
             blob = await asyncio.to_thread(encrypt_bytes, self._ring, key, data)
             await self._store_once(name, key, data, blob)
-        except FileNotFoundError:
-            self._forget(name)  # gone from pg_wal: PostgreSQL no longer wants it archived
+        except FileNotFoundError as exc:
+            request = self._spool.push / name
+            if request.exists():  # someone waits for it: tell them, once
+                self._failed(name, exc)
+                request.unlink(missing_ok=True)
+            else:
+                self._forget(name)  # gone from pg_wal: PostgreSQL no longer wants it archived
             return
         except Exception as exc:  # noqa: BLE001 - every failure becomes the file's .error
             self._failed(name, exc)
@@ -177,6 +185,15 @@ class WalPusher:
                      owner_of=self._spool.root)
         log.warning("wal_push_failed", file=name, error=message, attempt=failures,
                     retry_in=delay)
+
+    def sweep(self) -> None:
+        """Drop ``.ok``/``.error`` files older than :data:`VERDICT_TTL`."""
+        cutoff = time.time() - VERDICT_TTL
+        with contextlib.suppress(FileNotFoundError):
+            for path in self._spool.pushed.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
 
     def _forget(self, name: str) -> None:
         self._retry_at.pop(name, None)

@@ -150,6 +150,11 @@ class StreamEncryptor:
 
     def chunk(self, data: bytes, *, last: bool) -> bytes:
         """``data`` (at most ``chunk_size`` bytes) sealed as the next chunk, with its frame."""
+        frame, sealed = self.seal(data, last=last)
+        return frame + sealed
+
+    def seal(self, data: bytes | memoryview, *, last: bool) -> tuple[bytes, bytes]:
+        """:meth:`chunk` as ``(frame, sealed)``, sparing a copy of the chunk."""
         if self._closed:
             raise ValueError("the last chunk was already sealed")
         if len(data) > self.chunk_size:
@@ -159,7 +164,7 @@ class StreamEncryptor:
         sealed = self._cipher.encrypt(_nonce(self._prefix, self._counter, last), data, self._aad)
         self._counter += 1
         self._closed = last
-        return _FRAME.pack(len(sealed) | (_LAST if last else 0)) + sealed
+        return _FRAME.pack(len(sealed) | (_LAST if last else 0)), sealed
 
 
 class StreamDecryptor:
@@ -228,32 +233,38 @@ class StreamDecryptor:
         assert self._cipher is not None
         out: list[bytes] = []
         buffer = self._buffer
-        while not self._done and len(buffer) >= _FRAME.size:
-            (frame,) = _FRAME.unpack_from(buffer)
-            last, length = bool(frame & _LAST), frame & ~_LAST
-            if not TAG_SIZE <= length <= self._chunk_size + TAG_SIZE:
-                raise self._tampered(f"chunk {self._counter} has an impossible length {length}")
-            if len(buffer) < _FRAME.size + length:
-                break
-            if self._counter >= _MAX_CHUNKS:
-                raise self._tampered("too many chunks")
-            nonce = _nonce(self._prefix, self._counter, last)
-            try:
-                plain = self._cipher.decrypt(
-                    nonce, bytes(buffer[_FRAME.size:_FRAME.size + length]), self._aad
-                )
-            except InvalidTag:
-                hint = (f" (or key id {self._key_id!r} is configured with another key)"
-                        if self._counter == 0 else "")
-                raise self._tampered(f"chunk {self._counter} does not authenticate{hint}"
-                                     ) from None
-            del buffer[:_FRAME.size + length]
-            out.append(plain)
-            self._counter += 1
-            self._done = last
+        at = 0  # consumed bytes, dropped from the buffer once at the end (no memmove per chunk)
+        with memoryview(buffer) as view:
+            while not self._done and len(buffer) - at >= _FRAME.size:
+                (frame,) = _FRAME.unpack_from(buffer, at)
+                last, length = bool(frame & _LAST), frame & ~_LAST
+                if not TAG_SIZE <= length <= self._chunk_size + TAG_SIZE:
+                    raise self._tampered(
+                        f"chunk {self._counter} has an impossible length {length}")
+                start = at + _FRAME.size
+                if len(buffer) < start + length:
+                    break
+                if self._counter >= _MAX_CHUNKS:
+                    raise self._tampered("too many chunks")
+                out.append(self._open(view[start:start + length], last))
+                at = start + length
+                self._counter += 1
+                self._done = last
+        del buffer[:at]
         if self._done and buffer:
             raise self._tampered("data after the last chunk")
         return b"".join(out)
+
+    def _open(self, sealed: memoryview, last: bool) -> bytes:
+        assert self._cipher is not None
+        nonce = _nonce(self._prefix, self._counter, last)
+        try:
+            return self._cipher.decrypt(nonce, sealed, self._aad)
+        except InvalidTag:
+            hint = (f" (or key id {self._key_id!r} is configured with another key)"
+                    if self._counter == 0 else "")
+            raise self._tampered(f"chunk {self._counter} does not authenticate{hint}"
+                                 ) from None
 
     def finish(self) -> None:
         """Check the object ended with its last chunk; :class:`ObjectTampered` if not."""
@@ -267,15 +278,15 @@ def encrypt_bytes(keyring: KeyRing, name: str, data: bytes, *, chunk_size: int =
     """``data`` encrypted as the object ``name``."""
     encryptor = StreamEncryptor(keyring, name, chunk_size=chunk_size)
     parts = [encryptor.header()]
-    view = memoryview(data)
-    start = 0
-    while True:
-        piece = view[start:start + chunk_size]
-        start += chunk_size
-        last = start >= len(data)
-        parts.append(encryptor.chunk(bytes(piece), last=last))
-        if last:
-            return b"".join(parts)
+    with memoryview(data) as view:
+        start = 0
+        while True:
+            piece = view[start:start + chunk_size]
+            start += chunk_size
+            last = start >= len(data)
+            parts.extend(encryptor.seal(piece, last=last))
+            if last:
+                return b"".join(parts)
 
 
 def decrypt_bytes(keyring: KeyRing, name: str, blob: bytes) -> bytes:

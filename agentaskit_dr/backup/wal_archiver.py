@@ -93,6 +93,7 @@ async def archive(config_path: Path, spool: Spool, idle_exit: float | None) -> i
                 break
             if now - swept_at > 60:
                 fetcher.sweep()
+                pusher.sweep()
                 swept_at = now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)

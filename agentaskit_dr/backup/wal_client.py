@@ -2,9 +2,10 @@
 
 They hand the work to the long-running archiver (:mod:`.wal_archiver`) through the spool
 directory and wait for its verdict, starting it if it is not running; they import only
-the standard library and PyYAML, so each call costs a bare Python start (tens of ms)
-instead of loading the AWS SDK. The archiver pushes every ``.ready`` file ahead of
-PostgreSQL's calls, so most ``wal-push`` calls find their ``.ok`` already there.
+the standard library (PyYAML only for a config the hand scan cannot read), so a call
+costs little more than a bare Python start instead of loading the AWS SDK. The archiver
+pushes every ``.ready`` file ahead of PostgreSQL's calls, so most ``wal-push`` calls find
+their ``.ok`` already there.
 
 Exit status: 0 once the file is durable (push) or in place (fetch); 1 otherwise, with one
 line on stderr (PostgreSQL logs it, keeps the WAL and retries the push later).
@@ -12,13 +13,10 @@ line on stderr (PostgreSQL logs it, keeps the WAL and retries the push later).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import fcntl
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +30,11 @@ from agentaskit_dr.backup.wal_layout import (
     write_atomic,
 )
 
+TYPE_CHECKING = False  # typing's import costs ~5 ms on every call PostgreSQL makes
+if TYPE_CHECKING:
+    import argparse
+    import subprocess
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 #: How often a waiting command looks at the spool, at most.
@@ -44,23 +47,79 @@ class WalCommandError(Exception):
 
 def spool_from_config(config: Path) -> Path:
     """``postgresql.wal.spool_dir`` of the backup config (relative to the file), read
-    without validating the rest: the archiver validates the whole file when it starts."""
+    without validating the rest: the archiver validates the whole file when it starts.
+
+    Block-style YAML is scanned by hand (PyYAML's import costs more than the rest of the
+    command); anything else (flow style, anchors, odd quoting) goes to PyYAML.
+    """
+    try:
+        text = config.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WalCommandError(f"cannot read {config}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise WalCommandError(f"{config} is not UTF-8 text") from None
+    sure, spool = scan_spool_dir(text)
+    if not sure:
+        spool = _yaml_spool_dir(config, text)
+    if spool is None:
+        return DEFAULT_SPOOL
+    path = Path(spool)
+    return path if path.is_absolute() else config.parent / path
+
+
+_SPOOL_PATH = ["postgresql", "wal", "spool_dir"]
+
+
+def scan_spool_dir(text: str) -> tuple[bool, str | None]:
+    """``(sure, spool_dir)`` from block-style YAML; ``sure`` is False when only a real
+    YAML parser can tell."""
+    if "spool_dir" not in text:
+        return True, None
+    stack: list[tuple[int, str]] = []
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(raw) - len(raw.lstrip(" "))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key, colon, value = stripped.partition(":")
+        key = key.strip()
+        if not colon or not key or key[0] in "-{[\"'?&*!|>%@`":
+            continue
+        value = value.split(" #")[0].strip()
+        path = [*(k for _, k in stack), key]
+        if path == _SPOOL_PATH:
+            if value[:1] in ("'", '"'):
+                if len(value) < 2 or value[-1] != value[0] or value[0] in value[1:-1]:
+                    return False, None
+                value = value[1:-1]
+            elif not value or value[0] in "{[&*!|>%@`" or value in ("null", "~"):
+                return False, None
+            return True, value
+        if value and path == _SPOOL_PATH[: len(path)]:
+            return False, None  # postgresql: {...} or wal: {...}: flow style
+        if not value:
+            stack.append((indent, key))
+    return False, None
+
+
+def _yaml_spool_dir(config: Path, text: str) -> str | None:
     import yaml
 
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise WalCommandError(f"cannot read {config}: {exc.strerror or exc}") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError:
         raise WalCommandError(f"{config} is not valid YAML") from None
-    wal = ((data or {}).get("postgresql") or {}).get("wal") or {}
-    spool = wal.get("spool_dir") if isinstance(wal, dict) else None
+    section: object = data
+    for key in _SPOOL_PATH[:-1]:
+        section = section.get(key) if isinstance(section, dict) else None
+    spool = section.get("spool_dir") if isinstance(section, dict) else None
     if spool is None:
-        return DEFAULT_SPOOL
+        return None
     if not isinstance(spool, str) or not spool.strip():
         raise WalCommandError(f"{config}: postgresql.wal.spool_dir must be a directory path")
-    path = Path(spool)
-    return path if path.is_absolute() else config.parent / path
+    return spool
 
 
 def archiver_running(spool: Spool) -> bool:
@@ -98,6 +157,8 @@ class _Archiver:
             raise WalCommandError(f"the WAL archiver exited: {self._last_log_line()}")
         if archiver_running(self._spool):
             return
+        import subprocess
+
         with self._spool.log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "agentaskit_dr.backup.wal_archiver",
@@ -215,6 +276,8 @@ def _take_fetched(spool: Spool, name: str, dest: Path) -> bool:
             raise
         # Another file system (rename fails with EXDEV even when the source is absent).
         temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        import shutil
+
         try:
             shutil.copyfile(source, temp)
         except FileNotFoundError:
@@ -225,7 +288,8 @@ def _take_fetched(spool: Spool, name: str, dest: Path) -> bool:
 
 
 def add_wal_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``wal-push`` and ``wal-fetch`` (for ``--help``; :func:`main` runs them)."""
+    """``wal-push`` and ``wal-fetch`` in the full CLI's parser, for ``--help``; :func:`main`
+    parses and runs them (without argparse)."""
     push_cmd = sub.add_parser(
         "wal-push", help="archive_command: ship a WAL file to the backup buckets (%%p)")
     push_cmd.add_argument("--config", required=True, type=Path, help="backup YAML file")
@@ -241,23 +305,58 @@ def add_wal_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     fetch_cmd.add_argument("dest", type=Path, help="where to put it (%%p)")
 
 
+_USAGE = {
+    "wal-push": "usage: agentaskit-dr wal-push --config FILE [--timeout S] PATH",
+    "wal-fetch": "usage: agentaskit-dr wal-fetch --config FILE [--timeout S] NAME DEST",
+}
+EXIT_USAGE = 2
+
+
+def _parse(argv: Sequence[str]) -> tuple[str, Path, float, list[str]]:
+    """``(command, config, timeout, positionals)``: argparse costs a start-up we skip."""
+    command, *rest = argv
+    options: dict[str, str] = {}
+    positionals: list[str] = []
+    items = iter(rest)
+    for item in items:
+        name, equals, value = item.partition("=")
+        if name in ("--config", "--timeout"):
+            options[name] = value if equals else next(items, "")
+        elif item.startswith("-"):
+            raise ValueError(item)
+        else:
+            positionals.append(item)
+    wanted = 1 if command == "wal-push" else 2
+    if not options.get("--config") or len(positionals) != wanted:
+        raise ValueError(command)
+    timeout = float(options.get("--timeout", "60"))
+    if not timeout > 0:
+        raise ValueError("--timeout")
+    return command, Path(options["--config"]), timeout, positionals
+
+
 def main(argv: Sequence[str]) -> int:
     """Run ``wal-push``/``wal-fetch`` (``argv`` starts with the command name)."""
-    parser = argparse.ArgumentParser(prog="agentaskit-dr")
-    add_wal_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    if "-h" in argv or "--help" in argv:
+        print(f"{_USAGE[argv[0]]}\n(docs/backups.md: archive_command / restore_command)")
+        return EXIT_OK
     try:
-        if args.command == "wal-push":
-            push(args.config, args.path, args.timeout)
+        command, config, timeout, args = _parse(argv)
+    except ValueError:
+        print(_USAGE[argv[0]], file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if command == "wal-push":
+            push(config, Path(args[0]), timeout)
             return EXIT_OK
-        if fetch(args.config, args.name, args.dest, args.timeout):
+        if fetch(config, args[0], Path(args[1]), timeout):
             return EXIT_OK
-        print(f"agentaskit-dr wal-fetch: {args.name} is not in the archive", file=sys.stderr)
+        print(f"agentaskit-dr wal-fetch: {args[0]} is not in the archive", file=sys.stderr)
     except WalCommandError as exc:
-        print(f"agentaskit-dr {args.command}: {exc}", file=sys.stderr)
+        print(f"agentaskit-dr {command}: {exc}", file=sys.stderr)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"agentaskit-dr {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"agentaskit-dr {command}: {exc.strerror or exc}{where}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(f"agentaskit-dr {args.command}: interrupted", file=sys.stderr)
+        print(f"agentaskit-dr {command}: interrupted", file=sys.stderr)
     return EXIT_FAILURE

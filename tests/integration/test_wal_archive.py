@@ -206,3 +206,34 @@ async def test_an_unusable_key_stops_the_archiver_before_anything_is_written(
     assert "the WAL archiver exited" in failed.stderr
     assert "environment variable AGENTASKIT_DR_BACKUP_KEY is not set" in failed.stderr
     assert await keys_in(moto_server, PRIMARY) == []
+
+
+async def test_with_s3_replication_the_push_writes_the_primary_only(moto_server: str,
+                                                                   tmp_path: Path) -> None:
+    await create_buckets(moto_server)
+    world = WalWorld(moto_server, replication="s3")
+    try:
+        datadir = make_pg_wal(tmp_path, SEGMENTS[:1])
+        done = world.wal("wal-push", f"pg_wal/{SEGMENTS[0]}", cwd=datadir)
+    finally:
+        world.close()
+
+    assert done.returncode == 0, done.stderr
+    assert await keys_in(moto_server, PRIMARY) == [wal_key(SEGMENTS[0])]
+    assert await keys_in(moto_server, REPLICA) == []
+
+
+async def test_a_file_that_vanishes_before_the_push_fails_and_is_forgotten(
+    world: WalWorld, tmp_path: Path
+) -> None:
+    datadir = make_pg_wal(tmp_path, [])
+    world.spool.joinpath("push").mkdir(exist_ok=True)
+    gone = datadir / "pg_wal" / SEGMENTS[0]
+    (world.spool / "push" / SEGMENTS[0]).write_text(str(gone))  # a request, then rm
+    (datadir / "pg_wal" / SEGMENTS[1]).write_bytes(b"x")
+
+    pushed = world.wal("wal-push", f"pg_wal/{SEGMENTS[1]}", cwd=datadir)
+
+    assert pushed.returncode == 0, pushed.stderr
+    wait_for(lambda: not (world.spool / "push" / SEGMENTS[0]).exists(), "the request dropped")
+    assert "No such file" in (world.spool / "pushed" / f"{SEGMENTS[0]}.error").read_text()

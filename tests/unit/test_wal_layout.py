@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentaskit_dr.backup.wal_client import main as wal_main
-from agentaskit_dr.backup.wal_client import spool_from_config
+from agentaskit_dr.backup.wal_client import scan_spool_dir, spool_from_config
 from agentaskit_dr.backup.wal_layout import (
     DEFAULT_SPOOL,
     is_wal_name,
@@ -107,3 +107,51 @@ def test_the_full_cli_lists_the_wal_commands() -> None:
                           capture_output=True, text=True, cwd=REPO, check=False)
     assert "wal-push" in done.stdout
     assert "wal-fetch" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql:\n  wal:\n    spool_dir: /var/spool/x   # local disk\n",
+        "# spool_dir: /nope\npostgresql:\n  full:\n    schedule: '0 2 * * *'\n"
+        "  wal:\n    retention: 24h\n    spool_dir: \"spool dir\"\n",
+        "storage:\n  spool_dir: /not-here\npostgresql:\n  wal:\n    spool_dir: 'here'\n",
+        "postgresql: {wal: {spool_dir: /flow}}\n",
+        "postgresql:\n  wal: {spool_dir: /flow}\n",
+        "postgresql:\n  wal:\n    spool_dir: &s /anchored\n",
+        "encryption:\n  previous_keys:\n    - {id: k1, key_env: K}\npostgresql:\n"
+        "  wal:\n    spool_dir: /after-a-list\n",
+        "storage: {}\n",
+        "postgresql:\n  wal:\n    spool_dir: null\n",
+    ],
+)
+def test_the_hand_scan_of_spool_dir_agrees_with_yaml_or_defers(text: str) -> None:
+    import yaml
+
+    expected = ((yaml.safe_load(text).get("postgresql") or {}).get("wal") or {}).get(
+        "spool_dir")
+    sure, found = scan_spool_dir(text)
+
+    if sure:
+        assert found == expected
+    assert spool_from_text(text) == expected
+
+
+def spool_from_text(text: str) -> str | None:
+    """What the command ends up with (hand scan, else PyYAML)."""
+    from agentaskit_dr.backup.wal_client import _yaml_spool_dir
+
+    sure, found = scan_spool_dir(text)
+    return found if sure else _yaml_spool_dir(Path("backup.yaml"), text)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["wal-push"], ["wal-push", "--config", "b.yaml"], ["wal-fetch", "--config", "b.yaml", "X"],
+     ["wal-push", "--config", "b.yaml", "--timeout", "0", "p"],
+     ["wal-push", "--config", "b.yaml", "--bogus", "p"]],
+)
+def test_bad_arguments_print_the_usage(argv: list[str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert wal_main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"usage: agentaskit-dr {argv[0]} --config FILE")
