@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     from agentaskit_dr.api.commands import add_api_commands
     from agentaskit_dr.appstate_command import add_appstate_commands
     from agentaskit_dr.backup.wal_client import add_wal_commands
+    from agentaskit_dr.backup_command import add_backup_commands
     from agentaskit_dr.drtesting_command import add_drtesting_commands
     from agentaskit_dr.failback_command import add_failback_command
     from agentaskit_dr.fence_commands import add_fence_commands
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     add_integrity_command(sub)
     add_resync_command(sub)
     add_failback_command(sub)
+    add_backup_commands(sub)
     add_wal_commands(sub)
     add_drtesting_commands(sub)
     add_appstate_commands(sub)
@@ -141,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agentaskit_dr.drtesting_command import run_drtesting_command
 
             return run_drtesting_command(args)
+        if getattr(args, "backup_command", None):
+            from agentaskit_dr.backup_command import run_backup_command
+
+            return run_backup_command(args)
         if getattr(args, "oncall", None):
             from agentaskit_dr.oncall import run_oncall_command
 

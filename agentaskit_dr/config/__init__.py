@@ -21,6 +21,7 @@ from agentaskit_dr.config._backup import (
     VerifyBackupConfig,
     WalArchiving,
 )
+from agentaskit_dr.config._backup_source import PostgresSource, RestoreTarget
 from agentaskit_dr.config._base import redact, redact_url
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._drills import (
@@ -71,10 +72,12 @@ __all__ = [
     "PeerClientTls",
     "PeerTlsConfig",
     "PostgresBackupConfig",
+    "PostgresSource",
     "PreviousKey",
     "ProbeConfig",
     "PromotionConfig",
     "RegionConfig",
+    "RestoreTarget",
     "RestoreTestConfig",
     "S3ObjectsBackup",
     "ScheduledBackup",

@@ -21,6 +21,11 @@ from agentaskit_dr.config._appstate import (
     RedisStateSource,
     SecretsStateSource,
 )
+from agentaskit_dr.config._backup_source import (
+    PostgresSource,
+    RestoreTarget,
+    production_target_problems,
+)
 from agentaskit_dr.config._base import (
     ConfigModel,
     ConfigPath,
@@ -170,7 +175,7 @@ class WalArchiving(ConfigModel):
     """The archiver exits after this long with nothing to do (the next call restarts it)."""
 
 
-class PostgresBackupConfig(ConfigModel):
+class PostgresBackupConfig(PostgresSource):
     """PostgreSQL: full base backups, incrementals on top of them, and WAL."""
 
     full: ScheduledBackup = Field(
@@ -434,6 +439,17 @@ class BackupConfig(ConfigModel):
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     drills: DrillsConfig = Field(default_factory=DrillsConfig)
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
+    restore_targets: dict[NonBlank, RestoreTarget] = Field(default_factory=dict)
+    """Scratch places ``test-restore --target NAME`` may restore into."""
+    evidence_dir: ConfigPath = Path("/var/lib/agentaskit-dr/evidence")
+    """Evidence of each backup job goes to ``<evidence_dir>/backups/``."""
+
+    @model_validator(mode="after")
+    def _restore_targets_are_not_production(self) -> Self:
+        problems = production_target_problems(list(self.restore_targets))
+        if problems:
+            raise problems_error(problems)
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dict for logs and status; the key itself is never in it."""

@@ -115,10 +115,14 @@ def test_shipped_backup_config_matches_the_operations_plan() -> None:
     assert [state.redis.retention, state.s3_objects.retention] == [7 * day, 90 * day]
     assert [state.configs.retention, state.secrets.retention] == [365 * day, 30 * day]
     assert config.verification.test_restore.target == "staging"
-    # The schema's defaults are the plan too: the file only spells them out.
+    # The schema's defaults are the plan too: the file only spells them out (besides
+    # the deployment's own: the server to back up and the restore targets).
+    data = shipped("backup.yaml")
     assert config == BackupConfig.model_validate(
-        {key: shipped("backup.yaml")[key] for key in ("storage", "encryption")}
+        {key: data[key] for key in ("storage", "encryption", "restore_targets")}
+        | {"postgresql": {"dsn": data["postgresql"]["dsn"]}}
     )
+    assert set(config.restore_targets) == {config.verification.test_restore.target}
 
 
 # ---------------------------------------------------------------- durations and sizes
