@@ -22,6 +22,7 @@ from agentaskit_dr.config._backup import (
     WalArchiving,
 )
 from agentaskit_dr.config._base import redact, redact_url
+from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._failback import FailbackConfig
@@ -32,8 +33,6 @@ from agentaskit_dr.config._loader import (
     looks_like_backup,
 )
 from agentaskit_dr.config._models import (
-    DatabaseConfig,
-    LockConfig,
     LoggingConfig,
     ProbeConfig,
     PromotionConfig,
