@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from agentaskit_dr.api.client import ApiError
     from agentaskit_dr.config import TlsFile
@@ -41,10 +43,6 @@ DEFAULT_URL = "http://127.0.0.1:8787"
 URL_ENV = "AGENTASKIT_DR_API_URL"
 TOKEN_FILE_ENV = "AGENTASKIT_DR_API_TOKEN_FILE"  # noqa: S105 (a variable name, not a secret)
 CA_FILE_ENV = "AGENTASKIT_DR_API_CA_FILE"
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 # action -> (HTTP path, whether it changes state and so needs the token)
 _ACTIONS: dict[str, tuple[str, bool]] = {
