@@ -34,7 +34,7 @@ from agentaskit_dr.actuators._route53_records import (
     txt_rrset,
     validate_settings,
 )
-from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+from agentaskit_dr.ports import ActuationFailed, StepOutcome, refuse_newer_epoch
 
 __all__ = ["FencingMarker", "Route53Switch"]
 
@@ -335,9 +335,12 @@ class Route53Switch:
 def _refuse_stale(
     marker: FencingMarker | None, epoch: int, record: str, flog: FilteringBoundLogger
 ) -> None:
-    if marker is not None and marker.epoch > epoch:
-        reason = (f"DNS record {record} was switched under epoch {marker.epoch} "
-                  f"(run {marker.run}), newer than our epoch {epoch}")
-        flog.error("dns_switch_refused", reason=reason, marker_epoch=marker.epoch)
-        raise StaleEpoch(reason)
+    if marker is None:
+        return
+    refuse_newer_epoch(
+        marker.epoch, epoch,
+        f"DNS record {record} was switched under epoch {marker.epoch} (run {marker.run}), "
+        f"newer than our epoch {epoch}",
+        on_refusal=lambda reason: flog.error("dns_switch_refused", reason=reason,
+                                             marker_epoch=marker.epoch))
 

@@ -31,7 +31,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from agentaskit_dr.actuators._kube_client import ClientFactory, DeploymentsApi, kube_api_client
-from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome, refuse_newer_epoch
 
 if TYPE_CHECKING:
     # kubernetes_asyncio imports every model (about 37 MiB): only when a scale is done.
@@ -72,11 +72,9 @@ class _Marks:
         )
 
     def refuse_newer(self, name: str, epoch: int) -> None:
-        if self.epoch is not None and self.epoch > epoch:
-            raise StaleEpoch(
-                f"deployment {name} was scaled under epoch {self.epoch} (run {self.run}), "
-                f"newer than ours {epoch}"
-            )
+        refuse_newer_epoch(self.epoch, epoch,
+                           f"deployment {name} was scaled under epoch {self.epoch} "
+                           f"(run {self.run}), newer than ours {epoch}")
 
 
 def _int_annotation(notes: dict[str, str], key: str, deployment: str) -> int | None:

@@ -53,7 +53,7 @@ from agentaskit_dr.actuators.promote_marker import (
     touch_marker,
 )
 from agentaskit_dr.actuators.role_fence import restore_locked_roles
-from agentaskit_dr.ports import LockUnavailable, StaleEpoch
+from agentaskit_dr.ports import LockUnavailable, StaleEpoch, refuse_newer_epoch
 
 __all__ = [
     "FenceResult",
@@ -299,8 +299,8 @@ class PostgresPromoter:
         # was promoted under a newer epoch, this caller is stale. Checked before pg_promote,
         # when refusing still changes nothing.
         marker = await read_marker_epoch(conn)
-        if marker is not None and marker > epoch:
-            raise StaleEpoch(f"the standby follows a primary promoted under newer epoch {marker}")
+        refuse_newer_epoch(marker, epoch,
+                           f"the standby follows a primary promoted under newer epoch {marker}")
 
     async def _pg_promote(
         self, conn: asyncpg.Connection, plog: FilteringBoundLogger, replay_paused: bool
@@ -364,8 +364,7 @@ class PostgresPromoter:
         self, conn: asyncpg.Connection, plog: FilteringBoundLogger, epoch: int
     ) -> float:
         marker = await read_marker_epoch(conn)
-        if marker is not None and marker > epoch:
-            raise StaleEpoch(f"the target was promoted under newer epoch {marker}")
+        refuse_newer_epoch(marker, epoch, f"the target was promoted under newer epoch {marker}")
         if marker is None or marker < epoch:
             raise PromotionRefused(
                 "target is not a standby: it is a primary not promoted by this epoch "

@@ -22,7 +22,7 @@ import structlog
 from yarl import URL
 
 from agentaskit_dr.actuators.fence import PromotionRefused, describe_dsn, session
-from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome, refuse_newer_epoch
 
 log = structlog.get_logger(__name__)
 
@@ -240,11 +240,9 @@ class ServiceVerifier:
             return None, f"new primary {self._primary}: no answer within {round(limit, 2):g}s"
         except PromotionRefused as exc:
             return None, _short(exc.reason, self._dsn)
-        if row["epoch"] > epoch:
-            raise StaleEpoch(
-                f"new primary {self._primary} was verified under epoch {row['epoch']}, "
-                f"newer than {epoch}"
-            )
+        refuse_newer_epoch(row["epoch"], epoch,
+                           f"new primary {self._primary} was verified under epoch "
+                           f"{row['epoch']}, newer than {epoch}")
         if (row["run"], row["epoch"]) != (failover_id, epoch):
             return None, (
                 f"new primary {self._primary}: read back run={row['run']!r} "
