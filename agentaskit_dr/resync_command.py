@@ -22,7 +22,7 @@ from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from agentaskit_dr.actuators.resync import LibpqSource, ResyncPlan, ResyncResult
+    from agentaskit_dr.actuators.resync_plan import LibpqSource, ResyncPlan, ResyncResult
     from agentaskit_dr.config import WatchdogConfig
 
 DEFAULT_TIMEOUT = "10m"
@@ -53,7 +53,7 @@ def add_resync_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_resync_command(args: argparse.Namespace) -> int:
     """Run ``sync-primary``; every expected failure is one line on stderr, no traceback."""
     from agentaskit_dr import logs
-    from agentaskit_dr.actuators.resync import ResyncFailed
+    from agentaskit_dr.actuators.resync_plan import ResyncFailed
     from agentaskit_dr.config import load_config, parse_duration
     from agentaskit_dr.config_cli import load_or_explain
     from agentaskit_dr.oncall_lock import Refused
@@ -122,7 +122,7 @@ def describe(result: ResyncResult) -> str:
 def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPlan:
     """What ``sync-primary`` of ``region`` needs from the config; MissingControl if this
     host may not control that region's server."""
-    from agentaskit_dr.actuators.resync import ResyncPlan
+    from agentaskit_dr.actuators.resync_plan import ResyncPlan
     from agentaskit_dr.fencing import (
         other_region,
         primary_elsewhere,
@@ -168,7 +168,7 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
 
 
 def _given(conninfo: str) -> LibpqSource:
-    from agentaskit_dr.actuators.resync import LibpqSource
+    from agentaskit_dr.actuators.resync_plan import LibpqSource
 
     return LibpqSource(conninfo)
 
@@ -176,7 +176,7 @@ def _given(conninfo: str) -> LibpqSource:
 def libpq_source(dsn: str, secret: SecretStr | None, *, options: str | None = None) -> LibpqSource:
     """``dsn`` as a libpq URL without its password (that goes in PGPASSWORD, never argv),
     with ``options`` added."""
-    from agentaskit_dr.actuators.resync import LibpqSource
+    from agentaskit_dr.actuators.resync_plan import LibpqSource
 
     parts = urlsplit(dsn)
     userinfo, at, hosts = parts.netloc.rpartition("@")
