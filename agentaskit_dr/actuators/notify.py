@@ -25,6 +25,7 @@ import structlog
 from yarl import URL
 
 from agentaskit_dr.ports import Notification
+from agentaskit_dr.redaction import mask_secrets
 from agentaskit_dr.retry import RetryCallState, last_error, retry_policy
 
 log = structlog.get_logger(__name__)
@@ -211,9 +212,7 @@ class WebhookNotifier(abc.ABC):
         return wait
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text[: _ERROR_EXCERPT * 2]
+        return mask_secrets(text, self._secrets)[: _ERROR_EXCERPT * 2]
 
 
 def _is_retryable(exc: BaseException) -> bool:

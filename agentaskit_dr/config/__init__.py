@@ -21,7 +21,6 @@ from agentaskit_dr.config._backup import (
     VerifyBackupConfig,
     WalArchiving,
 )
-from agentaskit_dr.config._base import redact, redact_url
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
@@ -42,6 +41,7 @@ from agentaskit_dr.config._models import (
 )
 from agentaskit_dr.config._sections import ApiConfig, ApiTlsConfig, PeerTlsConfig
 from agentaskit_dr.config._vantage import PeerClientTls, TlsFile
+from agentaskit_dr.redaction import redact, redact_url
 
 __all__ = [
     "ApiConfig",

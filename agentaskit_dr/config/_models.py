@@ -29,7 +29,6 @@ from agentaskit_dr.config._base import (
     Problem,
     problem_error,
     problems_error,
-    redact,
 )
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._durations import format_duration
@@ -49,6 +48,7 @@ from agentaskit_dr.config._vantage import (
     vantage_warnings,
 )
 from agentaskit_dr.core import Thresholds
+from agentaskit_dr.redaction import redact
 
 
 class RegionConfig(ConfigModel):
