@@ -156,19 +156,19 @@ def _from_lock_store(action: str, args: argparse.Namespace,
     if action not in _STORE_ACTIONS or args.config is None or exc.status is not None:
         return None
     from agentaskit_dr.cluster_cli import store_control, store_status
-    from agentaskit_dr.config import ConfigError, load_config
+    from agentaskit_dr.config import load_config
+    from agentaskit_dr.config_cli import load_or_explain
     from agentaskit_dr.ports import LockUnavailable
 
     print(f"agentaskit-dr {action}: {exc}; using the lock store of {args.config}",
           file=sys.stderr)
+    config = load_or_explain(args.config, load_config)
+    if config is None:
+        return None
     try:
-        config = load_config(args.config)
         if action == "status":
             return asyncio.run(store_status(config))
         return asyncio.run(store_control(config, action, getattr(args, "reason", None)))
-    except ConfigError as problem:
-        print(f"agentaskit-dr {action}: {args.config}: invalid configuration: "
-              f"{'; '.join(problem.problems)}", file=sys.stderr)
     except LockUnavailable as problem:
         print(f"agentaskit-dr {action}: {problem}", file=sys.stderr)
     return None
