@@ -6,8 +6,9 @@ Runbook step 3 (``update-dns --target=secondary``) and failback step 4 (``shift-
 they land together or not at all. The marker is replaced with DELETE (its exact current
 value) + CREATE, not UPSERT: Route 53 rejects a DELETE whose value no longer matches, which
 makes the write a compare-and-set. A leader that read epoch 3, stalled, and wakes after
-epoch 5 wrote cannot overwrite epoch 5's records (DESIGN invariant 4). ``at`` makes every
-marker value new, which also keeps emulators that refuse to re-CREATE a value happy.
+epoch 5 wrote cannot overwrite epoch 5's records (safety invariant 4,
+docs/architecture.md). ``at`` makes every marker value new, which also keeps emulators
+that refuse to re-CREATE a value happy.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Each step is one log event carrying the failover id and epoch:
    earlier attempt of the same incident without its marker is adopted, one promoted
    under a newer epoch means we are stale, any other primary is refused;
 3. the fence gate (``promote_gate``): an old primary that answers at all is fenced and
-   the fence confirmed before anything else, or nothing is promoted (DESIGN invariant 1);
+   the fence confirmed before anything else, or nothing is promoted (safety invariant 1);
    only one that nobody reaches is promoted past (its own side has self-fenced);
 4. the catch-up gate: the fenced old primary's final WAL position is read after the
    fence and the standby must replay it within ``catch_up_timeout`` (zero loss); an

@@ -1,6 +1,6 @@
 """The failover decision: ``transition(state, event, now) -> (state, commands)``.
 
-Debounce rule (DESIGN.md invariant 2): a condition fails over only when failing
+Debounce rule (safety invariant 2, docs/architecture.md): a condition fails over only when failing
 observations span more than its threshold with no healthy observation in between.
 The span is measured from the first to the latest failing *observation*, so the
 decision always rests on evidence, never on the mere absence of news.

@@ -4,7 +4,7 @@ Each observation opens a fresh connection, runs one status query (plus one read 
 fencing marker when its table exists and is readable) and closes the connection, all
 under one deadline.
 A fresh connection each time is deliberate: it measures what a new client sees, and an
-asyncpg connection is often unusable after a timeout anyway (FIELD-NOTES).
+asyncpg connection is often unusable after a timeout anyway (docs/operations-notes.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The task that campaigns for the leader lock and keeps it (DESIGN.md invariant 4).
+"""The task that campaigns for the leader lock and keeps it (safety invariant 4).
 
 Not held: try to acquire every ``ttl / 3``. Held: renew every ``ttl / 3``. A lease is
 usable only until its ``safe_until``; a timer drops it at that moment even if the renew
