@@ -323,7 +323,7 @@ class RedisJournal:
                 raise JournalRefused(f"{where} refused: the run already finished as {detail}") \
                     from None
             raise LockUnavailable(
-                self._scrub(f"lock store {self._where} failed on journal {what}: {exc}")
+                self._calls.scrub(f"lock store {self._where} failed on journal {what}: {exc}")
             ) from exc
 
     async def _call(
@@ -335,7 +335,3 @@ class RedisJournal:
         """
         return await self._calls.call(f"journal {what}", request,
                                       (ResponseError,) if refusals else ())
-
-    def _scrub(self, message: str) -> str:
-        return self._calls.scrub(message)
-
