@@ -15,8 +15,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from yarl import URL
-
 REDACTED = "***"
 
 #: ``key=value`` secrets: DSN query parameters and libpq keyword strings alike.
@@ -70,9 +68,13 @@ def mask_secrets(text: str, secrets: Iterable[str | None]) -> str:
 
 def url_password(url: str) -> str | None:
     """The password written in ``url``'s userinfo, if any."""
+    from yarl import URL  # imported here: logs.py imports this module at start-up
+
     return URL(url).password
 
 
 def without_userinfo(url: str) -> str:
     """The URL without any ``user:password@`` part, fit to show and log."""
+    from yarl import URL
+
     return str(URL(url).with_user(None))
