@@ -16,17 +16,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 from agentaskit_dr import __version__, logs
 from agentaskit_dr.config_cli import load_or_explain, positive_seconds, print_problems
+from agentaskit_dr.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from agentaskit_dr.api.credentials import DaemonCredentials
     from agentaskit_dr.config import WatchdogConfig
 
 T = TypeVar("T")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def _duration(text: str) -> str:

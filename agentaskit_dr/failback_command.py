@@ -26,8 +26,7 @@ import sys
 from pathlib import Path
 
 from agentaskit_dr.config import WatchdogConfig
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 class _Refused(Exception):
@@ -66,7 +65,7 @@ def run_failback_command(args: argparse.Namespace) -> int:
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain
     from agentaskit_dr.leadership.journal import JournalRefused
-    from agentaskit_dr.oncall import Refused
+    from agentaskit_dr.oncall_lock import Refused
     from agentaskit_dr.ports import LockUnavailable, StaleEpoch
     from agentaskit_dr.runtime.failback import FailbackRefused
     from agentaskit_dr.runtime.failback_steps import FAILBACK_PLAN, describe_plan
@@ -113,7 +112,7 @@ def _confirm(home: str) -> None:
 
 
 async def _failback(config: WatchdogConfig, args: argparse.Namespace) -> int:
-    from agentaskit_dr.oncall import held_lock
+    from agentaskit_dr.oncall_lock import held_lock
     from agentaskit_dr.runtime.failback import FailbackRun, RestoreStandbyRun
     from agentaskit_dr.runtime.supervisor import build_cluster_store, build_journal
 

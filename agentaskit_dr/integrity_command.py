@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentaskit_dr.config_cli import positive_seconds
+from agentaskit_dr.exit_codes import EXIT_USAGE
 
 if TYPE_CHECKING:
     from agentaskit_dr.integrity import IntegrityReport
 
-EXIT_SAME, EXIT_DIFFERS, EXIT_USAGE, EXIT_UNVERIFIED = 0, 1, 2, 3
+# Its answer is in the exit code: same, differs, or could not be verified; bad input is
+# the shared EXIT_USAGE (2).
+EXIT_SAME, EXIT_DIFFERS, EXIT_UNVERIFIED = 0, 1, 3
 _NAME = "verify-data-integrity"
 
 

@@ -20,13 +20,10 @@ from typing import Any, TextIO
 
 import structlog
 
+from agentaskit_dr.redaction import mask_url_passwords
+
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key|credential", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
 
-
-def scrub(text: str) -> str:
-    """Replace any password embedded in a URL (``scheme://user:pw@host``) with ``***``."""
-    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 def _scrub_secrets(
@@ -37,7 +34,7 @@ def _scrub_secrets(
         if _SECRET_KEYS.search(key) and value is not None and not isinstance(value, bool):
             event[key] = "***"
         elif isinstance(value, str):
-            event[key] = scrub(value)
+            event[key] = mask_url_passwords(value)
     return event
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from agentaskit_dr.actuators.resync import LibpqSource, ResyncPlan, ResyncResult
+    from agentaskit_dr.actuators.resync_plan import LibpqSource, ResyncPlan, ResyncResult
     from agentaskit_dr.config import WatchdogConfig
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_TIMEOUT = "10m"
 #: pg_rewind's session must not be cut by a role's or database's statement_timeout.
 NO_STATEMENT_TIMEOUT = "-c statement_timeout=0"
@@ -52,10 +53,10 @@ def add_resync_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_resync_command(args: argparse.Namespace) -> int:
     """Run ``sync-primary``; every expected failure is one line on stderr, no traceback."""
     from agentaskit_dr import logs
-    from agentaskit_dr.actuators.resync import ResyncFailed
+    from agentaskit_dr.actuators.resync_plan import ResyncFailed
     from agentaskit_dr.config import load_config, parse_duration
     from agentaskit_dr.config_cli import load_or_explain
-    from agentaskit_dr.oncall import Refused
+    from agentaskit_dr.oncall_lock import Refused
     from agentaskit_dr.ports import LockUnavailable
 
     try:
@@ -90,7 +91,7 @@ async def _under_the_lock(config: WatchdogConfig, plan: ResyncPlan) -> ResyncRes
     """Run the step holding the leader lock, like every on-call command that changes
     something: no watchdog's runbook acts on the cluster meanwhile."""
     from agentaskit_dr.actuators.resync import resync_standby
-    from agentaskit_dr.oncall import held_lock
+    from agentaskit_dr.oncall_lock import held_lock
 
     async with held_lock(config):
         return await resync_standby(plan)
@@ -121,7 +122,7 @@ def describe(result: ResyncResult) -> str:
 def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPlan:
     """What ``sync-primary`` of ``region`` needs from the config; MissingControl if this
     host may not control that region's server."""
-    from agentaskit_dr.actuators.resync import ResyncPlan
+    from agentaskit_dr.actuators.resync_plan import ResyncPlan
     from agentaskit_dr.fencing import (
         other_region,
         primary_elsewhere,
@@ -167,7 +168,7 @@ def resync_plan(config: WatchdogConfig, region: str, timeout: float) -> ResyncPl
 
 
 def _given(conninfo: str) -> LibpqSource:
-    from agentaskit_dr.actuators.resync import LibpqSource
+    from agentaskit_dr.actuators.resync_plan import LibpqSource
 
     return LibpqSource(conninfo)
 
@@ -175,7 +176,7 @@ def _given(conninfo: str) -> LibpqSource:
 def libpq_source(dsn: str, secret: SecretStr | None, *, options: str | None = None) -> LibpqSource:
     """``dsn`` as a libpq URL without its password (that goes in PGPASSWORD, never argv),
     with ``options`` added."""
-    from agentaskit_dr.actuators.resync import LibpqSource
+    from agentaskit_dr.actuators.resync_plan import LibpqSource
 
     parts = urlsplit(dsn)
     userinfo, at, hosts = parts.netloc.rpartition("@")

@@ -4,7 +4,7 @@ zero-loss switch of the database primary (``actuators/switchover.py``), by hand.
 Runs on the host of the current primary's server, with that watchdog's config: the
 switchover stops that server, so ``regions.<primary>.database.control`` must be set and
 ``region`` must be the primary's. It takes the leader lock like the other on-call commands
-(``oncall.held_lock``: while a watchdog holds it, pause the watchdogs first, or ask the
+(``oncall_lock.held_lock``: while a watchdog holds it, pause the watchdogs first, or ask the
 holder: ``POST /v1/switchover``), runs the switchover as a journaled run of kind
 ``switchover`` (``runtime/switchover_run.py``, the API's code) under the lock's epoch,
 records the new primary region in the cluster record right after the promotion (so the
@@ -26,8 +26,7 @@ import sys
 from pathlib import Path
 
 from agentaskit_dr.config import WatchdogConfig
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 class _Refused(Exception):
@@ -54,7 +53,7 @@ def run_switchover_command(args: argparse.Namespace) -> int:
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain
     from agentaskit_dr.leadership.journal import JournalRefused
-    from agentaskit_dr.oncall import Refused
+    from agentaskit_dr.oncall_lock import Refused
     from agentaskit_dr.ports import LockUnavailable, StaleEpoch
 
     logs.configure("warning", stream=sys.stderr)
@@ -127,7 +126,7 @@ def _confirm(target: str) -> None:
 
 
 async def _switch(config: WatchdogConfig, source: str, target: str) -> int:
-    from agentaskit_dr.oncall import held_lock
+    from agentaskit_dr.oncall_lock import held_lock
     from agentaskit_dr.runtime.supervisor import build_cluster_store, build_journal
     from agentaskit_dr.runtime.switchover_run import SwitchoverRun, SwitchoverRunRefused
 

@@ -58,9 +58,7 @@ def target_region(config: WatchdogConfig, target: str) -> str:
 
 async def shift_traffic(config: WatchdogConfig, args: argparse.Namespace) -> int:
     """The ``shift-traffic`` handler (run by oncall's dispatcher: errors become one line)."""
-    from agentaskit_dr.oncall import Refused, held_lock
-    from agentaskit_dr.oncall import _apply as apply_step
-    from agentaskit_dr.oncall import _run_id as run_id
+    from agentaskit_dr.oncall_lock import Refused, apply_step, held_lock, new_run_id
     from agentaskit_dr.runtime.traffic_shift import (
         ShiftRefused,
         other_region,
@@ -79,11 +77,11 @@ async def shift_traffic(config: WatchdogConfig, args: argparse.Namespace) -> int
     if not args.yes:
         _confirm(target, other, args.percent)
     async with held_lock(config) as held:
-        return await apply_step(switch, held.lease.epoch, run_id("shift", held.lease.epoch))
+        return await apply_step(switch, held.lease.epoch, new_run_id("shift", held.lease.epoch))
 
 
 def _confirm(target: str, other: str, percent: int) -> None:
-    from agentaskit_dr.oncall import Refused
+    from agentaskit_dr.oncall_lock import Refused
 
     if not sys.stdin.isatty():
         raise Refused("not interactive: pass --yes to shift traffic without confirmation")

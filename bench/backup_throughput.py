@@ -35,12 +35,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agentaskit_dr.sandbox._os_side import (
+    give_to_server_user as _give_to_server_user,
+)
+from agentaskit_dr.sandbox._os_side import (
+    scratch_root as _scratch_root,
+)
+from agentaskit_dr.sandbox._os_side import (
+    server_process_options as _server_process_options,
+)
 from agentaskit_dr.sandbox.postgres import (
     PostgresServer,
     _cluster_template,
-    _give_to_server_user,
-    _scratch_root,
-    _server_process_options,
     pg_bindir,
 )
 from agentaskit_dr.sandbox.redis import free_port, wait_for_port

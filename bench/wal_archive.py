@@ -32,7 +32,7 @@ from pathlib import Path
 
 import asyncpg
 
-from agentaskit_dr.sandbox.postgres import _children
+from agentaskit_dr.sandbox._os_side import children
 from agentaskit_dr.sandbox.redis import free_port, wait_for_port
 from tests.integration.aws import DUMMY_CREDENTIALS
 from tests.integration.s3_buckets import create_buckets
@@ -81,7 +81,7 @@ def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
     if with_children:
         ticks += int(fields[13]) + int(fields[14])
         total = ticks / os.sysconf("SC_CLK_TCK")
-        for child in _children(pid):
+        for child in children(pid):
             total += cpu_seconds(child, with_children=True)
         return total
     return ticks / os.sysconf("SC_CLK_TCK")

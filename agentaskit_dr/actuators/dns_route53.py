@@ -6,34 +6,22 @@ Runbook step 3 (``update-dns --target=secondary``) and failback step 4 (``shift-
 they land together or not at all. The marker is replaced with DELETE (its exact current
 value) + CREATE, not UPSERT: Route 53 rejects a DELETE whose value no longer matches, which
 makes the write a compare-and-set. A leader that read epoch 3, stalled, and wakes after
-epoch 5 wrote cannot overwrite epoch 5's records (DESIGN invariant 4). ``at`` makes every
-marker value new, which also keeps emulators that refuse to re-CREATE a value happy.
+epoch 5 wrote cannot overwrite epoch 5's records (safety invariant 4,
+docs/architecture.md). ``at`` makes every marker value new, which also keeps emulators
+that refuse to re-CREATE a value happy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from botocore.exceptions import (  # type: ignore[import-untyped,unused-ignore]
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from structlog.typing import FilteringBoundLogger
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
 
+from agentaskit_dr.actuators._route53_client import BatchRejected, Route53Client
 from agentaskit_dr.actuators._route53_records import (
     NAME,
     FencingMarker,
@@ -47,7 +35,7 @@ from agentaskit_dr.actuators._route53_records import (
     txt_rrset,
     validate_settings,
 )
-from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+from agentaskit_dr.ports import ActuationFailed, StepOutcome, refuse_newer_epoch
 
 __all__ = ["FencingMarker", "Route53Switch"]
 
@@ -57,19 +45,9 @@ Style = Literal["simple", "weighted", "failover"]
 
 _MARKER_PREFIX = "_agentaskit-dr."
 _MARKER_TTL = 60
-# Route 53 answers these with 400, yet they pass: a prior change still being processed,
-# or the per-account rate limit of five requests a second.
-_TRANSIENT_CODES = frozenset(
-    {"Throttling", "ThrottlingException", "PriorRequestNotComplete", "RequestLimitExceeded",
-     "ServiceUnavailable", "InternalError", "InternalFailure"}
-)
 # The marker may move under us a few times (a lost answer to our own change, a rival);
 # beyond that something is writing it in a loop and a human must look.
 _CAS_ROUNDS = 3
-
-
-class _BatchRejected(ActuationFailed):
-    """Route 53 answered InvalidChangeBatch: bad records, or the marker moved since we read."""
 
 
 class Route53Switch:
@@ -118,16 +96,11 @@ class Route53Switch:
         others = [region for region in targets if region != serving_region]
         self._other = others[0] if others else None
         self._weight = weight
-        self._endpoint_url = endpoint_url
-        self._aws_region = aws_region
-        self._timeout = timeout
-        self._attempts = max(1, attempts)
-        self._backoff = backoff
         self._insync_timeout = insync_timeout
         self._insync_poll = insync_poll
-        self._client: Any = None
-        self._client_lock = asyncio.Lock()
-        self._exit_stack = contextlib.AsyncExitStack()
+        self._api = Route53Client(zone=self._zone, record=self._record,
+                                  endpoint_url=endpoint_url, aws_region=aws_region,
+                                  timeout=timeout, attempts=attempts, backoff=backoff)
 
     async def describe(self) -> str:
         """``api.example.com CNAME: west-lb -> east-lb (marker epoch 3 -> this run's epoch)``."""
@@ -196,7 +169,7 @@ class Route53Switch:
             sent = True
             try:
                 change_id = await self._change(desired, marker, epoch, failover_id)
-            except _BatchRejected:
+            except BatchRejected:
                 if await self._read_marker() == marker:
                     raise
                 flog.warning("dns_marker_moved", reason="the marker changed since it was read")
@@ -211,10 +184,7 @@ class Route53Switch:
 
     async def close(self) -> None:
         """Close the Route 53 client (and its connections); the switch can be used again."""
-        async with self._client_lock:
-            stack, self._exit_stack = self._exit_stack, contextlib.AsyncExitStack()
-            self._client = None
-            await stack.aclose()
+        await self._api.close()
 
     # ---------------------------------------------------------------- decisions
 
@@ -289,7 +259,7 @@ class Route53Switch:
     async def _list(self, name: str, record_type: str) -> list[dict[str, Any]]:
         # Route 53 lists in (reversed name, type) order from the start point, so the few
         # sets of this name and type come first; 100 leaves room for any set identifiers.
-        answer = await self._call(
+        answer = await self._api.call(
             "list_resource_record_sets", HostedZoneId=self._zone,
             StartRecordName=name, StartRecordType=record_type, MaxItems="100",
         )
@@ -313,7 +283,7 @@ class Route53Switch:
                 self._marker_name, marker.values, marker.ttl)})
         changes.append({"Action": "CREATE", "ResourceRecordSet": txt_rrset(
             self._marker_name, (text,), _MARKER_TTL)})
-        answer = await self._call(
+        answer = await self._api.call(
             "change_resource_record_sets", HostedZoneId=self._zone,
             ChangeBatch={"Comment": f"agentaskit-dr epoch {epoch} run {failover_id}",
                          "Changes": changes},
@@ -342,7 +312,7 @@ class Route53Switch:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._insync_timeout
         while True:
-            answer = await self._call("get_change", Id=change_id)
+            answer = await self._api.call("get_change", Id=change_id)
             if answer["ChangeInfo"]["Status"] == "INSYNC":
                 return True
             if loop.time() + self._insync_poll > deadline:
@@ -362,96 +332,16 @@ class Route53Switch:
                 f"expected {summary(desired)} with epoch {epoch}"
             )
 
-    async def _route53(self) -> Any:
-        async with self._client_lock:
-            if self._client is None:
-                # Imported here: the SDK costs about 30 MiB, paid only when DNS is changed.
-                from aiobotocore.config import AioConfig  # type: ignore[import-untyped,unused-ignore]
-                from aiobotocore.session import get_session  # type: ignore[import-untyped,unused-ignore]
-
-                # Retries are ours (tenacity, bounded): botocore's own would multiply them.
-                config = AioConfig(
-                    connect_timeout=self._timeout, read_timeout=self._timeout,
-                    retries={"total_max_attempts": 1, "mode": "standard"},
-                )
-                try:
-                    self._client = await self._exit_stack.enter_async_context(
-                        get_session().create_client(
-                            "route53", region_name=self._aws_region,
-                            endpoint_url=self._endpoint_url, config=config,
-                        )
-                    )
-                except (BotoCoreError, ValueError) as exc:
-                    raise ActuationFailed(
-                        f"cannot create a Route 53 client (endpoint_url={self._endpoint_url}, "
-                        f"aws_region={self._aws_region}): {exc}"
-                    ) from exc
-            return self._client
-
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """One Route 53 call, retried on transient errors; ActuationFailed when it fails."""
-        method: Callable[..., Awaitable[dict[str, Any]]] = getattr(
-            await self._route53(), operation)
-
-        async def attempt() -> dict[str, Any]:
-            async with asyncio.timeout(self._timeout):
-                return await method(**params)
-
-        def log_retry(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            log.warning("route53_call_retry", operation=operation, zone=self._zone,
-                        attempt=state.attempt_number, error=_describe_error(error))
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=self._backoff, max=self._backoff * 8),
-            retry=retry_if_exception(_is_transient), before_sleep=log_retry, reraise=True,
-        )
-        try:
-            return await retrying(attempt)
-        except (ClientError, BotoCoreError, TimeoutError) as exc:
-            code = _error_code(exc)
-            where = f"zone {self._zone} record {self._record}"
-            tries = f" after {self._attempts} attempts" if _is_transient(exc) else ""
-            message = f"Route 53 {operation} failed for {where}{tries}: {_describe_error(exc)}"
-            if code == "NoSuchHostedZone":
-                message += f" (hosted zone {self._zone} does not exist: check hosted_zone_id)"
-            elif code in {"AccessDenied", "AccessDeniedException"}:
-                message += (" (the credentials need route53:ListResourceRecordSets, "
-                            "ChangeResourceRecordSets and GetChange on this zone)")
-            if code == "InvalidChangeBatch":
-                raise _BatchRejected(message) from exc
-            raise ActuationFailed(message) from exc
-
 
 def _refuse_stale(
     marker: FencingMarker | None, epoch: int, record: str, flog: FilteringBoundLogger
 ) -> None:
-    if marker is not None and marker.epoch > epoch:
-        reason = (f"DNS record {record} was switched under epoch {marker.epoch} "
-                  f"(run {marker.run}), newer than our epoch {epoch}")
-        flog.error("dns_switch_refused", reason=reason, marker_epoch=marker.epoch)
-        raise StaleEpoch(reason)
+    if marker is None:
+        return
+    refuse_newer_epoch(
+        marker.epoch, epoch,
+        f"DNS record {record} was switched under epoch {marker.epoch} (run {marker.run}), "
+        f"newer than our epoch {epoch}",
+        on_refusal=lambda reason: flog.error("dns_switch_refused", reason=reason,
+                                             marker_epoch=marker.epoch))
 
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return _error_code(exc) in _TRANSIENT_CODES or status == 429 or status >= 500
-    return isinstance(exc, BotoConnectionError | HTTPClientError | TimeoutError)
-
-
-def _error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return type(exc).__name__
-
-
-def _describe_error(exc: BaseException | None) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return f"{error.get('Code', '?')} (HTTP {status}): {error.get('Message', '')}".strip()
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return f"{type(exc).__name__}: {exc}"

@@ -21,31 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import structlog
 from structlog.typing import FilteringBoundLogger
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
-from agentaskit_dr.actuators._kube_client import kube_api_client
-from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+from agentaskit_dr.actuators._kube_client import ClientFactory, DeploymentsApi, kube_api_client
+from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome, refuse_newer_epoch
 
 if TYPE_CHECKING:
     # kubernetes_asyncio imports every model (about 37 MiB): only when a scale is done.
-    from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment, V1Scale
-    from kubernetes_asyncio.client.exceptions import ApiException
+    from kubernetes_asyncio.client import ApiClient, V1Deployment
 
 __all__ = [
     "ANNOTATION_EPOCH",
@@ -61,15 +51,6 @@ log = structlog.get_logger(__name__)
 ANNOTATION_ORIGINAL = "agentaskit-dr/original-replicas"
 ANNOTATION_EPOCH = "agentaskit-dr/epoch"
 ANNOTATION_RUN = "agentaskit-dr/run"
-
-#: Makes a new ApiClient; the scaler calls it on first use and closes what it made.
-ClientFactory = Callable[[], Awaitable["ApiClient"]]
-
-T = TypeVar("T")
-
-
-class _Transient(Exception):
-    """A request worth repeating: 409 Conflict (re-read, decide again), 429, 5xx, I/O."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +72,9 @@ class _Marks:
         )
 
     def refuse_newer(self, name: str, epoch: int) -> None:
-        if self.epoch is not None and self.epoch > epoch:
-            raise StaleEpoch(
-                f"deployment {name} was scaled under epoch {self.epoch} (run {self.run}), "
-                f"newer than ours {epoch}"
-            )
+        refuse_newer_epoch(self.epoch, epoch,
+                           f"deployment {name} was scaled under epoch {self.epoch} "
+                           f"(run {self.run}), newer than ours {epoch}")
 
 
 def _int_annotation(notes: dict[str, str], key: str, deployment: str) -> int | None:
@@ -182,17 +161,12 @@ class DeploymentScaler:
                 raise ValueError(f"{option} must be > 0, got {value}")
         if not namespace:
             raise ValueError("namespace must not be empty")
-        # An ApiClient, or a factory of one (told apart without importing the library).
-        given = None if callable(client) else client
-        self._client: ApiClient | None = given
-        self._factory: ClientFactory | None = None if given is not None else client  # type: ignore[assignment]
+        self._api = DeploymentsApi(client, namespace=namespace, label_selector=label_selector,
+                                   request_timeout=request_timeout, attempts=attempts,
+                                   retry_wait=retry_wait)
         self.namespace = namespace
-        self._selector = label_selector
         self._ready_timeout = ready_timeout
         self._poll_interval = poll_interval
-        self._request_timeout = request_timeout
-        self._attempts = attempts
-        self._retry_wait = retry_wait
 
     def target(self, original: int) -> int:
         """The replica count a deployment with ``original`` replicas is scaled to."""
@@ -200,8 +174,8 @@ class DeploymentScaler:
 
     async def describe(self) -> str:
         """One line per deployment, ``deploy/api 4 -> 6``; reads only."""
-        deployments = await self._list()
-        lines = [f"scale deployments in namespace {self._where()} by {self._label}:"]
+        deployments = await self._api.list()
+        lines = [f"scale deployments in namespace {self._api.where()} by {self._label}:"]
         for deployment in deployments:
             marks, current = _Marks.of(deployment), _replicas(deployment)
             original = current if marks.original is None else marks.original
@@ -210,7 +184,9 @@ class DeploymentScaler:
             if marks.original is not None:
                 line += f" (original {original}, scaled under epoch {marks.epoch}, run {marks.run})"
             lines.append(line)
-        return "\n".join(lines) if deployments else f"no deployments in namespace {self._where()}"
+        if not deployments:
+            return f"no deployments in namespace {self._api.where()}"
+        return "\n".join(lines)
 
     async def apply(self, *, epoch: int, failover_id: str) -> StepOutcome:
         """Scale every deployment up and wait until all are ready; see the module doc.
@@ -236,14 +212,12 @@ class DeploymentScaler:
 
         For the keeper's epoch floor after the lock store lost its counter.
         """
-        epochs = [_Marks.of(deployment).epoch for deployment in await self._list()]
+        epochs = [_Marks.of(deployment).epoch for deployment in await self._api.list()]
         return max((epoch for epoch in epochs if epoch is not None), default=None)
 
     async def close(self) -> None:
         """Close the client if this scaler made it from a factory."""
-        if self._factory is not None and self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+        await self._api.close()
 
     # ------------------------------------------------------------ the steps
 
@@ -251,12 +225,12 @@ class DeploymentScaler:
         names = await self._names_checked(epoch)
         if not names:
             raise ActuationFailed(
-                f"no deployments in namespace {self._where()}: wrong namespace or context?"
+                f"no deployments in namespace {self._api.where()}: wrong namespace or context?"
             )
         results: list[_Scaled] = []
         for name in names:
             scale_one = functools.partial(self._scale_one, name, epoch, failover_id)
-            result = await self._retried(f"scale deployment {name}", scale_one)
+            result = await self._api.retried(f"scale deployment {name}", scale_one)
             event = "deployment_scaled" if result.scaled else "deployment_already_scaled"
             slog.info(event, deployment=name, original=result.original, target=result.target)
             results.append(result)
@@ -281,7 +255,7 @@ class DeploymentScaler:
         restored: dict[str, Any] = {}
         for name in await self._names_checked(epoch):
             restore_one = functools.partial(self._restore_one, name, epoch, failover_id)
-            outcome = await self._retried(f"restore deployment {name}", restore_one)
+            outcome = await self._api.retried(f"restore deployment {name}", restore_one)
             if outcome is not None:
                 slog.info("deployment_restored", deployment=name, **outcome)
                 restored[name] = outcome
@@ -296,7 +270,7 @@ class DeploymentScaler:
 
     async def _scale_one(self, name: str, epoch: int, failover_id: str) -> _Scaled:
         # Read on every attempt: after a 409 the decision is taken again on fresh state.
-        deployment = await self._read(name)
+        deployment = await self._api.read(name)
         marks = _Marks.of(deployment)
         marks.refuse_newer(name, epoch)
         current = _replicas(deployment)
@@ -310,15 +284,15 @@ class DeploymentScaler:
                 ANNOTATION_EPOCH: str(epoch),
                 ANNOTATION_RUN: failover_id,
             }
-            version = (await self._annotate(name, notes, version)).metadata.resource_version
+            version = (await self._api.annotate(name, notes, version)).metadata.resource_version
         # Never down: replicas an autoscaler added since are left alone.
         scaled = current < target
         if scaled:
-            await self._patch_scale(name, target, version)
+            await self._api.patch_scale(name, target, version)
         return _Scaled(name=name, original=original, target=target, scaled=scaled, marked=marked)
 
     async def _restore_one(self, name: str, epoch: int, failover_id: str) -> dict[str, Any] | None:
-        deployment = await self._read(name)
+        deployment = await self._api.read(name)
         marks = _Marks.of(deployment)
         marks.refuse_newer(name, epoch)
         if marks.original is None:
@@ -328,21 +302,21 @@ class DeploymentScaler:
         # Scale first, unmark last: a crash in between leaves the marks for a re-run.
         if current != marks.original:
             version = (
-                await self._patch_scale(name, marks.original, version)
+                await self._api.patch_scale(name, marks.original, version)
             ).metadata.resource_version
         notes = {
             ANNOTATION_ORIGINAL: None,
             ANNOTATION_EPOCH: str(epoch),
             ANNOTATION_RUN: failover_id,
         }
-        await self._annotate(name, notes, version)
+        await self._api.annotate(name, notes, version)
         return {"from": current, "original": marks.original, "scaled_by_epoch": marks.epoch}
 
     async def _names_checked(self, epoch: int) -> list[str]:
         """The deployments to act on; StaleEpoch before any write if one has a newer epoch.
 
         Each write checks again on a fresh read, for a newer epoch that acts meanwhile."""
-        deployments = await self._list()
+        deployments = await self._api.list()
         for deployment in deployments:
             _Marks.of(deployment).refuse_newer(deployment.metadata.name, epoch)
         return [d.metadata.name for d in deployments]
@@ -351,7 +325,7 @@ class DeploymentScaler:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ready_timeout
         while True:
-            ready = {d.metadata.name: _ready(d) for d in await self._list()}
+            ready = {d.metadata.name: _ready(d) for d in await self._api.list()}
             laggards = {n: t for n, t in targets.items() if ready.get(n, 0) < t}
             if not laggards:
                 slog.info("kube_scale_ready", deployments=len(targets))
@@ -366,104 +340,6 @@ class DeploymentScaler:
                 )
             await asyncio.sleep(min(self._poll_interval, max(0.0, deadline - loop.time())))
 
-    # ------------------------------------------------------------ API requests
-
-    async def _list(self) -> list[V1Deployment]:
-        async def list_once() -> list[V1Deployment]:
-            apps, timeout = await self._apps(), self._request_timeout
-            request = (
-                apps.list_namespaced_deployment(
-                    self.namespace, label_selector=self._selector, _request_timeout=timeout
-                )
-                if self._selector
-                else apps.list_namespaced_deployment(self.namespace, _request_timeout=timeout)
-            )
-            found = await self._call("list", "deployments", None, request)
-            return sorted(found.items, key=lambda d: str(d.metadata.name))
-
-        return await self._retried(f"list deployments in {self.namespace}", list_once)
-
-    async def _read(self, name: str) -> V1Deployment:
-        apps = await self._apps()
-        request = apps.read_namespaced_deployment(
-            name, self.namespace, _request_timeout=self._request_timeout
-        )
-        return await self._call("get", "deployments", name, request)
-
-    async def _annotate(
-        self, name: str, annotations: Mapping[str, str | None], version: str
-    ) -> V1Deployment:
-        # A dict body goes as a strategic merge patch: None deletes an annotation, and
-        # the resourceVersion is a precondition (409 if the deployment changed).
-        body = {"metadata": {"resourceVersion": version, "annotations": annotations}}
-        apps = await self._apps()
-        request = apps.patch_namespaced_deployment(
-            name, self.namespace, body, _request_timeout=self._request_timeout
-        )
-        return await self._call("patch", "deployments", name, request)
-
-    async def _patch_scale(self, name: str, replicas: int, version: str) -> V1Scale:
-        body = {"metadata": {"resourceVersion": version}, "spec": {"replicas": replicas}}
-        apps = await self._apps()
-        request = apps.patch_namespaced_deployment_scale(
-            name, self.namespace, body, _request_timeout=self._request_timeout
-        )
-        return await self._call("patch", "deployments/scale", name, request)
-
-    async def _apps(self) -> AppsV1Api:
-        if self._client is None:
-            assert self._factory is not None  # one of the two is always set
-            self._client = await self._factory()
-        from kubernetes_asyncio.client import AppsV1Api
-
-        return AppsV1Api(self._client)
-
-    async def _call(self, verb: str, resource: str, name: str | None, request: Awaitable[T]) -> T:
-        """Await one request; failures become _Transient (retry) or ActuationFailed."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        target = resource if name is None else f"{resource} of deployment {name}"
-        where = f"{verb} {target} in namespace {self.namespace}"
-        try:
-            return await request
-        except ApiException as exc:
-            status, message = int(exc.status or 0), _status_message(exc)
-            if status in {409, 429} or status >= 500:
-                raise _Transient(f"{where}: HTTP {status}: {message}") from None
-            if status == 403:
-                raise ActuationFailed(
-                    f"forbidden: cannot {where}; grant the service account '{verb}' on "
-                    f"{resource} in API group apps: {message}"
-                ) from None
-            if status == 401:
-                raise ActuationFailed(
-                    f"unauthorized: {where}; check the token: {message}"
-                ) from None
-            raise ActuationFailed(f"cannot {where}: HTTP {status}: {message}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Transient(f"{where}: {type(exc).__name__}: {exc}") from exc
-
-    async def _retried(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "kube_request_retry", what=what, attempt=state.attempt_number, reason=str(error)
-            )
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=self._retry_wait, max=self._retry_wait * 8),
-            retry=retry_if_exception_type(_Transient),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            return cast(T, await retrying(operation))
-        except _Transient as exc:
-            raise ActuationFailed(f"{exc}; still failing after {self._attempts} attempts") from exc
-
-    def _where(self) -> str:
-        return self.namespace + (f" matching {self._selector!r}" if self._selector else "")
 
 
 @contextlib.contextmanager
@@ -474,13 +350,3 @@ def _logged_refusal(slog: FilteringBoundLogger, event: str) -> Iterator[None]:
     except (StaleEpoch, ActuationFailed) as exc:
         slog.error(event, error=type(exc).__name__, reason=str(exc))
         raise
-
-
-def _status_message(exc: ApiException) -> str:
-    # The API server answers errors with a Status object whose message names the cause.
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        return str(exc.reason)
-    message = body.get("message") if isinstance(body, dict) else None
-    return str(message or exc.reason)

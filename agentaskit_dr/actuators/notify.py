@@ -22,10 +22,11 @@ from typing import Any
 
 import aiohttp
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from yarl import URL
 
 from agentaskit_dr.ports import Notification
+from agentaskit_dr.redaction import mask_secrets
+from agentaskit_dr.retry import RetryCallState, last_error, retry_policy
 
 log = structlog.get_logger(__name__)
 
@@ -129,12 +130,8 @@ class WebhookNotifier(abc.ABC):
         try:
             payload = json.dumps(self.body(notification), default=str)
             async with asyncio.timeout(self._timeout):
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(_is_retryable),
-                    stop=stop_after_attempt(self._attempts),
-                    wait=self._wait,
-                    reraise=True,
-                ):
+                async for attempt in retry_policy(_is_retryable, attempts=self._attempts,
+                                                  backoff=self._wait):
                     with attempt:
                         attempts += 1
                         try:
@@ -207,7 +204,7 @@ class WebhookNotifier(abc.ABC):
         raise _AttemptFailed(reason, status, retryable=retryable, retry_after=retry_after)
 
     def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+        exc = last_error(state)
         if isinstance(exc, _AttemptFailed) and exc.retry_after is not None:
             # The overall deadline still applies: a long Retry-After ends in a timeout.
             return exc.retry_after
@@ -215,9 +212,7 @@ class WebhookNotifier(abc.ABC):
         return wait
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text[: _ERROR_EXCERPT * 2]
+        return mask_secrets(text, self._secrets)[: _ERROR_EXCERPT * 2]
 
 
 def _is_retryable(exc: BaseException) -> bool:

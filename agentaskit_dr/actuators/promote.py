@@ -9,7 +9,7 @@ Each step is one log event carrying the failover id and epoch:
    earlier attempt of the same incident without its marker is adopted, one promoted
    under a newer epoch means we are stale, any other primary is refused;
 3. the fence gate (``promote_gate``): an old primary that answers at all is fenced and
-   the fence confirmed before anything else, or nothing is promoted (DESIGN invariant 1);
+   the fence confirmed before anything else, or nothing is promoted (safety invariant 1);
    only one that nobody reaches is promoted past (its own side has self-fenced);
 4. the catch-up gate: the fenced old primary's final WAL position is read after the
    fence and the standby must replay it within ``catch_up_timeout`` (zero loss); an
@@ -26,7 +26,6 @@ that its next attempt adopts the promotion instead of refusing a standby that is
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -52,8 +51,8 @@ from agentaskit_dr.actuators.promote_marker import (
     record_marker,
     touch_marker,
 )
-from agentaskit_dr.actuators.role_fence import restore_locked_roles
-from agentaskit_dr.ports import LockUnavailable, StaleEpoch
+from agentaskit_dr.actuators.promote_standby import give_login_back, pg_promote
+from agentaskit_dr.ports import LockUnavailable, StaleEpoch, refuse_newer_epoch
 
 __all__ = [
     "FenceResult",
@@ -65,6 +64,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
 
 @dataclass(frozen=True)
 class PromotionResult:
@@ -239,9 +239,12 @@ class PostgresPromoter:
                     clock=self._clock, force=force,
                 )
                 await self._require_leadership(plog, still_leader, "right before pg_promote")
-                promote_seconds = await self._pg_promote(conn, plog, gate.replay_paused)
+                promote_seconds = await pg_promote(
+                    conn, plog, replay_paused=gate.replay_paused,
+                    promote_timeout=self._promote_timeout, connect_timeout=self._connect_timeout,
+                    standby=describe_dsn(self._standby_dsn), clock=self._clock)
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
-                await self._give_login_back(conn, plog)
+                await give_login_back(conn, plog)
                 already_promoted = False
                 fenced, fence_detail = old.fenced, old.detail
             elif await adoptable(
@@ -251,12 +254,12 @@ class PostgresPromoter:
                              "earlier attempt of this incident landed without its marker; "
                              "recording the marker under this epoch")
                 writable_at = await self._record_epoch(conn, plog, epoch, holder, failover_id)
-                await self._give_login_back(conn, plog)
+                await give_login_back(conn, plog)
                 promote_seconds, already_promoted = 0.0, True
                 fenced, fence_detail = await self._fence_old_primary(plog, epoch)
             else:
                 writable_at = await self._confirm_resume(conn, plog, epoch)
-                await self._give_login_back(conn, plog)
+                await give_login_back(conn, plog)
                 promote_seconds, already_promoted = 0.0, True
                 fenced, fence_detail = await self._fence_old_primary(plog, epoch)
         lag = gate.lag_bytes if gate else None
@@ -299,45 +302,8 @@ class PostgresPromoter:
         # was promoted under a newer epoch, this caller is stale. Checked before pg_promote,
         # when refusing still changes nothing.
         marker = await read_marker_epoch(conn)
-        if marker is not None and marker > epoch:
-            raise StaleEpoch(f"the standby follows a primary promoted under newer epoch {marker}")
-
-    async def _pg_promote(
-        self, conn: asyncpg.Connection, plog: FilteringBoundLogger, replay_paused: bool
-    ) -> float:
-        if replay_paused:
-            # Promotion ends a pause anyway and replays what was received first, but a
-            # paused startup process notices the request only at its next 1 s wake-up.
-            await conn.execute("SELECT pg_wal_replay_resume()")
-            plog.info("wal_replay_resumed", reason="replay was paused; promotion replays it")
-        wait_seconds = max(1, math.ceil(self._promote_timeout))
-        started = self._clock()
-        try:
-            done = await conn.fetchval(
-                "SELECT pg_promote(wait => true, wait_seconds => $1)",
-                wait_seconds,
-                timeout=wait_seconds + self._connect_timeout,
-            )
-        except (TimeoutError, OSError, asyncpg.InterfaceError,
-                asyncpg.PostgresConnectionError) as exc:
-            # The request may sit unread in a hung server's socket and run when it wakes.
-            conn.terminate()
-            what = "timeout" if isinstance(exc, TimeoutError) else f"connection lost ({exc})"
-            raise PromotionInDoubt(
-                f"standby {describe_dsn(self._standby_dsn)} unreachable: {what} during "
-                "pg_promote; it may still complete the promotion when it answers again: "
-                "the next attempt adopts it if it is seen promoted",
-                promoted=False,
-            ) from exc
-        promote_seconds = self._clock() - started
-        if not done:
-            raise PromotionInDoubt(
-                f"pg_promote did not finish within {wait_seconds}s; the standby may still "
-                "complete it: the next attempt adopts it if it is seen promoted",
-                promoted=False,
-            )
-        plog.info("pg_promote_done", promote_seconds=round(promote_seconds, 4))
-        return promote_seconds
+        refuse_newer_epoch(marker, epoch,
+                           f"the standby follows a primary promoted under newer epoch {marker}")
 
     async def _record_epoch(
         self,
@@ -364,8 +330,7 @@ class PostgresPromoter:
         self, conn: asyncpg.Connection, plog: FilteringBoundLogger, epoch: int
     ) -> float:
         marker = await read_marker_epoch(conn)
-        if marker is not None and marker > epoch:
-            raise StaleEpoch(f"the target was promoted under newer epoch {marker}")
+        refuse_newer_epoch(marker, epoch, f"the target was promoted under newer epoch {marker}")
         if marker is None or marker < epoch:
             raise PromotionRefused(
                 "target is not a standby: it is a primary not promoted by this epoch "
@@ -375,19 +340,6 @@ class PostgresPromoter:
         writable_at = self._clock()
         plog.info("promotion_already_done", writable_at=writable_at)
         return writable_at
-
-    async def _give_login_back(self, conn: asyncpg.Connection, plog: FilteringBoundLogger) -> None:
-        """The SQL fence's role lock-out replicated here before the promotion: the new
-        primary gives LOGIN back to the roles the old primary's fence locked out (rows of an
-        older timeline only; harmless when repeated)."""
-        try:
-            restored = await restore_locked_roles(conn, inherited_only=True)
-        except asyncpg.PostgresError as exc:
-            raise PromotionInDoubt(
-                f"promoted, but LOGIN could not be given back to the roles the old primary's "
-                f"fence locked out: {exc}", promoted=True) from exc
-        if restored:
-            plog.warning("login_restored_on_new_primary", roles=restored)
 
     async def _fence_old_primary(
         self, plog: FilteringBoundLogger, epoch: int

@@ -17,7 +17,7 @@ from agentaskit_dr.actuators.pg_control import (
     postmaster_pid,
     standby_signal_present,
 )
-from agentaskit_dr.ports import MARKER_TABLE, StaleEpoch
+from agentaskit_dr.ports import MARKER_TABLE, StaleEpoch, refuse_newer_epoch
 
 # pg_walfile_name() fails in recovery: the CASE asks it of a primary only.
 _STATE = """
@@ -79,8 +79,8 @@ async def assess(
         standby = await _read(standby_dsn, "standby", io_timeout)
     except PromotionRefused as exc:
         raise SwitchoverRefused(f"preflight: {exc.reason}", rolled_back=False) from exc
-    if standby.marker is not None and standby.marker > epoch:
-        raise StaleEpoch(f"the standby was promoted under newer epoch {standby.marker}")
+    refuse_newer_epoch(standby.marker, epoch,
+                       f"the standby was promoted under newer epoch {standby.marker}")
     try:
         primary: _Server | None = await _read(primary_dsn, "primary", io_timeout)
         silence = ""

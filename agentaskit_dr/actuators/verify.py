@@ -22,7 +22,8 @@ import structlog
 from yarl import URL
 
 from agentaskit_dr.actuators.fence import PromotionRefused, describe_dsn, session
-from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome
+from agentaskit_dr.ports import ActuationFailed, StaleEpoch, StepOutcome, refuse_newer_epoch
+from agentaskit_dr.redaction import mask_secrets, url_password, without_userinfo
 
 log = structlog.get_logger(__name__)
 
@@ -45,11 +46,6 @@ SELECT pg_is_in_recovery() AS in_recovery,
        current_setting('default_transaction_read_only') = 'on' AS read_only
 """
 _MAX_ERROR_LENGTH = 200
-
-
-def _shown(url: str) -> str:
-    """The URL without any ``user:password@`` part, fit to show and log."""
-    return str(URL(url).with_user(None))
 
 
 @dataclass
@@ -91,7 +87,7 @@ class ServiceVerifier:
         for url in health_urls:
             parsed = URL(url)
             if parsed.scheme not in {"http", "https"} or not parsed.host:
-                raise ValueError(f"verify_services: not an http(s) URL: {_shown(url)}")
+                raise ValueError(f"verify_services: not an http(s) URL: {without_userinfo(url)}")
         for setting, value in (
             ("timeout", timeout), ("interval", interval), ("check_timeout", check_timeout)
         ):
@@ -115,7 +111,8 @@ class ServiceVerifier:
             f"{self._interval:g}s, until all of these pass at once:"
         ]
         for url, (status, error) in zip(self._urls, checks, strict=True):
-            lines.append(f"  GET {_shown(url)} answers 2xx (now: {error or f'HTTP {status}'})")
+            now = error or f"HTTP {status}"
+            lines.append(f"  GET {without_userinfo(url)} answers 2xx (now: {now})")
         lines.append(
             f"  new primary {self._primary} commits a write to {WRITE_CHECK_TABLE} "
             f"and reads it back (now: {primary_now})"
@@ -188,9 +185,9 @@ class ServiceVerifier:
             raise checks
         write_ms, write_error = write
         for url, (status, error) in zip(self._urls, checks, strict=True):
-            look.statuses[_shown(url)] = status
+            look.statuses[without_userinfo(url)] = status
             if error is not None:
-                look.failures.append(f"{_shown(url)}: {error}")
+                look.failures.append(f"{without_userinfo(url)}: {error}")
         look.write_check_ms = write_ms
         if write_error is not None:
             look.failures.append(write_error)
@@ -240,11 +237,9 @@ class ServiceVerifier:
             return None, f"new primary {self._primary}: no answer within {round(limit, 2):g}s"
         except PromotionRefused as exc:
             return None, _short(exc.reason, self._dsn)
-        if row["epoch"] > epoch:
-            raise StaleEpoch(
-                f"new primary {self._primary} was verified under epoch {row['epoch']}, "
-                f"newer than {epoch}"
-            )
+        refuse_newer_epoch(row["epoch"], epoch,
+                           f"new primary {self._primary} was verified under epoch "
+                           f"{row['epoch']}, newer than {epoch}")
         if (row["run"], row["epoch"]) != (failover_id, epoch):
             return None, (
                 f"new primary {self._primary}: read back run={row['run']!r} "
@@ -294,7 +289,4 @@ def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
 
 def _short(text: str, secret_source: str) -> str:
     """``text`` on one line, bounded, without the password of ``secret_source``."""
-    password = URL(secret_source).password
-    if password:
-        text = text.replace(password, "***")
-    return " ".join(text.split())[:_MAX_ERROR_LENGTH]
+    return " ".join(mask_secrets(text, [url_password(secret_source)]).split())[:_MAX_ERROR_LENGTH]

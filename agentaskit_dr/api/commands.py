@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
 if TYPE_CHECKING:
     from agentaskit_dr.api.client import ApiError
     from agentaskit_dr.config import TlsFile
@@ -41,10 +43,6 @@ DEFAULT_URL = "http://127.0.0.1:8787"
 URL_ENV = "AGENTASKIT_DR_API_URL"
 TOKEN_FILE_ENV = "AGENTASKIT_DR_API_TOKEN_FILE"  # noqa: S105 (a variable name, not a secret)
 CA_FILE_ENV = "AGENTASKIT_DR_API_CA_FILE"
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 # action -> (HTTP path, whether it changes state and so needs the token)
 _ACTIONS: dict[str, tuple[str, bool]] = {
@@ -158,19 +156,19 @@ def _from_lock_store(action: str, args: argparse.Namespace,
     if action not in _STORE_ACTIONS or args.config is None or exc.status is not None:
         return None
     from agentaskit_dr.cluster_cli import store_control, store_status
-    from agentaskit_dr.config import ConfigError, load_config
+    from agentaskit_dr.config import load_config
+    from agentaskit_dr.config_cli import load_or_explain
     from agentaskit_dr.ports import LockUnavailable
 
     print(f"agentaskit-dr {action}: {exc}; using the lock store of {args.config}",
           file=sys.stderr)
+    config = load_or_explain(args.config, load_config)
+    if config is None:
+        return None
     try:
-        config = load_config(args.config)
         if action == "status":
             return asyncio.run(store_status(config))
         return asyncio.run(store_control(config, action, getattr(args, "reason", None)))
-    except ConfigError as problem:
-        print(f"agentaskit-dr {action}: {args.config}: invalid configuration: "
-              f"{'; '.join(problem.problems)}", file=sys.stderr)
     except LockUnavailable as problem:
         print(f"agentaskit-dr {action}: {problem}", file=sys.stderr)
     return None

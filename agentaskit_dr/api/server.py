@@ -19,7 +19,6 @@ so no request ever gets a bare 500 or a traceback.
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,17 +31,24 @@ from aiohttp import web
 from agentaskit_dr.api._answers import error_answer as _error
 from agentaskit_dr.api._answers import json_answer as _json
 from agentaskit_dr.api._auth import PeerGate, control_refusal
+from agentaskit_dr.api._bodies import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    Body,
+    body_object,
+    by_field,
+    dry_run_field,
+    epoch_field,
+    read_body,
+    reason_field,
+    text_field,
+)
 from agentaskit_dr.api.host_steps import HostSteps, add_host_step_routes
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.runs_routes import RunsController, add_run_routes
 from agentaskit_dr.api.status_page import EvidenceDir, add_status_page
 
 log = structlog.get_logger(__name__)
-
-MAX_BODY_BYTES = 64 * 1024
-# A reason is for the operator's log line, not a document.
-MAX_REASON_CHARS = 1000
-
 
 class ControlRefused(Exception):
     """The controller refuses an action; the message is for the operator (HTTP 409)."""
@@ -87,13 +93,6 @@ class Controller(Protocol):
         """A peer's promoter asks this watchdog to fence its own region's primary under
         ``epoch``: ``{"fenced": bool, "server_answers": bool | None, "detail": str}``."""
         ...
-
-
-class _BadRequest(Exception):
-    """A request body the API cannot accept; the message names the field."""
-
-
-Body = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,10 +252,10 @@ async def _fence_primary(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     try:
-        body = _body_object(await _read_body(request), frozenset({"epoch", "failover_id"}))
-        epoch = _epoch(body)
-        failover_id = _text(body, "failover_id") or ""
-    except _BadRequest as exc:
+        body = body_object(await read_body(request), frozenset({"epoch", "failover_id"}))
+        epoch = epoch_field(body)
+        failover_id = text_field(body, "failover_id") or ""
+    except BadRequest as exc:
         return _error(400, str(exc))
     log.warning("fence_requested_by_peer", epoch=epoch, failover_id=failover_id,
                 remote=request.remote)
@@ -283,39 +282,23 @@ class _Action:
     call: Callable[[Controller, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def _by(body: Body) -> dict[str, Any]:
-    """Who asked (``by``), passed on only when the client named someone."""
-    by = _text(body, "by")
-    return {} if by is None else {"by": by}
-
-
-def _text(body: Body, name: str) -> str | None:
-    """An optional free-text field (a reason, who asked), capped in length."""
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _BadRequest(f"{name}: expected a string or null, got {_kind(value)}")
-    if value is not None and len(value) > MAX_REASON_CHARS:
-        raise _BadRequest(f"{name}: longer than {MAX_REASON_CHARS} characters")
-    return value
-
-
 _ACTIONS = {
     "/v1/pause": _Action(
         "pause", frozenset({"reason", "by"}),
-        lambda body: {"reason": _reason(body), **_by(body)},
+        lambda body: {"reason": reason_field(body), **by_field(body)},
         lambda controller, params: controller.pause(**params),
     ),
     "/v1/resume": _Action(
-        "resume", frozenset({"by"}), _by,
+        "resume", frozenset({"by"}), by_field,
         lambda controller, params: controller.resume(**params),
     ),
     "/v1/ack": _Action(
-        "ack", frozenset({"by"}), _by,
+        "ack", frozenset({"by"}), by_field,
         lambda controller, params: controller.acknowledge(**params),
     ),
     "/v1/failover": _Action(
         "failover", frozenset({"dry_run", "reason"}),
-        lambda body: {"dry_run": _dry_run(body), "reason": _reason(body)},
+        lambda body: {"dry_run": dry_run_field(body), "reason": reason_field(body)},
         lambda controller, params: controller.failover(**params),
     ),
 }
@@ -329,8 +312,8 @@ def _control(action: _Action) -> Callable[[web.Request], Awaitable[web.Response]
         if refusal is not None:
             return refusal
         try:
-            params = action.read(_body_object(await _read_body(request), action.fields))
-        except _BadRequest as exc:
+            params = action.read(body_object(await read_body(request), action.fields))
+        except BadRequest as exc:
             return _error(400, str(exc))
         logged = {"action": action.name, "remote": request.remote, **params}
         try:
@@ -345,66 +328,6 @@ def _control(action: _Action) -> Callable[[web.Request], Awaitable[web.Response]
         return _json(result)
 
     return handler
-
-
-async def _read_body(request: web.Request) -> bytes:
-    too_large = f"request body too large: the limit is {MAX_BODY_BYTES} bytes"
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise _BadRequest(too_large)
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _BadRequest(too_large) from None
-
-
-def _body_object(raw: bytes, fields: frozenset[str]) -> Body:
-    """The body as a JSON object holding only ``fields``; an empty body is ``{}``."""
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _BadRequest("body: expected a JSON object (UTF-8)") from None
-    if not isinstance(body, dict):
-        raise _BadRequest(f"body: expected a JSON object, got {_kind(body)}")
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        allowed = ", ".join(sorted(fields)) or "none"
-        raise _BadRequest(f"{unknown[0]}: unknown field (allowed: {allowed})")
-    return body
-
-
-def _epoch(body: Body) -> int:
-    epoch = body.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise _BadRequest(f"epoch: expected a positive integer, got {_kind(epoch)}")
-    return epoch
-
-
-def _dry_run(body: Body) -> bool:
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise _BadRequest(f"dry_run: expected true or false, got {_kind(dry_run)}")
-    return dry_run
-
-
-def _reason(body: Body) -> str | None:
-    return _text(body, "reason")
-
-
-def _kind(value: object) -> str:
-    """The JSON type name of a decoded value, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 # ---------------------------------------------------------------- JSON answers

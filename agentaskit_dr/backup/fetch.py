@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from agentaskit_dr.backup.crypto import ObjectTampered, decrypt_stream
 from agentaskit_dr.backup.manifest import TAR_NAME, BackupRecord, object_key
-from agentaskit_dr.sandbox.postgres import _server_process_options, _server_user
+from agentaskit_dr.sandbox._os_side import server_process_options as _server_process_options
+from agentaskit_dr.sandbox._os_side import server_user as _server_user
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.crypto import KeyRing

@@ -33,7 +33,8 @@ from agentaskit_dr.backup.manifest import BackupRecord, parse_lsn
 from agentaskit_dr.backup.pgtools import data_directory, tool
 from agentaskit_dr.backup.restore_checks import check_restored
 from agentaskit_dr.backup.restore_target import refuse_source_datadir, restore_target
-from agentaskit_dr.sandbox.postgres import PostgresServer, _server_process_options
+from agentaskit_dr.sandbox._os_side import server_process_options as _server_process_options
+from agentaskit_dr.sandbox.postgres import PostgresServer
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.store import BackupStore, Which

@@ -22,7 +22,7 @@ from agentaskit_dr.config._backup import (
     WalArchiving,
 )
 from agentaskit_dr.config._backup_source import PostgresSource, RestoreTarget
-from agentaskit_dr.config._base import redact, redact_url
+from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._drills import (
     DrillsConfig,
@@ -40,8 +40,6 @@ from agentaskit_dr.config._loader import (
     looks_like_backup,
 )
 from agentaskit_dr.config._models import (
-    DatabaseConfig,
-    LockConfig,
     LoggingConfig,
     ProbeConfig,
     PromotionConfig,
@@ -51,6 +49,7 @@ from agentaskit_dr.config._models import (
 )
 from agentaskit_dr.config._sections import ApiConfig, ApiTlsConfig, PeerTlsConfig
 from agentaskit_dr.config._vantage import PeerClientTls, TlsFile
+from agentaskit_dr.redaction import redact, redact_url
 
 __all__ = [
     "ApiConfig",

@@ -33,45 +33,16 @@ from pydantic_core import PydanticCustomError
 
 from agentaskit_dr.config._durations import parse_duration, parse_size
 
-REDACTED = "***"
+# ``redact`` is re-exported for config/_backup.py, which imports it from here.
+from agentaskit_dr.redaction import redact as redact  # noqa: PLC0414 (explicit re-export)
+from agentaskit_dr.redaction import redact_url
 
-#: ``key=value`` secrets: DSN query parameters and libpq keyword strings alike.
-_SECRET_PARAMETER = re.compile(r"((?:ssl)?password\s*=\s*)[^&\s]*", re.IGNORECASE)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def redact_url(text: str) -> str:
-    """``text`` with any password in a URL's userinfo or a ``password=`` parameter masked.
-
-    Works on strings that are not valid URLs too (it is used on error input), and
-    errs towards masking more: the userinfo ends at the last ``@`` before the query.
-    """
-    text = _SECRET_PARAMETER.sub(rf"\1{REDACTED}", text)
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        return text
-    authority_end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    userinfo, at, remainder = rest[:authority_end].rpartition("@")
-    if not at or ":" not in userinfo:
-        return text
-    user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:{REDACTED}@{remainder}{rest[authority_end:]}"
 
 
 def url_has_password(url: str) -> bool:
     """Whether ``url`` carries a password itself (in its userinfo or as a parameter)."""
     return redact_url(url) != url
-
-
-def redact(value: Any) -> Any:
-    """A copy of a JSON-like ``value`` (a ``model_dump``) with every URL password masked."""
-    if isinstance(value, str):
-        return redact_url(value)
-    if isinstance(value, dict):
-        return {key: redact(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
-    return value
 
 
 class ConfigModel(BaseModel):

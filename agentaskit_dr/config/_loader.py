@@ -19,8 +19,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from agentaskit_dr.config._backup import BackupConfig
-from agentaskit_dr.config._base import Problem, redact_url
+from agentaskit_dr.config._base import Problem
 from agentaskit_dr.config._models import WatchdogConfig
+from agentaskit_dr.redaction import redact_url
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -1,4 +1,6 @@
-"""The assess step: own, peer and witness observations in, one verdict out (DESIGN.md §4).
+"""The assess step: own, peer and witness observations in, one verdict out.
+
+See docs/architecture.md, "Partitions".
 
 Pure: the runtime hands in what each vantage point reported (already aged: a vantage
 whose report is stale or unreadable is ``fresh=False``) and gets back whether the

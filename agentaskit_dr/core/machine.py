@@ -1,6 +1,6 @@
 """The failover decision: ``transition(state, event, now) -> (state, commands)``.
 
-Debounce rule (DESIGN.md invariant 2): a condition fails over only when failing
+Debounce rule (safety invariant 2, docs/architecture.md): a condition fails over only when failing
 observations span more than its threshold with no healthy observation in between.
 The span is measured from the first to the latest failing *observation*, so the
 decision always rests on evidence, never on the mere absence of news.
@@ -25,7 +25,6 @@ from agentaskit_dr.core.model import (
     FailoverRefused,
     FailoverRequested,
     FailoverSucceeded,
-    FenceOldPrimary,
     FenceOwnPrimary,
     LeadershipChanged,
     Observed,
@@ -41,11 +40,17 @@ from agentaskit_dr.core.model import (
     ThresholdsChanged,
     Tick,
     WatchState,
-    fresh_clocks,
+)
+from agentaskit_dr.core.outcomes import (
+    Step,
+    acknowledged,
+    failover_refused,
+    failover_succeeded,
+    self_fence_failed,
+    standby_observed,
+    with_verdict,
 )
 from agentaskit_dr.core.planned import planned_primary, planned_run_active
-
-Step = tuple[WatchState, list[Command]]
 
 
 def transition(state: WatchState, event: Event, now: float) -> Step:
@@ -71,17 +76,17 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
         case ThresholdsChanged(thresholds=thresholds):
             state = replace(state, thresholds=thresholds)
         case FailoverSucceeded():
-            return _failover_succeeded(state, event, now)
+            return failover_succeeded(state, event, now)
         case FailoverRefused():
-            return _failover_refused(state, event, now)
+            return failover_refused(state, event, now)
         case StandbyObserved():
-            state, commands, final = _standby_observed(state, event, now)
+            state, commands, final = standby_observed(state, event, now)
             if final:
                 return state, commands
         case Acknowledged():
-            return _acknowledged(state)
+            return acknowledged(state)
         case SelfFenceFailed(reason=reason):
-            return _self_fence_failed(state, reason, now)
+            return self_fence_failed(state, reason, now)
         case PlannedRunActive():
             state = planned_run_active(state, event)
         case PlannedPrimary():
@@ -194,14 +199,14 @@ def _describe(state: WatchState, condition: Condition) -> str:
 
 def _decide(state: WatchState, now: float) -> Step:
     if state.phase is Phase.FAILING_OVER:
-        return _with_verdict(state, f"no action: failover in progress under epoch {state.epoch}")
+        return with_verdict(state, f"no action: failover in progress under epoch {state.epoch}")
     if state.planned_run is not None:
-        return _with_verdict(state, f"no action: {state.planned_run} is running; the "
+        return with_verdict(state, f"no action: {state.planned_run} is running; the "
                                     "automation does not fight it")
     if state.phase is Phase.FAILED_OVER:
         record = state.failover
         epoch = record.epoch if record else None
-        return _with_verdict(
+        return with_verdict(
             state, f"no action: failed over (epoch {epoch}); waiting for acknowledgement"
         )
     condition = _ripe(state)
@@ -216,23 +221,23 @@ def _decide(state: WatchState, now: float) -> Step:
                                  key="failover_refused", resolve=True)]
         if failing:
             parts = "; ".join(_describe(state, c) for c in failing)
-            return _with_verdict(state, f"no action: waiting, {parts}{_refusing(state)}")
+            return with_verdict(state, f"no action: waiting, {parts}{_refusing(state)}")
         recovering = [c.value for c in Condition if state.clocks[c].healthy_since is not None]
         if recovering:
-            return _with_verdict(
+            return with_verdict(
                 state, f"no action: primary healthy, recovering ({', '.join(recovering)})"
             )
         if state.primary_refusal is not None:
-            return _with_verdict(state, "no action: the primary answers but refuses the "
+            return with_verdict(state, "no action: the primary answers but refuses the "
                                         f"watchdog ({state.primary_refusal})")
-        return _with_verdict(state, "no action: primary healthy")
+        return with_verdict(state, "no action: primary healthy")
     reason = _describe(state, condition)
     if state.paused:
-        return _with_verdict(state, f"paused: {reason}; would fail over (nothing is actuated)")
+        return with_verdict(state, f"paused: {reason}; would fail over (nothing is actuated)")
     if state.standby_ready is False:
-        return _with_verdict(state, f"no action: {reason}, but there is no standby to promote")
+        return with_verdict(state, f"no action: {reason}, but there is no standby to promote")
     if state.target_unhealthy is not None:
-        state, _ = _with_verdict(state, f"no action: {reason}, but the {state.target_unhealthy}"
+        state, _ = with_verdict(state, f"no action: {reason}, but the {state.target_unhealthy}"
                                         "; holding the failover")
         if state.target_hold_alerted:
             return state, []
@@ -242,9 +247,9 @@ def _decide(state: WatchState, now: float) -> Step:
             key="failover_held")]
     if state.epoch is None:
         holder = state.lock_holder or "nobody reachable"
-        return _with_verdict(state, f"no action: {reason}, but the lock is held by {holder}")
+        return with_verdict(state, f"no action: {reason}, but the lock is held by {holder}")
     if state.retry_not_before is not None and now < state.retry_not_before:
-        return _with_verdict(
+        return with_verdict(
             state,
             f"no action: {reason}; retrying the refused failover at {state.retry_not_before:.1f}",
         )
@@ -290,7 +295,7 @@ def _failover_requested(state: WatchState, event: FailoverRequested, now: float)
     elif state.epoch is None:
         refusal = f"the lock is held by {state.lock_holder or 'nobody reachable'}"
     if refusal is not None:
-        return _with_verdict(state, f"manual failover refused: {refusal}")
+        return with_verdict(state, f"manual failover refused: {refusal}")
     assert state.epoch is not None
     incident = state.incident_since if state.incident_since is not None else now
     command = StartFailover(condition=None, epoch=state.epoch, reason=reason,
@@ -307,137 +312,7 @@ def _failover_requested(state: WatchState, event: FailoverRequested, now: float)
     return state, [Alert(Severity.CRITICAL, f"failing over: {reason}"), command]
 
 
-def _failover_succeeded(state: WatchState, event: FailoverSucceeded, now: float) -> Step:
-    base = state.failover or FailoverRecord(
-        condition=None, epoch=event.epoch, decided_at=now, reason=event.detail
-    )
-    record = replace(base, epoch=event.epoch, completed_at=now)
-    state = replace(
-        state,
-        phase=Phase.FAILED_OVER,
-        failover=record,
-        clocks=fresh_clocks(),
-        standby_ready=None,
-        incident_since=None,  # the run's last notification resolves it
-        verdict=f"failed over under epoch {event.epoch}: {event.detail}".rstrip(": "),
-    )
-    return state, [Alert(Severity.CRITICAL, f"failover done under epoch {event.epoch}"),
-                   Alert(Severity.INFO, "the failover went through", key="failover_refused",
-                         resolve=True)]
-
-
-def _failover_refused(state: WatchState, event: FailoverRefused, now: float) -> Step:
-    if state.phase is not Phase.FAILING_OVER:
-        return _with_verdict(state, f"ignored a late refusal: {event.reason}")
-    # Every refusal backs off, a stale epoch too: retrying at once would only meet the
-    # same newer epoch again (a hot loop); the keeper raises its epoch floor meanwhile.
-    retry_at = now + state.thresholds.retry_backoff
-    stale = "" if event.retry else " (stale epoch: raising the epoch before the retry)"
-    state = replace(
-        state,
-        phase=Phase.WATCHING,
-        failover=None,
-        retry_not_before=retry_at,
-        verdict=f"failover refused{stale}: {event.reason}",
-    )
-    commands: list[Command] = [Alert(Severity.CRITICAL, f"failover refused: {event.reason}",
-                                     key="failover_refused")]
-    if not event.retry and state.incident_since is not None:
-        state = replace(state, incident_since=None)
-        commands.append(CloseIncident(f"refused for good: {event.reason}"))
-    return state, commands
-
-
-def _standby_observed(
-    state: WatchState, event: StandbyObserved, now: float
-) -> tuple[WatchState, list[Command], bool]:
-    """Returns the new state, commands, and whether its verdict is final for this step."""
-    if event.in_recovery:
-        return replace(state, standby_ready=True), [], False
-    if state.planned_run is not None:
-        # The run promotes and fences on purpose: neither a promotion to adopt nor an old
-        # primary to fence; the run's end says who the primary is (PlannedPrimary).
-        return replace(state, standby_ready=False), [], False
-    known = state.failover.epoch if state.failover else None
-    newer = event.marker_epoch is not None and (known is None or event.marker_epoch > known)
-    if (
-        state.phase is Phase.WATCHING
-        and event.marker_epoch is None
-        and state.failover is None
-        and state.epoch is None
-        and state.lock_holder is not None
-    ):
-        # Between pg_promote and the marker write of another holder's promotion.
-        verdict = (f"no action: the standby accepts writes without an epoch marker yet "
-                   f"(promotion by {state.lock_holder} in progress?)")
-        return replace(state, standby_ready=False, verdict=verdict), [], True
-    if state.phase is Phase.WATCHING and (newer or state.failover is None):
-        # Promoted by a peer (newer epoch marker) or by hand (no marker, no failover yet).
-        who = f"epoch {event.marker_epoch}" if event.marker_epoch else "outside agentaskit-dr"
-        record = FailoverRecord(
-            condition=None,
-            epoch=event.marker_epoch,
-            decided_at=now,
-            reason=f"standby already promoted ({who})",
-            completed_at=now,
-        )
-        state = replace(
-            state,
-            phase=Phase.FAILED_OVER,
-            failover=record,
-            clocks=fresh_clocks(),
-            standby_ready=None,
-            verdict=f"no action: the standby was already promoted ({who})",
-        )
-        return state, [Alert(Severity.CRITICAL, f"standby found promoted ({who})")], True
-    if event.marker_epoch is not None and known is not None and event.marker_epoch >= known:
-        # The server we promoted, seen through a probe that still aims at the old slot.
-        return state, [], False
-    state = replace(state, standby_ready=False)
-    if (event.writable and state.epoch is not None and state.phase is not Phase.FAILING_OVER
-            and not state.paused):
-        reason = "old primary in the standby slot accepts writes"
-        return state, [
-            Alert(Severity.CRITICAL, f"fencing: {reason}", key="fence"),
-            FenceOldPrimary(epoch=state.epoch, reason=reason),
-        ], False
-    return state, [], False
-
-
-def _self_fence_failed(state: WatchState, reason: str, now: float) -> Step:
-    """Not confirmed: the primary may still take writes. Try again while isolated."""
-    if not state.self_fenced:
-        return _with_verdict(state, f"ignored a late self-fence failure: {reason}")
-    backoff = state.thresholds.retry_backoff
-    state = replace(state, self_fenced=False, self_fence_retry_at=now + backoff,
-                    verdict=f"self-fence failed: {reason}; retrying in {backoff:g}s")
-    return state, [Alert(Severity.CRITICAL, f"self-fence failed, the primary may still take "
-                                            f"writes: {reason}; retrying in {backoff:g}s",
-                         key="self_fence")]
-
-
-def _acknowledged(state: WatchState) -> Step:
-    if state.phase is not Phase.FAILED_OVER:
-        if state.self_fenced:
-            state = replace(state, self_fenced=False, isolated_since=None)
-            return _with_verdict(state, "acknowledged: self-fence cleared; the primary stays "
-                                        "read-only until an operator lifts the fence")
-        return _with_verdict(state, f"acknowledged; nothing to clear in phase {state.phase}")
-    state = replace(
-        state,
-        phase=Phase.WATCHING,
-        clocks=fresh_clocks(),
-        self_fenced=False,
-        verdict="acknowledged: watching again",
-    )
-    return state, [Alert(Severity.INFO, "failover acknowledged; automatic failover re-armed")]
-
-
 def _refusing(state: WatchState) -> str:
     if state.primary_refusal is None:
         return ""
     return f"; the primary refuses the watchdog ({state.primary_refusal})"
-
-
-def _with_verdict(state: WatchState, verdict: str) -> Step:
-    return replace(state, verdict=verdict), []

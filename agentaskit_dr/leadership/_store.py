@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from agentaskit_dr.ports import LockUnavailable
+from agentaskit_dr.redaction import mask_secrets
 
 T = TypeVar("T")
 
@@ -141,6 +142,4 @@ class StoreCalls:
             )) from exc
 
     def scrub(self, message: str) -> str:
-        for secret in self.secrets:
-            message = message.replace(secret, "***")
-        return message
+        return mask_secrets(message, self.secrets)

@@ -13,12 +13,11 @@ Every write is one Lua script that first checks that the writer's lease still ho
 lock (``{prefix}:leader`` is its token and ``{prefix}:leader:info`` carries its epoch),
 so the fence check and the write are atomic on the server. The journal keys have no TTL:
 they must outlive the lease of the watchdog that wrote them, for a successor to resume.
+The scripts are in ``_journal_scripts``, the stored records' schema in ``_journal_records``.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -26,11 +25,21 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from agentaskit_dr.leadership._journal_records import (
+    OUTCOMES,
+    JournalCorrupt,
+    StoredEntry,
+    StoredHeader,
+    as_text,
+    check_run_id,
+    to_json,
+    validated,
+)
+from agentaskit_dr.leadership._journal_scripts import FINISH, OPEN, RECORD
 from agentaskit_dr.leadership._store import StoreCalls, display_address, fail_fast_client
 from agentaskit_dr.ports import (
     JournalEntry,
@@ -38,87 +47,15 @@ from agentaskit_dr.ports import (
     LockUnavailable,
     RunJournal,
     StaleEpoch,
-    StepStatus,
 )
+
+__all__ = ["ActiveRunExists", "JournalCorrupt", "JournalRefused", "RedisJournal"]
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
-# A colon would let one run's keys collide with another's (run "x:entries").
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_OUTCOMES = ("done", "failed")
 
-# Prepended to every write. KEYS[1] leader, KEYS[2] info; ARGV[1] token, ARGV[2] epoch.
-_FENCE = """
-local held_by = redis.call('GET', KEYS[1])
-local info = redis.call('HMGET', KEYS[2], 'holder', 'epoch')
-if held_by ~= ARGV[1] or info[2] ~= ARGV[2] then
-  if not held_by then
-    return redis.error_reply('STALE_EPOCH the lock is free')
-  end
-  return redis.error_reply('STALE_EPOCH the lock is held by ' .. tostring(info[1])
-    .. ' under epoch ' .. tostring(info[2]))
-end
-"""
-
-# Refuses a writer older than one that already wrote the run (KEYS[3] run, ARGV[2] epoch).
-_NOT_OLDER = """
-local last_epoch = tonumber(redis.call('HGET', KEYS[3], 'last_epoch'))
-if last_epoch and last_epoch > tonumber(ARGV[2]) then
-  return redis.error_reply('STALE_EPOCH the run was already written under epoch ' .. last_epoch)
-end
-"""
-
-# KEYS: leader, info, run, runs, active. ARGV: token, epoch, run_id, header, created_at.
-_OPEN = _FENCE + """
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return 0
-end
-local active = redis.call('GET', KEYS[5])
-if active and active ~= ARGV[3] then
-  return redis.error_reply('ACTIVE_RUN ' .. active)
-end
-redis.call('HSET', KEYS[3], 'header', ARGV[4], 'last_epoch', ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
-redis.call('SET', KEYS[5], ARGV[3])
-return 1
-"""
-
-# KEYS: leader, info, run, entries. ARGV: token, epoch, entry.
-_RECORD = _FENCE + """
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  return redis.error_reply('NO_RUN')
-end
-local finished = redis.call('HGET', KEYS[3], 'finished')
-if finished then
-  return redis.error_reply('RUN_FINISHED ' .. finished)
-end
-""" + _NOT_OLDER + """
-redis.call('RPUSH', KEYS[4], ARGV[3])
-redis.call('HSET', KEYS[3], 'last_epoch', ARGV[2])
-return 1
-"""
-
-# KEYS: leader, info, run, active. ARGV: token, epoch, run_id, outcome.
-_FINISH = _FENCE + """
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  return redis.error_reply('NO_RUN')
-end
-local finished = redis.call('HGET', KEYS[3], 'finished')
-if finished and finished ~= ARGV[4] then
-  return redis.error_reply('RUN_FINISHED ' .. finished)
-end
-""" + _NOT_OLDER + """
-if not finished then
-  redis.call('HSET', KEYS[3], 'finished', ARGV[4], 'last_epoch', ARGV[2])
-end
-if redis.call('GET', KEYS[4]) == ARGV[3] then
-  redis.call('DEL', KEYS[4])
-end
-return 1
-"""
 
 
 class JournalRefused(Exception):
@@ -131,14 +68,6 @@ class ActiveRunExists(JournalRefused):
     def __init__(self, message: str, active_run_id: str) -> None:
         super().__init__(message)
         self.active_run_id = active_run_id
-
-
-class JournalCorrupt(LockUnavailable):
-    """The store holds a journal record that is not what this code writes.
-
-    A ``LockUnavailable``: the store answered wrongly, so nothing may be resumed or
-    actuated on that basis, and every caller already stops and reports on it.
-    """
 
 
 class RedisJournal:
@@ -176,9 +105,9 @@ class RedisJournal:
         self._info_key = f"{key_prefix}:leader:info"
         self._runs_key = f"{key_prefix}:runs"
         self._active_key = f"{key_prefix}:active"
-        self._open = self._redis.register_script(_OPEN)
-        self._record = self._redis.register_script(_RECORD)
-        self._finish = self._redis.register_script(_FINISH)
+        self._open = self._redis.register_script(OPEN)
+        self._record = self._redis.register_script(RECORD)
+        self._finish = self._redis.register_script(FINISH)
 
     async def open(
         self,
@@ -195,14 +124,14 @@ class RedisJournal:
         Raises ``ActiveRunExists`` when another run is active, ``StaleEpoch`` when the
         lease no longer holds the lock, ``LockUnavailable`` when the store is unreachable.
         """
-        _check_run_id(run_id)
+        check_run_id(run_id)
         if not kind.strip():
             raise ValueError("journal run kind must not be blank")
         steps = tuple(plan)
         if isinstance(plan, str) or not all(isinstance(s, str) and s.strip() for s in steps):
             raise ValueError(f"journal plan steps must be non-blank strings, got {list(plan)!r}")
         created_at = self._wall_clock()
-        header = _to_json(
+        header = to_json(
             {
                 "kind": kind, "plan": steps, "created_at": created_at,
                 "created_epoch": lease.epoch, "reason": reason, "meta": dict(meta or {}),
@@ -232,13 +161,13 @@ class RedisJournal:
         A successor whose epoch is higher may append to a run created under a lower one;
         a writer older than the run's newest writer gets ``StaleEpoch``.
         """
-        _check_run_id(run_id)
+        check_run_id(run_id)
         if entry.epoch != lease.epoch:
             raise ValueError(
                 f"journal entry for step {entry.step!r} carries epoch {entry.epoch}, "
                 f"but is written under lease epoch {lease.epoch}"
             )
-        payload = _to_json(asdict(entry), f"entry for step {entry.step!r} of run {run_id}")
+        payload = to_json(asdict(entry), f"entry for step {entry.step!r} of run {run_id}")
         await self._write(
             "record", run_id, lease, self._record,
             keys=[self._run_key(run_id), self._entries_key(run_id)], args=[payload],
@@ -253,9 +182,9 @@ class RedisJournal:
 
         Finishing again with the same outcome is harmless (a resumed run).
         """
-        _check_run_id(run_id)
-        if outcome not in _OUTCOMES:
-            raise ValueError(f"journal outcome must be one of {_OUTCOMES}, got {outcome!r}")
+        check_run_id(run_id)
+        if outcome not in OUTCOMES:
+            raise ValueError(f"journal outcome must be one of {OUTCOMES}, got {outcome!r}")
         await self._write(
             "finish", run_id, lease, self._finish,
             keys=[self._run_key(run_id), self._active_key], args=[run_id, outcome],
@@ -267,7 +196,7 @@ class RedisJournal:
         run_id = await self._call("active", lambda: self._redis.get(self._active_key))
         if run_id is None:
             return None
-        run_id = _text(run_id)
+        run_id = as_text(run_id)
         run = await self.get(run_id)
         if run is None:
             raise JournalCorrupt(
@@ -278,7 +207,7 @@ class RedisJournal:
 
     async def get(self, run_id: str) -> RunJournal | None:
         """The run with its entries, oldest first; None if there is no such run."""
-        _check_run_id(run_id)
+        check_run_id(run_id)
         runs = await self._read([run_id])
         return runs[0]
 
@@ -289,7 +218,7 @@ class RedisJournal:
         found = await self._call(
             "recent", lambda: self._redis.zrevrange(self._runs_key, 0, limit - 1)
         )
-        run_ids = [_text(run_id) for run_id in found]
+        run_ids = [as_text(run_id) for run_id in found]
         runs = await self._read(run_ids)
         missing = [run_id for run_id, run in zip(run_ids, runs, strict=True) if run is None]
         if missing:
@@ -337,15 +266,15 @@ class RedisJournal:
         entries = []
         for index, raw in enumerate(raw_entries):
             where = f"journal entry {index} of {entries_key} on {self._where}"
-            entries.append(JournalEntry(**_validated(_StoredEntry, _text(raw), where).model_dump()))
-        fields = {_text(name): _text(value) for name, value in header.items()}
+            entries.append(JournalEntry(**validated(StoredEntry, as_text(raw), where).model_dump()))
+        fields = {as_text(name): as_text(value) for name, value in header.items()}
         where = f"journal run {self._run_key(run_id)} on {self._where}"
         finished = fields.get("finished")
-        if finished not in (None, *_OUTCOMES):
+        if finished not in (None, *OUTCOMES):
             raise JournalCorrupt(f"{where} is invalid: finished is {finished!r}")
         if "header" not in fields:
             raise JournalCorrupt(f"{where} has no field 'header'")
-        stored = _validated(_StoredHeader, fields["header"], where)
+        stored = validated(StoredHeader, fields["header"], where)
         return RunJournal(
             run_id=run_id, entries=tuple(entries), finished=finished, **stored.model_dump()
         )
@@ -394,7 +323,7 @@ class RedisJournal:
                 raise JournalRefused(f"{where} refused: the run already finished as {detail}") \
                     from None
             raise LockUnavailable(
-                self._scrub(f"lock store {self._where} failed on journal {what}: {exc}")
+                self._calls.scrub(f"lock store {self._where} failed on journal {what}: {exc}")
             ) from exc
 
     async def _call(
@@ -406,63 +335,3 @@ class RedisJournal:
         """
         return await self._calls.call(f"journal {what}", request,
                                       (ResponseError,) if refusals else ())
-
-    def _scrub(self, message: str) -> str:
-        return self._calls.scrub(message)
-
-def _check_run_id(run_id: str) -> None:
-    if not _RUN_ID.fullmatch(run_id):
-        raise ValueError(
-            f"journal run id {run_id!r} must be 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-
-
-def _text(value: Any) -> str:
-    """A reply as text, whether or not the client decodes responses."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _to_json(value: object, what: str) -> str:
-    try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"journal {what} is not JSON-serialisable: {exc}") from exc
-
-
-class _StoredEntry(BaseModel):
-    """A ``JournalEntry`` as stored: JSON, checked field by field when read back."""
-
-    model_config = ConfigDict(strict=True, allow_inf_nan=False)
-
-    step: str = Field(min_length=1)
-    status: StepStatus
-    epoch: int = Field(ge=1)
-    at: float
-    detail: str = ""
-    data: dict[str, Any] = Field(default_factory=dict)
-
-
-class _StoredHeader(BaseModel):
-    """A run's header as stored; ``finished`` lives in its own hash field."""
-
-    model_config = ConfigDict(strict=True, allow_inf_nan=False)
-
-    kind: str = Field(min_length=1)
-    plan: tuple[str, ...]
-    created_at: float
-    created_epoch: int = Field(ge=1)
-    reason: str
-    meta: dict[str, Any]
-
-
-def _validated(model: type[M], raw: str, where: str) -> M:
-    """``raw`` JSON as ``model``; ``JournalCorrupt`` naming ``where`` and the bad fields."""
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc'])) or 'value'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise JournalCorrupt(f"{where} is invalid: {problems}") from None

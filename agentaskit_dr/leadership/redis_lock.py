@@ -261,6 +261,3 @@ class RedisLeaderLock:
     async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
         """Run one request within the socket timeout; every store failure is LockUnavailable."""
         return await self._calls.call(what, request)
-
-    def _scrub(self, message: str) -> str:
-        return self._calls.scrub(message)

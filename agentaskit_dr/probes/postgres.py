@@ -4,7 +4,7 @@ Each observation opens a fresh connection, runs one status query (plus one read 
 fencing marker when its table exists and is readable) and closes the connection, all
 under one deadline.
 A fresh connection each time is deliberate: it measures what a new client sees, and an
-asyncpg connection is often unusable after a timeout anyway (FIELD-NOTES).
+asyncpg connection is often unusable after a timeout anyway (docs/operations-notes.md).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import structlog
 
 from agentaskit_dr.pg_answers import server_answer
 from agentaskit_dr.ports import MARKER_SCHEMA, MARKER_TABLE, PostgresObservation
+from agentaskit_dr.redaction import mask_secrets
 
 log = structlog.get_logger(__name__)
 
@@ -216,6 +217,4 @@ class PostgresProbe:
                 error_type=type(exc).__name__,
             )
             text = f"{type(exc).__name__}: {exc}"
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return " ".join(text.split())[:MAX_ERROR_LENGTH]
+        return " ".join(mask_secrets(text, self._secrets).split())[:MAX_ERROR_LENGTH]

@@ -15,15 +15,11 @@ import structlog
 from yarl import URL
 
 from agentaskit_dr.ports import RegionHealthObservation, UrlCheck
+from agentaskit_dr.redaction import mask_secrets, url_password, without_userinfo
 
 log = structlog.get_logger(__name__)
 
 MAX_ERROR_LENGTH = 200
-
-
-def _redacted(url: str) -> str:
-    """The URL without any ``user:password@`` part, fit to show and log."""
-    return str(URL(url).with_user(None))
 
 
 class RegionHealthProbe:
@@ -48,7 +44,7 @@ class RegionHealthProbe:
         for url in urls:
             parsed = URL(url)
             if parsed.scheme not in {"http", "https"} or not parsed.host:
-                raise ValueError(f"region {region}: not an http(s) URL: {_redacted(url)}")
+                raise ValueError(f"region {region}: not an http(s) URL: {without_userinfo(url)}")
         if timeout <= 0:
             raise ValueError(f"region {region}: timeout must be positive, got {timeout}")
         if not 0 < healthy_fraction <= 1:
@@ -77,7 +73,7 @@ class RegionHealthProbe:
     def failure(self, error: str, latency: float) -> RegionHealthObservation:
         """The region seen unhealthy: every URL failed with ``error``."""
         checks = tuple(
-            UrlCheck(url=_redacted(url), ok=False, status=None, latency=latency, error=error)
+            UrlCheck(url=without_userinfo(url), ok=False, status=None, latency=latency, error=error)
             for url in self.urls
         )
         return RegionHealthObservation(region=self.region, healthy=False, checks=checks)
@@ -101,7 +97,7 @@ class RegionHealthProbe:
 
     async def _check(self, session: aiohttp.ClientSession, url: str) -> UrlCheck:
         loop = asyncio.get_running_loop()
-        shown = _redacted(url)
+        shown = without_userinfo(url)
         started = loop.time()
         status: int | None = None
         error: str | None = None
@@ -127,10 +123,7 @@ class RegionHealthProbe:
             error = f"HTTP {status}"
         ok = error is None
         if error is not None:
-            password = URL(url).password
-            if password:
-                error = error.replace(password, "***")
-            error = " ".join(error.split())[:MAX_ERROR_LENGTH]
+            error = " ".join(mask_secrets(error, [url_password(url)]).split())[:MAX_ERROR_LENGTH]
             log.debug("health_url_failed", region=self.region, url=shown, error=error)
         return UrlCheck(
             url=shown,

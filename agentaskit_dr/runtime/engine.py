@@ -2,52 +2,48 @@
 
 A cycle starts when a probe reports (or at least every probe interval) and drains
 everything that arrived meanwhile; SIGHUP reloads happen at the top of a cycle.
+What reaches the engine is queued by ``engine_inputs``; what the core's commands do
+is in ``engine_effects``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from agentaskit_dr.actuators.fence import PromotionRefused, ServerUnreachable
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.config import ConfigError, WatchdogConfig
 from agentaskit_dr.core import (
     Alert as AlertCommand,
 )
 from agentaskit_dr.core import (
-    CloseIncident,
     Command,
     Event,
-    FailoverRecord,
-    FenceOldPrimary,
-    FenceOwnPrimary,
     LeadershipChanged,
     Phase,
     PlannedPrimary,
-    SelfFenceFailed,
     Severity,
     StartFailover,
     ThresholdsChanged,
     Tick,
-    Vantage,
     WatchState,
     transition,
 )
-from agentaskit_dr.ports import (
-    ClusterControls,
-    ClusterPrimary,
-    Lease,
-    RegionHealthObservation,
-)
 from agentaskit_dr.runtime.alerts import AlertRouter
-from agentaskit_dr.runtime.engine_log import log_decision, log_outcome, log_verdict, update_metrics
-from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.engine_effects import EngineEffects, PromoterFactory
+from agentaskit_dr.runtime.engine_inputs import (
+    Control,
+    ControlAnswer,
+    EngineInputs,
+    QueueItem,
+    Wake,
+)
+from agentaskit_dr.runtime.engine_log import log_outcome, log_verdict, update_metrics
+from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.intake import Intake, VantageSource
 from agentaskit_dr.runtime.old_primary import OldPrimaryStopper
 from agentaskit_dr.runtime.outlook import (
@@ -65,35 +61,8 @@ log = structlog.get_logger(__name__)
 
 __all__ = ["PRIMARY_DB", "STANDBY_DB", "ControlAnswer", "Engine"]
 
-PromoterFactory = Callable[[WatchdogConfig], Promoter]
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Wake:
-    """Wakes the engine for a reload or a stop without an observation."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Control:
-    """An operator's request from the API; answered once the cycle applied it."""
-
-    event: Event
-    answer: asyncio.Future[ControlAnswer]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ControlAnswer:
-    """What an operator's event did: the verdict right after it, and the commands it
-    issued (a manual failover started iff they hold a StartFailover)."""
-
-    verdict: str
-    commands: tuple[Command, ...]
-
-
-QueueItem = ProbeReport | LeadershipChanged | _Wake | _Control | RunOutcome
-
-
-class Engine:
+class Engine(EngineInputs, EngineEffects):
     """Owns the watch state and the probe set; the only writer of both."""
 
     def __init__(
@@ -160,97 +129,6 @@ class Engine:
         """A failover run (or a resume of one) is being driven right now."""
         return self.runs.in_progress
 
-    # ------------------------------------------------------------ inputs
-
-    def _peer_vantages(self) -> list[Vantage]:
-        return self.vantages()
-
-    def _peer_links(self) -> dict[str, bool]:
-        return self.links()
-
-    @property
-    def latest(self) -> dict[str, ProbeReport]:
-        """The latest report of each probe of the current topology."""
-        return self.intake.latest
-
-    @property
-    def lag_bytes(self) -> int | None:
-        return self.intake.lag_bytes
-
-    @property
-    def lag_seconds(self) -> float | None:
-        return self.intake.lag_seconds
-
-    @property
-    def primary_last_lsn(self) -> int | None:
-        return self.intake.primary_last_lsn
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self._clock
-
-    def report(self, report: ProbeReport) -> None:
-        if self.metrics is not None:
-            observation = report.observation
-            if isinstance(observation, RegionHealthObservation):
-                self.metrics.probe(report.probe, observation.region, observation.healthy,
-                                   max((c.latency for c in observation.checks), default=0.0))
-            else:
-                self.metrics.probe(report.probe, observation.target, observation.reachable,
-                                   observation.latency)
-                self.metrics.refused(report.probe, observation.target, observation.refusal)
-        self.queue.put_nowait(report)
-
-    def leadership_changed(self, lease: Lease | None, holder: str | None) -> None:
-        event = LeadershipChanged(
-            epoch=lease.epoch if lease else None, holder=lease.holder if lease else holder
-        )
-        self.queue.put_nowait(event)
-
-    def follow_cluster_primary(self, primary: ClusterPrimary, controls: ClusterControls) -> None:
-        """Before the engine runs: watch the region the cluster record names as primary (a
-        failover happened while this watchdog was not running).
-
-        The core also learns of that failover (its epoch), so the old primary, now in the
-        standby slot and not in recovery, is taken for what it is (fenced if writable),
-        never for a standby promoted since, which would swap the topology back. Until an
-        operator acknowledged the failover, the watchdog is in ``failed_over`` like the
-        ones that saw it happen.
-        """
-        region = primary.region
-        if region == self.config.primary_region or region not in self.config.regions:
-            return
-        acknowledged = controls.acked_at is not None and controls.acked_at >= primary.at
-        log.warning("primary_region_from_cluster", file=self.config.primary_region,
-                    cluster=region, epoch=primary.epoch, run_id=primary.run_id,
-                    acknowledged=acknowledged)
-        self.config = self.config.with_primary(region)
-        now = self._clock()
-        record = FailoverRecord(condition=None, epoch=primary.epoch, decided_at=now,
-                                reason=f"recorded by run {primary.run_id} in the cluster "
-                                "record", completed_at=now)
-        phase = Phase.WATCHING if acknowledged else Phase.FAILED_OVER
-        self.state = dataclasses.replace(self.state, failover=record, phase=phase)
-
-    def request_reload(self) -> None:
-        """Called from the SIGHUP handler: only sets a flag; the loop does the work."""
-        self._reload_requested = True
-        self.queue.put_nowait(_Wake())
-
-    # ------------------------------------------------------------ loop
-
-    async def control(self, event: Event) -> ControlAnswer:
-        """Apply an operator's event (pause, resume, ack, failover) at the next cycle;
-        returns the verdict after it."""
-        return await self.post(event)
-
-    def post(self, event: Event) -> asyncio.Future[ControlAnswer]:
-        """Queue an operator's event without waiting (the cluster controls, read from the
-        lock store before the engine runs); the future holds the verdict after it."""
-        answer: asyncio.Future[ControlAnswer] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(_Control(event, answer))
-        return answer
-
     async def run(self) -> None:
         self._start_probes()
         self.started = True
@@ -298,7 +176,7 @@ class Engine:
                     self.runs.resume_due = self._clock()  # a run a predecessor left open?
             commands.extend(issued)
             # Answered with what its own event did, before later items change the state.
-            if isinstance(item, _Control) and not item.answer.done():
+            if isinstance(item, Control) and not item.answer.done():
                 item.answer.set_result(ControlAnswer(self.state.verdict, tuple(issued)))
         log_verdict(self.state, self.config, cycle=self.cycles, lag_bytes=self.lag_bytes)
         update_metrics(self.metrics, self.state, phase_since=self._phase_since,
@@ -378,95 +256,14 @@ class Engine:
             self.old_primary.cancel()  # the server it was to fence is the primary again
         return commands
 
-    def _events_of(self, item: ProbeReport | LeadershipChanged | _Wake | _Control) -> list[Event]:
+    def _events_of(self, item: ProbeReport | LeadershipChanged | Wake | Control) -> list[Event]:
         if isinstance(item, LeadershipChanged):
             return [item]
-        if isinstance(item, _Control):
+        if isinstance(item, Control):
             return [item.event]
-        if isinstance(item, _Wake) or item.generation != self.generation:
+        if isinstance(item, Wake) or item.generation != self.generation:
             return []
         return self.intake.events(self.config, item)
-
-    def observations(self) -> dict[str, Any]:
-        """The ``GET /v1/observations`` body: this daemon's latest view, for its peers."""
-        return self.intake.observations(self.config)
-
-    async def _execute(self, command: Command) -> None:
-        if isinstance(command, AlertCommand):
-            self.alerts.route(command, epoch=self.state.epoch)
-        elif isinstance(command, StartFailover):
-            log_decision(command, self.state, self.metrics)
-            if self.runs.in_progress:
-                # A resume is driving the active run: this failover starts once it ends
-                # (the runbook finishes an active run before opening a new one).
-                log.warning("failover_waits_for_active_run", epoch=command.epoch)
-                self.runs.deferred = command
-                return
-            self._start_failover(command)
-        elif isinstance(command, CloseIncident):
-            notification = self.runbook.close_incident(command.reason, self.state.epoch or 0)
-            if notification is not None:
-                self.alerts.send(notification)
-        elif isinstance(command, FenceOwnPrimary):
-            await self._fence_own_primary(command)
-        elif isinstance(command, FenceOldPrimary):
-            promoter = self._promoter_factory(self.config)
-            standby = self.config.regions[self.config.secondary_region].database.connect_dsn()
-            refused = await self.executor.fence(command, promoter, standby)
-            if refused is not None:
-                await self._execute(AlertCommand(Severity.CRITICAL, f"fence refused: {refused}",
-                                                 key="fence"))
-            elif "fence" in self.alerts.open_alerts:
-                await self._execute(AlertCommand(Severity.INFO, "old primary fenced",
-                                                 key="fence", resolve=True))
-
-    async def fence_own_primary(self, *, epoch: int, failover_id: str) -> dict[str, Any]:
-        """A peer about to promote asks: fence this region's server under ``epoch``.
-
-        Only the watchdog of the region that holds the primary fences (in control mode the
-        server is stopped for good, a frozen one killed); the marker check refuses the
-        server that ``epoch`` promoted. Needs no lock: fencing is the safe direction.
-        """
-        region = self.config.region
-        if self.config.role != "watchdog" or region != self.config.primary_region:
-            return {"fenced": False, "server_answers": None,
-                    "detail": f"{self.config.holder} in {region} does not watch the primary's "
-                              f"region {self.config.primary_region}"}
-        dsn = self.config.regions[region].database.connect_dsn()
-        try:
-            result = await self._promoter_factory(self.config).fence(dsn, epoch=epoch)
-        except ServerUnreachable as exc:
-            answer: dict[str, Any] = {"fenced": False, "server_answers": False,
-                                      "detail": exc.reason}
-        except PromotionRefused as exc:
-            answer = {"fenced": False, "server_answers": True, "detail": exc.reason}
-        else:
-            answer = {"fenced": result.fenced, "server_answers": True, "detail": result.detail}
-        log.critical("fenced_for_peer" if answer["fenced"] else "fence_for_peer_failed",
-                     epoch=epoch, failover_id=failover_id, **answer)
-        return answer
-
-    async def _fence_own_primary(self, command: FenceOwnPrimary) -> None:
-        """Self-fencing needs no lock: read-only is the safe direction, and the lock store
-        may well be on the other side of the partition. A fence that is not confirmed goes
-        back to the core, which alerts and tries again after ``retry_backoff``."""
-        promoter = self._promoter_factory(self.config)
-        dsn = self.config.regions[self.config.primary_region].database.connect_dsn()
-        try:
-            # No epoch: its own primary is fenced whatever epoch promoted it.
-            result = await promoter.fence(dsn, epoch=None)
-        except Exception as exc:  # noqa: BLE001 (any failure is a fence not confirmed)
-            failure = f"{type(exc).__name__}: {exc}"
-        else:
-            if result.fenced:
-                log.critical("self_fenced", reason=command.reason, fenced=True,
-                             sessions_terminated=result.sessions_terminated,
-                             detail=result.detail)
-                return
-            failure = result.detail
-        log.error("self_fence_failed", reason=command.reason, error=failure)
-        for extra in self._apply(SelfFenceFailed(failure)):
-            await self._execute(extra)
 
     # ------------------------------------------------------------ probes and topology
 
@@ -544,6 +341,8 @@ class Engine:
         status["alerts"] = self.alerts.open_alerts
         return status
 
+
 def _thresholds(config: WatchdogConfig) -> dict[str, float]:
     t = config.core_thresholds()
     return {"region_unhealthy": t.region_unhealthy, "db_unreachable": t.db_unreachable}
+

@@ -66,7 +66,8 @@ async def perform(config: WatchdogConfig, step: str, *, region: str, run_id: str
 
 
 async def _sync_primary(config: WatchdogConfig, region: str, bound: float) -> dict[str, Any]:
-    from agentaskit_dr.actuators.resync import ResyncFailed, resync_standby
+    from agentaskit_dr.actuators.resync import resync_standby
+    from agentaskit_dr.actuators.resync_plan import ResyncFailed
     from agentaskit_dr.resync_command import resync_plan
 
     try:

@@ -1,4 +1,4 @@
-"""The task that campaigns for the leader lock and keeps it (DESIGN.md invariant 4).
+"""The task that campaigns for the leader lock and keeps it (safety invariant 4).
 
 Not held: try to acquire every ``ttl / 3``. Held: renew every ``ttl / 3``. A lease is
 usable only until its ``safe_until``; a timer drops it at that moment even if the renew
@@ -22,15 +22,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_never,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying
 
 from agentaskit_dr.ports import LeaderLock, Lease, LockUnavailable
+from agentaskit_dr.retry import RetryCallState, last_error, retry_policy
 
 log = structlog.get_logger(__name__)
 
@@ -153,13 +148,9 @@ class LeadershipKeeper:
             await self._release()
 
     def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type(LockUnavailable),
-            wait=wait_exponential(multiplier=self._interval / 8, max=self._interval),
-            stop=stop_never,
-            before_sleep=self._log_unreachable,
-            reraise=True,
-        )
+        # Waits from interval/8, doubling up to the interval itself, for as long as it takes.
+        return retry_policy(LockUnavailable, attempts=None, backoff=self._interval / 8,
+                            on_retry=self._log_unreachable)
 
     async def _pause_for_interval(self) -> None:
         """Sleep one interval, or less when a pause, resume or floor request arrives."""
@@ -334,10 +325,9 @@ class LeadershipKeeper:
             raise LockUnavailable(f"lock store gave no answer within {self._interval:g}s") from exc
 
     def _log_unreachable(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
         log.warning(
             "lock_store_unreachable",
-            error=str(error),
+            error=str(last_error(state)),
             attempt=state.attempt_number,
             retry_in=state.next_action.sleep if state.next_action is not None else None,
             holding=self.lease is not None,

@@ -9,7 +9,8 @@ step not done; steps that reach the world are idempotent, so one that ran before
 crash but was not yet journaled changes nothing the second time.
 
 Failures before the promotion refuse the failover (the core retries later); after it,
-a failed step leaves the run active and is retried on the next resume.
+a failed step leaves the run active and is retried on the next resume. The plan and its
+step functions are in ``runbook_plan``; this module drives them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -36,7 +37,6 @@ from agentaskit_dr.core import (
 )
 from agentaskit_dr.ports import (
     ActuationFailed,
-    Actuator,
     ClusterStore,
     Journal,
     JournalEntry,
@@ -45,10 +45,8 @@ from agentaskit_dr.ports import (
     Notification,
     RunJournal,
     StaleEpoch,
-    StepOutcome,
     StepStatus,
 )
-from agentaskit_dr.runtime import runbook_promote
 from agentaskit_dr.runtime.executor import FailoverExecutor, new_failover_id
 from agentaskit_dr.runtime.incidents import IncidentBook
 from agentaskit_dr.runtime.run_evidence import FAILOVER_KIND, write_run_evidence
@@ -56,13 +54,19 @@ from agentaskit_dr.runtime.runbook_parts import (
     Hooks,
     PlannedStep,
     RunContext,
-    StepFn,
     jsonable,
+)
+from agentaskit_dr.runtime.runbook_plan import (
+    BEFORE_PROMOTION,
+    FAILOVER_PLAN,
+    PROMOTE,
+    SCALE_UP,
+    UPDATE_DNS,
+    RunbookPlan,
 )
 from agentaskit_dr.runtime.runbook_promote import (
     ADOPTS_PROMOTION_OF,
     OLD_PRIMARY_ANSWERING,
-    promote_step,
     promotions_in_doubt,
 )
 
@@ -73,27 +77,8 @@ __all__ = [
     "PlannedStep", "RunContext", "Runbook",
 ]
 
-CHECK_PRIMARY = "check_primary"
-NOTIFY_STARTED = "notify_stakeholders"
-OPEN_INCIDENT = "open_incident"
-VERIFY_STANDBY = "verify_standby"
-PROMOTE = runbook_promote.PROMOTE
-UPDATE_DNS = "update_dns"
-SCALE_UP = "scale_up"
-VERIFY_SERVICES = "verify_services"
-STATUS_PAGE = "update_status_page"
-NOTIFY_DONE = "notify_done"
 
-FAILOVER_PLAN = (
-    CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY, PROMOTE, UPDATE_DNS,
-    SCALE_UP, VERIFY_SERVICES, STATUS_PAGE, NOTIFY_DONE,
-)
-# Up to and including these, a failure refuses the failover: nothing irreversible yet.
-_BEFORE_PROMOTION = frozenset({CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY,
-                               PROMOTE})
-
-
-class Runbook:
+class Runbook(RunbookPlan):
     """Runs and resumes failovers; the only writer of their journals."""
 
     def __init__(
@@ -134,63 +119,6 @@ class Runbook:
         self.on_alert: Callable[[Alert], None] = lambda _alert: None
         # Set by the supervisor: where the cluster's current primary region is recorded.
         self.cluster: ClusterStore | None = None
-
-    # ------------------------------------------------------------ the plan
-
-    def plan(self, config: WatchdogConfig, from_region: str, to_region: str) -> list[PlannedStep]:
-        """Every step with its target; the ones not configured are skipped with a reason."""
-        hooks = self.hooks
-        to_cfg = config.regions[to_region]
-        dns = config.dns.route53
-        kube = to_cfg.kubernetes
-        notifiers = ", ".join(w.kind for w in config.notifications.webhooks) or "none"
-        generic = [w for w in config.notifications.webhooks if w.kind == "generic"]
-
-        def actuator_step(name: str, target: str,
-                          make: Callable[[WatchdogConfig, str, str], Actuator | None],
-                          missing: str) -> PlannedStep:
-            if make(config, from_region, to_region) is None:
-                return PlannedStep(name, target, None, missing)
-            return PlannedStep(name, target, self._actuate(make))
-
-        return [
-            PlannedStep(CHECK_PRIMARY, f"primary database in {from_region}",
-                        lambda ctx: hooks.check_primary(self.config(), ctx.from_region,
-                                                        ctx.to_region)),
-            self._notify_step(NOTIFY_STARTED, f"webhooks: {notifiers}", "failover_started",
-                              ("slack", "pagerduty", "generic")),
-            self._notify_step(OPEN_INCIDENT, f"{len(generic)} generic webhook(s)",
-                              "incident_opened", ("generic",)) if generic else PlannedStep(
-                OPEN_INCIDENT, "incident ticket", None, "no generic webhook configured"),
-            PlannedStep(VERIFY_STANDBY, f"standby database in {to_region}",
-                        lambda ctx: hooks.verify_standby(self.config(), ctx.from_region,
-                                                         ctx.to_region, ctx.journal)),
-            PlannedStep(PROMOTE, f"pg_promote the standby in {to_region}, fence {from_region}",
-                        self._promote),
-            actuator_step(UPDATE_DNS, f"Route 53 {dns.record_name} -> {to_cfg.dns_target}"
-                          if dns else "DNS", hooks.dns, "dns.route53 or dns_target not set"),
-            actuator_step(SCALE_UP, f"deployments in {kube.namespace} of {to_region} "
-                          f"+{config.runbook.scale_percent}%" if kube else "Kubernetes",
-                          hooks.scaler, f"regions.{to_region}.kubernetes not set"),
-            actuator_step(VERIFY_SERVICES, f"endpoints of {to_region} and a write on the new "
-                          "primary", hooks.verifier, "nothing to verify"),
-            self._notify_step(STATUS_PAGE, f"{len(generic)} generic webhook(s)", "status_page",
-                              ("generic",)) if generic else PlannedStep(
-                STATUS_PAGE, "status page", None, "no generic webhook configured"),
-            self._notify_step(NOTIFY_DONE, f"webhooks: {notifiers}", "failover_done",
-                              ("slack", "pagerduty", "generic"), resolve=True),
-        ]
-
-    def describe(self, config: WatchdogConfig | None = None) -> list[str]:
-        """The plan as text lines, for ``--dry-run`` and the API's dry run."""
-        config = config or self.config()
-        lines = []
-        for step in self.plan(config, config.primary_region, config.secondary_region):
-            note = f" (skipped: {step.skip_reason})" if step.run is None else ""
-            lines.append(f"{step.name}: {step.target}{note}")
-        lines.append(f"then: evidence and incident review draft in {config.evidence_dir}/"
-                     "failover/; failback marked as planned")
-        return lines
 
     # ------------------------------------------------------------ running
 
@@ -378,7 +306,7 @@ class Runbook:
             rlog.error("step_failed", step=step.name, reason=reason)
             if isinstance(exc, PromotionInDoubt):
                 return self._promotion_in_doubt(exc, ctx, rlog)
-            if step.name in _BEFORE_PROMOTION:
+            if step.name in BEFORE_PROMOTION:
                 self.incomplete = False
                 with contextlib.suppress(LockUnavailable, StaleEpoch):
                     run = await journal.get(ctx.run_id) or ctx.journal
@@ -441,66 +369,6 @@ class Runbook:
         return JournalEntry(step=step, status=status, epoch=ctx.epoch, at=self.wall_clock(),
                             detail=detail[:2000], data=jsonable(data or {}))
 
-    # ------------------------------------------------------------ steps
-
-    def _actuate(self, make: Callable[[WatchdogConfig, str, str], Actuator | None]) -> StepFn:
-        async def run(ctx: RunContext) -> StepOutcome:
-            actuator = make(self.config(), ctx.from_region, ctx.to_region)
-            if actuator is None:  # the config changed under a resumed run
-                return StepOutcome(False, "no longer configured")
-            try:
-                return await actuator.apply(epoch=ctx.epoch, failover_id=ctx.run_id)
-            finally:
-                await actuator.close()
-        return run
-
-    def _notify_step(self, name: str, target: str, event: str, kinds: Sequence[str], *,
-                     resolve: bool = False) -> PlannedStep:
-        async def run(ctx: RunContext) -> StepOutcome:
-            incident = str(ctx.meta.get("incident") or ctx.run_id)
-            if not resolve and self.incidents.announced(incident, event):
-                # A retry of the same incident: the stakeholders already heard it opened.
-                return StepOutcome(False, f"already sent for incident {incident}",
-                                   {"incident": incident})
-            summary = (f"agentaskit-dr failover {ctx.run_id}: {ctx.from_region} -> "
-                       f"{ctx.to_region} ({event.replace('_', ' ')})")
-            notification = Notification(
-                event=event, run_id=ctx.run_id, epoch=ctx.epoch, summary=summary,
-                severity="info" if resolve else "critical", resolve=resolve,
-                details={"from_region": ctx.from_region, "to_region": ctx.to_region,
-                         "reason": ctx.journal.reason, "incident": incident,
-                         "failback": "planned" if event == "failover_done" else None},
-                incident=incident,
-            )
-            sent = await self.hooks.notify(self.config(), notification, kinds)
-            self.incidents.sent(incident, event, resolve=resolve)
-            failed = sorted(name for name, ok in sent.items() if not ok)
-            detail = f"{len(sent) - len(failed)}/{len(sent)} delivered"
-            if failed:
-                detail += f"; not delivered: {', '.join(failed)} (logged; never blocks)"
-            return StepOutcome(bool(sent), detail, {"delivered": sent})
-        return PlannedStep(name, target, run)
-
-    async def _promote(self, ctx: RunContext) -> StepOutcome:
-        config = self.config()
-        meta = ctx.meta
-        # The old primary's own watchdog fences its server first, where it can (it may
-        # control that host: a frozen primary is killed, not left to wake up writable).
-        peer = await self.hooks.peer_fence(config, ctx.from_region, ctx.epoch, ctx.run_id)
-        log.info("old_primary_peer_fence", failover_id=ctx.run_id, epoch=ctx.epoch,
-                 peer=peer.peer, confirmed=peer.confirmed, detail=peer.detail)
-        if peer.confirmed is False:
-            raise PromotionRefused(f"fence not confirmed: the old primary's own watchdog "
-                                   f"({peer.peer}) could not fence it: {peer.detail}")
-        if peer.confirmed:
-            # Fenced by its own watchdog (stopped, in control mode): what the vantages saw
-            # answering before is that server, now fenced; the promoter fences it again.
-            meta = {**meta, OLD_PRIMARY_ANSWERING: False}
-        promoter = self.hooks.promoter(config, ctx.from_region, ctx.to_region)
-        outcome = await promote_step(self.executor, promoter, epoch=ctx.epoch, run=ctx.journal,
-                                     meta=meta, wall_clock=self.wall_clock)
-        return dataclasses.replace(outcome, data={**outcome.data, "peer_fence": {
-            "peer": peer.peer, "confirmed": peer.confirmed, "detail": peer.detail}})
 
     def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:
         """Write the evidence file and the incident review draft; their paths, or why not."""

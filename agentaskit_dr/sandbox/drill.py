@@ -169,7 +169,8 @@ def drill_once(*, threshold: float, interval: float, workdir: Path,
             circle.prepare(pair)
         redis = stack.enter_context(RedisServer())
         health = {name: stack.enter_context(health_endpoint()) for name in REGIONS}
-        # Three vantage points: a watchdog per region and a witness (DESIGN.md section 4).
+        # Three vantage points: a watchdog per region and a witness (docs/architecture.md,
+        # "Partitions").
         sites = (WITNESS_SITE, *REGIONS[::-1])  # start order: witness, secondary, primary
         api = {site: f"http://127.0.0.1:{free_port()}" for site in sites}
         dogs = []

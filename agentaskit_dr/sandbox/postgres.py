@@ -14,15 +14,21 @@ import contextlib
 import functools
 import importlib.util
 import os
-import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from agentaskit_dr.sandbox._os_side import (
+    children,
+    client_env,
+    give_to_server_user,
+    scratch_root,
+    server_process_options,
+    signal_all,
+)
 from agentaskit_dr.sandbox.redis import free_port
 
 _SERVER_BINARIES = ("initdb", "postgres", "pg_basebackup")
@@ -86,55 +92,6 @@ def wheel_pg_bindir() -> Path | None:
     return None
 
 
-SANDBOX_USER = "agentaskit-pg"
-
-
-@functools.cache
-def _server_user() -> pwd.struct_passwd | None:
-    """The OS user that server binaries run as when we are root (PostgreSQL refuses root).
-
-    ``postgres`` where it exists; otherwise a system user ``agentaskit-pg`` is created,
-    so the sandbox works on a fresh machine that has no PostgreSQL package.
-    """
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", SANDBOX_USER):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    done = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         SANDBOX_USER],
-        capture_output=True, text=True, check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            "PostgreSQL refuses to run as root, there is no 'postgres' OS user and "
-            f"'useradd {SANDBOX_USER}' failed: {done.stderr.strip()}; run the sandbox as "
-            "an unprivileged user or create a 'postgres' user"
-        )
-    return pwd.getpwnam(SANDBOX_USER)
-
-
-def _children(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (the postmaster's backends and auxiliary processes)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # The command name (field 2) may hold spaces; the parent pid follows its ")".
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
-def _signal_all(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
 class PostgresServer:
     """One postmaster on ``127.0.0.1:port`` over ``datadir``, to start, kill, pause, resume."""
 
@@ -164,7 +121,7 @@ class PostgresServer:
         done = subprocess.run(
             [str(self.bindir / argv[0]), *argv[1:]],
             capture_output=True, timeout=timeout, check=False,
-            **_server_process_options(self.home),
+            **server_process_options(self.home),
         )
         if done.returncode != 0:
             output = (done.stdout + done.stderr).decode(errors="replace")
@@ -180,7 +137,7 @@ class PostgresServer:
             self.proc = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.datadir), "-p", str(self.port)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                **_server_process_options(self.home),
+                **server_process_options(self.home),
             )
         self._paused = False
         deadline = time.monotonic() + timeout
@@ -211,7 +168,7 @@ class PostgresServer:
             # Backends lead their own process groups and outlive a killed postmaster:
             # freeze it (no new forks), list its children, then kill them all.
             self.proc.send_signal(signal.SIGSTOP)
-            _signal_all([*_children(self.proc.pid), self.proc.pid], signal.SIGKILL)
+            signal_all([*children(self.proc.pid), self.proc.pid], signal.SIGKILL)
             self.proc.wait()
             self._remove_shared_memory_key()
         self.proc = None
@@ -243,14 +200,14 @@ class PostgresServer:
             return
         # Stop the postmaster first so it forks no new backend while we list them.
         self.proc.send_signal(signal.SIGSTOP)
-        _signal_all(_children(self.proc.pid), signal.SIGSTOP)
+        signal_all(children(self.proc.pid), signal.SIGSTOP)
         self._paused = True
 
     def resume(self) -> None:
         """SIGCONT everything ``pause`` stopped."""
         if not self._paused or self.proc is None:
             return
-        _signal_all(_children(self.proc.pid), signal.SIGCONT)
+        signal_all(children(self.proc.pid), signal.SIGCONT)
         self.proc.send_signal(signal.SIGCONT)
         self._paused = False
 
@@ -260,7 +217,7 @@ class PostgresServer:
             [str(self.bindir / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
              "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
              "-c", query],
-            capture_output=True, text=True, timeout=timeout, check=False, env=_client_env(),
+            capture_output=True, text=True, timeout=timeout, check=False, env=client_env(),
         )
         if done.returncode != 0:
             raise RuntimeError(f"psql on {self.name} failed: {done.stderr.strip()}")
@@ -275,35 +232,6 @@ class PostgresServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _server_process_options(home: Path) -> dict[str, Any]:
-    """Popen keywords that run a server binary as ``postgres`` when we are root."""
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-    user = _server_user()
-    if user is None:
-        return {"env": env}
-    return {"env": env, "user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-
-
-def _client_env() -> dict[str, str]:
-    # PG* variables from the caller's shell (PGPASSWORD, PGSSLMODE...) must not leak in.
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
-def _scratch_root() -> str | None:
-    """tmpfs when there is one, else None (the default temp dir).
-
-    Copying a cluster's ~1000 files takes about 1 s on this machine's ext4, 0.06 s on tmpfs.
-    """
-    shm = Path("/dev/shm")  # noqa: S108 - only a parent for mkdtemp, which is race-free
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
-
-
-def _give_to_server_user(path: Path) -> None:
-    user = _server_user()
-    if user is not None:
-        os.chown(path, user.pw_uid, user.pw_gid)
-
-
 @functools.cache
 def _cluster_template(bindir: Path, *, data_checksums: bool | None = None) -> Path:
     """A cleanly shut-down cluster with the pair settings, made once per process (and per
@@ -312,12 +240,12 @@ def _cluster_template(bindir: Path, *, data_checksums: bool | None = None) -> Pa
 
     initdb takes 1-1.5 s on a busy 2-core machine; copying its result takes 0.1 s.
     """
-    base = Path(tempfile.mkdtemp(prefix="pgtemplate-", dir=_scratch_root()))
+    base = Path(tempfile.mkdtemp(prefix="pgtemplate-", dir=scratch_root()))
     atexit.register(shutil.rmtree, base, ignore_errors=True)
     base.chmod(0o755)
     datadir = base / "cluster"
     datadir.mkdir(mode=0o700)
-    _give_to_server_user(datadir)
+    give_to_server_user(datadir)
     initdb = PostgresServer("template", datadir, bindir, home=base)
     initdb.run_server_binary(
         "initdb", "-D", str(datadir), "-U", "postgres", "--auth=trust",
@@ -350,7 +278,7 @@ class PostgresPair:
     ) -> None:
         self._owns_base_dir = base_dir is None
         self._data_checksums = data_checksums
-        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="pgpair-", dir=_scratch_root()))
+        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="pgpair-", dir=scratch_root()))
         bindir = pg_bindir()
         home = self.base_dir / "home"
         self.primary = PostgresServer("primary", self.base_dir / "primary", bindir, home)
@@ -373,9 +301,9 @@ class PostgresPair:
         # -a keeps the postgres owner and 0700 mode that the server insists on.
         subprocess.run(["cp", "-aT", str(template), str(self.primary.datadir)], check=True)
         self.primary.home.mkdir(mode=0o700, exist_ok=True)
-        _give_to_server_user(self.primary.home)
+        give_to_server_user(self.primary.home)
         self.replica.datadir.mkdir(mode=0o700)
-        _give_to_server_user(self.replica.datadir)
+        give_to_server_user(self.replica.datadir)
         self.primary.start()
         self.primary.run_server_binary(
             "pg_basebackup", "-D", str(self.replica.datadir), "-R", "-X", "stream",

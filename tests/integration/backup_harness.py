@@ -15,11 +15,15 @@ from typing import Any
 import pytest
 
 from agentaskit_dr.config import BackupConfig
+from agentaskit_dr.sandbox._os_side import (
+    give_to_server_user as _give_to_server_user,
+)
+from agentaskit_dr.sandbox._os_side import (
+    scratch_root as _scratch_root,
+)
 from agentaskit_dr.sandbox.postgres import (
     PostgresServer,
     _cluster_template,
-    _give_to_server_user,
-    _scratch_root,
     pg_bindir,
     wheel_pg_bindir,
 )

@@ -487,7 +487,7 @@ class Writer:
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:200]
             # A refusal by the server (read-only) leaves the session usable; anything
-            # else (timeout, reset, terminated session) may not (FIELD-NOTES).
+            # else (timeout, reset, terminated session) may not (docs/operations-notes.md).
             if conn is not None and (not isinstance(exc, asyncpg.PostgresError)
                                      or conn.is_closed()):
                 conn.terminate()

@@ -4,8 +4,9 @@ A primary-side watchdog (us-west-2), a secondary-side watchdog (us-east-1) and a
 run as real processes (see ``partition_harness``); every connection any of them makes
 goes through a link of its own, and a cut link hangs instead of refusing. Each test
 breaks one thing the way networks break and asserts on the daemons' JSON log events and
-on the databases (DESIGN.md §3 invariants 1, 2 and 5, §4 verdicts). Failure messages name
-the daemon logs (kept under pytest's ``tmp_path``) and the links that were cut.
+on the databases (safety invariants 1, 2 and 5 and the partition verdicts of
+docs/architecture.md). Failure messages name the daemon logs (kept under pytest's
+``tmp_path``) and the links that were cut.
 """
 
 from __future__ import annotations

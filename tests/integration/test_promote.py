@@ -130,7 +130,7 @@ async def test_primary_killed_promotes_replica_under_epoch_in_under_1s(
     assert marker(replica).startswith("7|watchdog-east|fo-7|")
     # Nothing silent: every step is an event carrying the failover id and epoch.
     names = [e["event"] for e in events]
-    # The old primary is dealt with before pg_promote (DESIGN invariant 1); unreachable,
+    # The old primary is dealt with before pg_promote (safety invariant 1); unreachable,
     # the lag gate rests on its last known position.
     assert names[:6] == [
         "promotion_leadership_confirmed",

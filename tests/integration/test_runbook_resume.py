@@ -5,7 +5,7 @@ actor) SIGKILLs itself right after journaling that step done (fault injection by
 wrapper ``tests.integration.crashing_watchdog``). Restarted without it, same config and
 node name, it takes the lock under a new epoch once the dead one's lease expires and
 finishes the same run. Nothing the world saw may happen twice: one DNS change, one scale
-write per deployment, each webhook event once, one promotion (DESIGN invariant 6).
+write per deployment, each webhook event once, one promotion (safety invariant 6).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import pytest
 
 from agentaskit_dr.backup.crypto import KeyRing, decrypt_bytes
 from agentaskit_dr.backup.wal_layout import wal_key
-from agentaskit_dr.sandbox.postgres import PostgresServer, _give_to_server_user
+from agentaskit_dr.sandbox._os_side import give_to_server_user
+from agentaskit_dr.sandbox.postgres import PostgresServer
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
     moto_process_fixture,
@@ -117,7 +118,7 @@ async def test_a_base_backup_without_wal_recovers_from_the_archive_through_wal_f
     primary.sql("CREATE TABLE t (n int)")
     restored = PostgresServer("restored", base / "restored", primary.bindir, primary.home)
     restored.datadir.mkdir(mode=0o700)
-    _give_to_server_user(restored.datadir)
+    give_to_server_user(restored.datadir)
     primary.run_server_binary(
         "pg_basebackup", "-D", str(restored.datadir), "-X", "none", "-c", "fast",
         "--no-sync", "-U", "postgres", "-d", f"host=127.0.0.1 port={primary.port}")
@@ -127,7 +128,7 @@ async def test_a_base_backup_without_wal_recovers_from_the_archive_through_wal_f
         conf.write("archive_mode = off\n")
         conf.write(f"restore_command = '{world.restore_command()}'\n")
     (restored.datadir / "recovery.signal").touch()
-    _give_to_server_user(restored.datadir / "recovery.signal")
+    give_to_server_user(restored.datadir / "recovery.signal")
 
     try:
         restored.start(timeout=60)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from agentaskit_dr.sandbox._os_side import give_to_server_user, server_user
 from agentaskit_dr.sandbox.postgres import (
     PostgresServer,
     _cluster_template,
-    _give_to_server_user,
-    _server_user,
     pg_bindir,
 )
 
@@ -47,7 +46,7 @@ class WalWorld:
         self.base.chmod(0o755)
         self.spool = self.base / "spool"
         self.spool.mkdir(mode=0o700)
-        _give_to_server_user(self.spool)
+        give_to_server_user(self.spool)
         self.config = self.base / "backup.yaml"
         self.config.write_text(yaml.safe_dump({
             "storage": {
@@ -128,7 +127,7 @@ class WalWorld:
 
 
 def server_user_ids() -> tuple[int, int] | None:
-    user = _server_user()
+    user = server_user()
     return None if user is None else (user.pw_uid, user.pw_gid)
 
 
@@ -200,7 +199,7 @@ def archiving_primary(world: WalWorld, base: Path, *, extra: str = "") -> Postgr
     subprocess.run(["cp", "-aT", str(_cluster_template(bindir)), str(server.datadir)],
                    check=True)
     home.mkdir(mode=0o700, exist_ok=True)
-    _give_to_server_user(home)
+    give_to_server_user(home)
     with (server.datadir / "postgresql.conf").open("a") as conf:
         conf.write("archive_mode = on\n")
         conf.write(f"archive_command = '{world.archive_command()}'\n")

@@ -1,4 +1,7 @@
-"""The assess step as a table over every combination of reachability (DESIGN.md §4)."""
+"""The assess step as a table over every combination of reachability.
+
+The verdicts are those of docs/architecture.md, "Partitions".
+"""
 
 from __future__ import annotations
 

@@ -387,7 +387,7 @@ async def test_db_unreachable_for_121s_promotes_replica_once() -> None:
 
 @pytest.mark.looptime
 async def test_decision_with_production_jitter_comes_within_one_jittered_interval() -> None:
-    """DESIGN invariant 3: decided no later than threshold + one (jittered) probe interval."""
+    """Safety invariant 3: decided no later than threshold + one (jittered) probe interval."""
     world = World()
     world.db_down[WEST] = from_(10)
     rig = Rig(world, jitter=0.1)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from agentaskit_dr.actuators.resync import ResyncResult
+from agentaskit_dr.actuators.resync_plan import ResyncResult
 from agentaskit_dr.cli import main
 from agentaskit_dr.config import ConfigError, load_config
 from agentaskit_dr.resync_command import (
