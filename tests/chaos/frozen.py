@@ -32,6 +32,8 @@ PROMOTION_TIMEOUT = 60.0
 #: How long the woken old primary stays frozen after the promotion, and is watched after.
 ASLEEP_AFTER_PROMOTION = 2.0
 WATCH_AFTER_WAKE = 15.0
+#: Events that say the woken old primary was fenced (by the promoter or its watchdog).
+FENCE_EVENTS = {"old_primary_fenced", "old_primary_fenced_by_its_watchdog", "self_fenced"}
 
 
 def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
@@ -62,6 +64,8 @@ def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
         history.events = world.lab.events()
         exited = world.lab.exited()
     late = [c for c in history.commits if c.server == WEST_DB and c.acked > promoted_at]
+    fenced = [event_time(e) for e in history.events
+              if e.get("event") in FENCE_EVENTS and event_time(e) >= woke_at]
     verdict = check(history, exited)
     history.save(workdir / "history.json")
     return {
@@ -72,6 +76,7 @@ def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
         "writes_on_old_primary_after_promotion": len(late),
         "late_window_s": round(late[-1].acked - late[0].sent, 3) if late else 0.0,
         "last_late_write_after_wake_s": round(late[-1].acked - woke_at, 3) if late else None,
+        "fenced_after_wake_s": round(min(fenced) - woke_at, 3) if fenced else None,
         "verdict": verdict.summary(),
         "violations": [v.detail for v in verdict.violations],
     }
@@ -80,13 +85,15 @@ def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chaos-frozen", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each mode")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     root = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-frozen-"))
-    for control in (True, False):
-        figures = frozen_primary(root / f"control-{'on' if control else 'off'}",
-                                 control=control)
-        print(json.dumps(figures), flush=True)
+    for run in range(args.repeat):
+        for control in (True, False):
+            figures = frozen_primary(root / f"control-{'on' if control else 'off'}-{run}",
+                                     control=control)
+            print(json.dumps(figures), flush=True)
     return 0
 
 

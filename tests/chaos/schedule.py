@@ -16,12 +16,13 @@ SITES = ("west", "east", "witness", "redis")
 DAEMONS = ("west", "east", "witness")
 DATABASES = ("west-db", "east-db")
 
-#: Each kind of fault with its relative weight in a schedule.
+#: Each kind of fault with its relative weight in a schedule; the databases' faults weigh
+#: most, as they are the ones that lead to failovers.
 KINDS: dict[str, int] = {
     "kill_daemon": 2,
     "pause_daemon": 2,
-    "kill_db": 2,
-    "pause_db": 2,
+    "kill_db": 3,
+    "pause_db": 3,
     "kill_redis": 1,
     "pause_redis": 1,
     "cut_sites": 3,
@@ -30,7 +31,7 @@ KINDS: dict[str, int] = {
     "bad_config": 1,
 }
 MIN_FAULT = 2.0
-MAX_FAULT = 15.0
+MAX_FAULT = 20.0
 #: One fault per this many seconds of fault phase, on average.
 SECONDS_PER_FAULT = 8.0
 

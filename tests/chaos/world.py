@@ -39,6 +39,8 @@ from tests.integration.partition_harness import (
     Timing,
 )
 
+PEER_TOKEN = "chaos-peer-token"
+
 
 class ChaosLab(PartitionLab):
     """The partition lab, with each watchdog controlling its own region's server."""
@@ -49,6 +51,13 @@ class ChaosLab(PartitionLab):
 
     def config_overrides(self, node: str) -> dict[str, Any]:
         config = super().config_overrides(node)
+        # A peer credential: without one a watchdog refuses its peer's fence request
+        # (HTTP 403) and the promotion goes ahead on the self-fence alone.
+        token = self.workdir / "peer-token"
+        if not token.exists():
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            token.write_text(PEER_TOKEN + "\n")
+        config["api"]["peer_token_file"] = str(token)
         if self.control and node in (WEST, EAST):
             server = self.pair.primary if node == WEST else self.pair.replica
             config["regions"][REGION[node]]["database"]["control"] = {
@@ -117,7 +126,9 @@ class World:
             lab.wait_healthy()
             ports = {name: server.port for name, server in self.servers.items()}
             self.writers = [
-                AppWriter("app-west", ports),
+                # West's application recycles its connections (a pool's lifetime), so
+                # it keeps trying the old primary first: the adversarial client.
+                AppWriter("app-west", ports, recycle_after=10),
                 AppWriter("app-east", dict(reversed(list(ports.items())))),
             ]
             for writer in self.writers:

@@ -44,8 +44,11 @@ class AppWriter:
     """One application: ``hosts`` (server name → port) in the order it tries them."""
 
     def __init__(self, name: str, hosts: Mapping[str, int], *, every: float = 0.05,
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0, recycle_after: int | None = None) -> None:
         self.name = name
+        #: Reconnect (hosts in order again) after this many writes on one connection,
+        #: as a pool with a connection lifetime does; None keeps a working connection.
+        self.recycle_after = recycle_after
         self.hosts = dict(hosts)
         self.every = every
         self.timeout = timeout
@@ -76,13 +79,20 @@ class AppWriter:
 
     async def _write_until_stopped(self) -> None:
         conn: asyncpg.Connection | None = None
+        used = 0
         try:
             while not self._stop.is_set():
-                if conn is None:
-                    conn = await self._connect(list(self.hosts.values()))
-                if conn is not None and not await self._insert(conn):
+                if conn is not None and self.recycle_after and used >= self.recycle_after:
                     conn.terminate()
                     conn = None
+                if conn is None:
+                    conn = await self._connect(list(self.hosts.values()))
+                    used = 0
+                if conn is not None:
+                    used += 1
+                    if not await self._insert(conn):
+                        conn.terminate()
+                        conn = None
                 await asyncio.sleep(self.every)
         finally:
             if conn is not None:
