@@ -67,7 +67,7 @@ def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAUL
     with World(workdir, control=control) as world:
         assert world.lab is not None
         history = History(seed, world.timing.db_unreachable, world.timing.region_unhealthy,
-                          started=time.time())
+                          world.timing.fence_after, started=time.time())
         catalog = FaultCatalog(world)
         try:
             play(world, catalog, planned)
@@ -81,7 +81,7 @@ def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAUL
         history.final = world.final_state()
         exited = world.lab.exited()
         history.events = world.lab.events()
-        history.non_json = _non_json_lines(world)
+        history.non_json = non_json_lines(world)
         writers = [w.describe() for w in world.writers]
     verdict = check(history, exited)
     path = workdir / "history.json"
@@ -96,12 +96,13 @@ def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAUL
     return RunResult(seed, planned, verdict, seconds, path)
 
 
-def _non_json_lines(world: World) -> list[tuple[str, str]]:
+def non_json_lines(world: World) -> list[tuple[str, str]]:
     assert world.lab is not None
     found = []
     for node, log in world.lab.logs.items():
+        torn = world.lab.torn.get(node, [])
         for line in log.path.read_bytes().decode(errors="replace").splitlines():
-            if not line.strip():
+            if not line.strip() or line in torn:
                 continue
             try:
                 parsed = json.loads(line)

@@ -15,7 +15,7 @@ Four rules, each returning the violations it found (empty: the rule holds):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,8 @@ HEAL_TOLERANCE = 3.0
 #: Vantage points (of three) that must not reach the primary for its condition to hold.
 QUORUM = 2
 INITIAL_PRIMARY = "us-west-2"
+#: The server in each watchdog's own region (the one its self-fence stops).
+OWN_SERVER = {"west": "west-db", "east": "east-db"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,30 +223,85 @@ def lost_writes(commits: Sequence[Commit], final: FinalState,
 # ------------------------------------------------------------------ false failovers
 
 
-def condition_holds(faults: Sequence[FaultRecord], target: str, at: float, *,
-                    down_counts: bool) -> bool:
-    """Whether ``target`` (a database or health node) is unreachable at ``at`` from a
-    quorum of vantage points per the fault log; ``down_counts``: a stopped process
-    (a database) is unreachable from everywhere."""
-    active = [f for f in faults if f.start <= at and (f.end is None or at < f.end)]
-    if down_counts and any(target in f.down for f in active):
-        return True
-    blind = {v for f in active for (v, t) in f.cut if t == target and v in VANTAGES}
-    return len(blind) >= QUORUM
+Active = Sequence[FaultRecord]
+Condition = Callable[[Active], bool]
 
 
-def held_throughout(faults: Sequence[FaultRecord], target: str, start: float, end: float, *,
-                    down_counts: bool) -> bool:
-    """Whether the condition held at every moment of ``[start, end]``, each fault's
-    heal pushed back by :data:`HEAL_TOLERANCE` (the daemons see a heal late)."""
+def unreachable(target: str, *, down_counts: bool) -> Condition:
+    """``target`` (a database or health node) unreachable from a quorum of vantage
+    points; ``down_counts``: a stopped process (a database) is unreachable from
+    everywhere."""
+
+    def holds(active: Active) -> bool:
+        if down_counts and any(target in f.down for f in active):
+            return True
+        blind = {v for f in active for (v, t) in f.cut if t == target and v in VANTAGES}
+        return len(blind) >= QUORUM
+
+    return holds
+
+
+def isolated(node: str) -> Condition:
+    """``node`` hears neither of the other two daemons (each cut off from it or down)."""
+
+    def holds(active: Active) -> bool:
+        others = [v for v in VANTAGES if v != node]
+        return all(any((node, other) in f.cut or other in f.down for f in active)
+                   for other in others)
+
+    return holds
+
+
+def held_throughout(faults: Sequence[FaultRecord], condition: Condition, start: float,
+                    end: float) -> bool:
+    """Whether ``condition`` held at every moment of ``[start, end]`` per the fault log,
+    each fault's heal pushed back by :data:`HEAL_TOLERANCE` (daemons see a heal late)."""
     late = [FaultRecord(f.kind, f.target, f.start,
                         None if f.end is None else f.end + HEAL_TOLERANCE, f.down, f.cut)
             for f in faults if not f.error]
     # The condition only changes at a fault's start or (late) end: test each segment.
     points = sorted({start, *(t for f in late for t in (f.start, f.end)
                               if t is not None and start < t < end)})
-    return all(condition_holds(late, target, point, down_counts=down_counts)
-               for point in points)
+    return all(condition([f for f in late if f.active_at(point)]) for point in points)
+
+
+def daemon_faults(events: Sequence[dict[str, Any]]) -> list[FaultRecord]:
+    """Servers the daemons stopped themselves: a self-fence in control mode stops its
+    region's server, which stays down (a fault no schedule injected, but a real one)."""
+    found = []
+    for event in events:
+        if (event.get("event") == "self_fenced" and event.get("fenced") is True
+                and any(word in str(event.get("detail")) for word in ("stopped", "killed"))):
+            server = OWN_SERVER.get(event["watchdog"])
+            if server is not None:
+                found.append(FaultRecord("self_fence", server, event_time(event), None,
+                                         down=(server,)))
+    return found
+
+
+def false_self_fences(events: Sequence[dict[str, Any]], faults: Sequence[FaultRecord], *,
+                      fence_after: float) -> list[Violation]:
+    """Each self-fence must rest on its watchdog hearing neither peer nor witness for
+    ``fence_after``, per the fault log."""
+    found = []
+    ordered = sorted(events, key=event_time)
+    for event in ordered:
+        if event.get("event") != "self_fenced":
+            continue
+        node = event["watchdog"]
+        # Judged when it was decided (its alert): stopping the server may take seconds,
+        # and an isolation healed meanwhile does not undo the decision.
+        decided = [e for e in ordered if e["watchdog"] == node and e.get("event") == "alert"
+                   and e.get("key") == "self_fence" and not e.get("resolve")
+                   and event_time(e) <= event_time(event)]
+        at = event_time(decided[-1] if decided else event)
+        start = at - fence_after + START_TOLERANCE
+        if not held_throughout(faults, isolated(node), start, at):
+            found.append(Violation(
+                "false_failover", f"{node} self-fenced its primary at {at:.3f} "
+                f"({event.get('reason')}), but the fault log does not show it cut off from "
+                f"both other daemons throughout {start:.3f}..{at:.3f}", at))
+    return found
 
 
 def false_failovers(events: Sequence[dict[str, Any]], faults: Sequence[FaultRecord], *,
@@ -252,6 +309,7 @@ def false_failovers(events: Sequence[dict[str, Any]], faults: Sequence[FaultReco
     """Each real promotion's decision must rest on its condition: the primary's database
     (or region health) unreachable from a quorum for the threshold, per the fault log."""
     ordered = sorted(events, key=event_time)
+    faults = [*faults, *daemon_faults(ordered)]
     found = []
     for promotion in promotions(ordered):
         decision = _decision_for(ordered, promotion)
@@ -274,7 +332,7 @@ def false_failovers(events: Sequence[dict[str, Any]], faults: Sequence[FaultReco
         else:
             target, limit, down = primary_db, threshold, True
         start = decided - limit + START_TOLERANCE
-        if not held_throughout(faults, target, start, decided, down_counts=down):
+        if not held_throughout(faults, unreachable(target, down_counts=down), start, decided):
             found.append(Violation(
                 "false_failover",
                 f"{decision['watchdog']} decided {condition} at {decided:.3f} (epoch "
@@ -356,5 +414,7 @@ def check(history: History, exited: Sequence[str] = ()) -> Verdict:
     verdict.violations += false_failovers(history.events, history.faults,
                                           threshold=history.threshold,
                                           region_threshold=history.region_threshold)
+    verdict.violations += false_self_fences(history.events, history.faults,
+                                            fence_after=history.fence_after)
     verdict.violations += convergence(history.final, history.non_json, exited)
     return verdict

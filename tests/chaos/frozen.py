@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.sandbox.drill import event_time
+from tests.chaos.campaign import non_json_lines
 from tests.chaos.checker import check
 from tests.chaos.history import FaultRecord, History
 from tests.chaos.world import World
@@ -42,7 +43,7 @@ def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
         assert world.lab is not None
         primary = world.pair.primary
         history = History(0, world.timing.db_unreachable, world.timing.region_unhealthy,
-                          started=time.time())
+                          world.timing.fence_after, started=time.time())
         frozen_at = time.time()
         primary.pause()
         done = world.lab.wait_for(is_event("promotion_done", since=frozen_at),
@@ -62,6 +63,7 @@ def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
                                  key=lambda c: c.acked)
         history.final = world.final_state()
         history.events = world.lab.events()
+        history.non_json = non_json_lines(world)
         exited = world.lab.exited()
     late = [c for c in history.commits if c.server == WEST_DB and c.acked > promoted_at]
     fenced = [event_time(e) for e in history.events

@@ -79,6 +79,7 @@ class History:
     seed: int
     threshold: float
     region_threshold: float
+    fence_after: float = 2.0
     commits: list[Commit] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)

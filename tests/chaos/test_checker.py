@@ -12,6 +12,7 @@ from tests.chaos.checker import (
     check,
     convergence,
     false_failovers,
+    false_self_fences,
     lost_writes,
     promotions,
     split_brain,
@@ -210,6 +211,45 @@ def test_a_promotion_after_a_failover_promotes_the_other_server() -> None:
     events = [event("verdict", 1, primary_region="us-east-1", watchdog="west"),
               event("promotion_done", 10, watchdog="west", epoch=5, already_promoted=False)]
     assert [p.server for p in promotions(events)] == ["west-db"]
+
+
+def self_fenced(at: float, watchdog: str = "west",
+                detail: str = "127.0.0.1:1/postgres stopped (pg_ctl -m fast)") -> dict[str, Any]:
+    return event("self_fenced", at, watchdog, fenced=True, reason="isolated", detail=detail)
+
+
+def test_a_server_its_own_self_fence_stopped_counts_as_down() -> None:
+    events = [self_fenced(3), *failover_events(10)]
+    assert judge(events, []) == []
+    # A self-fence that only made it read-only leaves the server up: not a condition.
+    events = [self_fenced(3, detail="127.0.0.1:1/postgres read-only"), *failover_events(10)]
+    assert judge(events, []) == ["false_failover"]
+
+
+def test_a_self_fence_of_a_watchdog_cut_off_from_both_others_is_justified() -> None:
+    faults = [cut(0, 30, ("west", "east"), ("west", "witness"))]
+    assert false_self_fences([self_fenced(5)], faults, fence_after=2.0) == []
+    # Peer killed and witness paused: nobody to hear, so it fences too (by design).
+    faults = [FaultRecord("kill_daemon", "east", T0, T0 + 30, down=("east",)),
+              FaultRecord("pause_daemon", "witness", T0, T0 + 30, down=("witness",))]
+    assert false_self_fences([self_fenced(5)], faults, fence_after=2.0) == []
+
+
+def test_a_self_fence_is_judged_when_it_was_decided_not_when_the_stop_completed() -> None:
+    faults = [cut(0, 5, ("west", "east"), ("west", "witness"))]
+    decided = event("alert", 4.5, "west", key="self_fence", resolve=None,
+                    message="self-fencing the primary")
+    assert false_self_fences([decided, self_fenced(9)], faults, fence_after=2.0) == []
+    assert len(false_self_fences([self_fenced(9)], faults, fence_after=2.0)) == 1
+
+
+def test_a_self_fence_that_still_heard_a_daemon_is_false() -> None:
+    faults = [cut(0, 30, ("west", "east"))]
+    (found,) = false_self_fences([self_fenced(5)], faults, fence_after=2.0)
+    assert "west self-fenced" in found.detail
+    # The watchdog itself frozen is not isolation: the others were there all along.
+    paused = [FaultRecord("pause_daemon", "west", T0, T0 + 4.5, down=("west",))]
+    assert len(false_self_fences([self_fenced(5)], paused, fence_after=2.0)) == 1
 
 
 # ------------------------------------------------------------------ convergence

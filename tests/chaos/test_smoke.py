@@ -29,7 +29,8 @@ def test_smoke_schedule_passes_the_checker(tmp_path: Path) -> None:
     result = run_once(SEED, DURATION, tmp_path / "run", quiet=QUIET)
 
     verdict = result.verdict
-    assert verdict.ok, "\n".join(f"{v.rule}: {v.detail}" for v in verdict.violations)
+    assert verdict.ok, "\n".join([f"history: {result.history_path}",
+                                   *(f"{v.rule}: {v.detail}" for v in verdict.violations)])
     assert verdict.commits > 0
     assert verdict.promotions == 0
     assert result.fault_seconds > 0

@@ -48,6 +48,19 @@ class ChaosLab(PartitionLab):
     def __init__(self, *args: Any, control: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.control = control
+        #: Per daemon, the last lines SIGKILL cut in the middle (not the daemon's doing).
+        self.torn: dict[str, list[str]] = {}
+
+    def kill(self, node: str) -> None:
+        """SIGKILL ``node``; a log line it was writing is ended, and noted as torn."""
+        super().kill(node)
+        path = self.fleet.dogs[node].log_path
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            self.torn.setdefault(node, []).append(
+                data.rsplit(b"\n", 1)[-1].decode(errors="replace"))
+            with path.open("ab") as log:
+                log.write(b"\n")
 
     def config_overrides(self, node: str) -> dict[str, Any]:
         config = super().config_overrides(node)
