@@ -139,10 +139,11 @@ class World:
             lab.wait_healthy()
             ports = {name: server.port for name, server in self.servers.items()}
             self.writers = [
-                # West's application recycles its connections (a pool's lifetime), so
-                # it keeps trying the old primary first: the adversarial client.
+                # Both applications recycle their connections (a pool's lifetime), so
+                # each keeps trying its own region's server first: west's app knocks on
+                # the old primary after a failover, east's on a server promoted early.
                 AppWriter("app-west", ports, recycle_after=10),
-                AppWriter("app-east", dict(reversed(list(ports.items())))),
+                AppWriter("app-east", dict(reversed(list(ports.items()))), recycle_after=25),
             ]
             for writer in self.writers:
                 writer.start()
