@@ -14,12 +14,12 @@ Four rules, each returning the violations it found (empty: the rule holds):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentaskit_dr.sandbox.drill import event_time
+from tests.chaos.convergence import convergence
 from tests.chaos.history import (
     DB_REGION,
     REGION_DB,
@@ -30,6 +30,7 @@ from tests.chaos.history import (
     FaultRecord,
     FinalState,
     History,
+    Violation,
 )
 
 #: A probe that started just before a fault may be stamped failing from its start.
@@ -41,16 +42,6 @@ QUORUM = 2
 INITIAL_PRIMARY = "us-west-2"
 #: The server in each watchdog's own region (the one its self-fence stops).
 OWN_SERVER = {"west": "west-db", "east": "east-db"}
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """One broken rule: ``rule`` (split_brain, lost_write, false_failover, convergence,
-    non_json), what happened, and when (wall clock) if it has a time."""
-
-    rule: str
-    detail: str
-    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,53 +345,6 @@ def _decision_for(ordered: Sequence[dict[str, Any]],
     mine = [e for e in decisions if e["watchdog"] == promotion.watchdog]
     chosen = same_epoch or mine
     return chosen[-1] if chosen else None
-
-
-# ------------------------------------------------------------------ convergence
-
-
-def convergence(final: FinalState, non_json: Sequence[tuple[str, str]],
-                exited: Sequence[str] = ()) -> list[Violation]:
-    """One writable primary; the daemons agree on the primary region (the writable
-    server's) and the epoch; no daemon exited; every daemon line was JSON."""
-    found = []
-    if len(final.writable) != 1:
-        found.append(Violation("convergence", f"{len(final.writable)} writable primaries "
-                               f"after the quiet period: {final.writable or 'none'}"))
-    answers = {node: status for node, status in final.status.items() if status is not None}
-    for node, status in final.status.items():
-        if status is None:
-            found.append(Violation("convergence", f"{node} did not answer /v1/status"))
-    regions = {node: s.get("primary_region") for node, s in answers.items()}
-    if len(set(regions.values())) > 1:
-        found.append(Violation("convergence", f"daemons disagree on the primary region: "
-                               f"{regions}"))
-    elif regions and len(final.writable) == 1:
-        (region,) = set(regions.values())
-        if REGION_DB.get(str(region)) != final.writable[0]:
-            found.append(Violation("convergence", f"the daemons name {region} primary but "
-                                   f"{final.writable[0]} takes the writes"))
-    holders = [node for node, s in answers.items() if s.get("epoch") is not None]
-    if answers and len(holders) != 1:
-        found.append(Violation("convergence", f"{len(holders)} daemons hold the lock "
-                               f"after the quiet period: {holders or 'none'}"))
-    epochs = {node: epoch for node, s in answers.items()
-              if (epoch := status_epoch(s)) is not None}
-    if len(set(epochs.values())) > 1:
-        found.append(Violation("convergence", f"daemons disagree on the epoch: {epochs}"))
-    found += [Violation("convergence", f"daemon {node} exited") for node in exited]
-    found += [Violation("non_json", f"{node} wrote a line that is not JSON: {line[:200]!r}")
-              for node, line in non_json]
-    return found
-
-
-def status_epoch(status: dict[str, Any]) -> int | None:
-    """The epoch a daemon's status names: its own lock's, or the holder's it heard of
-    (``lock_holder: "west (epoch 2)"``)."""
-    if status.get("epoch") is not None:
-        return int(status["epoch"])
-    match = re.search(r"\(epoch (\d+)\)", str(status.get("lock_holder") or ""))
-    return int(match.group(1)) if match else None
 
 
 def check(history: History, exited: Sequence[str] = ()) -> Verdict:

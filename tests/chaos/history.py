@@ -23,6 +23,16 @@ DB_REGION = {db: region for region, db in REGION_DB.items()}
 
 
 @dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule: ``rule`` (split_brain, lost_write, false_failover, convergence,
+    non_json), what happened, and when (wall clock) if it has a time."""
+
+    rule: str
+    detail: str
+    at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """One acknowledged INSERT: ``server`` and ``timeline`` came back in the same
     statement (``RETURNING``); ``sent`` and ``acked`` bracket the commit."""

@@ -10,15 +10,14 @@ from typing import Any
 from tests.chaos.checker import (
     HEAL_TOLERANCE,
     check,
-    convergence,
     false_failovers,
     false_self_fences,
     lost_writes,
     promotions,
     split_brain,
-    status_epoch,
     write_windows,
 )
+from tests.chaos.convergence import convergence, status_epoch
 from tests.chaos.history import Commit, FaultRecord, FinalState, History
 
 T0 = 1_800_000_000.0
