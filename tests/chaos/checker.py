@@ -120,10 +120,17 @@ def split_brain(commits: Sequence[Commit]) -> list[Violation]:
                     "split_brain",
                     f"{a.server} (timeline {a.timeline}, {a.writes} writes) took writes "
                     f"{a.start:.3f}..{a.end:.3f} while {b.server} (timeline {b.timeline}, "
-                    f"{b.writes} writes) took writes {b.start:.3f}..{b.end:.3f}: overlap "
-                    f"{max(a.start, b.start):.3f}..{min(a.end, b.end):.3f}",
+                    f"{b.writes} writes) took writes {b.start:.3f}..{b.end:.3f}: both around "
+                    f"{_around(a, b)}",
                     max(a.start, b.start)))
     return found
+
+
+def _around(a: Window, b: Window) -> str:
+    """Where two overlapping windows meet (a one-write window has its ack after its
+    send: the commit lies between the two)."""
+    low, high = sorted((max(a.start, b.start), min(a.end, b.end)))
+    return f"{low:.3f}..{high:.3f}"
 
 
 # ------------------------------------------------------------------ promotions

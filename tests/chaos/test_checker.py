@@ -78,6 +78,13 @@ def test_the_old_primary_taking_a_write_after_the_new_one_did_is_split_brain() -
     assert "east-db (timeline 2" in found.detail
 
 
+def test_a_single_write_on_the_woken_old_primary_is_split_brain() -> None:
+    commits = [commit(100 + i, "east-db", 5 + i * 0.1, timeline=2) for i in range(20)]
+    commits.append(commit(1, "west-db", 6.0))
+    (found,) = split_brain(commits)
+    assert "west-db (timeline 1, 1 writes)" in found.detail
+
+
 def test_commits_whose_send_and_ack_only_straddle_are_not_counted_as_overlap() -> None:
     # West's last commit was sent before east's first one was acknowledged: a commit
     # lies somewhere between its send and its ack, so nothing proves an overlap.
