@@ -1,0 +1,188 @@
+"""The fault catalog: inject and heal each kind of planned fault on a :class:`World`.
+
+Each injection returns what it stopped and cut, so the fault log says, per fault, which
+processes were down and which links were cut from when to when: the checker judges
+every failover against exactly that. Overlapping cuts of one link are counted, so a
+heal never reopens a link another fault still holds cut.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.chaos.history import FaultRecord
+from tests.chaos.schedule import PlannedFault
+from tests.chaos.world import ChaosLab, World
+from tests.integration.partition_harness import EAST, EAST_DB, REGION, SITES, WEST, WEST_DB
+
+#: The nodes of each site a cut may sever.
+SITE_NODES = {**{site: set(nodes) for site, nodes in SITES.items()},
+              "witness": {"witness"}, "redis": {"redis"}}
+#: A config the daemon must refuse on SIGHUP (and keep running on the good one).
+BAD_CONFIG = "thresholds:\n  db_unreachable: soon\nrole: [not, a, role]\n"
+#: Bound on the start gate and a restarted server coming up.
+START_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class Injected:
+    """A fault in place: its plan, when it started, what it did."""
+
+    plan: PlannedFault
+    start: float
+    down: tuple[str, ...] = ()
+    cut: tuple[tuple[str, str], ...] = ()
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class FaultCatalog:
+    """Inject and heal faults on ``world``; :attr:`log` is the fault log."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.log: list[FaultRecord] = []
+        self._cuts: Counter[tuple[str, str]] = Counter()
+
+    @property
+    def lab(self) -> ChaosLab:
+        assert self.world.lab is not None
+        return self.world.lab
+
+    def inject(self, plan: PlannedFault) -> Injected:
+        fault = Injected(plan, time.time())
+        try:
+            getattr(self, f"_inject_{plan.kind}")(fault)
+        except Exception as exc:  # the fault log says it did not happen as planned
+            fault.error = f"inject: {type(exc).__name__}: {exc}"[:300]
+        return fault
+
+    def heal(self, fault: Injected) -> FaultRecord:
+        try:
+            getattr(self, f"_heal_{fault.plan.kind}")(fault)
+        except Exception as exc:
+            fault.error += f" heal: {type(exc).__name__}: {exc}"[:300]
+        record = FaultRecord(fault.plan.kind, fault.plan.target, fault.start, time.time(),
+                             fault.down, fault.cut, fault.error.strip())
+        self.log.append(record)
+        return record
+
+    # ------------------------------------------------------------ daemons
+
+    def _inject_kill_daemon(self, fault: Injected) -> None:
+        fault.down = (fault.plan.target,)
+        self.lab.kill(fault.plan.target)
+
+    def _heal_kill_daemon(self, fault: Injected) -> None:
+        self.lab.restart(fault.plan.target)
+
+    def _inject_pause_daemon(self, fault: Injected) -> None:
+        fault.down = (fault.plan.target,)
+        self.lab.signal_daemon(fault.plan.target, signal.SIGSTOP)
+
+    def _heal_pause_daemon(self, fault: Injected) -> None:
+        self.lab.signal_daemon(fault.plan.target, signal.SIGCONT)
+
+    def _inject_bad_config(self, fault: Injected) -> None:
+        dog = self.lab.fleet.dogs[fault.plan.target]
+        path = Path(dog.config)
+        fault.notes.append(path.read_text())
+        path.write_text(BAD_CONFIG)
+        self.lab.signal_daemon(fault.plan.target, signal.SIGHUP)
+
+    def _heal_bad_config(self, fault: Injected) -> None:
+        dog = self.lab.fleet.dogs[fault.plan.target]
+        Path(dog.config).write_text(fault.notes[0])
+        self.lab.signal_daemon(fault.plan.target, signal.SIGHUP)
+
+    # ------------------------------------------------------------ databases
+
+    def _inject_kill_db(self, fault: Injected) -> None:
+        server = self.world.servers[fault.plan.target]
+        fault.down = (fault.plan.target,)
+        if not server.running:
+            fault.notes.append("already down")
+            return
+        server.kill()
+
+    def _heal_kill_db(self, fault: Injected) -> None:
+        """Start it again as its service manager would (``Restart=on-failure``), behind
+        the start gate (``ExecStartPre=``), as the docs deploy it in either fence mode."""
+        if fault.notes == ["already down"]:
+            return
+        target = fault.plan.target
+        server = self.world.servers[target]
+        if not self._start_gate(target):
+            fault.notes.append("start gate refused")
+            return
+        server.start(START_TIMEOUT, accepting=False)
+
+    def _start_gate(self, target: str) -> bool:
+        node = WEST if target == WEST_DB else EAST
+        dog = self.lab.fleet.dogs[node]
+        done = subprocess.run(
+            [sys.executable, "-m", "agentaskit_dr", "start-gate", "--config", str(dog.config),
+             "--region", REGION[node]],
+            capture_output=True, timeout=START_TIMEOUT, check=False)
+        return done.returncode == 0
+
+    def _inject_pause_db(self, fault: Injected) -> None:
+        fault.down = (fault.plan.target,)
+        self.world.servers[fault.plan.target].pause()
+
+    def _heal_pause_db(self, fault: Injected) -> None:
+        server = self.world.servers[fault.plan.target]
+        if server.proc is not None and server.proc.poll() is not None:
+            server.proc = None  # its watchdog stopped or killed it meanwhile
+            return
+        server.resume()
+
+    # ------------------------------------------------------------ lock store
+
+    def _inject_kill_redis(self, fault: Injected) -> None:
+        fault.down = ("redis",)
+        self.world.redis.kill()
+
+    def _heal_kill_redis(self, fault: Injected) -> None:
+        self.world.redis.start()  # empty: no persistence
+
+    def _inject_pause_redis(self, fault: Injected) -> None:
+        fault.down = ("redis",)
+        self.world.redis.pause()
+
+    def _heal_pause_redis(self, fault: Injected) -> None:
+        self.world.redis.resume()
+
+    # ------------------------------------------------------------ links
+
+    def _links(self, fault: Injected) -> list[tuple[str, str]]:
+        first, second = fault.plan.target.split("|")
+        if fault.plan.kind == "cut_wal":
+            return [(EAST_DB, WEST_DB)]
+        a, b = SITE_NODES[first], SITE_NODES[second]
+        one_way = fault.plan.kind == "cut_one_way"
+        return sorted((o, t) for (o, t) in self.lab.links
+                      if (o in a and t in b) or (not one_way and o in b and t in a))
+
+    def _cut(self, fault: Injected) -> None:
+        fault.cut = tuple(self._links(fault))
+        for link in fault.cut:
+            if self._cuts[link] == 0:
+                self.lab.network.cut(*link)
+            self._cuts[link] += 1
+
+    def _heal_cut(self, fault: Injected) -> None:
+        for link in fault.cut:
+            self._cuts[link] -= 1
+            if self._cuts[link] == 0:
+                self.lab.network.heal(*link)
+
+    _inject_cut_sites = _inject_cut_one_way = _inject_cut_wal = _cut
+    _heal_cut_sites = _heal_cut_one_way = _heal_cut_wal = _heal_cut
+
