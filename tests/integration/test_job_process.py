@@ -33,7 +33,9 @@ async def test_a_cancelled_job_leaves_no_process_of_its_group(tmp_path: Path) ->
     script = (f"echo $$ > {pid_file}; sh -c 'trap \"\" TERM; sleep 60' & sleep 60 & "
               "wait")
     job = asyncio.create_task(run_commands([(script,)], grace=0.5, program=SHELL))
-    while not pid_file.exists() or not pid_file.read_text().strip():
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
         await asyncio.sleep(0.05)
     group = int(pid_file.read_text())
     os.killpg(group, 0)  # alive
