@@ -181,7 +181,6 @@ async def test_two_watchdogs_run_each_due_job_once_through_sighup_and_sigterm(
                        what="the other watchdog running the next one", dogs=[other])
 
     starts = Counter(e["due"] for e in fleet.events(is_event("job_started", job=JOB)))
-    assert starts and set(starts.values()) == {1}, starts
-    assert {e["watchdog"] for e in fleet.events(is_event("job_started", job=JOB))} <= {
-        west.region, east.region}
+    assert len(starts) >= 6
+    assert set(starts.values()) == {1}, starts  # each due time started by one watchdog
     store.close()
