@@ -162,3 +162,25 @@ def test_the_backup_section_names_a_bad_value(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("{}")
     with pytest.raises(ValidationError, match="stop_grace"):
         BackupJobsConfig(config=tmp_path / "b.yaml", stop_grace=30)
+
+
+def test_a_watchdog_config_names_its_backup_config_or_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentaskit_dr.config import ConfigError, load_config
+    from tests.unit.test_cli import SECRETS, WATCHDOG_YAML
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "backup.yaml").write_text("{}")
+    text = WATCHDOG_YAML.read_text()
+    good = tmp_path / "watchdog.yaml"
+    good.write_text(text + "backup: {config: backup.yaml, configs_every: 1m}\n")
+    settings = load_config(good).backup
+    assert settings is not None
+    assert (settings.config, settings.configs_every) == (tmp_path / "backup.yaml", 60.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "backup: {config: nowhere.yaml}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(bad)
+    assert "backup.config" in str(raised.value)
+    assert "must be an existing backup YAML file" in str(raised.value)
