@@ -120,11 +120,14 @@ class JobScheduler:
         """Look at the schedules every tick until cancelled; then stop the running jobs."""
         try:
             while True:
-                await self._refresh()
                 try:
+                    await self._refresh()
                     await self.check()
                 except LockUnavailable as exc:
                     log.warning("jobs_check_failed", reason=str(exc))
+                except Exception as exc:  # noqa: BLE001 - a root task must not end
+                    log.error("jobs_check_failed",  # noqa: TRY400 - one line, no trace
+                              error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(self._tick())
         finally:
             await self.stop()

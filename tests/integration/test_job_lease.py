@@ -23,7 +23,8 @@ from agentaskit_dr.sandbox.redis import RedisServer
 pytestmark = pytest.mark.integration
 PREFIX = "jobs-test"
 JOB = "appstate-configs"
-T0 = 1_800_000_000.0  # a multiple of 60: a slot of the 60 s configs job
+T0 = 1_800_000_000.0
+SUNDAY_4AM = 1_795_924_800.0  # 2026-11-29T04:00:00Z  # a multiple of 60: a slot of the 60 s configs job
 
 
 @dataclass
@@ -169,3 +170,65 @@ async def test_a_stop_cancels_the_running_job_records_it_and_frees_the_lease(
     east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
     await look(east)
     assert len(runs) == 1
+
+
+async def test_a_verification_run_is_the_schedules_last_test_on_both_watchdogs(
+        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+    from agentaskit_dr.drtesting.records import load_state
+
+    backup_yaml.write_text(backup_yaml.read_text() + (
+        'postgresql: {dsn: "postgresql://backup@127.0.0.1:1/postgres"}\n'
+        'verification: {verify_backup: {schedule: "0 4 * * 0"}}\n'))
+    clock, runs, go = Clock(now=SUNDAY_4AM - 3600), [], asyncio.Event()
+    go.set()
+    west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
+    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+    await look(west, east)
+    clock.now += 3600 + 30  # Sunday 04:00:30: the weekly verification is due
+    await look(west, east)
+    await asyncio.gather(*west.running.values(), *east.running.values())
+    assert sum(job.startswith("verify-backup") for _, job in runs) == 1
+    await look(west, east)  # the one that did not run it reads the record
+    for name in ("west", "east"):
+        state = load_state(tmp_path / name, now=clock.now)
+        recorded = state["runs"]["backup_verification"]
+        assert recorded["passed"] is True
+        assert recorded["result"].startswith("passed (on ")
+        assert state["last_success"]["backup_verification"] > clock.now - 60
+
+
+async def test_a_slot_finished_by_the_other_between_look_and_claim_is_not_run_again(
+        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+    clock, runs, go = Clock(), [], asyncio.Event()
+    go.set()
+    west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
+    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+    await look(west, east)
+    clock.now = T0 + 61
+    await look(east)
+    await asyncio.gather(*east.running.values())
+    # West looked before east's run began (its read said "due"), and claims only now.
+    assert west.leases is not None
+    await west._start(west.leases, next(s for s in west.specs if s.name == JOB), clock.now)
+    assert [holder for holder, _ in runs] == ["east"]
+    assert not west.running
+    assert await client.get(f"{PREFIX}:job:{JOB}") is None
+
+
+async def test_a_job_whose_lease_is_lost_is_stopped(
+        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+    clock, runs, go = Clock(), [], asyncio.Event()
+    config = Watchdog("west", BackupJobsConfig(config=backup_yaml, configs_every=60,
+                                               lease_ttl=3), tmp_path / "west")
+    runner = Runner("west", runs, go)
+    west = JobScheduler(lambda: cast(WatchdogConfig, config), client, clock=clock,
+                        runner=runner)
+    await look(west)
+    clock.now = T0 + 60
+    await look(west)
+    await runner.started.wait()
+    await client.delete(f"{PREFIX}:job:{JOB}")  # an operator, or a store that lost it
+    await asyncio.gather(*west.running.values())
+    record = LastRun.from_json(await client.get(f"{PREFIX}:job:{JOB}:last"))
+    assert record is not None
+    assert (record.outcome, record.detail) == ("cancelled", "stopped: its lease was lost")
