@@ -23,8 +23,8 @@ from agentaskit_dr.sandbox.redis import RedisServer
 pytestmark = pytest.mark.integration
 PREFIX = "jobs-test"
 JOB = "appstate-configs"
-T0 = 1_800_000_000.0
-SUNDAY_4AM = 1_795_924_800.0  # 2026-11-29T04:00:00Z  # a multiple of 60: a slot of the 60 s configs job
+T0 = 1_800_000_000.0  # a multiple of 60: a slot of the 60 s configs job
+SUNDAY_4AM = 1_795_924_800.0  # 2026-11-29T04:00:00Z
 
 
 @dataclass
@@ -172,13 +172,20 @@ async def test_a_stop_cancels_the_running_job_records_it_and_frees_the_lease(
     assert len(runs) == 1
 
 
-async def test_a_verification_run_is_the_schedules_last_test_on_both_watchdogs(
-        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
-    from agentaskit_dr.drtesting.records import load_state
-
+@pytest.fixture
+def with_postgres(backup_yaml: Path) -> Path:
+    """The backup config with a server: the PostgreSQL jobs are scheduled too."""
     backup_yaml.write_text(backup_yaml.read_text() + (
         'postgresql: {dsn: "postgresql://backup@127.0.0.1:1/postgres"}\n'
         'verification: {verify_backup: {schedule: "0 4 * * 0"}}\n'))
+    return backup_yaml
+
+
+async def test_a_verification_run_is_the_schedules_last_test_on_both_watchdogs(
+        client: Redis, with_postgres: Path, tmp_path: Path) -> None:
+    from agentaskit_dr.drtesting.records import load_state
+
+    backup_yaml = with_postgres
     clock, runs, go = Clock(now=SUNDAY_4AM - 3600), [], asyncio.Event()
     go.set()
     west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
