@@ -184,3 +184,21 @@ def test_a_watchdog_config_names_its_backup_config_or_a_clear_error(
         load_config(bad)
     assert "backup.config" in str(raised.value)
     assert "must be an existing backup YAML file" in str(raised.value)
+
+
+def test_the_status_page_shows_the_backups_rows() -> None:
+    from agentaskit_dr.api.status_html import render_main
+    from agentaskit_dr.runtime.job_schedule import JobSpec
+
+    record = LastRun(due=at("2026-11-29T02:00:00"), outcome="ok",
+                     started_at=at("2026-11-29T02:00:01"), finished_at=at("2026-11-29T02:09:00"),
+                     bytes=2**30, last_success=at("2026-11-29T02:09:00"))
+    row = describe(JobSpec("backup-full", DAILY_2AM, ()), record,
+                   now=at("2026-11-29T12:00:00"), running_here=False)
+    html = render_main({"backups": {"backup-full": row}}, [], now=at("2026-11-29T12:00:00"),
+                       evidence_dir=None)
+    section = html.split("Backup freshness", 1)[1].split("DR testing schedule", 1)[0]
+    assert "not configured" not in section
+    for text in ("backup-full", "0 2 * * *", "2026-11-29T02:09:00+00:00",
+                 "2026-11-30T02:00:00+00:00", str(2**30)):
+        assert text in section
