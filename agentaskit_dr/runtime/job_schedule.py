@@ -179,10 +179,11 @@ def job_specs(backup: BackupConfig, path: Path, settings: BackupJobsConfig) -> l
     prune += [("appstate", "prune", name, *conf) for name in components]
     jobs.append(JobSpec("retention", Schedule(cron=settings.retention_schedule),
                         tuple(prune)))
+    verify: list[tuple[str, ...]] = [("verify-backup", *conf)] if postgres else []
+    verify += [("appstate", "verify", name, *conf) for name in components]
+    jobs.append(JobSpec("verify-backup", Schedule(cron=backup.verification.verify_backup.schedule),
+                        tuple(verify), dr_test="backup_verification"))
     if postgres:
-        jobs.append(JobSpec("verify-backup",
-                            Schedule(cron=backup.verification.verify_backup.schedule),
-                            (("verify-backup", *conf),), dr_test="backup_verification"))
         target = backup.verification.test_restore.target
         if target in backup.restore_targets:
             jobs.append(JobSpec("test-restore",

@@ -267,7 +267,7 @@ class JobScheduler:
         assert record.started_at is not None
         log.info("job_finished", job=spec.name, outcome=outcome.outcome,
                  seconds=round(now - record.started_at, 3), bytes=outcome.nbytes,
-                 detail=outcome.detail, due=_iso(record.due))
+                 detail=outcome.detail, due=_iso(record.due), evidence=outcome.evidence)
         if self.metrics is not None:
             self.metrics.update(spec.name, done)
         try:

@@ -140,6 +140,9 @@ def test_the_jobs_of_a_backup_config_each_only_if_configured(backup_yaml: Path) 
         ("backup", "prune", "--config"), ("appstate", "prune", "redis"),
         ("appstate", "prune", "configs")]
     assert specs["verify-backup"].dr_test == "backup_verification"
+    assert [step[:3] for step in specs["verify-backup"].steps] == [
+        ("verify-backup", "--config", str(backup_yaml)), ("appstate", "verify", "redis"),
+        ("appstate", "verify", "configs")]
     assert specs["test-restore"].dr_test == "restore_test"
 
 
@@ -151,7 +154,7 @@ def test_without_a_server_or_a_target_the_postgresql_jobs_are_not_scheduled(
     settings = BackupJobsConfig(config=backup_yaml, configs_every=60)
     names = [spec.name for spec in job_specs(load_backup_config(backup_yaml), backup_yaml,
                                              settings)]
-    assert names == ["retention", "appstate-redis", "appstate-configs"]
+    assert names == ["retention", "verify-backup", "appstate-redis", "appstate-configs"]
 
 
 def test_the_backup_section_names_a_bad_value(tmp_path: Path) -> None:
