@@ -111,7 +111,7 @@ async def _pass_through(stream: asyncio.StreamReader) -> str:
     """Copy the command's stderr to ours line by line; its last non-empty line."""
     last = b""
     out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
-    while line := await stream.readline():
+    while line := await _next_line(stream):
         if line.strip():
             last = line.strip()[-_TAIL:]
         if out is not None:
@@ -123,6 +123,14 @@ async def _pass_through(stream: asyncio.StreamReader) -> str:
         if isinstance(event, dict):
             text = str(event.get("error") or event.get("reason") or event.get("event") or text)
     return text
+
+
+async def _next_line(stream: asyncio.StreamReader) -> bytes:
+    """The next line, or the next 64 KiB of one too long for the reader's buffer."""
+    try:
+        return await stream.readline()
+    except ValueError:  # LimitOverrunError: no newline within the buffer's limit
+        return await stream.read(1 << 16)
 
 
 def _json(answer: bytes) -> dict[str, Any]:

@@ -25,6 +25,11 @@ async def test_answers_give_the_outcome_and_the_bytes() -> None:
         grace=1, program=SHELL)
     assert (mixed.outcome, mixed.nbytes) == ("failed", 7)
     assert "exit 1: agentaskit-dr verify-backup: s3://x/base/1: missing" in mixed.detail
+    # A reader that gave up on such a line would leave the command blocked on its stderr.
+    noisy = await asyncio.wait_for(run_commands(
+        [("head -c 300000 /dev/zero | tr '\\0' x >&2; echo >&2; echo '{}'",)], grace=1,
+        program=SHELL), 60)
+    assert noisy.outcome == "ok"  # a line longer than the reader's buffer is no failure
 
 
 async def test_a_cancelled_job_leaves_no_process_of_its_group(tmp_path: Path) -> None:
