@@ -33,6 +33,7 @@ from agentaskit_dr.config._drills import (
 )
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._failback import FailbackConfig
+from agentaskit_dr.config._jobs import BackupJobsConfig
 from agentaskit_dr.config._loader import (
     ConfigError,
     load_backup_config,
@@ -56,6 +57,7 @@ __all__ = [
     "ApiTlsConfig",
     "ApplicationStateConfig",
     "BackupConfig",
+    "BackupJobsConfig",
     "Bucket",
     "ConfigError",
     "DatabaseConfig",

@@ -33,6 +33,7 @@ from agentaskit_dr.config._base import (
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._durations import format_duration
 from agentaskit_dr.config._failback import FailbackConfig
+from agentaskit_dr.config._jobs import BackupJobsConfig
 from agentaskit_dr.config._sections import (
     ApiConfig,
     DnsConfig,
@@ -171,6 +172,8 @@ class WatchdogConfig(ConfigModel):
     failback: FailbackConfig = Field(default_factory=FailbackConfig)
     evidence_dir: ConfigPath = Path("/var/lib/agentaskit-dr/evidence")
     """Where failover evidence files and incident review drafts are written."""
+    backup: BackupJobsConfig | None = None
+    """The backup jobs this watchdog schedules (``backup: {config: PATH}``); None: none."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Self:

@@ -4,8 +4,8 @@ A root task re-reads the evidence directory every ``interval`` (files only, off 
 event loop), posts overdue or failed tests to the :class:`AlertRouter` (once, then a daily
 reminder: :func:`~agentaskit_dr.drtesting.schedule.schedule_alerts`), keeps the
 ``/v1/status`` keys ``dr_testing`` and ``objectives``, and sets their metrics. Schedules
-and targets come from ``backup_config`` when given (the supervisor gives none yet: the
-watchdog config does not name a backup config), else the plan's.
+and targets come from ``backup_config`` when given (the supervisor gives the one the
+backup jobs use, ``backup: {config: PATH}`` in the watchdog config), else the plan's.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from agentaskit_dr.runtime.epoch_floor import (
 )
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.host_steps import HostStepJobs
+from agentaskit_dr.runtime.jobs import JobScheduler, StatusParts
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
 from agentaskit_dr.runtime.peers import PeerPoller
@@ -221,6 +222,7 @@ def _root_tasks(parts: _Parts, role: str,
     if role == "watchdog":
         # A witness never takes the lock: it observes and reports, nothing more.
         tasks.append(asyncio.create_task(parts.keeper.run(), name="leadership"))
+        tasks.append(asyncio.create_task(parts.jobs.run(), name="backup-jobs"))
     if systemd is not None:
         tasks.append(asyncio.create_task(systemd.run(), name="systemd-notify"))
     return tasks
@@ -279,6 +281,7 @@ class _Parts:
     host_steps: HostStepJobs | None
     planned: PlannedRuns
     dr_testing: DrTestingWatch
+    jobs: JobScheduler
 
 
 def _assemble(
@@ -341,7 +344,9 @@ def _assemble(
     # Failback and switchover through the API; every watchdog holds while one runs.
     planned = PlannedRuns(engine, keeper, journal, cluster)
     dr_testing = DrTestingWatch.for_engine(engine)
-    api = ApiServer(EngineController(engine, controls, planned, dr_testing),
+    jobs = JobScheduler(lambda: engine.config, lock.client, registry=engine.metrics.registry)
+    dr_testing.backup_config = jobs.backup_config
+    api = ApiServer(EngineController(engine, controls, planned, StatusParts(dr_testing, jobs)),
                     metrics=engine.metrics,
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
@@ -349,7 +354,7 @@ def _assemble(
                     evidence_dir=lambda: engine.config.evidence_dir,
                     host_steps=host_steps, runs=planned)
     return _Parts(lock, keeper, engine, peers, api, controls, alerts, host_steps, planned,
-                  dr_testing)
+                  dr_testing, jobs)
 
 
 def _reconfigured(alerts: AlertHubs, config: WatchdogConfig) -> None:
