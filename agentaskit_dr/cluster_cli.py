@@ -44,7 +44,7 @@ async def store_control(config: WatchdogConfig, action: str, reason: str | None)
 
     Raises LockUnavailable when the store cannot be reached either.
     """
-    from agentaskit_dr.runtime.supervisor import build_cluster_store
+    from agentaskit_dr.runtime.builders import build_cluster_store
 
     store = build_cluster_store(config)
     try:
@@ -63,7 +63,7 @@ async def store_control(config: WatchdogConfig, action: str, reason: str | None)
 
 async def store_status(config: WatchdogConfig) -> dict[str, Any]:
     """The cluster record read from the lock store (when no watchdog answers)."""
-    from agentaskit_dr.runtime.supervisor import build_cluster_store
+    from agentaskit_dr.runtime.builders import build_cluster_store
 
     store = build_cluster_store(config)
     try:
@@ -80,7 +80,7 @@ async def following_cluster_primary(config: WatchdogConfig) -> WatchdogConfig:
     After a failover the file still names the old primary; the record names the region
     that serves now. A store that cannot be read leaves the file's choice, with a warning.
     """
-    from agentaskit_dr.runtime.supervisor import build_cluster_store
+    from agentaskit_dr.runtime.builders import build_cluster_store
 
     store = build_cluster_store(config)
     try:

@@ -113,8 +113,8 @@ def _confirm(home: str) -> None:
 
 async def _failback(config: WatchdogConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.oncall_lock import held_lock
+    from agentaskit_dr.runtime.builders import build_cluster_store, build_journal
     from agentaskit_dr.runtime.failback import FailbackRun, RestoreStandbyRun
-    from agentaskit_dr.runtime.supervisor import build_cluster_store, build_journal
 
     async with held_lock(config) as held:
         journal = build_journal(config)

@@ -71,10 +71,10 @@ async def verify_failover(config: WatchdogConfig, args: argparse.Namespace) -> i
 
 async def failover(config: WatchdogConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.core import FailoverRefused, StartFailover
+    from agentaskit_dr.runtime.builders import build_cluster_store, build_journal
     from agentaskit_dr.runtime.executor import FailoverExecutor
     from agentaskit_dr.runtime.runbook import Runbook
     from agentaskit_dr.runtime.runbook_hooks import build_hooks
-    from agentaskit_dr.runtime.supervisor import build_cluster_store, build_journal
 
     hooks = build_hooks()
     if args.dry_run:
@@ -107,9 +107,9 @@ class _NoLease:
 
 
 async def _dry_run(config: WatchdogConfig, hooks: Hooks) -> int:
+    from agentaskit_dr.runtime.builders import build_journal
     from agentaskit_dr.runtime.executor import FailoverExecutor
     from agentaskit_dr.runtime.runbook import Runbook
-    from agentaskit_dr.runtime.supervisor import build_journal
 
     # Nothing is read from or written to the journal: it only completes the runbook.
     journal = build_journal(config)

@@ -36,7 +36,7 @@ class HeldLock:
 @contextlib.asynccontextmanager
 async def held_lock(config: WatchdogConfig) -> AsyncIterator[HeldLock]:
     """Take the lock as ``<holder>/cli:<user>``; Refused naming the holder if it is taken."""
-    from agentaskit_dr.runtime.supervisor import (
+    from agentaskit_dr.runtime.builders import (
         build_cluster_store,
         build_journal,
         build_lock,

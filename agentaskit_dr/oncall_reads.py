@@ -60,7 +60,7 @@ async def check_primary(config: WatchdogConfig, args: argparse.Namespace) -> int
 
 
 async def journal(config: WatchdogConfig, args: argparse.Namespace) -> int:
-    from agentaskit_dr.runtime.supervisor import build_journal
+    from agentaskit_dr.runtime.builders import build_journal
 
     journal = build_journal(config)
     try:

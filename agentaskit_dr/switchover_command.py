@@ -127,7 +127,7 @@ def _confirm(target: str) -> None:
 
 async def _switch(config: WatchdogConfig, source: str, target: str) -> int:
     from agentaskit_dr.oncall_lock import held_lock
-    from agentaskit_dr.runtime.supervisor import build_cluster_store, build_journal
+    from agentaskit_dr.runtime.builders import build_cluster_store, build_journal
     from agentaskit_dr.runtime.switchover_run import SwitchoverRun, SwitchoverRunRefused
 
     async with held_lock(config) as held:

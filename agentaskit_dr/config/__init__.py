@@ -10,9 +10,7 @@ from agentaskit_dr.config._backup import (
     ApplicationStateConfig,
     BackupConfig,
     Bucket,
-    EncryptionConfig,
     PostgresBackupConfig,
-    PreviousKey,
     RestoreTestConfig,
     ScheduledBackup,
     StateBackup,
@@ -21,6 +19,7 @@ from agentaskit_dr.config._backup import (
     VerifyBackupConfig,
     WalArchiving,
 )
+from agentaskit_dr.config._backup_keys import EncryptionConfig, PreviousKey
 from agentaskit_dr.config._backup_source import PostgresSource, RestoreTarget
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._control import DatabaseControlConfig

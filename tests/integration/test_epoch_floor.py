@@ -21,15 +21,15 @@ import yaml
 
 from agentaskit_dr.config import WatchdogConfig, load_config
 from agentaskit_dr.ports import Lease, StaleEpoch
-from agentaskit_dr.runtime.epoch_floor import watching_stale_epochs
-from agentaskit_dr.runtime.leadership import LeadershipKeeper
-from agentaskit_dr.runtime.runbook_hooks import build_hooks, dns, promoter, scaler
-from agentaskit_dr.runtime.supervisor import (
+from agentaskit_dr.runtime.builders import (
     build_cluster_store,
     build_journal,
     build_lock,
     epoch_floor_reader,
 )
+from agentaskit_dr.runtime.epoch_floor import watching_stale_epochs
+from agentaskit_dr.runtime.leadership import LeadershipKeeper
+from agentaskit_dr.runtime.runbook_hooks import build_hooks, dns, promoter, scaler
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.aws import (  # the *_fixture names register the fixtures here

@@ -16,7 +16,7 @@ import pytest
 
 from agentaskit_dr.config import ConfigError, load_config
 from agentaskit_dr.ports import LockUnavailable
-from agentaskit_dr.runtime.supervisor import build_journal, build_lock
+from agentaskit_dr.runtime.builders import build_journal, build_lock
 from agentaskit_dr.sandbox.sentinel import SERVICE, SentinelSet
 from tests.unit.test_config import shipped, shipped_env, write  # noqa: F401
 
