@@ -104,6 +104,14 @@ class Metrics:
             PREFIX + "replication_lag_seconds", "Replica replay lag in seconds (NaN when unknown)",
             registry=reg,
         )
+        self._archive_pending = Gauge(
+            PREFIX + "wal_archive_pending_segments", "Completed WAL segments the primary has "
+            "not archived yet (NaN without archive_mode)", registry=reg,
+        )
+        self._archive_lag = Gauge(
+            PREFIX + "wal_archive_lag_seconds", "Since the primary last archived a segment, "
+            "while some are pending; 0 when none is (NaN without archive_mode)", registry=reg,
+        )
         self._overshoot = Gauge(
             PREFIX + "decision_overshoot_seconds",
             "How long the last failover decision came after its threshold was reached",
@@ -119,6 +127,7 @@ class Metrics:
         )
         self.lock(held=False, epoch=None)
         self.replication_lag(None, None)
+        self.wal_archive(None, None)
         self._overshoot.set(math.nan)
 
     def probe(self, probe: str, target: str, ok: bool, latency: float) -> None:
@@ -148,6 +157,11 @@ class Metrics:
         """The replica's lag, None where it could not be measured."""
         self._lag_bytes.set(_or_nan(lag_bytes))
         self._lag_seconds.set(_or_nan(lag_seconds))
+
+    def wal_archive(self, pending: int | None, lag_seconds: float | None) -> None:
+        """The primary's WAL archive backlog, None where it is not measured."""
+        self._archive_pending.set(_or_nan(pending))
+        self._archive_lag.set(_or_nan(lag_seconds))
 
     def overshoot(self, seconds: float) -> None:
         """How late the last failover decision came after its threshold (seconds)."""

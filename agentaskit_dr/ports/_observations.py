@@ -20,6 +20,9 @@ class PostgresObservation:
     ``receiver_status`` is ``pg_stat_wal_receiver.status`` ('streaming', ...) or None (no
     WAL receiver); 'unreadable' when the role may not read it (grant ``pg_monitor``).
     ``marker_epoch`` is the fencing epoch recorded by the last promotion, if any.
+    ``archive_pending_segments`` / ``archive_lag_seconds``: on a primary with
+    ``archive_mode`` on, completed WAL segments not archived yet and, when some are, the
+    time since the last one was (``pg_stat_archiver``); None elsewhere.
 
     ``reachable`` means the server answered. One that answered with an error (pg_hba
     rejection, too many connections, database missing, starting up...) is reachable with
@@ -42,6 +45,8 @@ class PostgresObservation:
     replay_lag_seconds: float | None = None
     receiver_status: str | None = None
     marker_epoch: int | None = None
+    archive_pending_segments: int | None = None
+    archive_lag_seconds: float | None = None
 
     @property
     def writable(self) -> bool:

@@ -31,7 +31,15 @@ MAX_ERROR_LENGTH = 200
 
 # One statement, valid on both roles: the CASE arms keep primary-only and standby-only
 # functions from running on the other role (they are volatile, so never constant-folded).
-STATUS_QUERY = """
+def _segment_number(name: str) -> str:
+    """SQL: the segment number of the WAL file name ``name`` (timeline ignored)."""
+    per_log = ("(4294967296 / (SELECT setting::bigint FROM pg_settings "
+               "WHERE name = 'wal_segment_size'))")
+    return (f"(('x' || substr({name}, 9, 8))::bit(32)::bigint * {per_log}"
+            f" + ('x' || substr({name}, 17, 8))::bit(32)::bigint)")
+
+
+_STATUS_TEMPLATE = """
 SELECT
     pg_is_in_recovery() AS in_recovery,
     current_setting('default_transaction_read_only') = 'on' AS read_only,
@@ -48,6 +56,14 @@ SELECT
     -- A role without pg_read_all_stats (pg_monitor) sees the receiver's row, not its status.
     (SELECT coalesce(status, CASE WHEN pid IS NOT NULL THEN 'unreadable' END)
      FROM pg_stat_wal_receiver LIMIT 1) AS receiver_status,
+    -- The WAL archive on a primary with archive_mode on: completed segments not yet
+    -- archived (the segment being written is not counted), from pg_stat_archiver.
+    CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off'
+         THEN (SELECT greatest(0, {current} - {archived} - 1)
+               FROM pg_stat_archiver a
+               WHERE a.last_archived_wal ~ '^[0-9A-F]{{24}}$') END AS archive_pending,
+    (SELECT a.last_archived_time FROM pg_stat_archiver a) AS last_archived_time,
+    now() AS server_now,
     -- The catalog, not to_regclass(): to_regclass raises when we lack USAGE on the schema.
     EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = $1 AND c.relname = $2) AS marker_exists,
@@ -56,6 +72,10 @@ SELECT
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2), false) AS marker_readable
 """
+STATUS_QUERY = _STATUS_TEMPLATE.format(
+    current=_segment_number("pg_walfile_name(pg_current_wal_lsn())"),
+    archived=_segment_number("a.last_archived_wal"),
+)
 
 _MARKER_RELATION = MARKER_TABLE.removeprefix(f"{MARKER_SCHEMA}.")
 MARKER_QUERY = f"SELECT epoch FROM {MARKER_TABLE} WHERE id = 1"  # noqa: S608 (constant)
@@ -195,6 +215,7 @@ class PostgresProbe:
             "replay_lag_seconds": _as_float(row["replay_lag_seconds"]),
             "receiver_status": row["receiver_status"],
             "marker_epoch": _as_int(marker),
+            **_archive_lag(row),
         }
 
     def _describe(self, exc: Exception) -> str:
@@ -218,3 +239,19 @@ class PostgresProbe:
             )
             text = f"{type(exc).__name__}: {exc}"
         return " ".join(mask_secrets(text, self._secrets).split())[:MAX_ERROR_LENGTH]
+
+
+def _archive_lag(row: Any) -> dict[str, Any]:
+    """``archive_pending_segments`` and ``archive_lag_seconds`` (None: no archive here).
+
+    The lag is 0 with nothing pending; otherwise the time since the last segment was
+    archived: an upper bound of the oldest pending segment's age (it was completed after
+    that), which is what the RPO of the archive must count.
+    """
+    pending = _as_int(row["archive_pending"])
+    if pending is None:
+        return {"archive_pending_segments": None, "archive_lag_seconds": None}
+    last = row["last_archived_time"]
+    lag = 0.0 if pending == 0 or last is None else max(
+        0.0, (row["server_now"] - last).total_seconds())
+    return {"archive_pending_segments": pending, "archive_lag_seconds": lag}

@@ -180,7 +180,8 @@ class Engine(EngineInputs, EngineEffects):
                 item.answer.set_result(ControlAnswer(self.state.verdict, tuple(issued)))
         log_verdict(self.state, self.config, cycle=self.cycles, lag_bytes=self.lag_bytes)
         update_metrics(self.metrics, self.state, phase_since=self._phase_since,
-                       lag_bytes=self.lag_bytes, lag_seconds=self.lag_seconds)
+                       lag_bytes=self.lag_bytes, lag_seconds=self.lag_seconds,
+                       archive=self.archive)
         for command in commands:
             await self._execute(command)
         for outcome in outcomes:
@@ -339,6 +340,9 @@ class Engine(EngineInputs, EngineEffects):
         current = self.runbook.current if self.run_in_progress else None
         status["run"] = None if current is None else {"run_id": current[0], "step": current[1]}
         status["alerts"] = self.alerts.open_alerts
+        pending, lag = self.archive
+        status["wal_archive_pending_segments"] = pending
+        status["wal_archive_lag_seconds"] = None if lag is None else round(lag, 3)
         return status
 
 

@@ -94,6 +94,10 @@ class EngineInputs:
         return self.intake.lag_seconds
 
     @property
+    def archive(self) -> tuple[int | None, float | None]:
+        return self.intake.archive
+
+    @property
     def primary_last_lsn(self) -> int | None:
         return self.intake.primary_last_lsn
 

@@ -67,12 +67,14 @@ def log_outcome(command: StartFailover | None, state: WatchState,
 
 
 def update_metrics(metrics: Metrics | None, state: WatchState, *, phase_since: float,
-                   lag_bytes: int | None, lag_seconds: float | None) -> None:
+                   lag_bytes: int | None, lag_seconds: float | None,
+                   archive: tuple[int | None, float | None] = (None, None)) -> None:
     if metrics is None:
         return
     metrics.phase(state.phase.value, phase_since)
     metrics.lock(state.epoch is not None, state.epoch)
     metrics.replication_lag(lag_bytes, lag_seconds)
+    metrics.wal_archive(*archive)
     if state.assessed is not None:
         metrics.verdict(state.assessed.value)
     metrics.paused(state.paused)

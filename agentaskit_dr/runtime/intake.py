@@ -56,6 +56,17 @@ class Intake:
         value = getattr(standby.observation, "replay_lag_seconds", None) if standby else None
         return value if isinstance(value, float) else None
 
+    @property
+    def archive(self) -> tuple[int | None, float | None]:
+        """The primary's WAL archive: completed segments not archived yet and the lag in
+        seconds (both None when it has no archive or was not read)."""
+        primary = self.latest.get(PRIMARY_DB)
+        observation = primary.observation if primary else None
+        pending = getattr(observation, "archive_pending_segments", None)
+        lag = getattr(observation, "archive_lag_seconds", None)
+        return (pending if isinstance(pending, int) else None,
+                lag if isinstance(lag, float) else None)
+
     def forget(self) -> None:
         """The topology changed (a failover): what was seen belongs to the old one."""
         self.latest.clear()

@@ -66,6 +66,8 @@ async def test_primary_is_seen_writable_with_its_wal_position(pg_pair: PostgresP
     assert observation.replay_lag_seconds is None
     assert observation.receiver_status is None
     assert observation.marker_epoch is None
+    assert observation.archive_pending_segments is None  # archive_mode off: no archive
+    assert observation.archive_lag_seconds is None
     assert 0 < observation.latency < 2.0
 
 
@@ -271,3 +273,52 @@ def test_replication_lag_bytes_is_primary_minus_replay_floored_at_zero(
         target="s:5432", reachable=True, latency=0.0, replay_lsn=replay_lsn
     )
     assert replication_lag_bytes(primary_lsn, standby) == lag
+
+
+async def test_the_wal_archive_backlog_is_seen_while_archiving_fails_and_clears_after(
+    pg_pair: PostgresPair,
+) -> None:
+    primary = pg_pair.primary
+    primary.stop()
+    with (primary.datadir / "postgresql.conf").open("a") as conf:
+        conf.write("archive_mode = on\narchive_command = 'false'\n")  # every push fails
+    primary.start()
+    primary.sql("CREATE TABLE archive_lag_probe (n int)")
+    for n in range(3):
+        primary.sql(f"INSERT INTO archive_lag_probe VALUES ({n}); SELECT pg_switch_wal()")
+    await asyncio.sleep(1.2)  # segments ready; none archived, so none counted from
+
+    stuck = await observe(primary.dsn)
+    # Nothing archived yet at all: the backlog cannot be counted from pg_stat_archiver.
+    assert stuck.archive_pending_segments is None, stuck
+
+    primary.sql("ALTER SYSTEM SET archive_command = 'true'")
+    primary.sql("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 20
+    while primary.sql("SELECT last_archived_wal IS NOT NULL FROM pg_stat_archiver") != "t":
+        assert time.monotonic() < deadline, "nothing was archived after the fix"
+        await asyncio.sleep(0.1)
+    primary.sql("ALTER SYSTEM SET archive_command = 'false'")
+    primary.sql("SELECT pg_reload_conf()")
+    wait_for_setting(primary, "archive_command", "false")
+    await asyncio.sleep(0.5)
+    for n in range(3):
+        primary.sql(f"INSERT INTO archive_lag_probe VALUES ({n}); SELECT pg_switch_wal()")
+    await asyncio.sleep(1.0)
+
+    behind = await observe(primary.dsn)
+    assert behind.archive_pending_segments is not None, behind
+    assert behind.archive_pending_segments >= 3, behind
+    assert behind.archive_lag_seconds is not None
+    assert behind.archive_lag_seconds >= 1.0, behind
+
+    primary.sql("ALTER SYSTEM SET archive_command = 'true'")
+    primary.sql("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 30
+    while True:
+        caught_up = await observe(primary.dsn)
+        if caught_up.archive_pending_segments == 0:
+            break
+        assert time.monotonic() < deadline, caught_up
+        await asyncio.sleep(0.2)
+    assert caught_up.archive_lag_seconds == 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentaskit_dr.api.metrics import Metrics
@@ -138,3 +139,24 @@ def test_overshoot_and_paused() -> None:
 
     assert value(metrics, "decision_overshoot_seconds") == 0.42
     assert value(metrics, "paused") == 1
+
+
+def test_the_primary_s_wal_archive_backlog_reaches_the_status_and_metrics() -> None:
+    from agentaskit_dr.ports import PostgresObservation
+    from agentaskit_dr.runtime.engine import PRIMARY_DB
+    from agentaskit_dr.runtime.intake import Intake
+    from agentaskit_dr.runtime.scheduler import ProbeReport
+
+    intake = Intake(lambda: 0.0, dict, dict)
+    assert intake.archive == (None, None)
+    seen = PostgresObservation(target="db:5432", reachable=True, latency=0.01, in_recovery=False,
+                               read_only=False, current_lsn=1, archive_pending_segments=4,
+                               archive_lag_seconds=12.5)
+    intake.latest[PRIMARY_DB] = ProbeReport(PRIMARY_DB, 1, seen, 0.0)
+    assert intake.archive == (4, 12.5)
+
+    metrics = Metrics(clock=lambda: 0.0)
+    metrics.wal_archive(*intake.archive)
+    text = generate_latest(metrics.registry).decode()
+    assert "agentaskit_dr_wal_archive_pending_segments 4.0" in text
+    assert "agentaskit_dr_wal_archive_lag_seconds 12.5" in text
