@@ -131,8 +131,12 @@ def _drill_rtos(evidence_dir: Path, count: int) -> list[Measure]:
 
 
 def measure_objectives(evidence_dir: Path, *, rpo: float, rto: float, mttr: float,
-                       drills: int, now: float) -> list[Objective]:
-    """RPO, RTO and MTTR from ``evidence_dir`` at ``now``, against their targets."""
+                       drills: int, now: float,
+                       archive_lag: float | None = None) -> list[Objective]:
+    """RPO, RTO and MTTR from ``evidence_dir`` at ``now``, against their targets.
+
+    ``archive_lag``: the primary's WAL archive lag now, as a watchdog's probe reads it
+    from ``pg_stat_archiver`` (None where no watchdog measured it: the CLI)."""
     failovers = _failovers(evidence_dir)
     last = failovers[0] if failovers else None
     no_failover = "no failover evidence in failover/"
@@ -142,8 +146,11 @@ def measure_objectives(evidence_dir: Path, *, rpo: float, rto: float, mttr: floa
                 None if last is None else str(last.path),
                 no_failover if last is None else
                 ("" if last.rpo_lag_seconds is not None else "lag unknown at promotion")),
-        Measure("WAL archive lag now", None, None,
-                "not measured: the WAL archive does not expose its lag yet"),
+        Measure("WAL archive lag now", archive_lag,
+                None if archive_lag is None else "the primary's pg_stat_archiver (probe)",
+                "" if archive_lag is not None else
+                "not measured here: a watchdog's /v1/status has it while the primary "
+                "archives (archive_mode on, one segment archived)"),
         _newest_backup_age(evidence_dir, now),
     ]
     rto_parts = [

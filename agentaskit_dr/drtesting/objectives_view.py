@@ -16,13 +16,14 @@ _NAMES = {"rpo": "RPO", "rto": "RTO", "mttr": "MTTR"}
 
 
 def current_objectives(config: BackupConfig | None, evidence_dir: Path,
-                       now: float) -> list[Objective]:
+                       now: float, archive_lag: float | None = None) -> list[Objective]:
     """The objectives at ``now``, with the config's targets (the plan's by default)."""
     from agentaskit_dr.config import ObjectivesConfig
 
     targets = config.objectives if config is not None else ObjectivesConfig()
     return measure_objectives(evidence_dir, rpo=targets.rpo, rto=targets.rto,
-                              mttr=targets.mttr, drills=targets.drills_considered, now=now)
+                              mttr=targets.mttr, drills=targets.drills_considered, now=now,
+                              archive_lag=archive_lag)
 
 
 def objectives_status(objectives: list[Objective]) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class DrTestingWatch:
     def __init__(self, evidence_dir: Callable[[], Path], alerts: Callable[[], AlertRouter], *,
                  metrics: DrTestingMetrics | None = None, interval: float = 3600.0,
                  backup_config: Callable[[], BackupConfig | None] = lambda: None,
+                 archive_lag: Callable[[], float | None] = lambda: None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.evidence_dir = evidence_dir
         self.alerts = alerts
@@ -84,6 +85,7 @@ class DrTestingWatch:
         # Schedules, grace, reminders and targets: the backup config's when the daemon has
         # one (wire it here), else the plan's.
         self.backup_config = backup_config
+        self.archive_lag = archive_lag  # the primary's WAL archive lag, as probed now
         self.wall_clock = wall_clock
         self.alert_state = AlertState({})
         self._status: dict[str, Any] = {}
@@ -93,7 +95,8 @@ class DrTestingWatch:
         """Following the engine's evidence directory (reloads) and alert router, with its
         metrics in the engine's registry."""
         metrics = None if engine.metrics is None else DrTestingMetrics(engine.metrics.registry)
-        return cls(lambda: engine.config.evidence_dir, lambda: engine.alerts, metrics=metrics)
+        return cls(lambda: engine.config.evidence_dir, lambda: engine.alerts, metrics=metrics,
+                   archive_lag=lambda: engine.archive[1])
 
     def status(self) -> dict[str, Any]:
         """``{"dr_testing": ..., "objectives": ...}`` once checked, else empty."""
@@ -106,7 +109,7 @@ class DrTestingWatch:
         directory, config = self.evidence_dir(), self.backup_config()
         grace = DAY if config is None else config.drills.grace
         rows = schedule_rows(directory, crons_from(config), now=now, grace=grace)
-        objectives = current_objectives(config, directory, now)
+        objectives = current_objectives(config, directory, now, self.archive_lag())
         return rows, objectives, last_successes(directory, load_state(directory, now=now))
 
     def apply(self, rows: list[ScheduleRow], objectives: list[Objective],

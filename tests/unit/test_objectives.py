@@ -47,7 +47,8 @@ def test_no_evidence_measures_nothing_and_says_why(tmp_path: Path) -> None:
     assert (rpo.met, rto.met, mttr.met) == (None, None, None)
     notes = [m.note for m in rpo.measures]
     assert notes == ["no failover evidence in failover/",
-                     "not measured: the WAL archive does not expose its lag yet",
+                     "not measured here: a watchdog's /v1/status has it while the primary "
+                     "archives (archive_mode on, one segment archived)",
                      "no backup recorded as good in backups/"]
 
 
@@ -61,6 +62,18 @@ def test_rpo_is_the_worst_of_lag_at_failover_and_newest_backup_age(tmp_path: Pat
     assert [m.seconds for m in rpo.measures] == [2.5, None, 1800.0]
     assert rpo.measures[0].source == str(newest)
     assert (rpo.measured_seconds, rpo.source, rpo.met) == (1800.0, str(good), True)
+
+
+def test_a_wal_archive_lag_the_probe_read_counts_for_rpo_and_can_be_the_worst(
+    tmp_path: Path,
+) -> None:
+    failover(tmp_path, "fo-new", "2026-11-20T00:00:00+00:00", rto=30.0, lag=2.5)
+    backup(tmp_path, "backup-b", "backup-incremental", NOW - 1800)
+    rpo, _, _ = measure_objectives(tmp_path, **TARGETS, now=NOW,  # type: ignore[arg-type]
+                                   archive_lag=5400.0)
+    assert [m.seconds for m in rpo.measures] == [2.5, 5400.0, 1800.0]
+    assert rpo.measures[1].source == "the primary's pg_stat_archiver (probe)"
+    assert (rpo.measured_seconds, rpo.met) == (5400.0, False)  # over the 1 h target
 
 
 def test_rto_is_the_worst_of_the_last_failover_and_the_last_n_drills(tmp_path: Path) -> None:
