@@ -15,7 +15,6 @@ work is done by a :class:`HostSteps` (``runtime.host_steps.HostStepJobs``).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from aiohttp import web
 
 from agentaskit_dr.api._answers import error_answer, json_answer
 from agentaskit_dr.api._auth import PeerGate
+from agentaskit_dr.api._bodies import BadRequest, body_object, epoch_field, read_body
 
 log = structlog.get_logger(__name__)
 
@@ -68,10 +68,6 @@ def add_host_step_routes(app: web.Application, host_steps: HostSteps | None,
     app.router.add_post("/v1/host-steps/{step}", _host_step)
 
 
-class _BadRequest(Exception):
-    pass
-
-
 async def _host_step(request: web.Request) -> web.Response:
     served = request.app[_SERVED]
     peers = served.peers
@@ -89,8 +85,8 @@ async def _host_step(request: web.Request) -> web.Response:
     if host_steps is None:
         return error_answer(503, "this daemon runs no host steps (a witness, or no lock)")
     try:
-        body = _parse(await request.read())
-    except _BadRequest as exc:
+        body = _parse(await read_body(request))
+    except BadRequest as exc:
         return error_answer(400, str(exc))
     if step == "switchover" and "to" not in body["params"]:
         return error_answer(400, "params.to: the switchover needs the standby's region")
@@ -105,32 +101,24 @@ async def _host_step(request: web.Request) -> web.Response:
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _BadRequest("body: expected a JSON object (UTF-8)") from None
-    if not isinstance(body, dict):
-        raise _BadRequest("body: expected a JSON object")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise _BadRequest(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(_FIELDS))})")
+    if not raw.strip():
+        raise BadRequest("body: expected a JSON object")
+    body = body_object(raw, _FIELDS)
     for name in ("run_id", "holder", "region"):
         value = body.get(name)
         if not isinstance(value, str) or not _NAME.fullmatch(value):
-            raise _BadRequest(f"{name}: expected a name (letters, digits, ._:/@+-), got "
+            raise BadRequest(f"{name}: expected a name (letters, digits, ._:/@+-), got "
                               f"{type(value).__name__}")
-    epoch = body.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise _BadRequest("epoch: expected a positive integer")
+    epoch = epoch_field(body)
     params = body.get("params", {})
     if not isinstance(params, dict):
-        raise _BadRequest("params: expected a JSON object")
+        raise BadRequest("params: expected a JSON object")
     timeout = params.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or not 0 < timeout <= 86400):
-        raise _BadRequest("params.timeout: expected seconds between 0 and 86400")
+        raise BadRequest("params.timeout: expected seconds between 0 and 86400")
     to = params.get("to")
     if to is not None and (not isinstance(to, str) or not _NAME.fullmatch(to)):
-        raise _BadRequest("params.to: expected a region name")
+        raise BadRequest("params.to: expected a region name")
     return {"run_id": body["run_id"], "epoch": epoch, "holder": body["holder"],
             "region": body["region"], "params": params}

@@ -13,7 +13,6 @@ not forward it) or a run is active (naming it); 401/403/503 as for the other con
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,11 +22,10 @@ from aiohttp import web
 
 from agentaskit_dr.api._answers import error_answer, json_answer
 from agentaskit_dr.api._auth import control_refusal
+from agentaskit_dr.api._bodies import BadRequest, body_object, dry_run_field, read_body
 
 log = structlog.get_logger(__name__)
 
-#: Bodies here are two small fields.
-MAX_RUN_BODY = 4096
 _FIELDS = frozenset({"to", "dry_run"})
 
 #: (HTTP status, JSON body): 202 started, 200 a dry run's plan.
@@ -38,7 +36,7 @@ class RunRefused(Exception):
     """The run is not started (not the lock holder, a run is active...): HTTP 409."""
 
 
-class RunBadRequest(Exception):
+class RunBadRequest(BadRequest):
     """A field the request got wrong (the message names it): HTTP 400."""
 
 
@@ -68,8 +66,8 @@ def _handler(kind: str, runs: RunsController,
         if refusal is not None:
             return refusal
         try:
-            to, dry_run = _parse(await _read(request), required_to=kind == "switchover")
-        except RunBadRequest as exc:
+            to, dry_run = _parse(await read_body(request), required_to=kind == "switchover")
+        except BadRequest as exc:
             return error_answer(400, str(exc))
         logged = {"action": kind, "remote": request.remote, "to": to, "dry_run": dry_run}
         try:
@@ -89,34 +87,12 @@ def _handler(kind: str, runs: RunsController,
     return handle
 
 
-async def _read(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_RUN_BODY:
-        raise RunBadRequest(f"request body too large: the limit is {MAX_RUN_BODY} bytes")
-    raw = await request.content.read(MAX_RUN_BODY + 1)
-    if len(raw) > MAX_RUN_BODY:
-        raise RunBadRequest(f"request body too large: the limit is {MAX_RUN_BODY} bytes")
-    return raw
-
-
 def _parse(raw: bytes, *, required_to: bool) -> tuple[str | None, bool]:
-    """(to, dry_run) from the body; RunBadRequest naming the first bad field."""
-    body: Any = {}
-    if raw.strip():
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise RunBadRequest("body: expected a JSON object (UTF-8)") from None
-    if not isinstance(body, dict):
-        raise RunBadRequest("body: expected a JSON object")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise RunBadRequest(f"{unknown[0]}: unknown field (allowed: dry_run, to)")
+    """(to, dry_run) from the body; BadRequest naming the first bad field."""
+    body = body_object(raw, _FIELDS)
     to = body.get("to")
     if to is None and required_to:
         raise RunBadRequest("to: required (the region whose standby becomes the primary)")
     if to is not None and (not isinstance(to, str) or not to.strip() or len(to) > 100):
         raise RunBadRequest("to: expected a region name (a non-empty string)")
-    dry_run = body.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise RunBadRequest("dry_run: expected true or false")
-    return to, dry_run
+    return to, dry_run_field(body)
