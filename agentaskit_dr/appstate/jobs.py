@@ -31,12 +31,12 @@ from agentaskit_dr.appstate.record import (
     RECORD_NAME,
     AppStateRecord,
     Component,
-    StoredObject,
     backup_id_time,
     new_backup_id,
     object_key,
 )
 from agentaskit_dr.backup.crypto import KeyRing
+from agentaskit_dr.backup.manifest import StoredObject
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.store import BackupStore, Which

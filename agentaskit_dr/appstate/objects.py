@@ -20,7 +20,6 @@ from agentaskit_dr.appstate.record import (
     AppStateRecord,
     Component,
     RecordError,
-    StoredObject,
     backup_id_time,
     component_prefix,
     object_key,
@@ -33,6 +32,7 @@ from agentaskit_dr.backup.crypto import (
     encrypt_bytes,
     encrypt_stream,
 )
+from agentaskit_dr.backup.manifest import StoredObject
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.store import BackupStore, Which

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from agentaskit_dr.backup.manifest import StoredObject
+
 RECORD_FORMAT = 1
 PREFIX = "appstate/"
 RECORD_NAME = "record.json"
@@ -57,17 +59,6 @@ def component_prefix(component: Component) -> str:
 def object_key(component: Component, backup_id: str, name: str) -> str:
     """The key of one object of a backup, relative to the bucket URL's prefix."""
     return f"{PREFIX}{component}/{backup_id}/{name}"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredObject:
-    """One object: its name in the backup, stored size and SHA-256, plaintext ones."""
-
-    name: str
-    size: int
-    sha256: str
-    plain_size: int
-    plain_sha256: str
 
 
 @dataclass(frozen=True, slots=True)

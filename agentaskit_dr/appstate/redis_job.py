@@ -10,9 +10,10 @@ from urllib.parse import urlsplit
 
 from agentaskit_dr.appstate.jobs import Collected
 from agentaskit_dr.appstate.objects import download, read_file, upload
-from agentaskit_dr.appstate.record import AppStateRecord, StoredObject, object_key
+from agentaskit_dr.appstate.record import AppStateRecord, object_key
 from agentaskit_dr.appstate.redis_sync import RedisSyncError, open_rdb_stream
 from agentaskit_dr.appstate.redis_tools import ScratchRedis, check_aof, check_rdb, scan_sample
+from agentaskit_dr.backup.manifest import StoredObject
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.crypto import KeyRing

@@ -69,12 +69,15 @@ def format_lsn(value: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
-    """One object of a backup: its name in the backup, size and SHA-256 as stored."""
+    """One object of a backup: its name in the backup, size and SHA-256 as stored, and
+    the plaintext's size and SHA-256 where they were measured (the application-state
+    backups record both; a base backup's ``plain_size`` is the compressed tar's)."""
 
     name: str
     size: int
     sha256: str
     plain_size: int | None = None
+    plain_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
