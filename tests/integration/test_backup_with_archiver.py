@@ -4,12 +4,8 @@ restore point, verify-backup, and a point-in-time restore, checked row by row.""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,43 +20,17 @@ from tests.integration.aws import (  # noqa: F401 - fixtures
     moto_server_fixture,
 )
 from tests.integration.backup_harness import backup_config
-from tests.integration.s3_buckets import create_buckets
-from tests.integration.wal_harness import S3Outage, WalWorld, archiving_primary, wait_archived
+from tests.integration.wal_harness import (  # noqa: F401 - fixtures
+    S3Outage,
+    WalWorld,
+    primary_fixture,
+    proxy_fixture,
+    wait_archived,
+    wal_base_fixture,
+    world_fixture,
+)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="backup-archiver-", dir="/dev/shm"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def proxy(moto_server: str) -> AsyncIterator[S3Outage]:
-    await create_buckets(moto_server)
-    relay = S3Outage(urlsplit(moto_server).port or 0)
-    yield relay
-    relay.close()
-
-
-@pytest.fixture
-def world(proxy: S3Outage) -> Iterator[WalWorld]:
-    world = WalWorld(proxy.url)
-    archiver = world.start_archiver()
-    yield world
-    archiver.terminate()
-    archiver.wait(10)
-    world.close()
-
-
-@pytest.fixture
-def primary(world: WalWorld, base: Path) -> Iterator[PostgresServer]:
-    server = archiving_primary(world, base)
-    yield server
-    server.kill()
 
 
 def current_segment(server: PostgresServer) -> str:
@@ -70,9 +40,9 @@ def current_segment(server: PostgresServer) -> str:
 
 
 async def test_pitr_through_the_real_archive_and_a_verified_restore_point(
-    primary: PostgresServer, proxy: S3Outage, base: Path, monkeypatch: pytest.MonkeyPatch
+    primary: PostgresServer, proxy: S3Outage, wal_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = backup_config(monkeypatch, primary, proxy.url, base / "staging")
+    config = backup_config(monkeypatch, primary, proxy.url, wal_base / "staging")
     primary.sql("CREATE TABLE orders (id int PRIMARY KEY, state text)")
     full, _ = await run_backup(config, "full")
     primary.sql("INSERT INTO orders SELECT g, 'paid' FROM generate_series(1, 500) g")

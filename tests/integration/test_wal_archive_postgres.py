@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,50 +17,20 @@ from tests.integration.aws import (  # noqa: F401 - fixtures
     moto_process_fixture,
     moto_server_fixture,
 )
-from tests.integration.s3_buckets import PRIMARY, REPLICA, create_buckets, read_object
-from tests.integration.wal_harness import (
+from tests.integration.s3_buckets import PRIMARY, REPLICA, read_object
+from tests.integration.wal_harness import (  # noqa: F401 - fixtures
     KEY_HEX,
     S3Outage,
     WalWorld,
-    archiving_primary,
+    primary_fixture,
+    proxy_fixture,
     wait_archived,
+    wal_base_fixture,
+    world_fixture,
 )
 
 pytestmark = pytest.mark.integration
 RING = KeyRing("k1", {"k1": bytes.fromhex(KEY_HEX)})
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="walpg-", dir="/dev/shm"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def proxy(moto_server: str) -> AsyncIterator[S3Outage]:
-    await create_buckets(moto_server)
-    outage = S3Outage(urlsplit(moto_server).port or 0)
-    yield outage
-    outage.close()
-
-
-@pytest.fixture
-def world(proxy: S3Outage) -> Iterator[WalWorld]:
-    world = WalWorld(proxy.url)
-    archiver = world.start_archiver()
-    yield world
-    archiver.terminate()
-    archiver.wait(10)
-    world.close()
-
-
-@pytest.fixture
-def primary(world: WalWorld, base: Path) -> Iterator[PostgresServer]:
-    server = archiving_primary(world, base)
-    yield server
-    server.kill()
 
 
 def switch(server: PostgresServer) -> str:
@@ -113,10 +80,10 @@ async def test_an_s3_outage_keeps_the_wal_until_s3_returns(
 
 
 async def test_a_base_backup_without_wal_recovers_from_the_archive_through_wal_fetch(
-    primary: PostgresServer, world: WalWorld, base: Path
+    primary: PostgresServer, world: WalWorld, wal_base: Path
 ) -> None:
     primary.sql("CREATE TABLE t (n int)")
-    restored = PostgresServer("restored", base / "restored", primary.bindir, primary.home)
+    restored = PostgresServer("restored", wal_base / "restored", primary.bindir, primary.home)
     restored.datadir.mkdir(mode=0o700)
     give_to_server_user(restored.datadir)
     primary.run_server_binary(

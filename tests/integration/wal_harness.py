@@ -18,8 +18,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from agentaskit_dr.sandbox._os_side import give_to_server_user, server_user
@@ -28,6 +31,7 @@ from agentaskit_dr.sandbox.postgres import (
     _cluster_template,
     pg_bindir,
 )
+from tests.integration.s3_buckets import create_buckets
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_HEX = "5a" * 32
@@ -217,3 +221,44 @@ def wait_archived(server: PostgresServer, name: str, timeout: float = 60.0) -> N
             return
         time.sleep(0.05)
     raise TimeoutError(f"{name} not archived in {timeout}s:\n{server.log_tail()}")
+
+
+# ---------------------------------------------------------------- fixtures
+# A test module imports them by their function names (``
+# tests.integration.aws's; its ``wal_base`` is a fresh directory in /dev/shm.
+
+
+@pytest.fixture(name="wal_base")
+def wal_base_fixture() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="walpg-", dir="/dev/shm"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(name="proxy")
+async def proxy_fixture(moto_server: str) -> AsyncIterator[S3Outage]:
+    """Both buckets in moto, behind a relay a test can cut (an S3 outage)."""
+    await create_buckets(moto_server)
+    relay = S3Outage(urlsplit(moto_server).port or 0)
+    yield relay
+    relay.close()
+
+
+@pytest.fixture(name="world")
+def world_fixture(proxy: S3Outage) -> Iterator[WalWorld]:
+    """A WAL world whose resident archiver runs through ``proxy``."""
+    world = WalWorld(proxy.url)
+    archiver = world.start_archiver()
+    yield world
+    archiver.terminate()
+    archiver.wait(10)
+    world.close()
+
+
+@pytest.fixture(name="primary")
+def primary_fixture(world: WalWorld, wal_base: Path) -> Iterator[PostgresServer]:
+    """A primary whose archive_command is wal-push into ``world``."""
+    server = archiving_primary(world, wal_base)
+    yield server
+    server.kill()
