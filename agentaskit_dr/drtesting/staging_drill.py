@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from agentaskit_dr.config import WatchdogConfig
 
 
+#: How long a leg whose run ended may still show the old primary (the status reads the
+#: run and the cluster record each on its own interval) before it counts as failed.
+SETTLE = 30.0
+
+
 class DrillFailed(Exception):
     """A leg did not start or did not end at its target; the message says which and why."""
 
@@ -186,6 +191,7 @@ async def _leg(clients: list[ApiClient], leg: Leg, *, leg_timeout: float, poll: 
         raise DrillFailed(f"switchover to {leg.to}: {exc}") from None
     leg.run_id = str(started.get("run_id"))
     seen_running = False
+    ended_elsewhere: float | None = None
     while clock() - start < leg_timeout:
         await sleep(poll)
         try:
@@ -200,7 +206,12 @@ async def _leg(clients: list[ApiClient], leg: Leg, *, leg_timeout: float, poll: 
             leg.seconds = round(clock() - start, 3)
             return
         if running is None and seen_running:
-            raise DrillFailed(f"switchover to {leg.to} (run {leg.run_id}) ended with the "
-                              f"primary in {primary}: see its evidence on {holder.base_url}")
+            # The run's end and the cluster record are read on their own intervals: give
+            # the record time to catch up before calling the leg failed.
+            ended_elsewhere = clock() if ended_elsewhere is None else ended_elsewhere
+            if clock() - ended_elsewhere >= SETTLE:
+                raise DrillFailed(f"switchover to {leg.to} (run {leg.run_id}) ended with the "
+                                  f"primary in {primary}: see its evidence on "
+                                  f"{holder.base_url}")
     raise DrillFailed(f"switchover to {leg.to} (run {leg.run_id}) did not end there within "
                       f"{leg_timeout:g}s")
