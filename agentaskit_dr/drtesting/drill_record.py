@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +75,7 @@ def run_sandbox_and_record(evidence_dir: Path, workdir: Path | None, *,
     base = workdir or Path(tempfile.mkdtemp(prefix="agentaskit-drill-"))
     try:
         # With --json, stdout is the answer: the sandbox's report goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with _stdout_to_stderr() if as_json else contextlib.nullcontext():
             code = run_drill(threshold=threshold, interval=interval, workdir=base,
                              failback=failback)
         found = sorted((base / "evidence" / SANDBOX_DRILLS).glob("sandbox-drill-*.json"))
@@ -99,6 +101,22 @@ def run_sandbox_and_record(evidence_dir: Path, workdir: Path | None, *,
     finally:
         if workdir is None:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send stdout to stderr, file descriptor 1 included (the sandbox's processes and its
+    report write there), then restore it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _answer(as_json: bool, outcome: str, result: str, evidence: Path | None, state: Path,
