@@ -72,6 +72,8 @@ def add_drtesting_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     add_common(drill)
     drill.add_argument("--workdir", type=Path, default=None,
                        help="keep the sandbox's configs and logs here")
+    drill.add_argument("--json", action="store_true",
+                       help="one JSON answer on stdout (outcome, result, evidence)")
     drill.set_defaults(drtesting_command="drill-failover")
 
 
@@ -111,7 +113,7 @@ def run_drtesting_command(args: argparse.Namespace) -> int:
             from agentaskit_dr.drtesting.objectives_view import print_objectives
 
             return print_objectives(config, evidence_dir, as_json=args.json)
-        return _drill(config, evidence_dir, args.workdir)
+        return _drill(config, evidence_dir, args.workdir, as_json=args.json)
     except (ExerciseError, ScheduleStateError, OSError) as exc:
         print(f"agentaskit-dr {args.drtesting_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -195,7 +197,8 @@ def _print_checklist(document: dict[str, Any], evidence: Path | None) -> None:
         print(f"Evidence: {evidence}")
 
 
-def _drill(config: BackupConfig | None, evidence_dir: Path, workdir: Path | None) -> int:
+def _drill(config: BackupConfig | None, evidence_dir: Path, workdir: Path | None, *,
+           as_json: bool) -> int:
     from agentaskit_dr.drtesting.drill_record import run_and_record
 
-    return run_and_record(config, evidence_dir, workdir)
+    return run_and_record(config, evidence_dir, workdir, as_json=as_json)

@@ -86,12 +86,15 @@ async def journal(config: WatchdogConfig, args: argparse.Namespace) -> int:
 
 
 async def evidence(config: WatchdogConfig, args: argparse.Namespace) -> int:
-    from agentaskit_dr.runtime.evidence import list_evidence, read_evidence
+    from agentaskit_dr.runtime.evidence import read_evidence
+    from agentaskit_dr.runtime.evidence_layout import find_root, list_runs, run_roots
 
+    # The layout's run evidence, and what was written before it (``<evidence_dir>/<kind>``).
+    roots = run_roots(config.evidence_dir, config.evidence_layout)
     if args.action == "list":
-        summaries = list_evidence(config.evidence_dir)
+        summaries = list_runs(roots)
         if not summaries:
-            print(f"no evidence files in {config.evidence_dir}")
+            print(f"no evidence files in {' or '.join(map(str, roots))}")
         for item in summaries:
             if item.note:
                 print(f"{item.path}: {item.note}")
@@ -103,7 +106,7 @@ async def evidence(config: WatchdogConfig, args: argparse.Namespace) -> int:
         raise ValueError("evidence show needs a run id (see: evidence list)")
     kind = args.run_id.split("/")[0] if "/" in args.run_id else "failover"
     run_id = args.run_id.split("/")[-1]
-    print(json.dumps(read_evidence(config.evidence_dir, kind, run_id), indent=2))
+    print(json.dumps(read_evidence(find_root(roots, kind, run_id), kind, run_id), indent=2))
     return EXIT_OK
 
 

@@ -105,8 +105,8 @@ def failover_once(run: int, moto_url: str, workdir: Path, *, threshold: float,
     done = {e.step: e for e in journal.entries if e.status is StepStatus.DONE}
     last = max(e.at for e in done.values())
     decided = _seconds(journal.meta.get("decided_at"))
-    evidence = json.loads((workdir / "watchdogs" / "evidence" / "failover" /
-                           f"{journal.run_id}.json").read_text())
+    evidence = json.loads((workdir / "watchdogs" / "evidence" / "TEST" / "dr" / "failover" /
+                           "failover" / f"{journal.run_id}.json").read_text())
     return RunFigures(
         run=run,
         steps={step: _seconds(done[step].data.get("seconds")) if step in done else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,9 @@ _HEADERS = {
 }
 
 StatusSource = Callable[[], Mapping[str, Any]]
-EvidenceDir = Callable[[], Path | None]
+#: The evidence directory (its runs read in the default layout and the one before it), or
+#: the run evidence roots to read, in order (``evidence_layout.run_roots``); None: no runs.
+EvidenceDir = Callable[[], Path | Sequence[Path] | None]
 
 
 def add_status_page(app: web.Application, status: StatusSource,
@@ -83,9 +85,17 @@ class _StatusPage:
         _, main = await self._main()
         return _answer(main, "text/html", cache="no-store")
 
+    def _roots(self) -> list[Path] | None:
+        from agentaskit_dr.runtime.evidence_layout import run_roots
+
+        given = self._evidence_dir()
+        if given is None:
+            return None
+        return run_roots(given) if isinstance(given, Path) else list(given) or None
+
     async def timeline(self, request: web.Request) -> web.Response:
         kind, name = request.match_info["kind"], request.match_info["name"]
-        directory = self._evidence_dir()
+        directory = self._roots()
         if kind not in RUN_KINDS or not name.endswith(_SVG_SUFFIX) or directory is None:
             return error_answer(404, f"no timeline at {request.path}")
         run_id = name.removesuffix(_SVG_SUFFIX)
@@ -99,14 +109,14 @@ class _StatusPage:
 
     async def _main(self) -> tuple[Mapping[str, Any], str]:
         status: Mapping[str, Any] = redact(dict(self._status()))
-        directory = self._evidence_dir()
+        directory = self._roots()
         runs: list[RunRow] = []
-        where = None if directory is None else str(directory)
+        where = None if directory is None else " and ".join(map(str, directory))
         if directory is not None:
             try:
                 runs = await asyncio.to_thread(self._listing.rows, directory)
             except OSError as exc:
-                log.warning("evidence_not_listed", directory=str(directory), reason=str(exc))
+                log.warning("evidence_not_listed", directory=where, reason=str(exc))
                 where = f"{directory} (cannot be listed: {exc.strerror or exc})"
         main = render_main(status, runs, now=time.time(), evidence_dir=where)
         return status, main
@@ -120,30 +130,32 @@ class _RunListing:
         self._key: tuple[Any, ...] | None = None
         self._rows: list[RunRow] = []
 
-    def rows(self, directory: Path) -> list[RunRow]:
-        key = (directory, *sorted((str(path), path.stat().st_mtime_ns, path.stat().st_size)
-                                  for path in directory.glob("*/[!.]*.json")))
+    def rows(self, roots: list[Path]) -> list[RunRow]:
+        key = (*roots, *sorted((str(path), path.stat().st_mtime_ns, path.stat().st_size)
+                               for root in roots for path in root.glob("*/[!.]*.json")))
         if key != self._key:
-            self._rows, self._key = _runs(directory), key
+            self._rows, self._key = _runs(roots), key
         return self._rows
 
 
-def _runs(directory: Path) -> list[RunRow]:
-    from agentaskit_dr.runtime.evidence import list_evidence
+def _runs(roots: list[Path]) -> list[RunRow]:
+    from agentaskit_dr.runtime.evidence_layout import list_runs
 
     rows = [
         RunRow(kind=s.kind, run_id=s.run_id, created_at=s.created_at, outcome=s.outcome,
                rto_seconds=s.rto_seconds, rpo_lag_bytes=s.rpo_lag_bytes,
                note=None if s.note is None else redact(s.note))
-        for s in list_evidence(directory) if s.kind in RUN_KINDS
+        for s in list_runs(roots) if s.kind in RUN_KINDS
     ]
     return rows[:RUNS_SHOWN]
 
 
-def _timeline_svg(directory: Path, kind: str, run_id: str) -> str:
+def _timeline_svg(roots: list[Path], kind: str, run_id: str) -> str:
     from agentaskit_dr.runtime.evidence import read_evidence
+    from agentaskit_dr.runtime.evidence_layout import find_root
     from agentaskit_dr.runtime.timeline_svg import timeline_svg
 
+    directory = find_root(roots, kind, run_id)
     # read_evidence refuses names that are not plain; a symlink out is refused here.
     path = (directory / kind / f"{run_id}.json").resolve()
     if not path.is_relative_to(directory.resolve()):

@@ -1,5 +1,6 @@
 """Evidence of application-state jobs: one JSON file per job under
-``<evidence_dir>/backups/<job>-<id>.json``, in the shape of the failover evidence (and of
+``<evidence_dir>/backups/<job>-<id>.json`` (and a line in the job's backup log,
+``TEST/dr/<job>.log`` by default), in the shape of the failover evidence (and of
 the base backups' job evidence): schema version, run id, kind, outcome, timeline, and the
 measured figures under ``extra``."""
 
@@ -9,9 +10,13 @@ import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentaskit_dr.runtime.evidence import EVIDENCE_SCHEMA_VERSION, write_evidence
+from agentaskit_dr.runtime.evidence_layout import append_backup_log
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import EvidenceLayout
 
 KIND = "backups"
 
@@ -65,8 +70,11 @@ def job_document(result: JobResult) -> dict[str, Any]:
     }
 
 
-def write_job(directory: Path, result: JobResult) -> Path:
-    """Write the job's evidence; sets and returns ``result.evidence``."""
+def write_job(directory: Path, layout: EvidenceLayout | None, result: JobResult) -> Path:
+    """Write the job's evidence and its backup log line (``evidence_layout.backup_logs``);
+    sets and returns ``result.evidence``."""
     result.finished_at = max(result.finished_at, time.time())
-    result.evidence = write_evidence(directory, KIND, result.run_id, job_document(result))
+    document = job_document(result)
+    result.evidence = write_evidence(directory, KIND, result.run_id, document)
+    append_backup_log(directory, document, result.evidence, layout)
     return result.evidence

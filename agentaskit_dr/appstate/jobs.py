@@ -99,18 +99,19 @@ async def run_backup(config: BackupConfig, component: Component, collect: Collec
     except Unchanged as exc:
         result = JobResult(job, backup_id, started, "unchanged", str(exc))
         if record_unchanged:
-            write_job(evidence_dir, result)
+            write_job(evidence_dir, config.evidence_layout, result)
         return result
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
-        write_job(evidence_dir, JobResult(job, backup_id, started, "failed", reason))
+        write_job(evidence_dir, config.evidence_layout,
+                  JobResult(job, backup_id, started, "failed", reason))
         log.warning("appstate_backup_failed", component=component, backup_id=backup_id,
                     reason=reason)
         raise
     result = JobResult(job, backup_id, started, "ok", f"{len(record.objects)} objects",
                        extra={**record.summary(), "checks": dict(record.checks),
                               "source": dict(record.source)})
-    write_job(evidence_dir, result)
+    write_job(evidence_dir, config.evidence_layout, result)
     log.info("appstate_backup_done", component=component, backup_id=backup_id,
              objects=len(record.objects), stored_bytes=record.stored_bytes)
     return result
@@ -197,8 +198,9 @@ async def verify(config: BackupConfig, component: Component, check: FileCheck, *
             catalog = await read_catalog(store, keyring, component)
             if catalog.unreadable:
                 first = next(iter(catalog.unreadable.values()))
-                write_job(evidence_dir, JobResult(job, new_backup_id(started), started,
-                                                  "failed", first))
+                write_job(evidence_dir, config.evidence_layout,
+                          JobResult(job, new_backup_id(started), started,
+                                    "failed", first))
                 raise AppStateDamaged(first)
             records = catalog.records
         else:
@@ -210,8 +212,9 @@ async def verify(config: BackupConfig, component: Component, check: FileCheck, *
                     checks[record.backup_id] = await verify_record(store, keyring, record,
                                                                    check, Path(tmp))
             except Exception as exc:
-                write_job(evidence_dir, JobResult(job, record.backup_id, started, "failed",
-                                                  str(exc)))
+                write_job(evidence_dir, config.evidence_layout,
+                          JobResult(job, record.backup_id, started, "failed",
+                                    str(exc)))
                 raise
     newest = records[-1] if records else None
     result = JobResult(
@@ -219,7 +222,7 @@ async def verify(config: BackupConfig, component: Component, check: FileCheck, *
         f"{len(records)} backups, both buckets, every object",
         extra={"checks": checks[newest.backup_id] if newest else {},
                "verified": list(checks), **(newest.summary() if newest else {})})
-    write_job(evidence_dir, result)
+    write_job(evidence_dir, config.evidence_layout, result)
     return result
 
 
@@ -253,7 +256,7 @@ async def prune(config: BackupConfig, component: Component, retention: float, *,
             for backup_id in [*plan.delete, *plan.leftovers]:
                 await _remove(store, component, backup_id)
                 log.info("appstate_backup_pruned", component=component, backup_id=backup_id)
-    write_job(evidence_dir, JobResult(
+    write_job(evidence_dir, config.evidence_layout, JobResult(
         f"appstate-{component}-prune", new_backup_id(moment), moment, "ok",
         "dry run" if dry_run else f"{len(plan.delete) + len(plan.leftovers)} deleted",
         extra={"dry_run": dry_run, "keep": plan.keep, "delete": plan.delete,

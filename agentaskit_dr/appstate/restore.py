@@ -39,8 +39,9 @@ async def redis_restore_test(config: BackupConfig, *, evidence_dir: Path,
                 figures = await restore_test(store, keyring, record, Path(tmp), settings,
                                              sample=sample)
         except Exception as exc:
-            write_job(evidence_dir, JobResult(job, record.backup_id, started, "failed",
-                                              str(exc)))
+            write_job(evidence_dir, config.evidence_layout,
+                      JobResult(job, record.backup_id, started, "failed",
+                                str(exc)))
             raise
     figures["restore_seconds"] = round(time.time() - started, 3)
     figures["data_age_seconds"] = round(started - record.finished_at, 3)
@@ -51,7 +52,7 @@ async def redis_restore_test(config: BackupConfig, *, evidence_dir: Path,
                    f"restored {figures['restored_keyspace']}")
     result = JobResult(job, record.backup_id, started, "ok" if figures["matches"] else
                        "differs", detail, extra=figures)
-    write_job(evidence_dir, result)
+    write_job(evidence_dir, config.evidence_layout, result)
     return result
 
 

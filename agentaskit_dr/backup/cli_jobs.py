@@ -33,7 +33,7 @@ def _evidence(config: BackupConfig, job: str, run_id: str, started: float, *, ou
               reason: str, detail: str, extra: dict[str, Any]) -> None:
     write_job_evidence(config.evidence_dir, job_evidence(
         job=job, run_id=run_id, started_at=started, finished_at=time.time(),
-        outcome=outcome, reason=reason, detail=detail, extra=extra))
+        outcome=outcome, reason=reason, detail=detail, extra=extra), config.evidence_layout)
 
 
 def record_row(record: BackupRecord) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Evidence of backup jobs: one JSON file per job under ``<evidence_dir>/backups/``, in
+"""Evidence of backup jobs: one JSON file per job under ``<evidence_dir>/backups/`` (and
+one JSON line per run in the job's backup log, ``TEST/dr/<job>.log`` by default), in
 the shape of the failover evidence (schema version, run id, kind, outcome, timeline,
 measured figures under ``extra``)."""
 
@@ -7,9 +8,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentaskit_dr.runtime.evidence import EVIDENCE_SCHEMA_VERSION, write_evidence
+from agentaskit_dr.runtime.evidence_layout import append_backup_log
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import EvidenceLayout
 
 KIND = "backups"
 
@@ -43,6 +48,10 @@ def job_evidence(
     }
 
 
-def write_job_evidence(directory: Path, document: Mapping[str, Any]) -> Path:
-    """Write it to ``<directory>/backups/<run_id>.json``; the path."""
-    return write_evidence(directory, KIND, str(document["run_id"]), document)
+def write_job_evidence(directory: Path, document: Mapping[str, Any],
+                       layout: EvidenceLayout | None = None) -> Path:
+    """Write it to ``<directory>/backups/<run_id>.json`` and append its line to the job's
+    backup log (``<directory>/<evidence_layout.backup_logs>/<job>.log``); the path."""
+    path = write_evidence(directory, KIND, str(document["run_id"]), document)
+    append_backup_log(directory, document, path, layout)
+    return path

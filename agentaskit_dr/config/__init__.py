@@ -33,6 +33,7 @@ from agentaskit_dr.config._drills import (
 from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._jobs import BackupJobsConfig
+from agentaskit_dr.config._layout import EvidenceLayout
 from agentaskit_dr.config._loader import (
     ConfigError,
     load_backup_config,
@@ -63,6 +64,7 @@ __all__ = [
     "DatabaseControlConfig",
     "DrillsConfig",
     "EncryptionConfig",
+    "EvidenceLayout",
     "ExerciseConfig",
     "FailbackConfig",
     "FailoverDrillConfig",

@@ -38,6 +38,7 @@ from agentaskit_dr.config._base import (
     redact,
 )
 from agentaskit_dr.config._drills import DrillsConfig, ObjectivesConfig, S3ObjectsBackup
+from agentaskit_dr.config._layout import EvidenceLayout
 
 DAY = 86400.0
 
@@ -338,6 +339,8 @@ class BackupConfig(ConfigModel):
     """Scratch places ``test-restore --target NAME`` may restore into."""
     evidence_dir: ConfigPath = Path("/var/lib/agentaskit-dr/evidence")
     """Evidence of each backup job goes to ``<evidence_dir>/backups/``."""
+    evidence_layout: EvidenceLayout = Field(default_factory=EvidenceLayout)
+    """Where the backup logs and the drills go under ``evidence_dir`` (the plan's layout)."""
 
     @model_validator(mode="after")
     def _restore_targets_are_not_production(self) -> Self:

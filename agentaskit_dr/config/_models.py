@@ -34,6 +34,7 @@ from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._durations import format_duration
 from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._jobs import BackupJobsConfig
+from agentaskit_dr.config._layout import EvidenceLayout
 from agentaskit_dr.config._sections import (
     ApiConfig,
     DnsConfig,
@@ -172,6 +173,8 @@ class WatchdogConfig(ConfigModel):
     failback: FailbackConfig = Field(default_factory=FailbackConfig)
     evidence_dir: ConfigPath = Path("/var/lib/agentaskit-dr/evidence")
     """Where failover evidence files and incident review drafts are written."""
+    evidence_layout: EvidenceLayout = Field(default_factory=EvidenceLayout)
+    """Where each kind of evidence goes under ``evidence_dir`` (the plan's layout)."""
     backup: BackupJobsConfig | None = None
     """The backup jobs this watchdog schedules (``backup: {config: PATH}``); None: none."""
 

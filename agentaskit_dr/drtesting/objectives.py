@@ -5,8 +5,9 @@
   measured"), and the age of the newest backup the backup jobs recorded as good
   (``backups/*.json``, kinds ``backup-full|incremental|restore-point``).
 - **RTO**: the worst of the last failover's detected → recovered (``rto_seconds``) and the
-  last N drills (``operational_audit/dr_drills/*-drill-*.json``, also read from
-  ``drills/``): a sandbox drill's kill → writable, a drill environment's slowest switchover.
+  last N drills (``operational_audit/dr_drills/*-drill-*.json``, ``evidence_layout.drills``;
+  also read from ``drills/``): a sandbox drill's kill → writable, a drill environment's
+  slowest switchover.
 - **MTTR**: the mean of every recorded failover's detected → recovered: the incident is
   resolved for the service once the promoted region serves (incidents themselves are
   kept in memory only, so the evidence is what lasts).
@@ -16,14 +17,16 @@ Each figure names the file it came from. Pure but for reading the evidence direc
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agentaskit_dr.drtesting.records import DRILLS_DIR
-from agentaskit_dr.runtime.evidence import EvidenceSummary, list_evidence
+from agentaskit_dr.runtime.evidence import EvidenceSummary
+from agentaskit_dr.runtime.evidence_layout import drill_dirs, list_runs, run_root, run_roots
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import EvidenceLayout
 
 BACKUP_KINDS = ("backup-full", "backup-incremental", "backup-restore-point")
 #: The plan's "current" column: what it claims, shown beside what was measured.
@@ -78,19 +81,13 @@ def _worst(name: str, target: float, measures: list[Measure]) -> Objective:
                      None if worst is None else worst.source)
 
 
-def _failovers(evidence_dir: Path) -> list[EvidenceSummary]:
-    """Failover evidence, newest first: ``failover/`` and the plan's ``TEST/dr/failover/``."""
-    found = [s for directory in (evidence_dir, evidence_dir / "TEST" / "dr")
-             for s in list_evidence(directory, "failover") if s.note is None]
-    return sorted(found, key=lambda s: _when(s.created_at), reverse=True)
-
-
-def _when(stamp: str | None) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(stamp or "")
-    except ValueError:
-        return dt.datetime.min.replace(tzinfo=dt.UTC)
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+def _failovers(evidence_dir: Path, layout: EvidenceLayout | None) -> list[EvidenceSummary]:
+    """Failover evidence, newest first: the layout's ``failover/`` (default, under
+    ``TEST/dr/failover/``), the default layout's, ``failover/`` of the layout before it,
+    and files placed by hand as ``TEST/dr/failover/*.json``."""
+    roots = list(dict.fromkeys([*run_roots(evidence_dir, layout), run_root(evidence_dir),
+                                evidence_dir / "TEST" / "dr"]))
+    return [s for s in list_runs(roots, "failover") if s.note is None]
 
 
 def _newest_backup_age(evidence_dir: Path, now: float) -> Measure:
@@ -111,11 +108,11 @@ def _newest_backup_age(evidence_dir: Path, now: float) -> Measure:
     return Measure(what, round(max(now - newest[0], 0.0), 3), newest[1])
 
 
-def _drill_rtos(evidence_dir: Path, count: int) -> list[Measure]:
+def _drill_rtos(evidence_dir: Path, count: int, layout: EvidenceLayout | None) -> list[Measure]:
     found = []
-    # The plan's layout, and ``drills/`` where earlier versions kept them: read both.
-    paths = sorted([*(evidence_dir / DRILLS_DIR).glob("*-drill-*.json"),
-                    *(evidence_dir / "drills").glob("*-drill-*.json")],
+    # The layout's, the plan's, and ``drills/`` where earlier versions kept them.
+    paths = sorted({path for directory in drill_dirs(evidence_dir, layout)
+                    for path in directory.glob("*-drill-*.json")},
                    key=lambda path: path.stem.rpartition("-drill-")[2])
     for path in paths[-count:]:
         try:
@@ -132,12 +129,14 @@ def _drill_rtos(evidence_dir: Path, count: int) -> list[Measure]:
 
 def measure_objectives(evidence_dir: Path, *, rpo: float, rto: float, mttr: float,
                        drills: int, now: float,
-                       archive_lag: float | None = None) -> list[Objective]:
+                       archive_lag: float | None = None,
+                       layout: EvidenceLayout | None = None) -> list[Objective]:
     """RPO, RTO and MTTR from ``evidence_dir`` at ``now``, against their targets.
 
     ``archive_lag``: the primary's WAL archive lag now, as a watchdog's probe reads it
-    from ``pg_stat_archiver`` (None where no watchdog measured it: the CLI)."""
-    failovers = _failovers(evidence_dir)
+    from ``pg_stat_archiver`` (None where no watchdog measured it: the CLI). ``layout``:
+    where failovers and drills are (the plan's by default; older places are read too)."""
+    failovers = _failovers(evidence_dir, layout)
     last = failovers[0] if failovers else None
     no_failover = "no failover evidence in failover/"
     rpo_parts = [
@@ -159,13 +158,13 @@ def measure_objectives(evidence_dir: Path, *, rpo: float, rto: float, mttr: floa
                 None if last is None else str(last.path),
                 no_failover if last is None else
                 ("" if last.rto_seconds is not None else f"run {last.outcome}: no RTO")),
-        *_drill_rtos(evidence_dir, drills),
+        *_drill_rtos(evidence_dir, drills, layout),
     ]
     recovered = [f.rto_seconds for f in failovers if f.rto_seconds is not None]
     mean = round(sum(recovered) / len(recovered), 3) if recovered else None
     mttr_measure = Measure(
         f"mean detected → recovered of {len(recovered)} failover(s)", mean,
-        str(evidence_dir / "failover") if recovered else None,
+        str(run_root(evidence_dir, layout) / "failover") if recovered else None,
         "" if recovered else "no recovered failover in failover/")
     return [
         _worst("rpo", rpo, rpo_parts),

@@ -23,7 +23,8 @@ def current_objectives(config: BackupConfig | None, evidence_dir: Path,
     targets = config.objectives if config is not None else ObjectivesConfig()
     return measure_objectives(evidence_dir, rpo=targets.rpo, rto=targets.rto,
                               mttr=targets.mttr, drills=targets.drills_considered, now=now,
-                              archive_lag=archive_lag)
+                              archive_lag=archive_lag,
+                              layout=config.evidence_layout if config is not None else None)
 
 
 def objectives_status(objectives: list[Objective]) -> dict[str, Any]:

@@ -84,12 +84,16 @@ def load_state(evidence_dir: Path, *, now: float) -> dict[str, Any]:
     return state
 
 
-def record_run(evidence_dir: Path, key: str, run: RecordedRun, *, now: float) -> Path:
-    """Record ``run`` as test ``key``'s last run (unless a newer one is recorded)."""
+def record_run(evidence_dir: Path, key: str, run: RecordedRun, *, now: float,
+               unless_since: float | None = None) -> Path:
+    """Record ``run`` as test ``key``'s last run (unless a newer one is recorded, or,
+    with ``unless_since``, one recorded at or after it: that run recorded itself)."""
     if key not in TEST_KEYS:
         raise ValueError(f"unknown test {key!r}: one of {', '.join(TEST_KEYS)}")
     state = load_state(evidence_dir, now=now)
     current = _run(state["runs"].get(key))
+    if unless_since is not None and current is not None and current.at >= unless_since:
+        return state_path(evidence_dir)
     if current is None or current.at <= run.at:
         state["runs"][key] = {"at": run.at, "passed": run.passed, "result": run.result,
                               "evidence": run.evidence}

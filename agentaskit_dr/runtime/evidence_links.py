@@ -4,19 +4,23 @@ When a failback (or ``restore-standby``) run completes, the failover it undid (t
 that recorded the away region as the cluster's primary) gets, in its evidence file,
 ``extra.failback: "done"`` and ``extra.closed_by`` (the failback's run id and relative
 paths), and in its incident review draft a ticked follow-up and a "Closed by failback"
-section linking to ``../failback/<id>.md``. The review is a draft people edit: it is
-amended in place, never redrafted, and a second call changes nothing. Only the evidence
-directory of this host is looked at: a failover whose files are on another host's is
-left alone (logged).
+section linking to ``../failback/<id>.md`` (relative to wherever the failback's evidence
+is: the failover's may be in the layout before ``evidence_layout``). The review is a draft
+people edit: it is amended in place, never redrafted, and a second call changes nothing.
+Only the evidence directory of this host is looked at: a failover whose files are on
+another host's is left alone (logged).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
 from agentaskit_dr.runtime.evidence import read_evidence, write_evidence
+from agentaskit_dr.runtime.evidence_layout import find_root
 
 log = structlog.get_logger(__name__)
 
@@ -25,31 +29,37 @@ _PLANNED = "- [ ] Failback planned:"
 
 
 def link_failback(directory: Path, *, failover_id: str, kind: str, run_id: str,
-                  finished_at: str | None) -> Path | None:
+                  finished_at: str | None, roots: Sequence[Path] = ()) -> Path | None:
     """Amend failover ``failover_id``'s evidence and review to link failback ``run_id``
-    (evidence kind ``kind``); the review's path, or None when there is nothing to amend."""
+    (evidence kind ``kind``, written under ``directory``); the failover is looked for in
+    ``directory`` and then ``roots`` (older layouts). The review's path, or None when
+    there is nothing to amend."""
+    found = find_root(list(dict.fromkeys([directory, *roots])), FAILOVER_KIND, failover_id)
     try:
-        document = read_evidence(directory, FAILOVER_KIND, failover_id)
+        document = read_evidence(found, FAILOVER_KIND, failover_id)
     except (OSError, ValueError) as exc:
         log.warning("failover_evidence_not_linked", failover_id=failover_id,
                     failback_id=run_id, reason=str(exc))
         return None
-    review_link = f"../{kind}/{run_id}.md"
+    # Relative, so the pair stays linked when the evidence directory is copied or moved.
+    there = Path(os.path.relpath(directory / kind, found / FAILOVER_KIND))
+    review_link = f"{there.as_posix()}/{run_id}.md"
+    evidence_link = f"{there.as_posix()}/{run_id}.json"
     closed_by = {"kind": kind, "run_id": run_id, "finished_at": finished_at,
-                 "review": review_link, "evidence": f"../{kind}/{run_id}.json"}
+                 "review": review_link, "evidence": evidence_link}
     extra = dict(document.get("extra") or {})
     extra.update(failback="done", closed_by=closed_by)
     document["extra"] = extra
-    review = directory / FAILOVER_KIND / f"{failover_id}.md"
+    review = found / FAILOVER_KIND / f"{failover_id}.md"
     try:
-        write_evidence(directory, FAILOVER_KIND, failover_id, document)
+        write_evidence(found, FAILOVER_KIND, failover_id, document)
         text = review.read_text(encoding="utf-8") if review.exists() else ""
         if review_link not in text:
             text = text.replace(_PLANNED, "- [x] Failback planned:", 1)
             text = (text.rstrip("\n") + "\n\n## Closed by failback\n\n"
                     f"- [{kind} {run_id}]({review_link}) completed at {finished_at or '—'}: "
                     f"the primary is back in its home region (evidence: "
-                    f"[{run_id}.json](../{kind}/{run_id}.json))\n")
+                    f"[{run_id}.json]({evidence_link}))\n")
             review.write_text(text, encoding="utf-8")
     except OSError as exc:
         log.error("failover_evidence_not_linked", failover_id=failover_id,  # noqa: TRY400

@@ -5,8 +5,9 @@ journaled ``started`` then ``done`` / ``skipped`` / ``failed`` with its data. A 
 crashed stays active in the journal: the next ``failback`` resumes it. A step that failed
 closes the run as failed (so no watchdog mistakes it for its own run): the next
 ``failback`` opens a continuation run that carries the steps already done (as skipped,
-with their data) and starts at the failed one. Evidence: ``evidence/failback/<id>.json``
-and its incident review draft, written when the run ends either way.
+with their data) and starts at the failed one. Evidence: ``failback/<id>.json`` under
+``evidence_layout.failover_tests`` (``<evidence_dir>/TEST/dr/failover/``) and its incident
+review draft, written when the run ends either way.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from agentaskit_dr.runtime.evidence import (
     write_evidence,
     write_incident_review,
 )
+from agentaskit_dr.runtime.evidence_layout import run_root, run_roots
 from agentaskit_dr.runtime.evidence_links import link_failback
 from agentaskit_dr.runtime.failback_steps import (
     FAILBACK_PLAN,
@@ -203,12 +205,14 @@ class FailbackRun:
                       resumed_at: str | None) -> FailbackOutcome:
         run = await self.journal.get(run_id)
         assert run is not None  # opened by this run
-        evidence = write_failback_evidence(self.config.evidence_dir,
+        evidence_dir, layout = self.config.evidence_dir, self.config.evidence_layout
+        evidence = write_failback_evidence(run_root(evidence_dir, layout),
                                            replace(run, finished=outcome), outcome)
         undoes = run.meta.get("undoes")
         if outcome == "done" and isinstance(undoes, str) and undoes:
-            link_failback(self.config.evidence_dir, failover_id=undoes, kind=FAILBACK_KIND,
-                          run_id=run_id, finished_at=_iso(self.wall_clock()))
+            link_failback(run_root(evidence_dir, layout), failover_id=undoes,
+                          kind=FAILBACK_KIND, run_id=run_id, finished_at=_iso(self.wall_clock()),
+                          roots=run_roots(evidence_dir, layout))
         await self.journal.finish(run_id, outcome, lease=self.lease())
         log.warning(f"{self.kind.replace('-', '_')}_{outcome}", run_id=run_id, detail=detail,
                     evidence=evidence)

@@ -33,12 +33,14 @@ _TAIL = 4096
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
-    """How a job's commands ended: outcome, bytes (None: not reported) and a detail."""
+    """How a job's commands ended: outcome, bytes (None: not reported) and a detail.
+    ``recorded``: a command recorded the run in the DR testing schedule itself."""
 
     outcome: Outcome
     nbytes: int | None
     detail: str
     evidence: str | None = None
+    recorded: bool = False
 
 
 async def run_commands(steps: Sequence[Sequence[str]], *, grace: float,
@@ -49,6 +51,8 @@ async def run_commands(steps: Sequence[Sequence[str]], *, grace: float,
     details: list[str] = []
     total: int | None = None
     evidence: str | None = None
+    recorded = False
+    results: list[str] = []
     for argv in steps:
         code, answer, tail = await _run(list(program) + list(argv), grace=grace)
         document = _json(answer)
@@ -56,6 +60,9 @@ async def run_commands(steps: Sequence[Sequence[str]], *, grace: float,
         if nbytes is not None:
             total = (total or 0) + nbytes
         evidence = str(document.get("evidence") or "") or evidence
+        recorded = recorded or bool(document.get("recorded"))
+        if isinstance(document.get("result"), str):
+            results.append(document["result"])  # the command's own one-line result
         if code != 0:
             outcomes.append("failed")
             details.append(f"{' '.join(argv[:3])}: exit {code}: {tail or 'no message'}")
@@ -65,7 +72,8 @@ async def run_commands(steps: Sequence[Sequence[str]], *, grace: float,
             outcomes.append("ok")
     outcome: Outcome = ("failed" if "failed" in outcomes else
                         "unchanged" if outcomes and set(outcomes) == {"unchanged"} else "ok")
-    return JobOutcome(outcome, total, "; ".join(details) or outcome, evidence)
+    return JobOutcome(outcome, total, "; ".join(results or details) or outcome, evidence,
+                      recorded)
 
 
 async def _run(argv: list[str], *, grace: float) -> tuple[int, bytes, str]:

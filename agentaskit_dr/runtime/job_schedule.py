@@ -151,16 +151,31 @@ def iso(at: float | None) -> str | None:
 class JobSpec:
     """One scheduled job: CLI commands (after ``agentaskit-dr``) run one after the other.
 
-    ``dr_test`` names the DR testing schedule's row the job is a run of, if any."""
+    ``dr_test`` names the DR testing schedule's row the job is a run of, if any;
+    ``time_limit`` (seconds, None: none) stops a run that takes longer, as failed."""
 
     name: str
     schedule: Schedule
     steps: tuple[tuple[str, ...], ...]
     dr_test: str | None = None
+    time_limit: float | None = None
 
 
-def job_specs(backup: BackupConfig, path: Path, settings: BackupJobsConfig) -> list[JobSpec]:
-    """The jobs a backup config asks for; each only if what it backs up is configured."""
+#: Besides its two switchovers: finding the holder, dry runs, status polls, evidence.
+DRILL_MARGIN = 120.0
+
+
+def drill_time_limit(backup: BackupConfig) -> float:
+    """The failover drill job's time limit: two switchovers (there and back), each
+    bounded by ``drills.failover.timeout``, and a margin."""
+    return 2 * backup.drills.failover.timeout + DRILL_MARGIN
+
+
+def job_specs(backup: BackupConfig, path: Path, settings: BackupJobsConfig,
+              evidence_dir: Path | None = None) -> list[JobSpec]:
+    """The jobs a backup config asks for; each only if what it backs up is configured.
+    The failover drill records into ``evidence_dir`` (the watchdog's: where its DR
+    testing schedule is read), else the backup config's."""
     conf = ("--config", str(path), "--json")
     state = backup.application_state
     components = [name for name, on in (
@@ -198,6 +213,10 @@ def job_specs(backup: BackupConfig, path: Path, settings: BackupJobsConfig) -> l
                     else Schedule(cron=item.schedule))
         jobs.append(JobSpec(f"appstate-{name}", schedule,
                             (("appstate", "backup", name, *conf),)))
+    where = () if evidence_dir is None else ("--evidence-dir", str(evidence_dir))
+    jobs.append(JobSpec("failover-drill", Schedule(cron=backup.drills.failover.schedule),
+                        (("drill-failover", *conf, *where),), dr_test="failover_drill",
+                        time_limit=drill_time_limit(backup)))
     return jobs
 
 

@@ -163,7 +163,8 @@ class JobScheduler:
                       kept="the previous backup config" if self.backup else "no jobs")
             return
         self.backup = backup
-        self.specs = job_specs(backup, settings.config, settings)
+        self.specs = job_specs(backup, settings.config, settings,
+                               evidence_dir=current.evidence_dir)
         self.leases = JobLeases(self.client, key_prefix=current.lock.key_prefix,
                                 ttl=settings.lease_ttl)
         log.info("jobs_scheduled", config=str(settings.config),
@@ -217,7 +218,7 @@ class JobScheduler:
                  attempt=record.attempt, schedule=str(spec.schedule))
         settings = self.config().backup
         grace = settings.stop_grace if settings is not None else 3.0
-        work = asyncio.create_task(self.runner(spec.steps, grace), name=f"job:{spec.name}:run")
+        work = asyncio.create_task(self._bounded(spec, grace), name=f"job:{spec.name}:run")
         lost = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lease(leases, spec.name, token, work, lost),
                                      name=f"job:{spec.name}:lease")
@@ -238,6 +239,16 @@ class JobScheduler:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             await self._finish(leases, spec, token, record, outcome)
+
+    async def _bounded(self, spec: JobSpec, grace: float) -> JobOutcome:
+        """The job's commands, stopped (processes and all) past its time limit."""
+        if spec.time_limit is None:
+            return await self.runner(spec.steps, grace)
+        try:
+            return await asyncio.wait_for(self.runner(spec.steps, grace), spec.time_limit)
+        except TimeoutError:
+            return JobOutcome("failed", None,
+                              f"stopped: over its time limit of {spec.time_limit:g}s")
 
     async def _keep_lease(self, leases: JobLeases, name: str, token: str,
                           work: asyncio.Task[JobOutcome], lost: asyncio.Event) -> None:
@@ -274,12 +285,16 @@ class JobScheduler:
             await asyncio.shield(leases.record(spec.name, token, done, release=True))
         except (LockUnavailable, asyncio.CancelledError) as exc:
             log.warning("job_record_failed", job=spec.name, reason=str(exc) or "stopping")
+        if spec.dr_test is not None and outcome.recorded:
+            # The command recorded its own run (with its evidence): not a second time.
+            self._recorded[spec.name] = now
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await self._note_dr_test(spec, done)
 
     async def _note_dr_test(self, spec: JobSpec, last: LastRun | None) -> None:
-        """Record a finished verify or restore test as the DR testing schedule's last
-        test (once per run, whichever watchdog ran it)."""
+        """Record a finished verify, restore test or drill as the DR testing schedule's
+        last test (once per run, whichever watchdog ran it; not over a run recorded since
+        this one started: the drill command records itself where it runs)."""
         if (spec.dr_test is None or last is None or last.finished_at is None
                 or last.outcome in ("baseline", "running")
                 or self._recorded.get(spec.name, 0.0) >= last.finished_at):
@@ -288,13 +303,14 @@ class JobScheduler:
         from agentaskit_dr.drtesting.schedule import RecordedRun
 
         passed = last.outcome == "ok"
-        result = "passed" if passed else f"{last.outcome}: {last.detail}"
+        detail = "" if last.detail in ("", "ok", last.outcome) else f": {last.detail}"
+        result = ("passed" if passed else last.outcome) + detail
         run = RecordedRun(last.finished_at, passed, f"{result} (on {last.holder})")
         self._recorded[spec.name] = last.finished_at
         evidence_dir: Path = self.config().evidence_dir
         try:
             await asyncio.to_thread(record_run, evidence_dir, spec.dr_test, run,
-                                    now=self.clock())
+                                    now=self.clock(), unless_since=last.started_at)
         except ScheduleStateError as exc:
             log.warning("dr_test_not_recorded", job=spec.name, reason=str(exc))
 

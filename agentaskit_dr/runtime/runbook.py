@@ -372,4 +372,8 @@ class Runbook(RunbookPlan):
 
     def _write_evidence(self, run: RunJournal, meta: dict[str, Any], outcome: str) -> str:
         """Write the evidence file and the incident review draft; their paths, or why not."""
-        return write_run_evidence(self.config().evidence_dir, run, meta, outcome)
+        from agentaskit_dr.runtime.evidence_layout import run_root
+
+        config = self.config()
+        return write_run_evidence(run_root(config.evidence_dir, config.evidence_layout), run,
+                                  meta, outcome)

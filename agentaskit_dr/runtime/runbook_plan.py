@@ -99,8 +99,9 @@ class RunbookPlan:
         for step in self.plan(config, config.primary_region, config.secondary_region):
             note = f" (skipped: {step.skip_reason})" if step.run is None else ""
             lines.append(f"{step.name}: {step.target}{note}")
-        lines.append(f"then: evidence and incident review draft in {config.evidence_dir}/"
-                     "failover/; failback marked as planned")
+        where = config.evidence_dir / config.evidence_layout.failover_tests / "failover"
+        lines.append(f"then: evidence and incident review draft in {where}/; failback "
+                     "marked as planned")
         return lines
 
     # ------------------------------------------------------------ steps

@@ -44,6 +44,7 @@ from agentaskit_dr.runtime.epoch_floor import (
     watching_promoter,
     watching_stale_epochs,
 )
+from agentaskit_dr.runtime.evidence_layout import run_roots
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.host_steps import HostStepJobs
 from agentaskit_dr.runtime.jobs import JobScheduler, StatusParts
@@ -279,7 +280,8 @@ def _assemble(
                     token_file=config.api.token_file,
                     peer_token_file=credentials.peer_token_file,
                     ssl_context=credentials.server_ssl,
-                    evidence_dir=lambda: engine.config.evidence_dir,
+                    evidence_dir=lambda: run_roots(engine.config.evidence_dir,
+                                                   engine.config.evidence_layout),
                     host_steps=host_steps, runs=planned)
     return _Parts(lock, keeper, engine, peers, api, controls, alerts, host_steps, planned,
                   dr_testing, jobs)

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from agentaskit_dr.config import parse_duration
+from agentaskit_dr.runtime.evidence_layout import run_root
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer, free_port
 
@@ -323,8 +324,9 @@ def run_drill(*, threshold: str, interval: str, workdir: Path | None,
             print(f"agentaskit-dr drill: {exc}", file=sys.stderr)
             return 1
         # The acting watchdog's runbook evidence (timeline, RTO, RPO) and review draft.
-        for path in sorted((base / "evidence").glob("fail*/*")):
-            target = root / path.parent.name / path.name
+        # (in the plan's layout, TEST/dr/failover/<kind>/, kept the same under ``root``).
+        for path in sorted(run_root(base / "evidence").glob("fail*/*")):
+            target = root / path.relative_to(base / "evidence")
             if path != target:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)

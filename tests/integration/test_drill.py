@@ -27,7 +27,8 @@ def test_drill_promotes_once_with_three_vantages_and_keeps_the_evidence(tmp_path
     timeline = json.loads(drill.read_text())["timeline"]
     decided = next(row for row in timeline if row["event"] == "failover_decided")
     assert "witness" in decided["reason"]
-    [runbook] = (tmp_path / "evidence" / "failover").glob("*.json")
+    runs = tmp_path / "evidence" / "TEST" / "dr" / "failover"  # the plan's layout
+    [runbook] = (runs / "failover").glob("*.json")
     document = json.loads(runbook.read_text())
     assert document["outcome"] == "done"
     assert 0 < document["rto_seconds"] < 30
@@ -65,5 +66,6 @@ def test_drill_failback_goes_full_circle_and_prints_both_evidence_files(
     assert ran == {("sync-primary", "watchdog-us-west-2.log"),
                    ("switchover", "watchdog-us-east-1.log")}
     # The failover's review draft links to the failback that closed it.
-    [failover_review] = (tmp_path / "evidence" / "failover").glob("*.md")
+    runs = tmp_path / "evidence" / "TEST" / "dr" / "failover"  # the plan's layout
+    [failover_review] = (runs / "failover").glob("*.md")
     assert f"(../failback/{circle['run_id']}.md)" in failover_review.read_text()

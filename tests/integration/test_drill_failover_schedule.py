@@ -15,7 +15,8 @@ from agentaskit_dr.drtesting.drill_record import drill_result
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("command", [["drill-failover"], ["drill", "--failback"]])
+@pytest.mark.parametrize("command", [["drill-failover"], ["drill", "--failback"],
+                                     ["drill-failover", "--json"]])
 def test_the_sandbox_drill_is_recorded_in_the_schedule(tmp_path: Path,
                                                        command: list[str]) -> None:
     evidence = tmp_path / "evidence"
@@ -25,6 +26,11 @@ def test_the_sandbox_drill_is_recorded_in_the_schedule(tmp_path: Path,
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     kept = sorted((evidence / "operational_audit" / "dr_drills").glob("sandbox-drill-*.json"))
     assert len(kept) == 1
+    if "--json" in command:  # as the daemon's job runs it: stdout is one JSON answer
+        answer = json.loads(done.stdout)
+        assert (answer["outcome"], answer["evidence"]) == ("passed", str(kept[0]))
+        assert answer["result"].startswith("sandbox drill passed")
+        assert answer["recorded"] == str(evidence / "dr_testing" / "schedule.json")
     shown = subprocess.run(
         [sys.executable, "-m", "agentaskit_dr", "schedule", "--json", "--evidence-dir",
          str(evidence)], capture_output=True, text=True, timeout=60, check=False)

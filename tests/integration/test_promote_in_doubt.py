@@ -27,6 +27,7 @@ from agentaskit_dr.core import Condition, FailoverRefused, FailoverSucceeded, St
 from agentaskit_dr.ports import JournalEntry, StepStatus
 from agentaskit_dr.runtime import runbook_hooks
 from agentaskit_dr.runtime.evidence import read_evidence
+from agentaskit_dr.runtime.evidence_layout import run_root
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.runbook import FAILOVER_KIND, FAILOVER_PLAN, PROMOTE, Hooks, Runbook
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
@@ -298,7 +299,7 @@ async def test_failover_with_the_old_primary_answering_fences_it_and_records_zer
     assert run.meta["old_primary_answering"] is True
     assert pg_pair.primary.sql("SHOW default_transaction_read_only") == "on"
     assert pg_pair.replica.sql("SELECT count(*) FROM orders") == "100"
-    evidence = read_evidence(rig.config.evidence_dir, FAILOVER_KIND, run.run_id)
+    evidence = read_evidence(run_root(rig.config.evidence_dir), FAILOVER_KIND, run.run_id)
     assert evidence["rpo"]["lag_bytes"] == 0
     promotion = evidence["extra"]["promotion"]
     assert promotion["standby_replay_lsn"] >= promotion["old_primary_final_lsn"] > 0

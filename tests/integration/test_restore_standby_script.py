@@ -112,7 +112,10 @@ async def test_restore_standby_script_switches_the_database_back_home(
     assert evidence["extra"]["undoes"] == "failover-test"
     # The failover's review draft links to the run that closed it.
     review = read_text(str(tmp_path / "evidence" / "failover" / "failover-test.md"))
-    assert f"(../failback/{result['run_id']}.md)" in review
+    # The failover was written in the layout before evidence_layout (<evidence_dir>/failover),
+    # the run that closed it in the plan's (TEST/dr/failover/): the link still leads there.
+    assert f"(../TEST/dr/failover/failback/{result['run_id']}.md)" in review
+    assert result["evidence"].startswith(str(tmp_path / "evidence" / "TEST" / "dr" / "failover"))
     assert "- [x] Failback planned:" in review
     failover = json.loads(read_text(str(tmp_path / "evidence" / "failover" /
                                         "failover-test.json")))

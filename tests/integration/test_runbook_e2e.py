@@ -111,7 +111,7 @@ def test_primary_killed_runs_every_runbook_step_once_and_leaves_evidence(
     ) == f"{run.run_id} {epoch}"
 
     # Evidence: measured figures that fit what the test saw, and the review draft.
-    folder = fleet.workdir / "evidence" / "failover"
+    folder = fleet.workdir / "evidence" / "TEST" / "dr" / "failover" / "failover"
     evidence = json.loads((folder / f"{run.run_id}.json").read_text())
     assert evidence["outcome"] == "done"
     assert evidence["run_id"] == run.run_id

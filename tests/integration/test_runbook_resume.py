@@ -122,7 +122,8 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
     assert pg_pair.replica.sql("SELECT pg_is_in_recovery()") == "f"
 
     evidence = json.loads(
-        (fleet.workdir / "evidence" / "failover" / f"{run.run_id}.json").read_text())
+        (fleet.workdir / "evidence" / "TEST" / "dr" / "failover" / "failover"
+         / f"{run.run_id}.json").read_text())
     assert evidence["outcome"] == "done"
     # A crash after the last step leaves the new epoch nothing to journal but the finish.
     assert evidence["epochs"] == sorted({first_epoch, *done_epoch.values()})

@@ -4,6 +4,7 @@ a switchover to the secondary and back over the API and records it in the schedu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -85,3 +86,46 @@ def test_the_drill_switches_over_and_back_through_the_api_and_is_recorded(
     assert row["status"] == "ok"
     assert row["result"].startswith(f"switchover drill passed in {other.config}: to {EAST} in ")
     assert row["evidence"] == str(kept)
+
+
+async def test_the_daemons_scheduled_drill_switches_over_and_back_and_fills_the_row(
+    fleet: WatchdogFleet, pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drill as the job of two job schedulers (the real runner: the command as a
+    process), due at its quarterly time: one of them runs it, the staging watchdogs
+    switch over and back, and that scheduler's schedule row is the passed drill."""
+    from redis.asyncio import Redis
+
+    from agentaskit_dr.drtesting.records import load_state
+    from tests.integration.test_drill_job import JANUARY_1ST, backup_yaml, look, scheduler
+    from tests.integration.test_job_lease import Clock
+
+    await asyncio.to_thread(prepare, pg_pair)
+    token = tmp_path / "api-token"
+    token.write_text(TOKEN + "\n")
+    await asyncio.to_thread(start_fleet, fleet, pg_pair, token)
+    holder = await asyncio.to_thread(fleet.wait_ready)
+    (other,) = [dog for dog in fleet.dogs.values() if dog is not holder]
+    # No other job is due then, none writes outside tmp_path.
+    config = backup_yaml(tmp_path, other.config, monkeypatch, timeout="120s")
+    client = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=2)
+    try:
+        clock = Clock(now=JANUARY_1ST - 60)
+        jobs = [scheduler(name, config, client, clock, tmp_path) for name in ("job-a", "job-b")]
+        await look(*jobs)
+        clock.now = JANUARY_1ST + 5
+        await look(*jobs)
+        (runner,) = [job for job in jobs if "failover-drill" in job.running]
+        await asyncio.wait_for(asyncio.gather(*runner.running.values()), 400)
+    finally:
+        await client.aclose()
+
+    assert len(fleet.events(is_event("switchover_promoted"))) == 2
+    here = tmp_path / runner.config().holder
+    (kept,) = sorted((here / "operational_audit" / "dr_drills").glob("failover-drill-*.json"))
+    assert json.loads(kept.read_text())["outcome"] == "passed"
+    run = load_state(here, now=clock.now)["runs"]["failover_drill"]
+    assert run["passed"] is True
+    assert run["evidence"] == str(kept)
+    assert run["result"].startswith(f"switchover drill passed in {other.config}: to {EAST} in ")

@@ -103,7 +103,7 @@ def test_the_status_page_of_a_daemon_that_failed_over_renders_cleanly_in_chromiu
                              FAILOVER_TIMEOUT, what="the failover's review drafted",
                              dogs=[holder])
     run_id = written["run_id"]
-    evidence = fleet.workdir / "evidence" / "failover"
+    evidence = fleet.workdir / "evidence" / "TEST" / "dr" / "failover" / "failover"
     assert (evidence / f"{run_id}.svg").is_file(), sorted(evidence.iterdir())
     assert f"![Timeline of {run_id}]({run_id}.svg)" in (evidence / f"{run_id}.md").read_text()
 

@@ -130,7 +130,8 @@ def test_the_jobs_of_a_backup_config_each_only_if_configured(backup_yaml: Path) 
     specs = {spec.name: spec for spec in job_specs(load_backup_config(backup_yaml),
                                                    backup_yaml, settings)}
     assert set(specs) == {"backup-full", "backup-incremental", "retention", "verify-backup",
-                          "test-restore", "appstate-redis", "appstate-configs"}
+                          "test-restore", "appstate-redis", "appstate-configs",
+                          "failover-drill"}
     assert specs["backup-full"].steps == (
         ("backup", "run", "--kind", "full", "--config", str(backup_yaml), "--json"),)
     assert str(specs["appstate-configs"].schedule) == "every 300s"
@@ -146,6 +147,25 @@ def test_the_jobs_of_a_backup_config_each_only_if_configured(backup_yaml: Path) 
     assert specs["test-restore"].dr_test == "restore_test"
 
 
+def test_the_failover_drill_is_a_job_whose_time_limit_fits_two_switchovers(
+        backup_yaml: Path, tmp_path: Path) -> None:
+    backup_yaml.write_text(backup_yaml.read_text() + 'drills:\n  failover: '
+                           '{schedule: "0 10 1 1,4,7,10 *", timeout: 5m}\n')
+    settings = BackupJobsConfig(config=backup_yaml)
+    specs = {spec.name: spec for spec in job_specs(load_backup_config(backup_yaml),
+                                                   backup_yaml, settings,
+                                                   evidence_dir=tmp_path / "evidence")}
+    drill = specs["failover-drill"]
+    assert drill.dr_test == "failover_drill"
+    assert str(drill.schedule) == "0 10 1 1,4,7,10 *"
+    assert drill.steps == (("drill-failover", "--config", str(backup_yaml), "--json",
+                            "--evidence-dir", str(tmp_path / "evidence")),)
+    assert drill.time_limit is not None
+    assert drill.time_limit >= 2 * 300  # there and back, each up to drills.failover.timeout
+    assert drill.time_limit < 3 * 300
+    assert all(spec.time_limit is None for spec in specs.values() if spec is not drill)
+
+
 def test_without_a_server_or_a_target_the_postgresql_jobs_are_not_scheduled(
         backup_yaml: Path) -> None:
     text = backup_yaml.read_text().replace('postgresql: {dsn: "postgresql://backup@127.0.0.1:1'
@@ -154,7 +174,8 @@ def test_without_a_server_or_a_target_the_postgresql_jobs_are_not_scheduled(
     settings = BackupJobsConfig(config=backup_yaml, configs_every=60)
     names = [spec.name for spec in job_specs(load_backup_config(backup_yaml), backup_yaml,
                                              settings)]
-    assert names == ["retention", "verify-backup", "appstate-redis", "appstate-configs"]
+    assert names == ["retention", "verify-backup", "appstate-redis", "appstate-configs",
+                     "failover-drill"]
 
 
 def test_the_backup_section_names_a_bad_value(tmp_path: Path) -> None:

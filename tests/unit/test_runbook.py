@@ -42,6 +42,7 @@ from agentaskit_dr.ports import (
 )
 from agentaskit_dr.runtime import runbook as runbook_module
 from agentaskit_dr.runtime.evidence import read_evidence
+from agentaskit_dr.runtime.evidence_layout import run_root
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.runbook import (
     FAILOVER_PLAN,
@@ -302,7 +303,7 @@ async def test_decided_failover_runs_every_step_in_plan_order_and_writes_evidenc
         assert actuator.applied == [(1, run.run_id)]
         assert actuator.closed == 1
 
-    evidence = read_evidence(wired.config.evidence_dir, "failover", run.run_id)
+    evidence = read_evidence(run_root(wired.config.evidence_dir), "failover", run.run_id)
     assert evidence["outcome"] == "done"
     assert [(e["step"], e["status"]) for e in evidence["timeline"]] == [
         (step, status.value) for step, status in steps(run)]
@@ -310,7 +311,8 @@ async def test_decided_failover_runs_every_step_in_plan_order_and_writes_evidenc
     assert evidence["rto_seconds"] is not None
     assert evidence["rto_seconds"] > 121
     assert evidence["extra"]["failback"] == "planned"
-    review = (wired.config.evidence_dir / "failover" / f"{run.run_id}.md").read_text()
+    review = (wired.config.evidence_dir / "TEST" / "dr" / "failover" / "failover"
+              / f"{run.run_id}.md").read_text()
     assert f"Incident review (draft): failover {run.run_id}" in review
     for name in FAILOVER_PLAN:
         assert f"| {name} | done |" in review
@@ -338,7 +340,7 @@ async def test_steps_without_an_actuator_are_journaled_skipped_with_the_reason(
         "check_primary", "notify:failover_started", "verify_standby", "promote",
         "notify:failover_done",
     ]
-    evidence = read_evidence(bare.config.evidence_dir, "failover", run.run_id)
+    evidence = read_evidence(run_root(bare.config.evidence_dir), "failover", run.run_id)
     assert evidence["outcome"] == "done"
     assert evidence["rto_seconds"] is not None  # skipped steps count as complete
 
@@ -365,7 +367,7 @@ async def test_standby_not_verified_refuses_the_failover_and_closes_the_run_fail
     assert steps(run)[-2:] == [("verify_standby", StepStatus.STARTED),
                                ("verify_standby", StepStatus.FAILED)]
     assert run.entries[-1].detail == "standby db:standby unreachable: connection refused"
-    evidence = read_evidence(wired.config.evidence_dir, "failover", run.run_id)
+    evidence = read_evidence(run_root(wired.config.evidence_dir), "failover", run.run_id)
     assert evidence["outcome"] == "refused at verify_standby"
     assert evidence["rto_seconds"] is None
     refusals = [e for e in logs if e["event"] == "failover_refused"]
@@ -549,7 +551,7 @@ async def test_dns_failure_after_promotion_keeps_the_run_open_and_resume_retries
     assert entries_of(run, "update_dns") == [StepStatus.STARTED, StepStatus.FAILED,
                                              StepStatus.STARTED, StepStatus.DONE]
     assert entries_of(run, "check_primary") == [StepStatus.STARTED, StepStatus.DONE]
-    evidence = read_evidence(wired.config.evidence_dir, "failover", run.run_id)
+    evidence = read_evidence(run_root(wired.config.evidence_dir), "failover", run.run_id)
     [dns_step] = [s for s in evidence["steps"] if s["step"] == "update_dns"]
     assert (dns_step["status"], dns_step["attempts"]) == ("done", 2)
 
@@ -614,7 +616,7 @@ async def test_successor_resumes_the_same_run_under_its_epoch_and_tells_the_prom
         (StepStatus.STARTED, 1), (StepStatus.STARTED, 2), (StepStatus.DONE, 2)]
     assert wired.dns is not None
     assert wired.dns.applied == [(2, crashed.run_id)]
-    evidence = read_evidence(wired.config.evidence_dir, "failover", run.run_id)
+    evidence = read_evidence(run_root(wired.config.evidence_dir), "failover", run.run_id)
     assert evidence["epochs"] == [1, 2]
     # The old holder, back from the dead, has no lease and so changes nothing.
     assert await wired.runbook.resume() is None
@@ -774,7 +776,7 @@ async def test_describe_lists_every_step_with_the_reasons_for_skipping(
         "update_status_page": "no generic webhook configured",
     }
     assert lines[-1].startswith(f"then: evidence and incident review draft in "
-                                f"{bare.config.evidence_dir}/failover/")
+                                f"{bare.config.evidence_dir}/TEST/dr/failover/failover/")
 
     (tmp_path / "wired").mkdir()
     wired = Rig(write_config(tmp_path / "wired", wired=True)).runbook.describe()
