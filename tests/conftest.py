@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -26,6 +27,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     fails the whole session under ``filterwarnings = error``.
     """
     asyncio.set_event_loop(None)
+
+
+#: The daemon's default state directory (evidence_dir's default): a test writes its
+#: evidence under tmp_path, never into the machine's.
+MACHINE_STATE = Path("/var/lib/agentaskit-dr")
+
+
+@pytest.fixture(autouse=True)
+def _machine_state_untouched() -> Iterator[None]:
+    """Fail the test that creates the daemon's default state directory on this machine
+    (a config without ``evidence_dir`` in a test that fails over writes there)."""
+    existed = MACHINE_STATE.exists()
+    yield
+    if not existed and MACHINE_STATE.exists():
+        pytest.fail(f"this test wrote into {MACHINE_STATE} (the default evidence_dir): "
+                    "give its config an evidence_dir under tmp_path", pytrace=False)
 
 
 @pytest.fixture

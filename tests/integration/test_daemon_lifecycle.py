@@ -48,6 +48,7 @@ class Daemon:
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.evidence_dir = workdir / "evidence"
         self.config_path = workdir / "watchdog.yaml"
         self.write(config)
         self._process = Watchdog("lifecycle", self.config_path, workdir / "watchdog.log")
@@ -62,7 +63,11 @@ class Daemon:
         return self._process.proc
 
     def write(self, config: dict[str, Any] | str) -> None:
-        """Replace the config file (a mapping, or raw text for broken files)."""
+        """Replace the config file (a mapping, or raw text for broken files). A mapping
+        without ``evidence_dir`` gets one under the workdir: a test's failover never
+        writes into the machine's /var/lib/agentaskit-dr."""
+        if not isinstance(config, str):
+            config = {"evidence_dir": str(self.evidence_dir), **config}
         text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
         self.config_path.write_text(text)
 
