@@ -221,8 +221,9 @@ class Engine(EngineInputs, EngineEffects):
 
     def _start_failover(self, command: StartFailover) -> None:
         answering = self.intake.old_primary_answering(self.config)
-        self.runs.start(self.runbook.failover(command, self.primary_last_lsn,
-                                              old_primary_answering=answering), command)
+        self.runs.start(self.runbook.failover(
+            command, self.primary_last_lsn, old_primary_answering=answering,
+            primary_last_seen_at=self.intake.primary_last_lsn_at), command)
 
     async def _run_finished(self, outcome: RunOutcome) -> None:
         """A run's outcome reaches the core in a cycle of its own, like any other event."""

@@ -212,10 +212,20 @@ def lost_writes(commits: Sequence[Commit], final: FinalState,
             losses.append(Loss(commit, (
                 f"acknowledged by the old primary {commit.server} "
                 f"{promotion.at - commit.acked:.3f}s before {primary} was promoted "
-                f"(epoch {promotion.epoch}, lag {promotion.event.get('lag_bytes')} bytes); "
+                f"(epoch {promotion.epoch}, lag {promotion.event.get('lag_bytes')} bytes "
+                f"{_lag_basis(promotion.event)}); "
                 "not replicated in time (asynchronous replication; the old primary "
                 "could not be read at the promotion)")))
     return violations, losses
+
+
+def _lag_basis(event: dict[str, Any]) -> str:
+    """What the promotion's lag was measured against (runtime/rpo.py)."""
+    if event.get("rpo_lower_bound") is False:
+        return "exact"
+    age = event.get("last_view_age_seconds")
+    return ("a lower bound" if age is None
+            else f"a lower bound: at the last view, {age}s before the promotion")
 
 
 # ------------------------------------------------------------------ false failovers
