@@ -26,6 +26,7 @@ from agentaskit_dr.core import (
     LeadershipChanged,
     Phase,
     PlannedPrimary,
+    RecordedPrimary,
     Severity,
     StartFailover,
     ThresholdsChanged,
@@ -251,8 +252,11 @@ class Engine(EngineInputs, EngineEffects):
             if self.config.role == "watchdog" and self.config.region == old_primary:
                 record = self.state.failover
                 self.old_primary.failed_over_away(old_primary, record.epoch if record else None)
-            self._swap_topology()
-        if isinstance(event, PlannedPrimary) and event.region != self.config.primary_region:
+            self._swap_topology(event.region if isinstance(event, RecordedPrimary) else None)
+        if (isinstance(event, PlannedPrimary | RecordedPrimary)
+                and event.region != self.config.primary_region
+                and self.state.failover is not None
+                and self.state.failover.epoch == event.epoch):
             self._swap_topology(event.region)
         if isinstance(event, PlannedPrimary) and self.old_primary.pending == event.region:
             self.old_primary.cancel()  # the server it was to fence is the primary again
