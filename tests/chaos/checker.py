@@ -378,4 +378,26 @@ def check(history: History, exited: Sequence[str] = ()) -> Verdict:
     verdict.violations += false_self_fences(history.events, history.faults,
                                             fence_after=history.fence_after)
     verdict.violations += convergence(history.final, history.non_json, exited)
+    verdict.violations += epoch_order(promoted)
     return verdict
+
+
+def epoch_order(promoted: Sequence[Promotion]) -> list[Violation]:
+    """Each promotion under a newer epoch than every earlier one: a lock store that lost
+    its last increment (restarted empty, or a Sentinel failover) must not hand out an
+    epoch again (the epoch floor)."""
+    found = []
+    highest: Promotion | None = None
+    for promotion in promoted:
+        if promotion.epoch is None:
+            continue
+        if highest is not None and highest.epoch is not None and (
+                promotion.epoch <= highest.epoch):
+            found.append(Violation(
+                "epoch_order", f"{promotion.watchdog} promoted {promotion.server} under epoch "
+                f"{promotion.epoch} at {promotion.at:.3f}, not newer than epoch "
+                f"{highest.epoch} of {highest.watchdog}'s promotion at {highest.at:.3f}",
+                promotion.at))
+        if highest is None or (highest.epoch or 0) < promotion.epoch:
+            highest = promotion
+    return found
