@@ -102,6 +102,17 @@ def _say(message: str, code: int) -> int:
     return code
 
 
+def describe_loss(loss: dict[str, object] | None) -> str:
+    """The failover's measured loss (``ResyncResult.fork_loss``) in one line."""
+    if not loss or loss.get("lost_wal_bytes") is None:
+        why = (loss or {}).get("note")
+        return "failover loss: not measured" + (f" ({why})" if why else "")
+    return (f"failover loss: {loss['lost_wal_bytes']} bytes of WAL and "
+            f"{loss['lost_commits']} committed transaction(s) beyond the fork at "
+            f"{loss['fork_lsn']} (timeline {loss['old_timeline']}), last lost commit at "
+            f"{loss.get('last_lost_commit_at') or '—'}")
+
+
 def describe(result: ResyncResult) -> str:
     """The result in a few lines for the on-call person."""
     how = "rewound (pg_rewind)" if result.method == "rewind" else "re-cloned (pg_basebackup)"
@@ -114,6 +125,7 @@ def describe(result: ResyncResult) -> str:
     if result.kept_aside:
         lines.append(f"old data directory kept at {result.kept_aside} (the diverged "
                      "transactions' only copy): remove it when no longer needed")
+    lines.append(describe_loss(result.fork_loss))
     lines.append("phases: " + ", ".join(f"{name} {secs:.2f}s"
                                         for name, secs in result.phases.items()))
     return "\n".join(lines)

@@ -5,10 +5,11 @@ Runs on the old primary's host (``regions.<r>.database.control``). In order:
 1. the new primary answers and is not in recovery, else refused; an old primary that
    still runs as a primary is stopped only when the caller confirms the primary is
    elsewhere (a newer marker, the cluster record), else refused: it is the primary;
-2. the server is stopped, ``standby.signal`` + ``primary_conninfo`` are written (before
-   any start), and a server that crashed gets one start and stop in recovery, because
-   pg_rewind needs a clean shutdown and its own single-user crash recovery refuses a data
-   directory with ``standby.signal``;
+2. the server is stopped and, before anything rewrites its WAL, what it had beyond the
+   fork is measured (``resync_loss``: the failover's real RPO); ``standby.signal`` +
+   ``primary_conninfo`` are written (before any start), and a server that crashed gets
+   one start and stop in recovery, because pg_rewind needs a clean shutdown and its own
+   single-user crash recovery refuses a data directory with ``standby.signal``;
 3. CHECKPOINT on the new primary (else pg_rewind reads the old timeline from its control
    file and may find "no rewind required"), then ``pg_rewind`` with the new primary as
    source (``statement_timeout=0``; ``--restore-target-wal`` when the server has a
@@ -42,6 +43,7 @@ from agentaskit_dr.actuators.pg_control import (
     stop_server,
     write_recovery_config,
 )
+from agentaskit_dr.actuators.resync_loss import measure_fork_loss
 from agentaskit_dr.actuators.resync_plan import (
     ResyncFailed,
     ResyncPlan,
@@ -127,6 +129,13 @@ class _Run:
             await _check_roles(plan)
         with self.phase("stop"):
             result.stopped = await stop_server(control)
+        with self.phase("measure_loss"):
+            # Before anything rewrites its WAL: what the failover lost (resync_loss).
+            loss = await measure_fork_loss(control, plan.primary_dsn, role=_primary_role(plan),
+                                           io_timeout=plan.io_timeout,
+                                           budget=min(self.left(), 60.0))
+            result.fork_loss = loss.to_json()
+            log.warning("failover_loss_measured", region=plan.region, **result.fork_loss)
         self.how = await last_start(control, budget=self.left())
         result.port = self.how.port
         write_recovery_config(control, plan.primary_conninfo)

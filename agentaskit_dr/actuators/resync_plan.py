@@ -65,7 +65,8 @@ class ResyncResult:
     after a re-clone, kept (it holds the only copy of the diverged transactions);
     ``confirmed_by``: the view that showed it streaming with lag 0 (``pg_stat_wal_receiver``
     on the standby, or ``pg_stat_replication`` on the primary when the standby takes no
-    session).
+    session). ``fork_loss``: the WAL and the commits the old primary had beyond the fork,
+    read before the resync (``resync_loss.ForkLoss``): the failover's measured RPO.
     """
 
     region: str
@@ -83,6 +84,7 @@ class ResyncResult:
     timeline: int | None = None
     kept_aside: str | None = None
     confirmed_by: str | None = None
+    fork_loss: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (str, int, float, None) for ``json.dumps``."""

@@ -32,6 +32,7 @@ from agentaskit_dr.core.model import (
     Phase,
     PlannedPrimary,
     PlannedRunActive,
+    RecordedPrimary,
     Resumed,
     SelfFenceFailed,
     Severity,
@@ -50,7 +51,7 @@ from agentaskit_dr.core.outcomes import (
     standby_observed,
     with_verdict,
 )
-from agentaskit_dr.core.planned import planned_primary, planned_run_active
+from agentaskit_dr.core.planned import planned_primary, planned_run_active, recorded_primary
 
 
 def transition(state: WatchState, event: Event, now: float) -> Step:
@@ -91,6 +92,8 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
             state = planned_run_active(state, event)
         case PlannedPrimary():
             return planned_primary(state, event, now)
+        case RecordedPrimary():
+            return recorded_primary(state, event, now)
         case Tick():
             pass
     state, decided = _decide(state, now)

@@ -188,6 +188,18 @@ class PlannedPrimary:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordedPrimary:
+    """The cluster record names ``region`` the primary, made so by failover ``run_id``
+    under ``epoch``, which this watchdog did not see happen (it was paused, cut off or
+    down through it). ``acknowledged``: an operator acknowledged it since."""
+
+    region: str
+    epoch: int
+    run_id: str
+    acknowledged: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed; re-evaluate the clocks."""
 
@@ -207,6 +219,7 @@ Event = (
     | SelfFenceFailed
     | PlannedRunActive
     | PlannedPrimary
+    | RecordedPrimary
     | Tick
 )
 

@@ -17,6 +17,7 @@ from agentaskit_dr.core.model import (
     Phase,
     PlannedPrimary,
     PlannedRunActive,
+    RecordedPrimary,
     WatchState,
     fresh_clocks,
 )
@@ -41,3 +42,27 @@ def planned_primary(state: WatchState, event: PlannedPrimary,
     return replace(state, phase=Phase.WATCHING, failover=record, clocks=fresh_clocks(),
                    standby_ready=None, retry_not_before=None, incident_since=None,
                    verdict=verdict), []
+
+
+def recorded_primary(state: WatchState, event: RecordedPrimary,
+                     now: float) -> tuple[WatchState, list[Command]]:
+    """Adopt a failover this watchdog missed, as the cluster record names it.
+
+    Only a record of a newer epoch than the failover this watchdog knows of, and never
+    while it runs a failover itself or a planned run holds: then its own run's outcome
+    (or the planned run's recorded primary) comes first, and the record is offered again
+    at the next read. Like a failover seen happening, it is ``failed_over`` until an
+    operator acknowledged it.
+    """
+    known = state.failover.epoch if state.failover is not None else None
+    if (state.phase is Phase.FAILING_OVER or state.planned_run is not None
+            or (known is not None and event.epoch <= known)):
+        return state, []
+    record = FailoverRecord(condition=None, epoch=event.epoch, decided_at=now,
+                            reason=f"recorded by run {event.run_id} in the cluster record",
+                            completed_at=now)
+    phase = Phase.WATCHING if event.acknowledged else Phase.FAILED_OVER
+    verdict = (f"following the cluster record: {event.region} is the primary under epoch "
+               f"{event.epoch} (failover {event.run_id}, missed by this watchdog)")
+    return replace(state, phase=phase, failover=record, clocks=fresh_clocks(),
+                   standby_ready=None, retry_not_before=None, verdict=verdict), []

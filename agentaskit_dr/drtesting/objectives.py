@@ -1,8 +1,11 @@
 """The plan's recovery objectives, measured from the evidence instead of claimed.
 
 - **RPO**: the worst of the replication lag at the last failover (its evidence's
-  ``rpo.lag_seconds``), the WAL archive lag now (not exposed by the WAL archive yet: "not
-  measured"), and the age of the newest backup the backup jobs recorded as good
+  ``rpo.lag_seconds``; a lower bound when the promoter did not reach the old primary,
+  ``rpo.lower_bound``), the data loss measured when that failover's old primary was
+  resynced (``rpo.measured``: bytes of WAL and commits beyond the fork, and the span of
+  the lost commits in seconds), the WAL archive lag now (a watchdog's probe), and the age
+  of the newest backup the backup jobs recorded as good
   (``backups/*.json``, kinds ``backup-full|incremental|restore-point``).
 - **RTO**: the worst of the last failover's detected → recovered (``rto_seconds``) and the
   last N drills (``operational_audit/dr_drills/*-drill-*.json``, ``evidence_layout.drills``;
@@ -17,6 +20,7 @@ Each figure names the file it came from. Pure but for reading the evidence direc
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ class Measure:
     seconds: float | None
     source: str | None
     note: str = ""
+    bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,7 @@ class Objective:
             "met": self.met,
             "evidence": self.source,
             "measures": [{"what": m.what, "seconds": m.seconds, "evidence": m.source,
-                          "note": m.note} for m in self.measures],
+                          "note": m.note, "bytes": m.bytes} for m in self.measures],
         }
 
 
@@ -108,6 +113,46 @@ def _newest_backup_age(evidence_dir: Path, now: float) -> Measure:
     return Measure(what, round(max(now - newest[0], 0.0), 3), newest[1])
 
 
+def _lag_note(last: EvidenceSummary) -> str:
+    rpo = last.rpo or {}
+    if last.rpo_lag_seconds is None:
+        return "lag unknown at promotion"
+    if rpo.get("lower_bound", True):
+        return (f"lower bound ({rpo.get('basis') or 'basis not recorded'}): what the old "
+                "primary committed after the promoter's last view is not counted")
+    return ""
+
+
+def _measured_loss(last: EvidenceSummary | None) -> Measure:
+    """The loss read from the last failover's old primary at its resync, if it was."""
+    what = "data lost at the last failover, measured at its resync (span of lost commits)"
+    measured = (last.rpo or {}).get("measured") if last is not None else None
+    if last is None:
+        return Measure(what, None, None, "no failover evidence in failover/")
+    if not isinstance(measured, dict):
+        return Measure(what, None, str(last.path),
+                       "not measured yet: its old primary was not resynced (sync-primary)")
+    lost = measured.get("lost_wal_bytes")
+    if lost is None:
+        return Measure(what, None, str(last.path), f"not measured: {measured.get('note')}")
+    span = _span(measured.get("first_lost_commit_at"), measured.get("last_lost_commit_at"))
+    return Measure(what, span, str(last.path),
+                   f"{lost} bytes of WAL and {measured.get('lost_commits')} committed "
+                   f"transaction(s) beyond the fork at {measured.get('fork_lsn')}", lost)
+
+
+def _span(first: object, last: object) -> float:
+    """Seconds between two PostgreSQL commit stamps (``2026-11-29 14:38:43.349837 UTC``);
+    0 when there are none."""
+    if not isinstance(first, str) or not isinstance(last, str):
+        return 0.0
+    try:
+        start, end = (dt.datetime.fromisoformat(s.removesuffix(" UTC")) for s in (first, last))
+    except ValueError:
+        return 0.0
+    return round(max(0.0, (end - start).total_seconds()), 6)
+
+
 def _drill_rtos(evidence_dir: Path, count: int, layout: EvidenceLayout | None) -> list[Measure]:
     found = []
     # The layout's, the plan's, and ``drills/`` where earlier versions kept them.
@@ -143,8 +188,9 @@ def measure_objectives(evidence_dir: Path, *, rpo: float, rto: float, mttr: floa
         Measure("replication lag at the last failover",
                 None if last is None else last.rpo_lag_seconds,
                 None if last is None else str(last.path),
-                no_failover if last is None else
-                ("" if last.rpo_lag_seconds is not None else "lag unknown at promotion")),
+                no_failover if last is None else _lag_note(last),
+                None if last is None else last.rpo_lag_bytes),
+        _measured_loss(last),
         Measure("WAL archive lag now", archive_lag,
                 None if archive_lag is None else "the primary's pg_stat_archiver (probe)",
                 "" if archive_lag is not None else

@@ -61,6 +61,8 @@ def _table(objectives: list[Objective]) -> None:
     for objective in objectives:
         for measure in objective.measures:
             shown = _human(measure.seconds) if measure.seconds is not None else measure.note
+            if measure.seconds is not None and measure.note:
+                shown += f" ({measure.note})"
             console.print(f"  {_NAMES[objective.name]}: {measure.what}: {shown}")
 
 

@@ -26,6 +26,7 @@ from agentaskit_dr.core import (
     LeadershipChanged,
     Phase,
     PlannedPrimary,
+    RecordedPrimary,
     Severity,
     StartFailover,
     ThresholdsChanged,
@@ -221,8 +222,9 @@ class Engine(EngineInputs, EngineEffects):
 
     def _start_failover(self, command: StartFailover) -> None:
         answering = self.intake.old_primary_answering(self.config)
-        self.runs.start(self.runbook.failover(command, self.primary_last_lsn,
-                                              old_primary_answering=answering), command)
+        self.runs.start(self.runbook.failover(
+            command, self.primary_last_lsn, old_primary_answering=answering,
+            primary_last_seen_at=self.intake.primary_last_lsn_at), command)
 
     async def _run_finished(self, outcome: RunOutcome) -> None:
         """A run's outcome reaches the core in a cycle of its own, like any other event."""
@@ -250,8 +252,11 @@ class Engine(EngineInputs, EngineEffects):
             if self.config.role == "watchdog" and self.config.region == old_primary:
                 record = self.state.failover
                 self.old_primary.failed_over_away(old_primary, record.epoch if record else None)
-            self._swap_topology()
-        if isinstance(event, PlannedPrimary) and event.region != self.config.primary_region:
+            self._swap_topology(event.region if isinstance(event, RecordedPrimary) else None)
+        if (isinstance(event, PlannedPrimary | RecordedPrimary)
+                and event.region != self.config.primary_region
+                and self.state.failover is not None
+                and self.state.failover.epoch == event.epoch):
             self._swap_topology(event.region)
         if isinstance(event, PlannedPrimary) and self.old_primary.pending == event.region:
             self.old_primary.cancel()  # the server it was to fence is the primary again

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.ports import RunJournal, StepStatus
+from agentaskit_dr.runtime.rpo import rpo_words
 from agentaskit_dr.runtime.timeline_svg import timeline_svg
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,8 @@ class EvidenceSummary:
     rpo_lag_bytes: int | None = None
     rpo_lag_seconds: float | None = None
     note: str | None = None
+    #: The ``rpo`` object as written (``basis``, ``lower_bound``, ``measured``: runtime.rpo).
+    rpo: dict[str, Any] | None = None
 
 
 def failover_evidence(
@@ -61,12 +64,15 @@ def failover_evidence(
     lag_seconds: float | None,
     outcome: str,
     extra: Mapping[str, Any] | None = None,
+    rpo_detail: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The evidence document of one run, from its journal and the engine's measurements.
 
     Times are wall-clock Unix seconds, like the journal's. ``detected_at`` is the first
     failing observation, ``decided_at`` the failover decision; ``lag_bytes`` and
-    ``lag_seconds`` are the replication lag at promotion (the RPO estimate). The run
+    ``lag_seconds`` are the replication lag at promotion (the RPO estimate);
+    ``rpo_detail`` says what that lag is measured against and whether it is only a lower
+    bound (``runtime.rpo``), and gets ``measured`` once a resync read the real loss. The run
     counts as recovered at the last step it completed, and only once every step of its
     plan ended done or skipped: a failed run recovered nothing, so it has no RTO.
     """
@@ -103,7 +109,9 @@ def failover_evidence(
         "detection_seconds": _between(detected_at, decided_at),
         "rto_seconds": _between(detected_at, recovered_at),
         "decision_to_recovery_seconds": _between(decided_at, recovered_at),
-        "rpo": {"lag_bytes": lag_bytes, "lag_seconds": lag_seconds},
+        "rpo": {"basis": None, "lower_bound": True, "rpo_lag_bytes_at_last_view": None,
+                "last_view_age_seconds": None, "measured": None, **(rpo_detail or {}),
+                "lag_bytes": lag_bytes, "lag_seconds": lag_seconds},
         "extra": dict(extra or {}),
     }
 
@@ -200,7 +208,7 @@ def draft_incident_review(document: Mapping[str, Any]) -> str:
         f"| Detection, detected → decided | {_seconds(document.get('detection_seconds'))} |",
         f"| RTO, detected → recovered | {_seconds(document.get('rto_seconds'))} |",
         f"| Decided → recovered | {_seconds(document.get('decision_to_recovery_seconds'))} |",
-        f"| RPO estimate: replication lag at promotion | {_cell(rpo.get('lag_bytes'))} bytes, "
+        f"| RPO at promotion | {_cell(rpo_words(rpo))}; lag "
         f"{_seconds(rpo.get('lag_seconds'))} |",
         "",
         "| Step | Last status | Attempts | Actuation |",
@@ -352,7 +360,7 @@ def _summarize(path: Path) -> tuple[dt.datetime, EvidenceSummary]:
             path=path, kind=str(document["kind"]), run_id=str(document["run_id"]),
             created_at=document["created_at"], outcome=str(document["outcome"]),
             rto_seconds=None if rto is None else float(rto),
-            rpo_lag_bytes=rpo["lag_bytes"], rpo_lag_seconds=rpo["lag_seconds"],
+            rpo_lag_bytes=rpo["lag_bytes"], rpo_lag_seconds=rpo["lag_seconds"], rpo=dict(rpo),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(

@@ -14,13 +14,15 @@ another host's is left alone (logged).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from agentaskit_dr.runtime.evidence import read_evidence, write_evidence
 from agentaskit_dr.runtime.evidence_layout import find_root
+from agentaskit_dr.runtime.rpo import measured_rpo
 
 log = structlog.get_logger(__name__)
 
@@ -68,3 +70,47 @@ def link_failback(directory: Path, *, failover_id: str, kind: str, run_id: str,
     log.info("failover_evidence_linked", failover_id=failover_id, failback_id=run_id,
              review=str(review))
     return review
+
+
+def record_measured_loss(directory: Path, *, failover_id: str, loss: Mapping[str, Any],
+                         kind: str, run_id: str, roots: Sequence[Path] = ()) -> Path | None:
+    """Record in failover ``failover_id``'s evidence, as ``rpo.measured``, the loss the
+    resync of ``run_id`` (evidence kind ``kind``, written under ``directory``) read from
+    the old primary's WAL (``ResyncResult.fork_loss``), and add it to its review once; the
+    failover is looked for in ``directory`` and then ``roots`` (older layouts). The
+    evidence path, or None when there is none here."""
+    found = find_root(list(dict.fromkeys([directory, *roots])), FAILOVER_KIND, failover_id)
+    try:
+        document = read_evidence(found, FAILOVER_KIND, failover_id)
+    except (OSError, ValueError) as exc:
+        log.warning("failover_loss_not_recorded", failover_id=failover_id,
+                    failback_id=run_id, reason=str(exc))
+        return None
+    rpo = dict(document.get("rpo") or {})
+    rpo["measured"] = measured_rpo(loss, kind=kind, run_id=run_id)
+    document["rpo"] = rpo
+    review = found / FAILOVER_KIND / f"{failover_id}.md"
+    there = Path(os.path.relpath(directory / kind, found / FAILOVER_KIND)).as_posix()
+    try:
+        path = write_evidence(found, FAILOVER_KIND, failover_id, document)
+        text = review.read_text(encoding="utf-8") if review.exists() else ""
+        if text and "## Data loss measured at the resync" not in text:
+            review.write_text(text.rstrip("\n") + "\n\n## Data loss measured at the resync\n\n"
+                              f"- {_loss_line(loss)} (by [{kind} {run_id}]({there}/{run_id}"
+                              ".md))\n", encoding="utf-8")
+    except OSError as exc:
+        log.error("failover_loss_not_recorded", failover_id=failover_id,  # noqa: TRY400
+                  failback_id=run_id, reason=exc.strerror or str(exc))
+        return None
+    log.warning("failover_loss_recorded", failover_id=failover_id, failback_id=run_id,
+                lost_wal_bytes=loss.get("lost_wal_bytes"), lost_commits=loss.get("lost_commits"))
+    return path
+
+
+def _loss_line(loss: Mapping[str, Any]) -> str:
+    if loss.get("lost_wal_bytes") is None:
+        return f"not measured: {loss.get('note')}"
+    return (f"{loss['lost_wal_bytes']} bytes of WAL and {loss.get('lost_commits')} committed "
+            f"transaction(s) beyond the fork at {loss.get('fork_lsn')} (timeline "
+            f"{loss.get('old_timeline')}); lost commits from {loss.get('first_lost_commit_at')}"
+            f" to {loss.get('last_lost_commit_at')}")

@@ -34,7 +34,7 @@ from agentaskit_dr.runtime.evidence import (
     write_incident_review,
 )
 from agentaskit_dr.runtime.evidence_layout import run_root, run_roots
-from agentaskit_dr.runtime.evidence_links import link_failback
+from agentaskit_dr.runtime.evidence_links import link_failback, record_measured_loss
 from agentaskit_dr.runtime.failback_steps import (
     FAILBACK_PLAN,
     RESTORE_STANDBY,
@@ -45,6 +45,7 @@ from agentaskit_dr.runtime.failback_steps import (
     StepContext,
     StepFailed,
 )
+from agentaskit_dr.runtime.rpo import SWITCHOVER
 
 log = structlog.get_logger(__name__)
 
@@ -209,6 +210,11 @@ class FailbackRun:
         evidence = write_failback_evidence(run_root(evidence_dir, layout),
                                            replace(run, finished=outcome), outcome)
         undoes = run.meta.get("undoes")
+        loss = (_last_ended(run, SYNC_PRIMARY) or _empty()).data.get("fork_loss")
+        if isinstance(undoes, str) and undoes and isinstance(loss, dict):
+            record_measured_loss(run_root(evidence_dir, layout), failover_id=undoes, loss=loss,
+                                 kind=FAILBACK_KIND, run_id=run_id,
+                                 roots=run_roots(evidence_dir, layout))
         if outcome == "done" and isinstance(undoes, str) and undoes:
             link_failback(run_root(evidence_dir, layout), failover_id=undoes,
                           kind=FAILBACK_KIND, run_id=run_id, finished_at=_iso(self.wall_clock()),
@@ -254,6 +260,8 @@ def write_failback_evidence(directory: Path, run: RunJournal, outcome: str) -> s
         "switchover": {k: switch.get(k) for k in (
             "write_unavailable_seconds", "final_lsn", "old_timeline", "new_timeline",
             "phases", "total_seconds", "resumed_at", "rejoined")},
+        # The failover's real loss, read from the old primary's WAL before its resync.
+        "failover_loss": sync.get("fork_loss"),
         "scale": restore.get("scale"),
         "final_epoch": restore.get("final_epoch"),
         "total_seconds": round(last - run.created_at, 3),
@@ -262,7 +270,8 @@ def write_failback_evidence(directory: Path, run: RunJournal, outcome: str) -> s
     lag = 0 if switch.get("rejoined") else None
     document = failover_evidence(run, detected_at=run.created_at, decided_at=run.created_at,
                                  lag_bytes=lag, lag_seconds=0.0 if lag == 0 else None,
-                                 outcome=outcome, extra=figures)
+                                 outcome=outcome, extra=figures,
+                                 rpo_detail={"basis": SWITCHOVER, "lower_bound": lag is None})
     try:
         path = write_evidence(directory, FAILBACK_KIND, run.run_id, document)
         review = write_incident_review(directory, FAILBACK_KIND, run.run_id, document)

@@ -43,6 +43,8 @@ class Intake:
         self._links = links
         self.latest: dict[str, ProbeReport] = {}
         self.primary_last_lsn: int | None = None
+        # When ``primary_last_lsn`` was read (this clock): the age of the last view.
+        self.primary_last_lsn_at: float | None = None
         self.lag_bytes: int | None = None
         self.assessment: Assessment | None = None
         # This watchdog's own unbroken streak of failed primary probes (raw, no quorum).
@@ -72,6 +74,7 @@ class Intake:
         self.latest.clear()
         self._own_db_failing_since = None
         self.primary_last_lsn = None
+        self.primary_last_lsn_at = None
         self.lag_bytes = None
 
     def events(self, config: WatchdogConfig, report: ProbeReport) -> list[Event]:
@@ -86,6 +89,7 @@ class Intake:
         if report.probe == PRIMARY_DB:
             if observation.current_lsn is not None:
                 self.primary_last_lsn = observation.current_lsn
+                self.primary_last_lsn_at = report.at
             if not observation.reachable and self._own_db_failing_since is None:
                 self._own_db_failing_since = report.at
             elif observation.reachable:

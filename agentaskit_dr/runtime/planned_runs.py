@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.api.runs_routes import RunAnswer, RunBadRequest, RunRefused
-from agentaskit_dr.core import Event, PlannedPrimary, PlannedRunActive
+from agentaskit_dr.core import Event, PlannedPrimary, PlannedRunActive, RecordedPrimary
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import JournalRefused, RedisJournal
 from agentaskit_dr.ports import (
@@ -76,6 +76,7 @@ class PlannedRuns:
         self.seen: RunJournal | None = None  # the active planned run, as last read
         self._held: str | None = None  # what the engine was told it holds for
         self._adopted: tuple[str, int] | None = None  # (run id, epoch) followed
+        self._offered: tuple[str, int] | None = None  # a missed failover offered to the engine
         self._kinds: dict[str, str] = {}  # run id -> kind, of recorded primaries
         self._resume_not_before = 0.0
         self.error: str | None = None
@@ -297,8 +298,24 @@ class PlannedRuns:
 
     async def _follow_recorded_primary(self) -> None:
         """Watch the primary a planned run recorded, once, armed; then take a fresh epoch."""
-        primary = (await self.cluster.read()).primary
-        if primary is None or self._adopted == (primary.run_id, primary.epoch):
+        record = await self.cluster.read()
+        primary = record.primary
+        if primary is None:
+            return
+        if await self._missed_failover(primary.region, primary.epoch, primary.run_id):
+            acked = record.controls.acked_at
+            if self._offered != (primary.run_id, primary.epoch):
+                self._offered = (primary.run_id, primary.epoch)
+                log.warning("recorded_primary_followed", region=primary.region,
+                            epoch=primary.epoch, run_id=primary.run_id,
+                            watching=self.engine.config.primary_region)
+            # Through the engine's queue: adopted in a cycle of its own, where the
+            # topology swap of a failover seen happening is made too (engine._apply).
+            self.engine.post(RecordedPrimary(primary.region, primary.epoch, primary.run_id,
+                                             acknowledged=acked is not None
+                                             and acked >= primary.at))
+            return
+        if self._adopted == (primary.run_id, primary.epoch):
             return
         if primary.region not in self.engine.config.regions:
             log.error("planned_primary_unknown_region", region=primary.region,
@@ -323,6 +340,24 @@ class PlannedRuns:
         lease = self.keeper.lease
         if lease is not None and lease.epoch <= primary.epoch:
             self.keeper.request_epoch_floor()  # one promotion per epoch: the next is newer
+
+    async def _missed_failover(self, region: str, epoch: int, run_id: str) -> bool:
+        """The record names a failover's primary this watchdog does not watch, under an
+        epoch newer than the failover it knows of (a planned run's is followed below).
+
+        Offered to the engine at every read until it watches that region: the core
+        declines while a run of its own is under way, and takes it at a later read."""
+        if region == self.engine.config.primary_region or region not in (
+                self.engine.config.regions):
+            return False
+        known = self.engine.state.failover.epoch if self.engine.state.failover else None
+        if known is not None and epoch <= known:
+            return False
+        kind = self._kinds.get(run_id)
+        if kind is None:
+            run = await self.journal.get(run_id)
+            kind = self._kinds[run_id] = run.kind if run is not None else ""
+        return kind not in PLANNED_KINDS
 
     def _resume(self, run: RunJournal) -> None:
         """Resume a run left active (a crash), as the lock holder, after a backoff."""

@@ -33,6 +33,7 @@ def write_run_evidence(evidence_dir: Path, run: RunJournal, meta: dict[str, Any]
     promote = next((e for e in reversed(run.entries)
                     if e.step == PROMOTE and e.status is StepStatus.DONE), None)
     lag = promote.data.get("lag_bytes") if promote else None
+    rpo = promote.data.get("rpo") if promote else None
     measured = {key: promote.data.get(key) for key in (
         "old_primary_final_lsn", "standby_replay_lsn", "catch_up_seconds")} if promote else {}
     document = failover_evidence(
@@ -42,6 +43,8 @@ def write_run_evidence(evidence_dir: Path, run: RunJournal, meta: dict[str, Any]
         lag_bytes=lag if isinstance(lag, int) else as_int(meta.get("lag_bytes")),
         lag_seconds=as_float(meta.get("lag_seconds")),
         outcome=outcome,
+        # No promote step measured it (adopted, or failed before): a lower bound at most.
+        rpo_detail=rpo if isinstance(rpo, dict) else {"basis": None, "lower_bound": True},
         extra={"failback": "planned" if outcome == "done" else "not needed",
                "from_region": meta.get("from_region"), "to_region": meta.get("to_region"),
                "condition": meta.get("condition"),

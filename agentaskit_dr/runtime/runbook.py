@@ -123,10 +123,12 @@ class Runbook(RunbookPlan):
     # ------------------------------------------------------------ running
 
     async def failover(self, command: StartFailover, primary_last_lsn: int | None = None, *,
-                       old_primary_answering: bool = False) -> Event:
+                       old_primary_answering: bool = False,
+                       primary_last_seen_at: float | None = None) -> Event:
         """Run a decided failover, or resume the active one; the outcome for the core.
 
-        ``primary_last_lsn``: the old primary's last WAL position seen, for the lag gate.
+        ``primary_last_lsn``: the old primary's last WAL position seen, for the lag gate,
+        read at ``primary_last_seen_at`` (this runbook's clock): the RPO's last view.
         ``old_primary_answering``: some vantage sees the old primary answering (even with
         an error), so the promotion waits until its fence is confirmed.
         """
@@ -156,6 +158,8 @@ class Runbook(RunbookPlan):
                 "detected_at": wall - (now - command.failing_since),
                 "decided_at": wall - (now - command.decided_at),
                 "primary_last_lsn": primary_last_lsn,
+                "primary_last_seen_at": None if primary_last_seen_at is None else
+                wall - (now - primary_last_seen_at),
                 "lag_bytes": self.lag_bytes(),
                 "lag_seconds": self.lag_seconds(),
                 "holder": lease.holder,

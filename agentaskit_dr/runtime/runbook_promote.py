@@ -16,6 +16,7 @@ import structlog
 
 from agentaskit_dr.ports import Journal, RunJournal, StepOutcome
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.rpo import promotion_rpo
 
 log = structlog.get_logger(__name__)
 
@@ -71,8 +72,16 @@ async def promote_step(
     writable_wall = wall_clock() - (time.monotonic() - result.writable_at)
     decided = meta.get("decided_at")
     to_writable = round(writable_wall - decided, 4) if isinstance(decided, int | float) else None
+    seen_at = meta.get("primary_last_seen_at")
+    rpo = promotion_rpo(lag_bytes=result.lag_bytes, final_lsn=result.final_lsn,
+                        primary_last_lsn=lsn if isinstance(lsn, int) else None,
+                        promoted_at=writable_wall,
+                        last_seen_at=seen_at if isinstance(seen_at, int | float) else None)
     log.info("promotion_done", failover_id=run.run_id, epoch=epoch,
              already_promoted=result.already_promoted, lag_bytes=result.lag_bytes,
+             rpo_basis=rpo["basis"], rpo_lower_bound=rpo["lower_bound"],
+             rpo_lag_bytes_at_last_view=rpo["rpo_lag_bytes_at_last_view"],
+             last_view_age_seconds=rpo["last_view_age_seconds"],
              promote_seconds=round(result.promote_seconds, 4),
              decision_to_writable=to_writable, old_primary_fenced=result.old_primary_fenced,
              final_lsn=result.final_lsn, replay_lsn=result.replay_lsn,
@@ -86,4 +95,6 @@ async def promote_step(
         "old_primary_final_lsn": result.final_lsn,
         "standby_replay_lsn": result.replay_lsn,
         "catch_up_seconds": result.catch_up_seconds,
+        # What the lag above is measured against, and whether it is only a lower bound.
+        "rpo": rpo,
     })

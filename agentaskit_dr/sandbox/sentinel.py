@@ -66,6 +66,25 @@ class SentinelSet:
                 return int(lines[1])
         raise RuntimeError("no Sentinel named a master")
 
+    def master_server(self) -> RedisServer:
+        """The server the Sentinels name master now (``master`` or ``replica``)."""
+        port = self.master_port()
+        return self.master if port == self.master.port else self.replica
+
+    def force_failover(self, timeout: float = 10.0) -> None:
+        """``SENTINEL FAILOVER``: the Sentinels promote the replica as if the master were
+        down (asynchronous replication: its last writes may be lost), and make the old
+        master a replica of it. Asked of each Sentinel in turn until one accepts: a
+        Sentinel that has not discovered the replica yet answers NOGOODSLAVE."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for port in self.sentinel_ports:
+                if self._redis_cli(port, "SENTINEL", "FAILOVER", SERVICE, check=False):
+                    return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"no Sentinel accepted SENTINEL FAILOVER in {timeout}s")
+            time.sleep(0.2)
+
     def wait_failover(self, old_port: int, timeout: float = 20.0) -> int:
         """Wait until the Sentinels name a master other than ``old_port``; its port."""
         deadline = time.monotonic() + timeout

@@ -24,7 +24,7 @@ import structlog
 from tests.chaos.checker import Verdict, check
 from tests.chaos.faults import FaultCatalog, Injected
 from tests.chaos.history import History
-from tests.chaos.schedule import PlannedFault, generate
+from tests.chaos.schedule import PlannedFault, generate, parse_kinds
 from tests.chaos.world import World
 
 #: Quiet period after the last heal: a threshold to re-converge plus room to act.
@@ -59,12 +59,14 @@ def play(world: World, catalog: FaultCatalog, planned: list[PlannedFault]) -> No
 
 
 def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAULT_QUIET,
-             control: bool = True, out: TextIO = sys.stdout) -> RunResult:
-    """One schedule on a fresh world; its verdict."""
-    planned = generate(seed, duration)
+             control: bool = True, out: TextIO = sys.stdout,
+             kinds: dict[str, int] | None = None, sentinel: bool = False) -> RunResult:
+    """One schedule on a fresh world; its verdict. ``kinds``: the fault kinds drawn from
+    (the default catalog when None); ``sentinel``: the lock store behind Sentinels."""
+    planned = generate(seed, duration, kinds)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "schedule.json").write_text(json.dumps([asdict(f) for f in planned], indent=1))
-    with World(workdir, control=control) as world:
+    with World(workdir, control=control, sentinel=sentinel) as world:
         assert world.lab is not None
         history = History(seed, world.timing.db_unreachable, world.timing.region_unhealthy,
                           world.timing.fence_after, started=time.time())
@@ -149,7 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-control", action="store_true",
                         help="the watchdogs do not control their servers (SQL fence only)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--faults", default="default",
+                        help="fault kinds to draw from, comma-separated: default (the first "
+                        "catalog; seeds keep their schedules), all, or kinds such as "
+                        "slow_link,sentinel_failover")
+    parser.add_argument("--sentinel", action="store_true",
+                        help="the lock store behind Redis Sentinel (implied by "
+                        "sentinel_failover)")
     args = parser.parse_args(argv)
+    try:
+        kinds = parse_kinds(args.faults)
+    except ValueError as exc:
+        parser.error(str(exc))
+    sentinel = args.sentinel or "sentinel_failover" in kinds
     # The harness's own debug lines (forwarders, cuts) would drown the run lines.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if args.runs < 1:
@@ -158,12 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--duration: must be at least 2 s (got {args.duration})")
     root = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     print(f"chaos: {args.runs} runs from seed {args.seed}, {args.duration:g}s faults + "
-          f"{args.quiet:g}s quiet, control {'off' if args.no_control else 'on'}; "
+          f"{args.quiet:g}s quiet, control {'off' if args.no_control else 'on'}, faults "
+          f"{args.faults}{', lock store behind Sentinel' if sentinel else ''}; "
           f"histories under {root}", flush=True)
     results = []
     for seed in range(args.seed, args.seed + args.runs):
         result = run_once(seed, args.duration, root / f"seed-{seed}", quiet=args.quiet,
-                          control=not args.no_control)
+                          control=not args.no_control,
+                          kinds=None if args.faults == "default" else kinds,
+                          sentinel=sentinel)
         print_run(result, sys.stdout)
         results.append(result)
     print_summary(results, sys.stdout)

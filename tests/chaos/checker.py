@@ -212,10 +212,20 @@ def lost_writes(commits: Sequence[Commit], final: FinalState,
             losses.append(Loss(commit, (
                 f"acknowledged by the old primary {commit.server} "
                 f"{promotion.at - commit.acked:.3f}s before {primary} was promoted "
-                f"(epoch {promotion.epoch}, lag {promotion.event.get('lag_bytes')} bytes); "
+                f"(epoch {promotion.epoch}, lag {promotion.event.get('lag_bytes')} bytes "
+                f"{_lag_basis(promotion.event)}); "
                 "not replicated in time (asynchronous replication; the old primary "
                 "could not be read at the promotion)")))
     return violations, losses
+
+
+def _lag_basis(event: dict[str, Any]) -> str:
+    """What the promotion's lag was measured against (runtime/rpo.py)."""
+    if event.get("rpo_lower_bound") is False:
+        return "exact"
+    age = event.get("last_view_age_seconds")
+    return ("a lower bound" if age is None
+            else f"a lower bound: at the last view, {age}s before the promotion")
 
 
 # ------------------------------------------------------------------ false failovers
@@ -368,4 +378,26 @@ def check(history: History, exited: Sequence[str] = ()) -> Verdict:
     verdict.violations += false_self_fences(history.events, history.faults,
                                             fence_after=history.fence_after)
     verdict.violations += convergence(history.final, history.non_json, exited)
+    verdict.violations += epoch_order(promoted)
     return verdict
+
+
+def epoch_order(promoted: Sequence[Promotion]) -> list[Violation]:
+    """Each promotion under a newer epoch than every earlier one: a lock store that lost
+    its last increment (restarted empty, or a Sentinel failover) must not hand out an
+    epoch again (the epoch floor)."""
+    found = []
+    highest: Promotion | None = None
+    for promotion in promoted:
+        if promotion.epoch is None:
+            continue
+        if highest is not None and highest.epoch is not None and (
+                promotion.epoch <= highest.epoch):
+            found.append(Violation(
+                "epoch_order", f"{promotion.watchdog} promoted {promotion.server} under epoch "
+                f"{promotion.epoch} at {promotion.at:.3f}, not newer than epoch "
+                f"{highest.epoch} of {highest.watchdog}'s promotion at {highest.at:.3f}",
+                promotion.at))
+        if highest is None or (highest.epoch or 0) < promotion.epoch:
+            highest = promotion
+    return found

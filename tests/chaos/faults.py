@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.chaos.history import FaultRecord
 from tests.chaos.schedule import PlannedFault
@@ -28,6 +29,9 @@ SITE_NODES = {**{site: set(nodes) for site, nodes in SITES.items()},
 BAD_CONFIG = "thresholds:\n  db_unreachable: soon\nrole: [not, a, role]\n"
 #: Bound on the start gate and a restarted server coming up.
 START_TIMEOUT = 30.0
+#: A link slower than the probe timeout over this many one-way trips (a PostgreSQL probe's
+#: connect, startup and query) is down for a probe: the checker counts it as cut.
+SLOW_AS_CUT_TRIPS = 6
 
 
 @dataclass(slots=True)
@@ -40,6 +44,8 @@ class Injected:
     cut: tuple[tuple[str, str], ...] = ()
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    slowed: tuple[tuple[str, str], ...] = ()
+    server: Any = None  # the Redis server a lock-store fault stopped
 
 
 class FaultCatalog:
@@ -49,6 +55,7 @@ class FaultCatalog:
         self.world = world
         self.log: list[FaultRecord] = []
         self._cuts: Counter[tuple[str, str]] = Counter()
+        self._delays: dict[tuple[str, str], list[float]] = {}
 
     @property
     def lab(self) -> ChaosLab:
@@ -147,17 +154,39 @@ class FaultCatalog:
 
     def _inject_kill_redis(self, fault: Injected) -> None:
         fault.down = ("redis",)
-        self.world.redis.kill()
+        fault.server = self.world.lock_master()
+        fault.server.kill()
 
     def _heal_kill_redis(self, fault: Injected) -> None:
-        self.world.redis.start()  # empty: no persistence
+        # Empty (no persistence); under Sentinel it rejoins as a replica of the new master.
+        fault.server.start()
 
     def _inject_pause_redis(self, fault: Injected) -> None:
         fault.down = ("redis",)
-        self.world.redis.pause()
+        fault.server = self.world.lock_master()
+        fault.server.pause()
 
     def _heal_pause_redis(self, fault: Injected) -> None:
-        self.world.redis.resume()
+        fault.server.resume()
+
+    def _inject_sentinel_failover(self, fault: Injected) -> None:
+        """Force a Sentinel failover of the lock store: ``SENTINEL FAILOVER`` (param 0),
+        or SIGKILL of the master (param 1). Asynchronous replication may lose the last
+        epoch increment or journal write: the epoch floor and the journal must hold."""
+        sentinels = self.world.sentinels
+        if sentinels is None:
+            raise RuntimeError("the world runs no Sentinels (--sentinel)")
+        fault.server = self.world.lock_master()
+        fault.notes.append(f"master was :{fault.server.port}")
+        if fault.plan.param:
+            fault.down = ("redis",)
+            fault.server.kill()
+        else:
+            sentinels.force_failover()
+
+    def _heal_sentinel_failover(self, fault: Injected) -> None:
+        if fault.plan.param and fault.server.proc is None:
+            fault.server.start()  # empty; the Sentinels make it a replica of the new master
 
     # ------------------------------------------------------------ links
 
@@ -185,4 +214,20 @@ class FaultCatalog:
 
     _inject_cut_sites = _inject_cut_one_way = _inject_cut_wal = _cut
     _heal_cut_sites = _heal_cut_one_way = _heal_cut_wal = _heal_cut
+
+    def _inject_slow_link(self, fault: Injected) -> None:
+        """Add ``param`` s of latency per chunk to every link between the two sites, both
+        ways; a link that slow is down for a probe is also recorded as cut."""
+        fault.slowed = tuple(self._links(fault))
+        for link in fault.slowed:
+            self._delays.setdefault(link, []).append(fault.plan.param)
+            self.lab.network.slow(*link, max(self._delays[link]))
+        if fault.plan.param * SLOW_AS_CUT_TRIPS >= self.world.timing.timeout:
+            fault.cut = fault.slowed
+
+    def _heal_slow_link(self, fault: Injected) -> None:
+        for link in fault.slowed:
+            delays = self._delays[link]
+            delays.remove(fault.plan.param)
+            self.lab.network.slow(*link, max(delays, default=0.0))
 

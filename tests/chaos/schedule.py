@@ -1,9 +1,13 @@
-"""A seeded random fault schedule: a pure function of (seed, duration).
+"""A seeded random fault schedule: a pure function of (seed, duration, fault kinds).
 
 Faults start at random moments of the fault phase, last a random while, and may
 overlap, except that two faults never act on the same process at once (a kill and a
 SIGSTOP of one server at the same time mean nothing new). Every fault is healed by the
 end of the fault phase; a quiet period follows in which the system must converge.
+
+The kinds drawn from are :data:`KINDS` unless the run names others (``--faults``): faults
+added to the catalog later (:data:`EXTRA_KINDS`) are drawn only when named, so every seed
+of the default catalog keeps the schedule it had.
 """
 
 from __future__ import annotations
@@ -30,6 +34,19 @@ KINDS: dict[str, int] = {
     "cut_wal": 1,
     "bad_config": 1,
 }
+#: Faults added after the first campaigns, drawn only when named (``--faults``): in
+#: ``KINDS`` they would change every existing seed's schedule.
+EXTRA_KINDS: dict[str, int] = {
+    "slow_link": 3,
+    "sentinel_failover": 2,
+}
+ALL_KINDS: dict[str, int] = {**KINDS, **EXTRA_KINDS}
+#: Latency added per chunk on a slowed link (s): below, near and above what the lab's
+#: 0.4 s probe timeout tolerates over a few round trips.
+SLOW_DELAYS = (0.02, 0.05, 0.15, 0.5)
+#: A Sentinel failover of the lock store: ``SENTINEL FAILOVER`` (param 0) or SIGKILL of
+#: the master (param 1, restarted empty at the heal and rejoining as a replica).
+SENTINEL_MODES = (0.0, 1.0)
 MIN_FAULT = 2.0
 MAX_FAULT = 20.0
 #: One fault per this many seconds of fault phase, on average.
@@ -46,20 +63,23 @@ class PlannedFault:
     target: str
     at: float
     duration: float
+    #: The slow link's delay (s); the Sentinel failover's mode; 0 for every other kind.
+    param: float = 0.0
 
     @property
     def end(self) -> float:
         return self.at + self.duration
 
     def describe(self) -> str:
-        return f"{self.kind}({self.target})@{self.at:.1f}+{self.duration:.1f}s"
+        param = f",{self.param:g}" if self.param else ""
+        return f"{self.kind}({self.target}{param})@{self.at:.1f}+{self.duration:.1f}s"
 
 
 def processes(fault: PlannedFault) -> set[str]:
     """The processes a fault acts on: no two overlapping faults share one."""
     if fault.kind in {"kill_daemon", "pause_daemon", "bad_config", "kill_db", "pause_db"}:
         return {fault.target}
-    if fault.kind in {"kill_redis", "pause_redis"}:
+    if fault.kind in {"kill_redis", "pause_redis", "sentinel_failover"}:
         return {"redis"}
     return set()
 
@@ -69,7 +89,7 @@ def _target(kind: str, rng: random.Random) -> str:
         return rng.choice(DAEMONS)
     if kind in {"kill_db", "pause_db"}:
         return rng.choice(DATABASES)
-    if kind in {"kill_redis", "pause_redis"}:
+    if kind in {"kill_redis", "pause_redis", "sentinel_failover"}:
         return "redis"
     if kind == "cut_wal":
         return "east-db|west-db"
@@ -82,13 +102,43 @@ def _target(kind: str, rng: random.Random) -> str:
     return f"{a}|{b}"
 
 
-def generate(seed: int, duration: float) -> list[PlannedFault]:
-    """The schedule of ``seed`` for a fault phase of ``duration`` s, by start time."""
+def _param(kind: str, rng: random.Random) -> float:
+    if kind == "slow_link":
+        return rng.choice(SLOW_DELAYS)
+    if kind == "sentinel_failover":
+        return rng.choice(SENTINEL_MODES)
+    return 0.0
+
+
+def parse_kinds(text: str) -> dict[str, int]:
+    """``--faults``: comma-separated kinds, ``default`` for :data:`KINDS`, ``all`` for
+    :data:`ALL_KINDS`; each with its catalog weight."""
+    chosen: dict[str, int] = {}
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        if word == "default":
+            chosen.update(KINDS)
+        elif word == "all":
+            chosen.update(ALL_KINDS)
+        elif word in ALL_KINDS:
+            chosen[word] = ALL_KINDS[word]
+        else:
+            raise ValueError(f"--faults: unknown fault kind {word!r}; known: default, all, "
+                             f"{', '.join(ALL_KINDS)}")
+    if not chosen:
+        raise ValueError("--faults: name at least one fault kind")
+    return chosen
+
+
+def generate(seed: int, duration: float,
+             kinds_weights: dict[str, int] | None = None) -> list[PlannedFault]:
+    """The schedule of ``seed`` for a fault phase of ``duration`` s, by start time, drawn
+    from ``kinds_weights`` (:data:`KINDS` by default)."""
     if duration < MIN_FAULT:
         raise ValueError(f"duration: {duration}s is shorter than a fault ({MIN_FAULT}s)")
     rng = random.Random(seed)
-    kinds = list(KINDS)
-    weights = [KINDS[k] for k in kinds]
+    catalog = KINDS if kinds_weights is None else kinds_weights
+    kinds = list(catalog)
+    weights = [catalog[k] for k in kinds]
     count = max(1, round(duration / SECONDS_PER_FAULT))
     planned: list[PlannedFault] = []
     for _ in range(count):
@@ -96,7 +146,7 @@ def generate(seed: int, duration: float) -> list[PlannedFault]:
             kind = rng.choices(kinds, weights)[0]
             length = round(rng.uniform(MIN_FAULT, min(MAX_FAULT, duration)), 1)
             at = round(rng.uniform(0.0, duration - length), 1)
-            fault = PlannedFault(kind, _target(kind, rng), at, length)
+            fault = PlannedFault(kind, _target(kind, rng), at, length, _param(kind, rng))
             if not any(processes(fault) & processes(other)
                        and fault.at < other.end and other.at < fault.end
                        for other in planned):

@@ -10,6 +10,7 @@ from typing import Any
 from tests.chaos.checker import (
     HEAL_TOLERANCE,
     check,
+    epoch_order,
     false_failovers,
     false_self_fences,
     lost_writes,
@@ -217,6 +218,17 @@ def test_a_promotion_after_a_failover_promotes_the_other_server() -> None:
     events = [event("verdict", 1, primary_region="us-east-1", watchdog="west"),
               event("promotion_done", 10, watchdog="west", epoch=5, already_promoted=False)]
     assert [p.server for p in promotions(events)] == ["west-db"]
+
+
+def test_a_promotion_under_an_epoch_already_used_breaks_the_epoch_floor() -> None:
+    events = [event("promotion_done", 10, watchdog="east", epoch=5, already_promoted=False),
+              event("verdict", 11, primary_region="us-east-1", watchdog="west"),
+              event("promotion_done", 20, watchdog="west", epoch=5, already_promoted=False)]
+    (violation,) = epoch_order(promotions(events))
+    assert violation.rule == "epoch_order"
+    assert "under epoch 5" in violation.detail
+    events[2]["epoch"] = 6
+    assert epoch_order(promotions(events)) == []
 
 
 def self_fenced(at: float, watchdog: str = "west",

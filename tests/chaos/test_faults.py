@@ -16,10 +16,11 @@ LINKS = [(o, t) for o in ("west", "east", "witness")
 
 
 class Cuts:
-    """A network that remembers which links are cut."""
+    """A network that remembers which links are cut, and how slow."""
 
     def __init__(self) -> None:
         self.cut_now: set[tuple[str, str]] = set()
+        self.delays: dict[tuple[str, str], float] = {}
 
     def cut(self, observer: str, target: str) -> None:
         self.cut_now.add((observer, target))
@@ -27,11 +28,17 @@ class Cuts:
     def heal(self, observer: str, target: str) -> None:
         self.cut_now.discard((observer, target))
 
+    def slow(self, observer: str, target: str, delay: float) -> None:
+        self.delays[observer, target] = delay
+        if not delay:
+            del self.delays[observer, target]
+
 
 def catalog() -> tuple[FaultCatalog, Cuts]:
     network = Cuts()
     lab: Any = SimpleNamespace(links=dict.fromkeys(LINKS, 0), network=network)
-    return FaultCatalog(cast(World, SimpleNamespace(lab=lab))), network
+    world = SimpleNamespace(lab=lab, timing=SimpleNamespace(timeout=0.4))
+    return FaultCatalog(cast(World, world)), network
 
 
 def test_a_site_cut_severs_both_directions_and_nothing_else() -> None:
@@ -69,3 +76,20 @@ def test_a_heal_leaves_a_link_another_fault_still_holds_cut() -> None:
     assert [r.kind for r in faults.log] == ["cut_wal", "cut_sites"]
     assert record.end is not None
     assert record.end >= record.start
+
+
+def test_a_slow_link_delays_both_directions_and_counts_as_cut_only_when_too_slow() -> None:
+    faults, network = catalog()
+    slight = faults.inject(PlannedFault("slow_link", "west|witness", 0, 5, 0.05))
+    assert not slight.error
+    assert slight.cut == ()  # only slow: a failover it provoked would be false
+    assert set(network.delays) == {("west", "witness"), ("witness", "west"),
+                                   ("witness", "west-db"), ("witness", "west-health")}
+    heavy = faults.inject(PlannedFault("slow_link", "witness|west", 1, 5, 0.5))
+    assert set(heavy.cut) == set(network.delays)  # down for a probe
+    assert set(network.delays.values()) == {0.5}  # the larger delay wins while both hold
+    faults.heal(heavy)
+    assert set(network.delays.values()) == {0.05}
+    faults.heal(slight)
+    assert network.delays == {}
+    assert network.cut_now == set()  # slowing never cuts a real link

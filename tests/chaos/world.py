@@ -25,6 +25,7 @@ import asyncpg
 
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
 from agentaskit_dr.sandbox.redis import RedisServer
+from agentaskit_dr.sandbox.sentinel import SERVICE, SentinelSet
 from tests.chaos.history import FinalState
 from tests.chaos.writers import INSERT, SETUP, TABLE, AppWriter, app_dsn
 from tests.integration.netcut import Network
@@ -45,9 +46,12 @@ PEER_TOKEN = "chaos-peer-token"
 class ChaosLab(PartitionLab):
     """The partition lab, with each watchdog controlling its own region's server."""
 
-    def __init__(self, *args: Any, control: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, control: bool, sentinels: list[str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.control = control
+        #: The lock store's Sentinels (``host:port``), dialled directly (no cuttable link).
+        self.sentinels = sentinels
         #: Per daemon, the last lines SIGKILL cut in the middle (not the daemon's doing).
         self.torn: dict[str, list[str]] = {}
 
@@ -71,6 +75,9 @@ class ChaosLab(PartitionLab):
             self.workdir.mkdir(parents=True, exist_ok=True)
             token.write_text(PEER_TOKEN + "\n")
         config["api"]["peer_token_file"] = str(token)
+        if self.sentinels:
+            config["lock"]["sentinels"] = list(self.sentinels)
+            config["lock"]["service_name"] = SERVICE
         if self.control and node in (WEST, EAST):
             server = self.pair.primary if node == WEST else self.pair.replica
             config["regions"][REGION[node]]["database"]["control"] = {
@@ -106,9 +113,11 @@ class World:
     """Everything of one run, started in ``__enter__`` and torn down in ``__exit__``."""
 
     def __init__(self, workdir: Path, *, control: bool = True, timing: Timing | None = None,
-                 ) -> None:
+                 sentinel: bool = False) -> None:
         self.workdir = workdir
         self.control = control
+        #: The lock store as a Sentinel-managed master and replica (three Sentinels).
+        self.sentinels = SentinelSet() if sentinel else None
         self.timing = timing or Timing()
         self.pair = PostgresPair()
         self.redis = RedisServer()
@@ -125,14 +134,19 @@ class World:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.pair)
-            stack.enter_context(self.redis)
+            if self.sentinels is not None:
+                stack.enter_context(self.sentinels)
+                self.redis = self.sentinels.master
+            else:
+                stack.enter_context(self.redis)
             self.network = Network()
             stack.callback(self.network.close)
             for statement in SETUP:
                 self.pair.primary.sql(statement)
             self.pair.wait_replayed()
             lab = ChaosLab(self.pair, self.redis, self.network, self.workdir / "daemons",
-                           self.timing, control=self.control)
+                           self.timing, control=self.control,
+                           sentinels=self.sentinels.addresses if self.sentinels else None)
             stack.enter_context(lab)
             self.lab = lab
             lab.start()
@@ -157,9 +171,15 @@ class World:
         for server in self.servers.values():
             with contextlib.suppress(Exception):
                 server.resume()
-        with contextlib.suppress(Exception):
-            self.redis.resume()
+        for redis in ((self.sentinels.master, self.sentinels.replica) if self.sentinels
+                      else (self.redis,)):
+            with contextlib.suppress(Exception):
+                redis.resume()
         self._stack.close()
+
+    def lock_master(self) -> RedisServer:
+        """The lock store's Redis taking writes now (under Sentinel: the one they name)."""
+        return self.sentinels.master_server() if self.sentinels is not None else self.redis
 
     def stop_writers(self) -> None:
         for writer in self.writers:

@@ -21,6 +21,7 @@ on ``close()`` and at interpreter exit.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import itertools
@@ -32,6 +33,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +66,13 @@ class _Splice:
         self.pending: dict[socket.socket, bytearray] = {client: bytearray(), upstream: bytearray()}
         self.eof_from: set[socket.socket] = set()
         self.shut_to: set[socket.socket] = set()
+        # A slow link: (due time, bytes) held back per destination, in order.
+        self.delayed: dict[socket.socket, collections.deque[tuple[float, bytes]]] = {
+            client: collections.deque(), upstream: collections.deque()}
+
+    def unsent(self, sock: socket.socket) -> int:
+        """Bytes still to be written to ``sock``, held back ones included."""
+        return len(self.pending[sock]) + sum(len(data) for _, data in self.delayed[sock])
 
     def peer(self, sock: socket.socket) -> socket.socket:
         return self.upstream if sock is self.client else self.client
@@ -73,7 +82,7 @@ class _Splice:
             # Hold the client until the target accepts; watch the connect finish.
             return selectors.EVENT_WRITE if sock is self.upstream else 0
         mask = 0
-        if sock not in self.eof_from and len(self.pending[self.peer(sock)]) < _HIGH_WATER:
+        if sock not in self.eof_from and self.unsent(self.peer(sock)) < _HIGH_WATER:
             mask |= selectors.EVENT_READ
         if self.pending[sock]:
             mask |= selectors.EVENT_WRITE
@@ -91,6 +100,10 @@ class Forwarder:
     event loop is busy or blocked. It connects to the target per accepted connection,
     so the target may start later; when the target refuses, the client is reset.
     Half-close is passed through. ``stop()`` closes every socket and joins the thread.
+
+    ``delay`` (seconds, 0 by default, settable at any time) makes it a slow link: each
+    chunk read is written on only ``delay`` s later, in order, in both directions (added
+    latency per chunk; new connections are not delayed, their data is).
     """
 
     def __init__(self, target_port: int, name: str = "") -> None:
@@ -108,6 +121,7 @@ class Forwarder:
         self._selector.register(self._wake_r, selectors.EVENT_READ, "stop")
         self._splices: set[_Splice] = set()
         self._error: Exception | None = None
+        self.delay = 0.0
         self._thread = threading.Thread(target=self._run, name=f"netcut-{self.name}", daemon=True)
         self._thread.start()
         log.debug(
@@ -137,7 +151,9 @@ class Forwarder:
     def _run(self) -> None:
         try:
             while True:
-                for key, events in self._selector.select():
+                ready = self._selector.select(self._until_due())
+                self._release_due()
+                for key, events in ready:
                     if key.data == "stop":
                         return
                     if key.data == "accept":
@@ -155,6 +171,24 @@ class Forwarder:
             self._selector.close()
             self._listener.close()
             self._wake_r.close()
+
+    def _until_due(self) -> float | None:
+        """Seconds until the first held-back chunk is due (None: nothing held back)."""
+        due = [queue[0][0] for splice in self._splices for queue in splice.delayed.values()
+               if queue]
+        return None if not due else max(0.0, min(due) - time.monotonic())
+
+    def _release_due(self) -> None:
+        """Move the held-back chunks that are due to their destination's send buffer."""
+        now = time.monotonic()
+        for splice in list(self._splices):
+            moved = False
+            for sock, queue in splice.delayed.items():
+                while queue and queue[0][0] <= now:
+                    splice.pending[sock] += queue.popleft()[1]
+                    moved = True
+            if moved:
+                self._relay(splice, splice.client, 0)
 
     def _accept(self) -> None:
         while True:
@@ -187,7 +221,7 @@ class Forwarder:
             for dest in (splice.client, splice.upstream):
                 src = splice.peer(dest)
                 # Pass a half-close on once everything before it has been written.
-                flushed = not splice.pending[dest]
+                flushed = not splice.unsent(dest)
                 if src in splice.eof_from and flushed and dest not in splice.shut_to:
                     dest.shutdown(socket.SHUT_WR)
                     splice.shut_to.add(dest)
@@ -200,12 +234,15 @@ class Forwarder:
         else:
             self._refresh(splice)
 
-    @staticmethod
-    def _transfer(splice: _Splice, sock: socket.socket, events: int) -> None:
+    def _transfer(self, splice: _Splice, sock: socket.socket, events: int) -> None:
         if events & selectors.EVENT_READ:
             with contextlib.suppress(BlockingIOError):
                 data = sock.recv(_CHUNK)
-                if data:
+                delay = self.delay
+                if data and (delay > 0 or splice.delayed[splice.peer(sock)]):
+                    queue = splice.delayed[splice.peer(sock)]
+                    queue.append((time.monotonic() + delay, data))
+                elif data:
                     splice.pending[splice.peer(sock)] += data
                 else:
                     splice.eof_from.add(sock)
@@ -410,6 +447,13 @@ class Network:
     def heal(self, observer: str, target: str) -> None:
         """Let ``observer`` reach ``target`` again; stalled connections resume."""
         self.firewall.heal(self._forwarder(observer, target).port)
+
+    def slow(self, observer: str, target: str, delay: float) -> None:
+        """Add ``delay`` s of latency to each chunk relayed on ``observer`` → ``target``,
+        both ways (0 makes it fast again); the link stays up."""
+        if delay < 0:
+            raise ValueError(f"delay: must not be negative (got {delay})")
+        self._forwarder(observer, target).delay = delay
 
     def is_cut(self, observer: str, target: str) -> bool:
         """Whether the link ``observer`` → ``target`` is cut right now."""

@@ -76,6 +76,18 @@ async def test_the_lock_follows_the_master_the_sentinels_name_across_a_failover(
         await lock.close()
 
 
+def test_a_forced_sentinel_failover_promotes_the_replica_and_demotes_the_master(
+    sentinels: SentinelSet,
+) -> None:
+    assert sentinels.master_server() is sentinels.master
+    old = sentinels.master_port()
+
+    sentinels.force_failover()  # the campaign's sentinel_failover fault, mode 0
+
+    assert sentinels.wait_failover(old) == sentinels.replica.port
+    assert sentinels.master_server() is sentinels.replica
+
+
 async def test_the_journal_opens_through_the_sentinels_too(
     sentinels: SentinelSet, tmp_path: Path,
 ) -> None:

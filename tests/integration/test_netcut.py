@@ -138,6 +138,42 @@ def test_forwarder_relays_both_ways_with_backpressure_and_half_close(echo_port: 
     assert bytes(received) == payload
 
 
+def round_trip(sock: socket.socket, message: bytes) -> float:
+    started = time.monotonic()
+    sock.sendall(message)
+    assert recv_exactly(sock, len(message)) == message
+    return time.monotonic() - started
+
+
+def test_a_slow_link_delays_each_chunk_both_ways_in_order_and_can_be_made_fast(
+    echo_port: int,
+) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB, many chunks
+    with Forwarder(echo_port) as fwd, connected(fwd.port, timeout=10.0) as sock:
+        assert round_trip(sock, b"ping") < 0.1
+        fwd.delay = 0.3
+
+        slow = round_trip(sock, b"ping")
+        echoed = round_trip(sock, payload)
+
+        fwd.delay = 0.0
+        fast = round_trip(sock, b"ping")
+    assert 0.6 <= slow < 1.5  # 0.3 s each way
+    assert echoed >= 0.6  # the payload arrived whole and in order
+    assert fast < 0.1
+
+
+def test_network_slows_one_link_only(echo_port: int, network: Network) -> None:
+    slowed = network.link("west", "echo", echo_port)
+    other = network.link("east", "echo", echo_port)
+    network.slow("west", "echo", 0.25)
+    with connected(slowed, timeout=5.0) as a, connected(other, timeout=5.0) as b:
+        assert round_trip(a, b"x") >= 0.5
+        assert round_trip(b, b"y") < 0.1
+    with pytest.raises(ValueError, match="delay: must not be negative"):
+        network.slow("west", "echo", -1)
+
+
 def test_forwarder_starts_fast_and_relays_many_connections_at_once(echo_port: int) -> None:
     started = time.monotonic()
     with Forwarder(echo_port, name="west->echo") as fwd:

@@ -80,8 +80,14 @@ async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
     redis_server: RedisServer,
 ) -> None:
     diverge(pg_pair)
+    for row in range(101, 105):  # five commits in all that the standby never received
+        old_primary.sql(f"INSERT INTO orders VALUES ({row})")
+    end_of_wal = old_primary.sql("SELECT pg_current_wal_lsn()")
     old_primary.kill()  # kill -9: it stops uncleanly
     promote_east(pg_pair)
+    fork = pg_pair.replica.sql(
+        "SELECT split_part(encode(pg_read_binary_file('pg_wal/00000002.history'), 'escape'),"
+        " E'\\t', 2)")
     config = write_config(tmp_path, pg_pair, lock_url=redis_server.url)
 
     code, out, err = await cli(config, "sync-primary", "--json", "--timeout", "45s")
@@ -89,6 +95,14 @@ async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
     assert code == 0, err
     result = json.loads(out)
     assert result["method"] == "rewind", result
+    # The failover's real loss, read from the old primary's WAL before the rewind.
+    loss = result["fork_loss"]
+    assert loss["lost_commits"] == 5, loss
+    assert loss["fork_lsn"] == fork
+    assert loss["old_end_of_wal_lsn"] == end_of_wal
+    assert loss["lost_wal_bytes"] == lsn_bytes(end_of_wal) - lsn_bytes(fork) > 0
+    assert (loss["old_timeline"], loss["new_timeline"]) == (1, 2)
+    assert loss["first_lost_commit_at"] <= loss["last_lost_commit_at"]
     assert result["reclone_reason"] is None
     assert result["lag_bytes"] == 0
     assert result["timeline"] == 2
@@ -98,7 +112,8 @@ async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
     assert result["port"] == old_primary.port
     # It crashed, so it got a start and stop in recovery before pg_rewind.
     assert list(result["phases"]) == [
-        "check", "stop", "clean_shutdown", "checkpoint", "rewind", "start", "catch_up",
+        "check", "stop", "measure_loss", "clean_shutdown", "checkpoint", "rewind", "start",
+        "catch_up",
     ]
     assert (old_primary.datadir / "standby.signal").is_file()
     assert_streaming_standby_of_east(pg_pair, old_primary)
@@ -111,7 +126,14 @@ async def test_a_crashed_old_primary_is_rewound_into_a_streaming_standby(
     assert again["stopped"].startswith("stopped (pg_ctl -m fast)")
     assert again["method"] == "rewind"
     assert again["rewind_note"] == "no rewind required"
+    assert again["fork_loss"]["lost_wal_bytes"] is None
+    assert "resynced before" in again["fork_loss"]["note"]
     assert_streaming_standby_of_east(pg_pair, old_primary)
+
+
+def lsn_bytes(lsn: str) -> int:
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
 
 
 def remove_wal_before_last_checkpoint(server: PostgresServer) -> list[str]:
@@ -150,6 +172,9 @@ async def test_without_the_wal_pg_rewind_needs_the_old_primary_is_recloned(
     result = json.loads(out)
     assert result["method"] == "reclone", result
     assert result["reclone_reason"].startswith("pg_rewind: error: could not ")
+    # The fork's WAL segment is gone, so the loss cannot be read: said, not guessed.
+    assert result["fork_loss"]["lost_wal_bytes"] is None
+    assert result["fork_loss"]["note"].startswith("pg_waldump: ")
     assert "reclone" in result["phases"]
     assert "clean_shutdown" not in result["phases"]
     assert result["lag_bytes"] == 0
@@ -359,6 +384,9 @@ async def test_an_old_primary_with_nothing_diverged_needs_no_rewind(
     result = json.loads(out)
     assert result["method"] == "rewind"
     assert result["rewind_note"] == "no rewind required"
+    # Measured, not assumed: nothing beyond the fork.
+    assert result["fork_loss"]["lost_wal_bytes"] == 0, result["fork_loss"]
+    assert result["fork_loss"]["lost_commits"] == 0
     assert_streaming_standby_of_east(pg_pair, old_primary)
 
 

@@ -19,6 +19,7 @@ from agentaskit_dr.runtime.evidence import (
     write_evidence,
     write_incident_review,
 )
+from agentaskit_dr.runtime.rpo import promotion_rpo, rpo_words
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 PLAN = ("check-primary", "promote", "update-dns")
@@ -67,7 +68,10 @@ def test_rto_runs_from_detection_to_the_last_step_done() -> None:
     assert document["detection_seconds"] == 124.0
     assert document["rto_seconds"] == 138.0
     assert document["decision_to_recovery_seconds"] == 14.0
-    assert document["rpo"] == {"lag_bytes": 8192, "lag_seconds": 0.4}
+    # Nothing said what the lag was measured against: a lower bound, never a claim.
+    assert document["rpo"] == {
+        "lag_bytes": 8192, "lag_seconds": 0.4, "basis": None, "lower_bound": True,
+        "rpo_lag_bytes_at_last_view": None, "last_view_age_seconds": None, "measured": None}
     assert document["extra"] == {"drill": False}
 
 
@@ -203,7 +207,8 @@ def test_incident_review_has_a_timeline_row_per_entry_and_plans_failback(tmp_pat
     rows = [line for line in review.splitlines() if line.startswith("| 2026-01-01T")]
     assert len(rows) == 7
     assert "| RTO, detected → recovered | 138.0 s |" in review
-    assert "| RPO estimate: replication lag at promotion | 8192 bytes, 0.4 s |" in review
+    assert ("| RPO at promotion | 8192 bytes (basis not recorded); lag 0.4 s |"
+            in review)
     assert "| promote | done | 2 | 0.25 s |" in review
     assert "- [ ] Failback planned" in review
 
@@ -261,3 +266,28 @@ def test_a_start_after_a_failure_under_the_same_epoch_is_a_new_attempt() -> None
     (times,) = evidence_of(run)["steps"]  # type: ignore[misc]
     assert times["attempts"] == 2
     assert times["actuation_seconds"] == 0.5
+
+
+def test_a_lag_at_the_last_view_reads_as_a_lower_bound_in_the_review() -> None:
+    document = failover_evidence(
+        resumed_failover(), detected_at=T0, decided_at=T0, lag_bytes=0, lag_seconds=0.0,
+        outcome="done", rpo_detail=promotion_rpo(
+            lag_bytes=0, final_lsn=None, primary_last_lsn=1000, promoted_at=T0 + 9.5,
+            last_seen_at=T0 + 2.0))
+    rpo = document["rpo"]
+    assert isinstance(rpo, dict)
+    assert (rpo["basis"], rpo["lower_bound"], rpo["rpo_lag_bytes_at_last_view"],
+            rpo["last_view_age_seconds"]) == ("last_view", True, 0, 7.5)
+    review = draft_incident_review(document)
+    assert ("| RPO at promotion | at least 0 bytes: lag at the last view of the old primary, "
+            "7.5 s before the promotion (lower bound; measured when the old primary is "
+            "resynced); lag 0.0 s |") in review
+
+
+def test_a_fenced_old_primarys_final_position_makes_the_lag_exact() -> None:
+    rpo = promotion_rpo(lag_bytes=0, final_lsn=5000, primary_last_lsn=4000,
+                        promoted_at=T0, last_seen_at=T0 - 3)
+    assert (rpo["basis"], rpo["lower_bound"], rpo["rpo_lag_bytes_at_last_view"]) == (
+        "fenced_final_position", False, None)
+    assert rpo_words({**rpo, "measured": {"lost_wal_bytes": 520, "lost_commits": 5}}) == (
+        "measured at the resync: 520 bytes of WAL, 5 committed transaction(s) lost")

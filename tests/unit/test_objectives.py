@@ -14,13 +14,15 @@ TARGETS = {"rpo": 3600.0, "rto": 4 * 3600.0, "mttr": 2 * 3600.0, "drills": 4}
 
 
 def failover(directory: Path, run_id: str, created: str, *, rto: float | None,
-             lag: float | None, outcome: str = "done", folder_name: str = "failover") -> Path:
+             lag: float | None, outcome: str = "done", folder_name: str = "failover",
+             rpo: dict[str, object] | None = None) -> Path:
     folder = directory / folder_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_id}.json"
     path.write_text(json.dumps({
         "schema_version": 1, "run_id": run_id, "kind": "failover", "created_at": created,
-        "outcome": outcome, "rto_seconds": rto, "rpo": {"lag_bytes": 0, "lag_seconds": lag},
+        "outcome": outcome, "rto_seconds": rto,
+        "rpo": {"lag_bytes": 0, "lag_seconds": lag, **(rpo or {})},
     }))
     return path
 
@@ -47,6 +49,7 @@ def test_no_evidence_measures_nothing_and_says_why(tmp_path: Path) -> None:
     assert (rpo.met, rto.met, mttr.met) == (None, None, None)
     notes = [m.note for m in rpo.measures]
     assert notes == ["no failover evidence in failover/",
+                     "no failover evidence in failover/",
                      "not measured here: a watchdog's /v1/status has it while the primary "
                      "archives (archive_mode on, one segment archived)",
                      "no backup recorded as good in backups/"]
@@ -59,7 +62,7 @@ def test_rpo_is_the_worst_of_lag_at_failover_and_newest_backup_age(tmp_path: Pat
     backup(tmp_path, "backup-c", "backup-full", NOW - 60, outcome="failed")
     backup(tmp_path, "verify-1", "verify-backup", NOW - 10)
     rpo, _, _ = measure_objectives(tmp_path, **TARGETS, now=NOW)  # type: ignore[arg-type]
-    assert [m.seconds for m in rpo.measures] == [2.5, None, 1800.0]
+    assert [m.seconds for m in rpo.measures] == [2.5, None, None, 1800.0]
     assert rpo.measures[0].source == str(newest)
     assert (rpo.measured_seconds, rpo.source, rpo.met) == (1800.0, str(good), True)
 
@@ -71,8 +74,8 @@ def test_a_wal_archive_lag_the_probe_read_counts_for_rpo_and_can_be_the_worst(
     backup(tmp_path, "backup-b", "backup-incremental", NOW - 1800)
     rpo, _, _ = measure_objectives(tmp_path, **TARGETS, now=NOW,  # type: ignore[arg-type]
                                    archive_lag=5400.0)
-    assert [m.seconds for m in rpo.measures] == [2.5, 5400.0, 1800.0]
-    assert rpo.measures[1].source == "the primary's pg_stat_archiver (probe)"
+    assert [m.seconds for m in rpo.measures] == [2.5, None, 5400.0, 1800.0]
+    assert rpo.measures[2].source == "the primary's pg_stat_archiver (probe)"
     assert (rpo.measured_seconds, rpo.met) == (5400.0, False)  # over the 1 h target
 
 
@@ -119,3 +122,34 @@ def test_failovers_in_the_plans_layout_count_too(tmp_path: Path) -> None:
     assert rpo.measures[0].source == str(newest)
     assert rto.measures[0].seconds == 30.0
     assert mttr.measured_seconds == 40.0
+
+
+def test_a_lag_at_the_last_view_is_labelled_a_lower_bound(tmp_path: Path) -> None:
+    failover(tmp_path, "fo", "2026-11-20T00:00:00+00:00", rto=30.0, lag=0.0,
+             rpo={"basis": "last_view", "lower_bound": True})
+    rpo, _, _ = measure_objectives(tmp_path, **TARGETS, now=NOW)  # type: ignore[arg-type]
+    assert rpo.measures[0].note.startswith("lower bound (last_view)")
+    assert rpo.measures[1].note == ("not measured yet: its old primary was not resynced "
+                                    "(sync-primary)")
+
+
+def test_the_loss_measured_at_the_resync_counts_for_rpo_with_its_bytes(tmp_path: Path) -> None:
+    measured = {"lost_wal_bytes": 520, "lost_commits": 5, "fork_lsn": "0/30180B0",
+                "first_lost_commit_at": "2026-11-29 11:00:00.000000 UTC",
+                "last_lost_commit_at": "2026-11-29 11:00:07.250000 UTC"}
+    path = failover(tmp_path, "fo", "2026-11-20T00:00:00+00:00", rto=30.0, lag=0.0,
+                    rpo={"basis": "last_view", "lower_bound": True, "measured": measured})
+    rpo, _, _ = measure_objectives(tmp_path, **TARGETS, now=NOW)  # type: ignore[arg-type]
+    loss = rpo.measures[1]
+    assert (loss.seconds, loss.bytes, loss.source) == (7.25, 520, str(path))
+    assert loss.note == ("520 bytes of WAL and 5 committed transaction(s) beyond the fork at "
+                         "0/30180B0")
+    assert rpo.as_dict()["measures"][1]["bytes"] == 520
+
+
+def test_a_resync_that_could_not_read_the_loss_says_why(tmp_path: Path) -> None:
+    failover(tmp_path, "fo", "2026-11-20T00:00:00+00:00", rto=30.0, lag=0.0,
+             rpo={"measured": {"lost_wal_bytes": None, "note": "pg_waldump: gone"}})
+    rpo, _, _ = measure_objectives(tmp_path, **TARGETS, now=NOW)  # type: ignore[arg-type]
+    assert (rpo.measures[1].seconds, rpo.measures[1].note) == (None,
+                                                              "not measured: pg_waldump: gone")

@@ -144,6 +144,7 @@ def test_the_summary_says_which_path_was_taken_and_why() -> None:
         "re-cloned because pg_rewind: error: could not find previous WAL record at 0/3022510",
         "old data directory kept at /var/lib/postgresql/15/main.before-sync-20261129T100000Z "
         "(the diverged transactions' only copy): remove it when no longer needed",
+        "failover loss: not measured",
         "phases: check 0.01s, rewind 0.02s, reclone 0.10s",
     ]
     assert json.loads(json.dumps(result.to_json()))["phases"]["reclone"] == 0.1
@@ -153,3 +154,13 @@ def test_the_plan_never_prints_a_password(tmp_path: Path) -> None:
     config = load_config(with_databases(tmp_path, west={"control": {"data_directory": "/pg"}}))
 
     assert SECRET not in repr(resync_plan(config, "us-west-2", 60.0))
+
+
+def test_the_summary_gives_the_failover_loss_read_before_the_resync() -> None:
+    result = ResyncResult("us-west-2", "us-east-1", timeline=2, fork_loss={
+        "lost_wal_bytes": 520, "lost_commits": 5, "fork_lsn": "0/30180B0", "old_timeline": 1,
+        "last_lost_commit_at": "2026-11-29 14:38:43.396773 UTC"})
+
+    assert describe(result).splitlines()[1] == (
+        "failover loss: 520 bytes of WAL and 5 committed transaction(s) beyond the fork at "
+        "0/30180B0 (timeline 1), last lost commit at 2026-11-29 14:38:43.396773 UTC")
