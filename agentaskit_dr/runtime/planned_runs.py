@@ -28,11 +28,13 @@ from agentaskit_dr.core import Event, PlannedPrimary, PlannedRunActive
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import JournalRefused, RedisJournal
 from agentaskit_dr.ports import (
+    ClusterPrimary,
     Lease,
     LockUnavailable,
     RunJournal,
     StaleEpoch,
 )
+from agentaskit_dr.runtime.cluster_controls import ClusterControlsWatch
 from agentaskit_dr.runtime.engine import Engine
 from agentaskit_dr.runtime.failback import (
     FAILBACK_KIND,
@@ -79,6 +81,8 @@ class PlannedRuns:
         self._kinds: dict[str, str] = {}  # run id -> kind, of recorded primaries
         self._resume_not_before = 0.0
         self.error: str | None = None
+        # The cluster controls, fed from this follower's read (one round trip for both).
+        self.controls: ClusterControlsWatch | None = None
 
     # ------------------------------------------------------------ the API
 
@@ -251,7 +255,7 @@ class PlannedRuns:
     # ------------------------------------------------------------ following
 
     async def run(self) -> None:
-        """Read the journal (and, once a run is over, the cluster record) every interval."""
+        """Read the journal's active run and the cluster record every interval."""
         task = asyncio.current_task()
         try:
             while True:
@@ -265,15 +269,24 @@ class PlannedRuns:
             await self._driver.stop()  # the journal keeps the run for the next holder
 
     async def refresh(self) -> None:
+        """One round trip for the journal's active run and the cluster record (handed to
+        ``controls`` too); the run's entries are read only while one is active."""
         try:
-            active = await self.journal.active()
+            active_id, record = await self.cluster.read_with(self.journal.active_key)
+        except LockUnavailable as exc:
+            if self.controls is not None:
+                self.controls.unreadable(exc)
+            self._unreadable(exc)
+            return
+        if self.controls is not None:
+            self.controls.read(record)
+        try:
+            active = await self.journal.active_named(active_id)
             planned = active if active is not None and active.kind in PLANNED_KINDS else None
             if planned is None and not self._local():
-                await self._follow_recorded_primary()
+                await self._follow_recorded_primary(record.primary)
         except LockUnavailable as exc:
-            if self.error is None:
-                log.warning("planned_runs_unreadable", error=str(exc), keeping=self._held)
-            self.error = str(exc)
+            self._unreadable(exc)
             return
         self.error = None
         self.seen = planned
@@ -282,6 +295,11 @@ class PlannedRuns:
             self._resume(planned)
         elif not self._local():
             self._hold(None)
+
+    def _unreadable(self, exc: LockUnavailable) -> None:
+        if self.error is None:
+            log.warning("planned_runs_unreadable", error=str(exc), keeping=self._held)
+        self.error = str(exc)
 
     def _local(self) -> bool:
         return self._starting or self._driver.in_progress
@@ -295,9 +313,8 @@ class PlannedRuns:
                     if run else "the planned run is over")
         self.engine.post(PlannedRunActive(run))
 
-    async def _follow_recorded_primary(self) -> None:
+    async def _follow_recorded_primary(self, primary: ClusterPrimary | None) -> None:
         """Watch the primary a planned run recorded, once, armed; then take a fresh epoch."""
-        primary = (await self.cluster.read()).primary
         if primary is None or self._adopted == (primary.run_id, primary.epoch):
             return
         if primary.region not in self.engine.config.regions:
