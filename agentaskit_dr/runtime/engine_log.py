@@ -2,9 +2,10 @@
 
 A cycle logs its ``verdict`` when it differs from the last one logged (any of phase,
 verdict, epoch, lock holder, primary region, failover epoch, assessment, pause, or the
-replication lag becoming known or unknown), when an operator's control or a reload asked
-for one, and otherwise once every ``VERDICT_HEARTBEAT`` seconds (``heartbeat: true``):
-an idle watchdog cycles several times a second and its log used to be nothing else.
+replication lag becoming known or unknown or crossing ``promotion.max_lag_bytes``), when
+an operator's control or a reload asked for one, and otherwise once every
+``VERDICT_HEARTBEAT`` seconds (``heartbeat: true``): an idle watchdog cycles several
+times a second and its log used to be nothing else.
 A decision is one ``failover_decided``; a run's outcome one ``failover_outcome`` (or
 ``run_resume_outcome``). The metrics follow the same state.
 """
@@ -35,9 +36,12 @@ class VerdictLog:
               lag_bytes: int | None, now: float, force: bool = False) -> bool:
         """Log this cycle's verdict if it is due; True if it was logged."""
         failover = state.failover
+        # The lag itself moves with every write: only its crossing of the promotion gate
+        # (or becoming known or unknown) is a change worth a line.
+        lag = None if lag_bytes is None else lag_bytes > config.promotion.max_lag_bytes
         key = (state.phase, state.verdict, state.epoch, state.lock_holder,
                config.primary_region, failover.epoch if failover else None, state.assessed,
-               state.paused, lag_bytes is None)
+               state.paused, lag)
         changed = key != self._last
         if not (changed or force or now - self._last_at >= self.heartbeat):
             return False
