@@ -23,6 +23,7 @@ from agentaskit_dr.config._base import (
     Bytes,
     ConfigModel,
     ConfigPath,
+    Duration,
     HttpUrl,
     NonBlank,
     PositiveDuration,
@@ -97,6 +98,9 @@ class ProbeConfig(ConfigModel):
     """Fraction of ``interval`` by which each probe start is randomly shifted."""
     healthy_fraction: float = Field(default=0.5, gt=0.0, le=1.0, strict=True)
     """Fraction of a region's health URLs that must answer 2xx for it to be healthy."""
+    session_max_age: Annotated[Duration, Field(ge=0)] = 10.0
+    """How long a database probe keeps one PostgreSQL session before it reconnects (every
+    look still reads the server's role); 0: a fresh connection for every look."""
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> Self:

@@ -122,6 +122,19 @@ class RedisClusterStore:
         found = await self._calls.call("cluster read", lambda: self._redis.hgetall(self._key))
         return self._parse(dict(found))
 
+    async def read_with(self, key: str) -> tuple[Any, ClusterRecord]:
+        """The value at ``key`` of the same store (the journal's active run) and the record,
+        in one round trip: what every watchdog follows each probe interval."""
+
+        async def both() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.hgetall(self._key)
+                return await pipe.execute()
+
+        value, found = await self._calls.call("cluster read", both)
+        return value, self._parse(dict(found))
+
     async def pause(self, *, reason: str, by: str) -> ClusterRecord:
         """Pause the whole cluster; a second pause keeps the first one's time."""
         reply = await self._calls.call("cluster pause", lambda: self._pause(

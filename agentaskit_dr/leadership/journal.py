@@ -191,9 +191,18 @@ class RedisJournal:
         )
         log.info("journal_run_finished", run_id=run_id, epoch=lease.epoch, outcome=outcome)
 
+    @property
+    def active_key(self) -> str:
+        """The key naming the active run (``RedisClusterStore.read_with`` reads it along)."""
+        return self._active_key
+
     async def active(self) -> RunJournal | None:
         """The run opened and not finished, if any: what a successor resumes."""
         run_id = await self._call("active", lambda: self._redis.get(self._active_key))
+        return await self.active_named(run_id)
+
+    async def active_named(self, run_id: Any) -> RunJournal | None:
+        """The active run, given the value of ``active_key`` read just before (None: none)."""
         if run_id is None:
             return None
         run_id = as_text(run_id)

@@ -1,10 +1,20 @@
 """Probe of one PostgreSQL server: role, WAL positions, replication and the fencing marker.
 
-Each observation opens a fresh connection, runs one status query (plus one read of the
-fencing marker when its table exists and is readable) and closes the connection, all
-under one deadline.
-A fresh connection each time is deliberate: it measures what a new client sees, and an
-asyncpg connection is often unusable after a timeout anyway (docs/operations-notes.md).
+Each observation runs one status query (plus one read of the fencing marker when its
+table exists and is readable) under one deadline, on a session the probe keeps for at
+most ``session_max_age`` seconds (docs/architecture.md, "The probe's session"):
+
+- every observation asks the server again (``pg_is_in_recovery()`` and the rest), so a
+  standby promoted on a kept session, or a new timeline, is seen at the next look;
+- a kept session that fails in any way but a timeout (a restarted server, a terminated
+  backend, an error answer) is dropped and the same observation judges the server
+  through a fresh connection, within what is left of the deadline: what a new client
+  sees, as before;
+- a timeout drops the session (an asyncpg connection is often unusable after one,
+  docs/operations-notes.md) and is ``reachable=False``, as before;
+- the session is reopened every ``session_max_age``, so what only a new client meets (a
+  pg_hba change, connection saturation, a postmaster that accepts no new connections)
+  shows within that age. ``session_max_age=0`` opens a fresh connection for every look.
 """
 
 from __future__ import annotations
@@ -26,6 +36,10 @@ from agentaskit_dr.redaction import mask_secrets
 log = structlog.get_logger(__name__)
 
 DEFAULT_PORT = 5432
+#: How long a probe keeps its session by default (``probe.session_max_age``).
+DEFAULT_SESSION_MAX_AGE = 10.0
+# An aged-out session that does not say goodbye this fast is dropped instead.
+_CLOSE_WITHIN = 0.1
 # Errors are shown in status pages and logs; keep them to one readable line.
 MAX_ERROR_LENGTH = 200
 
@@ -130,7 +144,9 @@ class PostgresProbe:
     A server that does not answer is ``reachable=False``; one that answers with an error
     is ``reachable=True`` with a named ``refusal`` (see ``pg_answers.server_answer``).
 
-    ``timeout`` bounds the whole observation: connect, queries and close.
+    ``timeout`` bounds the whole observation: the queries, and a (re)connect when one is
+    needed. ``session_max_age`` is how long one session is kept (0: a fresh connection
+    for every observation).
     ``clock`` gives monotonic seconds for ``latency``; it defaults to the event loop's
     clock, the same one ``asyncio.timeout`` uses.
     """
@@ -141,19 +157,26 @@ class PostgresProbe:
         dsn: str,
         *,
         timeout: float,
+        session_max_age: float = DEFAULT_SESSION_MAX_AGE,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        if session_max_age < 0:
+            raise ValueError(f"session_max_age must not be negative, got {session_max_age}")
         self.name = name
         self.target = dsn_target(dsn)
         self.timeout = timeout
+        self.session_max_age = session_max_age
         self._dsn = dsn
         self._secrets = _dsn_password_forms(dsn)
         self._clock = clock
+        # The kept session and the loop time it was opened; None between sessions.
+        self._session: asyncpg.Connection | None = None
+        self._opened_at = 0.0
 
     async def observe(self) -> PostgresObservation:
-        """Connect, read the server's role and positions, and close; within ``timeout``."""
+        """Read the server's role and positions within ``timeout`` (see the module doc)."""
         clock = self._clock or asyncio.get_running_loop().time
         started = clock()
         try:
@@ -182,27 +205,20 @@ class PostgresProbe:
         )
 
     async def close(self) -> None:
-        """Nothing to release: every observation closes its own connection."""
-
-    async def _read(self) -> dict[str, Any]:
-        conn: asyncpg.Connection | None = None
+        """End the kept session, if any (bounded by ``timeout``)."""
+        session, self._session = self._session, None
+        if session is None or session.is_closed():
+            return
         try:
             async with asyncio.timeout(self.timeout):
-                conn = await asyncpg.connect(
-                    self._dsn,
-                    timeout=self.timeout,
-                    command_timeout=self.timeout,
-                    # A fresh connection per look: a statement cache would never be reused.
-                    statement_cache_size=0,
-                    server_settings={"application_name": f"agentaskit-dr probe {self.name}"},
-                )
-                row = await conn.fetchrow(STATUS_QUERY, MARKER_SCHEMA, _MARKER_RELATION)
-                marker = await conn.fetchval(MARKER_QUERY) if row["marker_readable"] else None
-                await conn.close()
-        finally:
-            # After a timeout or error the connection may be half-open: drop it at once.
-            if conn is not None and not conn.is_closed():
-                conn.terminate()
+                await session.close()
+        except (Exception, asyncio.CancelledError):
+            session.terminate()
+            raise
+
+    async def _read(self) -> dict[str, Any]:
+        async with asyncio.timeout(self.timeout):
+            row, marker = await self._status()
         if row["marker_exists"] and not row["marker_readable"]:
             # The server is up; a missing grant must not look like an outage.
             log.warning("fencing_marker_unreadable", probe=self.name, target=self.target)
@@ -217,6 +233,53 @@ class PostgresProbe:
             "marker_epoch": _as_int(marker),
             **_archive_lag(row),
         }
+
+    async def _status(self) -> tuple[Any, Any]:
+        """The status row and marker: on the kept session when it is young enough and
+        answers; otherwise (or after any failure of it) on a fresh connection."""
+        loop = asyncio.get_running_loop()
+        session, self._session = self._session, None  # put back only after a clean read
+        if session is not None and not session.is_closed() and (
+                loop.time() - self._opened_at < self.session_max_age):
+            try:
+                result = await _status_on(session)
+            except Exception as exc:  # noqa: BLE001 (judged again on a fresh connection)
+                session.terminate()
+                log.debug("postgres_session_dropped", probe=self.name, target=self.target,
+                          error=self._describe(exc))
+            except asyncio.CancelledError:
+                # A timeout (or a stop): a hung server stays hung for a new connection too.
+                session.terminate()
+                raise
+            else:
+                self._session = session
+                return result
+        elif session is not None:
+            await _end(session)
+        opened_at = loop.time()
+        conn = await self._connect()
+        try:
+            result = await _status_on(conn)
+        except BaseException:
+            # After a timeout or error the connection may be half-open: drop it at once.
+            conn.terminate()
+            raise
+        if self.session_max_age > 0:
+            self._session, self._opened_at = conn, opened_at
+        else:
+            await conn.close()
+        return result
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self._dsn,
+            timeout=self.timeout,
+            command_timeout=self.timeout,
+            # A session kept for a while reuses the status statement; a fresh connection
+            # per look (session_max_age 0) would never reuse it.
+            statement_cache_size=100 if self.session_max_age > 0 else 0,
+            server_settings={"application_name": f"agentaskit-dr probe {self.name}"},
+        )
 
     def _describe(self, exc: Exception) -> str:
         """A short, password-free line for an observation's ``error``."""
@@ -239,6 +302,25 @@ class PostgresProbe:
             )
             text = f"{type(exc).__name__}: {exc}"
         return " ".join(mask_secrets(text, self._secrets).split())[:MAX_ERROR_LENGTH]
+
+
+async def _status_on(conn: asyncpg.Connection) -> tuple[Any, Any]:
+    row = await conn.fetchrow(STATUS_QUERY, MARKER_SCHEMA, _MARKER_RELATION)
+    marker = await conn.fetchval(MARKER_QUERY) if row["marker_readable"] else None
+    return row, marker
+
+
+async def _end(session: asyncpg.Connection) -> None:
+    """Close a session that aged out (a clean goodbye, no "unexpected EOF" in the server's
+    log); one that does not close at once is dropped."""
+    try:
+        async with asyncio.timeout(_CLOSE_WITHIN):
+            await session.close()
+    except Exception:  # noqa: BLE001 (it is being replaced either way)
+        session.terminate()
+    except asyncio.CancelledError:
+        session.terminate()
+        raise
 
 
 def _archive_lag(row: Any) -> dict[str, Any]:

@@ -30,8 +30,10 @@ def build_probes(config: WatchdogConfig) -> Sequence[Probe[Observation]]:
     primary = config.regions[config.primary_region]
     standby = config.regions[config.secondary_region]
     probes: list[Probe[Observation]] = [
-        PostgresProbe(PRIMARY_DB, primary.database.connect_dsn(), timeout=timeout),
-        PostgresProbe(STANDBY_DB, standby.database.connect_dsn(), timeout=timeout),
+        PostgresProbe(PRIMARY_DB, primary.database.connect_dsn(), timeout=timeout,
+                      session_max_age=config.probe.session_max_age),
+        PostgresProbe(STANDBY_DB, standby.database.connect_dsn(), timeout=timeout,
+                      session_max_age=config.probe.session_max_age),
     ]
     for name, region in config.regions.items():
         probes.append(RegionHealthProbe(

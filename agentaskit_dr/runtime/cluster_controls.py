@@ -2,7 +2,9 @@
 
 Pause, resume and acknowledge live in the lock store (``ports.ClusterStore``), so they
 apply to every watchdog and survive restarts. Each watchdog reads the record every probe
-interval (each read bounded by the store's socket timeout) and, when it changed, feeds
+interval (each read bounded by the store's socket timeout; in the daemon the planned-run
+follower reads it in the same round trip as the journal's active run and hands it here,
+``read``/``unreadable``) and, when it changed, feeds
 ``Paused`` / ``Resumed`` / ``Acknowledged`` to its engine (an acknowledgement once per
 generation) and tells its leadership keeper to stand aside or campaign again. A record
 that cannot be read leaves the last known controls in force, and the status says so.
@@ -63,16 +65,24 @@ class ClusterControlsWatch:
         try:
             record = await self.store.read()
         except LockUnavailable as exc:
-            if self.error is None:
-                log.warning("cluster_record_unreadable", error=str(exc),
-                            keeping="the last known controls", paused=self._applied_paused)
-            self.error = str(exc)
+            self.unreadable(exc)
             return
+        self.read(record)
+
+    def read(self, record: ClusterRecord) -> None:
+        """A record just read (here, or by the planned-run follower's one round trip)."""
         if self.error is not None:
             log.info("cluster_record_readable_again")
         self.error = None
         self.read_at = self._wall_clock()
         self.apply(record)
+
+    def unreadable(self, exc: LockUnavailable) -> None:
+        """The record could not be read: the last known controls stay in force."""
+        if self.error is None:
+            log.warning("cluster_record_unreadable", error=str(exc),
+                        keeping="the last known controls", paused=self._applied_paused)
+        self.error = str(exc)
 
     def apply(self, record: ClusterRecord) -> list[Event]:
         """Feed what changed since the last record to the engine and the keeper."""

@@ -1,4 +1,4 @@
-"""The engine: feeds observations to the pure core, logs one verdict per cycle, acts.
+"""The engine: feeds observations to the pure core, logs its verdicts, acts.
 
 A cycle starts when a probe reports (or at least every probe interval) and drains
 everything that arrived meanwhile; SIGHUP reloads happen at the top of a cycle.
@@ -43,7 +43,7 @@ from agentaskit_dr.runtime.engine_inputs import (
     QueueItem,
     Wake,
 )
-from agentaskit_dr.runtime.engine_log import log_outcome, log_verdict, update_metrics
+from agentaskit_dr.runtime.engine_log import VerdictLog, log_outcome, update_metrics
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.intake import Intake, VantageSource
 from agentaskit_dr.runtime.old_primary import OldPrimaryStopper
@@ -98,6 +98,10 @@ class Engine(EngineInputs, EngineEffects):
         # the supervisor wires after construction.
         self.intake = Intake(self._clock, self._peer_vantages, self._peer_links)
         self.last_cycle_at = self._clock()
+        # A verdict is logged when it changes (and as a heartbeat); a reload or an
+        # operator's control asks for the next one at once.
+        self.verdict_log = VerdictLog()
+        self._verdict_asked = False
         self.started = False
         self.metrics: Metrics | None = None
         # Every decided failover runs as a journaled run of the runbook.
@@ -179,7 +183,10 @@ class Engine(EngineInputs, EngineEffects):
             # Answered with what its own event did, before later items change the state.
             if isinstance(item, Control) and not item.answer.done():
                 item.answer.set_result(ControlAnswer(self.state.verdict, tuple(issued)))
-        log_verdict(self.state, self.config, cycle=self.cycles, lag_bytes=self.lag_bytes)
+        asked = self._verdict_asked or any(isinstance(item, Control) for item in items)
+        self._verdict_asked = False
+        self.verdict_log.cycle(self.state, self.config, cycle=self.cycles,
+                               lag_bytes=self.lag_bytes, now=self.last_cycle_at, force=asked)
         update_metrics(self.metrics, self.state, phase_since=self._phase_since,
                        lag_bytes=self.lag_bytes, lag_seconds=self.lag_seconds,
                        archive=self.archive)
@@ -306,6 +313,7 @@ class Engine(EngineInputs, EngineEffects):
         config stays and one ``config_reload_failed`` event says why.
         """
         self._reload_requested = False
+        self._verdict_asked = True  # what the engine judges after it, applied or not
         if self.config_path is None:
             return
         path = str(self.config_path)

@@ -28,11 +28,13 @@ from agentaskit_dr.core import Event, PlannedPrimary, PlannedRunActive, Recorded
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import JournalRefused, RedisJournal
 from agentaskit_dr.ports import (
+    ClusterRecord,
     Lease,
     LockUnavailable,
     RunJournal,
     StaleEpoch,
 )
+from agentaskit_dr.runtime.cluster_controls import ClusterControlsWatch
 from agentaskit_dr.runtime.engine import Engine
 from agentaskit_dr.runtime.failback import (
     FAILBACK_KIND,
@@ -80,6 +82,8 @@ class PlannedRuns:
         self._kinds: dict[str, str] = {}  # run id -> kind, of recorded primaries
         self._resume_not_before = 0.0
         self.error: str | None = None
+        # The cluster controls, fed from this follower's read (one round trip for both).
+        self.controls: ClusterControlsWatch | None = None
 
     # ------------------------------------------------------------ the API
 
@@ -252,7 +256,7 @@ class PlannedRuns:
     # ------------------------------------------------------------ following
 
     async def run(self) -> None:
-        """Read the journal (and, once a run is over, the cluster record) every interval."""
+        """Read the journal's active run and the cluster record every interval."""
         task = asyncio.current_task()
         try:
             while True:
@@ -266,15 +270,24 @@ class PlannedRuns:
             await self._driver.stop()  # the journal keeps the run for the next holder
 
     async def refresh(self) -> None:
+        """One round trip for the journal's active run and the cluster record (handed to
+        ``controls`` too); the run's entries are read only while one is active."""
         try:
-            active = await self.journal.active()
+            active_id, record = await self.cluster.read_with(self.journal.active_key)
+        except LockUnavailable as exc:
+            if self.controls is not None:
+                self.controls.unreadable(exc)
+            self._unreadable(exc)
+            return
+        if self.controls is not None:
+            self.controls.read(record)
+        try:
+            active = await self.journal.active_named(active_id)
             planned = active if active is not None and active.kind in PLANNED_KINDS else None
             if planned is None and not self._local():
-                await self._follow_recorded_primary()
+                await self._follow_recorded_primary(record)
         except LockUnavailable as exc:
-            if self.error is None:
-                log.warning("planned_runs_unreadable", error=str(exc), keeping=self._held)
-            self.error = str(exc)
+            self._unreadable(exc)
             return
         self.error = None
         self.seen = planned
@@ -283,6 +296,11 @@ class PlannedRuns:
             self._resume(planned)
         elif not self._local():
             self._hold(None)
+
+    def _unreadable(self, exc: LockUnavailable) -> None:
+        if self.error is None:
+            log.warning("planned_runs_unreadable", error=str(exc), keeping=self._held)
+        self.error = str(exc)
 
     def _local(self) -> bool:
         return self._starting or self._driver.in_progress
@@ -296,9 +314,8 @@ class PlannedRuns:
                     if run else "the planned run is over")
         self.engine.post(PlannedRunActive(run))
 
-    async def _follow_recorded_primary(self) -> None:
+    async def _follow_recorded_primary(self, record: ClusterRecord) -> None:
         """Watch the primary a planned run recorded, once, armed; then take a fresh epoch."""
-        record = await self.cluster.read()
         primary = record.primary
         if primary is None:
             return
@@ -347,8 +364,7 @@ class PlannedRuns:
 
         Offered to the engine at every read until it watches that region: the core
         declines while a run of its own is under way, and takes it at a later read."""
-        if region == self.engine.config.primary_region or region not in (
-                self.engine.config.regions):
+        if region == self.engine.config.primary_region or region not in self.engine.config.regions:
             return False
         known = self.engine.state.failover.epoch if self.engine.state.failover else None
         if known is not None and epoch <= known:

@@ -144,7 +144,6 @@ def _root_tasks(parts: _Parts, role: str,
     tasks = [
         asyncio.create_task(parts.engine.run(), name="engine"),
         asyncio.create_task(parts.peers.run(), name="peers"),
-        asyncio.create_task(parts.controls.run(), name="cluster-controls"),
         asyncio.create_task(parts.planned.run(), name="planned-runs"),
         asyncio.create_task(parts.dr_testing.run(), name="dr-testing"),
     ]
@@ -272,6 +271,7 @@ def _assemble(
                   if config.role == "watchdog" else None)
     # Failback and switchover through the API; every watchdog holds while one runs.
     planned = PlannedRuns(engine, keeper, journal, cluster)
+    planned.controls = controls  # one read of the lock store per interval feeds both
     dr_testing = DrTestingWatch.for_engine(engine)
     jobs = JobScheduler(lambda: engine.config, lock.client, registry=engine.metrics.registry)
     dr_testing.backup_config = jobs.backup_config

@@ -72,7 +72,9 @@ def test_primary_rejecting_the_watchdog_role_in_pg_hba_is_not_failed_over(
         region: {"database": {"dsn": watchdog_dsn(server)}}
         for region, server in zip(REGIONS, (primary, replica), strict=True)
     }
-    fleet.start_pair({"regions": databases})
+    # A kept probe session outlives a pg_hba change; it is reopened every session_max_age
+    # (docs/architecture.md, "The probe's session"): scaled down like the thresholds.
+    fleet.start_pair({"regions": databases, "probe": {"session_max_age": "0.5s"}})
     fleet.wait_ready()
 
     reject_in_pg_hba(primary, WATCHDOG_ROLE)

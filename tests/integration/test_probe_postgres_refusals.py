@@ -217,3 +217,24 @@ async def test_a_listener_that_drops_the_connection_is_unreachable(linger: bool)
 
     assert not seen.reachable, seen
     assert (seen.refusal, seen.sqlstate) == (None, None)
+
+
+async def test_a_pg_hba_reject_shows_once_the_kept_session_ages_out(
+    pg_pair: PostgresPair,
+) -> None:
+    create_roles(pg_pair.primary)
+    probe = PostgresProbe("aging", role_dsn(pg_pair.primary, WATCHDOG_ROLE), timeout=2.0,
+                          session_max_age=0.5)
+    try:
+        assert (await probe.observe()).refusal is None
+        await reject_in_pg_hba(pg_pair.primary, WATCHDOG_ROLE)
+        kept = await probe.observe()  # the session opened before the change still answers
+        await asyncio.sleep(0.6)
+        aged = await probe.observe()
+    finally:
+        await probe.close()
+
+    assert kept.reachable
+    assert kept.refusal is None
+    assert aged.reachable, "the server answered: it is up"
+    assert aged.refusal == "auth_rejected"

@@ -303,6 +303,8 @@ def test_each_threshold_must_be_longer_than_the_probe_interval(
     [
         (lambda d: d["probe"].update(jitter=0.6), "probe.jitter"),
         (lambda d: d["probe"].update(healthy_fraction=0), "probe.healthy_fraction"),
+        (lambda d: d["probe"].update(session_max_age="-1s"), "probe.session_max_age"),
+        (lambda d: d["probe"].update(session_max_age="soon"), "probe.session_max_age"),
         (lambda d: d["lock"].update(url="http://lock.example:6379"), "lock.url"),
         (lambda d: d["lock"].update(key_prefix="agentaskit dr"), "lock.key_prefix"),
         (lambda d: d["regions"]["us-east-1"].update(health_urls=[]),

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import itertools
 import tempfile
-from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +46,7 @@ from agentaskit_dr.ports import (
 )
 from agentaskit_dr.runtime.control import EngineController
 from agentaskit_dr.runtime.engine import PRIMARY_DB, STANDBY_DB, Engine
+from agentaskit_dr.runtime.engine_log import VERDICT_HEARTBEAT
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from tests.unit.fake_journal import engine_runbook
 
@@ -581,35 +581,92 @@ async def test_started_after_an_unacknowledged_failover_it_waits_for_the_ack() -
 # ---------------------------------------------------------------- verdict log
 
 
-def assert_one_verdict_per_cycle(logs: Sequence[Mapping[str, Any]], cycles: int) -> None:
+class VerdictSpy:
+    """What every cycle judged, read where the engine hands it to its verdict log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.judged: list[tuple[int, float, tuple[object, ...], bool]] = []
+        verdicts = engine.verdict_log
+        logged_by = verdicts.cycle
+
+        def spy(state: Any, config: Any, *, cycle: int, lag_bytes: int | None, now: float,
+                force: bool = False) -> bool:
+            logged = logged_by(state, config, cycle=cycle, lag_bytes=lag_bytes, now=now,
+                               force=force)
+            what = (state.phase, state.verdict, state.epoch, config.primary_region)
+            self.judged.append((cycle, now, what, logged))
+            return logged
+
+        verdicts.cycle = spy  # type: ignore[method-assign]
+
+    def cycle_at(self, moment: float) -> int:
+        """The last cycle judged at or before ``moment``."""
+        return max(cycle for cycle, at, _, _ in self.judged if at <= moment)
+
+
+def assert_verdicts_logged_on_change(logs: Sequence[Mapping[str, Any]], spy: VerdictSpy,
+                                     cycles: int) -> None:
+    """Every cycle judged once; each change logged; an unchanged verdict once a minute."""
     verdicts = events(logs, "verdict")
     for entry in verdicts:
         assert {"cycle", "phase", "verdict", "epoch"} <= entry.keys()
-    per_cycle = Counter(entry["cycle"] for entry in verdicts)
     assert cycles > 100
-    assert per_cycle == Counter(range(1, cycles + 1))
+    assert [cycle for cycle, *_ in spy.judged] == list(range(1, cycles + 1))
+    logged = [entry["cycle"] for entry in verdicts]
+    assert logged == [cycle for cycle, _, _, was_logged in spy.judged if was_logged]
+    before: tuple[object, ...] | None = None
+    last_logged_at = 0.0
+    for cycle, moment, what, was_logged in spy.judged:
+        if what != before:
+            assert was_logged, f"cycle {cycle} changed the verdict to {what} unlogged"
+        if was_logged:
+            last_logged_at = moment
+        assert moment - last_logged_at <= VERDICT_HEARTBEAT, f"cycle {cycle}: no heartbeat"
+        before = what
 
 
 @pytest.mark.looptime
-async def test_every_watching_cycle_logs_exactly_one_verdict() -> None:
+async def test_every_verdict_change_is_logged_and_an_unchanged_one_once_a_minute() -> None:
     world = World()
     world.db_down[WEST] = from_(10, 100)
     rig = Rig(world, jitter=0.1)
+    spy = VerdictSpy(rig.engine)
     with capture_logs() as logs:
         await rig.run_until(10 * 60)
-    assert_one_verdict_per_cycle(logs, rig.engine.cycles)
+    assert_verdicts_logged_on_change(logs, spy, rig.engine.cycles)
     assert {e["epoch"] for e in events(logs, "verdict")} == {EPOCH}
+    # Healthy again from about 130 s (100 s + 30 s recovery): heartbeats only, ~1 a minute.
+    quiet = [e for e in events(logs, "verdict") if e["cycle"] > spy.cycle_at(140)]
+    assert 6 <= len(quiet) <= 9
+    assert all(e.get("heartbeat") is True for e in quiet)
 
 
 @pytest.mark.looptime
-async def test_the_failover_cycle_logs_exactly_one_verdict() -> None:
+async def test_a_healthy_watch_logs_a_verdict_once_a_minute() -> None:
+    rig = Rig(World())
+    spy = VerdictSpy(rig.engine)
+    with capture_logs() as logs:
+        await rig.run_until(10 * 60)
+    verdicts = events(logs, "verdict")
+    assert rig.engine.cycles > 100
+    assert 10 <= len(verdicts) <= 12, [e["verdict"] for e in verdicts]
+    assert verdicts[-1]["verdict"] == "no action: primary healthy"
+    assert_verdicts_logged_on_change(logs, spy, rig.engine.cycles)
+
+
+@pytest.mark.looptime
+async def test_the_failover_is_logged_in_its_verdicts() -> None:
     world = World()
     world.db_down[WEST] = from_(10)
     rig = Rig(world)
+    spy = VerdictSpy(rig.engine)
     with capture_logs() as logs:
         await rig.run_until(10 * 60)
     assert world.promote_calls == [135]
-    assert_one_verdict_per_cycle(logs, rig.engine.cycles)
+    assert_verdicts_logged_on_change(logs, spy, rig.engine.cycles)
+    logged = [e["verdict"] for e in events(logs, "verdict")]
+    assert f"no action: failover in progress under epoch {EPOCH}" in logged
+    assert logged[-1] == f"no action: failed over (epoch {EPOCH}); waiting for acknowledgement"
 
 
 # ---------------------------------------------------------------- the runbook beside the loop
