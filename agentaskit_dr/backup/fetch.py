@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
@@ -25,11 +24,6 @@ from agentaskit_dr.sandbox._os_side import server_user as _server_user
 if TYPE_CHECKING:
     from agentaskit_dr.backup.crypto import KeyRing
     from agentaskit_dr.backup.store import BackupStore, Which
-
-
-#: Bytes the event loop holds for tar's stdin before a write waits, and tar's pipe size.
-WRITE_BUFFER = 8 << 20
-PIPE_SIZE = 1 << 20
 
 
 class BackupDamaged(Exception):
@@ -70,16 +64,6 @@ async def checked_stream(
                             f"{size} bytes sha256 {sha256[:16]}...")
 
 
-def _widen(pipe: asyncio.StreamWriter) -> None:
-    """Let tar's stdin hold more than 64 KiB: the download keeps going while tar catches
-    up, instead of stopping each megabyte for sixteen small pipe writes (bounded: the
-    kernel pipe plus ``WRITE_BUFFER`` in the event loop)."""
-    pipe.transport.set_write_buffer_limits(high=WRITE_BUFFER)
-    fd = pipe.get_extra_info("pipe").fileno()
-    with contextlib.suppress(OSError, AttributeError):
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-
-
 async def fetch_base(
     store: BackupStore, keyring: KeyRing, record: BackupRecord, into: Path, *,
     home: Path, on_bytes: Callable[[int], None] | None = None, bucket: Which = "primary",
@@ -97,7 +81,6 @@ async def fetch_base(
     )
     assert untar.stdin is not None
     assert untar.stderr is not None
-    _widen(untar.stdin)
     errors = asyncio.ensure_future(untar.stderr.read())
     try:
         plain = decrypt_stream(keyring, key, checked_stream(
