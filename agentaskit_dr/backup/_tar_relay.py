@@ -25,7 +25,8 @@ class TarRelay:
     """Copies one tar stream from ``source`` to ``sink`` (blocking file descriptors).
 
     Run :meth:`run` in a thread; afterwards :attr:`manifest` holds the ``backup_manifest``
-    member (None if the stream had none) and :attr:`relayed` the bytes passed on.
+    member (None if the stream had none), :attr:`relayed` the bytes passed on, and
+    :attr:`finished` says whether every byte of ``source`` was passed on.
     """
 
     def __init__(self) -> None:
@@ -33,13 +34,17 @@ class TarRelay:
         self.problem = ""
         self.relayed = 0
         self.members = 0
+        self.finished = False
 
     def run(self, source: int, sink: int) -> None:
         """Relay until ``source`` ends or ``sink`` is closed by its reader; closes both."""
         try:
             self._walk(source, sink)
+            self.finished = True
         except BrokenPipeError:
-            self.problem = self.problem or "the compressor stopped reading"
+            self.problem = "the compressor stopped reading"
+        except OSError as exc:
+            self.problem = f"the relay failed: {exc}"
         finally:
             os.close(sink)
             os.close(source)

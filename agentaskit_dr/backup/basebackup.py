@@ -98,6 +98,8 @@ async def stream_basebackup(
             )
         if zstd_code != 0:
             raise BackupSourceError(f"zstd failed ({zstd_code})")
+        if not relay.finished:
+            raise BackupSourceError(f"the tar stream was not passed on whole: {relay.problem}")
         if relay.manifest is None:
             why = f" ({relay.problem})" if relay.problem else ""
             raise BackupSourceError(f"pg_basebackup wrote no backup_manifest into its tar{why}")

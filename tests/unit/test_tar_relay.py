@@ -62,7 +62,7 @@ def test_every_byte_passes_and_the_manifest_is_kept() -> None:
     assert out == stream
     assert found.manifest == MANIFEST
     assert found.relayed == len(stream)
-    assert (found.members, found.problem) == (5, "")
+    assert (found.members, found.problem, found.finished) == (5, "", True)
 
 
 def test_a_stream_without_a_manifest_says_so() -> None:
@@ -107,3 +107,17 @@ def test_sizes_of_8_gib_and_more_are_read_in_base_256() -> None:
 def test_a_block_that_is_not_a_header_is_refused() -> None:
     with pytest.raises(ValueError, match="checksum"):
         parse_header(os.urandom(512))
+
+
+def test_a_compressor_that_stops_reading_leaves_the_relay_unfinished() -> None:
+    source_read, source_write = os.pipe()
+    sink_read, sink_write = os.pipe()
+    os.close(sink_read)
+    os.write(source_write, ustar([("PG_VERSION", b"15\n")]))
+    os.close(source_write)
+
+    found = TarRelay()
+    found.run(source_read, sink_write)
+
+    assert not found.finished
+    assert found.problem == "the compressor stopped reading"
