@@ -8,6 +8,8 @@ with the two buckets, then, in the same run:
 - ours: ``agentaskit-dr backup run --kind full`` (pg_basebackup | zstd | AES-256-GCM |
   multipart upload to both buckets), as a child process whose peak RSS is read from
   ``wait4``;
+- the stages of ours one by one (``_backup_stages``: pg_basebackup alone, + zstd, + our
+  manifest relay, + encryption, moto's own ingest and copy of as many bytes, untar);
 - restore floor: ``tar -xf base.tar`` of the floor's copy + start PostgreSQL until it
   accepts connections;
 - ours: ``agentaskit-dr test-restore`` (download, check, decrypt, untar, pg_verifybackup,
@@ -22,7 +24,6 @@ and tar; everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import resource
@@ -34,6 +35,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from _backup_stages import backup_stages
 
 from agentaskit_dr.sandbox._os_side import (
     give_to_server_user as _give_to_server_user,
@@ -70,22 +73,6 @@ def load(server: PostgresServer, mib: int) -> None:
                f"'hex') FROM generate_series(1, {max(mib // 10, 1) * 2000}) i, "
                "generate_series(1, 30) j GROUP BY i", timeout=1800)
     server.sql("CHECKPOINT", timeout=600)
-
-
-async def pipeline_seconds(settings: dict[str, Any], env: dict[str, str]) -> float:
-    """The backup's own pipeline with the upload left out: where S3 is not the limit."""
-    from agentaskit_dr.backup.basebackup import StreamResult, stream_basebackup
-    from agentaskit_dr.backup.crypto import KeyRing, encrypt_stream
-    from agentaskit_dr.config import BackupConfig
-
-    os.environ[KEY_ENV] = env[KEY_ENV]
-    config = BackupConfig.model_validate(settings)
-    keyring = KeyRing.from_config(config.encryption)
-    began = time.monotonic()
-    async for _ in encrypt_stream(keyring, "bench", stream_basebackup(
-            config.postgresql, StreamResult(), label="bench")):
-        pass
-    return time.monotonic() - began
 
 
 def timed_child(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
@@ -182,9 +169,6 @@ def measure(server: PostgresServer, disk: Path, config: Path, env: dict[str, str
     print(f"floor: pg_basebackup -Ft to local disk: {floor:.1f}s "
           f"({floor_bytes / MIB / floor:.0f} MiB/s)", flush=True)
 
-    pipeline = asyncio.run(pipeline_seconds(json.loads(config.read_text()), env))
-    print(f"ours without S3: pg_basebackup | zstd | encrypt, discarded: {pipeline:.1f}s "
-          f"({pipeline / floor:.2f} x the floor)", flush=True)
     agentaskit = [sys.executable, "-m", "agentaskit_dr"]
     ours, rss, out = timed_child([*agentaskit, "backup", "run", "--kind", "full",
                                   "--config", str(config), "--json"], env)
@@ -201,6 +185,12 @@ def measure(server: PostgresServer, disk: Path, config: Path, env: dict[str, str
           f"({size / MIB / ours:.0f} MiB/s of database, {record['stored_bytes'] / MIB:.0f}"
           f" MiB stored per bucket), {ours / floor:.2f} x the floor; peak RSS "
           f"{rss / 1024:.0f} MiB", flush=True)
+    os.environ[KEY_ENV] = env[KEY_ENV]
+    stages = backup_stages(settings, bindir, disk, endpoint=settings["storage"]["endpoint_url"],
+                           stored_bytes=record["stored_bytes"], home=home)
+    pipeline = stages["stream_encrypt"]
+    print(f"ours without S3: pg_basebackup | zstd | encrypt, discarded: {pipeline:.1f}s "
+          f"({pipeline / floor:.2f} x the floor)", flush=True)
 
     restore_dir = disk / "plain-restore"
     restore_dir.mkdir(mode=0o700)
@@ -225,6 +215,9 @@ def measure(server: PostgresServer, disk: Path, config: Path, env: dict[str, str
     print(f"ours: test-restore from moto: {restore:.1f}s to a promoted server "
           f"({restore / plain_restore:.2f} x plain), {total:.1f}s with amcheck and "
           f"row counts; peak RSS {restore_rss / 1024:.0f} MiB", flush=True)
+    print(f"  of which fetch (download, check, decrypt, untar, pg_verifybackup) "
+          f"{report['fetch_seconds']:.2f}s, recovery to promoted "
+          f"{report['recovery_seconds']:.2f}s", flush=True)
     figures: dict[str, Any] = {
         "database_mib": round(size / MIB), "floor_backup_seconds": round(floor, 2),
         "backup_seconds": round(ours, 2), "backup_ratio": round(ours / floor, 2),
@@ -238,6 +231,10 @@ def measure(server: PostgresServer, disk: Path, config: Path, env: dict[str, str
         "restore_peak_rss_mib": round(restore_rss / 1024),
         "self_rusage_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                         / 1024),
+        "restore_fetch_seconds": report["fetch_seconds"],
+        "restore_recovery_seconds": report["recovery_seconds"],
+        "stages_seconds": stages,
+        "load_average_1m_at_end": os.getloadavg()[0],
     }
     return figures
 

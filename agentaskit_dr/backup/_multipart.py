@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -48,11 +48,15 @@ class MultipartUpload:
             self._ids[target.role] = answer["UploadId"]
             self._etags[target.role] = []
 
-    async def send(self, part: bytes) -> None:
-        """Upload the next part to every target."""
-        number = self.parts_sent + 1
-        self.parts_sent = number
+    def send(self, part: bytes) -> Awaitable[None]:
+        """Upload ``part`` as the next part to every target.
 
+        Its number is taken now, not when the upload runs, so parts sent together keep
+        the order they were given in."""
+        self.parts_sent += 1
+        return self._send(self.parts_sent, part)
+
+    async def _send(self, number: int, part: bytes) -> None:
         async def one(target: Any) -> None:
             with self._translate(target, self._key, f"upload part {number} of"):
                 answer = await target.client.upload_part(

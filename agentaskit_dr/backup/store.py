@@ -42,6 +42,8 @@ Which = Literal["primary", "replica"]
 READ_SIZE = 1 << 20
 #: The largest object one PUT may carry; larger ones go multipart.
 MAX_SINGLE_PUT = 5 << 30
+#: Parts of one multipart upload sent at once (each part is held in memory until sent).
+PARTS_IN_FLIGHT = 4
 _MISSING_BUCKET = {"NoSuchBucket"}
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
 
@@ -116,9 +118,12 @@ class BackupStore:
 
     def __init__(self, storage: StorageConfig, *, connect_timeout: float = 5.0,
                  read_timeout: float = 60.0, attempts: int = 3,
-                 part_size: int = 8 << 20) -> None:
+                 part_size: int = 8 << 20, parts_in_flight: int = PARTS_IN_FLIGHT) -> None:
+        if parts_in_flight < 1:
+            raise ValueError(f"parts_in_flight must be at least 1, got {parts_in_flight}")
         self.storage = storage
         self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
         self._config = AioConfig(
             connect_timeout=connect_timeout, read_timeout=read_timeout,
             retries={"total_max_attempts": attempts, "mode": "standard"},
@@ -232,8 +237,9 @@ class BackupStore:
         """Store a stream of any length with bounded memory (multipart past one part).
 
         Part ``n`` (from 0) holds ``part_size_for(n)`` bytes: 8 MiB doubling every 1,000
-        parts, so 10,000 parts carry more than S3's 5 TiB object limit. One part uploads
-        while the next fills (two parts in memory). Any failure aborts the upload.
+        parts, so 10,000 parts carry more than S3's 5 TiB object limit. Up to
+        ``parts_in_flight`` parts upload while the next fills (memory: that many parts plus
+        one). Any failure aborts the upload.
         """
         buffer = bytearray()
         iterator = aiter(chunks)
@@ -246,10 +252,10 @@ class BackupStore:
         targets = [self._target(which) for which in self.writes]
         upload = MultipartUpload(targets, key, self._translate)
         await upload.start()
+        in_flight: set[asyncio.Task[None]] = set()
         try:
             digest = hashlib.sha256()
             size = 0
-            in_flight: asyncio.Task[None] | None = None
             exhausted = False
             while True:
                 want = part_size_for(upload.parts_sent, self.part_size)
@@ -260,19 +266,24 @@ class BackupStore:
                         exhausted = True
                 part = bytes(buffer[:want])
                 del buffer[:want]
-                digest.update(part)
+                # hashlib lets go of the GIL for large buffers: hash beside the loop.
+                await asyncio.to_thread(digest.update, part)
                 size += len(part)
-                if in_flight is not None:
-                    await in_flight
-                in_flight = asyncio.create_task(upload.send(part))
+                while len(in_flight) >= self.parts_in_flight:
+                    done, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                in_flight.add(asyncio.ensure_future(upload.send(part)))
                 if exhausted and not buffer:
                     break
-            await in_flight
+            await asyncio.gather(*in_flight)
             sha = digest.hexdigest()
             await upload.complete(sha)
         except BaseException:
-            if in_flight is not None and not in_flight.done():
-                in_flight.cancel()
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
             await asyncio.shield(upload.abort())
             raise
         return ObjectInfo(key, size, sha, datetime.now(UTC))

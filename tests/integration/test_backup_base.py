@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from agentaskit_dr.backup.catalog import read_catalog
-from agentaskit_dr.backup.crypto import KeyRing
+from agentaskit_dr.backup.crypto import KeyRing, decrypt_bytes
 from agentaskit_dr.backup.manifest import TAR_NAME, object_key
 from agentaskit_dr.backup.restore import run_restore_test
 from agentaskit_dr.backup.run import run_backup
@@ -76,3 +80,34 @@ async def test_after_losing_the_primary_bucket_the_replica_restores(
     assert report.ok, report.problems
     assert report.backup_id == record.backup_id
     assert {"database": "postgres", "table": "public.kept", "rows": 777} in report.tables
+
+
+async def test_the_stored_manifest_is_the_tar_streams_own_last_member(
+    pg_pair: PostgresPair, moto_server: str, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_buckets(moto_server)
+    pg_pair.primary.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g")
+    config = backup_config(monkeypatch, pg_pair.primary, moto_server, scratch / "staging")
+    keyring = KeyRing.from_config(config.encryption)
+
+    record, _ = await run_backup(config, "full")
+
+    tar_key = object_key(record.backup_id, TAR_NAME)
+    manifest_key = object_key(record.backup_id, "backup_manifest")
+    async with BackupStore(config.storage) as store:
+        compressed = decrypt_bytes(keyring, tar_key, await store.get_bytes(tar_key))
+        manifest = decrypt_bytes(keyring, manifest_key, await store.get_bytes(manifest_key))
+    zstd = await asyncio.create_subprocess_exec(
+        "zstd", "-d", "-q", "-c", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    plain, _ = await zstd.communicate(compressed)
+    assert zstd.returncode == 0
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as tar:
+        members = tar.getmembers()
+        extracted = tar.extractfile(members[-1])
+        assert extracted is not None
+        last = extracted.read()
+
+    assert members[-1].name == "backup_manifest"
+    assert last == manifest
+    assert record.object(TAR_NAME).plain_size == len(compressed)
+    assert json.loads(manifest)["PostgreSQL-Backup-Manifest-Version"] >= 1

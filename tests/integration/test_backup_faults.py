@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from agentaskit_dr.backup.catalog import read_catalog
-from agentaskit_dr.backup.crypto import BackupKeyError, KeyRing
-from agentaskit_dr.backup.manifest import TAR_NAME, object_key
+from agentaskit_dr.backup.crypto import BackupKeyError, KeyRing, encrypt_bytes
+from agentaskit_dr.backup.fetch import BackupDamaged, fetch_base, server_dir
+from agentaskit_dr.backup.manifest import TAR_NAME, BackupRecord, StoredObject, object_key
 from agentaskit_dr.backup.restore import RestoreFailed, run_restore_test
 from agentaskit_dr.backup.run import run_backup
 from agentaskit_dr.backup.store import BackupStore
@@ -135,3 +138,28 @@ async def test_a_backup_killed_mid_upload_is_not_listed_and_the_next_run_cleans_
         catalog = await read_catalog(store, KeyRing.from_config(config.encryption))
     assert [r.backup_id for r in catalog.records] == [record.backup_id]
 
+
+
+async def test_an_authentic_object_tar_cannot_read_fails_the_fetch_without_hanging(
+    pg_pair: PostgresPair, moto_server: str, scratch: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes that decrypt but are no zstd tar: tar dies while chunks are being fed."""
+    await create_buckets(moto_server)
+    config = backup_config(monkeypatch, pg_pair.primary, moto_server, scratch / "staging")
+    keyring = KeyRing.from_config(config.encryption)
+    key = object_key("20261129T020000Z-F", TAR_NAME)
+    garbage = encrypt_bytes(keyring, key, os.urandom(24 << 20))
+    async with BackupStore(config.storage) as store:
+        await store.put_bytes(key, garbage)
+    record = BackupRecord(
+        backup_id="20261129T020000Z-F", kind="full", parent=None,
+        chain=("20261129T020000Z-F",), pg_version=150020, system_identifier="1", timeline=1,
+        start_lsn="0/2000028", stop_lsn="0/2000100", started_at=0.0, stopped_at=1.0,
+        database_bytes=1, key_id=keyring.current_id, compression="zstd",
+        objects=(StoredObject(TAR_NAME, len(garbage), hashlib.sha256(garbage).hexdigest()),))
+    home = server_dir(scratch / "home")
+
+    async with BackupStore(config.storage) as store:
+        with pytest.raises(BackupDamaged, match=re.escape(f"object {key}: tar")):
+            await asyncio.wait_for(fetch_base(store, keyring, record, scratch / "data",
+                                              home=home), timeout=60)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError  # type: ignore[import-untyped,unused-ignore]
 
 from agentaskit_dr.backup._multipart import MAX_PARTS, part_size_for
 from agentaskit_dr.backup.store import (
@@ -14,6 +17,7 @@ from agentaskit_dr.backup.store import (
     BucketMissing,
     ObjectExists,
     ObjectMissing,
+    StoreError,
     StoreUnavailable,
 )
 from agentaskit_dr.sandbox.redis import free_port
@@ -124,6 +128,79 @@ async def test_a_failing_stream_aborts_its_uploads_and_leaves_no_object(
 
     assert await open_uploads(moto_server, PRIMARY) == []
     assert await open_uploads(moto_server, REPLICA) == []
+
+
+async def test_parts_sent_together_keep_their_order_and_the_checksum(
+    moto_server: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await create_buckets(moto_server)
+    data = b"".join(bytes([n]) * PART for n in range(7)) + b"tail"
+    in_flight: list[int] = []
+    most = 0
+
+    async with BackupStore(storage_config(moto_server, replication="s3"), part_size=PART,
+                           parts_in_flight=3) as store:
+        client = store._target("primary").client
+        upload_part = client.upload_part
+
+        async def slow_early_parts(**kwargs: Any) -> Any:
+            nonlocal most
+            in_flight.append(kwargs["PartNumber"])
+            most = max(most, len(in_flight))
+            # Earlier parts finish later: S3 sees them out of order.
+            await asyncio.sleep(0.05 * (8 - kwargs["PartNumber"]))
+            try:
+                return await upload_part(**kwargs)
+            finally:
+                in_flight.remove(kwargs["PartNumber"])
+
+        monkeypatch.setattr(client, "upload_part", slow_early_parts)
+        info = await store.put_stream("base/3/data.tar.enc", pieces(data))
+        head = await store.head(info.key)
+        back = await store.get_bytes(info.key)
+
+    assert back == data
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert head is not None
+    assert head.sha256 == info.sha256
+    assert most == 3
+
+
+async def test_a_failed_part_aborts_the_upload_while_others_are_in_flight(
+    moto_server: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await create_buckets(moto_server)
+    data = os.urandom(6 * PART)
+    sent: list[int] = []
+
+    async with BackupStore(storage_config(moto_server), part_size=PART,
+                           parts_in_flight=4, attempts=1) as store:
+        client = store._target("replica").client
+        upload_part = client.upload_part
+
+        async def third_part_refused(**kwargs: Any) -> Any:
+            if kwargs["PartNumber"] == 3:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 403}}, "UploadPart")
+            await asyncio.sleep(0.2)
+            sent.append(kwargs["PartNumber"])
+            return await upload_part(**kwargs)
+
+        monkeypatch.setattr(client, "upload_part", third_part_refused)
+        with pytest.raises(StoreError, match=r"upload part 3 of .*AccessDenied"):
+            await store.put_stream("base/4/data.tar.enc", pieces(data))
+        assert await store.head("base/4/data.tar.enc") is None
+        assert await store.head("base/4/data.tar.enc", bucket="replica") is None
+
+    assert 3 not in sent
+    assert len(sent) < 6
+    assert await open_uploads(moto_server, PRIMARY) == []
+    assert await open_uploads(moto_server, REPLICA) == []
+
+
+def test_at_least_one_part_must_be_in_flight() -> None:
+    with pytest.raises(ValueError, match="parts_in_flight must be at least 1, got 0"):
+        BackupStore(storage_config("http://127.0.0.1:9"), parts_in_flight=0)
 
 
 async def test_stale_uploads_of_a_killed_backup_are_aborted(moto_server: str) -> None:
