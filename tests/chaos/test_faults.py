@@ -3,6 +3,7 @@ a stand-in network records what is cut)."""
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -31,7 +32,8 @@ class Cuts:
 def catalog() -> tuple[FaultCatalog, Cuts]:
     network = Cuts()
     lab: Any = SimpleNamespace(links=dict.fromkeys(LINKS, 0), network=network)
-    return FaultCatalog(cast(World, SimpleNamespace(lab=lab))), network
+    world = SimpleNamespace(lab=lab, binding=None, holding=lambda _: contextlib.nullcontext())
+    return FaultCatalog(cast(World, world)), network
 
 
 def test_a_site_cut_severs_both_directions_and_nothing_else() -> None:
