@@ -100,6 +100,9 @@ class Binding:
         #: binding_stop and binding_kill records, closed or still open (end None).
         self.records: list[FaultRecord] = []
         self.notes: list[str] = []
+        #: Watchdogs that exited though nothing killed them (restarted, but a failure the
+        #: checker must still see).
+        self.crashed: list[str] = []
         self._open: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._supervise, args=(node,),
@@ -174,6 +177,9 @@ class Binding:
             return
         if unit.dead_since is None:  # the unit left active: BindsTo= stops the server
             unit.dead_since = now
+            if node in self.lab.live():  # nothing killed it on purpose: it exited
+                self.crashed.append(node)
+                self.notes.append(f"{node}: exited by itself ({proc.returncode})")
             self._stop_bound_server(node, unit)
         if now - unit.dead_since >= self.timing.restart_sec:
             unit.restarts.append(time.time())

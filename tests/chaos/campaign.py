@@ -85,6 +85,8 @@ def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAUL
                                      key=lambda c: c.acked)
         history.final = world.final_state()
         exited = world.lab.exited()
+        if world.binding is not None:  # restarted by the binding, but they did exit
+            exited = sorted({*exited, *world.binding.crashed})
         history.events = world.lab.events()
         history.non_json = non_json_lines(world)
         writers = [w.describe() for w in world.writers]
