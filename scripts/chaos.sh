@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The randomized fault campaign (issue 13): N seeded schedules against the partition lab,
 # each checked for split brain, lost writes, false failovers and convergence.
-#   scripts/chaos.sh --runs N --seed S --duration D [--quiet Q] [--no-control] [--workdir DIR]
-#                    [--faults default|all|KIND,...] [--sentinel]
+#   scripts/chaos.sh --runs N --seed S --duration D [--quiet Q] [--no-control] [--unbound]
+#                    [--workdir DIR] [--faults default|all|KIND,...] [--sentinel]
 # One line per run (seed, faults, verdict), then a summary table; exit 1 if any run failed.
 # A run's schedule is a pure function of its seed and D: rerun a failing seed with
 #   scripts/chaos.sh --runs 1 --seed <seed> --duration <D>

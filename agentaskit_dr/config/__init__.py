@@ -21,6 +21,12 @@ from agentaskit_dr.config._backup import (
 )
 from agentaskit_dr.config._backup_keys import EncryptionConfig, PreviousKey
 from agentaskit_dr.config._backup_source import PostgresSource, RestoreTarget
+from agentaskit_dr.config._binding import (
+    STALL_INTERVALS,
+    BindingBudget,
+    BindingConfig,
+    binding_budget,
+)
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._control import DatabaseControlConfig
 from agentaskit_dr.config._drills import (
@@ -53,11 +59,14 @@ from agentaskit_dr.config._vantage import PeerClientTls, TlsFile
 from agentaskit_dr.redaction import redact, redact_url
 
 __all__ = [
+    "STALL_INTERVALS",
     "ApiConfig",
     "ApiTlsConfig",
     "ApplicationStateConfig",
     "BackupConfig",
     "BackupJobsConfig",
+    "BindingBudget",
+    "BindingConfig",
     "Bucket",
     "ConfigError",
     "DatabaseConfig",
@@ -91,6 +100,7 @@ __all__ = [
     "VerifyBackupConfig",
     "WalArchiving",
     "WatchdogConfig",
+    "binding_budget",
     "format_duration",
     "load_backup_config",
     "load_config",

@@ -31,6 +31,7 @@ from agentaskit_dr.config._base import (
     problem_error,
     problems_error,
 )
+from agentaskit_dr.config._binding import BindingBudget, BindingConfig, binding_budget
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._durations import format_duration
 from agentaskit_dr.config._failback import FailbackConfig
@@ -181,6 +182,10 @@ class WatchdogConfig(ConfigModel):
     """Where each kind of evidence goes under ``evidence_dir`` (the plan's layout)."""
     backup: BackupJobsConfig | None = None
     """The backup jobs this watchdog schedules (``backup: {config: PATH}``); None: none."""
+    binding: BindingConfig | None = None
+    """This region's PostgreSQL is bound to this watchdog by its service manager
+    (systemd ``BindsTo=``, or a livenessProbe on Kubernetes); its timing, checked against
+    the thresholds. None: not declared (the daemon still checks ``$WATCHDOG_USEC``)."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Self:
@@ -242,6 +247,11 @@ class WatchdogConfig(ConfigModel):
             self.peers or self.witness
         ):
             problems.append(Problem(("fence_after",), "needs peers or a witness to listen to"))
+        if self.binding is not None:
+            if self.role == "witness":
+                problems.append(Problem(("binding",), "a witness has no server to bind"))
+            elif (refused := self.binding_budget().problem()) is not None:
+                problems.append(Problem(("binding",), refused))
         urls = {f"peers[{index}]": url for index, url in enumerate(self.peers)}
         if self.witness is not None:
             urls["witness"] = self.witness
@@ -290,8 +300,24 @@ class WatchdogConfig(ConfigModel):
 
     def warnings(self) -> list[str]:
         """``"field: message"`` lines for a config that runs but not as a cluster should."""
-        return vantage_warnings(role=self.role, peers=self.peers, witness=self.witness,
-                                api=self.api)
+        warnings = vantage_warnings(role=self.role, peers=self.peers, witness=self.witness,
+                                    api=self.api)
+        if self.binding is not None and (tight := self.binding_budget().warning()):
+            warnings.append(f"binding: {tight}")
+        return warnings
+
+    def binding_budget(self, liveness: float | None = None) -> BindingBudget:
+        """How fast the bound server stops after this watchdog hangs, against the
+        thresholds; ``liveness`` (``$WATCHDOG_USEC``) counts when it is longer than
+        ``binding.liveness_timeout``. With no ``binding`` section the server's stop time
+        counts as zero."""
+        binding = self.binding
+        declared = binding.liveness_timeout if binding is not None else 0.0
+        return binding_budget(
+            interval=self.probe.interval, db_unreachable=self.thresholds.db_unreachable,
+            region_unhealthy=self.thresholds.region_unhealthy,
+            liveness=max(declared, liveness or 0.0),
+            stop=binding.postgres_stop_timeout if binding is not None else 0.0)
 
     @property
     def effective_fence_after(self) -> float | None:

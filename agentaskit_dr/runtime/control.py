@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import structlog
 
 from agentaskit_dr.api.server import ControlRefused
+from agentaskit_dr.config import STALL_INTERVALS
 from agentaskit_dr.core import (
     Acknowledged,
     FailoverRequested,
@@ -42,8 +43,9 @@ class ExtraStatus(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-#: The engine counts as stuck when no cycle ran for this many probe intervals.
-STUCK_AFTER_INTERVALS = 5
+#: The engine counts as stuck when no cycle ran for this many probe intervals (the
+#: binding's timing check in config/_binding.py counts with the same number).
+STUCK_AFTER_INTERVALS = STALL_INTERVALS
 
 
 class EngineController:

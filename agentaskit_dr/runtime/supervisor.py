@@ -179,6 +179,7 @@ def _service_notifications(
     notifier, watchdog = Notifier.from_environment()
     if notifier is None:
         return None
+    check_binding_timing(engine.config, watchdog)
     controller = EngineController(engine)
 
     def ready() -> bool:
@@ -195,6 +196,28 @@ def _service_notifications(
     engine.after_reload = notifications.reloaded
     log.info("systemd_notify", socket=notifier.address, watchdog_sec=watchdog)
     return notifications
+
+
+def check_binding_timing(config: WatchdogConfig, watchdog: float | None) -> str | None:
+    """Under systemd's watchdog (``$WATCHDOG_USEC``), say at start when the PostgreSQL
+    bound to this daemon could not be stopped before the other region may promote
+    (docs/deploy.md); the event logged, if any. The daemon runs on: refusing to watch
+    would be worse than watching with a slow binding."""
+    if watchdog is None or config.role != "watchdog":
+        return None
+    budget = config.binding_budget(watchdog)
+    declared = config.binding.liveness_timeout if config.binding is not None else None
+    if declared is not None and declared < watchdog:
+        log.warning("binding_liveness_differs", watchdog_sec=watchdog,
+                    liveness_timeout=declared, reason="binding.liveness_timeout is shorter "
+                    "than the unit's WatchdogSec; the check uses WatchdogSec")
+    if (refused := budget.problem()) is not None:
+        log.error("binding_too_slow", watchdog_sec=watchdog, reason=refused)
+        return "binding_too_slow"
+    if (tight := budget.warning()) is not None:
+        log.warning("binding_tight", watchdog_sec=watchdog, reason=tight)
+        return "binding_tight"
+    return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

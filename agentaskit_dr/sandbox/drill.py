@@ -102,12 +102,14 @@ class Watchdog:
     events: list[dict[str, Any]] = field(default_factory=list)
     # What runs the daemon: tests swap in a wrapper module that injects faults.
     entry: tuple[str, ...] = ("-m", "agentaskit_dr")
+    # Its whole environment; None inherits ours (tests give it a notify socket).
+    env: dict[str, str] | None = None
 
     def start(self) -> None:
         out = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, *self.entry, "run", "--config", str(self.config)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, env=self.env,
         )
         out.close()
 

@@ -5,6 +5,8 @@ its moment, overlapping ones included), heal everything, wait the quiet period, 
 the writers, read the end state, and hand the whole history to the checker. Prints one
 line per run (seed, faults, verdict) and a summary table; each run's history, fault
 log and verdict are kept under ``--workdir``. A failing seed replays from the seed alone.
+By default each region's PostgreSQL is bound to its watchdog as the systemd units bind
+them (``tests/chaos/binding.py``); ``--unbound`` measures the world without that.
 """
 
 from __future__ import annotations
@@ -59,14 +61,15 @@ def play(world: World, catalog: FaultCatalog, planned: list[PlannedFault]) -> No
 
 
 def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAULT_QUIET,
-             control: bool = True, out: TextIO = sys.stdout,
+             control: bool = True, bound: bool = True, out: TextIO = sys.stdout,
              kinds: dict[str, int] | None = None, sentinel: bool = False) -> RunResult:
     """One schedule on a fresh world; its verdict. ``kinds``: the fault kinds drawn from
-    (the default catalog when None); ``sentinel``: the lock store behind Sentinels."""
+    (the default catalog when None); ``sentinel``: the lock store behind Sentinels;
+    ``bound``: each PostgreSQL's life bound to its watchdog's (the systemd binding)."""
     planned = generate(seed, duration, kinds)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "schedule.json").write_text(json.dumps([asdict(f) for f in planned], indent=1))
-    with World(workdir, control=control, sentinel=sentinel) as world:
+    with World(workdir, control=control, bound=bound, sentinel=sentinel) as world:
         assert world.lab is not None
         history = History(seed, world.timing.db_unreachable, world.timing.region_unhealthy,
                           world.timing.fence_after, started=time.time())
@@ -77,19 +80,25 @@ def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAUL
             time.sleep(quiet)
         finally:
             world.stop_writers()
-            history.faults = catalog.log
+            # A server the binding stopped was down, as surely as one a fault stopped.
+            history.faults = sorted(
+                catalog.log + (world.binding.fault_records() if world.binding else []),
+                key=lambda f: f.start)
             history.commits = sorted((c for w in world.writers for c in w.commits),
                                      key=lambda c: c.acked)
         history.final = world.final_state()
         exited = world.lab.exited()
+        if world.binding is not None:  # restarted by the binding, but they did exit
+            exited = sorted({*exited, *world.binding.crashed})
         history.events = world.lab.events()
         history.non_json = non_json_lines(world)
         writers = [w.describe() for w in world.writers]
+        binding = world.binding.notes if world.binding is not None else None
     verdict = check(history, exited)
     path = workdir / "history.json"
     history.save(path)
     (workdir / "verdict.json").write_text(json.dumps({
-        "seed": seed, "summary": verdict.summary(), "writers": writers,
+        "seed": seed, "summary": verdict.summary(), "writers": writers, "binding": binding,
         "violations": [asdict(v) for v in verdict.violations],
         "data_loss": [{"commit": asdict(loss.commit), "cause": loss.cause}
                       for loss in verdict.losses],
@@ -150,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=DEFAULT_QUIET, help="quiet period (s)")
     parser.add_argument("--no-control", action="store_true",
                         help="the watchdogs do not control their servers (SQL fence only)")
+    parser.add_argument("--unbound", action="store_true",
+                        help="no service-manager binding: a dead or hung watchdog leaves its "
+                        "PostgreSQL running (the world before issue 13's fix)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--faults", default="default",
                         help="fault kinds to draw from, comma-separated: default (the first "
@@ -172,13 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--duration: must be at least 2 s (got {args.duration})")
     root = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     print(f"chaos: {args.runs} runs from seed {args.seed}, {args.duration:g}s faults + "
-          f"{args.quiet:g}s quiet, control {'off' if args.no_control else 'on'}, faults "
+          f"{args.quiet:g}s quiet, control {'off' if args.no_control else 'on'}, "
+          f"binding {'off' if args.unbound else 'on'}, faults "
           f"{args.faults}{', lock store behind Sentinel' if sentinel else ''}; "
           f"histories under {root}", flush=True)
     results = []
     for seed in range(args.seed, args.seed + args.runs):
         result = run_once(seed, args.duration, root / f"seed-{seed}", quiet=args.quiet,
-                          control=not args.no_control,
+                          control=not args.no_control, bound=not args.unbound,
                           kinds=None if args.faults == "default" else kinds,
                           sentinel=sentinel)
         print_run(result, sys.stdout)

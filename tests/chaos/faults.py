@@ -9,8 +9,6 @@ heal never reopens a link another fault still holds cut.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 from tests.chaos.history import FaultRecord
 from tests.chaos.schedule import PlannedFault
 from tests.chaos.world import ChaosLab, World
-from tests.integration.partition_harness import EAST, EAST_DB, REGION, SITES, WEST, WEST_DB
+from tests.integration.partition_harness import EAST_DB, SITES, WEST_DB
 
 #: The nodes of each site a cut may sever.
 SITE_NODES = {**{site: set(nodes) for site, nodes in SITES.items()},
@@ -65,17 +63,26 @@ class FaultCatalog:
     def inject(self, plan: PlannedFault) -> Injected:
         fault = Injected(plan, time.time())
         try:
-            getattr(self, f"_inject_{plan.kind}")(fault)
+            with self.world.holding(plan.target):
+                getattr(self, f"_inject_{plan.kind}")(fault)
         except Exception as exc:  # the fault log says it did not happen as planned
             fault.error = f"inject: {type(exc).__name__}: {exc}"[:300]
         return fault
 
     def heal(self, fault: Injected) -> FaultRecord:
         try:
-            getattr(self, f"_heal_{fault.plan.kind}")(fault)
+            with self.world.holding(fault.plan.target):
+                getattr(self, f"_heal_{fault.plan.kind}")(fault)
         except Exception as exc:
             fault.error += f" heal: {type(exc).__name__}: {exc}"[:300]
-        record = FaultRecord(fault.plan.kind, fault.plan.target, fault.start, time.time(),
+        end = time.time()
+        binding = self.world.binding
+        if binding is not None and fault.plan.kind in {"kill_daemon", "pause_daemon"}:
+            # Its service manager started it again before the heal: down until then.
+            restarted = binding.restarted_after(fault.plan.target, fault.start)
+            if restarted is not None:
+                end = min(end, restarted)
+        record = FaultRecord(fault.plan.kind, fault.plan.target, fault.start, end,
                              fault.down, fault.cut, fault.error.strip())
         self.log.append(record)
         return record
@@ -87,13 +94,25 @@ class FaultCatalog:
         self.lab.kill(fault.plan.target)
 
     def _heal_kill_daemon(self, fault: Injected) -> None:
+        proc = self.lab.fleet.dogs[fault.plan.target].proc
+        if proc is not None and proc.poll() is None:
+            fault.notes.append("restarted by its service manager")
+            return
         self.lab.restart(fault.plan.target)
 
     def _inject_pause_daemon(self, fault: Injected) -> None:
         fault.down = (fault.plan.target,)
+        proc = self.lab.fleet.dogs[fault.plan.target].proc
+        fault.notes.append(f"pid {proc.pid if proc is not None else None}")
         self.lab.signal_daemon(fault.plan.target, signal.SIGSTOP)
 
     def _heal_pause_daemon(self, fault: Injected) -> None:
+        proc = self.lab.fleet.dogs[fault.plan.target].proc
+        if proc is None or f"pid {proc.pid}" not in fault.notes or proc.poll() is not None:
+            # Its service manager's watchdog killed the frozen process (and started a
+            # new one, or will): nothing of the paused one is left to resume.
+            fault.notes.append("killed by its service manager's watchdog")
+            return
         self.lab.signal_daemon(fault.plan.target, signal.SIGCONT)
 
     def _inject_bad_config(self, fault: Injected) -> None:
@@ -124,20 +143,11 @@ class FaultCatalog:
         if fault.notes == ["already down"]:
             return
         target = fault.plan.target
-        server = self.world.servers[target]
-        if not self._start_gate(target):
-            fault.notes.append("start gate refused")
+        if self.world.servers[target].running:
+            fault.notes.append("started again by its binding")
             return
-        server.start(START_TIMEOUT, accepting=False)
-
-    def _start_gate(self, target: str) -> bool:
-        node = WEST if target == WEST_DB else EAST
-        dog = self.lab.fleet.dogs[node]
-        done = subprocess.run(
-            [sys.executable, "-m", "agentaskit_dr", "start-gate", "--config", str(dog.config),
-             "--region", REGION[node]],
-            capture_output=True, timeout=START_TIMEOUT, check=False)
-        return done.returncode == 0
+        if not self.world.start_behind_gate(target):
+            fault.notes.append("start gate refused")
 
     def _inject_pause_db(self, fault: Injected) -> None:
         fault.down = (fault.plan.target,)

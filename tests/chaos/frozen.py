@@ -37,9 +37,11 @@ WATCH_AFTER_WAKE = 15.0
 FENCE_EVENTS = {"old_primary_fenced", "old_primary_fenced_by_its_watchdog", "self_fenced"}
 
 
-def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
-    """One freeze-promote-wake; the figures and the checker's verdict."""
-    with World(workdir, control=control) as world:
+def frozen_primary(workdir: Path, *, control: bool, bound: bool = False) -> dict[str, Any]:
+    """One freeze-promote-wake; the figures and the checker's verdict. Unbound by
+    default: the watchdogs stay up here, and what is measured is what remains without
+    the binding (``--bound`` runs it with the binding too)."""
+    with World(workdir, control=control, bound=bound) as world:
         assert world.lab is not None
         primary = world.pair.primary
         history = History(0, world.timing.db_unreachable, world.timing.region_unhealthy,
@@ -72,6 +74,7 @@ def frozen_primary(workdir: Path, *, control: bool) -> dict[str, Any]:
     history.save(workdir / "history.json")
     return {
         "control": control,
+        "bound": bound,
         "promoted_after_freeze_s": round(promoted_at - frozen_at, 3),
         "postmaster_killed_before_wake": postmaster_killed,
         "old_primary_fenced_at_promotion": done.get("old_primary_fenced"),
@@ -88,13 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chaos-frozen", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each mode")
+    parser.add_argument("--bound", action="store_true",
+                        help="with the service-manager binding (tests/chaos/binding.py)")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     root = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-frozen-"))
     for run in range(args.repeat):
         for control in (True, False):
             figures = frozen_primary(root / f"control-{'on' if control else 'off'}-{run}",
-                                     control=control)
+                                     control=control, bound=args.bound)
             print(json.dumps(figures), flush=True)
     return 0
 

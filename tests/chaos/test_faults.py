@@ -3,6 +3,7 @@ a stand-in network records what is cut)."""
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -37,7 +38,8 @@ class Cuts:
 def catalog() -> tuple[FaultCatalog, Cuts]:
     network = Cuts()
     lab: Any = SimpleNamespace(links=dict.fromkeys(LINKS, 0), network=network)
-    world = SimpleNamespace(lab=lab, timing=SimpleNamespace(timeout=0.4))
+    world = SimpleNamespace(lab=lab, timing=SimpleNamespace(timeout=0.4), binding=None,
+                            holding=lambda _: contextlib.nullcontext())
     return FaultCatalog(cast(World, world)), network
 
 

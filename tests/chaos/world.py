@@ -5,7 +5,9 @@ Built on :class:`~tests.integration.partition_harness.PartitionLab`: west and ea
 watchdogs and a witness as real processes, a real PostgreSQL primary and streaming
 replica, Redis, every link through its own cuttable forwarder. With ``control`` each
 watchdog controls its own region's server (``regions.<r>.database.control``), so it
-can stop it and write ``standby.signal``; without it only the SQL fence exists.
+can stop it and write ``standby.signal``; without it only the SQL fence exists. With
+``bound`` (the default) each region's server is bound to its watchdog as the systemd
+units bind them (:mod:`tests.chaos.binding`): a dead or hung watchdog stops its server.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,6 +30,7 @@ import asyncpg
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
 from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.sentinel import SERVICE, SentinelSet
+from tests.chaos.binding import BOUND, Binding, BindingTiming
 from tests.chaos.history import FinalState
 from tests.chaos.writers import INSERT, SETUP, TABLE, AppWriter, app_dsn
 from tests.integration.netcut import Network
@@ -41,6 +46,8 @@ from tests.integration.partition_harness import (
 )
 
 PEER_TOKEN = "chaos-peer-token"
+#: Bound on the start gate and a restarted server coming up.
+START_TIMEOUT = 30.0
 
 
 class ChaosLab(PartitionLab):
@@ -54,6 +61,11 @@ class ChaosLab(PartitionLab):
         self.sentinels = sentinels
         #: Per daemon, the last lines SIGKILL cut in the middle (not the daemon's doing).
         self.torn: dict[str, list[str]] = {}
+        #: The service manager's binding, when the world runs one.
+        self.binding: Binding | None = None
+
+    def environment(self, node: str) -> dict[str, str] | None:
+        return None if self.binding is None else self.binding.environment(node)
 
     def kill(self, node: str) -> None:
         """SIGKILL ``node``; a log line it was writing is ended, and noted as torn."""
@@ -84,6 +96,10 @@ class ChaosLab(PartitionLab):
                 "data_directory": str(server.datadir), "bin_dir": str(server.bindir),
                 "os_user": "postgres", "stop_timeout": "3s",
             }
+        if self.binding is not None and node in BOUND:
+            timing = self.binding.timing
+            config["binding"] = {"liveness_timeout": f"{timing.watchdog_sec}s",
+                                 "postgres_stop_timeout": f"{timing.postgres_stop}s"}
         return config
 
     def restart(self, node: str) -> None:
@@ -92,7 +108,7 @@ class ChaosLab(PartitionLab):
         with dog.log_path.open("ab") as out:
             dog.proc = subprocess.Popen(
                 [sys.executable, *dog.entry, "run", "--config", str(dog.config)],
-                stdout=out, stderr=subprocess.STDOUT)
+                stdout=out, stderr=subprocess.STDOUT, env=self.environment(node))
         self._killed.discard(node)
 
     def signal_daemon(self, node: str, sig: signal.Signals) -> None:
@@ -112,13 +128,20 @@ class ChaosLab(PartitionLab):
 class World:
     """Everything of one run, started in ``__enter__`` and torn down in ``__exit__``."""
 
-    def __init__(self, workdir: Path, *, control: bool = True, timing: Timing | None = None,
+    def __init__(self, workdir: Path, *, control: bool = True, bound: bool = True,
+                 timing: Timing | None = None, binding: BindingTiming | None = None,
                  sentinel: bool = False) -> None:
         self.workdir = workdir
         self.control = control
+        self.bound = bound
         #: The lock store as a Sentinel-managed master and replica (three Sentinels).
         self.sentinels = SentinelSet() if sentinel else None
         self.timing = timing or Timing()
+        #: One lock per watchdog, over its process and its server: the fault catalog and
+        #: the binding never act on one of them at the same time.
+        self.locks = {node: threading.RLock() for node in BOUND}
+        self.binding: Binding | None = None
+        self._binding_timing = binding
         self.pair = PostgresPair()
         self.redis = RedisServer()
         self.network: Network | None = None
@@ -149,6 +172,13 @@ class World:
                            sentinels=self.sentinels.addresses if self.sentinels else None)
             stack.enter_context(lab)
             self.lab = lab
+            if self.bound:
+                timing = self._binding_timing or BindingTiming.scaled(self.timing)
+                self.binding = Binding(lab, self.servers, self.start_behind_gate, timing,
+                                       self.locks)
+                lab.binding = self.binding
+                self.binding.start()
+                stack.callback(self.binding.close)
             lab.start()
             lab.wait_healthy()
             ports = {name: server.port for name, server in self.servers.items()}
@@ -167,6 +197,8 @@ class World:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self.binding is not None:  # no more restarts while everything stops
+            self.binding.close()
         # Resume anything paused first, or the teardown's stops hang on it.
         for server in self.servers.values():
             with contextlib.suppress(Exception):
@@ -180,6 +212,32 @@ class World:
     def lock_master(self) -> RedisServer:
         """The lock store's Redis taking writes now (under Sentinel: the one they name)."""
         return self.sentinels.master_server() if self.sentinels is not None else self.redis
+
+    @contextlib.contextmanager
+    def holding(self, target: str) -> Iterator[None]:
+        """Hold the lock of the watchdog ``target`` is (or whose server it is), if any."""
+        owner = {db: node for node, db in BOUND.items()}.get(target, target)
+        lock = self.locks.get(owner)
+        if lock is None:
+            yield
+            return
+        with lock:
+            yield
+
+    def start_behind_gate(self, target: str) -> bool:
+        """Start server ``target`` as its service manager would, behind the start gate
+        (``ExecStartPre=``); False when the gate refused (the server stays down)."""
+        assert self.lab is not None
+        node = WEST if target == WEST_DB else EAST
+        dog = self.lab.fleet.dogs[node]
+        done = subprocess.run(
+            [sys.executable, "-m", "agentaskit_dr", "start-gate", "--config", str(dog.config),
+             "--region", REGION[node]],
+            capture_output=True, timeout=START_TIMEOUT, check=False)
+        if done.returncode != 0:
+            return False
+        self.servers[target].start(START_TIMEOUT, accepting=False)
+        return True
 
     def stop_writers(self) -> None:
         for writer in self.writers:

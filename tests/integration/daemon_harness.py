@@ -164,11 +164,12 @@ class WatchdogFleet:
 
     def start(
         self, region: str, *, name: str | None = None, overrides: Mapping[str, Any] | None = None,
-        entry: tuple[str, ...] | None = None,
+        entry: tuple[str, ...] | None = None, env: Mapping[str, str] | None = None,
     ) -> Watchdog:
         """Start a watchdog in ``region``; ``name`` (default ``drill-{region}``) labels its
         log events (``event["watchdog"]``) and is its lock holder name. ``entry`` replaces
-        ``-m agentaskit_dr`` (a test wrapper that injects a fault)."""
+        ``-m agentaskit_dr`` (a test wrapper that injects a fault); ``env`` replaces the
+        environment it inherits (a service manager's ``$NOTIFY_SOCKET``, say)."""
         label = name or f"drill-{region}"
         if label in self.dogs:
             raise ValueError(f"a watchdog named {label} was already started")
@@ -177,6 +178,8 @@ class WatchdogFleet:
         dog = Watchdog(label, path, self.workdir / f"watchdog-{label}.log")
         if entry is not None:
             dog.entry = entry
+        if env is not None:
+            dog.env = dict(env)
         dog.start()
         self.dogs[label] = dog
         return dog

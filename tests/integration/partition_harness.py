@@ -236,6 +236,10 @@ class PartitionLab:
             config["fence_after"] = f"{timing.fence_after}s"
         return config
 
+    def environment(self, node: str) -> dict[str, str] | None:
+        """The environment ``node``'s daemon runs with; None: the test's own."""
+        return None
+
     # ------------------------------------------------------------ processes
 
     def start(self) -> None:
@@ -250,7 +254,8 @@ class PartitionLab:
                 for other in (WITNESS, EAST):
                     wait_for_port(self.api_ports[other], READY_TIMEOUT,
                                   proc=self.fleet.dogs[other].proc)
-            dog = self.fleet.start(REGION[node], name=node, overrides=self.config_overrides(node))
+            dog = self.fleet.start(REGION[node], name=node, overrides=self.config_overrides(node),
+                                   env=self.environment(node))
             self.logs[node] = EventLog(node, dog.log_path)
 
     def wait_healthy(self, timeout: float = READY_TIMEOUT) -> str:

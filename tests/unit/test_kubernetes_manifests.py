@@ -289,3 +289,44 @@ def test_the_base_renders_the_same_role_as_rbac_yaml() -> None:
     docs = list(yaml.safe_load_all((DEPLOY / "base" / "rbac.yaml").read_text()))
     role = next(d for d in docs if d["kind"] == "Role")
     assert granted_by(role["rules"]) == needed()
+
+
+BOUND_EXAMPLE = DEPLOY / "examples" / "postgres-bound-to-watchdog.yaml"
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_the_bound_postgres_example_validates_against_the_openapi_schema(
+    version: str,
+) -> None:
+    validator = pytest.importorskip("kubernetes_validate",
+                                    reason="kubernetes-validate (dev extra) is not installed")
+    example = yaml.safe_load(BOUND_EXAMPLE.read_text())
+    try:
+        validator.validate(example, version, strict=True)
+    except validator.ValidationError as exc:
+        pytest.fail(f"{BOUND_EXAMPLE.name} (Kubernetes {version}): {exc.message} at "
+                    f"{'.'.join(map(str, exc.path))}")
+
+
+def test_the_bound_postgres_dies_with_its_watchdog_before_the_default_threshold() -> None:
+    from agentaskit_dr.config import BindingConfig, binding_budget
+
+    spec = yaml.safe_load(BOUND_EXAMPLE.read_text())["spec"]["template"]["spec"]
+    (sidecar,) = spec["initContainers"]
+    (server,) = spec["containers"]
+    assert sidecar["restartPolicy"] == "Always"  # a native sidecar, started first
+    assert sidecar["startupProbe"]["httpGet"]["path"] == "/readyz"
+    probe = server["livenessProbe"]
+    # The server's liveness is the watchdog's: its /healthz, on the sidecar's port.
+    assert probe["httpGet"]["path"] == "/healthz"
+    assert probe["httpGet"]["port"] == sidecar["ports"][0]["containerPort"]
+    assert probe["httpGet"]["scheme"] == "HTTPS"
+    assert "start-gate" in " ".join(server["args"])
+    liveness = probe["periodSeconds"] * probe["failureThreshold"] + probe["timeoutSeconds"]
+    stop = probe["terminationGracePeriodSeconds"]
+    defaults = BindingConfig()
+    assert (liveness, stop) == (defaults.liveness_timeout, defaults.postgres_stop_timeout)
+    budget = binding_budget(interval=5.0, db_unreachable=120.0, region_unhealthy=300.0,
+                            liveness=liveness, stop=stop)
+    assert budget.problem() is None
+    assert budget.warning() is None

@@ -183,3 +183,70 @@ def test_sysusers_and_tmpfiles_make_the_user_and_its_directories(tmp_path: Path)
     assert owner_mode(environment) == (0, 0, 0o600)
     assert owner_mode(root / "var" / "lib" / "agentaskit-dr") == (uid, gid, 0o750)
     assert owner_mode(root / "var" / "lib" / "agentaskit-dr" / "evidence") == (uid, gid, 0o750)
+
+
+def unit_settings(text: str, section: str) -> dict[str, list[str]]:
+    """The settings of ``section`` (``[Unit]``, ``[Service]``) in a unit or drop-in text."""
+    current, settings = "", dict[str, list[str]]()
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = line
+        elif current == section:
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_postgresql_drop_ins_verify_with_a_cluster_unit_and_the_daemon(
+    tmp_path: Path,
+) -> None:
+    # A stand-in for Debian's postgresql@.service (forking, pg_ctlcluster start/stop), with
+    # the start gate and the binding, and the daemon's unit with its Wants= drop-in.
+    stub = tmp_path / "stub"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    cluster = "postgresql@15-main.service"
+    (tmp_path / cluster).write_text(
+        "[Unit]\nDescription=PostgreSQL Cluster %i\n[Service]\nType=forking\n"
+        f"ExecStart=-{stub} %i start\nExecStop={stub} %i stop\n")
+    drop_ins = tmp_path / f"{cluster}.d"
+    drop_ins.mkdir()
+    for name in ("postgresql-start-gate.conf", "postgresql-bound-to-watchdog.conf"):
+        (drop_ins / name).write_text((SYSTEMD / name).read_text().replace(
+            INSTALLED_BINARY, str(stub)))
+    daemon = installed_copy(tmp_path, "agentaskit-dr.service",
+                            drop_ins={"wants.conf": "agentaskit-dr-wants-postgresql.conf"})
+    result = subprocess.run(
+        [tool("systemd-analyze"), "verify", cluster, daemon.name],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )
+    # verify reads the drop-ins: a bad value there is a line on stderr (checked by hand
+    # with TimeoutStopFailureMode=klil), and the exit code stays 0.
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_the_binding_is_ordered_and_its_timing_is_the_config_default() -> None:
+    from agentaskit_dr.config import BindingConfig, parse_duration
+
+    bound = (SYSTEMD / "postgresql-bound-to-watchdog.conf").read_text()
+    unit = unit_settings(bound, "[Unit]")
+    # BindsTo= without After= only propagates stops; with it the server may be active
+    # only while the daemon is.
+    assert unit["BindsTo"] == ["agentaskit-dr.service"]
+    assert unit["After"] == ["agentaskit-dr.service"]
+    wants = unit_settings((SYSTEMD / "agentaskit-dr-wants-postgresql.conf").read_text(),
+                          "[Unit]")
+    assert list(wants) == ["Wants"]  # never Requires= back to a unit bound to this one
+    daemon = service_section("agentaskit-dr.service")
+    assert "RestartMode" not in daemon
+    stop = unit_settings(bound, "[Service]")
+    liveness = parse_duration(daemon["WatchdogSec"][0]) + parse_duration(
+        daemon["TimeoutAbortSec"][0])
+    defaults = BindingConfig()
+    assert liveness == defaults.liveness_timeout
+    assert parse_duration(stop["TimeoutStopSec"][0]) == defaults.postgres_stop_timeout
+    assert stop["TimeoutStopFailureMode"] == ["kill"]
