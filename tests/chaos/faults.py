@@ -8,8 +8,12 @@ heal never reopens a link another fault still holds cut.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +21,8 @@ from typing import Any
 
 from tests.chaos.history import FaultRecord
 from tests.chaos.schedule import PlannedFault
-from tests.chaos.world import ChaosLab, World
-from tests.integration.partition_harness import EAST_DB, SITES, WEST_DB
+from tests.chaos.world import OPERATOR_TOKEN, ChaosLab, World
+from tests.integration.partition_harness import EAST, EAST_DB, REGION, SITES, WEST, WEST_DB
 
 #: The nodes of each site a cut may sever.
 SITE_NODES = {**{site: set(nodes) for site, nodes in SITES.items()},
@@ -198,6 +202,47 @@ class FaultCatalog:
         if fault.plan.param and fault.server.proc is None:
             fault.server.start()  # empty; the Sentinels make it a replica of the new master
 
+    # ------------------------------------------------------------ operator requests
+
+    def _inject_manual_failover(self, fault: Injected) -> None:
+        """``POST /v1/failover`` as an operator, to each watchdog until one takes it (the
+        others answer 409: not the lock holder); the daemons may refuse it."""
+        self._operator(fault, "/v1/failover", {"reason": "chaos campaign"})
+
+    def _heal_manual_failover(self, fault: Injected) -> None:
+        pass  # a request is not undone; the quiet period shows where it left the system
+
+    def _inject_switchover(self, fault: Injected) -> None:
+        """``POST /v1/switchover`` to the region that is not the primary now (as the
+        watchdogs' status says; the initial primary's other region if none answers)."""
+        primary = self._primary_region()
+        to = REGION[EAST] if primary in (None, REGION[WEST]) else REGION[WEST]
+        self._operator(fault, "/v1/switchover", {"to": to})
+
+    def _heal_switchover(self, fault: Injected) -> None:
+        pass
+
+    def _operator(self, fault: Injected, path: str, body: dict[str, Any]) -> None:
+        statuses = []
+        for node in (WEST, EAST):
+            status, text = _call(self.lab.api_ports[node], path, body)
+            statuses.append(status)
+            fault.notes.append(f"{node} {path}: {status} {text[:160]}")
+            if 200 <= status < 300:
+                return
+        if not any(statuses):
+            raise RuntimeError(f"no watchdog answered {path}: {'; '.join(fault.notes)}")
+
+    def _primary_region(self) -> str | None:
+        for node in (WEST, EAST):
+            status, text = _call(self.lab.api_ports[node], "/v1/status", None)
+            if status == 200:
+                with contextlib.suppress(ValueError, AttributeError):
+                    region = json.loads(text).get("primary_region")
+                    if isinstance(region, str):
+                        return region
+        return None
+
     # ------------------------------------------------------------ links
 
     def _links(self, fault: Injected) -> list[tuple[str, str]]:
@@ -241,3 +286,20 @@ class FaultCatalog:
             delays.remove(fault.plan.param)
             self.lab.network.slow(*link, max(delays, default=0.0))
 
+
+
+def _call(port: int, path: str, body: dict[str, Any] | None) -> tuple[int, str]:
+    """An operator's request to a watchdog's API (straight to its port: the operator is
+    not behind the lab's links); (HTTP status, body), status 0 when nothing answered."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method="GET" if body is None else "POST",
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}",
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5.0) as answer:
+            return answer.status, answer.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (OSError, TimeoutError) as exc:
+        return 0, f"{type(exc).__name__}: {exc}"

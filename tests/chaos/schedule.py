@@ -39,7 +39,12 @@ KINDS: dict[str, int] = {
 EXTRA_KINDS: dict[str, int] = {
     "slow_link": 3,
     "sentinel_failover": 2,
+    "manual_failover": 1,
+    "switchover": 1,
 }
+#: An operator's request (``POST /v1/failover``, ``POST /v1/switchover``): it stops and
+#: cuts nothing; the watchdogs decide whether to carry it out.
+OPERATOR_KINDS = frozenset({"manual_failover", "switchover"})
 ALL_KINDS: dict[str, int] = {**KINDS, **EXTRA_KINDS}
 #: Latency added per chunk on a slowed link (s): below, near and above what the lab's
 #: 0.4 s probe timeout tolerates over a few round trips.
@@ -93,6 +98,8 @@ def _target(kind: str, rng: random.Random) -> str:
         return "redis"
     if kind == "cut_wal":
         return "east-db|west-db"
+    if kind in OPERATOR_KINDS:
+        return "operator"
     if kind == "cut_one_way":
         # The lock store dials nobody: a cut from its side would sever no link.
         a = rng.choice(DAEMONS)

@@ -4,12 +4,16 @@ a stand-in network records what is cut)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any, cast
 
+from agentaskit_dr.sandbox.redis import free_port
 from tests.chaos.faults import FaultCatalog
 from tests.chaos.schedule import PlannedFault
-from tests.chaos.world import World
+from tests.chaos.world import OPERATOR_TOKEN, World
 
 LINKS = [(o, t) for o in ("west", "east", "witness")
          for t in ("west", "east", "witness", "west-db", "east-db", "west-health",
@@ -95,3 +99,91 @@ def test_a_slow_link_delays_both_directions_and_counts_as_cut_only_when_too_slow
     faults.heal(slight)
     assert network.delays == {}
     assert network.cut_now == set()  # slowing never cuts a real link
+
+
+class _Watchdogs:
+    """Two stand-in watchdog APIs on loopback: west answers 409 (not the lock holder),
+    east takes the request; both report ``primary`` as the primary region."""
+
+    def __init__(self, primary: str) -> None:
+        self.requests: list[tuple[str, str, str, dict[str, Any] | None]] = []
+        self.servers = {node: self._serve(node, primary) for node in ("west", "east")}
+
+    def _serve(self, node: str, primary: str) -> ThreadingHTTPServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                owner.requests.append((node, "GET", self.path, None))
+                self._answer(200, {"primary_region": primary})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                owner.requests.append((node, self.headers.get("Authorization", ""),
+                                       self.path, body))
+                if node == "west":
+                    self._answer(409, {"error": "not the lock holder"})
+                else:
+                    self._answer(202, {"started": True})
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def ports(self) -> dict[str, int]:
+        return {node: server.server_address[1] for node, server in self.servers.items()}
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+
+
+def test_a_manual_failover_goes_to_each_watchdog_until_one_takes_it() -> None:
+    dogs = _Watchdogs(primary="us-west-2")
+    try:
+        faults, _ = catalog()
+        faults.lab.api_ports = dogs.ports()
+        fault = faults.inject(PlannedFault("manual_failover", "operator", 1.0, 2.0))
+        record = faults.heal(fault)
+    finally:
+        dogs.close()
+    assert record.error == ""
+    posts = [r for r in dogs.requests if r[1] != "GET"]
+    assert [(node, path) for node, _, path, _ in posts] == [("west", "/v1/failover"),
+                                                             ("east", "/v1/failover")]
+    assert all(auth == f"Bearer {OPERATOR_TOKEN}" for _, auth, _, _ in posts)
+    assert record.kind == "manual_failover"
+    assert (record.down, record.cut) == ((), ())
+
+
+def test_a_switchover_asks_for_the_region_that_is_not_the_primary_now() -> None:
+    for primary, expected in (("us-west-2", "us-east-1"), ("us-east-1", "us-west-2")):
+        dogs = _Watchdogs(primary=primary)
+        try:
+            faults, _ = catalog()
+            faults.lab.api_ports = dogs.ports()
+            faults.heal(faults.inject(PlannedFault("switchover", "operator", 1.0, 2.0)))
+        finally:
+            dogs.close()
+        bodies = [body for _, auth, path, body in dogs.requests if path == "/v1/switchover"]
+        assert bodies
+        assert all(body == {"to": expected} for body in bodies)
+
+
+def test_an_operator_request_nobody_answers_is_an_injection_error() -> None:
+    faults, _ = catalog()
+    faults.lab.api_ports = {"west": free_port(), "east": free_port()}
+    record = faults.heal(faults.inject(PlannedFault("manual_failover", "operator", 1.0, 2.0)))
+    assert "no watchdog answered /v1/failover" in record.error

@@ -46,6 +46,9 @@ from tests.integration.partition_harness import (
 )
 
 PEER_TOKEN = "chaos-peer-token"
+#: The operator's bearer token (``api.token_file``): the campaign's manual failover and
+#: switchover requests carry it.
+OPERATOR_TOKEN = "chaos-operator-token"
 #: Bound on the start gate and a restarted server coming up.
 START_TIMEOUT = 30.0
 
@@ -87,6 +90,10 @@ class ChaosLab(PartitionLab):
             self.workdir.mkdir(parents=True, exist_ok=True)
             token.write_text(PEER_TOKEN + "\n")
         config["api"]["peer_token_file"] = str(token)
+        operator = self.workdir / "operator-token"
+        if not operator.exists():
+            operator.write_text(OPERATOR_TOKEN + "\n")
+        config["api"]["token_file"] = str(operator)
         if self.sentinels:
             config["lock"]["sentinels"] = list(self.sentinels)
             config["lock"]["service_name"] = SERVICE
