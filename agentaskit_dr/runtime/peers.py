@@ -261,6 +261,12 @@ class PeerPoller:
                 found.append(heard.report.vantage(label, heard.at))
         return found
 
+    def fresh_reports(self) -> dict[str, WireReport]:
+        """{label: the report heard within ``stale_after``}, for the peer-failover relay."""
+        now = self.clock()
+        return {label: heard.report for label, heard in self._heard.items()
+                if now - heard.at <= self.stale_after}
+
     def links(self) -> dict[str, bool]:
         """{label: heard from within ``stale_after``?}"""
         now = self.clock()
