@@ -30,6 +30,11 @@ def add_fence_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     gate.add_argument("--config", required=True, type=Path, help="watchdog YAML file")
     gate.add_argument("--region", default=None, help="default: the config's region")
+    gate.add_argument(
+        "--allow-unconfirmed", action="store_true",
+        help="start as primary even when neither the lock store, the other region's server "
+        "nor any peer answers (start_gate.when_unconfirmed: allow)",
+    )
     gate.set_defaults(fence_command="start-gate")
     unfence = sub.add_parser("unfence", help="lift a region's fence by hand")
     unfence.add_argument("--config", required=True, type=Path, help="watchdog YAML file")
@@ -66,17 +71,17 @@ def run_fence_command(args: argparse.Namespace) -> int:
     logs.configure("warning", stream=sys.stderr)
     try:
         if name == "start-gate":
-            return _start_gate(config, region)
+            return _start_gate(config, region, allow_unconfirmed=args.allow_unconfirmed)
         return _unfence(config, region, args)
     except (PromotionRefused, ServerControlFailed) as exc:
         print(f"agentaskit-dr {name}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 
-def _start_gate(config: WatchdogConfig, region: str) -> int:
-    from agentaskit_dr.fencing import start_gate
+def _start_gate(config: WatchdogConfig, region: str, *, allow_unconfirmed: bool) -> int:
+    from agentaskit_dr.start_gate import start_gate
 
-    answer = asyncio.run(start_gate(config, region))
+    answer = asyncio.run(start_gate(config, region, allow_unconfirmed=allow_unconfirmed))
     print(answer.reason, file=sys.stdout if answer.allowed else sys.stderr)
     return EXIT_OK if answer.allowed else EXIT_FAILURE
 

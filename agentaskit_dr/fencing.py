@@ -2,7 +2,7 @@
 from once fenced, whether the primary is elsewhere, the start gate and lifting a fence.
 
 The glue between ``config`` and the fence actuators (which know nothing of the config),
-shared by the ``start-gate`` and ``unfence`` commands and, through
+shared by the ``start-gate`` (``start_gate``) and ``unfence`` commands and, through
 :func:`server_control` and :func:`primary_conninfo_for`, by whoever calls ``fence_server``.
 """
 
@@ -22,15 +22,14 @@ from agentaskit_dr.actuators.fence import (
 )
 from agentaskit_dr.actuators.pg_control import (
     ServerControl,
-    ServerControlFailed,
     postmaster_pid,
     remove_standby_signal,
     standby_signal_present,
-    write_recovery_config,
 )
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.ports import ClusterPrimary, LockUnavailable
+from agentaskit_dr.redaction import redact_url
 
 log = structlog.get_logger(__name__)
 
@@ -79,38 +78,70 @@ def _conninfo_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+@dataclass(frozen=True)
+class SourceAnswer:
+    """What one source (the lock store, a server, a peer) says of the primary's place.
+
+    ``elsewhere``: why this region's server must not run as primary (None: nothing says
+    so). ``silent``: the source did not answer, and why (None: it answered).
+    """
+
+    elsewhere: str | None = None
+    silent: str | None = None
+
+
 async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
     """Why ``region``'s server must not run as primary, or None when nothing says so.
 
     The one seam for "is the cluster's primary in another region?". First the cluster
-    record in the lock store: a failover records the region it promoted. Then the other
-    region's server: it answers, is not in recovery, and carries a fencing-epoch marker
-    newer than this region's (unknown counts as none) -- it was promoted after this one.
-    A store or server that does not answer tells nothing.
+    record in the lock store (:func:`record_says`), then the other region's server
+    (:func:`other_server_says`). A store or server that does not answer tells nothing
+    here; the start gate (``start_gate``) also refuses when nothing answered at all.
     """
-    recorded = await recorded_primary(config)
+    recorded = await record_says(config, region)
+    if recorded.elsewhere is not None:
+        return recorded.elsewhere
+    return (await other_server_says(config, region)).elsewhere
+
+
+async def record_says(config: WatchdogConfig, region: str) -> SourceAnswer:
+    """The cluster record in the lock store: a failover records the region it promoted."""
+    try:
+        recorded = await read_recorded_primary(config)
+    except LockUnavailable as exc:
+        log.info("cluster_record_unknown", reason=str(exc))
+        return SourceAnswer(silent=f"lock store {redact_url(config.lock.store_url)}: "
+                                   f"{str(exc)[:200]}")
     if recorded is not None and recorded.region != region:
-        return (f"the cluster record in the lock store says the primary is in "
-                f"{recorded.region} since the failover of epoch {recorded.epoch} "
-                f"(run {recorded.run_id})")
+        return SourceAnswer(
+            f"the cluster record in the lock store says the primary is in "
+            f"{recorded.region} since the failover of epoch {recorded.epoch} "
+            f"(run {recorded.run_id})")
+    return SourceAnswer()
+
+
+async def other_server_says(config: WatchdogConfig, region: str) -> SourceAnswer:
+    """The other region's server: it answers, is not in recovery, and carries a
+    fencing-epoch marker newer than this region's (unknown counts as none) -- it was
+    promoted after this one."""
     other = other_region(config, region)
     timeout = config.probe.timeout
     other_dsn = config.regions[other].database.connect_dsn()
     try:
         async with session(other_dsn, role=f"{other} server", io_timeout=timeout) as conn:
             if await conn.fetchval("SELECT pg_is_in_recovery()"):
-                return None
+                return SourceAnswer()
             other_epoch = await read_marker_epoch(conn)
     except PromotionRefused as exc:
         log.info("primary_elsewhere_unknown", region=other, reason=exc.reason)
-        return None
+        return SourceAnswer(silent=exc.reason[:200])
     if other_epoch is None:
-        return None
+        return SourceAnswer()
     local_epoch = await _local_marker(config, region)
     if local_epoch is not None and local_epoch >= other_epoch:
-        return None
+        return SourceAnswer()
     local = "none" if local_epoch is None else str(local_epoch)
-    return (
+    return SourceAnswer(
         f"region {other}'s server {describe_dsn(other_dsn)} is a primary promoted under "
         f"epoch {other_epoch} (this region's marker: {local})"
     )
@@ -119,14 +150,21 @@ async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
 async def recorded_primary(config: WatchdogConfig) -> ClusterPrimary | None:
     """The cluster's primary as the lock store records it; None if none is recorded or the
     store cannot be read (logged)."""
+    try:
+        return await read_recorded_primary(config)
+    except LockUnavailable as exc:
+        log.info("cluster_record_unknown", reason=str(exc))
+        return None
+
+
+async def read_recorded_primary(config: WatchdogConfig) -> ClusterPrimary | None:
+    """The cluster's primary as the lock store records it (None: none recorded);
+    LockUnavailable when the store cannot be read."""
     lock = config.lock
     store = RedisClusterStore(lock.store_url, key_prefix=lock.key_prefix,
                               socket_timeout=lock.socket_timeout, password=lock.password_value())
     try:
         return (await store.read()).primary
-    except LockUnavailable as exc:
-        log.info("cluster_record_unknown", reason=str(exc))
-        return None
     finally:
         await store.close()
 
@@ -138,41 +176,6 @@ async def _local_marker(config: WatchdogConfig, region: str) -> int | None:
             return await read_marker_epoch(conn)
     except PromotionRefused:
         return None
-
-
-@dataclass(frozen=True)
-class GateAnswer:
-    """The start gate's answer: ``allowed`` to start, and one line saying why."""
-
-    allowed: bool
-    reason: str
-
-
-async def start_gate(config: WatchdogConfig, region: str) -> GateAnswer:
-    """May ``region``'s server start (as primary)? Run before its service starts it.
-
-    A data directory holding ``standby.signal`` starts in recovery: allowed. Otherwise
-    refused while :func:`primary_elsewhere` has a reason; in control mode the refusal
-    first writes ``standby.signal`` + ``primary_conninfo``, so a start that happens anyway
-    comes up read-only.
-    """
-    control = server_control(config, region)
-    if control is not None and standby_signal_present(control):
-        return GateAnswer(True, f"{region}: standby.signal present, the server starts in "
-                                "recovery (read-only)")
-    reason = await primary_elsewhere(config, region)
-    if reason is None:
-        return GateAnswer(True, f"{region} may start as primary: no primary elsewhere")
-    if control is None:
-        return GateAnswer(False, f"refusing to start {region} as primary: {reason}")
-    try:
-        write_recovery_config(control, primary_conninfo_for(config, other_region(config, region)))
-    except ServerControlFailed as exc:
-        return GateAnswer(False, f"refusing to start {region} as primary: {reason}; and could "
-                                 f"not write standby.signal: {exc}")
-    log.warning("start_gate_demoted", region=region, reason=reason)
-    return GateAnswer(False, f"refusing to start {region} as primary: {reason}; wrote "
-                             "standby.signal, so a start anyway comes up read-only")
 
 
 async def lift_fence(config: WatchdogConfig, region: str, *, remove_signal: bool) -> list[str]:

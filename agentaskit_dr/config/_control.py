@@ -8,6 +8,7 @@ failback.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import field_validator
 from pydantic_core import PydanticCustomError
@@ -44,3 +45,14 @@ class DatabaseControlConfig(ConfigModel):
     @classmethod
     def _absolute_path(cls, path: Path | None) -> Path | None:
         return _absolute(path)
+
+
+class StartGateConfig(ConfigModel):
+    """``start_gate``: how ``agentaskit-dr start-gate`` decides when nothing answers."""
+
+    when_unconfirmed: Literal["refuse", "allow"] = "refuse"
+    """When neither the lock store, nor the other region's server, nor any peer watchdog
+    or the witness answers, nothing confirms that the primary is not elsewhere: ``refuse``
+    the start as primary (the default: an old primary cut off from everything may have
+    been failed over), or ``allow`` it (the gate's behaviour before: a cold start of a
+    lone region whose lock store is down)."""

@@ -33,6 +33,7 @@ from agentaskit_dr.config._base import (
 )
 from agentaskit_dr.config._binding import BindingBudget, BindingConfig, binding_budget
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
+from agentaskit_dr.config._control import StartGateConfig
 from agentaskit_dr.config._durations import format_duration
 from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._jobs import BackupJobsConfig
@@ -186,6 +187,8 @@ class WatchdogConfig(ConfigModel):
     """This region's PostgreSQL is bound to this watchdog by its service manager
     (systemd ``BindsTo=``, or a livenessProbe on Kubernetes); its timing, checked against
     the thresholds. None: not declared (the daemon still checks ``$WATCHDOG_USEC``)."""
+    start_gate: StartGateConfig = Field(default_factory=StartGateConfig)
+    """How ``start-gate`` answers when no source of the primary's whereabouts answers."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Self:

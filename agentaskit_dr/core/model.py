@@ -191,12 +191,15 @@ class PlannedPrimary:
 class RecordedPrimary:
     """The cluster record names ``region`` the primary, made so by failover ``run_id``
     under ``epoch``, which this watchdog did not see happen (it was paused, cut off or
-    down through it). ``acknowledged``: an operator acknowledged it since."""
+    down through it). ``acknowledged``: an operator acknowledged it since. ``source``:
+    who said so, when not the record itself (a peer's report while the record cannot be
+    read)."""
 
     region: str
     epoch: int
     run_id: str
     acknowledged: bool
+    source: str = "the cluster record"
 
 
 @dataclass(frozen=True, slots=True)

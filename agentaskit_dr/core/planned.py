@@ -59,10 +59,10 @@ def recorded_primary(state: WatchState, event: RecordedPrimary,
             or (known is not None and event.epoch <= known)):
         return state, []
     record = FailoverRecord(condition=None, epoch=event.epoch, decided_at=now,
-                            reason=f"recorded by run {event.run_id} in the cluster record",
+                            reason=f"recorded by run {event.run_id} in {event.source}",
                             completed_at=now)
     phase = Phase.WATCHING if event.acknowledged else Phase.FAILED_OVER
-    verdict = (f"following the cluster record: {event.region} is the primary under epoch "
+    verdict = (f"following {event.source}: {event.region} is the primary under epoch "
                f"{event.epoch} (failover {event.run_id}, missed by this watchdog)")
     return replace(state, phase=phase, failover=record, clocks=fresh_clocks(),
                    standby_ready=None, retry_not_before=None, verdict=verdict), []

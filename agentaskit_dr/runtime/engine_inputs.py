@@ -166,5 +166,11 @@ class EngineInputs:
         return answer
 
     def observations(self) -> dict[str, Any]:
-        """The ``GET /v1/observations`` body: this daemon's latest view, for its peers."""
-        return self.intake.observations(self.config)
+        """The ``GET /v1/observations`` body: this daemon's latest view, for its peers,
+        with the failover it knows of (a primary-side watchdog cut off from the lock store
+        learns of a failover away from its peers: ``peer_failover``)."""
+        body = self.intake.observations(self.config)
+        failover = self.state.failover
+        body["failover_epoch"] = failover.epoch if failover is not None else None
+        body["failover_in_progress"] = self.state.phase is Phase.FAILING_OVER
+        return body

@@ -61,6 +61,11 @@ class WireReport(BaseModel):
     regions: dict[str, _WireRegion] = Field(max_length=MAX_REGIONS)
     wal_streaming: bool | None = None
     peers: dict[str, bool] = Field(default_factory=dict, max_length=16)
+    failover_epoch: int | None = Field(default=None, ge=0)
+    """The epoch of the failover (or planned run) that made ``primary_region`` the
+    primary, as this daemon knows it; None: none known. Optional: older daemons omit it."""
+    failover_in_progress: bool | None = None
+    """This daemon is running a failover now (its promotion may come any moment)."""
 
     def vantage(self, label: str, received_at: float | None = None) -> Vantage:
         """The report as a vantage; ``received_at`` (local clock) dates its observations."""
@@ -255,6 +260,12 @@ class PeerPoller:
             else:
                 found.append(heard.report.vantage(label, heard.at))
         return found
+
+    def fresh_reports(self) -> dict[str, WireReport]:
+        """{label: the report heard within ``stale_after``}, for the peer-failover relay."""
+        now = self.clock()
+        return {label: heard.report for label, heard in self._heard.items()
+                if now - heard.at <= self.stale_after}
 
     def links(self) -> dict[str, bool]:
         """{label: heard from within ``stale_after``?}"""

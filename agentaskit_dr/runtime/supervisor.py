@@ -50,6 +50,7 @@ from agentaskit_dr.runtime.host_steps import HostStepJobs
 from agentaskit_dr.runtime.jobs import JobScheduler, StatusParts
 from agentaskit_dr.runtime.leadership import LeadershipKeeper
 from agentaskit_dr.runtime.outlook import stale_after
+from agentaskit_dr.runtime.peer_failover import PeerFailoverRelay
 from agentaskit_dr.runtime.peers import PeerPoller
 from agentaskit_dr.runtime.planned_runs import PlannedRuns
 from agentaskit_dr.runtime.runbook import Runbook
@@ -295,6 +296,9 @@ def _assemble(
     # Failback and switchover through the API; every watchdog holds while one runs.
     planned = PlannedRuns(engine, keeper, journal, cluster)
     planned.controls = controls  # one read of the lock store per interval feeds both
+    # While the record cannot be read, a failover the peers report is followed (seed 1000).
+    peers.on_report = PeerFailoverRelay(engine, peers.fresh_reports,
+                                        lambda: planned.error is not None).heard
     dr_testing = DrTestingWatch.for_engine(engine)
     jobs = JobScheduler(lambda: engine.config, lock.client, registry=engine.metrics.registry)
     dr_testing.backup_config = jobs.backup_config
