@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from agentaskit_dr.core.assess import Assessment, Verdict
+from agentaskit_dr.core.lift_types import LiftSelfFence, SelfFenceFacts, SelfFenceLiftDone
 
 
 class Condition(enum.StrEnum):
@@ -45,6 +46,10 @@ class Thresholds:
     # A primary-side watchdog that hears neither peer nor witness this long fences its own
     # primary; None never self-fences. Must be shorter than the other side's thresholds.
     fence_after: float | None = None
+    # Lift a self-fence automatically once safe (docs/architecture.md); alert when one
+    # stays in force longer than ``self_fence_stuck_after`` because a condition blocks it.
+    self_fence_auto_lift: bool = True
+    self_fence_stuck_after: float = 300.0
 
     def for_condition(self, condition: Condition) -> float:
         if condition is Condition.REGION_UNHEALTHY:
@@ -220,6 +225,8 @@ Event = (
     | PlannedRunActive
     | PlannedPrimary
     | RecordedPrimary
+    | SelfFenceFacts
+    | SelfFenceLiftDone
     | Tick
 )
 
@@ -257,7 +264,7 @@ class FenceOwnPrimary:
     """A primary-side watchdog cut off from peer and witness fences its own primary.
 
     Needs no lock: the lock store may be on the other side of the partition, and making the
-    primary read-only is always the safe direction. Nothing lifts it automatically.
+    primary read-only is always the safe direction. ``LiftSelfFence`` lifts it (core/self_fence).
     """
 
     reason: str
@@ -293,7 +300,8 @@ class Alert:
     resolve: bool = False
 
 
-Command = StartFailover | FenceOldPrimary | FenceOwnPrimary | CloseIncident | Alert
+Command = (StartFailover | FenceOldPrimary | FenceOwnPrimary | LiftSelfFence | CloseIncident
+           | Alert)
 
 
 # ---------------------------------------------------------------- state
@@ -365,6 +373,13 @@ class WatchState:
     self_fenced: bool = False
     self_fence_deferred: bool = False  # paused when it was due; the alert went out once
     self_fence_retry_at: float | None = None  # the last self-fence failed: try again then
+    # The lift (core/self_fence.py): when fenced, the newest epoch then in force, since
+    # when every lift condition holds, a lift running, the stuck alert said once.
+    self_fenced_at: float | None = None
+    self_fence_epoch: int | None = None
+    lift_ready_since: float | None = None
+    lift_pending: bool = False
+    lift_stuck_alerted: bool = False
     # The failover incident open since this decision time (cleared by success or close).
     incident_since: float | None = None
     # The primary answers this watchdog with an error (its name): up, and an alert.
