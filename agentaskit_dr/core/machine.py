@@ -212,6 +212,9 @@ def _decide(state: WatchState, now: float) -> Step:
     if state.planned_run is not None:
         return with_verdict(state, f"no action: {state.planned_run} is running; the "
                                     "automation does not fight it")
+    if state.lift_pending:
+        # The lift checked that the other server is a standby: no promotion races it.
+        return with_verdict(state, "no action: lifting the self-fence; no failover meanwhile")
     if state.phase is Phase.FAILED_OVER:
         record = state.failover
         epoch = record.epoch if record else None

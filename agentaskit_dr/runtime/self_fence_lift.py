@@ -21,7 +21,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from agentaskit_dr.actuators.fence import PromotionRefused, lift_fence_over_sql, session
+from agentaskit_dr.actuators.fence import (
+    PromotionRefused,
+    fence_server,
+    lift_fence_over_sql,
+    session,
+)
 from agentaskit_dr.actuators.pg_control import (
     ServerControlFailed,
     postmaster_pid,
@@ -31,7 +36,7 @@ from agentaskit_dr.actuators.pg_control import (
 from agentaskit_dr.actuators.pg_start import start_server
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import Event, LiftSelfFence, SelfFenceFacts, SelfFenceLiftDone
-from agentaskit_dr.fencing import other_region, server_control
+from agentaskit_dr.fencing import other_region, primary_conninfo_for, server_control
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.ports import Lease, LockUnavailable, StaleEpoch
 
@@ -100,14 +105,18 @@ async def lift(config: WatchdogConfig, file_primary: str, command: LiftSelfFence
     region = config.primary_region
     said: list[str] = []
     control = server_control(config, region)
+    started = False
     try:
         if control is not None and postmaster_pid(control) is None:
             if standby_signal_present(control):
                 remove_standby_signal(control)
                 said.append("standby.signal removed")
+            started = True
             await start_server(control, within=max(10.0, 2 * control.stop_timeout),
                                as_primary=True)
             said.append("server started")
+            # Starting took a while: the lease must still be ours before writes resume.
+            await _still_leader(leases, command.epoch)
         elif control is not None and standby_signal_present(control):
             return SelfFenceLiftDone(False, "the server runs in recovery (standby.signal): "
                                             "a promotion is not a lift; an operator decides")
@@ -115,11 +124,32 @@ async def lift(config: WatchdogConfig, file_primary: str, command: LiftSelfFence
                                           io_timeout=config.probe.timeout, flog=log,
                                           epoch=command.epoch)
     except (PromotionRefused, StaleEpoch, ServerControlFailed) as exc:
+        if started:  # fenced again, as before the lift: stopped, standby.signal in place
+            await _fence_again(config, region)
         return SelfFenceLiftDone(False, f"{type(exc).__name__}: {exc}")
     if roles is None:
         return SelfFenceLiftDone(False, "the server is in recovery: nothing to lift")
     said.append(f"read-only reset; LOGIN given back to: {', '.join(roles) or 'none'}")
     return SelfFenceLiftDone(True, "; ".join(said))
+
+
+async def _still_leader(leases: LeaseSource, epoch: int) -> None:
+    lease = await leases.verified_lease()
+    if lease is None or lease.epoch != epoch:
+        raise StaleEpoch(f"not the lock holder under epoch {epoch} any more")
+
+
+async def _fence_again(config: WatchdogConfig, region: str) -> None:
+    try:
+        result = await fence_server(
+            config.regions[region].database.connect_dsn(), epoch=None,
+            io_timeout=config.probe.timeout, flog=log, control=server_control(config, region),
+            primary_conninfo=primary_conninfo_for(config, other_region(config, region)))
+    except PromotionRefused as exc:
+        log.critical("self_fence_lift_rollback_failed", region=region, reason=exc.reason)
+        return
+    log.warning("self_fence_lift_rolled_back", region=region, fenced=result.fenced,
+                detail=result.detail)
 
 
 class SelfFenceLifter:

@@ -24,7 +24,9 @@ from agentaskit_dr.core import (
     Paused,
     SelfFenceFacts,
     SelfFenceLiftDone,
+    StartFailover,
     Thresholds,
+    Tick,
     WatchState,
     transition,
 )
@@ -175,3 +177,15 @@ def test_facts_without_a_self_fence_do_nothing() -> None:
 
     assert commands == []
     assert not state.self_fenced
+
+
+def test_no_failover_starts_while_the_lift_runs() -> None:
+    state, _ = healed(self_fenced_state(), 110, 140)
+    assert state.lift_pending
+    # The server is stopped (control mode) and every vantage sees it down past 120 s.
+    state = replace(state, clocks={c: replace(k, failing_since=0.0, last_failing=140.0)
+                                   for c, k in state.clocks.items()})
+    state, commands = transition(state, Tick(), 141.0)
+
+    assert of_type([(141.0, c) for c in commands], StartFailover) == []
+    assert "lifting the self-fence" in state.verdict
