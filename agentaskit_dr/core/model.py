@@ -380,6 +380,7 @@ class WatchState:
     lift_ready_since: float | None = None
     lift_pending: bool = False
     lift_stuck_alerted: bool = False
+    lift_status: str = ""  # why the fence is not lifted yet, or how far the lift is
     # The failover incident open since this decision time (cleared by success or close).
     incident_since: float | None = None
     # The primary answers this watchdog with an error (its name): up, and an alert.

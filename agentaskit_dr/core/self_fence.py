@@ -5,7 +5,7 @@ the isolation heals, the fence is lifted only if every condition below holds, co
 for ``thresholds.recovery`` (one blocking observation restarts the clock):
 
 - ``auto_lift``: ``self_fence.auto_lift`` is on (off: only an operator lifts);
-- ``armed``: watching, not paused, no failback or switchover running;
+- ``armed``: no failover running, not paused, no failback or switchover running;
 - ``lock``: this watchdog holds the leader lock (the lift runs under its epoch);
 - ``not_isolated``: its quorum view is healthy again (it hears a peer or the witness);
 - ``recorded_primary``: the cluster record names this region as the primary;
@@ -41,7 +41,10 @@ def fenced(state: WatchState, now: float) -> WatchState:
 
 def lift_conditions(state: WatchState, facts: SelfFenceFacts) -> dict[str, tuple[bool, str]]:
     """Each lift condition: (holds, its value as said in the log)."""
-    armed = state.phase is Phase.WATCHING and not state.paused and state.planned_run is None
+    # Failed over and waiting for an acknowledgement is armed: the anti-flap block is on
+    # failing over again, and this lift restores the primary that failover made.
+    armed = (state.phase is not Phase.FAILING_OVER and not state.paused
+             and state.planned_run is None)
     isolated = state.isolated_since is not None or state.assessed in (None,
                                                                       Verdict.SELF_ISOLATED)
     recorded = facts.recorded_epoch
@@ -75,9 +78,10 @@ def self_fence_facts(state: WatchState, facts: SelfFenceFacts, now: float) -> St
     fenced_for = now - (state.self_fenced_at if state.self_fenced_at is not None else now)
     if blocking:
         first = blocking[0]
+        # Said in the status, not the verdict: the engine's verdict stays the decision's.
         state = replace(state, lift_ready_since=None,
-                        verdict=f"self-fenced for {fenced_for:.1f}s; not lifted: {first} "
-                                f"({conditions[first][1]})")
+                        lift_status=f"self-fenced for {fenced_for:.1f}s; not lifted: {first} "
+                                    f"({conditions[first][1]})")
         if state.lift_stuck_alerted or fenced_for <= state.thresholds.self_fence_stuck_after:
             return state, []
         return replace(state, lift_stuck_alerted=True), [Alert(
@@ -90,13 +94,13 @@ def self_fence_facts(state: WatchState, facts: SelfFenceFacts, now: float) -> St
     recovery = state.thresholds.recovery
     if held < recovery:
         return replace(state, lift_ready_since=since,
-                       verdict=f"self-fenced; every lift condition holds for {held:.1f}s of "
-                               f"{recovery:g}s"), []
+                       lift_status=f"self-fenced; every lift condition holds for "
+                                   f"{held:.1f}s of {recovery:g}s"), []
     epoch = state.epoch
     assert epoch is not None  # the "lock" condition holds
     reason = f"every lift condition held for {held:.1f}s (>= {recovery:g}s)"
     state = replace(state, lift_ready_since=since, lift_pending=True,
-                    verdict=f"lifting the self-fence under epoch {epoch}: {reason}")
+                    lift_status=f"lifting under epoch {epoch}: {reason}")
     return state, [LiftSelfFence(epoch=epoch, fence_epoch=state.self_fence_epoch,
                                  reason=reason, conditions=said)]
 
@@ -108,11 +112,12 @@ def self_fence_lift_done(state: WatchState, event: SelfFenceLiftDone, now: float
                                       f"{event.detail}"), []
     if not event.lifted:
         return replace(state, lift_pending=False, lift_ready_since=None,
-                       verdict=f"self-fence lift refused: {event.detail}"), [Alert(
+                       lift_status=f"lift refused: {event.detail}"), [Alert(
             Severity.WARNING, f"self-fence lift refused: {event.detail}", key=STUCK_KEY)]
     state = replace(state, self_fenced=False, self_fenced_at=None, self_fence_epoch=None,
                     lift_ready_since=None, lift_pending=False, lift_stuck_alerted=False,
-                    isolated_since=None, verdict=f"self-fence lifted: {event.detail}")
+                    isolated_since=None, lift_status="",
+                    verdict=f"self-fence lifted: {event.detail}")
     return state, [Alert(Severity.INFO, f"self-fence lifted: {event.detail}", key="self_fence",
                          resolve=True),
                    Alert(Severity.INFO, "self-fence lifted", key=STUCK_KEY, resolve=True)]

@@ -22,6 +22,7 @@ from agentaskit_dr.core import (
     LeadershipChanged,
     LiftSelfFence,
     Paused,
+    Phase,
     SelfFenceFacts,
     SelfFenceLiftDone,
     StartFailover,
@@ -46,11 +47,13 @@ GOOD = SelfFenceFacts(region=HERE, recorded_region=HERE, recorded_epoch=3,
                       other_in_recovery=True, other_detail="streaming")
 
 
-def self_fenced_state(thresholds: Thresholds = THRESHOLDS) -> WatchState:
+def self_fenced_state(thresholds: Thresholds = THRESHOLDS, *,
+                      acknowledged: bool = True) -> WatchState:
     """Failed over to this region under epoch 3, acknowledged, then isolated and fenced."""
     state = leader_state(thresholds, epoch=3)
     state, _ = transition(state, FailoverSucceeded(epoch=3), 0.0)
-    state, _ = transition(state, Acknowledged(), 1.0)
+    if acknowledged:
+        state, _ = transition(state, Acknowledged(), 1.0)
     state, _commands = run(assessed_every(5, 10, 105, SELF_ISOLATED, primary_side=True), state)
     assert state.self_fenced
     assert state.self_fence_epoch == 3
@@ -106,7 +109,7 @@ def test_each_unsafe_fact_alone_keeps_the_fence(blocker: str, facts: SelfFenceFa
 
     assert of_type(commands, LiftSelfFence) == []
     assert state.self_fenced
-    assert f"not lifted: {blocker}" in state.verdict
+    assert f"not lifted: {blocker}" in state.lift_status
     stuck = [a for _, a in of_type(commands, Alert) if a.key == "self_fence_stuck"]
     assert len(stuck) == 1, "alerted once, past self_fence_stuck_after"
     assert blocker in stuck[0].message
@@ -118,7 +121,7 @@ def test_without_the_lock_the_fence_stays() -> None:
     state, commands = healed(state, 110, 600)
 
     assert of_type(commands, LiftSelfFence) == []
-    assert "not lifted: lock" in state.verdict
+    assert "not lifted: lock" in state.lift_status
 
 
 def test_still_isolated_the_fence_stays() -> None:
@@ -129,7 +132,7 @@ def test_still_isolated_the_fence_stays() -> None:
     state, commands = run(timeline, state)
 
     assert of_type(commands, LiftSelfFence) == []
-    assert "not lifted: not_isolated" in state.verdict
+    assert "not lifted: not_isolated" in state.lift_status
 
 
 def test_auto_lift_off_keeps_the_fence_for_an_operator() -> None:
@@ -137,7 +140,7 @@ def test_auto_lift_off_keeps_the_fence_for_an_operator() -> None:
     state, commands = healed(state, 110, 600)
 
     assert of_type(commands, LiftSelfFence) == []
-    assert "not lifted: auto_lift" in state.verdict
+    assert "not lifted: auto_lift" in state.lift_status
 
 
 def test_paused_the_fence_stays() -> None:
@@ -146,7 +149,7 @@ def test_paused_the_fence_stays() -> None:
     state, commands = healed(state, 110, 600)
 
     assert of_type(commands, LiftSelfFence) == []
-    assert "not lifted: armed" in state.verdict
+    assert "not lifted: armed" in state.lift_status
 
 
 def test_one_blocking_observation_restarts_the_debounce() -> None:
@@ -189,3 +192,13 @@ def test_no_failover_starts_while_the_lift_runs() -> None:
 
     assert of_type([(141.0, c) for c in commands], StartFailover) == []
     assert "lifting the self-fence" in state.verdict
+
+
+def test_failed_over_awaiting_acknowledgement_still_lifts_the_fence_of_its_new_primary() -> None:
+    # Seed 1011: the new primary's watchdog fenced it before anyone acknowledged.
+    state = self_fenced_state(acknowledged=False)
+    assert state.phase is Phase.FAILED_OVER
+    state, commands = healed(state, 110, 200)
+
+    assert [t for t, _ in of_type(commands, LiftSelfFence)] == [140.0]
+    assert of_type(commands, StartFailover) == []
