@@ -80,8 +80,7 @@ def self_fence_facts(state: WatchState, facts: SelfFenceFacts, now: float) -> St
         first = blocking[0]
         # Said in the status, not the verdict: the engine's verdict stays the decision's.
         state = replace(state, lift_ready_since=None,
-                        lift_status=f"self-fenced for {fenced_for:.1f}s; not lifted: {first} "
-                                    f"({conditions[first][1]})")
+                        lift_status=f"not lifted: {first} ({conditions[first][1]})")
         if state.lift_stuck_alerted or fenced_for <= state.thresholds.self_fence_stuck_after:
             return state, []
         return replace(state, lift_stuck_alerted=True), [Alert(
@@ -94,8 +93,8 @@ def self_fence_facts(state: WatchState, facts: SelfFenceFacts, now: float) -> St
     recovery = state.thresholds.recovery
     if held < recovery:
         return replace(state, lift_ready_since=since,
-                       lift_status=f"self-fenced; every lift condition holds for "
-                                   f"{held:.1f}s of {recovery:g}s"), []
+                       lift_status=f"every lift condition holds; lifting after {recovery:g}s "
+                                   "of that"), []
     epoch = state.epoch
     assert epoch is not None  # the "lock" condition holds
     reason = f"every lift condition held for {held:.1f}s (>= {recovery:g}s)"

@@ -255,8 +255,11 @@ class Engine(EngineInputs, EngineEffects):
             self._start_failover(deferred)
 
     def _apply(self, event: Event) -> list[Command]:
-        before = self.state.phase
+        before, lift_status = self.state.phase, self.state.lift_status
         self.state, commands = transition(self.state, event, self._clock())
+        if self.state.lift_status != lift_status and self.state.lift_status:
+            log.info("self_fence_lift_status", status=self.state.lift_status,
+                     epoch=self.state.epoch)
         if self.state.phase is not before:
             self._phase_since = self._clock()
         if before is not Phase.FAILED_OVER and self.state.phase is Phase.FAILED_OVER:
