@@ -51,7 +51,6 @@ def lift_conditions(state: WatchState, facts: SelfFenceFacts) -> dict[str, tuple
     newer = recorded is not None and (state.self_fence_epoch is None
                                       or recorded > state.self_fence_epoch)
     other = {True: "standby", False: "primary", None: "unknown"}[facts.other_in_recovery]
-    detail = f" ({facts.other_detail})" if facts.other_detail else ""
     return {
         "auto_lift": (state.thresholds.self_fence_auto_lift,
                       "on" if state.thresholds.self_fence_auto_lift else "off"),
@@ -64,7 +63,9 @@ def lift_conditions(state: WatchState, facts: SelfFenceFacts) -> dict[str, tuple
                              facts.recorded_region or "record unreadable"),
         "no_newer_failover": (not newer, f"recorded epoch {recorded}, in force at the fence "
                                          f"{state.self_fence_epoch}"),
-        "other_is_standby": (facts.other_in_recovery is True, other + detail),
+        # The server's own words stay out: an error text that varies would make the
+        # status change at every reading; the stuck alert carries them.
+        "other_is_standby": (facts.other_in_recovery is True, other),
     }
 
 
@@ -86,7 +87,8 @@ def self_fence_facts(state: WatchState, facts: SelfFenceFacts, now: float) -> St
         return replace(state, lift_stuck_alerted=True), [Alert(
             Severity.CRITICAL,
             f"self-fence in force for {fenced_for:.0f}s: no server takes writes; not lifted "
-            f"because {', '.join(f'{n} ({conditions[n][1]})' for n in blocking)}",
+            f"because {', '.join(f'{n} ({conditions[n][1]})' for n in blocking)}"
+            + (f"; the other server: {facts.other_detail}" if facts.other_detail else ""),
             key=STUCK_KEY)]
     since = state.lift_ready_since if state.lift_ready_since is not None else now
     held = now - since

@@ -78,7 +78,7 @@ def test_every_condition_healthy_for_30s_lifts_once_under_the_current_epoch() ->
     assert lift.epoch == 3
     assert lift.fence_epoch == 3
     conditions = dict(lift.conditions)
-    assert conditions["other_is_standby"] == "standby (streaming)"
+    assert conditions["other_is_standby"] == "standby"
     assert conditions["recorded_primary"] == HERE
     assert state.lift_pending
     assert state.self_fenced
@@ -113,6 +113,8 @@ def test_each_unsafe_fact_alone_keeps_the_fence(blocker: str, facts: SelfFenceFa
     stuck = [a for _, a in of_type(commands, Alert) if a.key == "self_fence_stuck"]
     assert len(stuck) == 1, "alerted once, past self_fence_stuck_after"
     assert blocker in stuck[0].message
+    if facts.other_detail != GOOD.other_detail:
+        assert f"the other server: {facts.other_detail}" in stuck[0].message
 
 
 def test_without_the_lock_the_fence_stays() -> None:
