@@ -95,7 +95,8 @@ def recheck(command: LiftSelfFence, facts: SelfFenceFacts) -> str | None:
 
 async def lift(config: WatchdogConfig, file_primary: str, command: LiftSelfFence,
                leases: LeaseSource) -> SelfFenceLiftDone:
-    """Lift the self-fence of this region's server under ``command.epoch``; never raises."""
+    """Lift the self-fence of this region's server under ``command.epoch``; a refusal is an
+    outcome, not an exception (anything unexpected is turned into one by the lifter)."""
     lease = await leases.verified_lease()
     if lease is None or lease.epoch != command.epoch:
         return SelfFenceLiftDone(False, f"not the lock holder under epoch {command.epoch}")
