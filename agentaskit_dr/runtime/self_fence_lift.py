@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import structlog
 
 from agentaskit_dr.actuators.fence import (
     PromotionRefused,
+    ServerUnreachable,
     fence_server,
     lift_fence_over_sql,
     session,
@@ -47,8 +48,20 @@ class LeaseSource(Protocol):
     async def verified_lease(self) -> Lease | None: ...
 
 
-async def gather_facts(config: WatchdogConfig, file_primary: str) -> SelfFenceFacts:
-    """The cluster record and the other region's server, as the lift conditions need them."""
+#: {region: who says so} of servers their own region's watchdog holds stopped with
+#: ``standby.signal`` in place (``PeerPoller.held_servers``).
+HeldServers = Callable[[], Mapping[str, str]]
+
+
+async def gather_facts(config: WatchdogConfig, file_primary: str,
+                       held: HeldServers = dict) -> SelfFenceFacts:
+    """The cluster record and the other region's server, as the lift conditions need them.
+
+    A server that does not answer at all counts as a standby only when a fresh report of
+    its own region's watchdog says it holds it stopped with ``standby.signal`` in place
+    (it runs beside it: two file checks, no network between): any start of it then comes
+    up in recovery. A server that answers, even with an error, speaks for itself.
+    """
     region = config.primary_region
     recorded_region: str | None
     recorded_epoch: int | None = None
@@ -73,6 +86,11 @@ async def gather_facts(config: WatchdogConfig, file_primary: str) -> SelfFenceFa
                            role=f"{other} server", io_timeout=config.probe.timeout) as conn:
             in_recovery = bool(await conn.fetchval("SELECT pg_is_in_recovery()"))
         detail = f"{other}: " + ("in recovery" if in_recovery else "accepts the primary role")
+    except ServerUnreachable as exc:
+        in_recovery, detail = None, exc.reason
+        if (who := held().get(other)) is not None:
+            in_recovery = True
+            detail = f"{other}: stopped with standby.signal in place, says {who} ({exc.reason})"
     except PromotionRefused as exc:
         in_recovery, detail = None, exc.reason
     return SelfFenceFacts(region=region, recorded_region=recorded_region,
@@ -94,13 +112,13 @@ def recheck(command: LiftSelfFence, facts: SelfFenceFacts) -> str | None:
 
 
 async def lift(config: WatchdogConfig, file_primary: str, command: LiftSelfFence,
-               leases: LeaseSource) -> SelfFenceLiftDone:
+               leases: LeaseSource, held: HeldServers = dict) -> SelfFenceLiftDone:
     """Lift the self-fence of this region's server under ``command.epoch``; a refusal is an
     outcome, not an exception (anything unexpected is turned into one by the lifter)."""
     lease = await leases.verified_lease()
     if lease is None or lease.epoch != command.epoch:
         return SelfFenceLiftDone(False, f"not the lock holder under epoch {command.epoch}")
-    why_not = recheck(command, await gather_facts(config, file_primary))
+    why_not = recheck(command, await gather_facts(config, file_primary, held))
     if why_not is not None:
         return SelfFenceLiftDone(False, why_not)
     region = config.primary_region
@@ -159,6 +177,7 @@ class SelfFenceLifter:
     def __init__(self, clock: Callable[[], float], post: Callable[[Event], object]) -> None:
         self._clock = clock
         self._post = post
+        self.held: HeldServers = dict  # the supervisor wires PeerPoller.held_servers
         self._task: asyncio.Task[None] | None = None
         self._next_read = 0.0
 
@@ -167,12 +186,12 @@ class SelfFenceLifter:
         if self._busy() or self._clock() < self._next_read:
             return
         self._next_read = self._clock() + config.probe.interval
-        self._spawn(gather_facts(config, file_primary), "self_fence_facts_failed")
+        self._spawn(gather_facts(config, file_primary, self.held), "self_fence_facts_failed")
 
     def start_lift(self, config: WatchdogConfig, file_primary: str, command: LiftSelfFence,
                    leases: LeaseSource) -> None:
         async def run() -> SelfFenceLiftDone:
-            done = await lift(config, file_primary, command, leases)
+            done = await lift(config, file_primary, command, leases, self.held)
             values = dict(command.conditions)
             if done.lifted:
                 log.critical("self_fence_lifted", epoch=command.epoch,

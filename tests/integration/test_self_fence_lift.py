@@ -5,7 +5,8 @@ The lift is the daemon's (``runtime.self_fence_lift``): under the real lock's ep
 the cluster record in the real lock store and east's server asked over SQL. Healthy
 conditions lift the fence and an application commits again; a newer failover in the
 record, the record naming east, or a server marker newer than the lift's epoch each keep
-the fence (no commit lands).
+the fence (no commit lands). East's server down counts as a standby only when east's
+watchdog says it holds it stopped with ``standby.signal`` in place.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from agentaskit_dr.config import WatchdogConfig, load_config
 from agentaskit_dr.core import LiftSelfFence
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.ports import Lease
+from agentaskit_dr.runtime.outlook import server_held
 from agentaskit_dr.runtime.self_fence_lift import gather_facts, lift
 from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
 from agentaskit_dr.sandbox.redis import RedisServer
@@ -149,3 +151,39 @@ async def test_a_control_mode_self_fence_is_lifted_by_starting_the_server_as_pri
     finally:
         if postmaster_pid(control) is not None:  # started by pg_ctl: not the sandbox's
             await stop_server(control)
+
+
+async def test_an_unreachable_other_server_keeps_the_fence_unless_its_watchdog_holds_it(
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+) -> None:
+    config = config_of(tmp_path, pg_pair, redis_server, control=False)
+    await self_fence(pg_pair.primary)
+    pg_pair.replica.kill()  # down, standby.signal in place (it was a streaming standby)
+    async with daemon_keeper(config) as keeper:
+        lease = await lease_of(keeper)
+        await record(redis_server, WEST, lease)
+
+        unknown = await lift(config, WEST, command(lease, lease.epoch), keeper)
+        assert not unknown.lifted
+        assert "not known to be a standby" in unknown.detail
+        assert not await new_session_commits(app_dsn(pg_pair.primary), 6)
+
+        done = await lift(config, WEST, command(lease, lease.epoch), keeper,
+                          held=lambda: {EAST: "east (peer1)"})
+
+    assert done.lifted, done.detail
+    assert await new_session_commits(app_dsn(pg_pair.primary), 7)
+
+
+async def test_a_watchdog_reports_its_server_held_only_when_stopped_with_standby_signal(
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+) -> None:
+    path = write_config(tmp_path, pg_pair, control=True, control_region=EAST,
+                        lock_url=redis_server.url)
+    config = load_config(path).model_copy(update={"region": EAST})
+
+    assert server_held(config) is None, "running"
+    pg_pair.replica.kill()
+    assert server_held(config) == EAST
+    (pg_pair.replica.datadir / "standby.signal").unlink()
+    assert server_held(config) is None, "a start would come up as a primary"
