@@ -118,11 +118,12 @@ async def lift(config: WatchdogConfig, file_primary: str, command: LiftSelfFence
     lease = await leases.verified_lease()
     if lease is None or lease.epoch != command.epoch:
         return SelfFenceLiftDone(False, f"not the lock holder under epoch {command.epoch}")
-    why_not = recheck(command, await gather_facts(config, file_primary, held))
+    facts = await gather_facts(config, file_primary, held)
+    why_not = recheck(command, facts)
     if why_not is not None:
         return SelfFenceLiftDone(False, why_not)
     region = config.primary_region
-    said: list[str] = []
+    said: list[str] = [facts.other_detail]
     control = server_control(config, region)
     started = False
     try:

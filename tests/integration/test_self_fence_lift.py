@@ -140,7 +140,7 @@ async def test_a_control_mode_self_fence_is_lifted_by_starting_the_server_as_pri
             done = await lift(config, WEST, command(lease, lease.epoch), keeper)
 
         assert done.lifted, done.detail
-        assert "standby.signal removed; server started" in done.detail
+        assert "us-east-1: in recovery; standby.signal removed; server started" in done.detail
         assert not (pg_pair.primary.datadir / "standby.signal").exists()
         conn = await asyncpg.connect(pg_pair.primary.dsn, timeout=2.0)
         try:
@@ -172,6 +172,7 @@ async def test_an_unreachable_other_server_keeps_the_fence_unless_its_watchdog_h
                           held=lambda: {EAST: "east (peer1)"})
 
     assert done.lifted, done.detail
+    assert "stopped with standby.signal in place, says east (peer1)" in done.detail
     assert await new_session_commits(app_dsn(pg_pair.primary), 7)
 
 
