@@ -46,7 +46,7 @@ from agentaskit_dr.actuators.role_fence import (
     locked_role_oids,
     restore_locked_roles,
 )
-from agentaskit_dr.ports import MARKER_TABLE, StaleEpoch
+from agentaskit_dr.ports import MARKER_TABLE, StaleEpoch, refuse_newer_epoch
 
 log = structlog.get_logger(__name__)
 
@@ -337,14 +337,25 @@ async def _fence_by_stopping(
 
 
 async def lift_fence_over_sql(
-    dsn: str, *, io_timeout: float, flog: FilteringBoundLogger
+    dsn: str, *, io_timeout: float, flog: FilteringBoundLogger, epoch: int | None = None
 ) -> list[str] | None:
-    """Undo the SQL fence by hand: LOGIN back to exactly the roles it locked out, and
-    ``default_transaction_read_only`` reset. The restored roles; None for a standby."""
+    """Undo the SQL fence: LOGIN back to exactly the roles it locked out, and
+    ``default_transaction_read_only`` reset. The restored roles; None for a standby.
+
+    ``epoch``: the automatic lift of a self-fence acts under the lock's epoch, and a server
+    whose marker records a newer one refuses it (StaleEpoch): a newer holder promoted it or
+    acted on it since. None: an operator's lift (``unfence``), which checks otherwise.
+    """
     target = describe_dsn(dsn)
     async with session(dsn, role="fenced server", io_timeout=io_timeout) as conn:
         if await conn.fetchval("SELECT pg_is_in_recovery()"):
             return None
+        if epoch is not None:
+            refuse_newer_epoch(
+                await read_marker_epoch(conn), epoch,
+                f"refusing to lift the fence of {target} under epoch {epoch}: its marker "
+                "records a newer epoch", on_refusal=lambda why: flog.error(
+                    "fence_lift_stale_epoch", target=target, epoch=epoch, reason=why))
         roles = await restore_locked_roles(conn, inherited_only=False)
         await conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
         await conn.execute("SELECT pg_reload_conf()")

@@ -46,6 +46,7 @@ from agentaskit_dr.config._sections import (
     PeerTlsConfig,
     RunbookConfig,
 )
+from agentaskit_dr.config._self_fence import SelfFenceConfig
 from agentaskit_dr.config._vantage import (
     PeerClientTls,
     peer_client_tls,
@@ -174,6 +175,7 @@ class WatchdogConfig(ConfigModel):
     promotion minus this side's worst detection delay); default (when peers are set):
     three quarters of that budget (71.25s with the production defaults)."""
     dns: DnsConfig = Field(default_factory=DnsConfig)
+    self_fence: SelfFenceConfig = Field(default_factory=SelfFenceConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     runbook: RunbookConfig = Field(default_factory=RunbookConfig)
     failback: FailbackConfig = Field(default_factory=FailbackConfig)
@@ -349,6 +351,8 @@ class WatchdogConfig(ConfigModel):
             recovery=self.thresholds.recovery,
             retry_backoff=self.thresholds.retry_backoff,
             fence_after=self.effective_fence_after,
+            self_fence_auto_lift=self.self_fence.auto_lift,
+            self_fence_stuck_after=self.self_fence.stuck_alert_after,
         )
 
     def with_primary(self, region: str) -> WatchdogConfig:

@@ -1,6 +1,7 @@
 """The pure decision core: no I/O, no clock reads, no third-party imports."""
 
 from agentaskit_dr.core.assess import Assessment, RegionView, Role, Vantage, Verdict, assess
+from agentaskit_dr.core.lift_types import LiftSelfFence, SelfFenceFacts, SelfFenceLiftDone
 from agentaskit_dr.core.machine import transition
 from agentaskit_dr.core.model import (
     Acknowledged,
@@ -52,6 +53,7 @@ __all__ = [
     "FenceOldPrimary",
     "FenceOwnPrimary",
     "LeadershipChanged",
+    "LiftSelfFence",
     "Observed",
     "Paused",
     "Phase",
@@ -61,7 +63,9 @@ __all__ = [
     "RegionView",
     "Resumed",
     "Role",
+    "SelfFenceFacts",
     "SelfFenceFailed",
+    "SelfFenceLiftDone",
     "Severity",
     "StandbyObserved",
     "StartFailover",

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from agentaskit_dr.core.answers import refusal_alerts, target_health
 from agentaskit_dr.core.assess import Verdict
+from agentaskit_dr.core.lift_types import SelfFenceFacts, SelfFenceLiftDone
 from agentaskit_dr.core.model import (
     Acknowledged,
     Alert,
@@ -52,6 +53,7 @@ from agentaskit_dr.core.outcomes import (
     with_verdict,
 )
 from agentaskit_dr.core.planned import planned_primary, planned_run_active, recorded_primary
+from agentaskit_dr.core.self_fence import fenced, self_fence_facts, self_fence_lift_done
 
 
 def transition(state: WatchState, event: Event, now: float) -> Step:
@@ -94,6 +96,10 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
             return planned_primary(state, event, now)
         case RecordedPrimary():
             return recorded_primary(state, event, now)
+        case SelfFenceFacts():
+            return self_fence_facts(state, event, now)
+        case SelfFenceLiftDone():
+            return self_fence_lift_done(state, event, now)
         case Tick():
             pass
     state, decided = _decide(state, now)
@@ -147,7 +153,7 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
         state = replace(state, self_fence_deferred=True)
         return state, [*commands, Alert(Severity.CRITICAL, f"paused: would self-fence, {reason}",
                                                key="self_fence")]
-    state = replace(state, self_fenced=True, self_fence_retry_at=None)
+    state = fenced(replace(state, self_fenced=True, self_fence_retry_at=None), now)
     return state, [*commands, Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}",
                                          key="self_fence"),
                    FenceOwnPrimary(reason=reason)]
@@ -206,6 +212,9 @@ def _decide(state: WatchState, now: float) -> Step:
     if state.planned_run is not None:
         return with_verdict(state, f"no action: {state.planned_run} is running; the "
                                     "automation does not fight it")
+    if state.lift_pending:
+        # The lift checked that the other server is a standby: no promotion races it.
+        return with_verdict(state, "no action: lifting the self-fence; no failover meanwhile")
     if state.phase is Phase.FAILED_OVER:
         record = state.failover
         epoch = record.epoch if record else None

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from agentaskit_dr.core.assess import Assessment, Verdict
+from agentaskit_dr.core.lift_types import LiftSelfFence, SelfFenceFacts, SelfFenceLiftDone
 
 
 class Condition(enum.StrEnum):
@@ -45,6 +46,10 @@ class Thresholds:
     # A primary-side watchdog that hears neither peer nor witness this long fences its own
     # primary; None never self-fences. Must be shorter than the other side's thresholds.
     fence_after: float | None = None
+    # Lift a self-fence automatically once safe (docs/architecture.md); alert when one
+    # stays in force longer than ``self_fence_stuck_after`` because a condition blocks it.
+    self_fence_auto_lift: bool = True
+    self_fence_stuck_after: float = 300.0
 
     def for_condition(self, condition: Condition) -> float:
         if condition is Condition.REGION_UNHEALTHY:
@@ -223,6 +228,8 @@ Event = (
     | PlannedRunActive
     | PlannedPrimary
     | RecordedPrimary
+    | SelfFenceFacts
+    | SelfFenceLiftDone
     | Tick
 )
 
@@ -260,7 +267,7 @@ class FenceOwnPrimary:
     """A primary-side watchdog cut off from peer and witness fences its own primary.
 
     Needs no lock: the lock store may be on the other side of the partition, and making the
-    primary read-only is always the safe direction. Nothing lifts it automatically.
+    primary read-only is always the safe direction. ``LiftSelfFence`` lifts it (core/self_fence).
     """
 
     reason: str
@@ -296,7 +303,8 @@ class Alert:
     resolve: bool = False
 
 
-Command = StartFailover | FenceOldPrimary | FenceOwnPrimary | CloseIncident | Alert
+Command = (StartFailover | FenceOldPrimary | FenceOwnPrimary | LiftSelfFence | CloseIncident
+           | Alert)
 
 
 # ---------------------------------------------------------------- state
@@ -368,6 +376,14 @@ class WatchState:
     self_fenced: bool = False
     self_fence_deferred: bool = False  # paused when it was due; the alert went out once
     self_fence_retry_at: float | None = None  # the last self-fence failed: try again then
+    # The lift (core/self_fence.py): when fenced, the newest epoch then in force, since
+    # when every lift condition holds, a lift running, the stuck alert said once.
+    self_fenced_at: float | None = None
+    self_fence_epoch: int | None = None
+    lift_ready_since: float | None = None
+    lift_pending: bool = False
+    lift_stuck_alerted: bool = False
+    lift_status: str = ""  # why the fence is not lifted yet, or how far the lift is
     # The failover incident open since this decision time (cleared by success or close).
     incident_since: float | None = None
     # The primary answers this watchdog with an error (its name): up, and an alert.

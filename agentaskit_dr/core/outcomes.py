@@ -142,7 +142,8 @@ def self_fence_failed(state: WatchState, reason: str, now: float) -> Step:
 def acknowledged(state: WatchState) -> Step:
     if state.phase is not Phase.FAILED_OVER:
         if state.self_fenced:
-            state = replace(state, self_fenced=False, isolated_since=None)
+            state = replace(state, self_fenced=False, isolated_since=None,
+                            self_fenced_at=None, lift_ready_since=None, lift_pending=False)
             return with_verdict(state, "acknowledged: self-fence cleared; the primary stays "
                                         "read-only until an operator lifts the fence")
         return with_verdict(state, f"acknowledged; nothing to clear in phase {state.phase}")

@@ -56,6 +56,7 @@ from agentaskit_dr.runtime.reload import ProbeFactory, reloadable
 from agentaskit_dr.runtime.run_driver import RunDriver, RunOutcome, run_alerts
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
+from agentaskit_dr.runtime.self_fence_lift import SelfFenceLifter
 from agentaskit_dr.runtime.status import engine_status
 
 log = structlog.get_logger(__name__)
@@ -115,6 +116,7 @@ class Engine(EngineInputs, EngineEffects):
         self.alerts = AlertRouter(lambda _notification: None, node=config.holder,
                                   clock=self._clock)
         self.old_primary = OldPrimaryStopper(self._clock)
+        self.lifter = SelfFenceLifter(self._clock, self.post)
         runbook.on_alert = self._route_alert
         # Called once a SIGHUP reload is over, applied or refused (systemd's READY=1).
         self.after_reload: Callable[[], None] = lambda: None
@@ -146,6 +148,7 @@ class Engine(EngineInputs, EngineEffects):
                 await self._cycle(items)
         finally:
             await self.runs.stop()
+            await self.lifter.stop()
             if self._scheduler is not None:
                 await self._scheduler.stop()
 
@@ -200,6 +203,8 @@ class Engine(EngineInputs, EngineEffects):
         if not self.state.paused and self.state.planned_run is None:
             for alert in await self.old_primary.step(self.config, self._promoter_factory):
                 await self._execute(alert)
+        if self.state.self_fenced and not self.state.lift_pending:
+            self.lifter.read_due(self.config, self._file_primary)
         self._resume_if_due()
         if self._probes_stale:
             await self._restart_probes()
@@ -250,8 +255,11 @@ class Engine(EngineInputs, EngineEffects):
             self._start_failover(deferred)
 
     def _apply(self, event: Event) -> list[Command]:
-        before = self.state.phase
+        before, lift_status = self.state.phase, self.state.lift_status
         self.state, commands = transition(self.state, event, self._clock())
+        if self.state.lift_status != lift_status and self.state.lift_status:
+            log.info("self_fence_lift_status", status=self.state.lift_status,
+                     epoch=self.state.epoch)
         if self.state.phase is not before:
             self._phase_since = self._clock()
         if before is not Phase.FAILED_OVER and self.state.phase is Phase.FAILED_OVER:

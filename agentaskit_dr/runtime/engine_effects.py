@@ -19,6 +19,7 @@ from agentaskit_dr.core import (
     Event,
     FenceOldPrimary,
     FenceOwnPrimary,
+    LiftSelfFence,
     SelfFenceFailed,
     Severity,
     StartFailover,
@@ -29,6 +30,7 @@ from agentaskit_dr.runtime.engine_log import log_decision
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
 from agentaskit_dr.runtime.run_driver import RunDriver
 from agentaskit_dr.runtime.runbook import Runbook
+from agentaskit_dr.runtime.self_fence_lift import SelfFenceLifter
 
 log = structlog.get_logger("agentaskit_dr.runtime.engine")
 
@@ -45,6 +47,8 @@ class EngineEffects:
     runbook: Runbook
     runs: RunDriver
     alerts: AlertRouter
+    lifter: SelfFenceLifter
+    _file_primary: str
     _promoter_factory: PromoterFactory
     _apply: Callable[[Event], list[Command]]
     _start_failover: Callable[[StartFailover], None]
@@ -67,6 +71,9 @@ class EngineEffects:
                 self.alerts.send(notification)
         elif isinstance(command, FenceOwnPrimary):
             await self._fence_own_primary(command)
+        elif isinstance(command, LiftSelfFence):
+            self.lifter.start_lift(self.config, self._file_primary, command,
+                                   self.executor.leases)
         elif isinstance(command, FenceOldPrimary):
             promoter = self._promoter_factory(self.config)
             standby = self.config.regions[self.config.secondary_region].database.connect_dsn()

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agentaskit_dr.actuators.pg_control import postmaster_pid, standby_signal_present
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import RegionView, Role, Vantage
+from agentaskit_dr.fencing import server_control
 from agentaskit_dr.ports import HttpAnswer, PostgresObservation, RegionHealthObservation
 from agentaskit_dr.runtime.scheduler import ProbeReport
 
@@ -105,8 +107,23 @@ def wire_report(
         },
         "wal_streaming": own.wal_streaming,
         "peers": dict(links),
+        "server_held": server_held(config),
         "probes": probe_summaries(latest, now),
     }
+
+
+def server_held(config: WatchdogConfig) -> str | None:
+    """This watchdog's region, when it controls that region's server and the server is
+    stopped with ``standby.signal`` in place (a self-fence lift elsewhere may count it as
+    a standby); None otherwise. Two file checks, read when the report is asked for."""
+    if config.role != "watchdog":
+        return None
+    held = server_control(config, config.region)
+    if held is None:
+        return None
+    if postmaster_pid(held) is None and standby_signal_present(held):
+        return config.region
+    return None
 
 
 def probe_summaries(latest: Mapping[str, ProbeReport], now: float) -> dict[str, Any]:

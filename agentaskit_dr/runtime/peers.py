@@ -66,6 +66,9 @@ class WireReport(BaseModel):
     primary, as this daemon knows it; None: none known. Optional: older daemons omit it."""
     failover_in_progress: bool | None = None
     """This daemon is running a failover now (its promotion may come any moment)."""
+    server_held: str | None = Field(default=None, min_length=1, max_length=100)
+    """The region whose server this watchdog controls and holds stopped with
+    ``standby.signal`` in place (any start comes up in recovery); None otherwise."""
 
     def vantage(self, label: str, received_at: float | None = None) -> Vantage:
         """The report as a vantage; ``received_at`` (local clock) dates its observations."""
@@ -266,6 +269,19 @@ class PeerPoller:
         now = self.clock()
         return {label: heard.report for label, heard in self._heard.items()
                 if now - heard.at <= self.stale_after}
+
+    def held_servers(self) -> dict[str, str]:
+        """{region: label} of the servers a fresh report from their own region's watchdog
+        says are stopped with ``standby.signal`` in place."""
+        now = self.clock()
+        held: dict[str, str] = {}
+        for label in self.urls:
+            heard = self._heard.get(label)
+            if (heard is not None and now - heard.at <= self.stale_after
+                    and heard.report.role == "watchdog"
+                    and heard.report.server_held == heard.report.region):
+                held[heard.report.region] = f"{heard.report.node} ({label})"
+        return held
 
     def links(self) -> dict[str, bool]:
         """{label: heard from within ``stale_after``?}"""

@@ -51,6 +51,7 @@ def engine_status(state: WatchState, config: WatchdogConfig, *, now: float,
         "paused": state.paused,
         "pause_reason": state.pause_reason or None,
         "self_fenced": state.self_fenced,
+        "self_fence_lift": state.lift_status if state.self_fenced else None,
         # Answers that are not outages: the primary refusing the watchdog, and a failover
         # held because the region it would go to is unhealthy too.
         "primary_refusal": state.primary_refusal,

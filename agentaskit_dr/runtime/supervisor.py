@@ -283,6 +283,7 @@ def _assemble(
     )
     engine.vantages = peers.vantages
     engine.links = peers.links
+    engine.lifter.held = peers.held_servers
     engine.metrics = Metrics(clock=loop.time)
     controls = ClusterControlsWatch(
         cluster, post=engine.post,
