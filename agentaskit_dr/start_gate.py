@@ -38,7 +38,7 @@ from agentaskit_dr.fencing import (
     record_says,
     server_control,
 )
-from agentaskit_dr.runtime.peers import MAX_REPORT_BYTES, WireReport, parse_report
+from agentaskit_dr.runtime.peers import WireReport, read_report
 
 log = structlog.get_logger(__name__)
 
@@ -141,9 +141,4 @@ async def _fetch(config: WatchdogConfig, url: str, timeout: float) -> WireReport
     ) as client, client.get(f"{url}/v1/observations", headers=headers) as response:
         if response.status != 200:
             raise ValueError(f"HTTP {response.status}")
-        body = bytearray()
-        async for chunk in response.content.iter_any():
-            body += chunk
-            if len(body) > MAX_REPORT_BYTES:
-                raise ValueError(f"body exceeds {MAX_REPORT_BYTES} bytes")
-    return parse_report(bytes(body))
+        return await read_report(response)

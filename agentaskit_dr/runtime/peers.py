@@ -108,6 +108,21 @@ class _Refused(Exception):
     """The peer refused our credential (HTTP 401/403)."""
 
 
+async def read_report(response: aiohttp.ClientResponse) -> WireReport:
+    """A peer's ``/v1/observations`` answer, read up to ``MAX_REPORT_BYTES`` and parsed;
+    ValueError naming what is wrong (too large, not a report)."""
+    declared = response.content_length
+    if declared is not None and declared > MAX_REPORT_BYTES:
+        raise ValueError(f"body of {declared} bytes exceeds {MAX_REPORT_BYTES}")
+    # read(n) returns what has arrived so far: collect chunks up to the cap.
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > MAX_REPORT_BYTES:
+            raise ValueError(f"body exceeds {MAX_REPORT_BYTES} bytes")
+    return parse_report(bytes(body))
+
+
 class PeerPoller:
     """Polls each peer's and the witness's ``/v1/observations`` every interval.
 
@@ -199,16 +214,7 @@ class PeerPoller:
                 )
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
-            declared = response.content_length
-            if declared is not None and declared > MAX_REPORT_BYTES:
-                raise ValueError(f"body of {declared} bytes exceeds {MAX_REPORT_BYTES}")
-            # read(n) returns what has arrived so far: collect chunks up to the cap.
-            body = bytearray()
-            async for chunk in response.content.iter_any():
-                body += chunk
-                if len(body) > MAX_REPORT_BYTES:
-                    raise ValueError(f"body exceeds {MAX_REPORT_BYTES} bytes")
-        return parse_report(bytes(body))
+            return await read_report(response)
 
     def _failed(self, label: str, url: str, reason: str, *,
                 event: str = "peer_unreachable") -> None:
