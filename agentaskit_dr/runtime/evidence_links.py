@@ -36,13 +36,10 @@ def link_failback(directory: Path, *, failover_id: str, kind: str, run_id: str,
     (evidence kind ``kind``, written under ``directory``); the failover is looked for in
     ``directory`` and then ``roots`` (older layouts). The review's path, or None when
     there is nothing to amend."""
-    found = find_root(list(dict.fromkeys([directory, *roots])), FAILOVER_KIND, failover_id)
-    try:
-        document = read_evidence(found, FAILOVER_KIND, failover_id)
-    except (OSError, ValueError) as exc:
-        log.warning("failover_evidence_not_linked", failover_id=failover_id,
-                    failback_id=run_id, reason=str(exc))
+    failover = _failover(directory, roots, failover_id, run_id, "failover_evidence_not_linked")
+    if failover is None:
         return None
+    found, document = failover
     # Relative, so the pair stays linked when the evidence directory is copied or moved.
     there = Path(os.path.relpath(directory / kind, found / FAILOVER_KIND))
     review_link = f"{there.as_posix()}/{run_id}.md"
@@ -79,13 +76,10 @@ def record_measured_loss(directory: Path, *, failover_id: str, loss: Mapping[str
     the old primary's WAL (``ResyncResult.fork_loss``), and add it to its review once; the
     failover is looked for in ``directory`` and then ``roots`` (older layouts). The
     evidence path, or None when there is none here."""
-    found = find_root(list(dict.fromkeys([directory, *roots])), FAILOVER_KIND, failover_id)
-    try:
-        document = read_evidence(found, FAILOVER_KIND, failover_id)
-    except (OSError, ValueError) as exc:
-        log.warning("failover_loss_not_recorded", failover_id=failover_id,
-                    failback_id=run_id, reason=str(exc))
+    failover = _failover(directory, roots, failover_id, run_id, "failover_loss_not_recorded")
+    if failover is None:
         return None
+    found, document = failover
     rpo = dict(document.get("rpo") or {})
     rpo["measured"] = measured_rpo(loss, kind=kind, run_id=run_id)
     document["rpo"] = rpo
@@ -105,6 +99,18 @@ def record_measured_loss(directory: Path, *, failover_id: str, loss: Mapping[str
     log.warning("failover_loss_recorded", failover_id=failover_id, failback_id=run_id,
                 lost_wal_bytes=loss.get("lost_wal_bytes"), lost_commits=loss.get("lost_commits"))
     return path
+
+
+def _failover(directory: Path, roots: Sequence[Path], failover_id: str, run_id: str,
+              event: str) -> tuple[Path, dict[str, Any]] | None:
+    """(the root holding failover ``failover_id``'s evidence, its document), looked for in
+    ``directory`` and then ``roots``; None (logged as ``event``) when it cannot be read."""
+    found = find_root(list(dict.fromkeys([directory, *roots])), FAILOVER_KIND, failover_id)
+    try:
+        return found, read_evidence(found, FAILOVER_KIND, failover_id)
+    except (OSError, ValueError) as exc:
+        log.warning(event, failover_id=failover_id, failback_id=run_id, reason=str(exc))
+        return None
 
 
 def _loss_line(loss: Mapping[str, Any]) -> str:
