@@ -39,11 +39,17 @@ class _OneHot:
     def __init__(self, gauge: Gauge, known: Iterable[str]) -> None:
         self._gauge = gauge
         self._seen: set[str] = set()
+        self._current: str | None = None
         for value in known:
             self._gauge.labels(value).set(0)
             self._seen.add(value)
 
     def set(self, current: str) -> None:
+        # Called every engine cycle with what is mostly the same value: only a change
+        # touches the gauge's children (idle CPU, issue 13).
+        if current == self._current:
+            return
+        self._current = current
         self._seen.add(current)
         for value in self._seen:
             self._gauge.labels(value).set(1 if value == current else 0)

@@ -103,6 +103,15 @@ def test_verdict_is_one_hot_including_kinds_the_core_does_not_name() -> None:
     assert value(metrics, "assessment", kind="healthy") == 0
 
 
+def test_a_one_hot_gauge_follows_every_change_and_repeats_change_nothing() -> None:
+    metrics = Metrics()
+    for kind in ("healthy", "healthy", "primary_down", "primary_down", "healthy"):
+        metrics.verdict(kind)
+        assert value(metrics, "assessment", kind=kind) == 1
+        others = {"healthy", "primary_down"} - {kind}
+        assert all(value(metrics, "assessment", kind=other) == 0 for other in others)
+
+
 def test_failovers_count_by_outcome() -> None:
     metrics = Metrics()
     metrics.failover("succeeded")
