@@ -29,13 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from agentaskit_dr.drtesting.records import record_run
 from agentaskit_dr.drtesting.schedule import RecordedRun
+from agentaskit_dr.runtime.evidence_layout import drill_root
 
 if TYPE_CHECKING:
     from agentaskit_dr.config import BackupConfig
-
-#: Where the sandbox drill itself writes it, under its workdir's ``evidence/``.
-SANDBOX_DRILLS = "drills"
-
 
 def drill_result(figures: dict[str, Any], failback: dict[str, Any], *,
                  exit_code: int) -> tuple[bool, str]:
@@ -78,7 +75,7 @@ def run_sandbox_and_record(evidence_dir: Path, workdir: Path | None, *,
         with _stdout_to_stderr() if as_json else contextlib.nullcontext():
             code = run_drill(threshold=threshold, interval=interval, workdir=base,
                              failback=failback)
-        found = sorted((base / "evidence" / SANDBOX_DRILLS).glob("sandbox-drill-*.json"))
+        found = sorted(drill_root(base / "evidence").glob("sandbox-drill-*.json"))
         now = time.time()
         if not found:
             result = "sandbox drill FAILED before writing its evidence"

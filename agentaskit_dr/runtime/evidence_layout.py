@@ -53,6 +53,11 @@ def run_roots(evidence_dir: Path, layout: EvidenceLayout | None = None) -> list[
     return _unique([run_root(evidence_dir, layout), evidence_dir])
 
 
+def drill_root(evidence_dir: Path, layout: EvidenceLayout | None = None) -> Path:
+    """Where new drill evidence is written (``operational_audit/dr_drills`` by default)."""
+    return evidence_dir / _layout(layout).drills
+
+
 def drill_dirs(evidence_dir: Path, layout: EvidenceLayout | None = None) -> list[Path]:
     """Where drill evidence is read from: the layout's, the default's, the old ``drills/``."""
     from agentaskit_dr.config import EvidenceLayout

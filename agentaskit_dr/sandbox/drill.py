@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from agentaskit_dr.config import parse_duration
-from agentaskit_dr.runtime.evidence_layout import run_root
+from agentaskit_dr.runtime.evidence_layout import drill_root, run_root
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer, free_port
 
@@ -341,7 +341,7 @@ def run_drill(*, threshold: str, interval: str, workdir: Path | None,
         from agentaskit_dr.sandbox.drill_failback import print_failback
 
         print_failback(result["failback"], result["figures"])
-    evidence_dir = root / "drills"
+    evidence_dir = drill_root(root)  # the plan's layout: operational_audit/dr_drills
     evidence_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     evidence = evidence_dir / f"sandbox-drill-{stamp}.json"

@@ -19,7 +19,7 @@ def test_drill_promotes_once_with_three_vantages_and_keeps_the_evidence(tmp_path
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Result: PASS, promoted exactly once" in done.stdout
-    [drill] = (tmp_path / "evidence" / "drills").glob("*.json")
+    [drill] = (tmp_path / "evidence" / "operational_audit" / "dr_drills").glob("*.json")
     figures = json.loads(drill.read_text())["figures"]
     assert figures["promotions"] == 1
     assert figures["decision_after_kill"] >= figures["threshold"]
@@ -48,7 +48,7 @@ def test_drill_failback_goes_full_circle_and_prints_both_evidence_files(
     for figure in ("failover: kill -> writable", "switchover: write-unavailable",
                    "failback: per-step times", "failback: resync method"):
         assert figure in done.stdout
-    [drill] = (tmp_path / "evidence" / "drills").glob("*.json")
+    [drill] = (tmp_path / "evidence" / "operational_audit" / "dr_drills").glob("*.json")
     circle = json.loads(drill.read_text())["failback"]
     assert circle["outcome"] == "done"
     assert circle["resync_method"] in ("rewind", "reclone")
