@@ -6,7 +6,8 @@ would only spend two I/O timeouts of the margin before the other region may prom
 ``standby.signal`` and ``primary_conninfo`` are written first, then the postmaster is
 stopped (killed at once when SIGSTOPped). A server so held is published as
 ``server_held`` (runtime/outlook.py); nothing here restarts it: failback, resync or the
-start gate bring it back.
+start gate bring it back. A server already down (no postmaster) is left as it is: it
+cannot wake by itself, and its restart goes through the start gate.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ async def hold_own_primary(config: WatchdogConfig, command: HoldOwnPrimary, *,
     control = server_control(config, region)
     if control is None:
         return HoldResult(False, f"no database.control for {region}: cannot hold its server")
+    if postmaster_pid(control) is None:
+        # Dead, not frozen: it cannot wake by itself, and its restart goes through the start
+        # gate, which knows of a failover. A standby.signal written now would bring it back
+        # in recovery even when no failover happened (chaos seed 1002: the new primary,
+        # killed, came back a standby, and no server was writable).
+        log.warning("own_primary_hold_not_needed", region=region, reason=command.reason,
+                    detail="server already down; its restart goes through the start gate")
+        return HoldResult(True, f"{region} server already down: nothing to hold")
     started = time.monotonic()
     problems: list[str] = []
     how = "not stopped"
