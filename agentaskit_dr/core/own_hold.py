@@ -11,6 +11,9 @@ database news:
   other region promotes on). A server that answers with an error is reachable and stops
   the clock; one vantage that reaches it restarts it, so a broken link between this
   watchdog and its server alone never kills a server the clients still use;
+- a failover may follow: this watchdog is watching (not failing over, not failed over and
+  awaiting acknowledgement: the anti-flap block stops a second promotion) and the standby
+  slot is not known empty; with no promotion coming, a hold would only be an outage;
 - no planned run (failback, switchover) is active, and not already held or self-fenced.
 
 Whether the other region's watchdog is heard does not matter: when it is heard it asks
@@ -25,7 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agentaskit_dr.core.hold_types import HoldOwnPrimary, OwnPrimaryHoldFailed
-from agentaskit_dr.core.model import Alert, Command, Condition, Severity, WatchState
+from agentaskit_dr.core.model import Alert, Command, Condition, Phase, Severity, WatchState
 
 Step = tuple[WatchState, list[Command]]
 
@@ -39,8 +42,12 @@ def own_primary_hold(state: WatchState, *, primary_side: bool, now: float) -> St
         # Reachable again (restarted by an operator, a failback): a later outage may hold.
         return replace(state, own_primary_held_at=None, own_hold_deferred=False), []
     hold_after = state.thresholds.hold_after
+    # Only while a failover may follow: after one (awaiting acknowledgement, the anti-flap
+    # block) or with no standby to promote nobody promotes, and a hold would only turn a
+    # frozen primary into an outage (chaos seeds 1003, 1004: the new primary held).
     if (hold_after is None or not primary_side or state.own_primary_held_at is not None
-            or state.self_fenced or state.planned_run is not None):
+            or state.self_fenced or state.planned_run is not None
+            or state.phase is not Phase.WATCHING or state.standby_ready is False):
         return state, []
     held_for = clock.held_for()
     if held_for < hold_after:

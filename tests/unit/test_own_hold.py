@@ -17,6 +17,7 @@ from agentaskit_dr.core import (
     HoldOwnPrimary,
     OwnPrimaryHoldFailed,
     Paused,
+    Phase,
     RegionView,
     Role,
     StartFailover,
@@ -91,6 +92,17 @@ def test_no_hold(name: str, own: RegionView, witness: RegionView | None,
                  thresholds: Thresholds, primary_side: bool) -> None:
     event = replace(views(own, witness), primary_side=primary_side)
     _, out = probes(event, 200.0, state=WatchState(thresholds=thresholds))
+    assert holds(out) == [], name
+
+
+@pytest.mark.parametrize(("name", "state"), [
+    ("failed over, awaiting acknowledgement", WatchState(thresholds=CONTROL,
+                                                          phase=Phase.FAILED_OVER)),
+    ("failing over itself", WatchState(thresholds=CONTROL, phase=Phase.FAILING_OVER)),
+    ("no standby to promote", WatchState(thresholds=CONTROL, standby_ready=False)),
+])
+def test_no_hold_when_no_promotion_can_follow(name: str, state: WatchState) -> None:
+    _, out = probes(views(UNREACHABLE, UNREACHABLE), 200.0, state=state)
     assert holds(out) == [], name
 
 
