@@ -36,6 +36,7 @@ from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._control import StartGateConfig
 from agentaskit_dr.config._durations import format_duration
 from agentaskit_dr.config._failback import FailbackConfig
+from agentaskit_dr.config._hold import hold_after
 from agentaskit_dr.config._jobs import BackupJobsConfig
 from agentaskit_dr.config._layout import EvidenceLayout
 from agentaskit_dr.config._sections import (
@@ -309,7 +310,17 @@ class WatchdogConfig(ConfigModel):
                                     api=self.api)
         if self.binding is not None and (tight := self.binding_budget().warning()):
             warnings.append(f"binding: {tight}")
+        if short := self.own_primary_hold()[1]:
+            warnings.append(f"thresholds.db_unreachable: {short}")
         return warnings
+
+    def own_primary_hold(self) -> tuple[float | None, str]:
+        """When this watchdog holds its own unreachable primary (config/_hold.py)."""
+        region = self.regions.get(self.region)
+        return hold_after(role=self.role, own=region.database if region else None,
+                          db_unreachable=self.thresholds.db_unreachable,
+                          interval=self.probe.interval, jitter=self.probe.jitter,
+                          timeout=self.probe.timeout)
 
     def binding_budget(self, liveness: float | None = None) -> BindingBudget:
         """How fast the bound server stops after this watchdog hangs, against the
@@ -353,6 +364,7 @@ class WatchdogConfig(ConfigModel):
             fence_after=self.effective_fence_after,
             self_fence_auto_lift=self.self_fence.auto_lift,
             self_fence_stuck_after=self.self_fence.stuck_alert_after,
+            hold_after=self.own_primary_hold()[0],
         )
 
     def with_primary(self, region: str) -> WatchdogConfig:

@@ -1,6 +1,7 @@
 """The pure decision core: no I/O, no clock reads, no third-party imports."""
 
 from agentaskit_dr.core.assess import Assessment, RegionView, Role, Vantage, Verdict, assess
+from agentaskit_dr.core.hold_types import HoldOwnPrimary, OwnPrimaryHoldFailed
 from agentaskit_dr.core.lift_types import LiftSelfFence, SelfFenceFacts, SelfFenceLiftDone
 from agentaskit_dr.core.machine import transition
 from agentaskit_dr.core.model import (
@@ -52,9 +53,11 @@ __all__ = [
     "FailoverSucceeded",
     "FenceOldPrimary",
     "FenceOwnPrimary",
+    "HoldOwnPrimary",
     "LeadershipChanged",
     "LiftSelfFence",
     "Observed",
+    "OwnPrimaryHoldFailed",
     "Paused",
     "Phase",
     "PlannedPrimary",

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from agentaskit_dr.core.answers import refusal_alerts, target_health
 from agentaskit_dr.core.assess import Verdict
+from agentaskit_dr.core.hold_types import OwnPrimaryHoldFailed
 from agentaskit_dr.core.lift_types import SelfFenceFacts, SelfFenceLiftDone
 from agentaskit_dr.core.model import (
     Acknowledged,
@@ -52,6 +53,7 @@ from agentaskit_dr.core.outcomes import (
     standby_observed,
     with_verdict,
 )
+from agentaskit_dr.core.own_hold import own_primary_hold, own_primary_hold_failed
 from agentaskit_dr.core.planned import planned_primary, planned_run_active, recorded_primary
 from agentaskit_dr.core.self_fence import fenced, self_fence_facts, self_fence_lift_done
 
@@ -100,6 +102,8 @@ def transition(state: WatchState, event: Event, now: float) -> Step:
             return self_fence_facts(state, event, now)
         case SelfFenceLiftDone():
             return self_fence_lift_done(state, event, now)
+        case OwnPrimaryHoldFailed():
+            return own_primary_hold_failed(state, event)
         case Tick():
             pass
     state, decided = _decide(state, now)
@@ -136,6 +140,9 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
                             assessment.detail)
         clocks = _observe(replace(state, clocks=clocks), observed, now)
     state = replace(state, clocks=clocks)
+    if event.db_evidence:
+        state, held = own_primary_hold(state, primary_side=event.primary_side, now=now)
+        commands += held
     if not (assessment.self_isolated and event.primary_side):
         return replace(state, isolated_since=None, self_fence_deferred=False,
                        self_fence_retry_at=None), commands

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from agentaskit_dr.core.assess import Assessment, Verdict
+from agentaskit_dr.core.hold_types import HoldOwnPrimary, OwnPrimaryHoldFailed
 from agentaskit_dr.core.lift_types import LiftSelfFence, SelfFenceFacts, SelfFenceLiftDone
 
 
@@ -50,6 +51,9 @@ class Thresholds:
     # stays in force longer than ``self_fence_stuck_after`` because a condition blocks it.
     self_fence_auto_lift: bool = True
     self_fence_stuck_after: float = 300.0
+    # Control mode: the primary side stops and holds its own primary once the quorum saw
+    # it unreachable this long (core/own_hold.py); None never.
+    hold_after: float | None = None
 
     def for_condition(self, condition: Condition) -> float:
         if condition is Condition.REGION_UNHEALTHY:
@@ -212,26 +216,10 @@ class Tick:
     """Time passed; re-evaluate the clocks."""
 
 
-Event = (
-    Observed
-    | LeadershipChanged
-    | FailoverSucceeded
-    | FailoverRefused
-    | StandbyObserved
-    | Acknowledged
-    | ThresholdsChanged
-    | Assessed
-    | Paused
-    | Resumed
-    | FailoverRequested
-    | SelfFenceFailed
-    | PlannedRunActive
-    | PlannedPrimary
-    | RecordedPrimary
-    | SelfFenceFacts
-    | SelfFenceLiftDone
-    | Tick
-)
+Event = (Observed | LeadershipChanged | FailoverSucceeded | FailoverRefused | StandbyObserved
+         | Acknowledged | ThresholdsChanged | Assessed | Paused | Resumed | FailoverRequested
+         | SelfFenceFailed | PlannedRunActive | PlannedPrimary | RecordedPrimary | SelfFenceFacts
+         | SelfFenceLiftDone | OwnPrimaryHoldFailed | Tick)
 
 
 # ---------------------------------------------------------------- commands
@@ -303,8 +291,8 @@ class Alert:
     resolve: bool = False
 
 
-Command = (StartFailover | FenceOldPrimary | FenceOwnPrimary | LiftSelfFence | CloseIncident
-           | Alert)
+Command = (StartFailover | FenceOldPrimary | FenceOwnPrimary | LiftSelfFence | HoldOwnPrimary
+           | CloseIncident | Alert)
 
 
 # ---------------------------------------------------------------- state
@@ -394,3 +382,5 @@ class WatchState:
     # A failback or switchover run active in the journal (its description): no failover,
     # no fence of the standby slot while it runs.
     planned_run: str | None = None
+    own_primary_held_at: float | None = None  # the hold issued (core/own_hold.py)
+    own_hold_deferred: bool = False  # paused when it was due; the alert went out once

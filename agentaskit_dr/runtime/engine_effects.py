@@ -19,7 +19,9 @@ from agentaskit_dr.core import (
     Event,
     FenceOldPrimary,
     FenceOwnPrimary,
+    HoldOwnPrimary,
     LiftSelfFence,
+    OwnPrimaryHoldFailed,
     SelfFenceFailed,
     Severity,
     StartFailover,
@@ -28,6 +30,7 @@ from agentaskit_dr.core import (
 from agentaskit_dr.runtime.alerts import AlertRouter
 from agentaskit_dr.runtime.engine_log import log_decision
 from agentaskit_dr.runtime.executor import FailoverExecutor, Promoter
+from agentaskit_dr.runtime.own_hold import hold_own_primary
 from agentaskit_dr.runtime.run_driver import RunDriver
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.self_fence_lift import SelfFenceLifter
@@ -49,6 +52,7 @@ class EngineEffects:
     alerts: AlertRouter
     lifter: SelfFenceLifter
     _file_primary: str
+    _clock: Callable[[], float]
     _promoter_factory: PromoterFactory
     _apply: Callable[[Event], list[Command]]
     _start_failover: Callable[[StartFailover], None]
@@ -71,6 +75,10 @@ class EngineEffects:
                 self.alerts.send(notification)
         elif isinstance(command, FenceOwnPrimary):
             await self._fence_own_primary(command)
+        elif isinstance(command, HoldOwnPrimary):
+            held = await hold_own_primary(self.config, command, monotonic_now=self._clock())
+            for extra in [] if held.held else self._apply(OwnPrimaryHoldFailed(held.detail)):
+                await self._execute(extra)
         elif isinstance(command, LiftSelfFence):
             self.lifter.start_lift(self.config, self._file_primary, command,
                                    self.executor.leases)

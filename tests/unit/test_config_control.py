@@ -117,3 +117,27 @@ def test_a_stale_postmaster_pid_naming_another_program_means_down(tmp_path: Path
         assert postmaster_pid(control) is None
     (tmp_path / "postmaster.pid").write_text("garbage\n")
     assert postmaster_pid(control) is None
+
+
+def test_control_mode_holds_an_unreachable_own_primary_a_margin_before_the_threshold(
+        tmp_path: Path) -> None:
+    # 120 s - (2 x 5 s x 1.1 jitter + 2 s probe timeout + 10 s stop_timeout) = 97 s.
+    config = load_config(with_control(tmp_path, {"data_directory": "/var/lib/pg/15/main"}))
+    assert config.core_thresholds().hold_after == pytest.approx(97.0)
+    assert not [w for w in config.warnings() if "too short" in w]
+
+
+def test_without_control_there_is_no_hold(tmp_path: Path) -> None:
+    config = load_config(with_control(tmp_path, None))
+    assert config.core_thresholds().hold_after is None
+
+
+def test_a_threshold_too_short_for_the_hold_is_warned_and_holds_nothing(
+        tmp_path: Path) -> None:
+    data = shipped("watchdog.yaml")
+    west_db(data)["control"] = {"data_directory": "/pg", "stop_timeout": "110s"}
+    config = load_config(write(tmp_path, data))
+    assert config.core_thresholds().hold_after is None
+    said = [w for w in config.warnings() if w.startswith("thresholds.db_unreachable:")]
+    assert len(said) == 1, said
+    assert "must exceed 2m8s" in said[0], said
