@@ -32,14 +32,7 @@ import asyncpg
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from agentaskit_dr.actuators.pg_control import (
-    ServerControl,
-    ServerControlFailed,
-    postmaster_pid,
-    standby_signal_present,
-    stop_server,
-    write_recovery_config,
-)
+from agentaskit_dr.actuators.pg_control import ServerControl, postmaster_pid, stop_and_hold
 from agentaskit_dr.actuators.role_fence import (
     RoleLockout,
     lock_out_roles,
@@ -307,22 +300,7 @@ async def _fence_by_stopping(
     except TimeoutError:
         flog.warning("fence_sql_part_skipped", target=target,
                      reason=f"no answer within {2 * io_timeout:g}s")
-    # Each half is tried even when the other fails: a stopped server without the signal
-    # file, or the signal file on a server that would not stop, is still half a fence.
-    problems: list[str] = []
-    how = "not stopped"
-    try:
-        write_recovery_config(control, primary_conninfo)
-    except ServerControlFailed as exc:
-        problems.append(str(exc))
-    try:
-        how = await stop_server(control)
-    except ServerControlFailed as exc:
-        problems.append(str(exc))
-    if postmaster_pid(control) is not None:
-        problems.append("postmaster still running")
-    if not standby_signal_present(control):
-        problems.append("standby.signal missing")
+    how, problems = await stop_and_hold(control, primary_conninfo)
     if problems:
         detail = f"{target} not fenced ({how}): {'; '.join(dict.fromkeys(problems))}"
         flog.error("fence_failed", target=target, fenced=False, mode="control", reason=detail)

@@ -142,6 +142,29 @@ async def stop_server(control: ServerControl) -> str:
     )
 
 
+async def stop_and_hold(control: ServerControl,
+                        primary_conninfo: str | None) -> tuple[str, list[str]]:
+    """Write ``standby.signal`` + ``primary_conninfo`` and stop the server, each tried even
+    when the other fails (a stopped server without the signal file, or the file on a
+    server that would not stop, is still half a fence). (how it was stopped, problems:
+    empty when the postmaster is gone and the signal file is in place)."""
+    problems: list[str] = []
+    how = "not stopped"
+    try:
+        write_recovery_config(control, primary_conninfo)
+    except ServerControlFailed as exc:
+        problems.append(str(exc))
+    try:
+        how = await stop_server(control)
+    except ServerControlFailed as exc:
+        problems.append(str(exc))
+    if postmaster_pid(control) is not None:
+        problems.append("postmaster still running")
+    if not standby_signal_present(control):
+        problems.append("standby.signal missing")
+    return how, problems
+
+
 async def _pg_ctl_stop(control: ServerControl, mode: str) -> None:
     timeout = control.stop_timeout
     pg_ctl = await server_bin_dir(control) / "pg_ctl"

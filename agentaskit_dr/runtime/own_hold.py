@@ -17,13 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from agentaskit_dr.actuators.pg_control import (
-    ServerControlFailed,
-    postmaster_pid,
-    standby_signal_present,
-    stop_server,
-    write_recovery_config,
-)
+from agentaskit_dr.actuators.pg_control import postmaster_pid, stop_and_hold
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.core import HoldOwnPrimary
 from agentaskit_dr.fencing import other_region, primary_conninfo_for, server_control
@@ -57,21 +51,8 @@ async def hold_own_primary(config: WatchdogConfig, command: HoldOwnPrimary, *,
                     detail="server already down; its restart goes through the start gate")
         return HoldResult(True, f"{region} server already down: nothing to hold")
     started = time.monotonic()
-    problems: list[str] = []
-    how = "not stopped"
-    try:
-        write_recovery_config(control, primary_conninfo_for(config, other_region(config,
-                                                                                 region)))
-    except ServerControlFailed as exc:
-        problems.append(str(exc))
-    try:
-        how = await stop_server(control)
-    except ServerControlFailed as exc:
-        problems.append(str(exc))
-    if postmaster_pid(control) is not None:
-        problems.append("postmaster still running")
-    if not standby_signal_present(control):
-        problems.append("standby.signal missing")
+    how, problems = await stop_and_hold(
+        control, primary_conninfo_for(config, other_region(config, region)))
     took = time.monotonic() - started
     threshold = config.thresholds.db_unreachable
     timings = {"failing_since_ago": round(monotonic_now - command.failing_since, 3),
