@@ -155,6 +155,23 @@ def wait_for_event(
     return None
 
 
+def wait_for_latest(watchdogs: list[Watchdog], key: str, value: Any, timeout: float) -> bool:
+    """Whether, within ``timeout``, the latest verdict of every watchdog has ``key`` equal
+    to ``value`` (a verdict is logged when it changes, so an old line is the current one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = []
+        for dog in watchdogs:
+            verdicts = [event for event in dog.read() if event.get("event") == "verdict"]
+            latest.append(verdicts[-1].get(key) if verdicts else None)
+            if dog.proc is not None and dog.proc.poll() is not None:
+                raise RuntimeError(f"watchdog {dog.region} exited early; see {dog.log_path}")
+        if all(found == value for found in latest):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def drill_once(*, threshold: float, interval: float, workdir: Path,
                failback: bool = False) -> dict[str, Any]:
     """One kill-the-primary run; returns the measured figures (seconds) and the timeline.
@@ -203,12 +220,8 @@ def drill_once(*, threshold: float, interval: float, workdir: Path,
                 raise RuntimeError(f"{dog.region} did not start; see {dog.log_path}")
         ready = wait_for_event(dogs, lambda e: e.get("event") == "lock_acquired", 20)
         # Every vantage must hear the others and see the primary healthy before the kill.
-        started = time.time()
-        healthy = all(
-            wait_for_event([dog], lambda e: e.get("assessment") == "healthy"
-                           and event_time(e) >= started, 20) is not None
-            for dog in dogs
-        )
+        # Verdicts are logged when they change: the latest one of each watchdog counts.
+        healthy = wait_for_latest(dogs, "assessment", "healthy", 20)
         if ready is None or not healthy:
             raise RuntimeError(f"watchdogs did not become ready; see the logs in {workdir}")
         killed_at = time.time()  # before kill(): it also reaps and cleans up after itself
