@@ -4,8 +4,10 @@
 or a pod's init container. Exit 0: the server may start (as primary, or it starts in
 recovery anyway); exit 1 with one line: it must not start as primary (in control mode
 ``standby.signal`` was written first, so a start anyway comes up read-only); exit 2: bad
-input. ``unfence --config C --region R [--yes] [--remove-standby-signal]`` lifts a fence
-by hand; see docs/postgres-privileges.md, "Lifting a fence by hand".
+input. ``unfence --config C --region R [--yes] [--remove-standby-signal]
+[--allow-unconfirmed]`` lifts a fence by hand, and like the gate refuses (exit 1, one
+line per silent source) when no source answers; see docs/postgres-privileges.md,
+"Lifting a fence by hand".
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def add_fence_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     unfence.add_argument(
         "--remove-standby-signal", action="store_true",
         help="control mode: also remove standby.signal, so the next start is as primary",
+    )
+    unfence.add_argument(
+        "--allow-unconfirmed", action="store_true",
+        help="lift even when neither the lock store, the other region's server nor any peer "
+        "answers (never when one says the primary is elsewhere)",
     )
     unfence.set_defaults(fence_command="unfence")
 
@@ -100,8 +107,17 @@ def _confirmed(region: str, yes: bool) -> bool:
 
 
 def _unfence(config: WatchdogConfig, region: str, args: argparse.Namespace) -> int:
-    from agentaskit_dr.fencing import lift_fence
+    from agentaskit_dr.fence_lift import LiftUnconfirmed, lift_fence
 
-    for line in asyncio.run(lift_fence(config, region, remove_signal=args.remove_standby_signal)):
+    try:
+        said = asyncio.run(lift_fence(config, region, remove_signal=args.remove_standby_signal,
+                                      allow_unconfirmed=args.allow_unconfirmed))
+    except LiftUnconfirmed as exc:
+        print(f"agentaskit-dr unfence: {exc}; nothing changed", file=sys.stderr)
+        for silent in exc.silent:
+            print(f"  silent: {silent}", file=sys.stderr)
+        print("to lift it on purpose: agentaskit-dr unfence --allow-unconfirmed", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in said:
         print(line)
     return EXIT_OK

@@ -1,8 +1,9 @@
 """What the config says about fencing a region's server: its control, where it should stream
-from once fenced, whether the primary is elsewhere, the start gate and lifting a fence.
+from once fenced, and what the lock store and the other region's server say of the primary.
 
 The glue between ``config`` and the fence actuators (which know nothing of the config),
-shared by the ``start-gate`` (``start_gate``) and ``unfence`` commands and, through
+shared by the ``start-gate`` (``start_gate``) and ``unfence`` (``fence_lift``) commands
+through ``primary_sources`` and, through
 :func:`server_control` and :func:`primary_conninfo_for`, by whoever calls ``fence_server``.
 """
 
@@ -16,16 +17,10 @@ import structlog
 from agentaskit_dr.actuators.fence import (
     PromotionRefused,
     describe_dsn,
-    lift_fence_over_sql,
     read_marker_epoch,
     session,
 )
-from agentaskit_dr.actuators.pg_control import (
-    ServerControl,
-    postmaster_pid,
-    remove_standby_signal,
-    standby_signal_present,
-)
+from agentaskit_dr.actuators.pg_control import ServerControl
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.ports import ClusterPrimary, LockUnavailable
@@ -96,7 +91,8 @@ async def primary_elsewhere(config: WatchdogConfig, region: str) -> str | None:
     The one seam for "is the cluster's primary in another region?". First the cluster
     record in the lock store (:func:`record_says`), then the other region's server
     (:func:`other_server_says`). A store or server that does not answer tells nothing
-    here; the start gate (``start_gate``) also refuses when nothing answered at all.
+    here; the start gate and ``unfence`` (``primary_sources``) also refuse when nothing
+    answered at all.
     """
     recorded = await record_says(config, region)
     if recorded.elsewhere is not None:
@@ -176,38 +172,3 @@ async def _local_marker(config: WatchdogConfig, region: str) -> int | None:
             return await read_marker_epoch(conn)
     except PromotionRefused:
         return None
-
-
-async def lift_fence(config: WatchdogConfig, region: str, *, remove_signal: bool) -> list[str]:
-    """Lift ``region``'s fence by hand; the lines to tell the operator.
-
-    Refuses (PromotionRefused) while :func:`primary_elsewhere` has a reason: lifting the
-    old primary's fence then makes two primaries. SQL part, when the server answers as a
-    primary: the locked-out roles get LOGIN back and read-only is reset. Control part:
-    ``standby.signal`` is removed only with ``remove_signal``.
-    """
-    reason = await primary_elsewhere(config, region)
-    if reason is not None:
-        raise PromotionRefused(
-            f"refusing to lift {region}'s fence: {reason}; fail back instead (sync-primary "
-            "makes this server a standby of the new primary)"
-        )
-    said: list[str] = []
-    control = server_control(config, region)
-    if control is not None and standby_signal_present(control):
-        if remove_signal:
-            remove_standby_signal(control)
-            said.append("removed standby.signal: the next start comes up as a primary")
-        else:
-            said.append("standby.signal left in place: the server starts in recovery; pass "
-                        "--remove-standby-signal to start it as a primary")
-    if control is not None and postmaster_pid(control) is None:
-        said.append("server not running: start it, then run unfence again to lift the SQL part")
-        return said
-    dsn = config.regions[region].database.connect_dsn()
-    roles = await lift_fence_over_sql(dsn, io_timeout=config.probe.timeout, flog=log)
-    if roles is None:
-        said.append("server is in recovery: nothing to lift over SQL")
-    else:
-        said.append(f"read-only default reset; LOGIN given back to: {', '.join(roles) or 'none'}")
-    return said

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from agentaskit_dr.primary_sources import judge_report
 from agentaskit_dr.runtime.peers import parse_report
-from agentaskit_dr.start_gate import judge_report
 from tests.unit.test_peers import EAST, WEST, encode, report
 
 
