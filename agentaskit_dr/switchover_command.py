@@ -150,7 +150,10 @@ async def _switch(config: WatchdogConfig, source: str, target: str) -> int:
             await journal.close()
             await store.close()
     if outcome.data:
-        print(json.dumps({"run_id": outcome.run_id, **outcome.data}, indent=2))
+        print(json.dumps({"run_id": outcome.run_id, **outcome.data,
+                          "evidence": outcome.evidence}, indent=2))
+    elif outcome.evidence:
+        print(f"evidence: {outcome.evidence}", file=sys.stderr)
     if outcome.outcome != "done":
         print(f"agentaskit-dr switchover: run {outcome.run_id} {outcome.outcome}: "
               f"{outcome.detail}", file=sys.stderr)

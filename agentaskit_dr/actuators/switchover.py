@@ -61,7 +61,7 @@ from agentaskit_dr.actuators.pg_start import (
     read_control_data,
     start_server,
 )
-from agentaskit_dr.actuators.promote import PostgresPromoter, PromotionInDoubt
+from agentaskit_dr.actuators.promote import PostgresPromoter, PromotionInDoubt, PromotionResult
 from agentaskit_dr.actuators.promote_gate import wait_for_replay
 from agentaskit_dr.actuators.switchover_rejoin import replayed_short_of, wait_streaming
 from agentaskit_dr.actuators.switchover_result import (
@@ -191,10 +191,12 @@ class PostgresSwitchover:
         if final is not None and stage is not Stage.PROMOTE:
             await self._catch_up(run, final)
             marks["catch_up"] = clock()
+        promoted: PromotionResult | None = None
         if stage is not Stage.REJOIN:
-            writable_at = await self._promote(
+            promoted = await self._promote(
                 run, epoch=epoch, holder=holder, switchover_id=switchover_id,
                 final=final, resuming=stage is Stage.PROMOTE)
+            writable_at = promoted.writable_at
             marks["promote"] = clock()
         if on_promoted is not None:
             await on_promoted()
@@ -215,6 +217,9 @@ class PostgresSwitchover:
             write_unavailable_seconds=unavailable,
             total_seconds=round(marks["rejoin"] - marks["started"], 4),
             rejoined=rejoined, rejoin_detail=rejoin_detail,
+            promoted_replay_lsn=(None if promoted is None or promoted.replay_lsn is None
+                                 else format_lsn(promoted.replay_lsn)),
+            lag_bytes_at_promotion=None if promoted is None else promoted.lag_bytes,
         )
         run.log.info("switchover_done", **result.as_dict())
         return result
@@ -231,9 +236,8 @@ class PostgresSwitchover:
     async def _promote(
         self, run: _Attempt, *, epoch: int, holder: str, switchover_id: str,
         final: ControlData | None, resuming: bool,
-    ) -> float:
-        """Promote the standby (or adopt its promotion when ``resuming``); when it could
-        write."""
+    ) -> PromotionResult:
+        """Promote the standby (or adopt its promotion when ``resuming``)."""
         try:
             promotion = await PostgresPromoter(
                 standby_dsn=self._standby_dsn, old_primary_dsn=self._primary_dsn,
@@ -251,7 +255,7 @@ class PostgresSwitchover:
         except PromotionRefused as exc:
             raise await self._roll_back(run, f"promotion refused: {exc.reason}") from exc
         run.log.info("switchover_promoted", detail=promotion.detail)
-        return promotion.writable_at
+        return promotion
 
     async def _demote(self, run: _Attempt) -> tuple[str, ControlData]:
         """Signal file first, then a fast stop; the shutdown checkpoint it wrote."""

@@ -44,7 +44,9 @@ class SwitchoverResult:
     resumed run. ``final_lsn``: the old primary's shutdown checkpoint (None when the run
     resumed after it restarted); ``old_timeline`` / ``new_timeline``: before and after.
     ``rejoined``: the old primary streams from the new one with lag 0 (``rejoin_detail``
-    says why not otherwise).
+    says why not otherwise). ``promoted_replay_lsn``: the standby's replay position at
+    pg_promote; ``lag_bytes_at_promotion``: what it had not replayed of the old primary's
+    WAL then (the measured RPO, 0 by design); both None when this attempt did not promote.
     """
 
     switchover_id: str
@@ -61,6 +63,8 @@ class SwitchoverResult:
     total_seconds: float
     rejoined: bool
     rejoin_detail: str
+    promoted_replay_lsn: str | None = None
+    lag_bytes_at_promotion: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

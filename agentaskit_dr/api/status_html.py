@@ -28,7 +28,7 @@ _BAD_PHASES = ("failing_over", "failed")
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
-    """One failover or failback evidence file as the page lists it."""
+    """One failover, failback or switchover evidence file as the page lists it."""
 
     kind: str
     run_id: str
@@ -217,7 +217,7 @@ def _replication(status: Mapping[str, Any]) -> str:
 
 def _runs(status: Mapping[str, Any], runs: Sequence[RunRow], now: float,
           evidence_dir: str | None) -> str:
-    parts = [_h2("Failovers and failbacks")]
+    parts = [_h2("Failovers, failbacks and switchovers")]
     last = _mapping(status.get("last_failover"))
     if last:
         parts.append(f"<p>Last failover seen by this watchdog: decided "
@@ -225,7 +225,7 @@ def _runs(status: Mapping[str, Any], runs: Sequence[RunRow], now: float,
                      f"{_e(last.get('epoch'))}: {_e(last.get('reason'))}</p>")
     if not runs:
         where = f" in {_e(evidence_dir)}" if evidence_dir else ""
-        parts.append(f'<p class="muted">no failover or failback evidence{where}</p>')
+        parts.append(f'<p class="muted">no failover, failback or switchover evidence{where}</p>')
         return "".join(parts)
     rows = [[_e(run.kind), f'<a href="{_e(run.picture)}">{_e(run.run_id)}</a>',
              _e(run.created_at), _outcome(run.outcome or run.note),
@@ -234,7 +234,7 @@ def _runs(status: Mapping[str, Any], runs: Sequence[RunRow], now: float,
             for run in runs]
     parts.append(_table(["Kind", "Run", "Started (UTC)", "Outcome", "RTO", "RPO (lag)"], rows))
     newest = {run.kind: run for run in reversed(runs) if run.note is None}
-    for kind in ("failover", "failback"):
+    for kind in ("failover", "failback", "switchover"):
         run = newest.get(kind)
         if run is not None:
             parts.append(f'<figure><img src="{_e(run.picture)}" alt="timeline of {_e(kind)} '

@@ -34,7 +34,7 @@ from agentaskit_dr.config import redact
 log = structlog.get_logger(__name__)
 
 #: Kinds of evidence the page lists and draws.
-RUN_KINDS = ("failover", "failback")
+RUN_KINDS = ("failover", "failback", "switchover")
 #: Runs listed on the page, newest first.
 RUNS_SHOWN = 10
 _SVG_SUFFIX = ".svg"

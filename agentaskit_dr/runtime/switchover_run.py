@@ -6,14 +6,15 @@ the cluster record right after the promotion, then an acknowledgement (a planned
 owes none; it arms the watchdogs that restart with the record). Journaled like the
 failback run: a watchdog that crashes in the middle leaves the run active, and the next
 lock holder resumes it (``PostgresSwitchover.switch`` picks up at the stage it finds).
-DNS and scaling stay separate commands, as with the CLI.
+DNS and scaling stay separate commands, as with the CLI. A run that ends done or failed
+writes its evidence file (``switchover_evidence``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -25,6 +26,8 @@ from agentaskit_dr.actuators.switchover import PostgresSwitchover
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.fencing import primary_conninfo_for, server_control
 from agentaskit_dr.ports import ClusterStore, Journal, JournalEntry, Lease, RunJournal, StepStatus
+from agentaskit_dr.runtime.evidence_layout import run_root
+from agentaskit_dr.runtime.switchover_evidence import write_switchover_evidence
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +46,7 @@ class SwitchoverOutcome:
     outcome: str  # "done", "failed" or "open" (left active for a resume)
     detail: str
     data: dict[str, Any] = field(default_factory=dict)  # the switchover's result
+    evidence: str | None = None  # the evidence file's path, or why not written
 
 
 def switchover_problem(config: WatchdogConfig, source: str, target: str) -> str | None:
@@ -176,6 +180,14 @@ class SwitchoverRun:
 
     async def _finish(self, run_id: str, outcome: str, detail: str,
                       data: dict[str, Any] | None = None) -> SwitchoverOutcome:
+        evidence = None
+        run = await self.journal.get(run_id)
+        if run is not None:
+            # Before the journal closes: a crash in between resumes and writes it again.
+            evidence = write_switchover_evidence(
+                run_root(self.config.evidence_dir, self.config.evidence_layout),
+                replace(run, finished=outcome), outcome, data or {})
         await self.journal.finish(run_id, outcome, lease=self.lease())
-        log.warning("switchover_run_" + outcome, run_id=run_id, detail=detail)
-        return SwitchoverOutcome(run_id, outcome, detail, data or {})
+        log.warning("switchover_run_" + outcome, run_id=run_id, detail=detail,
+                    evidence=evidence)
+        return SwitchoverOutcome(run_id, outcome, detail, data or {}, evidence)

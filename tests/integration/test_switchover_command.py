@@ -42,14 +42,15 @@ def write_config(path: Path, pair: PostgresPair, redis: RedisServer, *, region: 
         "probe": {"interval": "2s", "timeout": "1s"},
         "lock": {"url": redis.url, "ttl": "5s", "socket_timeout": "0.5s"},
         "api": {"listen": None},
+        "evidence_dir": str(path.parent / "evidence"),
     }
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-async def cli(config: Path, *args: str) -> tuple[int, str, str]:
+async def cli(config: Path, *args: str, command: str = "switchover") -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentaskit_dr", "switchover", *args, "--config", str(config),
+        sys.executable, "-m", "agentaskit_dr", command, *args, "--config", str(config),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
     )

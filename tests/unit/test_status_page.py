@@ -230,7 +230,7 @@ async def test_without_an_evidence_directory_the_page_lists_no_runs() -> None:
         status, _, html = await get(test_client, "/")
         svg_status, _, _ = await get(test_client, "/ui/timeline/failover/fo-1.svg")
     assert status == 200
-    assert "no failover or failback evidence" in html
+    assert "no failover, failback or switchover evidence" in html
     assert svg_status == 404
 
 
@@ -258,4 +258,4 @@ async def test_an_evidence_directory_that_is_not_one_leaves_the_page_up(
         status, _, html = await get(test_client, "/")
     assert status == 200
     assert "waiting for acknowledgement" in html
-    assert "no failover or failback evidence" in html
+    assert "no failover, failback or switchover evidence" in html
