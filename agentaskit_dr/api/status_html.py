@@ -1,10 +1,10 @@
 """The status page's HTML, rendered from ``/v1/status`` and the evidence listing. Pure.
 
 Every value is escaped; the caller redacts the status first. Sections the daemon has no
-data for yet (WAL archive lag, backup freshness, the DR testing schedule, the recovery
-objectives) say "not configured": they fill in from the status keys
-``wal_archive_lag_seconds``, ``backups``, ``dr_testing`` and ``objectives`` once something
-reports them (``backups`` and ``dr_testing``: a mapping
+data for yet (WAL archive lag, backup freshness, DR drills, the DR testing schedule, the
+recovery objectives) say "not configured": they fill in from the status keys
+``wal_archive_lag_seconds``, ``backups``, ``drills``, ``dr_testing`` and ``objectives``
+once something reports them (``backups``, ``drills`` and ``dr_testing``: a mapping
 of name to a mapping of fields, shown as one table row each).
 """
 
@@ -75,7 +75,8 @@ def render_page(main: str, *, node: str, phase: str) -> str:
 
 def render_main(status: Mapping[str, Any], runs: Sequence[RunRow], *, now: float,
                 evidence_dir: str | None) -> str:
-    """The refreshable part of the page: state, regions, lock, replication, runs, backups."""
+    """The refreshable part of the page: state, regions, lock, replication, runs, backups,
+    drills."""
     return "\n".join([
         _state(status, now),
         _regions(status, now),
@@ -84,6 +85,7 @@ def render_main(status: Mapping[str, Any], runs: Sequence[RunRow], *, now: float
         _replication(status),
         _runs(status, runs, now, evidence_dir),
         _section("Backup freshness", status.get("backups")),
+        _section("DR drills", status.get("drills")),
         _section("DR testing schedule", status.get("dr_testing")),
         _objectives(status.get("objectives")),
     ])

@@ -77,6 +77,8 @@ class LastRun:
     bytes: int | None = None
     detail: str = ""
     last_success: float | None = None
+    #: The evidence file the run's commands named (a drill's), on the host that ran it.
+    evidence: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -130,11 +132,11 @@ def started(decision: Decision, previous: LastRun | None, *, holder: str,
 
 
 def finished(running: LastRun, outcome: Outcome, *, now: float, nbytes: int | None,
-             detail: str) -> LastRun:
+             detail: str, evidence: str | None = None) -> LastRun:
     """The record written when a run ends."""
     success = now if outcome in ("ok", "unchanged") else running.last_success
     return replace(running, outcome=outcome, finished_at=now, bytes=nbytes,
-                   detail=detail[:300], last_success=success)
+                   detail=detail[:300], last_success=success, evidence=evidence)
 
 
 def iso(at: float | None) -> str | None:
@@ -152,13 +154,15 @@ class JobSpec:
     """One scheduled job: CLI commands (after ``agentaskit-dr``) run one after the other.
 
     ``dr_test`` names the DR testing schedule's row the job is a run of, if any;
-    ``time_limit`` (seconds, None: none) stops a run that takes longer, as failed."""
+    ``time_limit`` (seconds, None: none) stops a run that takes longer, as failed;
+    ``drill``: a DR drill, not a backup (the status lists it under ``drills``)."""
 
     name: str
     schedule: Schedule
     steps: tuple[tuple[str, ...], ...]
     dr_test: str | None = None
     time_limit: float | None = None
+    drill: bool = False
 
 
 #: Besides its two switchovers: finding the holder, dry runs, status polls, evidence.
@@ -216,8 +220,26 @@ def job_specs(backup: BackupConfig, path: Path, settings: BackupJobsConfig,
     where = () if evidence_dir is None else ("--evidence-dir", str(evidence_dir))
     jobs.append(JobSpec("failover-drill", Schedule(cron=backup.drills.failover.schedule),
                         (("drill-failover", *conf, *where),), dr_test="failover_drill",
-                        time_limit=drill_time_limit(backup)))
+                        time_limit=drill_time_limit(backup), drill=True))
     return jobs
+
+
+def describe_drill(spec: JobSpec, last: LastRun | None, *, now: float,
+                   running_here: bool) -> dict[str, Any]:
+    """One row of ``/v1/status``'s ``drills`` (flat: the status page shows it as is)."""
+    result: str | None = None
+    if last is not None and last.outcome != "baseline":
+        result = "passed" if last.outcome == "ok" else last.outcome
+        if last.detail and last.detail not in ("ok", last.outcome):
+            result += f": {last.detail}"
+    return {
+        "schedule": str(spec.schedule),
+        "last_run": iso(last.started_at) if last else None,
+        "result": result,
+        "next_run": iso(next_slot(spec.schedule, now)),
+        "evidence": last.evidence if last else None,
+        "running_here": running_here,
+    }
 
 
 def describe(spec: JobSpec, last: LastRun | None, *, now: float,

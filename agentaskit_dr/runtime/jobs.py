@@ -38,6 +38,7 @@ from agentaskit_dr.runtime.job_schedule import (
     LastRun,
     decide,
     describe,
+    describe_drill,
     finished,
     job_specs,
     started,
@@ -108,13 +109,20 @@ class JobScheduler:
         return self.backup
 
     def status(self) -> dict[str, Any]:
-        """``{"backups": {job: row}}`` once a backup config is in use, else empty."""
+        """``{"backups": {job: row}, "drills": {job: row}}`` once a backup config is in
+        use, else empty: backup jobs (and their verification) apart from DR drills."""
         if not self.specs:
             return {}
         now = self.clock()
-        return {"backups": {spec.name: describe(spec, self._last.get(spec.name), now=now,
-                                                running_here=spec.name in self.running)
-                            for spec in self.specs}}
+        backups: dict[str, Any] = {}
+        drills: dict[str, Any] = {}
+        for spec in self.specs:
+            last, here = self._last.get(spec.name), spec.name in self.running
+            if spec.drill:
+                drills[spec.name] = describe_drill(spec, last, now=now, running_here=here)
+            else:
+                backups[spec.name] = describe(spec, last, now=now, running_here=here)
+        return {"backups": backups, "drills": drills}
 
     async def run(self) -> None:
         """Look at the schedules every tick until cancelled; then stop the running jobs."""
@@ -273,7 +281,7 @@ class JobScheduler:
                       outcome: JobOutcome) -> None:
         now = self.clock()
         done = finished(record, outcome.outcome, now=now, nbytes=outcome.nbytes,
-                        detail=outcome.detail)
+                        detail=outcome.detail, evidence=outcome.evidence)
         self._last[spec.name] = done
         assert record.started_at is not None
         log.info("job_finished", job=spec.name, outcome=outcome.outcome,

@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 from redis.asyncio import Redis
 
+from agentaskit_dr.api.status_html import render_main
 from agentaskit_dr.config import BackupJobsConfig, ConfigError, WatchdogConfig, load_backup_config
 from agentaskit_dr.drtesting.records import load_state, schedule_rows
 from agentaskit_dr.runtime import job_schedule
@@ -156,6 +157,21 @@ async def test_the_due_drill_runs_once_across_two_watchdogs_and_is_recorded_once
     assert theirs["runs"]["failover_drill"]["passed"] is False
     assert theirs["runs"]["failover_drill"]["result"].endswith(f"(on {name})")
     assert not (tmp_path / cast(Watchdog, other.config()).holder / "operational_audit").exists()
+    # The status (and its page) lists the drill under its own section, with its evidence,
+    # on both watchdogs (the other one from the lease record), not as a backup.
+    for jobs in (holder, other):
+        status = jobs.status()
+        assert JOB not in status["backups"]
+        assert "configs" not in status["drills"]
+        row = status["drills"][JOB]
+        assert row["evidence"] == str(evidence)
+        assert row["last_run"] == job_schedule.iso(record.started_at)
+        assert row["result"].startswith("failed: switchover drill FAILED in ")
+        assert row["next_run"] == "2030-04-01T10:00:00+00:00"
+        html = render_main(status, [], now=clock.now, evidence_dir=None)
+        drills = html.split("<h2>DR drills</h2>", 1)[1].split("<h2>", 1)[0]
+        assert str(evidence) in drills
+        assert JOB not in html.split("<h2>Backup freshness</h2>", 1)[1].split("<h2>", 1)[0]
 
 
 async def test_a_drill_over_its_time_limit_is_stopped_and_recorded_failed(

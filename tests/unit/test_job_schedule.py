@@ -157,6 +157,7 @@ def test_the_failover_drill_is_a_job_whose_time_limit_fits_two_switchovers(
                                                    evidence_dir=tmp_path / "evidence")}
     drill = specs["failover-drill"]
     assert drill.dr_test == "failover_drill"
+    assert [name for name, spec in specs.items() if spec.drill] == ["failover-drill"]
     assert str(drill.schedule) == "0 10 1 1,4,7,10 *"
     assert drill.steps == (("drill-failover", "--config", str(backup_yaml), "--json",
                             "--evidence-dir", str(tmp_path / "evidence")),)
@@ -221,8 +222,40 @@ def test_the_status_page_shows_the_backups_rows() -> None:
                    now=at("2026-11-29T12:00:00"), running_here=False)
     html = render_main({"backups": {"backup-full": row}}, [], now=at("2026-11-29T12:00:00"),
                        evidence_dir=None)
-    section = html.split("Backup freshness", 1)[1].split("DR testing schedule", 1)[0]
+    section = html.split("Backup freshness", 1)[1].split("DR drills", 1)[0]
     assert "not configured" not in section
     for text in ("backup-full", "0 2 * * *", "2026-11-29T02:09:00+00:00",
                  "2026-11-30T02:00:00+00:00", str(2**30)):
         assert text in section
+
+
+def test_the_status_page_shows_drills_apart_from_the_backups() -> None:
+    from agentaskit_dr.api.status_html import render_main
+    from agentaskit_dr.runtime.job_schedule import JobSpec, describe_drill
+
+    quarterly = Schedule(cron="0 10 1 1,4,7,10 *")
+    drill = JobSpec("failover-drill", quarterly, (), dr_test="failover_drill", drill=True)
+    running = LastRun(due=at("2026-10-01T10:00:00"), outcome="running",
+                      started_at=at("2026-10-01T10:00:02"), holder="west")
+    record = finished(running, "failed", now=at("2026-10-01T10:03:00"), nbytes=None,
+                      detail="switchover drill FAILED in staging: no watchdog answers",
+                      evidence="/ev/operational_audit/dr_drills/failover-drill-1.json")
+    now = at("2026-11-29T12:00:00")
+    status = {
+        "backups": {"backup-full": describe(JobSpec("backup-full", DAILY_2AM, ()), None,
+                                            now=now, running_here=False)},
+        "drills": {"failover-drill": describe_drill(drill, record, now=now,
+                                                    running_here=False)},
+    }
+    html = render_main(status, [], now=now, evidence_dir=None)
+    backups = html.split("Backup freshness", 1)[1].split("DR drills", 1)[0]
+    drills = html.split("DR drills", 1)[1].split("DR testing schedule", 1)[0]
+    assert "backup-full" in backups
+    assert "failover-drill" not in backups
+    for text in ("failover-drill", "last_run", "result", "next_run", "evidence",
+                 "2026-10-01T10:00:02+00:00",
+                 "failed: switchover drill FAILED in staging: no watchdog answers",
+                 "2027-01-01T10:00:00+00:00",
+                 "/ev/operational_audit/dr_drills/failover-drill-1.json"):
+        assert text in drills, text
+    assert describe_drill(drill, None, now=now, running_here=False)["result"] is None

@@ -121,7 +121,7 @@ async def test_missing_sections_say_not_configured_and_fill_in_when_reported(
     client: TestClient[Any, Any], evidence_dir: Path,
 ) -> None:
     _, _, html = await get(client, "/ui/main")
-    for title in ("WAL archive lag", "Backup freshness", "DR testing schedule",
+    for title in ("WAL archive lag", "Backup freshness", "DR drills", "DR testing schedule",
                   "Recovery objectives"):
         after = html.split(title, 1)[1][:120]
         assert "not configured" in after, title
@@ -129,6 +129,7 @@ async def test_missing_sections_say_not_configured_and_fill_in_when_reported(
     controller.status_payload = {
         **page_status(), "wal_archive_lag_seconds": 42.0,
         "backups": {"postgres-full": {"last": "2026-01-01T02:00:00Z", "age": "9 h"}},
+        "drills": {"failover-drill": {"last_run": "2026-01-01T10:00:00Z", "result": "passed"}},
         "dr_testing": {"failover drill": {"every": "quarter", "next": "2026-04-01"}},
         "objectives": {"rto": {"target_seconds": 14400, "measured_seconds": 6.9, "met": True,
                                "evidence": "drills/sandbox-drill-1.json"}},
@@ -141,6 +142,7 @@ async def test_missing_sections_say_not_configured_and_fill_in_when_reported(
     assert "42.0 s" in html
     assert "<td>postgres-full</td><td>2026-01-01T02:00:00Z</td><td>9 h</td>" in html
     assert "<td>failover drill</td><td>quarter</td><td>2026-04-01</td>" in html
+    assert "<td>failover-drill</td><td>2026-01-01T10:00:00Z</td><td>passed</td>" in html
     assert ("<td>RTO</td><td>240.0 min</td><td>6.9 s</td><td>yes</td>"
             "<td>drills/sandbox-drill-1.json</td>") in html
 
