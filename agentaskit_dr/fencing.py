@@ -1,10 +1,11 @@
 """What the config says about fencing a region's server: its control, where it should stream
 from once fenced, and what the lock store and the other region's server say of the primary.
 
-The glue between ``config`` and the fence actuators (which know nothing of the config),
-shared by the ``start-gate`` (``start_gate``) and ``unfence`` (``fence_lift``) commands
-through ``primary_sources`` and, through
-:func:`server_control` and :func:`primary_conninfo_for`, by whoever calls ``fence_server``.
+The glue between ``config`` and the fence actuators (which know nothing of the config).
+``primary_sources`` asks :func:`record_says` and :func:`other_server_says` for the
+``start-gate`` (``start_gate``) and ``unfence`` (``fence_lift``) commands;
+:func:`server_control` and :func:`primary_conninfo_for` serve whoever calls
+``fence_server``.
 """
 
 from __future__ import annotations

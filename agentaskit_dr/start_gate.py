@@ -3,11 +3,11 @@
 Run before the server's service starts it (``ExecStartPre=``, an init container). Three
 kinds of source are asked at once (``primary_sources``), each bounded by ``probe.timeout``:
 the cluster record in the lock store, the other region's server, and the peer watchdogs
-and the witness. Any of them saying the primary is elsewhere
-refuses the start. When none of them answers, nothing confirms that this region still
-holds the primary -- an old primary cut off from everything may have been failed over
-(chaos seed 1000) -- and the start is refused too, unless
-``start_gate.when_unconfirmed: allow`` or ``--allow-unconfirmed`` says otherwise.
+and the witness. Any of them saying the primary is elsewhere refuses the start. When
+none of them answers, nothing confirms that this region still holds the primary -- an
+old primary cut off from everything may have been failed over (chaos seed 1000) -- and
+the start is refused too, unless ``start_gate.when_unconfirmed: allow`` or
+``--allow-unconfirmed`` says otherwise.
 """
 
 from __future__ import annotations
