@@ -58,6 +58,17 @@ def scheduler(name: str, backup_yaml: Path, client: Redis, clock: Clock, runs: l
     return jobs, runner
 
 
+def west_and_east(backup_yaml: Path, client: Redis, clock: Clock,
+                  tmp_path: Path) -> tuple[JobScheduler, JobScheduler, list[tuple[str, str]]]:
+    """West's and east's schedulers, whose runs finish at once, and the runs they record."""
+    runs: list[tuple[str, str]] = []
+    go = asyncio.Event()
+    go.set()
+    west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
+    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+    return west, east, runs
+
+
 async def test_one_of_two_watchdogs_runs_a_due_job_and_the_other_sees_its_record(
         redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
     clock, runs, go = Clock(), [], asyncio.Event()
@@ -93,10 +104,8 @@ async def test_one_of_two_watchdogs_runs_a_due_job_and_the_other_sees_its_record
 
 async def test_slots_missed_while_both_were_down_run_once(
         redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
-    clock, runs, go = Clock(), [], asyncio.Event()
-    go.set()
-    west, _ = scheduler("west", backup_yaml, redis_client, clock, runs, go, tmp_path)
-    east, _ = scheduler("east", backup_yaml, redis_client, clock, runs, go, tmp_path)
+    clock = Clock()
+    west, east, runs = west_and_east(backup_yaml, redis_client, clock, tmp_path)
     await look(west, east)
     clock.now = T0 + 60 * 30 + 5  # thirty slots later
     for _ in range(3):
@@ -138,10 +147,8 @@ async def test_a_verification_run_is_the_schedules_last_test_on_both_watchdogs(
     from agentaskit_dr.drtesting.records import load_state
 
     backup_yaml = with_postgres
-    clock, runs, go = Clock(now=SUNDAY_4AM - 3600), [], asyncio.Event()
-    go.set()
-    west, _ = scheduler("west", backup_yaml, redis_client, clock, runs, go, tmp_path)
-    east, _ = scheduler("east", backup_yaml, redis_client, clock, runs, go, tmp_path)
+    clock = Clock(now=SUNDAY_4AM - 3600)
+    west, east, runs = west_and_east(backup_yaml, redis_client, clock, tmp_path)
     await look(west, east)
     clock.now += 3600 + 30  # Sunday 04:00:30: the weekly verification is due
     await look(west, east)
@@ -158,10 +165,8 @@ async def test_a_verification_run_is_the_schedules_last_test_on_both_watchdogs(
 
 async def test_a_slot_finished_by_the_other_between_look_and_claim_is_not_run_again(
         redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
-    clock, runs, go = Clock(), [], asyncio.Event()
-    go.set()
-    west, _ = scheduler("west", backup_yaml, redis_client, clock, runs, go, tmp_path)
-    east, _ = scheduler("east", backup_yaml, redis_client, clock, runs, go, tmp_path)
+    clock = Clock()
+    west, east, runs = west_and_east(backup_yaml, redis_client, clock, tmp_path)
     await look(west, east)
     clock.now = T0 + 61
     await look(east)
