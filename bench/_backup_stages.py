@@ -104,7 +104,7 @@ async def _moto_alone(endpoint: str, size: int) -> tuple[float, float]:
 def backup_stages(settings: dict[str, Any], bindir: Path, disk: Path, *, endpoint: str,
                   stored_bytes: int, home: Path) -> dict[str, float]:
     """The stages' seconds (see the module docstring), printed as they come."""
-    from agentaskit_dr.sandbox._os_side import give_to_server_user, server_process_options
+    from agentaskit_dr.local_servers.os_side import give_to_server_user, server_process_options
 
     pg_basebackup = [str(bindir / "pg_basebackup"), "-d", settings["postgresql"]["dsn"],
                      "-D", "-", "-Ft", "-X", "fetch", "-c", "fast", "--no-sync"]

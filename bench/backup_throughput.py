@@ -38,14 +38,14 @@ from typing import Any
 
 from _backup_stages import backup_stages
 
-from agentaskit_dr.sandbox._os_side import (
+from agentaskit_dr.local_servers.os_side import (
     give_to_server_user as _give_to_server_user,
+)
+from agentaskit_dr.local_servers.os_side import (
+    server_process_options as _server_process_options,
 )
 from agentaskit_dr.sandbox._os_side import (
     scratch_root as _scratch_root,
-)
-from agentaskit_dr.sandbox._os_side import (
-    server_process_options as _server_process_options,
 )
 from agentaskit_dr.sandbox.postgres import (
     PostgresServer,

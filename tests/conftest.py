@@ -6,12 +6,16 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 # No per-example deadline: on a loaded 2-core CI machine an example that takes longer than
 # 200 ms is not a bug, and speed is measured by bench/, never asserted by a test.
@@ -53,6 +57,19 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of ``redis_server`` that answers in str (2 s socket timeout), closed after
+    the test."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=2)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

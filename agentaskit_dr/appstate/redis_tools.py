@@ -14,7 +14,8 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from agentaskit_dr.sandbox.redis import free_port, redis_server_binary
+from agentaskit_dr.local_servers.redis_binary import redis_server_binary
+from agentaskit_dr.local_servers.tcp import free_port
 
 CHECK_TIMEOUT = 600.0
 

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 from agentaskit_dr.backup.crypto import ObjectTampered, decrypt_stream
 from agentaskit_dr.backup.manifest import TAR_NAME, BackupRecord, object_key
-from agentaskit_dr.sandbox._os_side import server_process_options as _server_process_options
-from agentaskit_dr.sandbox._os_side import server_user as _server_user
+from agentaskit_dr.local_servers.os_side import give_to_server_user, server_process_options
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.crypto import KeyRing
@@ -28,13 +27,6 @@ if TYPE_CHECKING:
 
 class BackupDamaged(Exception):
     """An object of a backup is missing, altered or unreadable; the message names it."""
-
-
-def give_to_server_user(path: Path) -> None:
-    """chown ``path`` to the OS user PostgreSQL runs as (when we are root)."""
-    user = _server_user()
-    if user is not None:
-        os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def server_dir(path: Path) -> Path:
@@ -127,7 +119,7 @@ async def _spawn_untar(into: Path, home: Path) -> tuple[asyncio.subprocess.Proce
         untar = await asyncio.create_subprocess_exec(
             "tar", "--zstd", "-xf", "-", "-C", str(into), stdin=tar_in,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            **_server_process_options(home),
+            **server_process_options(home),
         )
     except BaseException:
         os.close(feed)

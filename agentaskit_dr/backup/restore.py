@@ -28,13 +28,13 @@ import structlog
 
 from agentaskit_dr.backup.catalog import Catalog, read_catalog
 from agentaskit_dr.backup.crypto import KeyRing
-from agentaskit_dr.backup.fetch import BackupDamaged, fetch_base, give_to_server_user, server_dir
+from agentaskit_dr.backup.fetch import BackupDamaged, fetch_base, server_dir
 from agentaskit_dr.backup.manifest import BackupRecord, parse_lsn
 from agentaskit_dr.backup.pgtools import data_directory, tool
 from agentaskit_dr.backup.restore_checks import check_restored
 from agentaskit_dr.backup.restore_target import refuse_source_datadir, restore_target
-from agentaskit_dr.sandbox._os_side import server_process_options as _server_process_options
-from agentaskit_dr.sandbox.postgres import PostgresServer
+from agentaskit_dr.local_servers.os_side import give_to_server_user, server_process_options
+from agentaskit_dr.local_servers.postgres import PostgresServer
 
 if TYPE_CHECKING:
     from agentaskit_dr.backup.store import BackupStore, Which
@@ -215,7 +215,7 @@ async def _fetch_chain(config: BackupConfig, store: BackupStore, keyring: KeyRin
 async def _server_tool(config: BackupConfig, home: Path, name: str, *argv: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         str(tool(config.postgresql, name)), *argv, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, **_server_process_options(home))
+        stderr=asyncio.subprocess.STDOUT, **server_process_options(home))
     output, _ = await proc.communicate()
     if proc.returncode != 0:
         text = output.decode(errors="replace").strip().splitlines()

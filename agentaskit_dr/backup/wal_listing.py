@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentaskit_dr.backup.crypto import KeyRing, ObjectTampered, decrypt_bytes
-from agentaskit_dr.backup.fetch import give_to_server_user
 from agentaskit_dr.backup.manifest import BackupRecord, parse_lsn
 from agentaskit_dr.backup.retention import WalFile
 from agentaskit_dr.backup.wal_layout import WAL_PREFIX, wal_key
 from agentaskit_dr.backup.walchain import HISTORY, missing_segments, needed_segments
+from agentaskit_dr.local_servers.os_side import give_to_server_user
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

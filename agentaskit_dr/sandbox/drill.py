@@ -27,9 +27,10 @@ from typing import Any
 import yaml
 
 from agentaskit_dr.config import parse_duration
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.runtime.evidence_layout import drill_root, run_root
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 
 REGIONS = ("us-west-2", "us-east-1")
 WITNESS_SITE = "witness-site"

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 #: Bound on the whole failback command (resync, integrity, switchover) in the sandbox.
 FAILBACK_TIMEOUT = 240.0

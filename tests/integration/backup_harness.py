@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agentaskit_dr.config import BackupConfig
-from agentaskit_dr.sandbox._os_side import (
+from agentaskit_dr.local_servers.os_side import (
     give_to_server_user as _give_to_server_user,
 )
 from agentaskit_dr.sandbox._os_side import (

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,16 +21,15 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from agentaskit_dr.api.status_html import render_main
-from agentaskit_dr.config import BackupJobsConfig, ConfigError, WatchdogConfig, load_backup_config
+from agentaskit_dr.config import BackupJobsConfig, ConfigError, load_backup_config
 from agentaskit_dr.drtesting.records import load_state, schedule_rows
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.runtime import job_schedule
 from agentaskit_dr.runtime.job_schedule import LastRun
 from agentaskit_dr.runtime.jobs import JobScheduler
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
-from tests.integration.test_job_lease import Clock, Lock, Watchdog
+from tests.integration.job_harness import PREFIX, Clock, Watchdog, job_scheduler, look
 
 pytestmark = pytest.mark.integration
-PREFIX = Lock().key_prefix
 JOB = "failover-drill"
 QUARTERLY = "0 10 1 1,4,7,10 *"
 #: A due time of the quarterly drill, after the real now: the drill command records at
@@ -39,21 +37,6 @@ QUARTERLY = "0 10 1 1,4,7,10 *"
 #: replace the command's (newer wins) and the test would see it.
 JANUARY_1ST = dt.datetime(2030, 1, 1, 10, 0, tzinfo=dt.UTC).timestamp()
 TOKEN = "drill-token-0123456789abcdef"
-
-
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def client(redis_srv: RedisServer) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(redis_srv.url, decode_responses=True, socket_timeout=2)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 def drill_environment(tmp_path: Path, port: int, name: str = "staging") -> Path:
@@ -93,24 +76,17 @@ def backup_yaml(tmp_path: Path, drill_config: Path, monkeypatch: pytest.MonkeyPa
 
 def scheduler(name: str, backup: Path, client: Redis, clock: Clock,
               tmp_path: Path) -> JobScheduler:
-    config = Watchdog(name, BackupJobsConfig(config=backup), tmp_path / name)
-    return JobScheduler(lambda: cast(WatchdogConfig, config), client, clock=clock)
-
-
-async def look(*schedulers: JobScheduler) -> None:
-    for jobs in schedulers:
-        await jobs._refresh()
-    await asyncio.gather(*(jobs.check() for jobs in schedulers))
+    return job_scheduler(name, BackupJobsConfig(config=backup), client, clock, tmp_path)
 
 
 async def test_the_due_drill_runs_once_across_two_watchdogs_and_is_recorded_once(
-        client: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        redis_client: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The drill environment does not answer: the drill fails fast, and says why.
     staging = drill_environment(tmp_path, free_port())
     backup = backup_yaml(tmp_path, staging, monkeypatch)
     clock = Clock(now=JANUARY_1ST - 60)
-    west = scheduler("west", backup, client, clock, tmp_path)
-    east = scheduler("east", backup, client, clock, tmp_path)
+    west = scheduler("west", backup, redis_client, clock, tmp_path)
+    east = scheduler("east", backup, redis_client, clock, tmp_path)
     await look(west, east)  # first seen: runs from the next due time
     assert not west.running
     assert not east.running
@@ -126,7 +102,7 @@ async def test_the_due_drill_runs_once_across_two_watchdogs_and_is_recorded_once
     assert not west.running
     assert not east.running
 
-    record = LastRun.from_json(await client.get(f"{PREFIX}:job:{JOB}:last"))
+    record = LastRun.from_json(await redis_client.get(f"{PREFIX}:job:{JOB}:last"))
     assert record is not None
     assert record.outcome == "failed"
     assert record.due == JANUARY_1ST
@@ -175,7 +151,7 @@ async def test_the_due_drill_runs_once_across_two_watchdogs_and_is_recorded_once
 
 
 async def test_a_drill_over_its_time_limit_is_stopped_and_recorded_failed(
-        client: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        redis_client: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(job_schedule, "DRILL_MARGIN", 0.0)  # the limit is 2 x 1 s
     staging = drill_environment(tmp_path, free_port())
     backup = backup_yaml(tmp_path, staging, monkeypatch, timeout="1s")
@@ -186,18 +162,17 @@ async def test_a_drill_over_its_time_limit_is_stopped_and_recorded_failed(
         await asyncio.Event().wait()
 
     clock = Clock(now=JANUARY_1ST - 60)
-    config = Watchdog("west", BackupJobsConfig(config=backup), tmp_path / "west")
-    west = JobScheduler(lambda: cast(WatchdogConfig, config), client, clock=clock,
-                        runner=hangs)
+    west = job_scheduler("west", BackupJobsConfig(config=backup), redis_client, clock,
+                         tmp_path, runner=hangs)
     await look(west)
     clock.now = JANUARY_1ST + 30
     await look(west)
     await asyncio.wait_for(hung.wait(), 5)
     await asyncio.wait_for(asyncio.gather(*west.running.values()), 10)
-    record = LastRun.from_json(await client.get(f"{PREFIX}:job:{JOB}:last"))
+    record = LastRun.from_json(await redis_client.get(f"{PREFIX}:job:{JOB}:last"))
     assert record is not None
     assert (record.outcome, record.detail) == ("failed", "stopped: over its time limit of 2s")
-    assert await client.get(f"{PREFIX}:job:{JOB}") is None  # the lease is freed
+    assert await redis_client.get(f"{PREFIX}:job:{JOB}") is None  # the lease is freed
     run = load_state(tmp_path / "west", now=clock.now)["runs"]["failover_drill"]
     assert run["passed"] is False
     assert "over its time limit" in run["result"]

@@ -5,49 +5,24 @@ the lease."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from agentaskit_dr.config import BackupJobsConfig, WatchdogConfig
+from agentaskit_dr.config import BackupJobsConfig
 from agentaskit_dr.runtime.job_process import JobOutcome
 from agentaskit_dr.runtime.job_schedule import LastRun
 from agentaskit_dr.runtime.jobs import JobScheduler
-from agentaskit_dr.sandbox.redis import RedisServer
+from tests.integration.job_harness import PREFIX, T0, Clock, job_scheduler, look
 
 pytestmark = pytest.mark.integration
-PREFIX = "jobs-test"
 JOB = "appstate-configs"
-T0 = 1_800_000_000.0  # a multiple of 60: a slot of the 60 s configs job
 SUNDAY_4AM = 1_795_924_800.0  # 2026-11-29T04:00:00Z
-
-
-@dataclass
-class Lock:
-    key_prefix: str = PREFIX
-
-
-@dataclass
-class Watchdog:
-    """What the scheduler reads of a watchdog config."""
-
-    holder: str
-    backup: BackupJobsConfig
-    evidence_dir: Path
-    lock: Lock = field(default_factory=Lock)
-
-
-@dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -67,12 +42,6 @@ class Runner:
 
 
 @pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
 def backup_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("JOBS_TEST_KEY", "cd" * 32)
     path = tmp_path / "backup.yaml"
@@ -81,40 +50,34 @@ def backup_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-@pytest.fixture
-async def client(redis_srv: RedisServer) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(redis_srv.url, decode_responses=True, socket_timeout=2)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
-
-
 def scheduler(name: str, backup_yaml: Path, client: Redis, clock: Clock, runs: list[Any],
               go: asyncio.Event, tmp_path: Path) -> tuple[JobScheduler, Runner]:
-    config = Watchdog(name, BackupJobsConfig(config=backup_yaml, configs_every=60),
-                      tmp_path / name)
     runner = Runner(name, runs, go)
-    jobs = JobScheduler(lambda: cast(WatchdogConfig, config), client, clock=clock,
-                        runner=runner, registry=CollectorRegistry())
+    jobs = job_scheduler(name, BackupJobsConfig(config=backup_yaml, configs_every=60), client,
+                         clock, tmp_path, runner=runner, registry=CollectorRegistry())
     return jobs, runner
 
 
-async def look(*schedulers: JobScheduler) -> None:
-    for jobs in schedulers:
-        await jobs._refresh()
-    await asyncio.gather(*(jobs.check() for jobs in schedulers))
+def west_and_east(backup_yaml: Path, client: Redis, clock: Clock,
+                  tmp_path: Path) -> tuple[JobScheduler, JobScheduler, list[tuple[str, str]]]:
+    """West's and east's schedulers, whose runs finish at once, and the runs they record."""
+    runs: list[tuple[str, str]] = []
+    go = asyncio.Event()
+    go.set()
+    west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
+    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+    return west, east, runs
 
 
 async def test_one_of_two_watchdogs_runs_a_due_job_and_the_other_sees_its_record(
-        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+        redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
     clock, runs, go = Clock(), [], asyncio.Event()
     (west, west_runner), (east, east_runner) = (
-        scheduler(name, backup_yaml, client, clock, runs, go, tmp_path)
+        scheduler(name, backup_yaml, redis_client, clock, runs, go, tmp_path)
         for name in ("west", "east"))
     await look(west, east)  # first sight: a baseline record, nothing runs
     assert runs == []
-    assert LastRun.from_json(await client.get(f"{PREFIX}:job:{JOB}:last")) == LastRun(
+    assert LastRun.from_json(await redis_client.get(f"{PREFIX}:job:{JOB}:last")) == LastRun(
         due=T0, outcome="baseline")
 
     clock.now = T0 + 61
@@ -123,10 +86,10 @@ async def test_one_of_two_watchdogs_runs_a_due_job_and_the_other_sees_its_record
     assert runs == [(runs[0][0], "appstate backup configs")]
     runner = west_runner if runs[0][0] == "west" else east_runner
     await runner.started.wait()
-    assert await client.get(f"{PREFIX}:job:{JOB}") is not None  # the lease, held
+    assert await redis_client.get(f"{PREFIX}:job:{JOB}") is not None  # the lease, held
     go.set()
     await asyncio.gather(*west.running.values(), *east.running.values())
-    assert await client.get(f"{PREFIX}:job:{JOB}") is None  # released
+    assert await redis_client.get(f"{PREFIX}:job:{JOB}") is None  # released
 
     await look(west, east)
     assert len(runs) == 1
@@ -134,17 +97,15 @@ async def test_one_of_two_watchdogs_runs_a_due_job_and_the_other_sees_its_record
         row = jobs.status()["backups"][JOB]
         assert (row["last_outcome"], row["last_bytes"]) == ("ok", 1234)
         assert row["next_due"] == "2027-01-15T08:02:00+00:00"
-    record = LastRun.from_json(await client.get(f"{PREFIX}:job:{JOB}:last"))
+    record = LastRun.from_json(await redis_client.get(f"{PREFIX}:job:{JOB}:last"))
     assert record is not None
     assert (record.due, record.holder, record.outcome) == (T0 + 60, runs[0][0], "ok")
 
 
 async def test_slots_missed_while_both_were_down_run_once(
-        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
-    clock, runs, go = Clock(), [], asyncio.Event()
-    go.set()
-    west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
-    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+        redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+    clock = Clock()
+    west, east, runs = west_and_east(backup_yaml, redis_client, clock, tmp_path)
     await look(west, east)
     clock.now = T0 + 60 * 30 + 5  # thirty slots later
     for _ in range(3):
@@ -154,20 +115,20 @@ async def test_slots_missed_while_both_were_down_run_once(
 
 
 async def test_a_stop_cancels_the_running_job_records_it_and_frees_the_lease(
-        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+        redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
     clock, runs, go = Clock(), [], asyncio.Event()
-    west, runner = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
+    west, runner = scheduler("west", backup_yaml, redis_client, clock, runs, go, tmp_path)
     await look(west)
     clock.now = T0 + 60
     await look(west)
     await runner.started.wait()
     await west.stop()
-    assert await client.get(f"{PREFIX}:job:{JOB}") is None
-    record = LastRun.from_json(await client.get(f"{PREFIX}:job:{JOB}:last"))
+    assert await redis_client.get(f"{PREFIX}:job:{JOB}") is None
+    record = LastRun.from_json(await redis_client.get(f"{PREFIX}:job:{JOB}:last"))
     assert record is not None
     assert (record.outcome, record.due) == ("cancelled", T0 + 60)
     clock.now = T0 + 70  # the same slot: a stopped run is not run again
-    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+    east, _ = scheduler("east", backup_yaml, redis_client, clock, runs, go, tmp_path)
     await look(east)
     assert len(runs) == 1
 
@@ -182,14 +143,12 @@ def with_postgres(backup_yaml: Path) -> Path:
 
 
 async def test_a_verification_run_is_the_schedules_last_test_on_both_watchdogs(
-        client: Redis, with_postgres: Path, tmp_path: Path) -> None:
+        redis_client: Redis, with_postgres: Path, tmp_path: Path) -> None:
     from agentaskit_dr.drtesting.records import load_state
 
     backup_yaml = with_postgres
-    clock, runs, go = Clock(now=SUNDAY_4AM - 3600), [], asyncio.Event()
-    go.set()
-    west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
-    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+    clock = Clock(now=SUNDAY_4AM - 3600)
+    west, east, runs = west_and_east(backup_yaml, redis_client, clock, tmp_path)
     await look(west, east)
     clock.now += 3600 + 30  # Sunday 04:00:30: the weekly verification is due
     await look(west, east)
@@ -205,11 +164,9 @@ async def test_a_verification_run_is_the_schedules_last_test_on_both_watchdogs(
 
 
 async def test_a_slot_finished_by_the_other_between_look_and_claim_is_not_run_again(
-        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
-    clock, runs, go = Clock(), [], asyncio.Event()
-    go.set()
-    west, _ = scheduler("west", backup_yaml, client, clock, runs, go, tmp_path)
-    east, _ = scheduler("east", backup_yaml, client, clock, runs, go, tmp_path)
+        redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+    clock = Clock()
+    west, east, runs = west_and_east(backup_yaml, redis_client, clock, tmp_path)
     await look(west, east)
     clock.now = T0 + 61
     await look(east)
@@ -219,23 +176,22 @@ async def test_a_slot_finished_by_the_other_between_look_and_claim_is_not_run_ag
     await west._start(west.leases, next(s for s in west.specs if s.name == JOB), clock.now)
     assert [holder for holder, _ in runs] == ["east"]
     assert not west.running
-    assert await client.get(f"{PREFIX}:job:{JOB}") is None
+    assert await redis_client.get(f"{PREFIX}:job:{JOB}") is None
 
 
 async def test_a_job_whose_lease_is_lost_is_stopped(
-        client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
+        redis_client: Redis, backup_yaml: Path, tmp_path: Path) -> None:
     clock, runs, go = Clock(), [], asyncio.Event()
-    config = Watchdog("west", BackupJobsConfig(config=backup_yaml, configs_every=60,
-                                               lease_ttl=3), tmp_path / "west")
     runner = Runner("west", runs, go)
-    west = JobScheduler(lambda: cast(WatchdogConfig, config), client, clock=clock,
-                        runner=runner)
+    west = job_scheduler("west", BackupJobsConfig(config=backup_yaml, configs_every=60,
+                                                  lease_ttl=3), redis_client, clock, tmp_path,
+                         runner=runner)
     await look(west)
     clock.now = T0 + 60
     await look(west)
     await runner.started.wait()
-    await client.delete(f"{PREFIX}:job:{JOB}")  # an operator, or a store that lost it
+    await redis_client.delete(f"{PREFIX}:job:{JOB}")  # an operator, or a store that lost it
     await asyncio.gather(*west.running.values())
-    record = LastRun.from_json(await client.get(f"{PREFIX}:job:{JOB}:last"))
+    record = LastRun.from_json(await redis_client.get(f"{PREFIX}:job:{JOB}:last"))
     assert record is not None
     assert (record.outcome, record.detail) == ("cancelled", "stopped: its lease was lost")

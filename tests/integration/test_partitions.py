@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
-from tests.integration import netcut
+from tests.integration import netcut, partition_lab
 from tests.integration.daemon_harness import (
     Event,
     Predicate,
@@ -29,7 +27,6 @@ from tests.integration.daemon_harness import (
     is_verdict,
     wait_until,
 )
-from tests.integration.netcut import Network
 from tests.integration.partition_harness import (
     EAST,
     EAST_DB,
@@ -39,17 +36,17 @@ from tests.integration.partition_harness import (
     WEST_HEALTH,
     WITNESS,
     PartitionLab,
-    Timing,
     Writer,
     is_alert,
     is_assessment,
 )
+from tests.integration.partition_lab import T, in_recovery, takes_writes
 
 pytestmark = pytest.mark.integration
 
 network = netcut.network
+lab = partition_lab.lab
 
-T = Timing()
 THRESHOLD = T.db_unreachable
 #: How long the "nothing happens" scenarios watch after the break.
 WATCH = 3 * THRESHOLD
@@ -62,30 +59,9 @@ FAILOVER_EVENTS = {"failover_decided", "promotion_started", "promotion_done"}
 FENCE_EVENTS = {"self_fenced", "old_primary_fenced"}
 
 
-@pytest.fixture
-def lab(pg_pair: PostgresPair, redis_server: RedisServer, network: Network,
-        tmp_path: Path) -> Iterator[PartitionLab]:
-    """The three daemons over ``pg_pair`` and ``redis_server``, started and healthy."""
-    Writer.create_table(pg_pair)
-    with PartitionLab(pg_pair, redis_server, network, tmp_path / "daemons", T) as started:
-        started.start()
-        started.wait_healthy()
-        yield started
-
-
 def is_any(names: set[str]) -> Predicate:
     """An event named one of ``names``."""
     return lambda e: e.get("event") in names
-
-
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
-
-
-def takes_writes(server: PostgresServer) -> bool:
-    return server.sql(
-        "INSERT INTO partition_writes (side) VALUES ('check') RETURNING 'written'"
-    ) == "written"
 
 
 def real_promotions(lab: PartitionLab) -> list[Event]:

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from agentaskit_dr.local_servers.redis_binary import redis_server_binary, wheel_redis_server
 from agentaskit_dr.sandbox import postgres
 from agentaskit_dr.sandbox.postgres import PostgresPair, wheel_pg_bindir
-from agentaskit_dr.sandbox.redis import RedisServer, redis_server_binary, wheel_redis_server
+from agentaskit_dr.sandbox.redis import RedisServer
 
 pytestmark = pytest.mark.integration
 

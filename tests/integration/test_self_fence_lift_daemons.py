@@ -11,35 +11,21 @@ lifts its fence and the primary takes writes again.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer
-from tests.integration import netcut
+from tests.integration import netcut, partition_lab
 from tests.integration.daemon_harness import event_time, is_event
-from tests.integration.netcut import Network
-from tests.integration.partition_harness import EAST, WEST, WITNESS, PartitionLab, Timing, Writer
-from tests.integration.test_partitions import in_recovery, takes_writes
+from tests.integration.partition_harness import EAST, WEST, WITNESS, PartitionLab
+from tests.integration.partition_lab import T, in_recovery, takes_writes
 
 pytestmark = pytest.mark.integration
 
 network = netcut.network
+lab = partition_lab.lab
 
-T = Timing()
 SLACK = 4.0
-
-
-@pytest.fixture
-def lab(pg_pair: PostgresPair, redis_server: RedisServer, network: Network,
-        tmp_path: Path) -> Iterator[PartitionLab]:
-    Writer.create_table(pg_pair)
-    with PartitionLab(pg_pair, redis_server, network, tmp_path / "daemons", T) as started:
-        started.start()
-        started.wait_healthy()
-        yield started
 
 
 def test_isolated_primary_side_self_fences_and_lifts_once_healed(

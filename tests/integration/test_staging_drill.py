@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from redis.asyncio import Redis
 
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
@@ -89,17 +90,15 @@ def test_the_drill_switches_over_and_back_through_the_api_and_is_recorded(
 
 
 async def test_the_daemons_scheduled_drill_switches_over_and_back_and_fills_the_row(
-    fleet: WatchdogFleet, pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path,
+    fleet: WatchdogFleet, pg_pair: PostgresPair, redis_client: Redis, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The drill as the job of two job schedulers (the real runner: the command as a
     process), due at its quarterly time: one of them runs it, the staging watchdogs
     switch over and back, and that scheduler's schedule row is the passed drill."""
-    from redis.asyncio import Redis
-
     from agentaskit_dr.drtesting.records import load_state
-    from tests.integration.test_drill_job import JANUARY_1ST, backup_yaml, look, scheduler
-    from tests.integration.test_job_lease import Clock
+    from tests.integration.job_harness import Clock, look
+    from tests.integration.test_drill_job import JANUARY_1ST, backup_yaml, scheduler
 
     await asyncio.to_thread(prepare, pg_pair)
     token = tmp_path / "api-token"
@@ -109,17 +108,13 @@ async def test_the_daemons_scheduled_drill_switches_over_and_back_and_fills_the_
     (other,) = [dog for dog in fleet.dogs.values() if dog is not holder]
     # No other job is due then, none writes outside tmp_path.
     config = backup_yaml(tmp_path, other.config, monkeypatch, timeout="120s")
-    client = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=2)
-    try:
-        clock = Clock(now=JANUARY_1ST - 60)
-        jobs = [scheduler(name, config, client, clock, tmp_path) for name in ("job-a", "job-b")]
-        await look(*jobs)
-        clock.now = JANUARY_1ST + 5
-        await look(*jobs)
-        (runner,) = [job for job in jobs if "failover-drill" in job.running]
-        await asyncio.wait_for(asyncio.gather(*runner.running.values()), 400)
-    finally:
-        await client.aclose()
+    clock = Clock(now=JANUARY_1ST - 60)
+    jobs = [scheduler(name, config, redis_client, clock, tmp_path) for name in ("job-a", "job-b")]
+    await look(*jobs)
+    clock.now = JANUARY_1ST + 5
+    await look(*jobs)
+    (runner,) = [job for job in jobs if "failover-drill" in job.running]
+    await asyncio.wait_for(asyncio.gather(*runner.running.values()), 400)
 
     assert len(fleet.events(is_event("switchover_promoted"))) == 2
     here = tmp_path / runner.config().holder

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from agentaskit_dr.sandbox._os_side import give_to_server_user, server_user
+from agentaskit_dr.local_servers.os_side import give_to_server_user, server_user
 from agentaskit_dr.sandbox.postgres import (
     PostgresServer,
     _cluster_template,
