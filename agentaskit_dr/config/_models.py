@@ -103,8 +103,9 @@ class ProbeConfig(ConfigModel):
     healthy_fraction: float = Field(default=0.5, gt=0.0, le=1.0, strict=True)
     """Fraction of a region's health URLs that must answer 2xx for it to be healthy."""
     session_max_age: Annotated[Duration, Field(ge=0)] = 10.0
-    """How long a database probe keeps one PostgreSQL session before it reconnects (every
-    look still reads the server's role); 0: a fresh connection for every look."""
+    """How long a probe keeps its connections (a database probe its PostgreSQL session, a
+    region's health probe its HTTP keep-alive connections) before it opens new ones (every
+    look still reads the server's role, every check its status); 0: new ones every look."""
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> Self:

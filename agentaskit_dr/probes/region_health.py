@@ -3,6 +3,12 @@
 All URLs are checked concurrently, each within ``timeout``. Only a 2xx answer counts:
 redirects are not followed (a health check that bounces elsewhere checks something else),
 so a 3xx is a failure. The body is never read; the status line is the verdict.
+
+Connections are kept alive between checks for at most ``session_max_age`` seconds, then
+the probe starts over with new ones, so what only a new client meets (a full accept
+queue, a listener gone) shows within that age. A kept connection the server closed is
+not an outage: aiohttp sends a GET that fails on a reused connection once more on a new
+one (RFC 9112, "Retrying Requests"). ``session_max_age=0``: a new connection per check.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class RegionHealthProbe:
         timeout: float,
         healthy_fraction: float,
         session: aiohttp.ClientSession | None = None,
+        session_max_age: float = 10.0,
     ) -> None:
         if not urls:
             raise ValueError(f"region {region}: at least one health URL is needed")
@@ -56,12 +63,18 @@ class RegionHealthProbe:
         self.urls = tuple(urls)
         self.timeout = timeout
         self.healthy_fraction = healthy_fraction
+        if session_max_age < 0:
+            raise ValueError(
+                f"region {region}: session_max_age must not be negative, got {session_max_age}"
+            )
+        self.session_max_age = session_max_age
         self._session = session
         self._owns_session = session is None
+        self._opened_at = 0.0
 
     async def observe(self) -> RegionHealthObservation:
         """Check every URL at once; the observation takes at most about ``timeout``."""
-        session = self._get_session()
+        session = await self._get_session()
         checks = await asyncio.gather(*(self._check(session, url) for url in self.urls))
         ok_count = sum(1 for check in checks if check.ok)
         return RegionHealthObservation(
@@ -84,13 +97,18 @@ class RegionHealthProbe:
             await self._session.close()
             self._session = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    async def _get_session(self) -> aiohttp.ClientSession:
+        now = asyncio.get_running_loop().time()
+        if (self._owns_session and self._session is not None
+                and now - self._opened_at >= self.session_max_age):
+            # Aged out: the next checks open new connections, as a new client would.
+            old, self._session = self._session, None
+            await old.close()
         if self._session is None:
+            self._opened_at = now
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                # A new connection per check: it sees what a new client sees, and a stale
-                # keep-alive connection closed by the server can never fake an outage.
-                connector=aiohttp.TCPConnector(force_close=True),
+                connector=aiohttp.TCPConnector(force_close=self.session_max_age == 0),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session

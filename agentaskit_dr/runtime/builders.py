@@ -39,6 +39,7 @@ def build_probes(config: WatchdogConfig) -> Sequence[Probe[Observation]]:
         probes.append(RegionHealthProbe(
             name, region.health_urls, timeout=timeout,
             healthy_fraction=config.probe.healthy_fraction,
+            session_max_age=config.probe.session_max_age,
         ))
     return probes
 

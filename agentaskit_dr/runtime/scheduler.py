@@ -1,17 +1,28 @@
-"""Runs each probe in its own task, jittered, and hands observations to the engine."""
+"""Runs each probe in its own task, in jittered rounds, and hands observations to the engine.
+
+Every probe starts at the same round time: one timer wakes them all. Their reports go
+to the engine together, in one cycle instead of one each (an idle watchdog's CPU, issue
+13): a round's reports are held until every probe of the round has returned, or at most
+``GATHER`` seconds after the first one did; a report of a round already handed over goes
+at once. Each probe still runs in its own task: a slow or hung one only makes its own next
+start the first round after it returns, never delays the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from agentaskit_dr.ports import Observation, Probe
 
 log = structlog.get_logger(__name__)
+
+#: The longest a round's first report waits for the rest of its round.
+GATHER = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +39,15 @@ class ProbeReport:
     at: float
 
 
+@dataclass(slots=True)
+class _Round:
+    """The reports of one round not handed over yet, and how many probes still run."""
+
+    running: int = 0
+    reports: list[ProbeReport] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeTiming:
     interval: float
@@ -36,7 +56,8 @@ class ProbeTiming:
 
 
 class ProbeScheduler:
-    """One task per probe: observe, report, sleep ``interval`` ± ``jitter``; repeat.
+    """One task per probe: observe, report, wait for the next round; repeat. Rounds are
+    ``interval`` ± ``jitter`` apart, the first within ``jitter`` of the start.
 
     The probe bounds itself by ``timeout``; the scheduler adds a backstop a little longer
     than that, so a misbehaving probe shows up as a failure instead of a stuck task.
@@ -57,13 +78,21 @@ class ProbeScheduler:
         self.generation = generation
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._tasks: list[asyncio.Task[None]] = []
+        self._next_round = 0.0
+        self._rounds: dict[float, _Round] = {}
 
     def start(self) -> None:
+        spread = self.timing.interval * self.timing.jitter
+        self._next_round = asyncio.get_running_loop().time() + self._rng.uniform(0, spread)
         for probe in self.probes:
             task = asyncio.create_task(self._run(probe), name=f"probe:{probe.name}")
             self._tasks.append(task)
 
     async def stop(self) -> None:
+        for pending in self._rounds.values():
+            if pending.timer is not None:
+                pending.timer.cancel()
+        self._rounds.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -78,16 +107,49 @@ class ProbeScheduler:
         spread = self.timing.interval * self.timing.jitter
         return max(0.0, self.timing.interval + self._rng.uniform(-spread, spread))
 
+    def round_after(self, now: float) -> float:
+        """The first round start later than ``now`` (the same one for every probe that
+        asks before it comes)."""
+        while self._next_round <= now:
+            self._next_round += self._sleep_for()
+        return self._next_round
+
     async def _run(self, probe: Probe[Observation]) -> None:
         loop = asyncio.get_running_loop()
-        # Spread the first round so probes of one daemon do not fire in lockstep.
-        await asyncio.sleep(self._rng.uniform(0, self.timing.interval * self.timing.jitter))
+        at = self._next_round
         while True:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            self._rounds.setdefault(at, _Round()).running += 1
             started = loop.time()
             observation = await self._observe(probe, started)
-            self.report(ProbeReport(probe.name, self.generation, observation, loop.time()))
-            elapsed = loop.time() - started
-            await asyncio.sleep(max(0.0, self._sleep_for() - elapsed))
+            self._deliver(at, ProbeReport(probe.name, self.generation, observation,
+                                          loop.time()))
+            # The round after this one (a timer may fire a hair early) or, after an
+            # overrun, the first one still to come.
+            at = self.round_after(max(loop.time(), at))
+
+    def _deliver(self, at: float, report: ProbeReport) -> None:
+        pending = self._rounds.get(at)
+        if pending is None:  # its round went out without it (or the scheduler stopped)
+            self.report(report)
+            return
+        pending.running -= 1
+        pending.reports.append(report)
+        if pending.running <= 0:
+            self._hand_over(at)
+        elif pending.timer is None:
+            pending.timer = asyncio.get_running_loop().call_later(GATHER, self._hand_over, at)
+
+    def _hand_over(self, at: float) -> None:
+        pending = self._rounds.pop(at, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        # One after the other, with no await between: the engine takes them in one batch.
+        # Probes of the round still running report on their own when they return.
+        for report in pending.reports:
+            self.report(report)
 
     async def _observe(self, probe: Probe[Observation], started: float) -> Observation:
         backstop = self.timing.timeout + 1.0

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.ports import HttpAnswer, Probe
 from agentaskit_dr.probes import RegionHealthProbe
-from agentaskit_dr.sandbox.redis import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +23,8 @@ class HealthServer:
     def __init__(self) -> None:
         self.base = ""
         self.hits: dict[str, int] = {}
+        # The client port of every request: one port per connection the probe opened.
+        self.client_ports: list[int] = []
         # Set at teardown so /slow handlers end and the server shuts down at once.
         self.release_slow = asyncio.Event()
         self.app = web.Application()
@@ -37,6 +39,8 @@ class HealthServer:
 
     def _hit(self, request: web.Request) -> None:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        assert request.transport is not None
+        self.client_ports.append(request.transport.get_extra_info("peername")[1])
 
     async def ok(self, request: web.Request) -> web.Response:
         self._hit(request)
@@ -211,6 +215,84 @@ async def test_session_passed_in_is_used_and_left_open(health_server: HealthServ
     assert observation.healthy
 
 
+async def test_checks_share_a_kept_connection_until_it_ages_out(
+    health_server: HealthServer,
+) -> None:
+    probe = RegionHealthProbe("us-east-1", [health_server.url("/ok")], timeout=1.0,
+                              healthy_fraction=1.0, session_max_age=0.6)
+    try:
+        for _ in range(3):
+            assert (await probe.observe()).healthy
+        await asyncio.sleep(0.7)
+        assert (await probe.observe()).healthy
+    finally:
+        await probe.close()
+    first, second, third, after_age = health_server.client_ports
+    assert first == second == third  # one kept connection
+    assert after_age != first  # aged out: a new connection, as a new client would open
+
+
+async def test_session_max_age_zero_opens_a_new_connection_per_check(
+    health_server: HealthServer,
+) -> None:
+    probe = RegionHealthProbe("us-east-1", [health_server.url("/ok")], timeout=1.0,
+                              healthy_fraction=1.0, session_max_age=0)
+    try:
+        for _ in range(3):
+            assert (await probe.observe()).healthy
+    finally:
+        await probe.close()
+    assert len(set(health_server.client_ports)) == 3
+
+
+async def test_a_kept_connection_the_server_closed_is_not_an_outage() -> None:
+    """The server restarts between two checks (its kept connection is gone): the check
+    goes out again on a new connection and the region stays healthy."""
+    port = free_port()
+    server = HealthServer()
+    server.base = f"http://127.0.0.1:{port}"
+
+    async def serve() -> web.AppRunner:
+        runner = web.AppRunner(server.app, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    probe = RegionHealthProbe("us-east-1", [server.url("/ok")], timeout=1.0,
+                              healthy_fraction=1.0, session_max_age=60)
+    runner = await serve()
+    try:
+        assert (await probe.observe()).healthy
+        await runner.cleanup()  # closes the kept connection from the server's side
+        runner = await serve()
+        observation = await probe.observe()
+    finally:
+        await probe.close()
+        await runner.cleanup()
+    assert observation.healthy, observation.checks
+    assert len(server.client_ports) == 2
+    assert server.client_ports[0] != server.client_ports[1]
+
+
+async def test_a_stopped_server_behind_a_kept_connection_is_a_failure() -> None:
+    port = free_port()
+    server = HealthServer()
+    server.base = f"http://127.0.0.1:{port}"
+    runner = web.AppRunner(server.app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    probe = RegionHealthProbe("us-east-1", [server.url("/ok")], timeout=1.0,
+                              healthy_fraction=1.0, session_max_age=60)
+    try:
+        assert (await probe.observe()).healthy
+        await runner.cleanup()
+        observation = await probe.observe()
+    finally:
+        await probe.close()
+    assert not observation.healthy
+    assert observation.checks[0].error == "connection refused"
+
+
 @pytest.mark.parametrize(
     ("urls", "fraction", "timeout"),
     [
@@ -226,6 +308,9 @@ def test_bad_settings_are_refused_at_construction(
 ) -> None:
     with pytest.raises(ValueError, match="region us-west-2"):
         RegionHealthProbe("us-west-2", urls, timeout=timeout, healthy_fraction=fraction)
+    with pytest.raises(ValueError, match="region us-west-2: session_max_age"):
+        RegionHealthProbe("us-west-2", ["http://127.0.0.1/ok"], timeout=1.0,
+                          healthy_fraction=0.5, session_max_age=-1)
 
 
 def test_failure_reports_every_url_failed_without_credentials() -> None:
