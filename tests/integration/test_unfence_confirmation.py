@@ -50,7 +50,8 @@ async def on_a_terminal(config: Path, *args: str, answer: str) -> Session:
         )
     finally:
         os.close(terminal)
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     err_read = asyncio.ensure_future(proc.stderr.read())
     out, asked = b"", False
     try:
