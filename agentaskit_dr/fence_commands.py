@@ -96,7 +96,11 @@ def _confirmed(region: str) -> bool:
     if not sys.stdin.isatty():
         print("agentaskit-dr unfence: not interactive: pass --yes", file=sys.stderr)
         return False
-    answer = input(f"Lift the fence of {region}'s server? Type {region!r} to confirm: ")
+    try:
+        answer = input(f"Lift the fence of {region}'s server? Type {region!r} to confirm: ")
+    except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C: no answer, no traceback
+        answer = ""
+        print(file=sys.stderr)
     if answer.strip() != region:
         print("agentaskit-dr unfence: not confirmed; nothing changed", file=sys.stderr)
         return False

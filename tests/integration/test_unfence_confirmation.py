@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 PROMPT = f"Type {WEST!r} to confirm: "
 UNFENCE = ("unfence", "--region", WEST, "--remove-standby-signal")
+CTRL_D = "\x04"  # end of input at the start of a line (the terminal's VEOF)
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,8 @@ class Session:
 
 
 async def on_a_terminal(config: Path, *args: str, answer: str) -> Session:
-    """``agentaskit-dr ARGS --config CONFIG`` with a pty as stdin; ``answer`` is typed once
-    the prompt shows (the prompt goes to stdout, a pipe here)."""
+    """``agentaskit-dr ARGS --config CONFIG`` with a pty as stdin; ``answer`` (a line, or
+    Ctrl-D) is typed once the prompt shows (the prompt goes to stdout, a pipe here)."""
     controller, terminal = os.openpty()
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -60,7 +61,7 @@ async def on_a_terminal(config: Path, *args: str, answer: str) -> Session:
                 out += chunk
                 if not asked and PROMPT.encode() in out:
                     asked = True
-                    os.write(controller, f"{answer}\n".encode())
+                    os.write(controller, answer.encode())
             err = await err_read
             code = await proc.wait()
     finally:
@@ -80,7 +81,7 @@ async def test_unfence_that_hears_nothing_refuses_without_asking(
     await fenced(pg_pair)
     config = cut_off(tmp_path, pg_pair, hanging_port)
 
-    run = await on_a_terminal(config, *UNFENCE, answer=WEST)
+    run = await on_a_terminal(config, *UNFENCE, answer=f"{WEST}\n")
 
     assert not run.asked, run.out
     assert run.code == 1, run.out
@@ -95,7 +96,7 @@ async def test_unfence_refuses_the_old_primary_without_asking(
     config = write_config(tmp_path, pg_pair)
     fail_over(pg_pair)
 
-    run = await on_a_terminal(config, *UNFENCE, answer=WEST)
+    run = await on_a_terminal(config, *UNFENCE, answer=f"{WEST}\n")
 
     assert not run.asked, run.out
     assert run.code == 1, run.out
@@ -112,7 +113,7 @@ async def test_unfence_asks_once_the_sources_allow_it_and_lifts_when_confirmed(
     await fenced(pg_pair)
     config = write_config(tmp_path, pg_pair)
 
-    run = await on_a_terminal(config, *UNFENCE, answer=WEST)
+    run = await on_a_terminal(config, *UNFENCE, answer=f"{WEST}\n")
 
     assert run.asked
     assert run.code == 0, run.err
@@ -127,10 +128,25 @@ async def test_unfence_asked_and_not_confirmed_changes_nothing(
     await fenced(pg_pair)
     config = write_config(tmp_path, pg_pair)
 
-    run = await on_a_terminal(config, *UNFENCE, answer="us-east-1")
+    run = await on_a_terminal(config, *UNFENCE, answer="us-east-1\n")
 
     assert run.asked
     assert run.code == 1
+    assert "agentaskit-dr unfence: not confirmed; nothing changed" in run.err
+    assert still_fenced(pg_pair)
+
+
+async def test_unfence_asked_and_given_end_of_input_changes_nothing_without_a_traceback(
+    tmp_path: Path, pg_pair: PostgresPair,
+) -> None:
+    await fenced(pg_pair)
+    config = write_config(tmp_path, pg_pair)
+
+    run = await on_a_terminal(config, *UNFENCE, answer=CTRL_D)
+
+    assert run.asked
+    assert run.code == 1
+    assert "Traceback" not in run.err
     assert "agentaskit-dr unfence: not confirmed; nothing changed" in run.err
     assert still_fenced(pg_pair)
 
@@ -141,7 +157,7 @@ async def test_unfence_unconfirmed_on_purpose_says_so_before_asking_and_once(
     await fenced(pg_pair)
     config = cut_off(tmp_path, pg_pair, hanging_port)
 
-    run = await on_a_terminal(config, *UNFENCE, "--allow-unconfirmed", answer=WEST)
+    run = await on_a_terminal(config, *UNFENCE, "--allow-unconfirmed", answer=f"{WEST}\n")
 
     assert run.asked
     assert run.code == 0, run.err
