@@ -6,8 +6,9 @@ recovery anyway); exit 1 with one line: it must not start as primary (in control
 ``standby.signal`` was written first, so a start anyway comes up read-only); exit 2: bad
 input. ``unfence --config C --region R [--yes] [--remove-standby-signal]
 [--allow-unconfirmed]`` lifts a fence by hand, and like the gate refuses (exit 1, one
-line per silent source) when no source answers; see docs/postgres-privileges.md,
-"Lifting a fence by hand".
+line per silent source) when no source answers. It asks the sources before the operator
+(a refusal asks nothing), and again once confirmed, right before lifting; see
+docs/postgres-privileges.md, "Lifting a fence by hand".
 """
 
 from __future__ import annotations
@@ -71,8 +72,6 @@ def run_fence_command(args: argparse.Namespace) -> int:
         print(f"agentaskit-dr {name}: --region: must be one of the regions: "
               f"{', '.join(sorted(config.regions))} (got {region!r})", file=sys.stderr)
         return EXIT_USAGE
-    if name == "unfence" and not _confirmed(region, args.yes):
-        return EXIT_FAILURE
     # Only now: the answer goes to stdout/stderr as lines, what the actuators log to
     # stderr as JSON.
     logs.configure("warning", stream=sys.stderr)
@@ -93,13 +92,15 @@ def _start_gate(config: WatchdogConfig, region: str, *, allow_unconfirmed: bool)
     return EXIT_OK if answer.allowed else EXIT_FAILURE
 
 
-def _confirmed(region: str, yes: bool) -> bool:
-    if yes:
-        return True
+def _confirmed(region: str) -> bool:
     if not sys.stdin.isatty():
         print("agentaskit-dr unfence: not interactive: pass --yes", file=sys.stderr)
         return False
-    answer = input(f"Lift the fence of {region}'s server? Type {region!r} to confirm: ")
+    try:
+        answer = input(f"Lift the fence of {region}'s server? Type {region!r} to confirm: ")
+    except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C: no answer, no traceback
+        answer = ""
+        print(file=sys.stderr)
     if answer.strip() != region:
         print("agentaskit-dr unfence: not confirmed; nothing changed", file=sys.stderr)
         return False
@@ -107,11 +108,23 @@ def _confirmed(region: str, yes: bool) -> bool:
 
 
 def _unfence(config: WatchdogConfig, region: str, args: argparse.Namespace) -> int:
-    from agentaskit_dr.fence_lift import LiftUnconfirmed, lift_fence
+    from agentaskit_dr.fence_lift import LiftUnconfirmed, check_lift, lift_fence
 
+    allow = args.allow_unconfirmed
+    shown: list[str] = []
     try:
+        if not args.yes:
+            # The sources before the operator: a refusal needs no confirmation, and an
+            # operator never confirms a lift that what is already known refuses.
+            shown = asyncio.run(check_lift(config, region, allow_unconfirmed=allow))
+            for line in shown:
+                print(line, flush=True)
+            if not _confirmed(region):
+                return EXIT_FAILURE
+        # Asked (again) right before lifting: the answer may have changed while the
+        # prompt waited.
         said = asyncio.run(lift_fence(config, region, remove_signal=args.remove_standby_signal,
-                                      allow_unconfirmed=args.allow_unconfirmed))
+                                      allow_unconfirmed=allow))
     except LiftUnconfirmed as exc:
         print(f"agentaskit-dr unfence: {exc}; nothing changed", file=sys.stderr)
         for silent in exc.silent:
@@ -119,5 +132,6 @@ def _unfence(config: WatchdogConfig, region: str, args: argparse.Namespace) -> i
         print("to lift it on purpose: agentaskit-dr unfence --allow-unconfirmed", file=sys.stderr)
         return EXIT_FAILURE
     for line in said:
-        print(line)
+        if line not in shown:
+            print(line)
     return EXIT_OK

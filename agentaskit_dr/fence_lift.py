@@ -4,6 +4,8 @@ other region holds the primary.
 The same sources as the start gate (``primary_sources``): one placing the primary
 elsewhere refuses, always; none answering refuses too (an old primary cut off from
 everything may have been failed over), unless the operator lifts unconfirmed on purpose.
+:func:`check_lift` asks without changing anything (``unfence`` asks it before asking the
+operator), :func:`lift_fence` asks again and lifts.
 """
 
 from __future__ import annotations
@@ -33,16 +35,14 @@ class LiftUnconfirmed(Exception):
         self.silent = silent
 
 
-async def lift_fence(config: WatchdogConfig, region: str, *, remove_signal: bool,
+async def check_lift(config: WatchdogConfig, region: str, *,
                      allow_unconfirmed: bool = False) -> list[str]:
-    """Lift ``region``'s fence by hand; the lines to tell the operator.
+    """Ask the sources whether ``region``'s fence may be lifted; changes nothing.
 
     Refuses (PromotionRefused) while a source places the primary elsewhere: lifting the
     old primary's fence then makes two primaries, ``allow_unconfirmed`` or not. Refuses
-    (LiftUnconfirmed) when no source answered, unless ``allow_unconfirmed``. Both
-    refusals change nothing. SQL part, when the server answers as a primary: the
-    locked-out roles get LOGIN back and read-only is reset. Control part:
-    ``standby.signal`` is removed only with ``remove_signal``.
+    (LiftUnconfirmed) when no source answered, unless ``allow_unconfirmed``. Returns the
+    lines to tell the operator before lifting (a lift unconfirmed on purpose says so).
     """
     sources = await ask_sources(config, region)
     if sources.elsewhere is not None:
@@ -58,6 +58,19 @@ async def lift_fence(config: WatchdogConfig, region: str, *, remove_signal: bool
         log.warning("unfence_unconfirmed_allowed", region=region, silent=list(sources.silent))
         said.append(f"lifting {region}'s fence unconfirmed, on purpose (--allow-unconfirmed): "
                     f"nothing answered: {'; '.join(sources.silent)}")
+    return said
+
+
+async def lift_fence(config: WatchdogConfig, region: str, *, remove_signal: bool,
+                     allow_unconfirmed: bool = False) -> list[str]:
+    """Lift ``region``'s fence by hand; the lines to tell the operator.
+
+    Asks the sources first (:func:`check_lift`; its refusals change nothing). SQL part,
+    when the server answers as a primary: the locked-out roles get LOGIN back and
+    read-only is reset. Control part: ``standby.signal`` is removed only with
+    ``remove_signal``.
+    """
+    said = await check_lift(config, region, allow_unconfirmed=allow_unconfirmed)
     control = server_control(config, region)
     if control is not None and standby_signal_present(control):
         if remove_signal:

@@ -44,7 +44,7 @@ COMMANDS = ("check-primary", "promote", "update-dns", "scale", "verify-failover"
 
 def add_oncall_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=text)
+        parser = sub.add_parser(name, help=text, description=text)
         parser.add_argument("--config", required=True, type=Path, help="watchdog YAML file")
         parser.set_defaults(oncall=name)
         return parser
@@ -73,9 +73,11 @@ def add_oncall_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     journal = command("journal", "the runs journaled in the lock store")
     journal.add_argument("action", choices=("show",))
     journal.add_argument("run_id", nargs="?", default=None)
-    evidence = command("evidence", "failover evidence files")
+    evidence = command("evidence", "the evidence files of failovers, failbacks and "
+                       "switchovers: list them, or show one")
     evidence.add_argument("action", choices=("list", "show"))
-    evidence.add_argument("run_id", nargs="?", default=None)
+    evidence.add_argument("run_id", nargs="?", default=None,
+                          help="show: the run's id (or KIND/RUN_ID, as list prints it)")
     add_shift_traffic(command)
 
 

@@ -1,5 +1,6 @@
 """The read-only on-call commands: ``check-primary [--recovered]``, ``journal show``,
-``evidence list|show``. They take no lock."""
+``evidence list|show`` (every run's evidence: failovers, failbacks, switchovers; ``show``
+finds a run by its id alone). They take no lock."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import argparse
 import asyncio
 import json
 import time
+from typing import TYPE_CHECKING
 
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK
 from agentaskit_dr.oncall_lock import Refused
+
+if TYPE_CHECKING:
+    from agentaskit_dr.runtime.evidence import EvidenceSummary
 
 
 async def check_primary(config: WatchdogConfig, args: argparse.Namespace) -> int:
@@ -87,7 +92,7 @@ async def journal(config: WatchdogConfig, args: argparse.Namespace) -> int:
 
 async def evidence(config: WatchdogConfig, args: argparse.Namespace) -> int:
     from agentaskit_dr.runtime.evidence import read_evidence
-    from agentaskit_dr.runtime.evidence_layout import find_root, list_runs, run_roots
+    from agentaskit_dr.runtime.evidence_layout import find_run, list_runs, run_roots
 
     # The layout's run evidence, and what was written before it (``<evidence_dir>/<kind>``).
     roots = run_roots(config.evidence_dir, config.evidence_layout)
@@ -99,15 +104,27 @@ async def evidence(config: WatchdogConfig, args: argparse.Namespace) -> int:
             if item.note:
                 print(f"{item.path}: {item.note}")
                 continue
-            print(f"{item.kind}/{item.run_id}  {item.outcome}  RTO {item.rto_seconds}s  "
+            print(f"{item.kind}/{item.run_id}  {item.outcome}  {_measured(item)}  "
                   f"RPO {item.rpo_lag_bytes} bytes  {item.created_at}")
         return EXIT_OK
     if args.run_id is None:
         raise ValueError("evidence show needs a run id (see: evidence list)")
-    kind = args.run_id.split("/")[0] if "/" in args.run_id else "failover"
-    run_id = args.run_id.split("/")[-1]
-    print(json.dumps(read_evidence(find_root(roots, kind, run_id), kind, run_id), indent=2))
+    root, kind, run_id = find_run(roots, args.run_id)
+    print(json.dumps(read_evidence(root, kind, run_id), indent=2))
     return EXIT_OK
+
+
+def _measured(item: EvidenceSummary) -> str:
+    """RTO for a failover or failback; for a switchover (and a failback, which ends with
+    one) the measured write-unavailability window, "writes blocked"."""
+    shown = [] if item.kind == "switchover" else [f"RTO {_secs(item.rto_seconds)}"]
+    if item.kind in ("switchover", "failback"):
+        shown.append(f"writes blocked {_secs(item.writes_blocked_seconds)}")
+    return "  ".join(shown)
+
+
+def _secs(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds:g}s"
 
 
 def _when(at: float) -> str:

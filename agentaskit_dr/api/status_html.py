@@ -22,6 +22,8 @@ from urllib.parse import quote
 REFRESH_SECONDS = 5
 NOT_CONFIGURED = '<p class="not-configured">not configured</p>'
 #: Phases shown green / red; anything else is amber.
+#: ``objectives``' entry of the switchovers' windows (drtesting.objectives.SWITCHOVER_WRITES).
+SWITCHOVER_WRITES = "switchover_writes_blocked"
 _CALM_PHASES = ("watching",)
 _BAD_PHASES = ("failing_over", "failed")
 
@@ -34,9 +36,11 @@ class RunRow:
     run_id: str
     created_at: str | None
     outcome: str | None
-    rto_seconds: float | None
+    rto_seconds: float | None  # None for a switchover: it recovers nothing
     rpo_lag_bytes: int | None
     note: str | None = None
+    #: A switchover's (or a failback's switchover's) measured write-unavailability window.
+    writes_blocked_seconds: float | None = None
 
     @property
     def picture(self) -> str:
@@ -232,9 +236,11 @@ def _runs(status: Mapping[str, Any], runs: Sequence[RunRow], now: float,
     rows = [[_e(run.kind), f'<a href="{_e(run.picture)}">{_e(run.run_id)}</a>',
              _e(run.created_at), _outcome(run.outcome or run.note),
              "—" if run.rto_seconds is None else _seconds(run.rto_seconds),
+             _seconds(run.writes_blocked_seconds),
              "—" if run.rpo_lag_bytes is None else f"{_e(run.rpo_lag_bytes)} bytes"]
             for run in runs]
-    parts.append(_table(["Kind", "Run", "Started (UTC)", "Outcome", "RTO", "RPO (lag)"], rows))
+    parts.append(_table(["Kind", "Run", "Started (UTC)", "Outcome", "RTO", "Writes blocked",
+                         "RPO (lag)"], rows))
     newest = {run.kind: run for run in reversed(runs) if run.note is None}
     for kind in ("failover", "failback", "switchover"):
         run = newest.get(kind)
@@ -254,7 +260,14 @@ def _objectives(value: object) -> str:
              _seconds(o.get("measured_seconds")),
              _e("not measured" if o.get("met") is None else o.get("met")),
              _e(o.get("evidence"))]
-            for name, o in value.items() if isinstance(o, Mapping)]
+            for name, o in value.items() if isinstance(o, Mapping) and name != SWITCHOVER_WRITES]
+    switches = value.get(SWITCHOVER_WRITES)
+    if isinstance(switches, Mapping):
+        # Its own line: planned switchovers are no failover and never count as RTO.
+        rows.append(["Switchover writes blocked (not RTO)", "—",
+                     f"{_seconds(switches.get('latest_seconds'))} latest, "
+                     f"{_seconds(switches.get('worst_seconds'))} worst",
+                     "no target", _e(switches.get("latest_evidence") or switches.get("note"))])
     return _h2(title) + _table(["", "Target", "Measured", "Met", "From"], rows)
 
 

@@ -144,6 +144,7 @@ def _runs(roots: list[Path]) -> list[RunRow]:
     rows = [
         RunRow(kind=s.kind, run_id=s.run_id, created_at=s.created_at, outcome=s.outcome,
                rto_seconds=s.rto_seconds, rpo_lag_bytes=s.rpo_lag_bytes,
+               writes_blocked_seconds=s.writes_blocked_seconds,
                note=None if s.note is None else redact(s.note))
         for s in list_runs(roots) if s.kind in RUN_KINDS
     ]

@@ -15,6 +15,12 @@
   resolved for the service once the promoted region serves (incidents themselves are
   kept in memory only, so the evidence is what lasts).
 
+Planned switchovers (``switchover/``, and the switch back that ends a failback) are no
+failover: their old primary was up and stopped on purpose, so they never count toward
+RTO or MTTR. What they measured, the write-unavailability window (the old primary's stop
+→ the new primary's first write), is its own line: the latest and the worst
+(:class:`SwitchoverWindows`, key ``switchover_writes_blocked`` beside the objectives).
+
 Each figure names the file it came from. Pure but for reading the evidence directory.
 """
 
@@ -33,6 +39,10 @@ if TYPE_CHECKING:
     from agentaskit_dr.config import EvidenceLayout
 
 BACKUP_KINDS = ("backup-full", "backup-incremental", "backup-restore-point")
+#: The runs whose evidence holds a switchover's write-unavailability window.
+SWITCH_KINDS = ("switchover", "failback")
+#: The objectives JSON's key for :class:`SwitchoverWindows` (not an objective: no target).
+SWITCHOVER_WRITES = "switchover_writes_blocked"
 #: The plan's "current" column: what it claims, shown beside what was measured.
 PLAN_CLAIMS = {"rpo": 15 * 60.0, "rto": 2 * 3600.0, "mttr": 3600.0}
 
@@ -78,6 +88,52 @@ class Objective:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class SwitchoverWindows:
+    """The write-unavailability windows planned switches measured: the latest and the
+    worst, each naming its evidence file. No target and no part of RTO (module doc)."""
+
+    runs: int  # switchover and failback evidence files read
+    latest: Measure
+    worst: Measure
+
+    def as_dict(self) -> dict[str, Any]:
+        """``objectives --json`` and ``/v1/status`` ``objectives.switchover_writes_blocked``."""
+        return {
+            "what": "write-unavailability window of planned switchovers (old primary "
+                    "stopped → first write on the new one); not counted as RTO",
+            "runs": self.runs,
+            "latest_seconds": self.latest.seconds, "latest_evidence": self.latest.source,
+            "worst_seconds": self.worst.seconds, "worst_evidence": self.worst.source,
+            "note": self.latest.note,
+        }
+
+
+def measure_switchovers(evidence_dir: Path,
+                        layout: EvidenceLayout | None = None) -> SwitchoverWindows:
+    """The windows measured by the switchovers and failbacks under ``evidence_dir``."""
+    roots = _roots(evidence_dir, layout)
+    runs = [s for kind in SWITCH_KINDS for s in list_runs(roots, kind) if s.note is None]
+    # Newest first; the writers stamp created_at in UTC ISO form, which sorts as text.
+    measured = sorted((s for s in runs if s.writes_blocked_seconds is not None),
+                      key=lambda s: s.created_at or "", reverse=True)
+    if not measured:
+        note = (f"none of {len(runs)} switchover(s) measured one (failed, or resumed after "
+                "the promotion)" if runs else "no switchover or failback evidence")
+        nothing = Measure("switchover writes blocked", None, None, note)
+        return SwitchoverWindows(len(runs), nothing, nothing)
+    newest, worst = measured[0], max(measured, key=lambda s: s.writes_blocked_seconds or 0.0)
+    skipped = len(runs) - len(measured)
+    note = (f"{skipped} more run(s) measured none (failed, or resumed after the promotion)"
+            if skipped else "")
+    return SwitchoverWindows(
+        len(runs),
+        Measure(f"latest: {newest.kind} {newest.run_id}", newest.writes_blocked_seconds,
+                str(newest.path), note),
+        Measure(f"worst of {len(measured)}: {worst.kind} {worst.run_id}",
+                worst.writes_blocked_seconds, str(worst.path)))
+
+
 def _worst(name: str, target: float, measures: list[Measure]) -> Objective:
     measured = [m for m in measures if m.seconds is not None]
     worst = max(measured, key=lambda m: m.seconds or 0.0) if measured else None
@@ -90,9 +146,12 @@ def _failovers(evidence_dir: Path, layout: EvidenceLayout | None) -> list[Eviden
     """Failover evidence, newest first: the layout's ``failover/`` (default, under
     ``TEST/dr/failover/``), the default layout's, ``failover/`` of the layout before it,
     and files placed by hand as ``TEST/dr/failover/*.json``."""
-    roots = list(dict.fromkeys([*run_roots(evidence_dir, layout), run_root(evidence_dir),
-                                evidence_dir / "TEST" / "dr"]))
-    return [s for s in list_runs(roots, "failover") if s.note is None]
+    return [s for s in list_runs(_roots(evidence_dir, layout), "failover") if s.note is None]
+
+
+def _roots(evidence_dir: Path, layout: EvidenceLayout | None) -> list[Path]:
+    return list(dict.fromkeys([*run_roots(evidence_dir, layout), run_root(evidence_dir),
+                               evidence_dir / "TEST" / "dr"]))
 
 
 def _newest_backup_age(evidence_dir: Path, now: float) -> Measure:

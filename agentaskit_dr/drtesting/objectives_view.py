@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentaskit_dr.drtesting.objectives import PLAN_CLAIMS, Objective, measure_objectives
+from agentaskit_dr.drtesting.objectives import (
+    PLAN_CLAIMS,
+    SWITCHOVER_WRITES,
+    Objective,
+    SwitchoverWindows,
+    measure_objectives,
+    measure_switchovers,
+)
 
 if TYPE_CHECKING:
     from agentaskit_dr.config import BackupConfig
@@ -27,23 +34,32 @@ def current_objectives(config: BackupConfig | None, evidence_dir: Path,
                               layout=config.evidence_layout if config is not None else None)
 
 
-def objectives_status(objectives: list[Objective]) -> dict[str, Any]:
-    """``/v1/status`` ``objectives``: name → target, measured, met, evidence."""
-    return {o.name: o.as_dict() for o in objectives}
+def current_switchovers(config: BackupConfig | None, evidence_dir: Path) -> SwitchoverWindows:
+    """The planned switchovers' write-unavailability windows, latest and worst."""
+    return measure_switchovers(evidence_dir,
+                               config.evidence_layout if config is not None else None)
+
+
+def objectives_status(objectives: list[Objective],
+                      switchovers: SwitchoverWindows) -> dict[str, Any]:
+    """``/v1/status`` ``objectives``: name → target, measured, met, evidence; and beside
+    them, under ``switchover_writes_blocked``, the switchovers' windows (no target)."""
+    return {**{o.name: o.as_dict() for o in objectives}, SWITCHOVER_WRITES: switchovers.as_dict()}
 
 
 def print_objectives(config: BackupConfig | None, evidence_dir: Path, *,
                      as_json: bool) -> int:
     """Print the table; exit 1 when a measured objective misses its target."""
     objectives = current_objectives(config, evidence_dir, time.time())
+    switchovers = current_switchovers(config, evidence_dir)
     if as_json:
-        print(json.dumps(objectives_status(objectives), indent=2))
+        print(json.dumps(objectives_status(objectives, switchovers), indent=2))
     else:
-        _table(objectives)
+        _table(objectives, switchovers)
     return 1 if any(o.met is False for o in objectives) else 0
 
 
-def _table(objectives: list[Objective]) -> None:
+def _table(objectives: list[Objective], switchovers: SwitchoverWindows) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -56,6 +72,10 @@ def _table(objectives: list[Objective]) -> None:
                       _human(PLAN_CLAIMS[objective.name]), _human(objective.measured_seconds),
                       met, objective.source or "—",
                       style="bold red" if objective.met is False else None)
+    latest, worst = switchovers.latest, switchovers.worst
+    table.add_row("Switchover writes blocked (not RTO)", "—", "—",
+                  f"{_human(latest.seconds)} latest, {_human(worst.seconds)} worst",
+                  "no target", latest.source or "—")
     console = Console(highlight=False)
     console.print(table)
     for objective in objectives:
@@ -64,6 +84,11 @@ def _table(objectives: list[Objective]) -> None:
             if measure.seconds is not None and measure.note:
                 shown += f" ({measure.note})"
             console.print(f"  {_NAMES[objective.name]}: {measure.what}: {shown}")
+    for measure in (latest, worst) if latest.seconds is not None else (latest,):
+        shown = _human(measure.seconds) if measure.seconds is not None else measure.note
+        if measure.seconds is not None and measure.note:
+            shown += f" ({measure.note})"
+        console.print(f"  Switchover writes blocked (not RTO): {measure.what}: {shown}")
 
 
 def _human(seconds: float | None) -> str:

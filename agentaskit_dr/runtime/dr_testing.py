@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from agentaskit_dr.drtesting.objectives import Objective
+from agentaskit_dr.drtesting.objectives import Objective, SwitchoverWindows
 from agentaskit_dr.drtesting.records import (
     TEST_KEYS,
     crons_from,
@@ -102,20 +102,26 @@ class DrTestingWatch:
         """``{"dr_testing": ..., "objectives": ...}`` once checked, else empty."""
         return dict(self._status)
 
-    def read(self, now: float) -> tuple[list[ScheduleRow], list[Objective], dict[str, float]]:
-        """The rows, objectives and last successes at ``now`` (blocking file reads)."""
-        from agentaskit_dr.drtesting.objectives_view import current_objectives
+    def read(self, now: float) -> tuple[list[ScheduleRow], list[Objective], SwitchoverWindows,
+                                        dict[str, float]]:
+        """The rows, objectives, switchover windows and last successes at ``now``
+        (blocking file reads)."""
+        from agentaskit_dr.drtesting.objectives_view import current_objectives, current_switchovers
 
         directory, config = self.evidence_dir(), self.backup_config()
         grace = DAY if config is None else config.drills.grace
         rows = schedule_rows(directory, crons_from(config), now=now, grace=grace)
         objectives = current_objectives(config, directory, now, self.archive_lag())
-        return rows, objectives, last_successes(directory, load_state(directory, now=now))
+        return (rows, objectives, current_switchovers(config, directory),
+                last_successes(directory, load_state(directory, now=now)))
 
     def apply(self, rows: list[ScheduleRow], objectives: list[Objective],
-              successes: dict[str, float], *, now: float) -> None:
+              switchovers: SwitchoverWindows, successes: dict[str, float], *,
+              now: float) -> None:
         """Alerts, metrics and status from one reading (on the event loop: alerts are sent
         from there)."""
+        from agentaskit_dr.drtesting.objectives_view import objectives_status
+
         config = self.backup_config()
         remind_every = DAY if config is None else config.drills.remind_every
         alerts, self.alert_state = schedule_alerts(rows, self.alert_state, now=now,
@@ -126,13 +132,13 @@ class DrTestingWatch:
         if self.metrics is not None:
             self.metrics.update(rows, successes, objectives)
         self._status = {"dr_testing": {row.key: row.as_dict() for row in rows},
-                        "objectives": {o.name: o.as_dict() for o in objectives}}
+                        "objectives": objectives_status(objectives, switchovers)}
 
     async def check(self) -> None:
         """One check at the wall clock's now."""
         now = self.wall_clock()
-        rows, objectives, successes = await asyncio.to_thread(self.read, now)
-        self.apply(rows, objectives, successes, now=now)
+        rows, objectives, switchovers, successes = await asyncio.to_thread(self.read, now)
+        self.apply(rows, objectives, switchovers, successes, now=now)
 
     async def run(self) -> None:
         """Check now, then every ``interval``; a failed check is logged, never fatal."""

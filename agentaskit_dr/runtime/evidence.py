@@ -1,9 +1,9 @@
-"""Evidence files for failovers and failbacks: the timeline and the measured RTO and RPO.
+"""Evidence files for failovers, failbacks and switchovers: the timeline and the measured
+RTO and RPO.
 
 One JSON document per run at ``<directory>/<kind>/<run_id>.json``, built from the run's
-journal, and a draft incident review next to it as ``<run_id>.md`` (the plan's
-post-failover checklist starts with an incident review) with its timeline picture
-``<run_id>.svg`` (``timeline_svg``). Files only: no store, no clock.
+journal (its draft incident review and timeline picture: ``incident_review``), and the
+readers that list and show them. Files only: no store, no clock.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Any
 import structlog
 
 from agentaskit_dr.ports import RunJournal, StepStatus
-from agentaskit_dr.runtime.rpo import rpo_words
-from agentaskit_dr.runtime.timeline_svg import timeline_svg
 
 log = structlog.get_logger(__name__)
 
@@ -47,12 +45,16 @@ class EvidenceSummary:
     run_id: str
     created_at: str | None = None
     outcome: str | None = None
+    #: Detected → recovered; None for a run that did not recover and for a switchover
+    #: (planned: nothing was down; ``writes_blocked_seconds`` is its figure).
     rto_seconds: float | None = None
     rpo_lag_bytes: int | None = None
     rpo_lag_seconds: float | None = None
     note: str | None = None
     #: The ``rpo`` object as written (``basis``, ``lower_bound``, ``measured``: runtime.rpo).
     rpo: dict[str, Any] | None = None
+    #: The measured write-unavailability window (:func:`writes_blocked`), when there is one.
+    writes_blocked_seconds: float | None = None
 
 
 def failover_evidence(
@@ -118,31 +120,19 @@ def failover_evidence(
 
 def write_evidence(directory: Path, kind: str, run_id: str, document: Mapping[str, Any]) -> Path:
     """Write ``document`` to ``<directory>/<kind>/<run_id>.json`` atomically; the path."""
-    path = _evidence_path(directory, kind, run_id, ".json")
+    path = evidence_file(directory, kind, run_id, ".json")
     try:
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise ValueError(f"evidence for {path} is not JSON-serialisable: {exc}") from exc
-    _write_atomically(path, text)
+    write_atomically(path, text)
     log.info("evidence_written", path=str(path), kind=kind, run_id=run_id)
-    return path
-
-
-def write_incident_review(
-    directory: Path, kind: str, run_id: str, document: Mapping[str, Any]
-) -> Path:
-    """Write ``draft_incident_review(document)`` next to the evidence, as ``<run_id>.md``,
-    and the timeline picture it shows, as ``<run_id>.svg``."""
-    path = _evidence_path(directory, kind, run_id, ".md")
-    _write_atomically(_evidence_path(directory, kind, run_id, ".svg"), timeline_svg(document))
-    _write_atomically(path, draft_incident_review(document))
-    log.info("incident_review_drafted", path=str(path), kind=kind, run_id=run_id)
     return path
 
 
 def read_evidence(directory: Path, kind: str, run_id: str) -> dict[str, Any]:
     """The evidence document of one run; errors name the file."""
-    path = _evidence_path(directory, kind, run_id, ".json")
+    path = evidence_file(directory, kind, run_id, ".json")
     return _load(path)
 
 
@@ -169,77 +159,6 @@ def list_evidence(directory: Path, kind: str | None = None) -> list[EvidenceSumm
                 ))
     readable.sort(key=lambda item: item[0], reverse=True)
     return [summary for _, summary in readable] + broken
-
-
-def draft_incident_review(document: Mapping[str, Any]) -> str:
-    """A Markdown draft of the incident review: summary, timeline, measured RTO and RPO,
-    and the follow-ups of the plan's post-failover checklist. Missing fields show as "—"."""
-    run_id, kind = document.get("run_id", "—"), document.get("kind", "—")
-    rpo = document.get("rpo") or {}
-    lines = [
-        f"# Incident review (draft): {kind} {run_id}",
-        "",
-        "## Summary",
-        "",
-        f"- Run: `{run_id}` ({kind}), fencing epoch(s) "
-        f"{', '.join(str(e) for e in document.get('epochs', [])) or '—'}",
-        f"- Reason: {_cell(document.get('reason'))}",
-        f"- Outcome: **{_cell(document.get('outcome'))}**",
-        f"- Started: {_cell(document.get('created_at'))}",
-        "",
-        "## Timeline (UTC)",
-        "",
-        *_picture(run_id),
-        "| At | Step | Status | Epoch | Detail |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {_cell(e.get('at'))} | {_cell(e.get('step'))} | {_cell(e.get('status'))} "
-            f"| {_cell(e.get('epoch'))} | {_cell(e.get('detail'))} |"
-            for e in document.get("timeline", [])
-        ),
-        "",
-        "## Measured",
-        "",
-        "| Measure | Value |",
-        "|---|---|",
-        f"| Detected (first failing observation) | {_cell(document.get('detected_at'))} |",
-        f"| Decided | {_cell(document.get('decided_at'))} |",
-        f"| Recovered (last step done) | {_cell(document.get('recovered_at'))} |",
-        f"| Detection, detected → decided | {_seconds(document.get('detection_seconds'))} |",
-        f"| RTO, detected → recovered | {_seconds(document.get('rto_seconds'))} |",
-        f"| Decided → recovered | {_seconds(document.get('decision_to_recovery_seconds'))} |",
-        f"| RPO at promotion | {_cell(rpo_words(rpo))}; lag "
-        f"{_seconds(rpo.get('lag_seconds'))} |",
-        "",
-        "| Step | Last status | Attempts | Actuation |",
-        "|---|---|---|---|",
-        *(
-            f"| {_cell(s.get('step'))} | {_cell(s.get('status'))} | {_cell(s.get('attempts'))} "
-            f"| {_seconds(s.get('actuation_seconds'))} |"
-            for s in document.get("steps", [])
-        ),
-        "",
-        "## Follow-ups",
-        "",
-    ]
-    if kind != "failback":
-        lines.append("- [ ] Failback planned: verify the primary recovered, sync it, verify "
-                     "data integrity, shift traffic back gradually, restore the standby")
-    lines += [
-        f"- [ ] Root cause of \"{_cell(document.get('reason'))}\" confirmed",
-        "- [ ] Stakeholders notified and status page updated",
-        "- [ ] Runbook and documentation updated with what this run taught",
-        "- [ ] Automation reviewed: failed or repeated steps, detection and RTO above",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _picture(run_id: object) -> list[str]:
-    """The Markdown lines showing ``<run_id>.svg`` (written beside the review), if any."""
-    if not isinstance(run_id, str) or not _NAME.fullmatch(run_id):
-        return []
-    return [f"![Timeline of {run_id}]({run_id}.svg)", ""]
 
 
 def _step_times(journal: RunJournal) -> list[dict[str, Any]]:
@@ -299,15 +218,21 @@ def _iso(at: float | None) -> str | None:
     return stamp.replace("+00:00", "Z")
 
 
-def _cell(value: object) -> str:
-    """``value`` for a Markdown table cell: one line, pipes escaped, "—" when missing."""
-    if value is None or value == "":
-        return "—"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def writes_blocked(document: Mapping[str, Any]) -> float | None:
+    """A planned switch's measured write-unavailability window (the old primary's stop →
+    the new primary's first write): a switchover's own ``extra``, a failback's
+    ``extra.switchover``; None when the run measured none (a failover, a failed run)."""
+    extra = document.get("extra")
+    if not isinstance(extra, Mapping):
+        return None
+    nested = extra.get("switchover")
+    value = (nested if isinstance(nested, Mapping) else extra).get("write_unavailable_seconds")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _seconds(value: object) -> str:
-    return f"{value} s" if isinstance(value, int | float) else "—"
+def plain_name(value: object) -> bool:
+    """Whether ``value`` may name an evidence file (a kind or a run id)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
 def _check_name(field: str, value: str) -> None:
@@ -318,7 +243,8 @@ def _check_name(field: str, value: str) -> None:
         )
 
 
-def _evidence_path(directory: Path, kind: str, run_id: str, suffix: str) -> Path:
+def evidence_file(directory: Path, kind: str, run_id: str, suffix: str) -> Path:
+    """``<directory>/<kind>/<run_id><suffix>``; ValueError for a name that is not plain."""
     _check_name("kind", kind)
     _check_name("run_id", run_id)
     return directory / kind / f"{run_id}{suffix}"
@@ -355,12 +281,14 @@ def _summarize(path: Path) -> tuple[dt.datetime, EvidenceSummary]:
     document = _load(path)
     try:
         created = dt.datetime.fromisoformat(document["created_at"])
-        rto, rpo = document["rto_seconds"], document["rpo"]
+        rto, rpo, kind = document["rto_seconds"], document["rpo"], str(document["kind"])
         summary = EvidenceSummary(
-            path=path, kind=str(document["kind"]), run_id=str(document["run_id"]),
+            path=path, kind=kind, run_id=str(document["run_id"]),
             created_at=document["created_at"], outcome=str(document["outcome"]),
-            rto_seconds=None if rto is None else float(rto),
+            # A planned switchover recovers nothing: its "RTO" would be the run's length.
+            rto_seconds=None if rto is None or kind == "switchover" else float(rto),
             rpo_lag_bytes=rpo["lag_bytes"], rpo_lag_seconds=rpo["lag_seconds"], rpo=dict(rpo),
+            writes_blocked_seconds=writes_blocked(document),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
@@ -371,7 +299,7 @@ def _summarize(path: Path) -> tuple[dt.datetime, EvidenceSummary]:
     return created if created.tzinfo else created.replace(tzinfo=dt.UTC), summary
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, whole.
 
     A temporary file in the same directory, fsynced, then renamed over ``path``; the

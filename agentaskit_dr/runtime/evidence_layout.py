@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agentaskit_dr.runtime.evidence import EvidenceSummary, list_evidence
+from agentaskit_dr.runtime.evidence import EvidenceSummary, list_evidence, plain_name
 
 if TYPE_CHECKING:
     from agentaskit_dr.config import EvidenceLayout
@@ -73,6 +73,31 @@ def find_root(roots: Sequence[Path], kind: str, run_id: str) -> Path:
         if (root / kind / f"{run_id}.json").is_file():
             return root
     return roots[0]
+
+
+def find_run(roots: Sequence[Path], name: str) -> tuple[Path, str, str]:
+    """The root, kind and run id of ``name``: ``<kind>/<run_id>`` as ``evidence list``
+    prints it, or a run id alone, looked for under every kind of every root (a failover,
+    failback or switchover). ValueError when two kinds hold that run id or it is not a plain
+    name, FileNotFoundError when none does; both name the run."""
+    kind, _, run_id = name.rpartition("/")
+    if kind:
+        return find_root(roots, kind, run_id), kind, run_id
+    if not plain_name(run_id):
+        raise ValueError(f"run id {run_id!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    found: dict[str, Path] = {}  # kind → the first root holding it, as list_runs shows it
+    for root in roots:
+        for path in sorted(root.glob(f"[!.]*/{run_id}.json")):
+            found.setdefault(path.parent.name, root)
+    if not found:
+        raise FileNotFoundError(f"no evidence file for run {run_id} in "
+                                f"{' or '.join(map(str, roots))} (see: evidence list)")
+    if len(found) > 1:
+        raise ValueError(f"run id {run_id} is in more than one kind of evidence: name one of "
+                         f"{', '.join(f'{kind}/{run_id}' for kind in sorted(found))}")
+    [(kind, root)] = found.items()
+    return root, kind, run_id
 
 
 def list_runs(roots: Sequence[Path], kind: str | None = None) -> list[EvidenceSummary]:

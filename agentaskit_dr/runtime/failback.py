@@ -28,10 +28,8 @@ from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.ports import JournalEntry, Lease, RunJournal, StepStatus
 from agentaskit_dr.runtime.evidence import (
-    draft_incident_review,
     failover_evidence,
     write_evidence,
-    write_incident_review,
 )
 from agentaskit_dr.runtime.evidence_layout import run_root, run_roots
 from agentaskit_dr.runtime.evidence_links import link_failback, record_measured_loss
@@ -45,6 +43,7 @@ from agentaskit_dr.runtime.failback_steps import (
     StepContext,
     StepFailed,
 )
+from agentaskit_dr.runtime.incident_review import draft_incident_review, write_incident_review
 from agentaskit_dr.runtime.rpo import SWITCHOVER
 
 log = structlog.get_logger(__name__)

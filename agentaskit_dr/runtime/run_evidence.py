@@ -16,8 +16,8 @@ from agentaskit_dr.ports import RunJournal, StepStatus
 from agentaskit_dr.runtime.evidence import (
     failover_evidence,
     write_evidence,
-    write_incident_review,
 )
+from agentaskit_dr.runtime.incident_review import write_incident_review
 from agentaskit_dr.runtime.runbook_parts import as_float, as_int
 from agentaskit_dr.runtime.runbook_promote import PROMOTE
 

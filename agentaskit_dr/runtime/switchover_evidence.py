@@ -19,8 +19,8 @@ from agentaskit_dr.ports import RunJournal
 from agentaskit_dr.runtime.evidence import (
     failover_evidence,
     write_evidence,
-    write_incident_review,
 )
+from agentaskit_dr.runtime.incident_review import write_incident_review
 from agentaskit_dr.runtime.rpo import SWITCHOVER
 
 log = structlog.get_logger(__name__)

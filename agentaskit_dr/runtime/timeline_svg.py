@@ -1,4 +1,5 @@
-"""A failover's or failback's timeline as a picture: an SVG drawn from its evidence document.
+"""A failover's, failback's or switchover's timeline as a picture: an SVG drawn from its
+evidence document.
 
 One row per phase, on a shared time axis that starts at the first failing observation
 (or at the run's start when there is none): detection (first failing observation →
@@ -8,7 +9,8 @@ window. Pure: a document in, SVG text out; no clock, no files, no plotting libra
 
 The window: for a failback, the switchover's measured ``write_unavailable_seconds``
 (from the stop of the old primary to the first write on the new one), placed after its
-preflight and checkpoint phases inside the ``restore_standby`` step. For a failover,
+preflight and checkpoint phases inside the ``restore_standby`` step; for a switchover run
+the same, inside its ``switch_database`` step. For a failover,
 no server takes writes from the first failing observation until the promotion step is
 done: that span, a lower bound, since the primary may have failed before it was seen.
 
@@ -232,10 +234,13 @@ def _window(document: Mapping[str, Any], entries: Sequence[Mapping[str, Any]],
     """(start, seconds, label) of the write-unavailability window, when the evidence has it."""
     extra = document.get("extra")
     switch = extra.get("switchover") if isinstance(extra, Mapping) else None
+    step = "restore_standby"
+    if document.get("kind") == "switchover" and isinstance(extra, Mapping):
+        switch, step = extra, "switch_database"  # a switchover run's figures are its own
     seconds = _as_number(switch.get("write_unavailable_seconds")) if isinstance(
         switch, Mapping) else None
     if isinstance(switch, Mapping) and seconds is not None:
-        step_start = next((t for e in entries if e.get("step") == "restore_standby"
+        step_start = next((t for e in entries if e.get("step") == step
                            and e.get("status") == "started"
                            and (t := _entry_time(e)) is not None), None)
         if step_start is None:

@@ -17,8 +17,8 @@ from agentaskit_dr.ports import RunJournal
 from agentaskit_dr.runtime.evidence import (
     failover_evidence,
     write_evidence,
-    write_incident_review,
 )
+from agentaskit_dr.runtime.incident_review import write_incident_review
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.test_failback_run import (

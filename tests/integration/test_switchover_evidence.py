@@ -1,9 +1,13 @@
 """A switchover run writes its own evidence file, in the failover evidence's layout, and
-the readers list it: the real CLI against a real PostgreSQL pair and Redis."""
+the readers list it (its write-unavailability window as "writes blocked", not as RTO):
+the real CLI against a real PostgreSQL pair and Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,19 @@ KIND_DIR = Path("TEST/dr/failover/switchover")
 def evidence(tmp_path: Path, run_id: str) -> dict[str, Any]:
     path = tmp_path / "evidence" / KIND_DIR / f"{run_id}.json"
     body = json.loads(path.read_text())
+    assert isinstance(body, dict)
+    return body
+
+
+async def objectives_json(evidence_dir: Path) -> dict[str, Any]:
+    """``agentaskit-dr objectives --evidence-dir DIR --json``, as a subprocess."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentaskit_dr", "objectives", "--evidence-dir", str(evidence_dir),
+        "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ))
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    body = json.loads(out)
     assert isinstance(body, dict)
     return body
 
@@ -81,12 +98,30 @@ async def test_a_switchover_writes_its_evidence_and_the_readers_show_it(
     assert [e["status"] for e in body["timeline"]] == ["started", "done"]
     assert (tmp_path / "evidence" / KIND_DIR / f"{run_id}.md").is_file()
 
+    window = extra["write_unavailable_seconds"]
     code, out, err = await cli(config, "list", command="evidence")
     assert code == 0, err
-    assert f"switchover/{run_id}  done" in out
+    [line] = [line for line in out.splitlines() if line.startswith(f"switchover/{run_id}  ")]
+    assert f"  done  writes blocked {window:g}s  RPO 0 bytes  " in line
+    assert "RTO" not in line
+    # Found by its id alone, as for a failover.
+    code, out, err = await cli(config, "show", run_id, command="evidence")
+    assert code == 0, err
+    assert json.loads(out) == body
     html = await status_page_lists(tmp_path / "evidence")
     assert f'<a href="/ui/timeline/switchover/{run_id}.svg">{run_id}</a>' in html
     assert f"Latest switchover: {run_id}" in html
+    row = html.split(f'{run_id}.svg">{run_id}</a>', 1)[1].split("</tr>", 1)[0]
+    assert f"<td>—</td><td>{window:.3g} s</td>" in row  # no RTO; writes blocked
+    svg = (tmp_path / "evidence" / KIND_DIR / f"{run_id}.svg").read_text()
+    assert 'data-label="writes unavailable (switchover)"' in svg
+    # Objectives: its own line; RTO and MTTR stay the failovers' (there are none).
+    objectives = await objectives_json(tmp_path / "evidence")
+    switches = objectives["switchover_writes_blocked"]
+    assert switches["latest_seconds"] == switches["worst_seconds"] == window
+    assert switches["latest_evidence"] == result["evidence"]
+    assert objectives["rto"]["measures"][0]["note"] == "no failover evidence in failover/"
+    assert objectives["mttr"]["measured_seconds"] is None
 
 
 async def test_a_failed_switchover_writes_evidence_of_its_failure(

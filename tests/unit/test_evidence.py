@@ -12,13 +12,12 @@ from structlog.testing import capture_logs
 from agentaskit_dr.ports import JournalEntry, RunJournal, StepStatus
 from agentaskit_dr.runtime.evidence import (
     EVIDENCE_SCHEMA_VERSION,
-    draft_incident_review,
     failover_evidence,
     list_evidence,
     read_evidence,
     write_evidence,
-    write_incident_review,
 )
+from agentaskit_dr.runtime.incident_review import draft_incident_review, write_incident_review
 from agentaskit_dr.runtime.rpo import promotion_rpo, rpo_words
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

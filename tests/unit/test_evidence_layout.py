@@ -20,9 +20,10 @@ from agentaskit_dr.backup.evidence import job_evidence, write_job_evidence
 from agentaskit_dr.config import ConfigError, EvidenceLayout, load_backup_config, load_config
 from agentaskit_dr.drtesting.objectives import measure_objectives
 from agentaskit_dr.oncall_reads import evidence as evidence_command
-from agentaskit_dr.runtime.evidence import write_evidence, write_incident_review
+from agentaskit_dr.runtime.evidence import write_evidence
 from agentaskit_dr.runtime.evidence_layout import run_root, run_roots
 from agentaskit_dr.runtime.evidence_links import link_failback
+from agentaskit_dr.runtime.incident_review import write_incident_review
 from tests.unit.test_evidence import evidence_of, resumed_failover
 from tests.unit.test_objectives import NOW, TARGETS
 from tests.unit.test_runbook import write_config

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agentaskit_dr.runtime.evidence import write_evidence, write_incident_review
+from agentaskit_dr.runtime.evidence import write_evidence
 from agentaskit_dr.runtime.evidence_links import link_failback
+from agentaskit_dr.runtime.incident_review import write_incident_review
 from tests.unit.test_evidence import evidence_of, resumed_failover
 
 

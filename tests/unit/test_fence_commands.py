@@ -37,14 +37,3 @@ def test_an_invalid_config_is_refused_naming_the_field(
         capsys.readouterr().err
     )
 
-
-def test_unfence_without_a_terminal_asks_for_yes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
-    config = write(tmp_path, shipped("watchdog.yaml"))
-
-    code = main(["unfence", "--config", str(config), "--region", "us-west-2"])
-
-    assert code == 1
-    assert "not interactive: pass --yes" in capsys.readouterr().err

@@ -18,8 +18,8 @@ from agentaskit_dr.ports import JournalEntry, RunJournal, StepStatus
 from agentaskit_dr.runtime.evidence import (
     failover_evidence,
     write_evidence,
-    write_incident_review,
 )
+from agentaskit_dr.runtime.incident_review import write_incident_review
 from tests.unit.test_api_server import FakeController
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
