@@ -41,10 +41,14 @@ TIMELINE_EVENTS = {
 
 
 class _Healthy(http.server.BaseHTTPRequestHandler):
+    # HTTP/1.1 keep-alive, as a load balancer answers: the probes keep their connections.
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self) -> None:
         # A prober that timed out has hung up already: nothing to report.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.send_response(200)
+            self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
 
