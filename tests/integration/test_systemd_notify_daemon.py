@@ -108,6 +108,8 @@ def start(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., N
                                 health=health, db_unreachable=30.0)
             workdir = tmp_path / f"daemon-{len(started)}"
             workdir.mkdir()
+            # Its DR-testing schedule state goes here, never under the machine's default.
+            config["evidence_dir"] = str(workdir / "evidence")
             daemon = NotifiedDaemon(workdir, config, env, fault)
             started.append(daemon)
             return daemon
