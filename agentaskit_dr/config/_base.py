@@ -48,7 +48,7 @@ def url_has_password(url: str) -> bool:
 class ConfigModel(BaseModel):
     """Base of every configuration section: immutable, strict about keys, safe to print."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     @model_validator(mode="before")
     @classmethod

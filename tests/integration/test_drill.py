@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_drill_failover_schedule import assert_recorded_in_the_schedule
+
 pytestmark = pytest.mark.integration
 
 
@@ -38,13 +40,17 @@ def test_drill_promotes_once_with_three_vantages_and_keeps_the_evidence(tmp_path
 def test_drill_failback_goes_full_circle_and_prints_both_evidence_files(
     tmp_path: Path,
 ) -> None:
+    # With --evidence-dir the run is also recorded in that schedule (the failover drill
+    # row): one full circle checks both, as ``drill --failback`` is run by the job.
+    recorded = tmp_path / "recorded"
     done = subprocess.run(
         [sys.executable, "-m", "agentaskit_dr", "drill", "--failback", "--threshold", "3s",
-         "--interval", "0.4s", "--workdir", str(tmp_path)],
+         "--interval", "0.4s", "--workdir", str(tmp_path), "--evidence-dir", str(recorded)],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Result: PASS, promoted exactly once, and failed back home" in done.stdout
+    assert_recorded_in_the_schedule(recorded)
     for figure in ("failover: kill -> writable", "switchover: write-unavailable",
                    "failback: per-step times", "failback: resync method"):
         assert figure in done.stdout
