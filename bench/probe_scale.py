@@ -1,10 +1,10 @@
 """The probe scheduler at scale: N HTTP health targets at a 1 s interval on one core.
 
 Runs the daemon's own ``ProbeScheduler`` with N ``RegionHealthProbe``s (one URL each, a
-new connection per check, as in production) against an HTTP server in another process
-pinned to the other core, this process pinned to one core. With jitter 0 each probe
-plans its next start ``interval`` +- ``jitter`` after its last one (production jitter 0.1
-by default); the figures:
+new connection per check) against an HTTP server in another process pinned to the other
+core, this process pinned to one core. The scheduler starts probes in rounds
+``interval`` +- ``jitter`` apart, at most ``SLOT_SIZE`` together, the slots spread evenly
+over the interval (production jitter 0.1 by default); the figures:
 
 - probes/s: observations completed per second over the window;
 - start lateness p50 / p99 / max: actual start - planned start (ms), over every start;
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
+from agentaskit_dr import logs
 from agentaskit_dr.ports import Observation, Probe
 from agentaskit_dr.probes.region_health import RegionHealthProbe
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
@@ -48,17 +49,16 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
-#: The sleep the scheduler chose last in each probe's task (its planned next start).
+#: The start the scheduler planned last in each probe's task (loop time).
 PLANNED: dict[asyncio.Task[object] | None, float] = {}
 
 
 class RecordingScheduler(ProbeScheduler):
-    """The daemon's scheduler, noting the sleep it picks for each probe's next round."""
+    """The daemon's scheduler, noting the start it plans for each probe."""
 
-    def _sleep_for(self) -> float:
-        chosen = super()._sleep_for()
-        PLANNED[asyncio.current_task()] = chosen
-        return chosen
+    async def sleep_until(self, at: float) -> None:
+        PLANNED[asyncio.current_task()] = at
+        await super().sleep_until(at)
 
 
 class Timed:
@@ -68,14 +68,12 @@ class Timed:
         self.probe = probe
         self.name = probe.name
         self.late = late
-        self.last: float | None = None
 
     async def observe(self) -> Observation:
         now = asyncio.get_running_loop().time()
         planned = PLANNED.get(asyncio.current_task())
-        if self.last is not None and planned is not None:
-            self.late.append(now - (self.last + planned))
-        self.last = now
+        if planned is not None:
+            self.late.append(now - planned)
         return await self.probe.observe()
 
     def failure(self, error: str, latency: float) -> Observation:
@@ -137,6 +135,9 @@ def main() -> int:
     parser.add_argument("--jitter", type=float, default=0.1, help="probe.jitter (0.1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # The daemon's JSON lines at its production level (a probe's failure is debug): the
+    # console renderer's tracebacks would cost more than the probes under overload.
+    logs.configure("info", stream=sys.stderr)
     cores = sorted(os.sched_getaffinity(0))
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])

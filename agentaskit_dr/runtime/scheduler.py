@@ -1,11 +1,14 @@
 """Runs each probe in its own task, in jittered rounds, and hands observations to the engine.
 
-Every probe starts at the same round time: one timer wakes them all. Their reports go
-to the engine together, in one cycle instead of one each (an idle watchdog's CPU, issue
-13): a round's reports are held until every probe of the round has returned, or at most
-``GATHER`` seconds after the first one did; a report of a round already handed over goes
-at once. Each probe still runs in its own task: a slow or hung one only makes its own next
-start the first round after it returns, never delays the others.
+Probes start in rounds, ``interval`` ± ``jitter`` apart. Up to ``SLOT_SIZE`` probes share
+a start (a daemon's handful all do): one timer wakes them, and their reports go to the
+engine together, in one cycle instead of one each (an idle watchdog's CPU, issue 13).
+More probes are dealt into slots spread evenly over the interval, so a thousand of them
+do not all start in one burst (bench/probe_scale.py). A slot's reports are held until
+every probe of it has returned, or at most ``GATHER`` seconds after the first one did; a
+report of a slot already handed over goes at once. Each probe still runs in its own task:
+a slow or hung one only makes its own next start the first round after it returns, never
+delays the others.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from agentaskit_dr.ports import Observation, Probe
 
 log = structlog.get_logger(__name__)
 
-#: The longest a round's first report waits for the rest of its round.
+#: The longest a slot's first report waits for the rest of its slot.
 GATHER = 0.05
+#: The most probes that start together; more are spread over the interval.
+SLOT_SIZE = 16
+#: Recent round starts kept: a probe's next start is found among them.
+_ROUNDS_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +85,16 @@ class ProbeScheduler:
         self.generation = generation
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._tasks: list[asyncio.Task[None]] = []
-        self._next_round = 0.0
+        self._round_starts: list[float] = []
         self._rounds: dict[float, _Round] = {}
 
     def start(self) -> None:
         spread = self.timing.interval * self.timing.jitter
-        self._next_round = asyncio.get_running_loop().time() + self._rng.uniform(0, spread)
-        for probe in self.probes:
-            task = asyncio.create_task(self._run(probe), name=f"probe:{probe.name}")
+        self._round_starts = [asyncio.get_running_loop().time() + self._rng.uniform(0, spread)]
+        slots = -(-len(self.probes) // SLOT_SIZE)
+        for index, probe in enumerate(self.probes):
+            offset = (index % slots) * self.timing.interval / slots
+            task = asyncio.create_task(self._run(probe, offset), name=f"probe:{probe.name}")
             self._tasks.append(task)
 
     async def stop(self) -> None:
@@ -108,25 +117,32 @@ class ProbeScheduler:
         return max(0.0, self.timing.interval + self._rng.uniform(-spread, spread))
 
     def round_after(self, now: float) -> float:
-        """The first round start later than ``now`` (the same one for every probe that
-        asks before it comes)."""
-        while self._next_round <= now:
-            self._next_round += self._sleep_for()
-        return self._next_round
+        """The first round start later than ``now``: the same one for every probe that
+        asks before it comes."""
+        starts = self._round_starts
+        while starts[-1] <= now:
+            starts.append(starts[-1] + self._sleep_for())
+            del starts[:-_ROUNDS_KEPT]
+        return next(start for start in starts if start > now)
 
-    async def _run(self, probe: Probe[Observation]) -> None:
+    async def sleep_until(self, at: float) -> None:
+        """Wait for a probe's start (a hook: the scale benchmark times starts here)."""
+        await asyncio.sleep(max(0.0, at - asyncio.get_running_loop().time()))
+
+    async def _run(self, probe: Probe[Observation], offset: float) -> None:
         loop = asyncio.get_running_loop()
-        at = self._next_round
+        round_start = self._round_starts[0]
         while True:
-            await asyncio.sleep(max(0.0, at - loop.time()))
+            at = round_start + offset
+            await self.sleep_until(at)
             self._rounds.setdefault(at, _Round()).running += 1
             started = loop.time()
             observation = await self._observe(probe, started)
             self._deliver(at, ProbeReport(probe.name, self.generation, observation,
                                           loop.time()))
-            # The round after this one (a timer may fire a hair early) or, after an
-            # overrun, the first one still to come.
-            at = self.round_after(max(loop.time(), at))
+            # The next round (a timer may fire a hair early) or, after an overrun, the
+            # first one whose start for this probe is still to come.
+            round_start = self.round_after(max(loop.time() - offset, round_start))
 
     def _deliver(self, at: float, report: ProbeReport) -> None:
         pending = self._rounds.get(at)

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from agentaskit_dr.ports import PostgresObservation
-from agentaskit_dr.runtime.scheduler import GATHER, ProbeReport, ProbeScheduler, ProbeTiming
+from agentaskit_dr.runtime.scheduler import (
+    GATHER,
+    SLOT_SIZE,
+    ProbeReport,
+    ProbeScheduler,
+    ProbeTiming,
+)
 
 
 @dataclass
@@ -129,3 +135,24 @@ async def test_a_hung_probe_holds_its_rounds_other_reports_for_the_gather_window
     await scheduler.stop()
 
     assert handed == [(pytest.approx(fast.starts[0] + 0.01 + GATHER), "fast")]
+
+
+@pytest.mark.looptime
+async def test_more_probes_than_a_slot_are_spread_over_the_interval_in_slots() -> None:
+    probes = [TimedProbe(f"t{i}", 0.01) for i in range(3 * SLOT_SIZE + 1)]
+
+    await run_for(probes, 6.0)
+
+    slots = 4  # 49 probes: four slots of at most SLOT_SIZE
+    first_starts = sorted({probe.starts[0] for probe in probes})
+    assert len(first_starts) == slots
+    offsets = [start - first_starts[0] for start in first_starts]
+    assert offsets == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    for start in first_starts:
+        assert sum(1 for probe in probes if probe.starts[0] == start) <= SLOT_SIZE
+    # Every probe once a round, each slot a fixed offset after the round's start.
+    rounds = probes[0].starts
+    for index, probe in enumerate(probes):
+        assert probe.starts == pytest.approx([r + (index % slots) * 0.25 for r in rounds][
+            :len(probe.starts)])
+        assert len(probe.starts) >= len(rounds) - 1
