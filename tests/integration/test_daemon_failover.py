@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.daemon_harness import (
     INTERVAL,

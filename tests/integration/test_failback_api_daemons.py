@@ -31,8 +31,10 @@ import pytest
 import yaml
 
 from agentaskit_dr.actuators.pg_control import postmaster_pid
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.local_servers.tcp import free_port
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.writer import WriterLog, write_continuously
 from tests.integration.daemon_harness import (
     REGIONS,

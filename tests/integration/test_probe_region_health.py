@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.ports import HttpAnswer, Probe
 from agentaskit_dr.probes import RegionHealthProbe
-from agentaskit_dr.sandbox.redis import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from agentaskit_dr.actuators.promote import (
     PromotionResult,
     ServerUnreachable,
 )
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.ports import StaleEpoch
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from agentaskit_dr.actuators.promote import (
     PromotionRefused,
     PromotionResult,
 )
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from tests.integration.pg_roles import (
     APP,
     WATCHDOG,
