@@ -27,6 +27,7 @@ from tests.integration.pg_roles import (
     signal_process,
     walreceiver_pid,
 )
+from tests.integration.pg_state import in_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +54,6 @@ async def promote(target: PostgresPromoter, *, force: bool = False,
         epoch=7, holder="watchdog-east", failover_id="fo-7", primary_last_lsn=None,
         still_leader=still_leader, force=force, old_primary_answering=old_primary_answering,
     )
-
-
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
 
 
 def rows(server: PostgresServer) -> set[int]:

@@ -33,15 +33,12 @@ from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.runbook import FAILOVER_KIND, FAILOVER_PLAN, PROMOTE, Hooks, Runbook
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from tests.integration.pg_roles import WATCHDOG, create_roles, dsn_as, reject_in_pg_hba
+from tests.integration.pg_state import in_recovery
 from tests.unit.fake_journal import FakeJournal, FakeLeases, LockStore
 
 pytestmark = pytest.mark.integration
 
 WEST, EAST = "us-west-2", "us-east-1"
-
-
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
 
 
 def marker(server: PostgresServer) -> str:
