@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO))
 from agentaskit_dr.appstate import jobs  # noqa: E402
 from agentaskit_dr.appstate.components import collector  # noqa: E402
 from agentaskit_dr.config import load_backup_config  # noqa: E402
-from agentaskit_dr.sandbox.redis import RedisServer, free_port, wait_for_port  # noqa: E402
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port  # noqa: E402
+from agentaskit_dr.sandbox.redis import RedisServer  # noqa: E402
 
 
 def fill(port: int, mib: int) -> int:

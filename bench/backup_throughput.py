@@ -44,15 +44,12 @@ from agentaskit_dr.local_servers.os_side import (
 from agentaskit_dr.local_servers.os_side import (
     server_process_options as _server_process_options,
 )
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
 from agentaskit_dr.sandbox._os_side import (
     scratch_root as _scratch_root,
 )
-from agentaskit_dr.sandbox.postgres import (
-    PostgresServer,
-    _cluster_template,
-    pg_bindir,
-)
-from agentaskit_dr.sandbox.redis import free_port, wait_for_port
+from agentaskit_dr.sandbox.postgres import _cluster_template, pg_bindir
 
 MIB = 2**20
 KEY_ENV = "AGENTASKIT_DR_BENCH_KEY"

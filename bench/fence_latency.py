@@ -37,7 +37,8 @@ from agentaskit_dr.actuators.fence import fence_server
 from agentaskit_dr.actuators.pg_control import ServerControl
 from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.config import parse_duration
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 SESSIONS = 20
 MODES = ("sql", "control", "frozen", "promote")

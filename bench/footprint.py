@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.sandbox.drill import (
     REGIONS,
     WITNESS_SITE,
@@ -40,7 +41,7 @@ from agentaskit_dr.sandbox.drill import (
     watchdog_config,
 )
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 
 TARGET_RSS_MIB = 48.0
 TARGET_CPU_PERCENT = 0.5

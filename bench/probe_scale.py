@@ -32,10 +32,10 @@ from pathlib import Path
 import aiohttp
 
 from agentaskit_dr import logs
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
 from agentaskit_dr.ports import Observation, Probe
 from agentaskit_dr.probes.region_health import RegionHealthProbe
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
-from agentaskit_dr.sandbox.redis import free_port, wait_for_port
 
 SERVER = """
 import sys

@@ -33,8 +33,9 @@ import structlog
 from agentaskit_dr.actuators.pg_control import ServerControl
 from agentaskit_dr.actuators.resync import resync_standby
 from agentaskit_dr.actuators.resync_plan import ResyncPlan
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.resync_command import NO_STATEMENT_TIMEOUT, libpq_source, standby_conninfo
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 METHODS = ("rewind", "reclone")
 

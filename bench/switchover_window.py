@@ -37,7 +37,8 @@ import structlog
 
 from agentaskit_dr.actuators.pg_control import ServerControl, postmaster_pid, stop_server
 from agentaskit_dr.actuators.switchover import PostgresSwitchover
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.writer import CREATE_TABLE, TABLE, WriterLog, write_continuously
 
 TARGET_SECONDS = 2.0

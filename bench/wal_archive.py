@@ -33,7 +33,7 @@ from pathlib import Path
 import asyncpg
 
 from agentaskit_dr.local_servers.os_side import children
-from agentaskit_dr.sandbox.redis import free_port, wait_for_port
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
 from tests.integration.aws import DUMMY_CREDENTIALS
 from tests.integration.s3_buckets import create_buckets
 from tests.integration.wal_harness import WalWorld, archiving_primary

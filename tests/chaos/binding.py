@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agentaskit_dr.sandbox.postgres import PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from tests.chaos.history import FaultRecord
 from tests.integration.partition_harness import EAST, EAST_DB, WEST, WEST_DB, Timing
 from tests.notify_socket import NotifySocket

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any, cast
 
-from agentaskit_dr.sandbox.redis import free_port
+from agentaskit_dr.local_servers.tcp import free_port
 from tests.chaos.faults import FaultCatalog
 from tests.chaos.schedule import PlannedFault
 from tests.chaos.world import OPERATOR_TOKEN, World

@@ -27,7 +27,8 @@ from typing import Any
 
 import asyncpg
 
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.sentinel import SERVICE, SentinelSet
 from tests.chaos.binding import BOUND, Binding, BindingTiming

@@ -24,7 +24,7 @@ import pytest
 from aiobotocore.session import get_session  # type: ignore[import-untyped,unused-ignore]
 from aiohttp import web
 
-from agentaskit_dr.sandbox.redis import free_port, wait_for_port
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
 
 #: What moto's account looks like to the code under test; moto checks no signature.
 DUMMY_CREDENTIALS = {

@@ -18,16 +18,12 @@ from agentaskit_dr.config import BackupConfig
 from agentaskit_dr.local_servers.os_side import (
     give_to_server_user as _give_to_server_user,
 )
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.sandbox._os_side import (
     scratch_root as _scratch_root,
 )
-from agentaskit_dr.sandbox.postgres import (
-    PostgresServer,
-    _cluster_template,
-    pg_bindir,
-    wheel_pg_bindir,
-)
-from agentaskit_dr.sandbox.redis import free_port
+from agentaskit_dr.sandbox.postgres import _cluster_template, pg_bindir, wheel_pg_bindir
 from tests.integration.s3_buckets import PRIMARY, REPLICA
 
 KEY_ENV = "AGENTASKIT_DR_TEST_BACKUP_KEY"

@@ -48,6 +48,7 @@ __all__ = [
     "WatchdogFleet",
     "event_time",
     "is_event",
+    "is_promotion",
     "is_verdict",
     "merged",
     "wait_until",
@@ -94,6 +95,11 @@ def is_verdict(containing: str = "", *, since: float | None = None, **fields: An
     ``fields`` as in :func:`is_event` (``phase="failed_over"``, ``watchdog=...``)."""
     verdict = is_event("verdict", since=since, **fields)
     return lambda event: verdict(event) and containing in str(event.get("verdict"))
+
+
+def is_promotion(event: Event) -> bool:
+    """A ``promotion_done`` that changed the replica, not the resume of one."""
+    return event.get("event") == "promotion_done" and event.get("already_promoted") is False
 
 
 class WatchdogFleet:

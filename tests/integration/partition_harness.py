@@ -39,9 +39,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from agentaskit_dr.local_servers.tcp import wait_for_port
 from agentaskit_dr.sandbox.drill import event_time
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, wait_for_port
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.daemon_harness import Event, Predicate, WatchdogFleet, wait_until
 from tests.integration.netcut import Network
 

@@ -31,10 +31,6 @@ def lab(pg_pair: PostgresPair, redis_server: RedisServer, network: Network,
         yield started
 
 
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
-
-
 def takes_writes(server: PostgresServer) -> bool:
     return server.sql(
         f"INSERT INTO {WRITES_TABLE} (side) VALUES ('check') RETURNING 'written'"

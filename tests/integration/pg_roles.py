@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from agentaskit_dr.sandbox.postgres import PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
 
 WATCHDOG, APP = "watchdog", "app"
 # The least a watchdog needs on the standby to promote it (the fence needs more).

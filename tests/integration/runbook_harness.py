@@ -33,8 +33,8 @@ import pytest
 from aiohttp import web
 
 from agentaskit_dr.leadership.journal import RedisJournal
+from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
 from agentaskit_dr.ports import RunJournal, StepStatus
-from agentaskit_dr.sandbox.redis import free_port, wait_for_port
 from tests.integration.aws import (
     DUMMY_CREDENTIALS,
     Route53Counter,

@@ -27,9 +27,10 @@ import pytest
 import yaml
 
 from agentaskit_dr.api.client import ApiClient, ApiError
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.sandbox.drill import event_time, health_endpoint
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.tls_material import TlsMaterial, make_tls_material
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,8 @@ from agentaskit_dr.appstate.redis_sync import RedisSyncError
 from agentaskit_dr.appstate.redis_tools import RedisCheckFailed
 from agentaskit_dr.appstate.restore import redis_restore_test
 from agentaskit_dr.backup.store import BucketMissing
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.local_servers.tcp import free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.appstate_harness import load, write_config
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,

@@ -22,7 +22,7 @@ from agentaskit_dr.appstate.components import collector, file_check
 from agentaskit_dr.appstate.restore import fetch_object
 from agentaskit_dr.appstate.vault import SNAPSHOT_PATH, VaultSnapshotError
 from agentaskit_dr.backup.store import BucketMissing
-from agentaskit_dr.sandbox.redis import free_port
+from agentaskit_dr.local_servers.tcp import free_port
 from tests.integration.appstate_harness import load
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,

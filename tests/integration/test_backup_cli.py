@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentaskit_dr.backup.wal_layout import wal_key
-from agentaskit_dr.sandbox.postgres import PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
     moto_process_fixture,

@@ -21,8 +21,8 @@ from agentaskit_dr.backup.restore import RestoreFailed, run_restore_test
 from agentaskit_dr.backup.run import run_backup
 from agentaskit_dr.backup.store import BackupStore
 from agentaskit_dr.backup.verify import verify_backups
+from agentaskit_dr.local_servers.tcp import wait_for_port
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import wait_for_port
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
     moto_process_fixture,

@@ -9,7 +9,8 @@ import pytest
 
 from agentaskit_dr.backup.restore import run_restore_test
 from agentaskit_dr.backup.run import run_backup
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
     moto_process_fixture,

@@ -15,7 +15,7 @@ from agentaskit_dr.backup.run import run_backup
 from agentaskit_dr.backup.verify import verify_backups
 from agentaskit_dr.backup.wal_listing import list_wal, stage_wal, wal_files
 from agentaskit_dr.backup.walchain import segment_name
-from agentaskit_dr.sandbox.postgres import PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
     moto_process_fixture,

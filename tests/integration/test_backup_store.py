@@ -20,7 +20,7 @@ from agentaskit_dr.backup.store import (
     StoreError,
     StoreUnavailable,
 )
-from agentaskit_dr.sandbox.redis import free_port
+from agentaskit_dr.local_servers.tcp import free_port
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
     moto_process_fixture,

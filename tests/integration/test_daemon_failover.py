@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.daemon_harness import (
     INTERVAL,
@@ -25,9 +26,11 @@ from tests.integration.daemon_harness import (
     WatchdogFleet,
     event_time,
     is_event,
+    is_promotion,
     is_verdict,
     wait_until,
 )
+from tests.integration.pg_state import in_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +53,6 @@ def fleet(pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path) -> I
     """Watchdogs over ``pg_pair`` and ``redis_server``, all stopped after the test."""
     with WatchdogFleet(pg_pair, redis_server, tmp_path / "watchdogs") as started:
         yield started
-
-
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
 
 
 def marker(server: PostgresServer) -> tuple[int, str]:
@@ -86,12 +85,6 @@ def is_failover_action(event: Event) -> bool:
     return event.get("event") in {"failover_decided", "promotion_started", "promotion_done"}
 
 
-def promotions(fleet: WatchdogFleet) -> list[Event]:
-    """Every promotion that changed the replica (not a resume), across all watchdogs."""
-    return fleet.events(lambda e: e.get("event") == "promotion_done"
-                        and e.get("already_promoted") is False)
-
-
 def test_primary_killed_for_longer_than_threshold_promotes_replica_once(
     fleet: WatchdogFleet, pg_pair: PostgresPair
 ) -> None:
@@ -118,7 +111,7 @@ def test_primary_killed_for_longer_than_threshold_promotes_replica_once(
     # Invariant 3: no later than the threshold plus one probe interval (with jitter).
     assert 0 <= decided["overshoot"] <= INTERVAL * 1.1 + SLACK, decided
     assert event_time(decided) - killed_at <= THRESHOLD + 2 * INTERVAL * 1.1 + SLACK
-    assert [p["watchdog"] for p in promotions(fleet)] == [holder.region], fleet.describe()
+    assert [p["watchdog"] for p in fleet.events(is_promotion)] == [holder.region], fleet.describe()
     assert done["epoch"] == epoch
     assert not in_recovery(pg_pair.replica)
     assert takes_writes(pg_pair.replica)
@@ -200,7 +193,7 @@ def test_primary_frozen_by_sigstop_is_promoted_after_threshold_and_fenced_once_i
     assert pg_pair.primary.sql("SHOW default_transaction_read_only") == "on"
     with pytest.raises(RuntimeError, match="read-only transaction"):
         pg_pair.primary.sql("CREATE TABLE split_brain (id int)")
-    assert [p["watchdog"] for p in promotions(fleet)] == [holder.region]
+    assert [p["watchdog"] for p in fleet.events(is_promotion)] == [holder.region]
 
 
 def test_two_watchdogs_racing_for_a_dead_primary_promote_exactly_once(
@@ -229,7 +222,7 @@ def test_two_watchdogs_racing_for_a_dead_primary_promote_exactly_once(
     assert done["epoch"] == epoch
     assert seen["failover_epoch"] == epoch, seen
     assert f"epoch {epoch}" in seen["verdict"], seen
-    assert [p["watchdog"] for p in promotions(fleet)] == [holder.region]
+    assert [p["watchdog"] for p in fleet.events(is_promotion)] == [holder.region]
     assert fleet.events(is_event("failover_decided"), dogs=[bystander]) == []
     assert fleet.events(is_event("promotion_started"), dogs=[bystander]) == []
     assert marker(pg_pair.replica) == (epoch, holder.region)
@@ -270,7 +263,7 @@ def test_lock_store_down_blocks_promotion_until_redis_is_back(
     assert not in_recovery(pg_pair.replica)
     assert takes_writes(pg_pair.replica)
     assert marker(pg_pair.replica) == (done["epoch"], done["watchdog"])
-    assert len(promotions(fleet)) == 1, fleet.describe()
+    assert len(fleet.events(is_promotion)) == 1, fleet.describe()
 
 
 def test_replica_lagging_past_the_gate_is_not_promoted_and_refusal_repeats_after_backoff(
@@ -309,7 +302,7 @@ def test_replica_lagging_past_the_gate_is_not_promoted_and_refusal_repeats_after
     # Retried after the backoff, not in a tight loop.
     assert all(gap >= backoff * 0.95 for gap in gaps), gaps
     assert len(fleet.events(is_event("failover_decided"))) == len(refusals)
-    assert promotions(fleet) == []
+    assert fleet.events(is_promotion) == []
     assert lagging["lag_bytes"] > max_lag
     assert in_recovery(pg_pair.replica)
     assert pg_pair.replica.sql("SELECT pg_is_wal_replay_paused()") == "t"

@@ -20,9 +20,10 @@ import pytest
 import redis
 import yaml
 
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.sandbox.drill import Watchdog, event_time, health_endpoint
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 
 pytestmark = pytest.mark.integration
 

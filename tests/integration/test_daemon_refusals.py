@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.local_servers.tcp import free_port
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.daemon_harness import (
     REGIONS,
     THRESHOLD,

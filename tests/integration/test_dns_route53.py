@@ -13,8 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from agentaskit_dr.actuators.dns_route53 import Route53Switch
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.ports import ActuationFailed, StaleEpoch
-from agentaskit_dr.sandbox.redis import free_port
 from tests.integration.aws import (  # the *_fixture names register the fixtures here
     Route53Counter,
     aws_credentials_fixture,  # noqa: F401

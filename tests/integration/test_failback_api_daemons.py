@@ -13,137 +13,50 @@ Both servers live on this host, so both watchdogs get ``database.control`` of bo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from agentaskit_dr.actuators.pg_control import postmaster_pid
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
-from agentaskit_dr.sandbox.writer import WriterLog, write_continuously
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from tests.integration import api_fleet
+from tests.integration.api_fleet import (
+    PEER_THRESHOLD,
+    background_writers,
+    call,
+    start_fleet,
+    token_file,
+)
 from tests.integration.daemon_harness import (
     REGIONS,
     Event,
-    Watchdog,
     WatchdogFleet,
     event_time,
     is_event,
+    is_promotion,
     is_verdict,
 )
-from tests.integration.test_failback_run import control_of, prepare
+from tests.integration.pg_state import in_recovery, marker_epoch
+from tests.integration.test_failback_run import prepare
 from tests.integration.test_switchover import control, missing_on, writer_runs
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "s3cret-api-token"
+fleet = api_fleet.fleet
+
 WEST, EAST = REGIONS
 PROMOTION_TIMEOUT = 10.0
-PEER_THRESHOLD = 3.0
 FAILBACK_TIMEOUT = 120.0
 #: Events of an automation fighting a planned run.
 FIGHTS = frozenset({"failover_decided", "primary_region_changed", "old_primary_fenced",
                     "old_primary_fenced_by_its_watchdog", "fenced_for_peer", "self_fenced"})
-
-
-@pytest.fixture
-def fleet(pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path) -> Iterator[
-    WatchdogFleet
-]:
-    with WatchdogFleet(pg_pair, redis_server, tmp_path / "watchdogs") as started:
-        try:
-            yield started
-        finally:
-            started.stop_all()
-            stop_servers_started_outside(pg_pair)
-
-
-def stop_servers_started_outside(pair: PostgresPair) -> None:
-    """The runs start servers with pg_ctl, outside the pair's own process handles."""
-    for datadir in pair.base_dir.iterdir():
-        if (datadir / "postmaster.pid").exists():
-            subprocess.run([str(pair.primary.bindir / "pg_ctl"), "stop", "-D", str(datadir),
-                            "-m", "immediate"], user="postgres", capture_output=True,
-                           check=False, cwd="/")
-
-
-def call(url: str, body: dict[str, Any] | None = None,
-         token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-@contextlib.contextmanager
-def background_writers(pair: PostgresPair, count: int = 3) -> Iterator[WriterLog]:
-    """Clients writing to whichever server takes writes, on a loop of their own."""
-    log, stop = WriterLog(), threading.Event()
-
-    async def write() -> None:
-        done = asyncio.Event()
-        servers = {pair.primary.name: pair.primary.dsn, pair.replica.name: pair.replica.dsn}
-        tasks = [asyncio.create_task(write_continuously(servers, log, done, writer=n))
-                 for n in range(1, count + 1)]
-        await asyncio.to_thread(stop.wait)
-        done.set()
-        await asyncio.gather(*tasks)
-
-    thread = threading.Thread(target=asyncio.run, args=(write(),), name="writers")
-    thread.start()
-    try:
-        yield log
-    finally:
-        stop.set()
-        thread.join(30)
-
-
-def fleet_overrides(pair: PostgresPair, token: Path, *,
-                    peers: bool = True) -> dict[str, dict[str, Any]]:
-    """Per region: each with control of both servers; peers of each other (``peers``)."""
-    ports = {region: free_port() for region in REGIONS}
-    controls = {WEST: {"database": {"control": control_of(pair.primary)}},
-                EAST: {"database": {"control": control_of(pair.replica)}}}
-    overrides = {}
-    for region in REGIONS:
-        (other,) = [r for r in REGIONS if r != region]
-        overrides[region] = {
-            "api": {"listen": f"127.0.0.1:{ports[region]}", "token_file": str(token)},
-            "peers": [f"http://127.0.0.1:{ports[other]}"] if peers else [],
-            "regions": controls,
-            "promotion": {"catch_up_timeout": "20s"},
-            # With peers, self-fencing needs a threshold above peer staleness + probes.
-            "thresholds": {"db_unreachable": f"{PEER_THRESHOLD:g}s"},
-        }
-    return overrides
-
-
-def api_url(dog: Watchdog) -> str:
-    return "http://" + str(yaml.safe_load(dog.config.read_text())["api"]["listen"])
-
-
-def start_fleet(fleet: WatchdogFleet, pair: PostgresPair, token: Path) -> dict[str, str]:
-    """Both watchdogs (``fleet_overrides``); their API base URLs by watchdog name."""
-    overrides = fleet_overrides(pair, token)
-    dogs = [fleet.start(region, overrides=overrides[region]) for region in REGIONS]
-    return {dog.region: api_url(dog) for dog in dogs}
 
 
 def kill_postmaster(server: PostgresServer) -> None:
@@ -153,19 +66,10 @@ def kill_postmaster(server: PostgresServer) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
-
-
-def marker_epoch(server: PostgresServer) -> int:
-    return int(server.sql("SELECT epoch FROM agentaskit_dr.failover_epoch WHERE id = 1"))
-
-
 def promotion_epochs(fleet: WatchdogFleet) -> list[int]:
     """The epoch of every promotion, failovers' and switchovers', in time order."""
     return [int(e["epoch"]) for e in fleet.events(
-        lambda e: (e.get("event") == "promotion_done" and e.get("already_promoted") is False)
-        or e.get("event") == "switchover_promoted")]
+        lambda e: is_promotion(e) or e.get("event") == "switchover_promoted")]
 
 
 def between(fleet: WatchdogFleet, start: float, end: float, names: frozenset[str]) -> list[Event]:
@@ -177,9 +81,7 @@ def test_failback_through_the_api_is_not_fought_and_the_restored_primary_is_prot
 ) -> None:
     west, east = pg_pair.primary, pg_pair.replica
     prepare(pg_pair)
-    token = tmp_path / "api-token"
-    token.write_text(TOKEN + "\n")
-    urls = start_fleet(fleet, pg_pair, token)
+    urls = start_fleet(fleet, pg_pair, token_file(tmp_path))
     holder = fleet.wait_ready()
     (other,) = [dog for dog in fleet.dogs.values() if dog is not holder]
 

@@ -30,8 +30,9 @@ from agentaskit_dr.actuators.kube_scale import (
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.ports import StepStatus
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.writer import CREATE_TABLE
 from tests.integration.kube_api import KubeApi, kube_api_fixture  # noqa: F401 -- fixture

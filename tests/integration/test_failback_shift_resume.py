@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from agentaskit_dr.config import WatchdogConfig, load_config
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.ports import JournalEntry, Lease, RunJournal, StepStatus
 from agentaskit_dr.runtime.failback_steps import (
     FAILBACK_PLAN,
@@ -22,7 +23,6 @@ from agentaskit_dr.runtime.failback_steps import (
     StepFailed,
     shift_traffic,
 )
-from agentaskit_dr.sandbox.redis import free_port
 from tests.integration.aws import (  # the *_fixture names register the fixtures here
     aws_credentials_fixture,  # noqa: F401
     create_zone,

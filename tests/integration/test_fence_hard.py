@@ -21,7 +21,8 @@ import structlog
 from agentaskit_dr.actuators.fence import FenceResult, fence_server
 from agentaskit_dr.actuators.pg_control import ServerControl, postmaster_pid
 from agentaskit_dr.actuators.role_fence import restore_locked_roles
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.daemon_harness import WatchdogFleet, event_time, is_event
 
 pytestmark = pytest.mark.integration

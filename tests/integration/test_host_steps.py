@@ -19,9 +19,10 @@ import yaml
 from agentaskit_dr.config import load_config
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.runtime.host_step_client import HostStepDelegate, HostStepUnavailable
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.daemon_harness import WatchdogFleet, is_event
 from tests.integration.test_failback_run import (
     control_of,

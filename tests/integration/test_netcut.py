@@ -29,7 +29,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.local_servers.tcp import free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration import netcut
 from tests.integration.netcut import Firewall, Forwarder, Network
 

@@ -16,8 +16,8 @@ from agentaskit_dr.actuators.notify import (
     build_notifier,
 )
 from agentaskit_dr.actuators.notify_hub import NotificationHub
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.ports import Notification
-from agentaskit_dr.sandbox.redis import free_port
 from tests.integration.webhook_receiver import (
     WebhookReceiver,
     webhook_receiver_fixture,  # noqa: F401 (registers the fixture)

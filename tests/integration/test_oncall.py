@@ -20,9 +20,10 @@ import yaml
 
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.sandbox.drill import health_endpoint
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer, free_port
+from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.aws import (  # the *_fixture names register the fixtures here
     aws_credentials_fixture,  # noqa: F401
     create_zone,

@@ -20,10 +20,10 @@ from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration import netcut, partition_lab
 from tests.integration.daemon_harness import (
-    Event,
     Predicate,
     event_time,
     is_event,
+    is_promotion,
     is_verdict,
     wait_until,
 )
@@ -40,7 +40,8 @@ from tests.integration.partition_harness import (
     is_alert,
     is_assessment,
 )
-from tests.integration.partition_lab import T, in_recovery, takes_writes
+from tests.integration.partition_lab import T, takes_writes
+from tests.integration.pg_state import in_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +65,6 @@ def is_any(names: set[str]) -> Predicate:
     return lambda e: e.get("event") in names
 
 
-def real_promotions(lab: PartitionLab) -> list[Event]:
-    """Every promotion that changed the replica (not a resume of one)."""
-    return lab.events(lambda e: e.get("event") == "promotion_done"
-                      and e.get("already_promoted") is False)
-
-
 def test_primary_database_killed_is_promoted_once_after_threshold_and_witness_never_acts(
     lab: PartitionLab, pg_pair: PostgresPair
 ) -> None:
@@ -89,7 +84,7 @@ def test_primary_database_killed_is_promoted_once_after_threshold_and_witness_ne
     # Invariant 2: never before the threshold.
     assert event_time(decided[0]) - killed_at >= THRESHOLD, decided[0]
     assert event_time(done) - killed_at >= THRESHOLD, done
-    assert [e["watchdog"] for e in real_promotions(lab)] == [done["watchdog"]], lab.describe()
+    assert [e["watchdog"] for e in lab.events(is_promotion)] == [done["watchdog"]], lab.describe()
     witness_acts = lab.events(is_any({"lock_acquired", *FAILOVER_EVENTS, *FENCE_EVENTS}),
                               nodes=[WITNESS])
     assert witness_acts == [], witness_acts
@@ -130,7 +125,7 @@ def test_primary_region_cut_off_fences_itself_before_the_other_side_promotes(
         f"west wrote at {west_app.successes[-1]:.3f} after east's first write at "
         f"{east_app.successes[0]:.3f}\n{west_app.describe()}\n{east_app.describe()}")
     assert pg_pair.primary.sql("SHOW default_transaction_read_only") == "on"
-    assert [e["watchdog"] for e in real_promotions(lab)] == [EAST]
+    assert [e["watchdog"] for e in lab.events(is_promotion)] == [EAST]
 
 
 def test_east_watchdog_cut_off_alone_does_nothing_and_says_it_is_isolated(

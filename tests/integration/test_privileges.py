@@ -20,8 +20,9 @@ from _pytest.mark.structures import ParameterSet
 from agentaskit_dr.actuators.fence import fence_server, read_marker_epoch
 from agentaskit_dr.actuators.promote import PostgresPromoter
 from agentaskit_dr.actuators.role_fence import restore_locked_roles
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.sandbox import postgres as sandbox
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,12 @@ import time
 import asyncpg
 import pytest
 
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.ports import MARKER_TABLE, PostgresObservation, Probe
 from agentaskit_dr.probes import PostgresProbe, replication_lag_bytes
 from agentaskit_dr.probes.postgres import dsn_target
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
-from agentaskit_dr.sandbox.redis import free_port
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,10 @@ import time
 import asyncpg
 import pytest
 
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.ports import PostgresObservation
 from agentaskit_dr.probes import PostgresProbe
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ import asyncio
 
 import pytest
 
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.probes import PostgresProbe
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,10 @@ from agentaskit_dr.actuators.promote import (
     PromotionResult,
     ServerUnreachable,
 )
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.ports import StaleEpoch
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
+from tests.integration.pg_state import in_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -68,10 +70,6 @@ async def promote(
 
 def current_lsn(server: PostgresServer) -> int:
     return int(server.sql("SELECT pg_current_wal_lsn() - '0/0'"))
-
-
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
 
 
 def marker(server: PostgresServer) -> str:

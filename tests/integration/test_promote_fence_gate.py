@@ -15,7 +15,8 @@ from agentaskit_dr.actuators.promote import (
     PromotionRefused,
     PromotionResult,
 )
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from tests.integration.pg_roles import (
     APP,
     WATCHDOG,
@@ -26,6 +27,7 @@ from tests.integration.pg_roles import (
     signal_process,
     walreceiver_pid,
 )
+from tests.integration.pg_state import in_recovery
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +54,6 @@ async def promote(target: PostgresPromoter, *, force: bool = False,
         epoch=7, holder="watchdog-east", failover_id="fo-7", primary_last_lsn=None,
         still_leader=still_leader, force=force, old_primary_answering=old_primary_answering,
     )
-
-
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
 
 
 def rows(server: PostgresServer) -> set[int]:

@@ -24,23 +24,21 @@ from agentaskit_dr.actuators.promote import (
 )
 from agentaskit_dr.config import WatchdogConfig, load_config
 from agentaskit_dr.core import Condition, FailoverRefused, FailoverSucceeded, StartFailover
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.ports import JournalEntry, StepStatus
 from agentaskit_dr.runtime import runbook_hooks
 from agentaskit_dr.runtime.evidence import read_evidence
 from agentaskit_dr.runtime.evidence_layout import run_root
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.runbook import FAILOVER_KIND, FAILOVER_PLAN, PROMOTE, Hooks, Runbook
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from tests.integration.pg_roles import WATCHDOG, create_roles, dsn_as, reject_in_pg_hba
+from tests.integration.pg_state import in_recovery
 from tests.unit.fake_journal import FakeJournal, FakeLeases, LockStore
 
 pytestmark = pytest.mark.integration
 
 WEST, EAST = "us-west-2", "us-east-1"
-
-
-def in_recovery(server: PostgresServer) -> bool:
-    return server.sql("SELECT pg_is_in_recovery()") == "t"
 
 
 def marker(server: PostgresServer) -> str:

@@ -22,10 +22,11 @@ from agentaskit_dr.actuators.pg_control import ServerControl, postmaster_pid, st
 from agentaskit_dr.config import WatchdogConfig, load_config
 from agentaskit_dr.core import LiftSelfFence
 from agentaskit_dr.leadership.cluster import RedisClusterStore
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.ports import Lease
 from agentaskit_dr.runtime.outlook import server_held
 from agentaskit_dr.runtime.self_fence_lift import gather_facts, lift
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.test_epoch_floor import daemon_keeper, lease_of
 from tests.integration.test_fence_hard import app_dsn, control_of, new_session_commits

@@ -18,7 +18,8 @@ from agentaskit_dr.sandbox.postgres import PostgresPair
 from tests.integration import netcut, partition_lab
 from tests.integration.daemon_harness import event_time, is_event
 from tests.integration.partition_harness import EAST, WEST, WITNESS, PartitionLab
-from tests.integration.partition_lab import T, in_recovery, takes_writes
+from tests.integration.partition_lab import T, takes_writes
+from tests.integration.pg_state import in_recovery
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,29 +16,16 @@ import yaml
 from redis.asyncio import Redis
 
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import RedisServer
+from tests.integration import api_fleet
+from tests.integration.api_fleet import start_fleet, token_file
 from tests.integration.daemon_harness import REGIONS, WatchdogFleet, is_event
-from tests.integration.test_failback_api_daemons import (
-    TOKEN,
-    start_fleet,
-    stop_servers_started_outside,
-)
 from tests.integration.test_failback_run import prepare
 
 pytestmark = pytest.mark.integration
+
+fleet = api_fleet.fleet
+
 WEST, EAST = REGIONS
-
-
-@pytest.fixture
-def fleet(pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path) -> Iterator[
-    WatchdogFleet
-]:
-    with WatchdogFleet(pg_pair, redis_server, tmp_path / "watchdogs") as started:
-        try:
-            yield started
-        finally:
-            started.stop_all()
-            stop_servers_started_outside(pg_pair)
 
 
 def backup_config(tmp_path: Path, drill_config: Path) -> Path:
@@ -57,9 +43,7 @@ def test_the_drill_switches_over_and_back_through_the_api_and_is_recorded(
     fleet: WatchdogFleet, pg_pair: PostgresPair, tmp_path: Path,
 ) -> None:
     prepare(pg_pair)
-    token = tmp_path / "api-token"
-    token.write_text(TOKEN + "\n")
-    start_fleet(fleet, pg_pair, token)
+    start_fleet(fleet, pg_pair, token_file(tmp_path))
     holder = fleet.wait_ready()
     (other,) = [dog for dog in fleet.dogs.values() if dog is not holder]
     evidence = tmp_path / "evidence"
@@ -101,9 +85,7 @@ async def test_the_daemons_scheduled_drill_switches_over_and_back_and_fills_the_
     from tests.integration.test_drill_job import JANUARY_1ST, backup_yaml, scheduler
 
     await asyncio.to_thread(prepare, pg_pair)
-    token = tmp_path / "api-token"
-    token.write_text(TOKEN + "\n")
-    await asyncio.to_thread(start_fleet, fleet, pg_pair, token)
+    await asyncio.to_thread(start_fleet, fleet, pg_pair, token_file(tmp_path))
     holder = await asyncio.to_thread(fleet.wait_ready)
     (other,) = [dog for dog in fleet.dogs.values() if dog is not holder]
     # No other job is due then, none writes outside tmp_path.

@@ -24,7 +24,8 @@ from agentaskit_dr.actuators.switchover import (
     SwitchoverRefused,
     SwitchoverResult,
 )
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.writer import CREATE_TABLE, TABLE, WriterLog, write_continuously
 
 pytestmark = pytest.mark.integration

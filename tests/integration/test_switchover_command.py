@@ -14,7 +14,8 @@ import yaml
 
 from agentaskit_dr.actuators.pg_control import ServerControl, postmaster_pid, stop_server
 from agentaskit_dr.leadership.cluster import RedisClusterStore
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 
 pytestmark = pytest.mark.integration

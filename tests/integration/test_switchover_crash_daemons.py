@@ -14,7 +14,6 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,14 @@ from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.ports import RunJournal, StepStatus
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
+from tests.integration import api_fleet
+from tests.integration.api_fleet import (
+    api_url,
+    background_writers,
+    call,
+    fleet_overrides,
+    token_file,
+)
 from tests.integration.daemon_harness import (
     REGIONS,
     WatchdogFleet,
@@ -30,38 +37,19 @@ from tests.integration.daemon_harness import (
     is_event,
     is_verdict,
 )
+from tests.integration.pg_state import in_recovery, marker_epoch
 from tests.integration.runbook_harness import restart, wait_exit
-from tests.integration.test_failback_api_daemons import (
-    TOKEN,
-    api_url,
-    background_writers,
-    call,
-    fleet_overrides,
-    in_recovery,
-    marker_epoch,
-    stop_servers_started_outside,
-)
 from tests.integration.test_failback_run import prepare
 from tests.integration.test_switchover import missing_on, writer_runs
 
 pytestmark = pytest.mark.integration
 
+fleet = api_fleet.fleet
+
 WEST, EAST = REGIONS
 START_TIMEOUT = 20.0
 #: Lock TTL (3 s in the drill config) + a resume: catch-up, promotion, rejoin.
 RESUME_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def fleet(pg_pair: PostgresPair, redis_server: RedisServer, tmp_path: Path) -> Iterator[
-    WatchdogFleet
-]:
-    with WatchdogFleet(pg_pair, redis_server, tmp_path / "watchdogs") as started:
-        try:
-            yield started
-        finally:
-            started.stop_all()
-            stop_servers_started_outside(pg_pair)
 
 
 def stored_run(redis_url: str, run_id: str) -> RunJournal:
@@ -84,8 +72,7 @@ def test_a_watchdog_killed_mid_switchover_leaves_a_run_that_finishes_once(
 ) -> None:
     west, east = pg_pair.primary, pg_pair.replica
     prepare(pg_pair)
-    token = tmp_path / "api-token"
-    token.write_text(TOKEN + "\n")
+    token = token_file(tmp_path)
     # No peers: with two watchdogs and no witness, the one beside the new primary would
     # self-fence it while its crashed peer restarts (invariant 5, not what this tests).
     overrides = fleet_overrides(pg_pair, token, peers=False)

@@ -18,7 +18,8 @@ import yaml
 
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.test_start_gate import EAST, WEST, cli, write_config
 

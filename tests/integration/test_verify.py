@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 
 from agentaskit_dr.actuators.verify import ServiceVerifier
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.ports import ActuationFailed, StaleEpoch
 from agentaskit_dr.sandbox.postgres import PostgresPair
-from agentaskit_dr.sandbox.redis import free_port
 
 pytestmark = pytest.mark.integration
 

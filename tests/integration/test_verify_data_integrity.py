@@ -21,8 +21,9 @@ import yaml
 
 from agentaskit_dr.config import load_config
 from agentaskit_dr.integrity import verify_data_integrity
-from agentaskit_dr.sandbox.postgres import PostgresPair, PostgresServer
-from agentaskit_dr.sandbox.redis import free_port
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.local_servers.tcp import free_port
+from agentaskit_dr.sandbox.postgres import PostgresPair
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from agentaskit_dr.backup.crypto import KeyRing, decrypt_bytes
 from agentaskit_dr.backup.wal_layout import wal_key
 from agentaskit_dr.local_servers.os_side import give_to_server_user
-from agentaskit_dr.sandbox.postgres import PostgresServer
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from tests.integration.aws import (  # noqa: F401 - fixtures
     aws_credentials_fixture,
     moto_process_fixture,

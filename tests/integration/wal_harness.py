@@ -26,11 +26,8 @@ import pytest
 import yaml
 
 from agentaskit_dr.local_servers.os_side import give_to_server_user, server_user
-from agentaskit_dr.sandbox.postgres import (
-    PostgresServer,
-    _cluster_template,
-    pg_bindir,
-)
+from agentaskit_dr.local_servers.postgres import PostgresServer
+from agentaskit_dr.sandbox.postgres import _cluster_template, pg_bindir
 from tests.integration.s3_buckets import create_buckets
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from agentaskit_dr.api.commands import add_api_commands, run_api_command
 from agentaskit_dr.api.metrics import Metrics
 from agentaskit_dr.api.server import ApiServer, build_app
 from agentaskit_dr.cluster_cli import operator
-from agentaskit_dr.sandbox.redis import free_port
+from agentaskit_dr.local_servers.tcp import free_port
 from tests.unit.test_api_server import TOKEN, FakeController
 
 # Who the CLI says asked: the controls are the cluster's, so the record names the operator.

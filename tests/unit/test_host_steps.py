@@ -11,8 +11,8 @@ import yaml
 from structlog.testing import capture_logs
 
 from agentaskit_dr.config import WatchdogConfig, load_config
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.runtime.host_steps import HostStepJobs
-from agentaskit_dr.sandbox.redis import free_port
 
 WEST, EAST = "us-west-2", "us-east-1"
 

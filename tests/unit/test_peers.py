@@ -18,8 +18,8 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from agentaskit_dr.core import RegionView, Role
+from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.runtime.peers import MAX_REGIONS, MAX_REPORT_BYTES, PeerPoller, parse_report
-from agentaskit_dr.sandbox.redis import free_port
 
 WEST, EAST = "us-west-2", "us-east-1"
 STALE_AFTER = 12.0
