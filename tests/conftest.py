@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,15 +40,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 MACHINE_STATE = Path("/var/lib/agentaskit-dr")
 
 
+def _machine_state() -> dict[str, int]:
+    """Every file and directory under MACHINE_STATE with its mtime (empty: none there)."""
+    found: dict[str, int] = {}
+    for root, dirs, files in os.walk(MACHINE_STATE):
+        for name in (*dirs, *files):
+            path = Path(root, name)
+            with contextlib.suppress(OSError):
+                found[str(path)] = path.stat().st_mtime_ns
+    return found
+
+
 @pytest.fixture(autouse=True)
 def _machine_state_untouched() -> Iterator[None]:
-    """Fail the test that creates the daemon's default state directory on this machine
-    (a config without ``evidence_dir`` in a test that fails over writes there)."""
-    existed = MACHINE_STATE.exists()
+    """Fail the test that writes into the daemon's default state directory on this
+    machine (a config without ``evidence_dir`` in a test that fails over writes there).
+    Files are compared, not only the directory: one left by an earlier run does not turn
+    the check off."""
+    before = _machine_state()
     yield
-    if not existed and MACHINE_STATE.exists():
+    after = _machine_state()
+    if after != before:
+        changed = sorted(path for path, mtime in after.items() if before.get(path) != mtime)
         pytest.fail(f"this test wrote into {MACHINE_STATE} (the default evidence_dir): "
-                    "give its config an evidence_dir under tmp_path", pytrace=False)
+                    f"{', '.join(changed[:3]) or 'removed files'}; give its config an "
+                    "evidence_dir under tmp_path", pytrace=False)
 
 
 @pytest.fixture
