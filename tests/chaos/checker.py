@@ -273,16 +273,22 @@ def held_throughout(faults: Sequence[FaultRecord], condition: Condition, start: 
     return all(condition([f for f in late if f.active_at(point)]) for point in points)
 
 
+#: Daemon events that stop their own region's server when their detail says so.
+_STOPPING = {"self_fenced", "own_primary_held_before_threshold"}
+
+
 def daemon_faults(events: Sequence[dict[str, Any]]) -> list[FaultRecord]:
-    """Servers the daemons stopped themselves: a self-fence in control mode stops its
-    region's server, which stays down (a fault no schedule injected, but a real one)."""
+    """Servers the daemons stopped themselves: a self-fence in control mode and an
+    own-primary hold stop their region's server, which stays down (a fault no schedule
+    injected, but a real one)."""
     found = []
     for event in events:
-        if (event.get("event") == "self_fenced" and event.get("fenced") is True
-                and any(word in str(event.get("detail")) for word in ("stopped", "killed"))):
+        stopping = event.get("event") in _STOPPING and event.get("fenced", True) is True
+        if stopping and any(word in str(event.get("detail")) for word in ("stopped", "killed")):
             server = OWN_SERVER.get(event["watchdog"])
             if server is not None:
-                found.append(FaultRecord("self_fence", server, event_time(event), None,
+                kind = "self_fence" if event["event"] == "self_fenced" else "own_hold"
+                found.append(FaultRecord(kind, server, event_time(event), None,
                                          down=(server,)))
     return found
 

@@ -244,6 +244,19 @@ def test_a_server_its_own_self_fence_stopped_counts_as_down() -> None:
     assert judge(events, []) == ["false_failover"]
 
 
+def test_a_server_its_own_primary_hold_killed_counts_as_down() -> None:
+    """Seed 8005: west's hold killed its frozen server; the freeze's heal (SIGCONT) came
+    later and woke nothing. A failover decided after the heal rests on a server down."""
+    held = event("own_primary_held_before_threshold", 2.5, "west",
+                 detail="us-west-2 server killed (SIGKILL to postmaster 1)")
+    paused = [FaultRecord("pause_db", "west-db", T0 + 1, T0 + 4, down=("west-db",))]
+    assert judge([held, *failover_events(10)], paused) == []
+    assert judge(failover_events(10), paused) == ["false_failover"]
+    # A hold that found nothing to stop leaves the server as the faults say.
+    idle = event("own_primary_held_before_threshold", 2.5, "west", detail="server already down")
+    assert judge([idle, *failover_events(10)], paused) == ["false_failover"]
+
+
 def test_a_self_fence_of_a_watchdog_cut_off_from_both_others_is_justified() -> None:
     faults = [cut(0, 30, ("west", "east"), ("west", "witness"))]
     assert false_self_fences([self_fenced(5)], faults, fence_after=2.0) == []
