@@ -10,12 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from botocore.exceptions import (  # type: ignore[import-untyped,unused-ignore]
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from agentaskit_dr.ports import ActuationFailed
 from agentaskit_dr.retry import RetryCallState, last_error, retry_policy
@@ -28,6 +22,14 @@ _TRANSIENT_CODES = frozenset(
     {"Throttling", "ThrottlingException", "PriorRequestNotComplete", "RequestLimitExceeded",
      "ServiceUnavailable", "InternalError", "InternalFailure"}
 )
+
+
+def _boto() -> Any:
+    """botocore's exceptions, imported when a call fails: an idle watchdog never loads the
+    SDK (an ``except`` clause's expression is evaluated only when an exception reaches it)."""
+    from botocore import exceptions  # type: ignore[import-untyped,unused-ignore]
+
+    return exceptions
 
 
 class BatchRejected(ActuationFailed):
@@ -78,7 +80,7 @@ class Route53Client:
                             endpoint_url=self._endpoint_url, config=config,
                         )
                     )
-                except (BotoCoreError, ValueError) as exc:
+                except (_boto().BotoCoreError, ValueError) as exc:
                     raise ActuationFailed(
                         f"cannot create a Route 53 client (endpoint_url={self._endpoint_url}, "
                         f"aws_region={self._aws_region}): {exc}"
@@ -102,7 +104,7 @@ class Route53Client:
                                 on_retry=log_retry)
         try:
             return await retrying(attempt)
-        except (ClientError, BotoCoreError, TimeoutError) as exc:
+        except (_boto().ClientError, _boto().BotoCoreError, TimeoutError) as exc:
             code = _error_code(exc)
             where = f"zone {self._zone} record {self._record}"
             tries = f" after {self._attempts} attempts" if _is_transient(exc) else ""
@@ -119,20 +121,21 @@ class Route53Client:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
+    if isinstance(exc, _boto().ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return _error_code(exc) in _TRANSIENT_CODES or status == 429 or status >= 500
-    return isinstance(exc, BotoConnectionError | HTTPClientError | TimeoutError)
+    boto = _boto()
+    return isinstance(exc, boto.ConnectionError | boto.HTTPClientError | TimeoutError)
 
 
 def _error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
+    if isinstance(exc, _boto().ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
     return type(exc).__name__
 
 
 def _describe_error(exc: BaseException | None) -> str:
-    if isinstance(exc, ClientError):
+    if isinstance(exc, _boto().ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return f"{error.get('Code', '?')} (HTTP {status}): {error.get('Message', '')}".strip()

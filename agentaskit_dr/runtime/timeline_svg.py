@@ -21,11 +21,11 @@ browser, as an ``<img>`` on the status page, and in a Markdown viewer.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 WIDTH = 980
 LABEL_WIDTH = 200
@@ -126,8 +126,8 @@ def timeline_svg(document: Mapping[str, Any]) -> str:
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12" '
-        f'role="img" aria-label={quoteattr("timeline of " + title)}>',
-        f"<title>{escape('Timeline of ' + title)}</title>",
+        f'role="img" aria-label={_attr("timeline of " + title)}>',
+        f"<title>{_chars('Timeline of ' + title)}</title>",
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
         _text(10, 20, f"{title}: {outcome}", size=15, weight="bold"),
         _text(10, 40, f"t = 0 at {started} (UTC); times in seconds from there",
@@ -260,7 +260,7 @@ def _row_svg(row: Row, top: float, x: Any) -> str:
     colour = COLOURS.get(row.status, COLOURS["started"])
     middle = top + ROW_HEIGHT / 2
     label_colour = COLOURS["window"] if row.kind == "window" else COLOURS["text"]
-    parts = [f'<g data-row={quoteattr(row.kind)} data-label={quoteattr(row.label)}>',
+    parts = [f'<g data-row={_attr(row.kind)} data-label={_attr(row.label)}>',
              _text(PLOT_LEFT - 8, middle + 4, row.label, anchor="end", fill=label_colour)]
     if row.start is not None and row.end is not None:
         left, right = x(row.start), x(row.end)
@@ -288,7 +288,7 @@ def _row_svg(row: Row, top: float, x: Any) -> str:
 def _text(x: float, y: float, content: str, *, anchor: str = "start", size: int = 12,
           weight: str = "normal", fill: str = COLOURS["text"]) -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" '
-            f'font-weight="{weight}" fill="{fill}">{escape(content)}</text>')
+            f'font-weight="{weight}" fill="{fill}">{_chars(content)}</text>')
 
 
 def _ticks(low: float, high: float) -> tuple[float, list[float]]:
@@ -345,3 +345,14 @@ def _as_number(value: object) -> float | None:
 
 def _list(value: object) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
+
+
+def _chars(value: str) -> str:
+    """``value`` as XML character data."""
+    return html.escape(value, quote=False)
+
+
+def _attr(value: str) -> str:
+    """``value`` as a quoted XML attribute (line breaks kept as character references)."""
+    quoted = html.escape(value, quote=True)
+    return '"' + quoted.replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;") + '"'
