@@ -1,7 +1,7 @@
 """The probe scheduler at scale: N HTTP health targets at a 1 s interval on one core.
 
-Runs the daemon's own ``ProbeScheduler`` with N ``RegionHealthProbe``s (one URL each, a
-new connection per check) against an HTTP server in another process pinned to the other
+Runs the daemon's own ``ProbeScheduler`` with N ``RegionHealthProbe``s (one URL each,
+keep-alive connections as in production, or ``--new-connections``: one per check) against an HTTP server in another process pinned to the other
 core, this process pinned to one core. The scheduler starts probes in rounds
 ``interval`` +- ``jitter`` apart, at most ``SLOT_SIZE`` together, the slots spread evenly
 over the interval (production jitter 0.1 by default); the figures:
@@ -84,12 +84,12 @@ class Timed:
 
 
 async def run(targets: int, seconds: float, interval: float, jitter: float,
-              port: int) -> dict[str, float]:
+              port: int, new_connections: bool) -> dict[str, float]:
     late: list[float] = []
     done: list[ProbeReport] = []
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=interval * 0.8),
-        connector=aiohttp.TCPConnector(force_close=True, limit=0),
+        connector=aiohttp.TCPConnector(force_close=new_connections, limit=0),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     probes: list[Probe[Observation]] = [
@@ -133,6 +133,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--jitter", type=float, default=0.1, help="probe.jitter (0.1)")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="a new connection per check (probe.session_max_age 0)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     # The daemon's JSON lines at its production level (a probe's failure is debug): the
@@ -146,7 +148,8 @@ def main() -> int:
         if len(cores) > 1:
             os.sched_setaffinity(server.pid, cores[1:])
             os.sched_setaffinity(0, cores[:1])
-        figures = asyncio.run(run(args.targets, args.seconds, args.interval, args.jitter, port))
+        figures = asyncio.run(run(args.targets, args.seconds, args.interval, args.jitter, port,
+                                 args.new_connections))
     finally:
         server.kill()
         server.wait()

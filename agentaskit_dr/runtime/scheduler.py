@@ -26,8 +26,9 @@ log = structlog.get_logger(__name__)
 
 #: The longest a slot's first report waits for the rest of its slot.
 GATHER = 0.05
-#: The most probes that start together; more are spread over the interval.
-SLOT_SIZE = 16
+#: The most probes that start together (a daemon runs four: both databases, both
+#: regions' health); more are spread over the interval in slots.
+SLOT_SIZE = 4
 #: Recent round starts kept: a probe's next start is found among them.
 _ROUNDS_KEPT = 8
 
