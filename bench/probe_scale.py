@@ -1,10 +1,11 @@
 """The probe scheduler at scale: N HTTP health targets at a 1 s interval on one core.
 
 Runs the daemon's own ``ProbeScheduler`` with N ``RegionHealthProbe``s (one URL each,
-keep-alive connections as in production, or ``--new-connections``: one per check) against an HTTP server in another process pinned to the other
-core, this process pinned to one core. The scheduler starts probes in rounds
-``interval`` +- ``jitter`` apart, at most ``SLOT_SIZE`` together, the slots spread evenly
-over the interval (production jitter 0.1 by default); the figures:
+keep-alive connections as in production, or ``--new-connections``: one per check)
+against an HTTP server in another process pinned to the other core, this process pinned
+to one core. The scheduler starts probes in rounds ``interval`` +- ``jitter`` apart, at
+most ``SLOT_SIZE`` together, the slots spread evenly over the interval (production
+jitter 0.1 by default); the figures:
 
 - probes/s: observations completed per second over the window;
 - start lateness p50 / p99 / max: actual start - planned start (ms), over every start;
@@ -84,7 +85,7 @@ class Timed:
 
 
 async def run(targets: int, seconds: float, interval: float, jitter: float,
-              port: int, new_connections: bool) -> dict[str, float]:
+              port: int, *, new_connections: bool) -> dict[str, float]:
     late: list[float] = []
     done: list[ProbeReport] = []
     session = aiohttp.ClientSession(
@@ -149,7 +150,7 @@ def main() -> int:
             os.sched_setaffinity(server.pid, cores[1:])
             os.sched_setaffinity(0, cores[:1])
         figures = asyncio.run(run(args.targets, args.seconds, args.interval, args.jitter, port,
-                                 args.new_connections))
+                                 new_connections=args.new_connections))
     finally:
         server.kill()
         server.wait()
