@@ -140,8 +140,11 @@ def test_primary_down_shorter_than_threshold_then_back_does_not_fail_over(
     )
     assert longest >= BLIP - 2 * INTERVAL, f"the watchdogs saw only {longest}s of the outage"
 
+    # Since the kill, not since start() returned: a watchdog may see the server answer
+    # (and log "recovering") while pg_ctl is still waiting for it. No "recovering" can
+    # come before the kill: it follows a failing look.
     for dog in (west, east):
-        fleet.wait_for(is_verdict("recovering (db_unreachable)", since=back_at),
+        fleet.wait_for(is_verdict("recovering (db_unreachable)", since=killed_at),
                        2 * INTERVAL + SLACK * 3, what=f"{dog.region} seeing the primary back",
                        dogs=[dog])
     fleet.assert_absent(
