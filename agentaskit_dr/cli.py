@@ -167,8 +167,7 @@ def _drill(
     parser: argparse.ArgumentParser, threshold: str, interval: str, workdir: Path | None,
     *, failback: bool = False, evidence_dir: Path | None = None,
 ) -> int:
-    from agentaskit_dr.config import parse_duration
-    from agentaskit_dr.sandbox.drill import run_drill
+    from agentaskit_dr.durations import parse_duration
 
     seconds, every = parse_duration(threshold), parse_duration(interval)
     if seconds <= every:
@@ -189,6 +188,8 @@ def _drill(
 
         return run_sandbox_and_record(evidence_dir, workdir, threshold=threshold,
                                       interval=interval, failback=failback)
+    from agentaskit_dr.sandbox.drill import run_drill
+
     return run_drill(threshold=threshold, interval=interval, workdir=workdir,
                      failback=failback)
 

@@ -68,6 +68,10 @@ def test_a_usage_error_is_answered_before_loading_them() -> None:
     assert loaded_after(["status", "--bogus"]) == ["2"]
 
 
+def test_a_bad_duration_is_refused_without_the_config_package() -> None:
+    assert loaded_after(["drill", "--threshold", "soon"]) == ["2"]
+
+
 def test_run_with_a_missing_config_does_not_load_the_daemon() -> None:
     loaded = loaded_after(["run", "--config", "/nonexistent/watchdog.yaml"])
     assert loaded[0] == "2"
