@@ -12,7 +12,6 @@ is missing or the canary stalled (each problem named on stderr); 2: bad input.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import sys
@@ -58,6 +57,8 @@ def run_appstate_command(args: argparse.Namespace) -> int:
 
 def _run_check_s3(args: argparse.Namespace) -> int:
     """Run ``check-s3``; problems are named, one line each."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.backup.s3_replication import buckets_from, check_s3_replication
     from agentaskit_dr.config import load_backup_config

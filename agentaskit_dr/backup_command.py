@@ -7,7 +7,6 @@ Progress (bytes and rate) on a terminal; JSON logs on stderr otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +70,8 @@ def parse_target(text: str) -> tuple[float | None, str | None]:
 
 def run_backup_command(args: argparse.Namespace) -> int:
     """Run one of the commands; expected failures are one line on stderr."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.backup.crypto import BackupKeyError
     from agentaskit_dr.backup.fetch import BackupDamaged

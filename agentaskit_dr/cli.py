@@ -7,14 +7,14 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from agentaskit_dr import __version__, logs
+from agentaskit_dr import __version__
+from agentaskit_dr._entry import load_structlog_without_rich
 from agentaskit_dr.config_cli import load_or_explain, positive_seconds, print_problems
 from agentaskit_dr.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return wal_main(argv)
     parser = _parser()
     args = parser.parse_args(argv)
+    # Only now: parsing (and --help, and a usage error) loads no logging at all.
+    load_structlog_without_rich()
     try:
         if getattr(args, "api_action", None):
             from agentaskit_dr.api.commands import run_api_command
@@ -165,8 +167,7 @@ def _drill(
     parser: argparse.ArgumentParser, threshold: str, interval: str, workdir: Path | None,
     *, failback: bool = False, evidence_dir: Path | None = None,
 ) -> int:
-    from agentaskit_dr.config import parse_duration
-    from agentaskit_dr.sandbox.drill import run_drill
+    from agentaskit_dr.durations import parse_duration
 
     seconds, every = parse_duration(threshold), parse_duration(interval)
     if seconds <= every:
@@ -187,6 +188,8 @@ def _drill(
 
         return run_sandbox_and_record(evidence_dir, workdir, threshold=threshold,
                                       interval=interval, failback=failback)
+    from agentaskit_dr.sandbox.drill import run_drill
+
     return run_drill(threshold=threshold, interval=interval, workdir=workdir,
                      failback=failback)
 
@@ -239,7 +242,6 @@ def _run(path: Path) -> int:
     # daemon during start-up (a `systemctl reload` right after start); ignore it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from agentaskit_dr.config import load_config
-    from agentaskit_dr.runtime.supervisor import run_daemon
 
     config = load_or_explain(path, load_config)
     if config is None:
@@ -247,6 +249,13 @@ def _run(path: Path) -> int:
     credentials = _credentials(path, config)
     if credentials is None:
         return EXIT_USAGE
+    # The daemon's modules load once the config is known good: a bad file is
+    # answered without paying for them.
+    import asyncio
+
+    from agentaskit_dr import logs
+    from agentaskit_dr.runtime.supervisor import run_daemon
+
     logs.configure(config.logging.level)
     logs.route_uncaught()
     return asyncio.run(run_daemon(config, path, credentials))

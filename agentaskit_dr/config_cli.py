@@ -36,7 +36,7 @@ def load_or_explain(path: Path, loader: Callable[[Path], T]) -> T | None:
 
 def positive_seconds(text: str) -> float:
     """argparse type: a duration longer than zero ('3s', '500ms', '2m'), in seconds."""
-    from agentaskit_dr.config import parse_duration
+    from agentaskit_dr.durations import parse_duration
 
     try:
         seconds = parse_duration(text)

@@ -19,14 +19,16 @@ naming the step), 2 bad input.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import WatchdogConfig
 
 
 class _Refused(Exception):
@@ -61,6 +63,8 @@ def add_failback_command(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def run_failback_command(args: argparse.Namespace) -> int:
     """Run ``failback``; every expected failure is one line, never a traceback."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain

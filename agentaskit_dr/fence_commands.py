@@ -14,7 +14,6 @@ docs/postgres-privileges.md, "Lifting a fence by hand".
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,6 +84,8 @@ def run_fence_command(args: argparse.Namespace) -> int:
 
 
 def _start_gate(config: WatchdogConfig, region: str, *, allow_unconfirmed: bool) -> int:
+    import asyncio
+
     from agentaskit_dr.start_gate import start_gate
 
     answer = asyncio.run(start_gate(config, region, allow_unconfirmed=allow_unconfirmed))
@@ -108,6 +109,8 @@ def _confirmed(region: str) -> bool:
 
 
 def _unfence(config: WatchdogConfig, region: str, args: argparse.Namespace) -> int:
+    import asyncio
+
     from agentaskit_dr.fence_lift import LiftUnconfirmed, check_lift, lift_fence
 
     allow = args.allow_unconfirmed

@@ -8,7 +8,6 @@ unreachable, a privilege or amcheck missing, no consistent point in time): one l
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -41,6 +40,8 @@ def add_integrity_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_integrity_command(args: argparse.Namespace) -> int:
     """Run the check; every expected failure is one line, never a traceback."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain

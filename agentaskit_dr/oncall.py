@@ -18,25 +18,19 @@ change something are in ``oncall_changes``, the read-only ones in ``oncall_reads
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentaskit_dr import oncall_changes, oncall_reads
-from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_USAGE
-from agentaskit_dr.oncall_lock import Refused
-from agentaskit_dr.ports import (
-    ActuationFailed,
-    LockUnavailable,
-    StaleEpoch,
-)
-from agentaskit_dr.traffic_commands import add_shift_traffic, shift_traffic
+from agentaskit_dr.traffic_commands import add_shift_traffic
 
 if TYPE_CHECKING:
-    pass
+    from agentaskit_dr.config import WatchdogConfig
+
+#: What a command runs once its arguments parsed.
+Handler = Callable[["WatchdogConfig", argparse.Namespace], Coroutine[Any, Any, int]]
 
 COMMANDS = ("check-primary", "promote", "update-dns", "scale", "verify-failover", "failover",
             "journal", "evidence", "shift-traffic")
@@ -93,16 +87,20 @@ def _percent(text: str) -> int:
 
 def run_oncall_command(args: argparse.Namespace) -> int:
     """Dispatch one on-call command; every expected failure is one line, never a traceback."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.config import load_config
     from agentaskit_dr.config_cli import load_or_explain
+    from agentaskit_dr.oncall_lock import Refused
+    from agentaskit_dr.ports import ActuationFailed, LockUnavailable, StaleEpoch
 
     # stdout carries the command's answer; what the actuators log goes to stderr as JSON.
     logs.configure("warning", stream=sys.stderr)
     config = load_or_explain(args.config, load_config)
     if config is None:
         return EXIT_USAGE
-    handler = _HANDLERS[args.oncall]
+    handler = _handler(args.oncall)
     try:
         # ``check-primary --recovered`` asks about the region failed over from (failback):
         # that stays the file's primary.
@@ -130,6 +128,8 @@ _FOLLOW_CLUSTER_PRIMARY = frozenset({"check-primary", "promote", "update-dns", "
 
 
 def _confirm(config: WatchdogConfig) -> None:
+    from agentaskit_dr.oncall_lock import Refused
+
     if not sys.stdin.isatty():
         raise Refused("not interactive: pass --yes to fail over without confirmation")
     answer = input(f"Fail over from {config.primary_region} to {config.secondary_region}? "
@@ -138,14 +138,20 @@ def _confirm(config: WatchdogConfig) -> None:
         raise Refused("not confirmed; nothing changed")
 
 
-_HANDLERS: dict[str, Callable[[WatchdogConfig, argparse.Namespace], Coroutine[Any, Any, int]]] = {
-    "check-primary": oncall_reads.check_primary,
-    "promote": oncall_changes.promote,
-    "update-dns": oncall_changes.update_dns,
-    "scale": oncall_changes.scale,
-    "verify-failover": oncall_changes.verify_failover,
-    "failover": oncall_changes.failover,
-    "journal": oncall_reads.journal,
-    "evidence": oncall_reads.evidence,
-    "shift-traffic": shift_traffic,
-}
+def _handler(command: str) -> Handler:
+    """The coroutine function that runs ``command``, imported only when it runs."""
+    from agentaskit_dr import oncall_changes, oncall_reads
+    from agentaskit_dr.traffic_commands import shift_traffic
+
+    handlers: dict[str, Handler] = {
+        "check-primary": oncall_reads.check_primary,
+        "promote": oncall_changes.promote,
+        "update-dns": oncall_changes.update_dns,
+        "scale": oncall_changes.scale,
+        "verify-failover": oncall_changes.verify_failover,
+        "failover": oncall_changes.failover,
+        "journal": oncall_reads.journal,
+        "evidence": oncall_reads.evidence,
+        "shift-traffic": shift_traffic,
+    }
+    return handlers[command]

@@ -10,7 +10,6 @@ the problem; 2 for bad input, a missing ``regions.<R>.database.control`` include
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -52,6 +51,8 @@ def add_resync_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def run_resync_command(args: argparse.Namespace) -> int:
     """Run ``sync-primary``; every expected failure is one line on stderr, no traceback."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.actuators.resync_plan import ResyncFailed
     from agentaskit_dr.config import load_config, parse_duration

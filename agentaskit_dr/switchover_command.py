@@ -19,14 +19,16 @@ Exit codes: 0 switched (or the plan printed), 1 refused or failed (one line on s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from agentaskit_dr.config import WatchdogConfig
 
 
 class _Refused(Exception):
@@ -46,6 +48,8 @@ def add_switchover_command(sub: argparse._SubParsersAction[argparse.ArgumentPars
 
 def run_switchover_command(args: argparse.Namespace) -> int:
     """Run ``switchover``; every expected failure is one line, never a traceback."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.actuators.fence import PromotionRefused
     from agentaskit_dr.actuators.pg_control import ServerControlFailed

@@ -24,10 +24,8 @@ Exit codes: 0 done, 1 the watchdog could not be reached or refused (one line on 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from agentaskit_dr.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
+    import ssl
+
     from agentaskit_dr.api.client import ApiError
     from agentaskit_dr.config import TlsFile
 
@@ -108,6 +108,8 @@ def add_api_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_api_command(args: argparse.Namespace) -> int:
     """Run the command ``add_api_commands`` parsed into ``args``; the exit status."""
+    import asyncio
+
     from agentaskit_dr.api.client import ApiClient, ApiError, render_status
 
     action: str = args.api_action
@@ -153,6 +155,8 @@ def _from_lock_store(action: str, args: argparse.Namespace,
                      exc: ApiError) -> dict[str, Any] | None:
     """When no watchdog answered: the cluster controls read or written in the lock store
     named by ``--config``; None when that does not apply or fails too (said on stderr)."""
+    import asyncio
+
     if action not in _STORE_ACTIONS or args.config is None or exc.status is not None:
         return None
     from agentaskit_dr.cluster_cli import store_control, store_status

@@ -7,7 +7,6 @@ not be reached.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -73,6 +72,8 @@ def _print(args: argparse.Namespace, document: Any, text: str) -> None:
 
 
 async def _dispatch(config: BackupConfig, args: argparse.Namespace) -> int:
+    import asyncio
+
     from agentaskit_dr.appstate import components, jobs
 
     component: Component = args.component
@@ -132,6 +133,8 @@ async def _dispatch(config: BackupConfig, args: argparse.Namespace) -> int:
 
 def run_backup_action(args: argparse.Namespace) -> int:
     """Run one action; expected failures are one line on stderr."""
+    import asyncio
+
     from agentaskit_dr import logs
     from agentaskit_dr.appstate.configs import ConfigsError
     from agentaskit_dr.appstate.objects import AppStateDamaged

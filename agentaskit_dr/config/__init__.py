@@ -36,7 +36,6 @@ from agentaskit_dr.config._drills import (
     ObjectivesConfig,
     S3ObjectsBackup,
 )
-from agentaskit_dr.config._durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._jobs import BackupJobsConfig
 from agentaskit_dr.config._layout import EvidenceLayout
@@ -56,6 +55,7 @@ from agentaskit_dr.config._models import (
 )
 from agentaskit_dr.config._sections import ApiConfig, ApiTlsConfig, PeerTlsConfig
 from agentaskit_dr.config._vantage import PeerClientTls, TlsFile
+from agentaskit_dr.durations import format_duration, parse_duration, parse_size
 from agentaskit_dr.redaction import redact, redact_url
 
 __all__ = [

@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from agentaskit_dr.config._durations import parse_duration, parse_size
+from agentaskit_dr.durations import parse_duration, parse_size
 
 # ``redact`` is re-exported for config/_backup.py, which imports it from here.
 from agentaskit_dr.redaction import redact as redact  # noqa: PLC0414 (explicit re-export)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentaskit_dr.config._base import ConfigModel, PositiveDuration
-from agentaskit_dr.config._durations import format_duration
+from agentaskit_dr.durations import format_duration
 
 #: The engine loop counts as stalled after this many probe intervals without a cycle:
 #: ``/healthz`` answers 503 and ``WATCHDOG=1`` is withheld from then on.

@@ -32,7 +32,7 @@ from agentaskit_dr.config._base import (
     url_has_password,
 )
 from agentaskit_dr.config._control import DatabaseControlConfig
-from agentaskit_dr.config._durations import format_duration
+from agentaskit_dr.durations import format_duration
 
 _DSN_SCHEMES = ("postgresql://", "postgres://")
 _LOCK_SCHEMES = ("redis://", "rediss://")

@@ -16,7 +16,7 @@ moments, so the hold comes a margin earlier:
 from __future__ import annotations
 
 from agentaskit_dr.config._connections import DatabaseConfig
-from agentaskit_dr.config._durations import format_duration
+from agentaskit_dr.durations import format_duration
 
 
 def hold_margin(*, interval: float, jitter: float, timeout: float, stop_timeout: float) -> float:

@@ -34,7 +34,6 @@ from agentaskit_dr.config._base import (
 from agentaskit_dr.config._binding import BindingBudget, BindingConfig, binding_budget
 from agentaskit_dr.config._connections import DatabaseConfig, LockConfig
 from agentaskit_dr.config._control import StartGateConfig
-from agentaskit_dr.config._durations import format_duration
 from agentaskit_dr.config._failback import FailbackConfig
 from agentaskit_dr.config._hold import hold_after
 from agentaskit_dr.config._jobs import BackupJobsConfig
@@ -55,6 +54,7 @@ from agentaskit_dr.config._vantage import (
     vantage_warnings,
 )
 from agentaskit_dr.core import Thresholds
+from agentaskit_dr.durations import format_duration
 from agentaskit_dr.redaction import redact
 
 

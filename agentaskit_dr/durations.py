@@ -1,6 +1,7 @@
 """Durations and sizes as operators write them: ``"5m"``, ``"1h30m"``, ``"16MiB"``.
 
-Pure functions with no pydantic in sight, so the CLI and the docs can use them too.
+Pure functions with no pydantic in sight, so the CLI and the docs can use them too:
+argparse types import this module, not the config package (it loads pydantic).
 Arithmetic goes through :class:`~fractions.Fraction` so that ``"4s5ms"`` gives exactly
 the float nearest 4.005, the same as ``4005 / 1000``: formatting and parsing round-trip.
 """
