@@ -59,6 +59,20 @@ def cut_off(tmp_path: Path, pair: PostgresPair, hanging: int) -> Path:
                    witness=f"http://127.0.0.1:{hanging}", peers=[f"http://{REFUSING}"])
 
 
+
+async def record_failover_to_east(redis_url: str) -> int:
+    """The lock store records east as primary under the epoch of a lock east took;
+    that epoch."""
+    store = RedisClusterStore(redis_url)
+    lock = RedisLeaderLock(redis_url, holder="east", ttl=3.0)
+    lease = await lock.acquire()
+    assert lease is not None
+    await store.record_primary(EAST, epoch=lease.epoch, run_id="fo-east", lease=lease)
+    await lock.close()
+    await store.close()
+    return lease.epoch
+
+
 async def test_a_gate_that_hears_nothing_refuses_the_start_and_says_why(
     tmp_path: Path, pg_pair: PostgresPair, hanging_port: int,
 ) -> None:
@@ -129,20 +143,14 @@ async def test_the_witness_reporting_a_failover_elsewhere_refuses_the_start(
     # East was promoted under epoch 3 and recorded so; a real witness daemon follows the
     # record. West's gate reaches neither the lock store nor east's server: only the
     # witness.
-    store = RedisClusterStore(redis_server.url)
-    lock = RedisLeaderLock(redis_server.url, holder="east", ttl=3.0)
-    lease = await lock.acquire()
-    assert lease is not None
-    await store.record_primary(EAST, epoch=lease.epoch, run_id="fo-east", lease=lease)
-    await lock.close()
-    await store.close()
+    epoch = await record_failover_to_east(redis_server.url)
     with WatchdogFleet(pg_pair, redis_server, tmp_path / "fleet") as fleet:
         witness = fleet.start(EAST, name="witness", overrides={"role": "witness"})
         listen = yaml.safe_load(witness.config.read_text())["api"]["listen"]
         fleet.wait_for(is_event("daemon_started"), 30, what="the witness started")
         report = _observations(f"http://{listen}")
         assert report["primary_region"] == EAST
-        assert report["failover_epoch"] == lease.epoch
+        assert report["failover_epoch"] == epoch
         pg_pair.primary.kill()
         config = cut_off(tmp_path, pg_pair, hanging_port)
         rewrite(config, witness=f"http://{listen}", peers=[])
@@ -151,7 +159,7 @@ async def test_the_witness_reporting_a_failover_elsewhere_refuses_the_start(
 
     assert code == 1, out
     assert (f"witness (witness, witness in {EAST}) reports the primary in {EAST} since "
-            f"epoch {lease.epoch}") in err
+            f"epoch {epoch}") in err
     # The primary is elsewhere: in control mode the gate made a start anyway read-only.
     assert (pg_pair.primary.datadir / "standby.signal").is_file()
     assert WEST in err

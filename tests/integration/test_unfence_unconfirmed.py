@@ -15,8 +15,6 @@ import pytest
 import structlog
 
 from agentaskit_dr.actuators.fence import fence_server
-from agentaskit_dr.leadership.cluster import RedisClusterStore
-from agentaskit_dr.leadership.redis_lock import RedisLeaderLock
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.test_start_gate import EAST, WEST, cli
@@ -24,6 +22,7 @@ from tests.integration.test_start_gate_unconfirmed import (  # noqa: F401
     REFUSING,
     cut_off,
     hanging_port,
+    record_failover_to_east,
     rewrite,
 )
 
@@ -123,13 +122,7 @@ async def test_a_recorded_failover_elsewhere_refuses_even_with_allow_unconfirmed
     hanging_port: int,  # noqa: F811
 ) -> None:
     # The lock store is the only source that answers, and it records east's failover.
-    store = RedisClusterStore(redis_server.url)
-    lock = RedisLeaderLock(redis_server.url, holder="east", ttl=3.0)
-    lease = await lock.acquire()
-    assert lease is not None
-    await store.record_primary(EAST, epoch=lease.epoch, run_id="fo-east", lease=lease)
-    await lock.close()
-    await store.close()
+    epoch = await record_failover_to_east(redis_server.url)
     await fenced(pg_pair)
     config = rewrite(cut_off(tmp_path, pg_pair, hanging_port),
                      lock={"url": redis_server.url, "ttl": "3s", "socket_timeout": "0.5s"})
@@ -138,5 +131,5 @@ async def test_a_recorded_failover_elsewhere_refuses_even_with_allow_unconfirmed
 
     assert code == 1, out
     assert "refusing to lift us-west-2's fence: the cluster record in the lock store says " \
-           f"the primary is in {EAST} since the failover of epoch {lease.epoch}" in err
+           f"the primary is in {EAST} since the failover of epoch {epoch}" in err
     assert still_fenced(pg_pair)

@@ -53,6 +53,20 @@ async def run_for(probes: list[TimedProbe], seconds: float, *, interval: float =
     return reports
 
 
+async def handed_over(probes: list[TimedProbe], seconds: float,
+                      timing: ProbeTiming) -> list[tuple[float, str]]:
+    """(loop time, probe) of each report as the scheduler hands it to the engine."""
+    handed: list[tuple[float, str]] = []
+    scheduler = ProbeScheduler(probes, timing,
+                               lambda r: handed.append((asyncio.get_running_loop().time(),
+                                                        r.probe)),
+                               generation=1, rng=random.Random(3))
+    scheduler.start()
+    await asyncio.sleep(seconds)
+    await scheduler.stop()
+    return handed
+
+
 @pytest.mark.looptime
 async def test_every_probe_starts_at_the_same_round_times() -> None:
     probes = [TimedProbe("db", 0.004), TimedProbe("health", 0.03), TimedProbe("other", 0.2)]
@@ -102,14 +116,7 @@ async def test_a_hung_probe_is_reported_failed_at_the_backstop_and_rejoins_the_r
 @pytest.mark.looptime
 async def test_a_rounds_reports_are_handed_over_together_when_the_last_returns() -> None:
     probes = [TimedProbe("db", 0.004), TimedProbe("health", 0.03)]
-    handed: list[tuple[float, str]] = []
-    scheduler = ProbeScheduler(probes, ProbeTiming(1.0, 0.8, 0.1),
-                               lambda r: handed.append((asyncio.get_running_loop().time(),
-                                                        r.probe)),
-                               generation=1, rng=random.Random(3))
-    scheduler.start()
-    await asyncio.sleep(3.5)
-    await scheduler.stop()
+    handed = await handed_over(probes, 3.5, ProbeTiming(1.0, 0.8, 0.1))
 
     by_time: dict[float, list[str]] = {}
     for at, name in handed:
@@ -125,14 +132,7 @@ async def test_a_rounds_reports_are_handed_over_together_when_the_last_returns()
 @pytest.mark.looptime
 async def test_a_hung_probe_holds_its_rounds_other_reports_for_the_gather_window_only() -> None:
     fast, hung = TimedProbe("fast", 0.01), TimedProbe("hung", 60.0)
-    handed: list[tuple[float, str]] = []
-    scheduler = ProbeScheduler([fast, hung], ProbeTiming(1.0, 0.5, 0.1),
-                               lambda r: handed.append((asyncio.get_running_loop().time(),
-                                                        r.probe)),
-                               generation=1, rng=random.Random(3))
-    scheduler.start()
-    await asyncio.sleep(0.5)
-    await scheduler.stop()
+    handed = await handed_over([fast, hung], 0.5, ProbeTiming(1.0, 0.5, 0.1))
 
     assert handed == [(pytest.approx(fast.starts[0] + 0.01 + GATHER), "fast")]
 
