@@ -142,11 +142,14 @@ def test_primary_killed_while_the_secondary_region_answers_503_holds_until_it_re
         assert pg_pair.replica.sql("SELECT pg_is_in_recovery()") == "t"
 
         east_lb.status = 200
-        fleet.wait_for(is_event("promotion_done"), THRESHOLD * 3 + 10,
-                       what="promotion once the secondary region is healthy")
+        done = fleet.wait_for(is_event("promotion_done"), THRESHOLD * 3 + 10,
+                              what="promotion once the secondary region is healthy")
+        # Counted while east's load balancer still answers: once this block closes it,
+        # a watchdog not stopped yet may well see east unhealthy again (a real outage).
+        holds = [alert for alert in fleet.events(is_alert("holding the failover"))
+                 if alert["timestamp"] <= done["timestamp"]]
 
     assert pg_pair.replica.sql("SELECT pg_is_in_recovery()") == "f"
-    holds = fleet.events(is_alert("holding the failover"))
     assert len(holds) <= len(REGIONS), "at most one hold alert per watchdog"
     held = fleet.events(is_event("verdict", since=killed_at))
     assert any("holding the failover" in str(e["verdict"]) for e in held)
