@@ -67,8 +67,12 @@ async def test_a_store_that_cannot_be_read_leaves_both_on_what_they_knew(
     planned = PlannedRuns(SimpleNamespace(post=posted.append), SimpleNamespace(),  # type: ignore[arg-type]
                           journal, store)
     planned.controls = controls
+    # The pause is set-up: written through a store with a roomy timeout, so a slow first
+    # connect under load is not mistaken for the failure this test is about.
+    setup = RedisClusterStore(redis_server.url, socket_timeout=5.0)
     try:
-        await store.pause(reason="maintenance", by="test")
+        await setup.pause(reason="maintenance", by="test")
+        await setup.close()
         await planned.refresh()
         redis_server.kill()
 
