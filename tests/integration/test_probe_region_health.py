@@ -215,11 +215,25 @@ async def test_session_passed_in_is_used_and_left_open(health_server: HealthServ
     assert observation.healthy
 
 
+def kept_probe(url: str, session_max_age: float) -> RegionHealthProbe:
+    """One URL, healthy only when it answers 2xx, connections kept ``session_max_age``."""
+    return RegionHealthProbe("us-east-1", [url], timeout=1.0, healthy_fraction=1.0,
+                             session_max_age=session_max_age)
+
+
+async def serve_on(server: HealthServer, port: int) -> web.AppRunner:
+    """``server``'s endpoints on a fixed port (so a restart keeps its URL)."""
+    runner = web.AppRunner(server.app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    server.base = f"http://127.0.0.1:{port}"
+    return runner
+
+
 async def test_checks_share_a_kept_connection_until_it_ages_out(
     health_server: HealthServer,
 ) -> None:
-    probe = RegionHealthProbe("us-east-1", [health_server.url("/ok")], timeout=1.0,
-                              healthy_fraction=1.0, session_max_age=0.6)
+    probe = kept_probe(health_server.url("/ok"), 0.6)
     try:
         for _ in range(3):
             assert (await probe.observe()).healthy
@@ -235,8 +249,7 @@ async def test_checks_share_a_kept_connection_until_it_ages_out(
 async def test_session_max_age_zero_opens_a_new_connection_per_check(
     health_server: HealthServer,
 ) -> None:
-    probe = RegionHealthProbe("us-east-1", [health_server.url("/ok")], timeout=1.0,
-                              healthy_fraction=1.0, session_max_age=0)
+    probe = kept_probe(health_server.url("/ok"), 0)
     try:
         for _ in range(3):
             assert (await probe.observe()).healthy
@@ -248,23 +261,13 @@ async def test_session_max_age_zero_opens_a_new_connection_per_check(
 async def test_a_kept_connection_the_server_closed_is_not_an_outage() -> None:
     """The server restarts between two checks (its kept connection is gone): the check
     goes out again on a new connection and the region stays healthy."""
-    port = free_port()
-    server = HealthServer()
-    server.base = f"http://127.0.0.1:{port}"
-
-    async def serve() -> web.AppRunner:
-        runner = web.AppRunner(server.app, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return runner
-
-    probe = RegionHealthProbe("us-east-1", [server.url("/ok")], timeout=1.0,
-                              healthy_fraction=1.0, session_max_age=60)
-    runner = await serve()
+    port, server = free_port(), HealthServer()
+    runner = await serve_on(server, port)
+    probe = kept_probe(server.url("/ok"), 60)
     try:
         assert (await probe.observe()).healthy
         await runner.cleanup()  # closes the kept connection from the server's side
-        runner = await serve()
+        runner = await serve_on(server, port)
         observation = await probe.observe()
     finally:
         await probe.close()
@@ -275,14 +278,9 @@ async def test_a_kept_connection_the_server_closed_is_not_an_outage() -> None:
 
 
 async def test_a_stopped_server_behind_a_kept_connection_is_a_failure() -> None:
-    port = free_port()
     server = HealthServer()
-    server.base = f"http://127.0.0.1:{port}"
-    runner = web.AppRunner(server.app, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    probe = RegionHealthProbe("us-east-1", [server.url("/ok")], timeout=1.0,
-                              healthy_fraction=1.0, session_max_age=60)
+    runner = await serve_on(server, free_port())
+    probe = kept_probe(server.url("/ok"), 60)
     try:
         assert (await probe.observe()).healthy
         await runner.cleanup()
