@@ -278,13 +278,16 @@ def test_replica_lagging_past_the_gate_is_not_promoted_and_refusal_repeats_after
     holder = fleet.wait_ready()
 
     pg_pair.replica.sql("SELECT pg_wal_replay_pause()")
+    # From the pause, not from the end of the write: the WAL streams while the table is
+    # written, so the probe can see the lag cross the gate (the one verdict line logged for
+    # it: lines come on change) before the statement returns.
+    paused_at = time.time()
     pg_pair.primary.sql(
         "CREATE TABLE backlog AS SELECT g AS id, repeat('x', 200) AS pad "
         "FROM generate_series(1, 20000) g"
     )
-    written_at = time.time()
     lagging = fleet.wait_for(
-        lambda e: is_verdict(since=written_at)(e) and (e.get("lag_bytes") or 0) > max_lag,
+        lambda e: is_verdict(since=paused_at)(e) and (e.get("lag_bytes") or 0) > max_lag,
         4 * INTERVAL + SLACK, what="a verdict showing the lag above the gate", dogs=[holder],
     )
     pg_pair.primary.kill()
