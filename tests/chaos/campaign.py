@@ -84,6 +84,7 @@ def run_once(seed: int, duration: float, workdir: Path, *, quiet: float = DEFAUL
             history.faults = sorted(
                 catalog.log + (world.binding.fault_records() if world.binding else []),
                 key=lambda f: f.start)
+            history.starts = list(world.starts)
             history.commits = sorted((c for w in world.writers for c in w.commits),
                                      key=lambda c: c.acked)
         history.final = world.final_state()

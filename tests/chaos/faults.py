@@ -150,7 +150,7 @@ class FaultCatalog:
         if self.world.servers[target].running:
             fault.notes.append("started again by its binding")
             return
-        if not self.world.start_behind_gate(target):
+        if not self.world.start_behind_gate(target, "the kill_db heal"):
             fault.notes.append("start gate refused")
 
     def _inject_pause_db(self, fault: Injected) -> None:

@@ -63,6 +63,7 @@ def frozen_primary(workdir: Path, *, control: bool, bound: bool = False) -> dict
         world.stop_writers()
         history.commits = sorted((c for w in world.writers for c in w.commits),
                                  key=lambda c: c.acked)
+        history.starts = list(world.starts)
         history.final = world.final_state()
         history.events = world.lab.events()
         history.non_json = non_json_lines(world)

@@ -64,6 +64,17 @@ class FaultRecord:
         return self.start <= at and (self.end is None or at < self.end)
 
 
+@dataclass(frozen=True, slots=True)
+class ServerStart:
+    """A PostgreSQL server the world started (a ``kill_db`` heal, the binding), behind its
+    start gate: ``at``, when it answered (wall clock); ``by``, what started it. A daemon's
+    own starts are in its events."""
+
+    server: str
+    at: float
+    by: str
+
+
 @dataclass(slots=True)
 class FinalState:
     """What the world found after the quiet period.
@@ -83,8 +94,9 @@ class FinalState:
 
 @dataclass(slots=True)
 class History:
-    """One run: commits, the fault log, every daemon event (``watchdog`` names the
-    daemon), every daemon line that was not a JSON object, and the final state."""
+    """One run: commits, the fault log, the servers the world started, every daemon
+    event (``watchdog`` names the daemon), every daemon line that was not a JSON object,
+    and the final state."""
 
     seed: int
     threshold: float
@@ -92,6 +104,7 @@ class History:
     fence_after: float = 2.0
     commits: list[Commit] = field(default_factory=list)
     faults: list[FaultRecord] = field(default_factory=list)
+    starts: list[ServerStart] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     non_json: list[tuple[str, str]] = field(default_factory=list)
     final: FinalState = field(default_factory=FinalState)
@@ -110,11 +123,13 @@ class History:
         final = data.pop("final")
         final["rows"] = {k: set(v) for k, v in final["rows"].items()}
         history = cls(**{k: v for k, v in data.items()
-                         if k not in {"commits", "faults", "non_json"}})
+                         if k not in {"commits", "faults", "starts", "non_json"}})
         history.commits = [Commit(**c) for c in data["commits"]]
         history.faults = [FaultRecord(**{**f, "down": tuple(f["down"]),
                                          "cut": tuple(tuple(c) for c in f["cut"])})
                           for f in data["faults"]]
+        # A history saved before starts were recorded has none.
+        history.starts = [ServerStart(**s) for s in data.get("starts", [])]
         history.non_json = [(str(x[0]), str(x[1])) for x in data["non_json"]]
         history.final = FinalState(**final)
         return history

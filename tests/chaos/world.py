@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.sentinel import SERVICE, SentinelSet
 from tests.chaos.binding import BOUND, Binding, BindingTiming
-from tests.chaos.history import FinalState
+from tests.chaos.history import FinalState, ServerStart
 from tests.chaos.writers import INSERT, SETUP, TABLE, AppWriter, app_dsn
 from tests.integration.netcut import Network
 from tests.integration.partition_harness import (
@@ -155,6 +156,8 @@ class World:
         self.network: Network | None = None
         self.lab: ChaosLab | None = None
         self.writers: list[AppWriter] = []
+        #: Every server this world started again (the checker: up from then).
+        self.starts: list[ServerStart] = []
         self._stack = contextlib.ExitStack()
 
     @property
@@ -182,8 +185,10 @@ class World:
             self.lab = lab
             if self.bound:
                 timing = self._binding_timing or BindingTiming.scaled(self.timing)
-                self.binding = Binding(lab, self.servers, self.start_behind_gate, timing,
-                                       self.locks)
+                self.binding = Binding(
+                    lab, self.servers,
+                    lambda db: self.start_behind_gate(db, "the binding (its watchdog READY)"),
+                    timing, self.locks)
                 lab.binding = self.binding
                 self.binding.start()
                 stack.callback(self.binding.close)
@@ -232,9 +237,10 @@ class World:
         with lock:
             yield
 
-    def start_behind_gate(self, target: str) -> bool:
+    def start_behind_gate(self, target: str, by: str) -> bool:
         """Start server ``target`` as its service manager would, behind the start gate
-        (``ExecStartPre=``); False when the gate refused (the server stays down)."""
+        (``ExecStartPre=``); False when the gate refused (the server stays down). A start
+        is recorded in :attr:`starts` once the server answers (``by``: what started it)."""
         assert self.lab is not None
         node = WEST if target == WEST_DB else EAST
         dog = self.lab.fleet.dogs[node]
@@ -245,6 +251,7 @@ class World:
         if done.returncode != 0:
             return False
         self.servers[target].start(START_TIMEOUT, accepting=False)
+        self.starts.append(ServerStart(target, time.time(), by))
         return True
 
     def stop_writers(self) -> None:
