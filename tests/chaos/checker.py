@@ -20,6 +20,7 @@ from typing import Any
 
 from agentaskit_dr.sandbox.drill import event_time
 from tests.chaos.convergence import convergence
+from tests.chaos.downtime import ServerUp, daemon_faults, up_proofs
 from tests.chaos.history import (
     DB_REGION,
     REGION_DB,
@@ -40,8 +41,6 @@ HEAL_TOLERANCE = 3.0
 #: Vantage points (of three) that must not reach the primary for its condition to hold.
 QUORUM = 2
 INITIAL_PRIMARY = "us-west-2"
-#: The server in each watchdog's own region (the one its self-fence stops).
-OWN_SERVER = {"west": "west-db", "east": "east-db"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,26 +272,6 @@ def held_throughout(faults: Sequence[FaultRecord], condition: Condition, start: 
     return all(condition([f for f in late if f.active_at(point)]) for point in points)
 
 
-#: Daemon events that stop their own region's server when their detail says so.
-_STOPPING = {"self_fenced", "own_primary_held_before_threshold"}
-
-
-def daemon_faults(events: Sequence[dict[str, Any]]) -> list[FaultRecord]:
-    """Servers the daemons stopped themselves: a self-fence in control mode and an
-    own-primary hold stop their region's server, which stays down (a fault no schedule
-    injected, but a real one)."""
-    found = []
-    for event in events:
-        stopping = event.get("event") in _STOPPING and event.get("fenced", True) is True
-        if stopping and any(word in str(event.get("detail")) for word in ("stopped", "killed")):
-            server = OWN_SERVER.get(event["watchdog"])
-            if server is not None:
-                kind = "self_fence" if event["event"] == "self_fenced" else "own_hold"
-                found.append(FaultRecord(kind, server, event_time(event), None,
-                                         down=(server,)))
-    return found
-
-
 def false_self_fences(events: Sequence[dict[str, Any]], faults: Sequence[FaultRecord], *,
                       fence_after: float) -> list[Violation]:
     """Each self-fence must rest on its watchdog hearing neither peer nor witness for
@@ -319,11 +298,14 @@ def false_self_fences(events: Sequence[dict[str, Any]], faults: Sequence[FaultRe
 
 
 def false_failovers(events: Sequence[dict[str, Any]], faults: Sequence[FaultRecord], *,
-                    threshold: float, region_threshold: float) -> list[Violation]:
+                    threshold: float, region_threshold: float,
+                    proofs: Sequence[ServerUp]) -> list[Violation]:
     """Each real promotion's decision must rest on its condition: the primary's database
-    (or region health) unreachable from a quorum for the threshold, per the fault log."""
+    (or region health) unreachable from a quorum for the threshold, per the fault log and
+    the servers the daemons stopped, each down until ``proofs`` show it up again
+    (:mod:`tests.chaos.downtime`)."""
     ordered = sorted(events, key=event_time)
-    faults = [*faults, *daemon_faults(ordered)]
+    faults = [*faults, *daemon_faults(ordered, proofs)]
     found = []
     for promotion in promotions(ordered):
         decision = _decision_for(ordered, promotion)
@@ -378,9 +360,11 @@ def check(history: History, exited: Sequence[str] = ()) -> Verdict:
     violations, losses = lost_writes(history.commits, history.final, promoted)
     verdict.violations += violations
     verdict.losses = losses
+    proofs = up_proofs(history.commits, history.starts, history.events)
     verdict.violations += false_failovers(history.events, history.faults,
                                           threshold=history.threshold,
-                                          region_threshold=history.region_threshold)
+                                          region_threshold=history.region_threshold,
+                                          proofs=proofs)
     verdict.violations += false_self_fences(history.events, history.faults,
                                             fence_after=history.fence_after)
     verdict.violations += convergence(history.final, history.non_json, exited)

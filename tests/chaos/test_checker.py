@@ -4,6 +4,7 @@ fails on one built to break it."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from tests.chaos.checker import (
     write_windows,
 )
 from tests.chaos.convergence import convergence, status_epoch
-from tests.chaos.history import Commit, FaultRecord, FinalState, History
+from tests.chaos.downtime import daemon_faults, up_proofs
+from tests.chaos.history import Commit, FaultRecord, FinalState, History, ServerStart
 
 T0 = 1_800_000_000.0
 THRESHOLD = 5.5
@@ -160,8 +162,9 @@ def cut(start: float, end: float, *links: tuple[str, str]) -> FaultRecord:
 
 
 def judge(events: list[dict[str, Any]], faults: list[FaultRecord]) -> list[str]:
+    """The false-failover rule with no proof of a server up (no commit, no start)."""
     return [v.rule for v in false_failovers(events, faults, threshold=THRESHOLD,
-                                            region_threshold=8.0)]
+                                            region_threshold=8.0, proofs=[])]
 
 
 def test_a_failover_after_the_primary_was_down_for_the_threshold_is_justified() -> None:
@@ -257,6 +260,103 @@ def test_a_server_its_own_primary_hold_killed_counts_as_down() -> None:
     assert judge([idle, *failover_events(10)], paused) == ["false_failover"]
 
 
+def held(at: float, watchdog: str = "west") -> dict[str, Any]:
+    server = "us-west-2" if watchdog == "west" else "us-east-1"
+    return event("own_primary_held_before_threshold", at, watchdog,
+                 detail=f"{server} server killed (SIGKILL to postmaster 1); standby.signal "
+                 "written, a restart comes up in recovery")
+
+
+def failover_history(events: list[dict[str, Any]], commits: list[Commit],
+                     faults: list[FaultRecord] | None = None) -> History:
+    """West-db the primary until east promotes east-db (timeline 2); every write kept."""
+    history = History(seed=8005, threshold=THRESHOLD, region_threshold=8.0)
+    history.events = events
+    history.commits = commits
+    history.faults = faults or []
+    history.final = converged(rows={c.id for c in commits})
+    return history
+
+
+def rules(history: History) -> set[str]:
+    return {v.rule for v in check(history).violations}
+
+
+def test_a_hold_kill_during_a_freeze_then_a_promotion_passes_as_a_whole() -> None:
+    """Seed 8005 as a whole history: west-db frozen 1..4, held (killed) at 2.5, the
+    freeze's heal woke nothing, east promoted at 10.3; no write on west-db after."""
+    commits = [commit(i, "west-db", i * 0.1) for i in range(10)]
+    commits += [commit(100 + i, "east-db", 11 + i * 0.1, timeline=2) for i in range(20)]
+    paused = [FaultRecord("pause_db", "west-db", T0 + 1, T0 + 4, down=("west-db",))]
+    assert rules(failover_history([held(2.5), *failover_events(10)], commits, paused)) == set()
+
+
+def test_a_held_server_that_acknowledged_a_write_again_was_up_from_that_write() -> None:
+    """West-db killed by its hold at 2.5, back and taking a write at 4.0 (a restart behind
+    the start gate): up from then, so a failover decided at 12 on no fault is false."""
+    commits = [commit(i, "west-db", i * 0.1) for i in range(10)]
+    commits.append(commit(50, "west-db", 4.0))
+    commits += [commit(100 + i, "east-db", 13 + i * 0.1, timeline=2) for i in range(20)]
+    assert rules(failover_history([held(2.5), *failover_events(12)], commits)) == {
+        "false_failover"}
+    # Without that write nothing shows it back: still down, the failover is sound.
+    assert rules(failover_history([held(2.5), *failover_events(12)], commits[:10]
+                                  + commits[11:])) == set()
+
+
+def test_a_write_sent_before_the_hold_does_not_show_the_server_back() -> None:
+    # Sent before the stop was logged: it may have committed before the kill.
+    straddling = Commit("app-9", "app", "west-db", 1, T0 + 2.4, T0 + 2.6)
+    commits = [commit(i, "west-db", i * 0.1) for i in range(5)] + [straddling]
+    commits += [commit(100 + i, "east-db", 13 + i * 0.1, timeline=2) for i in range(20)]
+    assert rules(failover_history([held(2.5), *failover_events(12)], commits)) == set()
+
+
+def test_a_held_server_the_world_started_again_was_up_from_that_start() -> None:
+    """The start is recorded by the world (a kill_db heal or the binding, behind the start
+    gate): a server held in recovery takes no write, but it answers, so it is not down."""
+    commits = [commit(i, "west-db", i * 0.1) for i in range(10)]
+    history = failover_history([held(2.5), *failover_events(12)], commits)
+    history.starts = [ServerStart("west-db", T0 + 4.0, "kill_db heal")]
+    assert rules(history) == {"false_failover"}
+    # A start before the hold's kill shows nothing about after it.
+    history.starts = [ServerStart("west-db", T0 + 2.0, "kill_db heal")]
+    assert rules(history) == set()
+
+
+def test_a_self_fenced_server_its_lift_started_again_was_up_from_the_lift() -> None:
+    lifted = event("self_fence_lifted", 4.0, "west", epoch=1, detail=(
+        "us-east-1: in recovery; standby.signal removed; server started; read-only reset"))
+    events = [self_fenced(2.5), lifted, *failover_events(12)]
+    isolated = [cut(0, 3, ("west", "east"), ("west", "witness"))]
+    assert rules(failover_history(events, [], isolated)) == {"false_failover"}
+    # A lift that started nothing says nothing of when the server came back.
+    lifted["detail"] = "us-east-1: in recovery; read-only reset; LOGIN given back to: none"
+    assert rules(failover_history(events, [], isolated)) == set()
+
+
+def test_a_daemon_stop_lasts_until_the_first_proof_after_it_that_the_server_ran() -> None:
+    proofs = up_proofs([commit(1, "west-db", 1), commit(2, "east-db", 3),
+                        commit(3, "west-db", 7), commit(4, "west-db", 6)],
+                       [ServerStart("west-db", T0 + 6.5, "the binding")], [])
+    (record,) = daemon_faults([held(2.5)], proofs)
+    assert (record.kind, record.target, record.start, record.end) == (
+        "own_hold", "west-db", T0 + 2.5, T0 + 6.01)
+    assert daemon_faults([held(2.5)], proofs[:2])[0].end is None
+
+
+def test_a_held_server_started_again_and_written_while_the_other_is_primary_is_split_brain(
+) -> None:
+    """The down record never hides writes: west-db killed by its hold at 2.5, restarted
+    and taking writes 15..16 on timeline 1 while east-db (timeline 2) takes them."""
+    commits = [commit(i, "west-db", i * 0.1) for i in range(10)]
+    commits += [commit(100 + i, "east-db", 11 + i * 0.1, timeline=2) for i in range(100)]
+    commits += [commit(50 + i, "west-db", 15 + i * 0.1) for i in range(10)]
+    paused = [FaultRecord("pause_db", "west-db", T0 + 1, T0 + 4, down=("west-db",))]
+    assert rules(failover_history([held(2.5), *failover_events(10)], commits, paused)) == {
+        "split_brain"}
+
+
 def test_a_self_fence_of_a_watchdog_cut_off_from_both_others_is_justified() -> None:
     faults = [cut(0, 30, ("west", "east"), ("west", "witness"))]
     assert false_self_fences([self_fenced(5)], faults, fence_after=2.0) == []
@@ -346,3 +446,17 @@ def test_check_gives_one_verdict_with_every_violation_and_survives_a_save(
     assert {v.rule for v in verdict.violations} == {"split_brain", "lost_write",
                                                     "false_failover"}
     assert verdict.summary().startswith("FAIL false_failover,lost_write,split_brain")
+
+
+def test_the_world_s_server_starts_survive_a_save_and_older_histories_have_none(
+    tmp_path: Path,
+) -> None:
+    history = History(seed=7, threshold=THRESHOLD, region_threshold=8.0)
+    history.starts = [ServerStart("west-db", T0 + 4.0, "the kill_db heal")]
+    path = tmp_path / "history.json"
+    history.save(path)
+    assert History.load(path).starts == history.starts
+    older = json.loads(path.read_text())
+    del older["starts"]
+    path.write_text(json.dumps(older))
+    assert History.load(path).starts == []
