@@ -292,8 +292,8 @@ def test_a_hold_kill_during_a_freeze_then_a_promotion_passes_as_a_whole() -> Non
 
 
 def test_a_held_server_that_acknowledged_a_write_again_was_up_from_that_write() -> None:
-    """West-db killed by its hold at 2.5, back and taking a write at 4.0 (a restart behind
-    the start gate): up from then, so a failover decided at 12 on no fault is false."""
+    """West-db killed by its hold at 2.5, back and taking a write at 4.0 (whatever started
+    it): up from then, so a failover decided at 12 on no fault is false."""
     commits = [commit(i, "west-db", i * 0.1) for i in range(10)]
     commits.append(commit(50, "west-db", 4.0))
     commits += [commit(100 + i, "east-db", 13 + i * 0.1, timeline=2) for i in range(20)]
