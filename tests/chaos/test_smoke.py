@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.campaign import run_once
+from tests.chaos.history import History
 from tests.chaos.schedule import generate
 
 pytestmark = pytest.mark.integration
@@ -34,3 +35,7 @@ def test_smoke_schedule_passes_the_checker(tmp_path: Path) -> None:
     assert verdict.commits > 0
     assert verdict.promotions == 0
     assert result.fault_seconds > 0
+    # The kill's heal started the server again behind its start gate: recorded, so the
+    # checker can see it up (tests/chaos/downtime.py).
+    starts = History.load(result.history_path).starts
+    assert (planned[0].target, "the kill_db heal") in {(s.server, s.by) for s in starts}
