@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentaskit_dr.atomic_file import write_atomically
+
 STANDBY_SIGNAL = "standby.signal"
 AUTO_CONF = "postgresql.auto.conf"
 _POSTGRES_NAMES = ("postgres", "postmaster")
@@ -298,20 +300,9 @@ def _rewrite_auto_conf(control: ServerControl, path: Path, primary_conninfo: str
 
 def _write_owned(control: ServerControl, path: Path, text: str) -> None:
     """Write ``path`` atomically, mode 0600, owned like the data directory."""
-    temporary = path.with_name(f".{path.name}.agentaskit-dr")
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        owner = control.data_directory.stat()
-        if os.geteuid() == 0:
-            os.chown(temporary, owner.st_uid, owner.st_gid)
-        temporary.replace(path)
+        write_atomically(path, text, mode=0o600, owner_of=control.data_directory)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         raise ServerControlFailed(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

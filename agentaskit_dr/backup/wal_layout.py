@@ -28,6 +28,8 @@ import os
 import re
 from pathlib import Path
 
+from agentaskit_dr.atomic_file import write_atomically
+
 #: The default spool directory (``postgresql.wal.spool_dir``).
 DEFAULT_SPOOL = Path("/var/spool/agentaskit-dr/wal")
 WAL_PREFIX = "wal/"
@@ -105,16 +107,11 @@ class Spool:
 
 
 def write_atomic(path: Path, data: bytes, *, owner_of: Path | None = None) -> None:
-    """Write ``path`` whole or not at all (temp file + rename). When we run as root (a test,
-    or an archiver started as root), ``owner_of``'s owner gets the file so the server's
-    user can read and remove it."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temp.open("wb") as out:
-        out.write(data)
-    if owner_of is not None and os.geteuid() == 0:
-        stat = owner_of.stat()
-        os.chown(temp, stat.st_uid, stat.st_gid)
-    temp.replace(path)
+    """Write a spool file whole or not at all (:func:`write_atomically`, not fsynced: a
+    marker lost in a crash repeats an idempotent push or fetch). When we run as root (a
+    test, or an archiver started as root), ``owner_of``'s owner gets the file so the
+    server's user can read and remove it."""
+    write_atomically(path, data, owner_of=owner_of, durable=False)
 
 
 def stat_signature(path: Path) -> str:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agentaskit_dr.atomic_file import write_atomically
 from agentaskit_dr.drtesting.records import STATE_DIR, record_run
 from agentaskit_dr.drtesting.schedule import RecordedRun, iso
 
@@ -56,10 +57,7 @@ def _load(evidence_dir: Path) -> dict[str, Any]:
 
 
 def _save(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    temporary.replace(path)
+    write_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 def start(evidence_dir: Path, *, by: str, now: float, note: str = "") -> dict[str, Any]:

@@ -10,14 +10,13 @@ backup jobs' evidence (``<evidence_dir>/backups/*.json``, kinds ``verify-backup`
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from agentaskit_dr.atomic_file import write_atomically
 from agentaskit_dr.drtesting.schedule import PLAN_TESTS, RecordedRun, ScheduleRow, evaluate
 
 if TYPE_CHECKING:
@@ -168,10 +167,6 @@ def _run(value: object) -> RecordedRun | None:
 
 def _write(path: Path, state: Mapping[str, Any]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".schedule-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(state, indent=2) + "\n")
-        Path(temporary).replace(path)
+        write_atomically(path, json.dumps(state, indent=2) + "\n")
     except OSError as exc:
         raise ScheduleStateError(f"{path}: cannot write the schedule state: {exc}") from exc

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from agentaskit_dr.atomic_file import write_atomically
 from agentaskit_dr.ports import RunJournal, StepStatus
 
 log = structlog.get_logger(__name__)
@@ -297,29 +296,3 @@ def _summarize(path: Path) -> tuple[dt.datetime, EvidenceSummary]:
         ) from None
     # A hand-written stamp without a zone is read as UTC, so stamps stay comparable.
     return created if created.tzinfo else created.replace(tzinfo=dt.UTC), summary
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, whole.
-
-    A temporary file in the same directory, fsynced, then renamed over ``path``; the
-    directory is fsynced too, so the rename survives a crash.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(0o644)  # mkstemp makes it 0600; evidence is for auditors to read
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)

@@ -12,8 +12,6 @@ review draft, written when the run ends either way.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -23,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from agentaskit_dr.atomic_file import write_atomically
 from agentaskit_dr.config import WatchdogConfig
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.leadership.journal import RedisJournal
@@ -274,7 +273,7 @@ def write_failback_evidence(directory: Path, run: RunJournal, outcome: str) -> s
     try:
         path = write_evidence(directory, FAILBACK_KIND, run.run_id, document)
         review = write_incident_review(directory, FAILBACK_KIND, run.run_id, document)
-        _replace_text(review, draft_incident_review(document) + _review_section(figures))
+        write_atomically(review, draft_incident_review(document) + _review_section(figures))
     except OSError as exc:
         log.error("evidence_not_written", run_id=run.run_id,  # noqa: TRY400
                   reason=exc.strerror or str(exc))
@@ -318,10 +317,3 @@ def _failover_link(failover_id: object) -> str:
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
-
-def _replace_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    Path(tmp).chmod(0o644)
-    Path(tmp).replace(path)

@@ -14,10 +14,10 @@ from typing import Any
 
 import structlog
 
+from agentaskit_dr.atomic_file import write_atomically
 from agentaskit_dr.runtime.evidence import (
     evidence_file,
     plain_name,
-    write_atomically,
     writes_blocked,
 )
 from agentaskit_dr.runtime.rpo import rpo_words
