@@ -216,8 +216,12 @@ def test_flapping_primary_frozen_in_bursts_shorter_than_threshold_never_fails_ov
         try:
             time.sleep(burst)  # the burst's length is this test's input
         finally:
+            # Before resume(), not after: it wakes the backends first, and a watchdog can
+            # see the primary back (and log "recovering", one line: lines come on change)
+            # before resume() returns. Nothing answers while frozen, so no "recovering"
+            # of this burst can predate this.
+            resumed_at = time.time()
             pg_pair.primary.resume()
-        resumed_at = time.time()
         # Each burst ends in a healthy observation by both watchdogs: their clocks restart.
         for node in WATCHDOGS:
             lab.wait_for(is_verdict("recovering (db_unreachable)", since=resumed_at),
