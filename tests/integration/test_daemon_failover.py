@@ -177,8 +177,11 @@ def test_primary_frozen_by_sigstop_is_promoted_after_threshold_and_fenced_once_i
         assert takes_writes(pg_pair.replica)
         assert marker(pg_pair.replica) == (epoch, holder.region)
     finally:
+        # Before resume(), not after: it wakes the backends first, and the west watchdog,
+        # retrying all along, can fence the server before resume() returns. A frozen
+        # server answers nobody, so no fence can predate this.
+        resumed_at = time.time()
         pg_pair.primary.resume()
-    resumed_at = time.time()
 
     # Invariant 1: once it answers again, the old primary is fenced: by its own region's
     # watchdog, which has been retrying since it learnt of the failover, or by the lock
@@ -258,8 +261,10 @@ def test_lock_store_down_blocks_promotion_until_redis_is_back(
     )
     assert in_recovery(pg_pair.replica)
 
-    redis_server.start()
+    # Before start(), not after: it returns once the port listens, and a watchdog can take
+    # the lock and promote before the test reads the clock.
     back_at = time.time()
+    redis_server.start()
     done = fleet.wait_for(is_event("promotion_done", since=back_at),
                           LOCK_TTL + PROMOTION_TIMEOUT,
                           what="promotion_done once Redis is back")
