@@ -79,8 +79,10 @@ def test_primary_rejecting_the_watchdog_role_in_pg_hba_is_not_failed_over(
     fleet.start_pair({"regions": databases, "probe": {"session_max_age": "0.5s"}})
     fleet.wait_ready()
 
-    reject_in_pg_hba(primary, WATCHDOG_ROLE)
+    # Before the change, not after: the server applies the reload while psql is still
+    # exiting, and a probe session reopened then is refused (one alert per watchdog).
     rejected_at = time.time()
+    reject_in_pg_hba(primary, WATCHDOG_ROLE)
 
     fleet.wait_for(is_alert("primary refuses the watchdog", since=rejected_at),
                    THRESHOLD * 2, what="the alert 'primary refuses the watchdog'")
