@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
+from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.local_servers.tcp import free_port
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from agentaskit_dr.sandbox.writer import WriterLog, write_continuously
-from tests.integration.daemon_harness import REGIONS, Watchdog, WatchdogFleet
+from tests.integration.daemon_harness import REGIONS, Watchdog, WatchdogFleet, wait_until
 from tests.integration.test_failback_run import control_of
 
 TOKEN = "s3cret-api-token"
@@ -99,6 +100,14 @@ def background_writers(pair: PostgresPair, count: int = 3) -> Iterator[WriterLog
     finally:
         stop.set()
         thread.join(30)
+
+
+def wait_written_on(log: WriterLog, server: PostgresServer, timeout: float = 10.0) -> None:
+    """Wait until ``server`` acknowledges a write from now on: the background writers
+    found it (not a fixed pause, which a busy machine can outlast)."""
+    before = len(log.acked_on(server.name))
+    wait_until(lambda: len(log.acked_on(server.name)) > before, timeout,
+               what=f"a write acknowledged by {server.name}", hint=f"failures: {log.failed[-3:]}")
 
 
 def fleet_overrides(pair: PostgresPair, token: Path, *,

@@ -33,6 +33,7 @@ from tests.integration.api_fleet import (
     call,
     start_fleet,
     token_file,
+    wait_written_on,
 )
 from tests.integration.daemon_harness import (
     REGIONS,
@@ -109,7 +110,7 @@ def test_failback_through_the_api_is_not_fought_and_the_restored_primary_is_prot
     assert "POST /v1/failback" in refusal
 
     with background_writers(pg_pair) as log:
-        time.sleep(0.5)  # the writers find east
+        wait_written_on(log, east)  # the writers found east
         # 2. The failback, asked of the wrong watchdog, of the right one as a dry run, then
         # for real; a second request while it runs is refused naming it.
         code, refused = call(f"{urls[other.region]}/v1/failback", {})
@@ -145,7 +146,7 @@ def test_failback_through_the_api_is_not_fought_and_the_restored_primary_is_prot
         for dog in (holder, other):
             fleet.wait_for(is_event("planned_primary_followed", region=WEST), 10,
                            what=f"{dog.region} following {WEST}", dogs=[dog])
-        time.sleep(0.5)  # writes land on west again
+        wait_written_on(log, west)  # writes land on west again
     assert asyncio.run(missing_on(west, log)) == set()
     assert writer_runs(west)[-2:] == [east.port, west.port]
     assert steps_seen & {"sync_primary", "verify_data_integrity", "restore_standby"}

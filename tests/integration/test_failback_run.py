@@ -43,6 +43,7 @@ from tests.integration.test_switchover import (
     streaming_at_lag_zero,
     writer_runs,
     writers,
+    written_on,
 )
 from tests.integration.test_sync_primary import old_primary  # noqa: F401 -- fixture
 
@@ -165,13 +166,14 @@ async def test_failback_brings_the_primary_home_with_no_acknowledged_write_lost(
     async with servers_stopped_after(pg_pair), health_endpoint() as health:
         config = write_config(tmp_path, pg_pair, redis_url=redis_server.url, health=health)
         async with writers(pg_pair) as log:
-            await asyncio.sleep(0.5)
+            await written_on(log, west)
             await fail_over_with_writes(pg_pair, redis_server.url)
+            await written_on(log, east)  # writer_runs below: west, east, west
 
             code, out, err = await failback(config, "--yes")
 
             assert code == 0, err
-            await asyncio.sleep(0.5)  # writes land on west again
+            await written_on(log, west)  # writes land on west again
         assert await missing_on(west, log) == set()
         assert writer_runs(west) == [west.port, east.port, west.port]
         assert west.sql("SELECT pg_is_in_recovery()") == "f"

@@ -31,6 +31,8 @@ from agentaskit_dr.sandbox.writer import CREATE_TABLE, TABLE, WriterLog, write_c
 pytestmark = pytest.mark.integration
 
 WRITERS = 3
+#: Bound on the writers finding a server that takes writes (they retry every few ms).
+WRITE_TIMEOUT = 10.0
 
 
 def control(server: PostgresServer) -> ServerControl:
@@ -89,6 +91,18 @@ async def writers(pair: PostgresPair) -> AsyncIterator[WriterLog]:
         await asyncio.gather(*tasks)
 
 
+async def written_on(log: WriterLog, server: PostgresServer) -> None:
+    """Wait until ``server`` acknowledges a write from now on: the writers found it (not a
+    fixed pause, which a busy machine can outlast before the first write lands)."""
+    before = len(log.acked_on(server.name))
+    for _ in range(int(WRITE_TIMEOUT / 0.02)):
+        if len(log.acked_on(server.name)) > before:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no write acknowledged by {server.name} within about "
+                         f"{WRITE_TIMEOUT:g}s; last failures: {log.failed[-3:]}")
+
+
 async def missing_on(server: PostgresServer, log: WriterLog) -> set[int]:
     """The rows acknowledged so far that ``server`` does not hold."""
     acked = {a.row_id for a in log.acked}
@@ -130,13 +144,13 @@ async def test_switchover_and_back_loses_no_acknowledged_write(pg_pair: Postgres
     pg_pair.wait_replayed()
     async with servers_stopped_after(pg_pair):
         async with writers(pg_pair) as log:
-            await asyncio.sleep(0.5)
+            await written_on(log, a)
             promoted: list[str] = []
             there = await switch(a, b, epoch=7, promoted=promoted)
-            await asyncio.sleep(0.5)
+            await written_on(log, b)
             assert await missing_on(b, log) == set()
             back = await switch(b, a, epoch=8, promoted=promoted)
-            await asyncio.sleep(0.5)
+            await written_on(log, a)
         # Zero loss: every write a client got a COMMIT for is on the final primary.
         assert await missing_on(a, log) == set()
         assert log.failed, "the writers saw no refused write: the switch was not exercised"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tests.integration.api_fleet import (
     call,
     fleet_overrides,
     token_file,
+    wait_written_on,
 )
 from tests.integration.daemon_harness import (
     REGIONS,
@@ -83,7 +83,7 @@ def test_a_watchdog_killed_mid_switchover_leaves_a_run_that_finishes_once(
     first = fleet.wait_ready(START_TIMEOUT)
 
     with background_writers(pg_pair) as log:
-        time.sleep(0.5)
+        wait_written_on(log, west)  # a write before the switchover: writer_runs below
         code, started = call(f"{api_url(first)}/v1/switchover", {"to": EAST})
         assert code == 202, started
         run_id = started["run_id"]
@@ -98,7 +98,7 @@ def test_a_watchdog_killed_mid_switchover_leaves_a_run_that_finishes_once(
                               what="the resumed switchover run done")
         fleet.wait_for(is_verdict(phase="watching", since=event_time(done)), 20,
                        what="the restarted watchdog watching", dogs=[again])
-        time.sleep(0.5)  # writes land on east
+        wait_written_on(log, east)  # writes land on east
     assert asyncio.run(missing_on(east, log)) == set()
     assert writer_runs(east)[-2:] == [west.port, east.port]  # one switch, no way back
 
