@@ -43,6 +43,7 @@ from tests.integration.daemon_harness import (
     is_event,
     is_promotion,
     is_verdict,
+    wait_until,
 )
 from tests.integration.pg_state import in_recovery, marker_epoch
 from tests.integration.test_failback_run import prepare
@@ -160,6 +161,11 @@ def test_failback_through_the_api_is_not_fought_and_the_restored_primary_is_prot
     # Both agree on the primary region and the epoch the run left; armed.
     switched = int(fleet.events(is_event("switchover_promoted"))[-1]["epoch"])
     assert switched > int(first["epoch"])
+    # planned_primary_followed is logged as the engine is told; its status follows within
+    # a cycle: wait on that state (this used to ride on a fixed half-second pause).
+    wait_until(lambda: all(call(f"{urls[dog.region]}/v1/status", token=None)[1]["primary_region"]
+                           == WEST for dog in (holder, other)), 10,
+               what="both watchdogs watching us-west-2", hint=fleet.describe())
     for dog in (holder, other):
         status = call(f"{urls[dog.region]}/v1/status", token=None)[1]
         assert status["primary_region"] == WEST, status
