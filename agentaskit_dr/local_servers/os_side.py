@@ -1,6 +1,6 @@
 """The OS side of the server binaries we run ourselves: the user PostgreSQL binaries run
-as (it refuses root), the environment of server and client binaries, and a postmaster's
-children."""
+as (it refuses root), the environment of server and client binaries, the postmaster of a
+data directory (whoever started it), and its children."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 #: Created when we are root and the machine has no ``postgres`` user.
 FALLBACK_SERVER_USER = "agentaskit-pg"
+_POSTGRES_NAMES = ("postgres", "postmaster")
 
 
 @functools.cache
@@ -67,16 +68,60 @@ def client_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
+def postmaster_of(datadir: Path) -> int | None:
+    """The pid of the live postmaster serving ``datadir``, whoever started it (we, or a
+    watchdog's ``pg_ctl start``), or None.
+
+    Read from the first line of ``postmaster.pid`` and trusted only if that process is
+    alive (a killed postmaster its parent has not reaped yet is a zombie that keeps its
+    pid and its pid file), runs a ``postgres`` binary under its own command line (a
+    backend's reads ``postgres: ...``) and works in ``datadir`` (a postmaster chdirs to
+    its data directory). A stale file naming a pid since reused by another program is not
+    trusted; neither is a process we may not inspect.
+    """
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or process_state(pid) in (None, "Z", "X"):
+        return None
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        cwd = Path(f"/proc/{pid}/cwd").readlink()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if Path(argv0).name not in _POSTGRES_NAMES or cwd != datadir.resolve():
+        return None
+    return pid
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (``R``, ``S``, ``T`` stopped, ``Z`` zombie...), or None
+    when there is no such process."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
 def children(pid: int) -> list[int]:
     """Pids whose parent is ``pid`` (the postmaster's backends and auxiliary processes)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # The command name (field 2) may hold spaces; the parent pid follows its ")".
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
+        fields = _stat_fields(int(stat.parent.name))
+        if fields is not None and len(fields) > 1 and int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
     return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` from the state on (field 3), or None when there is no such
+    process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the state and the parent pid follow
+    # its ")".
+    return text.rpartition(")")[2].split()
 
 
 def signal_all(pids: list[int], sig: signal.Signals) -> None:

@@ -198,10 +198,10 @@ class Binding:
         unit.seen = len(messages)
 
     def _stop_bound_server(self, node: str, unit: _Unit) -> None:
-        server = self.servers[BOUND[node]]
-        if not server.running:
+        # Whoever started it (we, or its watchdog's pg_ctl); works on a SIGSTOPped
+        # postmaster too. Nothing running: nothing to stop.
+        if not self.servers[BOUND[node]].kill():
             return
-        server.kill()  # works on a SIGSTOPped postmaster too
         unit.stopped_server = time.time()
         self._open[("binding_stop", BOUND[node])] = unit.stopped_server
         self.notes.append(f"{BOUND[node]}: stopped, {node} is not active")

@@ -46,6 +46,8 @@ class Injected:
     cut: tuple[tuple[str, str], ...] = ()
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    #: For the fault log: what the injection found that the plan did not say.
+    note: str = ""
     slowed: tuple[tuple[str, str], ...] = ()
     server: Any = None  # the Redis server a lock-store fault stopped
 
@@ -87,7 +89,7 @@ class FaultCatalog:
             if restarted is not None:
                 end = min(end, restarted)
         record = FaultRecord(fault.plan.kind, fault.plan.target, fault.start, end,
-                             fault.down, fault.cut, fault.error.strip())
+                             fault.down, fault.cut, fault.error.strip(), fault.note)
         self.log.append(record)
         return record
 
@@ -134,12 +136,14 @@ class FaultCatalog:
     # ------------------------------------------------------------ databases
 
     def _inject_kill_db(self, fault: Injected) -> None:
-        server = self.world.servers[fault.plan.target]
-        fault.down = (fault.plan.target,)
-        if not server.running:
+        # Whoever started the server (we, its binding, its watchdog's pg_ctl): the kill
+        # finds its postmaster. Nothing running: the log says so, and nothing is down by
+        # this fault (a server its watchdog stopped is down by the watchdog's record).
+        if not self.world.servers[fault.plan.target].kill():
             fault.notes.append("already down")
+            fault.note = "nothing running to kill: already down"
             return
-        server.kill()
+        fault.down = (fault.plan.target,)
 
     def _heal_kill_db(self, fault: Injected) -> None:
         """Start it again as its service manager would (``Restart=on-failure``), behind
@@ -148,21 +152,21 @@ class FaultCatalog:
             return
         target = fault.plan.target
         if self.world.servers[target].running:
-            fault.notes.append("started again by its binding")
+            fault.notes.append("running again: its binding or its watchdog started it")
             return
         if not self.world.start_behind_gate(target, "the kill_db heal"):
             fault.notes.append("start gate refused")
 
     def _inject_pause_db(self, fault: Injected) -> None:
+        if not self.world.servers[fault.plan.target].pause():
+            fault.note = "nothing running to pause: already down"
+            return
         fault.down = (fault.plan.target,)
-        self.world.servers[fault.plan.target].pause()
 
     def _heal_pause_db(self, fault: Injected) -> None:
-        server = self.world.servers[fault.plan.target]
-        if server.proc is not None and server.proc.poll() is not None:
-            server.proc = None  # its watchdog stopped or killed it meanwhile
-            return
-        server.resume()
+        if not self.world.servers[fault.plan.target].resume() and fault.down:
+            # Its watchdog or its binding killed the frozen postmaster meanwhile.
+            fault.notes.append("the paused postmaster was gone")
 
     # ------------------------------------------------------------ lock store
 

@@ -50,7 +50,8 @@ class FaultRecord:
     """One injected fault as it happened: ``start`` when it was in place, ``end`` when it
     was healed (None: never healed). ``down``: the processes it stopped or killed (node
     names); ``cut``: the links (observer, target) it cut; ``error``: why the injection or
-    the heal failed, if it did."""
+    the heal failed, if it did; ``note``: what it found that the plan did not say (a
+    kill or a pause that found nothing running, so stopped nothing)."""
 
     kind: str
     target: str
@@ -59,6 +60,7 @@ class FaultRecord:
     down: tuple[str, ...] = ()
     cut: tuple[tuple[str, str], ...] = ()
     error: str = ""
+    note: str = ""
 
     def active_at(self, at: float) -> bool:
         return self.start <= at and (self.end is None or at < self.end)
