@@ -6,6 +6,11 @@ wrapper ``tests.integration.crashing_watchdog``). Restarted without it, same con
 node name, it takes the lock under a new epoch once the dead one's lease expires and
 finishes the same run. Nothing the world saw may happen twice: one DNS change, one scale
 write per deployment, each webhook event once, one promotion (safety invariant 6).
+
+Under load a check before the promotion may time out (it is bounded by the probe timeout):
+the runbook refuses that attempt, closes its run ``failed`` (nothing irreversible was done)
+and the core retries with a new run. Such refused attempts may precede the crashed run in
+the journal; they are never open beside it, and the restart opens no run of its own.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from tests.integration.runbook_harness import (
     EAST,
     EXPECTED_NOTIFICATIONS,
     RunbookWorld,
+    describe_runs,
     done_counts,
+    one_run_and_refusals,
     restart,
     runbook_world_fixture,  # noqa: F401
     start_with_crash,
@@ -75,7 +82,9 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
                      what=f"crash of {first.region} after {step}")
     assert code == -signal.SIGKILL, fleet.describe()
     assert fleet.events(is_event("crash_injected"), dogs=[first])[-1]["step"] == step
-    (crashed,) = runbook_world.runs(redis_server.url)
+    # One run: any other is an attempt refused before its promotion (a check timed out
+    # under load), closed before this one was opened; the core retried it as a new run.
+    crashed, refused = one_run_and_refusals(runbook_world.runs(redis_server.url))
     assert crashed.finished is None
     assert done_counts(crashed) == dict.fromkeys(FAILOVER_PLAN[:FAILOVER_PLAN.index(step) + 1], 1)
     first_epoch = crashed.created_epoch
@@ -85,8 +94,11 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
                           what=f"run_done of {second.region}", dogs=[second])
 
     # The journal: the same run, finished by the new epoch, every step started and
-    # done exactly once, the ones after the crash under the new epoch.
-    (run,) = runbook_world.runs(redis_server.url)
+    # done exactly once, the ones after the crash under the new epoch; the restart
+    # opened no run of its own.
+    runs = runbook_world.runs(redis_server.url)
+    run, refused_then = one_run_and_refusals(runs)
+    assert [r.run_id for r in refused_then] == [r.run_id for r in refused], describe_runs(runs)
     second_epoch = done["epoch"]
     assert run.run_id == crashed.run_id == done["run_id"]
     assert run.finished == "done"
@@ -128,3 +140,4 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
     # A crash after the last step leaves the new epoch nothing to journal but the finish.
     assert evidence["epochs"] == sorted({first_epoch, *done_epoch.values()})
     assert 0 < evidence["rto_seconds"] < 60, evidence["rto_seconds"]
+
