@@ -26,6 +26,12 @@ import pytest
 from agentaskit_dr.actuators.kube_scale import ANNOTATION_EPOCH, ANNOTATION_RUN
 from agentaskit_dr.ports import StepStatus
 from agentaskit_dr.runtime.runbook import FAILOVER_PLAN, SCALE_UP, UPDATE_DNS
+from agentaskit_dr.runtime.runbook_plan import (
+    CHECK_PRIMARY,
+    NOTIFY_STARTED,
+    OPEN_INCIDENT,
+    VERIFY_STANDBY,
+)
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.aws import (  # the *_fixture names register the fixtures here
@@ -141,3 +147,66 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
     assert evidence["epochs"] == sorted({first_epoch, *done_epoch.values()})
     assert 0 < evidence["rto_seconds"] < 60, evidence["rto_seconds"]
 
+
+def test_a_resumed_run_refused_before_the_promotion_is_closed_before_its_retry_opens_one(
+    fleet: WatchdogFleet, pg_pair: PostgresPair, redis_server: RedisServer,
+    runbook_world: RunbookWorld,
+) -> None:
+    # The interleaving behind two runs in the journal: the restarted watchdog resumes the
+    # crashed run, and the standby does not answer its check in time (here it is stopped;
+    # in CI it was load). The run is refused like any attempt before the promotion and
+    # closed; only then does the core's retry open a run of its own.
+    overrides = merged(runbook_world.overrides(), {"lock": {"ttl": f"{LOCK_TTL}s"}})
+    first = start_with_crash(fleet, EAST, NOTIFY_STARTED, overrides)
+    fleet.wait_ready(START_TIMEOUT)
+    pg_pair.primary.kill()
+    wait_exit(fleet, first, START_TIMEOUT + THRESHOLD + RUN_TIMEOUT, what="crash")
+    crashed, refused = one_run_and_refusals(runbook_world.runs(redis_server.url))
+    assert not refused, describe_runs([crashed, *refused])
+    first_epoch = crashed.created_epoch
+
+    pg_pair.replica.pause()
+    try:
+        second = restart(fleet, first)
+        failed = fleet.wait_for(is_event("step_failed"), START_TIMEOUT + LOCK_TTL,
+                                what="the resumed run's failed check", dogs=[second])
+    finally:
+        pg_pair.replica.resume()
+    assert (failed["run_id"], failed["step"]) == (crashed.run_id, VERIFY_STANDBY), failed
+    done = fleet.wait_for(is_event("run_done"), START_TIMEOUT + RUN_TIMEOUT,
+                          what=f"run_done of {second.region}", dogs=[second])
+    second_epoch = done["epoch"]
+    assert second_epoch > first_epoch
+
+    runs = runbook_world.runs(redis_server.url)
+    retry, refused = one_run_and_refusals(runs)  # and the refused one closed before it
+    assert [r.run_id for r in refused] == [crashed.run_id], describe_runs(runs)
+    (closed,) = refused
+    assert [(e.step, e.status, e.epoch) for e in closed.entries] == [
+        (CHECK_PRIMARY, StepStatus.STARTED, first_epoch),
+        (CHECK_PRIMARY, StepStatus.DONE, first_epoch),
+        (NOTIFY_STARTED, StepStatus.STARTED, first_epoch),
+        (NOTIFY_STARTED, StepStatus.DONE, first_epoch),
+        (OPEN_INCIDENT, StepStatus.STARTED, second_epoch),
+        (OPEN_INCIDENT, StepStatus.DONE, second_epoch),
+        (VERIFY_STANDBY, StepStatus.STARTED, second_epoch),
+        (VERIFY_STANDBY, StepStatus.FAILED, second_epoch),
+    ], describe_runs(runs)
+    assert retry.run_id == done["run_id"]
+    assert retry.finished == "done"
+    assert retry.created_epoch == second_epoch
+    assert done_counts(retry) == dict.fromkeys(FAILOVER_PLAN, 1), describe_runs(runs)
+    # In the restarted watchdog's own order: the refused run closed, then the retry opened.
+    journal_events = [(e["event"], e["run_id"]) for e in fleet.events(
+        lambda e: e.get("event") in ("journal_run_finished", "journal_run_opened"),
+        dogs=[second])]
+    assert journal_events == [("journal_run_finished", crashed.run_id),
+                              ("journal_run_opened", retry.run_id),
+                              ("journal_run_finished", retry.run_id)], journal_events
+
+    # One promotion, one DNS change, one scale write per deployment. (The retry announces
+    # the incident again: a restarted watchdog keeps no incident book, runtime/incidents.py.)
+    promotions = fleet.events(lambda e: e.get("event") == "promotion_done")
+    assert [p["already_promoted"] for p in promotions] == [False], promotions
+    assert runbook_world.dns_changes == 1
+    assert runbook_world.scale_writes() == dict.fromkeys(DEPLOYMENTS, 1)
