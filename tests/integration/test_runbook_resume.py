@@ -45,6 +45,7 @@ from tests.integration.runbook_harness import (
     DNS_TARGETS,
     EAST,
     EXPECTED_NOTIFICATIONS,
+    PAGERDUTY,
     RunbookWorld,
     describe_runs,
     done_counts,
@@ -204,8 +205,12 @@ def test_a_resumed_run_refused_before_the_promotion_is_closed_before_its_retry_o
                               ("journal_run_opened", retry.run_id),
                               ("journal_run_finished", retry.run_id)], journal_events
 
-    # One promotion, one DNS change, one scale write per deployment. (The retry announces
-    # the incident again: a restarted watchdog keeps no incident book, runtime/incidents.py.)
+    # The retry stays in the incident the resumed run announced: each notification once,
+    # PagerDuty's trigger resolved under its own key. One promotion, one DNS change, one
+    # scale write per deployment.
+    assert runbook_world.notifications() == EXPECTED_NOTIFICATIONS
+    assert {r.body["dedup_key"] for r in runbook_world.received(PAGERDUTY, alerts=False)
+            if isinstance(r.body, dict)} == {crashed.run_id}
     promotions = fleet.events(lambda e: e.get("event") == "promotion_done")
     assert [p["already_promoted"] for p in promotions] == [False], promotions
     assert runbook_world.dns_changes == 1
