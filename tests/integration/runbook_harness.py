@@ -302,7 +302,8 @@ def done_counts(run: RunJournal) -> Counter[str]:
 def refused_before_promotion(run: RunJournal) -> bool:
     """An attempt the runbook refused before its promotion: closed ``failed`` with the
     promote step never done. Nothing irreversible happened in it; the core retries the
-    failover as a new run (under load, a check bounded by the probe timeout can time out)."""
+    failover as a new run (under load a check can fail: one bounded by the probe timeout,
+    or the leadership check when the lease lapsed locally)."""
     return run.finished == "failed" and run.last_status(PROMOTE) is not StepStatus.DONE
 
 

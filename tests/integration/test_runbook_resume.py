@@ -7,7 +7,8 @@ node name, it takes the lock under a new epoch once the dead one's lease expires
 finishes the same run. Nothing the world saw may happen twice: one DNS change, one scale
 write per deployment, each webhook event once, one promotion (safety invariant 6).
 
-Under load a check before the promotion may time out (it is bounded by the probe timeout):
+Under load a check before the promotion may fail (the standby's, bounded by the 0.24 s
+probe timeout; the leadership check, when the lease lapsed locally before its renewal):
 the runbook refuses that attempt, closes its run ``failed`` (nothing irreversible was done)
 and the core retries with a new run. Such refused attempts may precede the crashed run in
 the journal; they are never open beside it, and the restart opens no run of its own.
@@ -89,7 +90,7 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
                      what=f"crash of {first.region} after {step}")
     assert code == -signal.SIGKILL, fleet.describe()
     assert fleet.events(is_event("crash_injected"), dogs=[first])[-1]["step"] == step
-    # One run: any other is an attempt refused before its promotion (a check timed out
+    # One run: any other is an attempt refused before its promotion (a check failed
     # under load), closed before this one was opened; the core retried it as a new run.
     crashed, refused = one_run_and_refusals(runbook_world.runs(redis_server.url))
     assert crashed.finished is None
