@@ -5,10 +5,14 @@ attempt of that window carries the core's ``incident_since``. The incident's key
 PagerDuty dedup key) is the first attempt's run id; the opening notifications are sent
 once per incident, and the incident is resolved by the run's final notification or
 closed by ``close`` (the condition cleared, or a refusal that can never succeed). Kept in
-memory: a watchdog restarted mid-incident opens a new one.
+memory; a watchdog that resumes a run from the journal (after a restart, or as a successor)
+``adopt``s that run's incident, so that a retry after the resumed run is refused stays in
+it rather than announcing a second incident and leaving the first one open.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import structlog
 
@@ -21,17 +25,27 @@ class IncidentBook:
     """The incident open for stakeholders, and the notifications already sent for it."""
 
     def __init__(self) -> None:
-        self._open: tuple[float, str] | None = None  # (incident_since, key)
+        # (incident_since, key); incident_since None: adopted, bound by the next attempt.
+        self._open: tuple[float | None, str] | None = None
         self._announced: set[tuple[str, str]] = set()  # (key, notification event)
 
     def key_for(self, incident_since: float | None, run_id: str) -> str:
         """The incident key of an attempt: the first attempt's run id for every retry."""
         if incident_since is not None and self._open is not None and (
-            self._open[0] == incident_since
+            self._open[0] in (incident_since, None)
         ):
+            self._open = (incident_since, self._open[1])
             return self._open[1]
         self._open = None if incident_since is None else (incident_since, run_id)
         return run_id
+
+    def adopt(self, key: str, announced: Iterable[str]) -> None:
+        """Take over the incident ``key`` of a run resumed from the journal, whose
+        ``announced`` notifications the journal records as sent. It becomes the open
+        incident unless one is open here already; the next attempt keeps its key."""
+        if self._open is None:
+            self._open = (None, key)
+        self._announced |= {(key, event) for event in announced}
 
     def announced(self, key: str, event: str) -> bool:
         """Whether ``event`` (failover started, incident opened) was already sent."""

@@ -176,6 +176,8 @@ class LeadershipKeeper:
         if self._floor_wanted:
             self._floor_wanted = False
             raised = await self._raise_floor(lease, always=True)
+            if raised is not None:
+                raised = await self._lasting(raised)
             if raised is None:
                 self._forget(lease.token, reason="the store no longer holds our token (floor)")
                 self._publish(None, None)
@@ -205,6 +207,8 @@ class LeadershipKeeper:
             return
         self._floor_wanted = False
         raised = await self._raise_floor(lease, always=False)
+        if raised is not None:
+            raised = await self._lasting(raised)
         if raised is None:
             log.warning("lock_lost", reason="taken from us while reading the epoch floor",
                         epoch=lease.epoch, holder=lease.holder)
@@ -244,6 +248,18 @@ class LeadershipKeeper:
             log.warning("epoch_floor_raised", floor=floor, old_epoch=lease.epoch,
                         epoch=raised.epoch, holder=lease.holder)
         return raised
+
+    async def _lasting(self, lease: Lease) -> Lease | None:
+        """``lease``, renewed at once if it would lapse before the next round renews it
+        (one interval away, and bounded by another); None if the store no longer holds it.
+
+        The epoch floor is read after the lease was granted (or instead of this round's
+        renewal): a slow read (the first one imports the targets' clients, a loaded host)
+        can spend most of the lease, and holding it as it is dropped it before the next
+        renewal: lost, regained a round later, and an actuation refused in between."""
+        if lease.safe_until - self._now() >= 2 * self._interval:
+            return lease
+        return await self._bounded(self._lock.renew(lease))
 
     async def _who_holds(self) -> str | None:
         try:

@@ -57,6 +57,7 @@ from agentaskit_dr.runtime.runbook_parts import (
     jsonable,
 )
 from agentaskit_dr.runtime.runbook_plan import (
+    ANNOUNCEMENTS,
     BEFORE_PROMOTION,
     FAILOVER_PLAN,
     PROMOTE,
@@ -146,6 +147,7 @@ class Runbook(RunbookPlan):
             if active is not None:
                 log.warning("run_resumed_instead", run_id=active.run_id,
                             reason="a run is already active; finishing it first")
+                self._adopt_incident(active)
                 return await self._drive(active, lease, answering=old_primary_answering)
             config = self.config()
             now, wall = self.clock(), self.wall_clock()
@@ -203,6 +205,7 @@ class Runbook(RunbookPlan):
                 return None  # a failback run is resumed by its command (runtime/failback.py)
             log.warning("run_resuming", run_id=active.run_id, epoch=lease.epoch,
                         opened_under=active.created_epoch)
+            self._adopt_incident(active)
             return await self._drive(active, lease)
         except (LockUnavailable, StaleEpoch) as exc:
             if self._promoted:
@@ -241,6 +244,13 @@ class Runbook(RunbookPlan):
                                  detail=f"done by run {run_id} before the journal was lost")
             await self.journal.record(recovered_id, entry, lease=lease)
         return await self.journal.get(recovered_id) or run
+
+    def _adopt_incident(self, run: RunJournal) -> None:
+        """A run resumed from the journal: its incident is this watchdog's now, so that a
+        retry after a refusal keeps its key and does not announce it again."""
+        self.incidents.adopt(str(run.meta.get("incident") or run.run_id), [
+            event for step, event in ANNOUNCEMENTS.items()
+            if run.last_status(step) is StepStatus.DONE])
 
     def _promoted_but_interrupted(self, exc: Exception) -> Event:
         """The journal failed after the promotion: the database serves from the new region

@@ -34,6 +34,8 @@ FAILOVER_PLAN = (
     CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY, PROMOTE, UPDATE_DNS,
     SCALE_UP, VERIFY_SERVICES, STATUS_PAGE, NOTIFY_DONE,
 )
+# The steps that open an incident for the stakeholders, and the notification each sends.
+ANNOUNCEMENTS = {NOTIFY_STARTED: "failover_started", OPEN_INCIDENT: "incident_opened"}
 # Up to and including these, a failure refuses the failover: nothing irreversible yet.
 BEFORE_PROMOTION = frozenset({CHECK_PRIMARY, NOTIFY_STARTED, OPEN_INCIDENT, VERIFY_STANDBY,
                                PROMOTE})
@@ -68,11 +70,12 @@ class RunbookPlan:
             PlannedStep(CHECK_PRIMARY, f"primary database in {from_region}",
                         lambda ctx: hooks.check_primary(self.config(), ctx.from_region,
                                                         ctx.to_region)),
-            self._notify_step(NOTIFY_STARTED, f"webhooks: {notifiers}", "failover_started",
-                              ("slack", "pagerduty", "generic")),
+            self._notify_step(NOTIFY_STARTED, f"webhooks: {notifiers}",
+                              ANNOUNCEMENTS[NOTIFY_STARTED], ("slack", "pagerduty", "generic")),
             self._notify_step(OPEN_INCIDENT, f"{len(generic)} generic webhook(s)",
-                              "incident_opened", ("generic",)) if generic else PlannedStep(
-                OPEN_INCIDENT, "incident ticket", None, "no generic webhook configured"),
+                              ANNOUNCEMENTS[OPEN_INCIDENT], ("generic",))
+            if generic else PlannedStep(OPEN_INCIDENT, "incident ticket", None,
+                                        "no generic webhook configured"),
             PlannedStep(VERIFY_STANDBY, f"standby database in {to_region}",
                         lambda ctx: hooks.verify_standby(self.config(), ctx.from_region,
                                                          ctx.to_region, ctx.journal)),

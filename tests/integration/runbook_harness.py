@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from aiohttp import web
 from agentaskit_dr.leadership.journal import RedisJournal
 from agentaskit_dr.local_servers.tcp import free_port, wait_for_port
 from agentaskit_dr.ports import RunJournal, StepStatus
+from agentaskit_dr.runtime.runbook_plan import PROMOTE
 from tests.integration.aws import (
     DUMMY_CREDENTIALS,
     Route53Counter,
@@ -296,6 +297,38 @@ def notification_name(request: ReceivedRequest) -> str:
 def done_counts(run: RunJournal) -> Counter[str]:
     """How many ``done`` entries each step of ``run`` has."""
     return Counter(e.step for e in run.entries if e.status is StepStatus.DONE)
+
+
+def refused_before_promotion(run: RunJournal) -> bool:
+    """An attempt the runbook refused before its promotion: closed ``failed`` with the
+    promote step never done. Nothing irreversible happened in it; the core retries the
+    failover as a new run (under load a check can fail: one bounded by the probe timeout,
+    or the leadership check when the lease lapsed locally)."""
+    return run.finished == "failed" and run.last_status(PROMOTE) is not StepStatus.DONE
+
+
+def one_run_and_refusals(runs: Sequence[RunJournal]) -> tuple[RunJournal, list[RunJournal]]:
+    """The journal's one run that is not an attempt refused before its promotion, and
+    those refused attempts, oldest first. Fails if there is not exactly one such run, or
+    if a refused attempt wrote after that run was opened (two runs open at once)."""
+    kept = [run for run in runs if not refused_before_promotion(run)]
+    assert len(kept) == 1, describe_runs(runs)
+    (run,) = kept
+    refused = sorted((r for r in runs if r is not run), key=lambda r: r.created_at)
+    for attempt in refused:
+        last_write = max((e.at for e in attempt.entries), default=attempt.created_at)
+        assert last_write <= run.created_at, describe_runs(runs)
+    return run, refused
+
+
+def describe_runs(runs: Sequence[RunJournal]) -> str:
+    """Each run's id, outcome, creation time and entries (step, status, epoch), for
+    failure messages."""
+    return "\n".join(
+        f"{r.run_id} finished={r.finished} created_at={r.created_at:.3f} epoch={r.created_epoch}: "
+        + ", ".join(f"{e.step}:{e.status.value}@e{e.epoch}" for e in r.entries)
+        for r in runs
+    )
 
 
 # ------------------------------------------------------------ processes

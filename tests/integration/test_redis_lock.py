@@ -277,3 +277,32 @@ async def test_keeper_reacquires_after_redis_restarts_with_epoch_reset_to_1(
     assert "lock_store_unreachable" in events
     assert "lock_epoch_went_backwards" in events
     assert events[-1] == "lock_released"
+
+
+async def test_keeper_renews_at_once_a_lease_its_first_floor_read_mostly_spent(
+    redis_srv: RedisServer,
+) -> None:
+    # TTL 2 s (the resume tests'): a lease is safe for 4/3 s after the acquire is sent.
+    # A restarted watchdog's first epoch-floor read imports the targets' clients and
+    # blocks the loop (1.1 s here, more on a loaded host), so that a lease held as it
+    # was granted lapsed ~0.2 s later, before the round renewing it: lock_lost, an
+    # actuation refused, lock_regained under the same epoch.
+    async def floor_read_blocking_the_loop() -> int:
+        time.sleep(1.1)  # noqa: ASYNC251 -- the imports of a first read do exactly this
+        return 0
+
+    changes = Changes()
+    async with redis_lock(redis_srv.url, "watchdog-a", ttl=2.0, socket_timeout=0.5) as lock:
+        keeper = LeadershipKeeper(lock, ttl=2.0, on_change=changes,
+                                  epoch_floor=floor_read_blocking_the_loop)
+        with capture_logs() as logs:
+            async with running(keeper):
+                await eventually(lambda: keeper.lease is not None)
+                held_at = asyncio.get_running_loop().time()
+                lease = keeper.lease
+                assert lease is not None
+                assert lease.safe_until - held_at > 1.0, "renewed before it was held"
+                await asyncio.sleep(2.0)
+                assert keeper.lease is not None
+    assert [c[1] is not None for c in changes.calls] == [True, False]  # held, then released
+    assert not [e for e in logs if e["event"] == "lock_lost"], logs

@@ -6,6 +6,12 @@ wrapper ``tests.integration.crashing_watchdog``). Restarted without it, same con
 node name, it takes the lock under a new epoch once the dead one's lease expires and
 finishes the same run. Nothing the world saw may happen twice: one DNS change, one scale
 write per deployment, each webhook event once, one promotion (safety invariant 6).
+
+Under load a check before the promotion may fail (the standby's, bounded by the 0.24 s
+probe timeout; the leadership check, when the lease lapsed locally before its renewal):
+the runbook refuses that attempt, closes its run ``failed`` (nothing irreversible was done)
+and the core retries with a new run. Such refused attempts may precede the crashed run in
+the journal; they are never open beside it, and the restart opens no run of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ import pytest
 from agentaskit_dr.actuators.kube_scale import ANNOTATION_EPOCH, ANNOTATION_RUN
 from agentaskit_dr.ports import StepStatus
 from agentaskit_dr.runtime.runbook import FAILOVER_PLAN, SCALE_UP, UPDATE_DNS
+from agentaskit_dr.runtime.runbook_plan import (
+    CHECK_PRIMARY,
+    NOTIFY_STARTED,
+    OPEN_INCIDENT,
+    VERIFY_STANDBY,
+)
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
 from tests.integration.aws import (  # the *_fixture names register the fixtures here
@@ -34,8 +46,11 @@ from tests.integration.runbook_harness import (
     DNS_TARGETS,
     EAST,
     EXPECTED_NOTIFICATIONS,
+    PAGERDUTY,
     RunbookWorld,
+    describe_runs,
     done_counts,
+    one_run_and_refusals,
     restart,
     runbook_world_fixture,  # noqa: F401
     start_with_crash,
@@ -75,7 +90,9 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
                      what=f"crash of {first.region} after {step}")
     assert code == -signal.SIGKILL, fleet.describe()
     assert fleet.events(is_event("crash_injected"), dogs=[first])[-1]["step"] == step
-    (crashed,) = runbook_world.runs(redis_server.url)
+    # One run: any other is an attempt refused before its promotion (a check failed
+    # under load), closed before this one was opened; the core retried it as a new run.
+    crashed, refused = one_run_and_refusals(runbook_world.runs(redis_server.url))
     assert crashed.finished is None
     assert done_counts(crashed) == dict.fromkeys(FAILOVER_PLAN[:FAILOVER_PLAN.index(step) + 1], 1)
     first_epoch = crashed.created_epoch
@@ -85,8 +102,11 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
                           what=f"run_done of {second.region}", dogs=[second])
 
     # The journal: the same run, finished by the new epoch, every step started and
-    # done exactly once, the ones after the crash under the new epoch.
-    (run,) = runbook_world.runs(redis_server.url)
+    # done exactly once, the ones after the crash under the new epoch; the restart
+    # opened no run of its own.
+    runs = runbook_world.runs(redis_server.url)
+    run, refused_then = one_run_and_refusals(runs)
+    assert [r.run_id for r in refused_then] == [r.run_id for r in refused], describe_runs(runs)
     second_epoch = done["epoch"]
     assert run.run_id == crashed.run_id == done["run_id"]
     assert run.finished == "done"
@@ -128,3 +148,71 @@ def test_watchdog_killed_after_a_step_resumes_the_run_and_repeats_nothing(
     # A crash after the last step leaves the new epoch nothing to journal but the finish.
     assert evidence["epochs"] == sorted({first_epoch, *done_epoch.values()})
     assert 0 < evidence["rto_seconds"] < 60, evidence["rto_seconds"]
+
+
+def test_a_resumed_run_refused_before_the_promotion_is_closed_before_its_retry_opens_one(
+    fleet: WatchdogFleet, pg_pair: PostgresPair, redis_server: RedisServer,
+    runbook_world: RunbookWorld,
+) -> None:
+    # The interleaving behind two runs in the journal: the restarted watchdog resumes the
+    # crashed run, and the standby does not answer its check in time (here it is stopped;
+    # in CI it was load). The run is refused like any attempt before the promotion and
+    # closed; only then does the core's retry open a run of its own.
+    overrides = merged(runbook_world.overrides(), {"lock": {"ttl": f"{LOCK_TTL}s"}})
+    first = start_with_crash(fleet, EAST, NOTIFY_STARTED, overrides)
+    fleet.wait_ready(START_TIMEOUT)
+    pg_pair.primary.kill()
+    wait_exit(fleet, first, START_TIMEOUT + THRESHOLD + RUN_TIMEOUT, what="crash")
+    crashed, refused = one_run_and_refusals(runbook_world.runs(redis_server.url))
+    assert not refused, describe_runs([crashed, *refused])
+    first_epoch = crashed.created_epoch
+
+    pg_pair.replica.pause()
+    try:
+        second = restart(fleet, first)
+        failed = fleet.wait_for(is_event("step_failed"), START_TIMEOUT + LOCK_TTL,
+                                what="the resumed run's failed check", dogs=[second])
+    finally:
+        pg_pair.replica.resume()
+    assert (failed["run_id"], failed["step"]) == (crashed.run_id, VERIFY_STANDBY), failed
+    done = fleet.wait_for(is_event("run_done"), START_TIMEOUT + RUN_TIMEOUT,
+                          what=f"run_done of {second.region}", dogs=[second])
+    second_epoch = done["epoch"]
+    assert second_epoch > first_epoch
+
+    runs = runbook_world.runs(redis_server.url)
+    retry, refused = one_run_and_refusals(runs)  # and the refused one closed before it
+    assert [r.run_id for r in refused] == [crashed.run_id], describe_runs(runs)
+    (closed,) = refused
+    assert [(e.step, e.status, e.epoch) for e in closed.entries] == [
+        (CHECK_PRIMARY, StepStatus.STARTED, first_epoch),
+        (CHECK_PRIMARY, StepStatus.DONE, first_epoch),
+        (NOTIFY_STARTED, StepStatus.STARTED, first_epoch),
+        (NOTIFY_STARTED, StepStatus.DONE, first_epoch),
+        (OPEN_INCIDENT, StepStatus.STARTED, second_epoch),
+        (OPEN_INCIDENT, StepStatus.DONE, second_epoch),
+        (VERIFY_STANDBY, StepStatus.STARTED, second_epoch),
+        (VERIFY_STANDBY, StepStatus.FAILED, second_epoch),
+    ], describe_runs(runs)
+    assert retry.run_id == done["run_id"]
+    assert retry.finished == "done"
+    assert retry.created_epoch == second_epoch
+    assert done_counts(retry) == dict.fromkeys(FAILOVER_PLAN, 1), describe_runs(runs)
+    # In the restarted watchdog's own order: the refused run closed, then the retry opened.
+    journal_events = [(e["event"], e["run_id"]) for e in fleet.events(
+        lambda e: e.get("event") in ("journal_run_finished", "journal_run_opened"),
+        dogs=[second])]
+    assert journal_events == [("journal_run_finished", crashed.run_id),
+                              ("journal_run_opened", retry.run_id),
+                              ("journal_run_finished", retry.run_id)], journal_events
+
+    # The retry stays in the incident the resumed run announced: each notification once,
+    # PagerDuty's trigger resolved under its own key. One promotion, one DNS change, one
+    # scale write per deployment.
+    assert runbook_world.notifications() == EXPECTED_NOTIFICATIONS
+    assert {r.body["dedup_key"] for r in runbook_world.received(PAGERDUTY, alerts=False)
+            if isinstance(r.body, dict)} == {crashed.run_id}
+    promotions = fleet.events(lambda e: e.get("event") == "promotion_done")
+    assert [p["already_promoted"] for p in promotions] == [False], promotions
+    assert runbook_world.dns_changes == 1
+    assert runbook_world.scale_writes() == dict.fromkeys(DEPLOYMENTS, 1)

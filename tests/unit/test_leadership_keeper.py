@@ -36,10 +36,12 @@ class FakeLock:
         self.renew_mode = "ok"  # ok | hang | raise | refuse
         self.verify_answer: bool | None = True  # None: the store cannot be reached
         self.release_hangs = False
+        self.acquire_seconds = 0.0  # how long the store takes to answer an acquire
 
     async def acquire(self) -> Lease | None:
         now = asyncio.get_running_loop().time()
         self.acquires.append(now)
+        await asyncio.sleep(self.acquire_seconds)
         if self.unreachable_acquires:
             self.unreachable_acquires -= 1
             raise LockUnavailable("lock store 127.0.0.1:1 refused the connection")
@@ -145,6 +147,55 @@ async def test_renew_that_cannot_complete_drops_the_lease_exactly_at_safe_until(
         assert keeper.lease is None
         assert changes.calls == [(0, 1, None), (6, None, None)]
         assert await keeper.verified_lease() is None
+
+
+@pytest.mark.looptime
+async def test_a_lease_mostly_spent_on_acquiring_and_the_epoch_floor_is_renewed_at_once(
+    lock: FakeLock, changes: Changes
+) -> None:
+    # Granted at 0 (safe until 6), answered at 1, the floor read until 3.5: held as it
+    # was, the lease would lapse at 6, before the round at 6.5 renews it.
+    async def slow_floor() -> int:
+        await asyncio.sleep(2.5)
+        return 0
+
+    lock.acquire_seconds = 1.0
+    keeper = LeadershipKeeper(lock, ttl=TTL, on_change=changes, epoch_floor=slow_floor)
+    with capture_logs() as logs:
+        async with running(keeper):
+            await asyncio.sleep(10)
+            lease = keeper.lease
+            assert lease is not None
+            assert (lease.epoch, lease.safe_until) == (1, 9.5 + 6)
+    assert lock.renews == [3.5, 6.5, 9.5]
+    assert changes.calls == [(3.5, 1, None), (10, None, None)]
+    assert not [e for e in logs if e["event"] == "lock_lost"]
+
+
+@pytest.mark.looptime
+async def test_a_floor_round_that_would_outlast_the_lease_renews_it_too(
+    lock: FakeLock, changes: Changes
+) -> None:
+    # A stale epoch asks for the floor: that round reads it instead of renewing. No answer
+    # from 1 to 4 (the read's bound); held as renewed at 0 (safe until 6), the lease would
+    # lapse before the round at 7.
+    reads: list[float] = []
+
+    async def floor() -> int:
+        reads.append(asyncio.get_running_loop().time())
+        if len(reads) > 1:
+            await asyncio.Event().wait()
+        return 0
+
+    keeper = LeadershipKeeper(lock, ttl=TTL, on_change=changes, epoch_floor=floor)
+    async with running(keeper):
+        await asyncio.sleep(1)
+        keeper.request_epoch_floor()  # wakes the keeper at once: the floor round is at 1
+        await asyncio.sleep(9)
+        assert keeper.lease is not None
+    assert reads == [0, 1]
+    assert lock.renews == [4, 7, 10]
+    assert changes.calls == [(0, 1, None), (10, None, None)]
 
 
 @pytest.mark.looptime

@@ -936,6 +936,36 @@ async def test_a_refused_attempt_and_its_retry_are_one_incident_for_the_stakehol
     assert wired.runbook.close_incident("late", 1) is None  # resolved by the run
 
 
+async def test_a_restarted_watchdog_keeps_the_incident_of_the_run_it_resumed_and_refused(
+    wired: Rig,
+) -> None:
+    # The watchdog dies right after announcing the failover; restarted (its incident book
+    # is gone), it resumes the run, the standby check times out, the run is refused; the
+    # core's retry (under its own incident_since) is still the incident announced before.
+    def crash(step: str) -> None:
+        if step == "notify_stakeholders":
+            raise SimulatedCrash("killed right after announcing the failover")
+
+    wired.runbook.after_step = crash
+    with pytest.raises(SimulatedCrash):
+        await wired.runbook.failover(dataclasses.replace(wired.command(), incident_since=500.0),
+                                     primary_last_lsn=None)
+    crashed = await wired.only_run()
+
+    restarted, lease = wired.successor("watchdog-east")
+    wired.world.fail["verify_standby"] = ActuationFailed("standby unreachable: timeout")
+    assert isinstance(await restarted.resume(), FailoverRefused)
+    del wired.world.fail["verify_standby"]
+    retry = dataclasses.replace(wired.command(epoch=lease.epoch), incident_since=3.0)
+    assert isinstance(await restarted.failover(retry, primary_last_lsn=None), FailoverSucceeded)
+
+    assert [r.finished for r in await wired.journal.recent()] == ["done", "failed"]
+    events = [n.event for n, _ in wired.notifications]
+    assert events == ["failover_started", "incident_opened", "status_page", "failover_done"]
+    assert {n.dedup_key for n, _ in wired.notifications} == {crashed.run_id}
+    assert restarted.close_incident("late", lease.epoch) is None  # resolved by the retry
+
+
 async def test_an_abandoned_incident_is_resolved_under_its_key(wired: Rig) -> None:
     attempt = dataclasses.replace(wired.command(), incident_since=700.0)
     wired.world.fail[PROMOTE] = PromotionRefused("lag gate")
