@@ -39,6 +39,14 @@ def fenced(state: WatchState, now: float) -> WatchState:
                    lift_ready_since=None, lift_pending=False, lift_stuck_alerted=False)
 
 
+def restored(state: WatchState, fence_epoch: int | None, now: float) -> WatchState:
+    """The state of a watchdog that restarts while its self-fence is in force (the runtime
+    read its record): fenced under ``fence_epoch``, the recovery wait starting ``now``."""
+    return replace(state, self_fenced=True, self_fenced_at=now, self_fence_epoch=fence_epoch,
+                   lift_ready_since=None, lift_pending=False, lift_stuck_alerted=False,
+                   verdict=f"self-fence restored (fence epoch {fence_epoch})")
+
+
 def lift_conditions(state: WatchState, facts: SelfFenceFacts) -> dict[str, tuple[bool, str]]:
     """Each lift condition: (holds, its value as said in the log)."""
     # Failed over and waiting for an acknowledgement is armed: the anti-flap block is on

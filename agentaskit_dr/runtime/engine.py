@@ -57,6 +57,7 @@ from agentaskit_dr.runtime.run_driver import RunDriver, RunOutcome, run_alerts
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
 from agentaskit_dr.runtime.self_fence_lift import SelfFenceLifter
+from agentaskit_dr.runtime.self_fence_record import persist, restore
 from agentaskit_dr.runtime.status import engine_status
 
 log = structlog.get_logger(__name__)
@@ -85,14 +86,16 @@ class Engine(EngineInputs, EngineEffects):
         self._promoter_factory = promoters
         self.executor = executor
         self._on_config = on_config
-        self.state = WatchState(thresholds=config.core_thresholds())
+        self._clock = asyncio.get_running_loop().time
+        # A self-fence in force when this watchdog last stopped is in force again.
+        self.state = restore(config, WatchState(thresholds=config.core_thresholds()),
+                             self._clock())
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue()
         self.generation = 0
         self.cycles = 0
         self._scheduler: ProbeScheduler | None = None
         self._reload_requested = False
         self._probes_stale = False
-        self._clock = asyncio.get_running_loop().time
         self.vantages: VantageSource = list
         self.links: Callable[[], dict[str, bool]] = dict
         # What the probes saw; it reads the peers through the two callables above, which
@@ -255,8 +258,10 @@ class Engine(EngineInputs, EngineEffects):
             self._start_failover(deferred)
 
     def _apply(self, event: Event) -> list[Command]:
+        previous = self.state
         before, lift_status = self.state.phase, self.state.lift_status
         self.state, commands = transition(self.state, event, self._clock())
+        persist(self.config, previous, self.state, commands)
         if self.state.lift_status != lift_status and self.state.lift_status:
             log.info("self_fence_lift_status", status=self.state.lift_status,
                      epoch=self.state.epoch)
