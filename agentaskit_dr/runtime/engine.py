@@ -86,16 +86,14 @@ class Engine(EngineInputs, EngineEffects):
         self._promoter_factory = promoters
         self.executor = executor
         self._on_config = on_config
-        self._clock = asyncio.get_running_loop().time
-        # A self-fence in force when this watchdog last stopped is in force again.
-        self.state = restore(config, WatchState(thresholds=config.core_thresholds()),
-                             self._clock())
+        self.state = WatchState(thresholds=config.core_thresholds())
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue()
         self.generation = 0
         self.cycles = 0
         self._scheduler: ProbeScheduler | None = None
         self._reload_requested = False
         self._probes_stale = False
+        self._clock = asyncio.get_running_loop().time
         self.vantages: VantageSource = list
         self.links: Callable[[], dict[str, bool]] = dict
         # What the probes saw; it reads the peers through the two callables above, which
@@ -138,6 +136,12 @@ class Engine(EngineInputs, EngineEffects):
     def run_in_progress(self) -> bool:
         """A failover run (or a resume of one) is being driven right now."""
         return self.runs.in_progress
+
+    def restore_self_fence(self) -> None:
+        """At start, once the cluster record was followed: a self-fence in force when this
+        watchdog last stopped is in force again (``runtime/self_fence_record.py``), unless
+        its region is no longer the primary's (a failover elsewhere meanwhile)."""
+        self.state = restore(self.config, self.state, self._clock())
 
     async def run(self) -> None:
         self._start_probes()

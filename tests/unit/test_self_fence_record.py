@@ -178,6 +178,8 @@ async def test_the_engine_records_the_fence_before_it_runs_and_restores_it_at_st
     assert [c for c in commands if isinstance(c, FenceOwnPrimary)]
     assert record_path(config.evidence_dir).is_file()  # before the fence ran
     again = engine_of(config, tmp_path / "runs")
+    assert not again.state.self_fenced  # restored once the cluster record was followed
+    again.restore_self_fence()
     assert again.state.self_fenced
     assert again.state.self_fence_epoch == engine.state.self_fence_epoch
 
