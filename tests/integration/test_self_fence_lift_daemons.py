@@ -139,7 +139,8 @@ def control_lab(pg_pair: PostgresPair, redis_server: RedisServer, network: Netwo
     Writer.create_table(pg_pair)
     control = control_of(pg_pair.primary)
     try:
-        with ControlLab(pg_pair, redis_server, network, tmp_path / "daemons", T) as started:
+        started = ControlLab(pg_pair, redis_server, network, tmp_path / "daemons", T)
+        with started:
             started.start()
             started.wait_healthy()
             yield started
