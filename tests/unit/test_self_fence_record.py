@@ -25,12 +25,13 @@ from agentaskit_dr.core import (
     WatchState,
     transition,
 )
+from agentaskit_dr.core.self_fence import restored
 from agentaskit_dr.runtime.engine import Engine
 from agentaskit_dr.runtime.executor import FailoverExecutor
 from agentaskit_dr.runtime.self_fence_record import persist, record_path, restore
 from tests.unit.fake_journal import engine_runbook
 from tests.unit.test_engine_virtual_time import EAST, WEST, FakeLeases, World, watchdog_config
-from tests.unit.test_machine_vantage import SELF_ISOLATED, THRESHOLDS, run
+from tests.unit.test_machine_vantage import HEALTHY, SELF_ISOLATED, THRESHOLDS, leader_state, run
 
 ISOLATED = Assessed(SELF_ISOLATED, primary_side=True, db_evidence=True, region_evidence=False)
 
@@ -199,3 +200,37 @@ async def test_a_record_that_cannot_be_written_does_not_stop_the_fence(tmp_path:
     failed = [e for e in logs if e["event"] == "self_fence_record_not_saved"]
     assert len(failed) == 1
     assert failed[0]["log_level"] == "error"
+
+
+HEALTHY_VIEW = Assessed(HEALTHY, primary_side=True, db_evidence=True, region_evidence=False)
+
+
+def test_a_restored_fence_is_applied_again_once_isolated_for_fence_after() -> None:
+    """The restart may have cut the fence short (the record is written before it runs):
+    isolated for ``fence_after`` after the restart, the watchdog fences again, once."""
+    state = restored(leader_state(), 3, 500.0)
+
+    state, commands = run([(505.0 + 5 * i, ISOLATED) for i in range(40)], state)
+
+    fences = [(t, c) for t, c in commands if isinstance(c, FenceOwnPrimary)]
+    assert [t for t, _ in fences] == [600.0]  # the first evidence past 90 s, like the first
+    assert "restored self-fence" in fences[0][1].reason
+    assert state.self_fenced
+    assert state.self_fence_epoch == 3
+
+
+def test_a_restored_fence_that_hears_its_peers_is_not_applied_again() -> None:
+    state = restored(leader_state(), 3, 500.0)
+
+    state, commands = run([(505.0 + 5 * i, HEALTHY_VIEW) for i in range(5)], state)
+
+    assert [c for _, c in commands if isinstance(c, FenceOwnPrimary)] == []
+    assert state.self_fenced
+
+
+def test_a_paused_watchdog_does_not_apply_a_restored_fence_again() -> None:
+    state = restored(replace(leader_state(), paused=True), 3, 500.0)
+
+    _, commands = run([(505.0 + 5 * i, ISOLATED) for i in range(40)], state)
+
+    assert [c for _, c in commands if isinstance(c, FenceOwnPrimary)] == []
