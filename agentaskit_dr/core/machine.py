@@ -55,7 +55,12 @@ from agentaskit_dr.core.outcomes import (
 )
 from agentaskit_dr.core.own_hold import own_primary_hold, own_primary_hold_failed
 from agentaskit_dr.core.planned import planned_primary, planned_run_active, recorded_primary
-from agentaskit_dr.core.self_fence import fenced, self_fence_facts, self_fence_lift_done
+from agentaskit_dr.core.self_fence import (
+    fenced,
+    refence_restored,
+    self_fence_facts,
+    self_fence_lift_done,
+)
 
 
 def transition(state: WatchState, event: Event, now: float) -> Step:
@@ -149,8 +154,11 @@ def _assessed(state: WatchState, event: Assessed, now: float) -> Step:
     since = state.isolated_since if state.isolated_since is not None else now
     state = replace(state, isolated_since=since)
     fence_after = state.thresholds.fence_after
-    if fence_after is None or state.self_fenced or now - since <= fence_after:
+    if fence_after is None or now - since <= fence_after:
         return state, commands
+    if state.self_fenced:
+        state, again = refence_restored(state, now)
+        return state, [*commands, *again]
     if state.self_fence_retry_at is not None and now < state.self_fence_retry_at:
         return state, commands
     reason = f"isolated from peer and witness for {now - since:.1f}s (> {fence_after:g}s)"

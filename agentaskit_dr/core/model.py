@@ -372,6 +372,9 @@ class WatchState:
     lift_pending: bool = False
     lift_stuck_alerted: bool = False
     lift_status: str = ""  # why the fence is not lifted yet, or how far the lift is
+    # Restored at start from the record: the fence may have been cut short by the restart;
+    # fenced again once isolated for ``fence_after`` (core/self_fence.py ``restored``).
+    self_fence_unconfirmed: bool = False
     # The failover incident open since this decision time (cleared by success or close).
     incident_since: float | None = None
     # The primary answers this watchdog with an error (its name): up, and an alert.

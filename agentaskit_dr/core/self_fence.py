@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from agentaskit_dr.core.assess import Verdict
 from agentaskit_dr.core.lift_types import LiftSelfFence, SelfFenceFacts, SelfFenceLiftDone
-from agentaskit_dr.core.model import Alert, Command, Phase, Severity, WatchState
+from agentaskit_dr.core.model import Alert, Command, FenceOwnPrimary, Phase, Severity, WatchState
 
 Step = tuple[WatchState, list[Command]]
 
@@ -37,6 +37,28 @@ def fenced(state: WatchState, now: float) -> WatchState:
              if e is not None]
     return replace(state, self_fenced_at=now, self_fence_epoch=max(known) if known else None,
                    lift_ready_since=None, lift_pending=False, lift_stuck_alerted=False)
+
+
+def restored(state: WatchState, fence_epoch: int | None, now: float) -> WatchState:
+    """The state of a watchdog that restarts while its self-fence is in force (the runtime
+    read its record): fenced under ``fence_epoch``, the recovery wait starting ``now``."""
+    return replace(state, self_fenced=True, self_fenced_at=now, self_fence_epoch=fence_epoch,
+                   lift_ready_since=None, lift_pending=False, lift_stuck_alerted=False,
+                   self_fence_unconfirmed=True,
+                   verdict=f"self-fence restored (fence epoch {fence_epoch})")
+
+
+def refence_restored(state: WatchState, now: float) -> Step:
+    """Isolated for ``fence_after`` with a restored fence: fence again, once (idempotent),
+    as the restart may have cut the first fence short. Debounced like the first fence: a
+    watchdog that just started has heard nobody yet, which is not isolation."""
+    if not state.self_fence_unconfirmed or state.paused:
+        return state, []
+    reason = ("restored self-fence, isolated again: fenced again (the restart may have cut "
+              "the fence short)")
+    state = replace(state, self_fence_unconfirmed=False, self_fence_retry_at=None)
+    return state, [Alert(Severity.CRITICAL, f"self-fencing the primary: {reason}",
+                         key="self_fence"), FenceOwnPrimary(reason=reason)]
 
 
 def lift_conditions(state: WatchState, facts: SelfFenceFacts) -> dict[str, tuple[bool, str]]:

@@ -57,6 +57,7 @@ from agentaskit_dr.runtime.run_driver import RunDriver, RunOutcome, run_alerts
 from agentaskit_dr.runtime.runbook import Runbook
 from agentaskit_dr.runtime.scheduler import ProbeReport, ProbeScheduler, ProbeTiming
 from agentaskit_dr.runtime.self_fence_lift import SelfFenceLifter
+from agentaskit_dr.runtime.self_fence_record import persist, restore
 from agentaskit_dr.runtime.status import engine_status
 
 log = structlog.get_logger(__name__)
@@ -135,6 +136,12 @@ class Engine(EngineInputs, EngineEffects):
     def run_in_progress(self) -> bool:
         """A failover run (or a resume of one) is being driven right now."""
         return self.runs.in_progress
+
+    def restore_self_fence(self) -> None:
+        """At start, once the cluster record was followed: a self-fence in force when this
+        watchdog last stopped is in force again (``runtime/self_fence_record.py``), unless
+        its region is no longer the primary's (a failover elsewhere meanwhile)."""
+        self.state = restore(self.config, self.state, self._clock())
 
     async def run(self) -> None:
         self._start_probes()
@@ -255,8 +262,10 @@ class Engine(EngineInputs, EngineEffects):
             self._start_failover(deferred)
 
     def _apply(self, event: Event) -> list[Command]:
+        previous = self.state
         before, lift_status = self.state.phase, self.state.lift_status
         self.state, commands = transition(self.state, event, self._clock())
+        persist(self.config, previous, self.state, commands)
         if self.state.lift_status != lift_status and self.state.lift_status:
             log.info("self_fence_lift_status", status=self.state.lift_status,
                      epoch=self.state.epoch)

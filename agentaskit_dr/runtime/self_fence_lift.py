@@ -7,8 +7,11 @@ core issues ``LiftSelfFence``, the lift runs beside the loop too, and only after
 again, at that moment: the lease verified under the command's epoch, the record still
 naming this region with no failover newer than the fence's, the other server still a
 standby. In control mode (this watchdog stopped its server and wrote ``standby.signal``)
-the signal is removed and the server started; then the SQL part is lifted under the
-epoch (a server whose marker records a newer epoch refuses it). Both outcomes go back to
+the signal is removed and the server started; a server found running in recovery is
+stopped first, but only when this watchdog's self-fence record says its own fence left it
+so (a restart meanwhile: the service manager starts it behind the gate, in recovery);
+without the record it is refused (a promotion is not a lift). Then the SQL part is lifted
+under the epoch (a server whose marker records a newer epoch refuses it). Both outcomes go back to
 the core as events, through the engine's queue.
 """
 
@@ -33,6 +36,7 @@ from agentaskit_dr.actuators.pg_control import (
     postmaster_pid,
     remove_standby_signal,
     standby_signal_present,
+    stop_server,
 )
 from agentaskit_dr.actuators.pg_start import start_server
 from agentaskit_dr.config import WatchdogConfig
@@ -40,6 +44,7 @@ from agentaskit_dr.core import Event, LiftSelfFence, SelfFenceFacts, SelfFenceLi
 from agentaskit_dr.fencing import other_region, primary_conninfo_for, server_control
 from agentaskit_dr.leadership.cluster import RedisClusterStore
 from agentaskit_dr.ports import Lease, LockUnavailable, StaleEpoch
+from agentaskit_dr.runtime.self_fence_record import load as load_record
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +132,15 @@ async def lift(config: WatchdogConfig, file_primary: str, command: LiftSelfFence
     control = server_control(config, region)
     started = False
     try:
+        if (control is not None and postmaster_pid(control) is not None
+                and standby_signal_present(control)):
+            if load_record(config) is None:
+                return SelfFenceLiftDone(False, "the server runs in recovery (standby.signal): "
+                                                "a promotion is not a lift; an operator decides")
+            # Our own fence left it so (its record says): a restart of this watchdog, and
+            # the service manager started the server behind the gate, in recovery.
+            said.append(f"in recovery after this watchdog's self-fence: "
+                        f"{await stop_server(control)}")
         if control is not None and postmaster_pid(control) is None:
             if standby_signal_present(control):
                 remove_standby_signal(control)
@@ -137,9 +151,6 @@ async def lift(config: WatchdogConfig, file_primary: str, command: LiftSelfFence
             said.append("server started")
             # Starting took a while: the lease must still be ours before writes resume.
             await _still_leader(leases, command.epoch)
-        elif control is not None and standby_signal_present(control):
-            return SelfFenceLiftDone(False, "the server runs in recovery (standby.signal): "
-                                            "a promotion is not a lift; an operator decides")
         roles = await lift_fence_over_sql(config.regions[region].database.connect_dsn(),
                                           io_timeout=config.probe.timeout, flog=log,
                                           epoch=command.epoch)

@@ -92,6 +92,7 @@ async def run_daemon(
     record = parts.controls.record
     if record is not None and record.primary is not None:
         engine.follow_cluster_primary(record.primary, record.controls)
+    engine.restore_self_fence()  # after the follow: a failover elsewhere drops the fence
     if config.api.listen is not None:
         try:
             await api.start(config.api.listen)

@@ -6,11 +6,14 @@ the cluster record in the real lock store and east's server asked over SQL. Heal
 conditions lift the fence and an application commits again; a newer failover in the
 record, the record naming east, or a server marker newer than the lift's epoch each keep
 the fence (no commit lands). East's server down counts as a standby only when east's
-watchdog says it holds it stopped with ``standby.signal`` in place.
+watchdog says it holds it stopped with ``standby.signal`` in place. A server found running
+in recovery is lifted only when this watchdog's self-fence record says its own fence left
+it so (chaos seed 9103).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +22,7 @@ import structlog
 
 from agentaskit_dr.actuators.fence import fence_server
 from agentaskit_dr.actuators.pg_control import ServerControl, postmaster_pid, stop_server
+from agentaskit_dr.atomic_file import write_atomically
 from agentaskit_dr.config import WatchdogConfig, load_config
 from agentaskit_dr.core import LiftSelfFence
 from agentaskit_dr.leadership.cluster import RedisClusterStore
@@ -26,8 +30,10 @@ from agentaskit_dr.local_servers.postgres import PostgresServer
 from agentaskit_dr.ports import Lease
 from agentaskit_dr.runtime.outlook import server_held
 from agentaskit_dr.runtime.self_fence_lift import gather_facts, lift
+from agentaskit_dr.runtime.self_fence_record import record_path
 from agentaskit_dr.sandbox.postgres import PostgresPair
 from agentaskit_dr.sandbox.redis import RedisServer
+from tests.integration.pg_state import in_recovery
 from tests.integration.test_epoch_floor import daemon_keeper, lease_of
 from tests.integration.test_fence_hard import app_dsn, control_of, new_session_commits
 from tests.integration.test_start_gate import EAST, WEST, write_config
@@ -189,3 +195,44 @@ async def test_a_watchdog_reports_its_server_held_only_when_stopped_with_standby
     assert server_held(config) == EAST
     (pg_pair.replica.datadir / "standby.signal").unlink()
     assert server_held(config) is None, "a start would come up as a primary"
+
+
+async def test_a_server_its_own_recorded_fence_left_in_recovery_is_stopped_and_lifted(
+    tmp_path: Path, pg_pair: PostgresPair, redis_server: RedisServer,
+) -> None:
+    """Chaos seed 9103: the watchdog restarted while fenced and its service manager started
+    the server behind the gate, in recovery. Without the self-fence record that is an
+    operator's call; with it (our own fence put it there) the lift stops and starts it."""
+    config = config_of(tmp_path, pg_pair, redis_server, control=True).model_copy(
+        update={"evidence_dir": tmp_path / "evidence"})
+    control = control_of(pg_pair.primary)
+    timeline = pg_pair.primary.sql("SELECT timeline_id FROM pg_control_checkpoint()")
+    await self_fence(pg_pair.primary, control)
+    pg_pair.primary.kill()  # reaps the postmaster the fence stopped
+    pg_pair.primary.start(accepting=False)  # the service manager, behind the gate
+    assert in_recovery(pg_pair.primary)
+    try:
+        async with daemon_keeper(config) as keeper:
+            lease = await lease_of(keeper)
+            await record(redis_server, WEST, lease)
+            refused = await lift(config, WEST, command(lease, lease.epoch), keeper)
+            assert not refused.lifted
+            assert "a promotion is not a lift" in refused.detail
+            assert in_recovery(pg_pair.primary)
+
+            write_atomically(record_path(config.evidence_dir), json.dumps(
+                {"region": WEST, "fence_epoch": lease.epoch, "fenced_at": 0.0,
+                 "reason": "test"}))
+            done = await lift(config, WEST, command(lease, lease.epoch), keeper)
+
+        assert done.lifted, done.detail
+        assert "in recovery after this watchdog's self-fence: stopped" in done.detail
+        assert "standby.signal removed; server started" in done.detail
+        assert not in_recovery(pg_pair.primary)
+        assert pg_pair.primary.sql(
+            "SELECT timeline_id FROM pg_control_checkpoint()") == timeline
+        assert await new_session_commits(app_dsn(pg_pair.primary), 5)
+        assert in_recovery(pg_pair.replica)
+    finally:
+        if postmaster_pid(control) is not None:  # started by pg_ctl: not the sandbox's
+            await stop_server(control)
