@@ -111,15 +111,6 @@ class ChaosLab(PartitionLab):
                                  "postgres_stop_timeout": f"{timing.postgres_stop}s"}
         return config
 
-    def restart(self, node: str) -> None:
-        """Start a killed daemon again with the same config, appending to its log."""
-        dog = self.fleet.dogs[node]
-        with dog.log_path.open("ab") as out:
-            dog.proc = subprocess.Popen(
-                [sys.executable, *dog.entry, "run", "--config", str(dog.config)],
-                stdout=out, stderr=subprocess.STDOUT, env=self.environment(node))
-        self._killed.discard(node)
-
     def signal_daemon(self, node: str, sig: signal.Signals) -> None:
         proc = self.fleet.dogs[node].proc
         if proc is None or proc.poll() is not None:

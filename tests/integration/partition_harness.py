@@ -28,6 +28,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -279,6 +280,16 @@ class PartitionLab:
         dog.proc.kill()
         dog.proc.wait()
         self._killed.add(node)
+
+    def restart(self, node: str) -> None:
+        """Start a killed daemon again with the same config and environment, appending to
+        its log; waits count it again."""
+        dog = self.fleet.dogs[node]
+        with dog.log_path.open("ab") as out:
+            dog.proc = subprocess.Popen(
+                [sys.executable, *dog.entry, "run", "--config", str(dog.config)],
+                stdout=out, stderr=subprocess.STDOUT, env=self.environment(node))
+        self._killed.discard(node)
 
     def live(self) -> list[str]:
         """The daemons not killed on purpose."""

@@ -58,15 +58,14 @@ lab = partition_lab.lab
 SLACK = 4.0
 
 
-def test_isolated_primary_side_self_fences_and_lifts_once_healed(
-    lab: PartitionLab, pg_pair: PostgresPair
-) -> None:
+def isolate_west_until_self_fenced(lab: PartitionLab) -> list[tuple[str, str]]:
+    """East's watchdog dies, west takes the lock, then is cut from the witness (both ways)
+    until it fences its own primary; the links cut."""
     killed_at = time.time()
     lab.kill(EAST)
     lab.wait_for(lambda e: e.get("event") in ("lock_acquired", "verdict")
                  and e.get("epoch") is not None and event_time(e) >= killed_at,
                  3 * T.lock_ttl + SLACK, what="west holding the lock", nodes=[WEST])
-
     cut_at = time.time()
     links = [(WEST, WITNESS), (WITNESS, WEST)]
     lab.cut(links)
@@ -74,6 +73,13 @@ def test_isolated_primary_side_self_fences_and_lifts_once_healed(
                           T.stale_after + T.fence_after + SLACK,
                           what="self_fenced of the isolated west watchdog", nodes=[WEST])
     assert fenced["fenced"] is True, fenced
+    return links
+
+
+def test_isolated_primary_side_self_fences_and_lifts_once_healed(
+    lab: PartitionLab, pg_pair: PostgresPair
+) -> None:
+    links = isolate_west_until_self_fenced(lab)
     assert not takes_writes_safely(pg_pair)
 
     healed_at = time.time()
@@ -113,15 +119,6 @@ class ControlLab(PartitionLab):
                 "os_user": "postgres", "stop_timeout": "3s"}
         return config
 
-    def restart(self, node: str) -> None:
-        """Start a killed daemon again with the same config, appending to its log."""
-        dog = self.fleet.dogs[node]
-        with dog.log_path.open("ab") as out:
-            dog.proc = subprocess.Popen(
-                [sys.executable, *dog.entry, "run", "--config", str(dog.config)],
-                stdout=out, stderr=subprocess.STDOUT)
-        self._killed.discard(node)
-
     def start_west_db_behind_gate(self) -> None:
         """Start west's server as its service manager would: ``ExecStartPre=`` the gate."""
         dog = self.fleet.dogs[WEST]
@@ -153,18 +150,7 @@ def fence_then_kill_west(lab: ControlLab) -> Path:
     """East's watchdog dies, west takes the lock, is cut from the witness and self-fences
     (its server stopped, standby.signal written); then west's watchdog is SIGKILLed and
     the cut healed. The self-fence record's path."""
-    killed_at = time.time()
-    lab.kill(EAST)
-    lab.wait_for(lambda e: e.get("event") in ("lock_acquired", "verdict")
-                 and e.get("epoch") is not None and event_time(e) >= killed_at,
-                 3 * T.lock_ttl + SLACK, what="west holding the lock", nodes=[WEST])
-    cut_at = time.time()
-    links = [(WEST, WITNESS), (WITNESS, WEST)]
-    lab.cut(links)
-    fenced = lab.wait_for(is_event("self_fenced", since=cut_at),
-                          T.stale_after + T.fence_after + SLACK,
-                          what="self_fenced of the isolated west watchdog", nodes=[WEST])
-    assert fenced["fenced"] is True, fenced
+    links = isolate_west_until_self_fenced(lab)
     record = record_path(lab.workdir / f"evidence-{WEST}")
     assert record.is_file()
     lab.kill(WEST)
