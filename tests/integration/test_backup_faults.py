@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -34,6 +35,7 @@ from tests.integration.backup_harness import (  # noqa: F401 - fixtures
     scratch_fixture,
     write_config,
 )
+from tests.integration.netcut import Forwarder
 from tests.integration.s3_buckets import (
     PRIMARY,
     create_buckets,
@@ -114,19 +116,28 @@ async def test_a_backup_killed_mid_upload_is_not_listed_and_the_next_run_cleans_
                 " 'hex') AS b FROM generate_series(1, 40000) g, generate_series(1, 40) h "
                 "GROUP BY g")
     config = backup_config(monkeypatch, primary, moto_server, scratch / "staging")
-    path = write_config(config, scratch / "backup.yaml")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentaskit_dr", "backup", "run", "--kind", "full",
-        "--config", str(path),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        env=dict(os.environ))
-    try:
-        while not await open_uploads(moto_server, PRIMARY):
-            assert proc.returncode is None, "the backup ended before its upload was caught"
-            await asyncio.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+    # The killed run reaches S3 over a slow link (latency added to every chunk): its
+    # multipart upload stays open for round trips, so the poll below (straight to moto)
+    # catches it open however fast this machine is. Once a run on a quiet machine ended
+    # between two polls.
+    with Forwarder(port_of(moto_server), name="backup->moto") as slow:
+        slow.delay = 0.05
+        slowed = backup_config(monkeypatch, primary, f"http://127.0.0.1:{slow.port}",
+                               scratch / "staging")
+        path = write_config(slowed, scratch / "backup.yaml")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentaskit_dr", "backup", "run", "--kind", "full",
+            "--config", str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=dict(os.environ))
+        try:
+            while not await open_uploads(moto_server, PRIMARY):
+                assert proc.returncode is None, "the backup ended before its upload was caught"
+                await asyncio.sleep(0.02)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+            await proc.wait()
     async with BackupStore(config.storage) as store:
         after_kill = await read_catalog(store, KeyRing.from_config(config.encryption))
 
@@ -163,3 +174,9 @@ async def test_an_authentic_object_tar_cannot_read_fails_the_fetch_without_hangi
         with pytest.raises(BackupDamaged, match=re.escape(f"object {key}: tar")):
             await asyncio.wait_for(fetch_base(store, keyring, record, scratch / "data",
                                               home=home), timeout=60)
+
+
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
