@@ -325,6 +325,7 @@ class Firewall:
     """
 
     _serial = itertools.count(1)
+    _swept = False
 
     def __init__(self, nft: str | None = None) -> None:
         self._nft = _find_nft(nft)
@@ -390,6 +391,9 @@ class Firewall:
             return
         if self._finalizer is not None:
             raise RuntimeError(f"netcut: firewall {self.table} is closed")
+        if not Firewall._swept:
+            Firewall._swept = True
+            sweep_orphan_tables(self._nft)
         # iif "lo" and the 127.0.0.1 matches keep a cut from ever touching real traffic
         # that happens to use the same port number.
         script = f"""
@@ -408,6 +412,33 @@ table inet {self.table} {{
 
     def _run(self, *args: str) -> str:
         return _run_nft(self._nft, *args)
+
+
+def sweep_orphan_tables(nft: str) -> list[str]:
+    """Delete the tables of test processes that died without deleting them (SIGKILL, a
+    killed CI run): their cut ports stay dropped in the kernel, and a later test that is
+    handed one of those ports sees its link hang for no reason. A table whose pid is
+    alive is left alone (its owner may still use it). The tables deleted."""
+    listing = json.loads(_run_nft(nft, "-j", "list", "tables"))
+    deleted = []
+    for item in listing.get("nftables", []):
+        table = item.get("table")
+        if table is None or table.get("family") != "inet":
+            continue
+        name = str(table.get("name", ""))
+        parts = name.split("_")
+        if not name.startswith("agentaskit_test_") or len(parts) != 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(RuntimeError):  # another sweeper was first
+                _run_nft(nft, "delete", "table", "inet", name)
+                deleted.append(name)
+                log.warning("netcut_orphan_table_deleted", table=name)
+        except PermissionError:
+            continue  # alive, someone else's
+    return deleted
 
 
 class Network:

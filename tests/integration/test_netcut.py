@@ -390,3 +390,28 @@ def test_reply_on_its_way_to_a_cut_observer_is_held_until_heal(
         blocked.settimeout(RESUME)
         reply = b"*2\r\n$5\r\nqueue\r\n$4\r\nitem\r\n"
         assert recv_exactly(blocked, len(reply)) == reply
+
+
+def test_a_table_left_by_a_dead_test_process_is_swept_and_a_live_ones_kept() -> None:
+    """A killed test run leaves its cut ports dropped in the kernel: the next run's first
+    firewall deletes such tables (owner pid dead), and only those."""
+    nft = shutil.which("nft")
+    assert nft is not None
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    orphan = f"agentaskit_test_{int(dead.stdout)}_7"
+    alive = f"agentaskit_test_{os.getpid()}_9999"
+    for table in (orphan, alive):
+        subprocess.run([nft, "-f", "-"], check=True, text=True, input=(
+            f"table inet {table} {{\n set cut_ports {{\n  type inet_service\n"
+            "  elements = { 1 }\n }\n}\n"))
+    try:
+        assert netcut.sweep_orphan_tables(nft) == [orphan]
+        listed = subprocess.run([nft, "list", "tables"], capture_output=True, text=True,
+                                check=True).stdout
+        assert orphan not in listed
+        assert alive in listed
+    finally:
+        for table in (orphan, alive):
+            subprocess.run([nft, "delete", "table", "inet", table], capture_output=True,
+                           check=False)
