@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from agentaskit_dr.actuators.pg_control import ServerControl, postmaster_pid
+
 #: Created when we are root and the machine has no ``postgres`` user.
 FALLBACK_SERVER_USER = "agentaskit-pg"
-_POSTGRES_NAMES = ("postgres", "postmaster")
 
 
 @functools.cache
@@ -70,29 +71,11 @@ def client_env() -> dict[str, str]:
 
 def postmaster_of(datadir: Path) -> int | None:
     """The pid of the live postmaster serving ``datadir``, whoever started it (we, or a
-    watchdog's ``pg_ctl start``), or None.
-
-    Read from the first line of ``postmaster.pid`` and trusted only if that process is
-    alive (a killed postmaster its parent has not reaped yet is a zombie that keeps its
-    pid and its pid file), runs a ``postgres`` binary under its own command line (a
-    backend's reads ``postgres: ...``) and works in ``datadir`` (a postmaster chdirs to
-    its data directory). A stale file naming a pid since reused by another program is not
-    trusted; neither is a process we may not inspect.
-    """
-    try:
-        pid = int((datadir / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-    if pid <= 0 or process_state(pid) in (None, "Z", "X"):
-        return None
-    try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
-        cwd = Path(f"/proc/{pid}/cwd").readlink()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if Path(argv0).name not in _POSTGRES_NAMES or cwd != datadir.resolve():
-        return None
-    return pid
+    watchdog's ``pg_ctl start``), or None: the watchdog's own check
+    (:func:`~agentaskit_dr.actuators.pg_control.postmaster_pid`), so the servers tests
+    and the sandbox run are judged up or down exactly as a watchdog judges its own. A
+    stale ``postmaster.pid`` naming a zombie or a pid since reused is not trusted."""
+    return postmaster_pid(ServerControl(data_directory=datadir))
 
 
 def process_state(pid: int) -> str | None:
